@@ -1,0 +1,115 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the user
+//! administration API used by the CLI while the gateway holds the database.
+//! The admin API needs the secret token from `data_dir/admin.token` even on
+//! loopback, so an SSRF in an upstream app cannot create an admin.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use subtle::ConstantTimeEq;
+
+use crate::auth::admin::{AdminCommand, AdminError};
+use crate::auth::AuthService;
+use crate::metrics;
+
+pub const TOKEN_FILE: &str = "admin.token";
+
+pub struct AdminApp {
+    pub auth: Arc<AuthService>,
+    pub token: Vec<u8>,
+}
+
+fn reply(status: u16, ctype: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .header("content-length", body.len().to_string())
+        .header("cache-control", "no-store")
+        .header("x-content-type-options", "nosniff")
+        .body(body)
+        .unwrap_or_default()
+}
+
+fn json(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
+    reply(status, "application/json", v.to_string().into_bytes())
+}
+
+fn err(status: u16, code: &str, message: &str) -> Response<Vec<u8>> {
+    json(
+        status,
+        serde_json::json!({ "error": code, "message": message }),
+    )
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = s.req_header().uri.path().to_string();
+        let method = s.req_header().method.clone();
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/metrics") => reply(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics::render(),
+            ),
+            ("GET", "/healthz") => json(200, serde_json::json!({ "status": "ok" })),
+            ("GET", "/readyz") => match self.auth.store.list_cutoffs() {
+                Ok(_) => json(200, serde_json::json!({ "status": "ready" })),
+                Err(_) => err(503, "not_ready", "The store is not available."),
+            },
+            ("POST", "/admin/users") => self.admin(s).await,
+            _ => err(404, "not_found", "Not found."),
+        }
+    }
+}
+
+impl AdminApp {
+    async fn admin(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        let presented = s
+            .req_header()
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("")
+            .as_bytes()
+            .to_vec();
+        let ok: bool =
+            presented.len() == self.token.len() && bool::from(presented.ct_eq(&self.token));
+        if !ok {
+            return err(401, "unauthorized", "The admin token is required.");
+        }
+        let mut body = Vec::new();
+        loop {
+            match s.read_request_body().await {
+                Ok(Some(c)) => {
+                    if body.len() + c.len() > 64 * 1024 {
+                        return err(413, "payload_too_large", "The request body is too large.");
+                    }
+                    body.extend_from_slice(&c);
+                }
+                Ok(None) => break,
+                Err(_) => return err(400, "bad_request", "The request body could not be read."),
+            }
+        }
+        let cmd: AdminCommand = match serde_json::from_slice(&body) {
+            Ok(c) => c,
+            Err(_) => return err(400, "bad_request", "Unknown or malformed admin command."),
+        };
+        match self.auth.admin(cmd).await {
+            Ok(v) => json(200, v),
+            Err(AdminError::Invalid(m)) => err(400, "validation_failed", &m),
+            Err(AdminError::NoSuchUser) => err(404, "not_found", "No user with that email."),
+            Err(AdminError::Exists) => {
+                err(409, "email_taken", "A user with that email already exists.")
+            }
+            Err(AdminError::Internal(m)) => {
+                tracing::error!(cause = %m, "admin command failed");
+                err(500, "internal", "An internal error occurred.")
+            }
+        }
+    }
+}

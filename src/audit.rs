@@ -1,0 +1,24 @@
+//! Audit events: one structured `tracing` event per auth event, on the
+//! `audit` target (which `log.audit_file` can route to its own file).
+//! Never pass a password, a token or a token hash here.
+
+use std::net::IpAddr;
+
+pub struct AuditCtx<'a> {
+    pub ip: IpAddr,
+    pub user_agent: &'a str,
+    pub request_id: &'a str,
+}
+
+pub fn event(ctx: &AuditCtx<'_>, event: &str, outcome: &str, user_id: Option<&str>) {
+    tracing::info!(
+        target: "audit",
+        event,
+        outcome,
+        user_id = user_id.unwrap_or(""),
+        client_ip = %ctx.ip,
+        user_agent = ctx.user_agent,
+        request_id = ctx.request_id,
+        "audit"
+    );
+}

@@ -1,0 +1,148 @@
+//! User administration shared by the `portcullis user …` CLI (directly on
+//! the store) and the admin listener's API (when the gateway holds the db).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{email, password, valid_role, AuthService};
+use crate::store::User;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AdminCommand {
+    Add {
+        email: String,
+        roles: Vec<String>,
+        password: Option<String>,
+    },
+    List,
+    Disable {
+        email: String,
+    },
+    RoleAdd {
+        email: String,
+        role: String,
+    },
+    RoleRemove {
+        email: String,
+        role: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no user with that email")]
+    NoSuchUser,
+    #[error("a user with that email already exists")]
+    Exists,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AuthService {
+    /// Run one admin command; the result is JSON for both front ends.
+    pub async fn admin(&self, cmd: AdminCommand) -> Result<Value, AdminError> {
+        let internal = |e: crate::store::StoreError| AdminError::Internal(e.to_string());
+        let find = |raw: &str| -> Result<User, AdminError> {
+            let e =
+                email::normalize(raw).ok_or_else(|| AdminError::Invalid("invalid email".into()))?;
+            self.store
+                .find_user_by_email(&e)
+                .map_err(internal)?
+                .ok_or(AdminError::NoSuchUser)
+        };
+        let out = match cmd {
+            AdminCommand::Add {
+                email: raw,
+                roles,
+                password: pw,
+            } => {
+                let e = email::normalize(&raw)
+                    .ok_or_else(|| AdminError::Invalid("invalid email".into()))?;
+                for r in &roles {
+                    if !valid_role(r) {
+                        return Err(AdminError::Invalid(format!("invalid role '{r}'")));
+                    }
+                }
+                // Without a password the account can only be entered through a reset.
+                let pw = pw.unwrap_or_else(|| super::tokens::opaque_token(32));
+                let problems = password::policy_problems(&pw, &e);
+                if !problems.is_empty() {
+                    return Err(AdminError::Invalid(format!(
+                        "password {}",
+                        problems.join(", ")
+                    )));
+                }
+                let hash = self
+                    .hasher
+                    .hash(&pw)
+                    .await
+                    .map_err(|e| AdminError::Internal(e.to_string()))?;
+                let mut roles = roles;
+                roles.dedup();
+                let user = User {
+                    id: Uuid::new_v4(),
+                    email: e,
+                    username: None,
+                    password_hash: hash,
+                    email_verified: true,
+                    roles,
+                    created_at: self.clock.now(),
+                    disabled: false,
+                    password_version: 0,
+                };
+                match self.store.create_user(&user, None) {
+                    Ok(()) => {}
+                    Err(crate::store::StoreError::Conflict) => return Err(AdminError::Exists),
+                    Err(e) => return Err(internal(e)),
+                }
+                AuthService::user_json(&user)
+            }
+            AdminCommand::List => {
+                let users = self.store.list_users().map_err(internal)?;
+                Value::Array(
+                    users
+                        .iter()
+                        .map(|u| {
+                            let mut v = AuthService::user_json(u);
+                            v["disabled"] = Value::Bool(u.disabled);
+                            v
+                        })
+                        .collect(),
+                )
+            }
+            AdminCommand::Disable { email: raw } => {
+                let mut u = find(&raw)?;
+                u.disabled = true;
+                self.store.update_user(&u, None).map_err(internal)?;
+                self.revoke_all(&u.id, None).map_err(internal)?;
+                AuthService::user_json(&u)
+            }
+            AdminCommand::RoleAdd { email: raw, role } => {
+                if !valid_role(&role) {
+                    return Err(AdminError::Invalid(format!("invalid role '{role}'")));
+                }
+                let mut u = find(&raw)?;
+                if !u.roles.contains(&role) {
+                    u.roles.push(role);
+                }
+                self.store.update_user(&u, None).map_err(internal)?;
+                AuthService::user_json(&u)
+            }
+            AdminCommand::RoleRemove { email: raw, role } => {
+                let mut u = find(&raw)?;
+                u.roles.retain(|r| r != &role);
+                self.store.update_user(&u, None).map_err(internal)?;
+                // Tokens carry roles: void the old ones so the removal bites now.
+                self.revoke_all(&u.id, None).map_err(internal)?;
+                AuthService::user_json(&u)
+            }
+        };
+        self.store.flush().await.map_err(internal)?;
+        tracing::info!(target: "audit", event = "admin", outcome = "success", "admin command");
+        Ok(out)
+    }
+}

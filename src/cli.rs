@@ -1,0 +1,189 @@
+//! The command line (CONTRACT section 1). `user …` commands work on the
+//! database directly when no gateway holds it, and otherwise go through the
+//! running gateway's admin listener with the admin token.
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::auth::admin::AdminCommand;
+use crate::config::{self, Config};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A reverse-proxy authentication gateway"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct ConfigArg {
+    /// Config file (default: $PORTCULLIS_CONFIG, else ./gateway.toml)
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Serve(ConfigArg),
+    /// Validate the config: exit 0, or print every problem and exit 2.
+    CheckConfig(ConfigArg),
+    /// Administer users.
+    User {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create a verified user. The password comes from stdin or a prompt.
+    Add {
+        #[arg(long)]
+        email: String,
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Read the password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    List,
+    Disable {
+        #[arg(long)]
+        email: String,
+    },
+    Role {
+        #[command(subcommand)]
+        command: RoleCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RoleCommand {
+    Add {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        role: String,
+    },
+    Remove {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        role: String,
+    },
+}
+
+pub fn load_config(arg: &ConfigArg) -> Result<Config, config::ConfigErrors> {
+    let (path, must_exist) = config::resolve_path(arg.config.as_deref());
+    Config::load(&path, must_exist)
+}
+
+fn read_password(from_stdin: bool) -> Result<Option<String>, String> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the password from stdin: {e}"))?;
+        let pw = line.trim_end_matches(['\r', '\n']).to_string();
+        return Ok(Some(pw));
+    }
+    if std::io::stdin().is_terminal() {
+        let pw = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
+        let again = rpassword::prompt_password("Repeat: ").map_err(|e| e.to_string())?;
+        if pw != again {
+            return Err("the passwords do not match".into());
+        }
+        return Ok(Some(pw));
+    }
+    Ok(None)
+}
+
+/// Run a `user …` command; prints JSON on success.
+pub fn user_command(cfg: Config, cmd: UserCommand) -> Result<(), String> {
+    let admin = match cmd {
+        UserCommand::Add {
+            email,
+            roles,
+            password_stdin,
+        } => AdminCommand::Add {
+            email,
+            roles,
+            password: read_password(password_stdin)?,
+        },
+        UserCommand::List => AdminCommand::List,
+        UserCommand::Disable { email } => AdminCommand::Disable { email },
+        UserCommand::Role {
+            command: RoleCommand::Add { email, role },
+        } => AdminCommand::RoleAdd { email, role },
+        UserCommand::Role {
+            command: RoleCommand::Remove { email, role },
+        } => AdminCommand::RoleRemove { email, role },
+    };
+    let out = match crate::server::open_store(&cfg) {
+        Ok(store) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let cfg = Arc::new(cfg);
+            let auth =
+                crate::auth::AuthService::new(cfg, store, Arc::new(crate::clock::SystemClock))?;
+            rt.block_on(auth.admin(admin)).map_err(|e| e.to_string())?
+        }
+        Err(e) if e.contains("in use") => via_admin_listener(&cfg, &admin)?,
+        Err(e) => return Err(e),
+    };
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    Ok(())
+}
+
+/// Send an admin command to the running gateway.
+fn via_admin_listener(cfg: &Config, cmd: &AdminCommand) -> Result<serde_json::Value, String> {
+    let addr = cfg
+        .server
+        .admin_listen
+        .ok_or("the database is in use and server.admin_listen is disabled")?;
+    let token = crate::server::admin_token(cfg)?;
+    let body = serde_json::to_vec(cmd).map_err(|e| e.to_string())?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connecting to the admin listener {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let head = format!(
+        "POST /admin/users HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        String::from_utf8_lossy(&token),
+        body.len()
+    );
+    s.write_all(head.as_bytes())
+        .and_then(|_| s.write_all(&body))
+        .map_err(|e| format!("admin listener: {e}"))?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)
+        .map_err(|e| format!("admin listener: {e}"))?;
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or("admin listener: bad response")?;
+    let ok = head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200");
+    let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::Null);
+    if ok {
+        Ok(v)
+    } else {
+        Err(v["message"]
+            .as_str()
+            .unwrap_or("admin command failed")
+            .to_string())
+    }
+}

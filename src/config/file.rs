@@ -1,0 +1,240 @@
+//! The serde model of `gateway.toml`. It mirrors the file exactly and is
+//! converted into [`super::Config`] by validation; nothing outside the config
+//! module sees it.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct FileConfig {
+    pub server: ServerFile,
+    pub tokens: TokensFile,
+    pub accounts: AccountsFile,
+    pub mail: MailFile,
+    pub throttle: ThrottleFile,
+    pub limits: LimitsFile,
+    pub passwords: PasswordsFile,
+    pub log: LogFile,
+    pub demo: DemoFile,
+    pub routes: Option<Vec<RouteFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct ServerFile {
+    pub listen: String,
+    pub tls_listen: String,
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub admin_listen: String,
+    pub data_dir: String,
+    pub trusted_proxies: Vec<String>,
+    pub threads: usize,
+    pub grace_period_secs: u64,
+}
+
+impl Default for ServerFile {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            tls_listen: "0.0.0.0:8443".into(),
+            tls_cert: "certs/dev-cert.pem".into(),
+            tls_key: "certs/dev-key.pem".into(),
+            admin_listen: "127.0.0.1:9100".into(),
+            data_dir: "data".into(),
+            trusted_proxies: vec![],
+            threads: 2,
+            grace_period_secs: 5,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct TokensFile {
+    pub algorithm: String,
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl_secs: u64,
+    pub refresh_ttl_secs: u64,
+    pub refresh_idle_secs: u64,
+    pub refresh_reuse_grace_secs: u64,
+    pub leeway_secs: u64,
+}
+
+impl Default for TokensFile {
+    fn default() -> Self {
+        Self {
+            algorithm: "HS256".into(),
+            issuer: "portcullis".into(),
+            audience: "portcullis".into(),
+            access_ttl_secs: 900,
+            refresh_ttl_secs: 1_209_600,
+            refresh_idle_secs: 604_800,
+            refresh_reuse_grace_secs: 0,
+            leeway_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct AccountsFile {
+    pub require_email_verification: bool,
+    pub verify_token_ttl_secs: u64,
+    pub reset_token_ttl_secs: u64,
+}
+
+impl Default for AccountsFile {
+    fn default() -> Self {
+        Self {
+            require_email_verification: false,
+            verify_token_ttl_secs: 86_400,
+            reset_token_ttl_secs: 1_800,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct MailFile {
+    pub transport: String,
+    pub from: String,
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub smtp_security: String,
+    pub link_base_url: String,
+    pub smtp_timeout_secs: u64,
+    pub max_attempts: u32,
+    pub retry_base_secs: u64,
+    /// Extra PEM roots for the SMTP server's certificate (tests, private CAs).
+    pub smtp_ca_file: String,
+}
+
+impl Default for MailFile {
+    fn default() -> Self {
+        Self {
+            transport: "log".into(),
+            from: "Portcullis <no-reply@localhost>".into(),
+            smtp_host: "127.0.0.1".into(),
+            smtp_port: 25,
+            smtp_security: "none".into(),
+            link_base_url: "https://localhost:8443".into(),
+            smtp_timeout_secs: 10,
+            max_attempts: 8,
+            retry_base_secs: 5,
+            smtp_ca_file: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct ThrottleFile {
+    pub auth_per_minute: u32,
+    pub max_failed_logins: u32,
+    pub lockout_secs: u64,
+    pub failure_window_secs: u64,
+}
+
+impl Default for ThrottleFile {
+    fn default() -> Self {
+        Self {
+            auth_per_minute: 20,
+            max_failed_logins: 5,
+            lockout_secs: 300,
+            failure_window_secs: 900,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct LimitsFile {
+    pub max_body_bytes: usize,
+    pub upstream_connect_timeout_secs: u64,
+    pub upstream_read_timeout_secs: u64,
+    pub downstream_read_timeout_secs: u64,
+    pub max_header_count: usize,
+    pub max_header_bytes: usize,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            upstream_connect_timeout_secs: 5,
+            upstream_read_timeout_secs: 30,
+            downstream_read_timeout_secs: 15,
+            max_header_count: 100,
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct PasswordsFile {
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    /// 0 = one per core.
+    pub max_concurrent_hashes: usize,
+}
+
+impl Default for PasswordsFile {
+    fn default() -> Self {
+        Self {
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            max_concurrent_hashes: 0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct LogFile {
+    pub format: String,
+    pub level: String,
+    pub audit_file: String,
+}
+
+impl Default for LogFile {
+    fn default() -> Self {
+        Self {
+            format: "human".into(),
+            level: "info".into(),
+            audit_file: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct DemoFile {
+    /// Address of the built-in echo upstream; "" (the default) disables it.
+    pub echo_listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RouteFile {
+    pub prefix: String,
+    pub upstream: UpstreamFile,
+    #[serde(default = "default_auth")]
+    pub auth: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+fn default_auth() -> String {
+    "required".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum UpstreamFile {
+    One(String),
+    Many(Vec<String>),
+}

@@ -1,0 +1,808 @@
+//! Configuration: the file model (`file`), the environment overlay for
+//! secrets, and one `validate` pass that turns both into the internal
+//! [`Config`]. Every problem is collected, so `check-config` can print them
+//! all at once; a config that has any problem never starts a gateway.
+
+mod file;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+
+use file::{FileConfig, UpstreamFile};
+
+/// A secret value whose `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tokens: TokenConfig,
+    pub accounts: AccountsConfig,
+    pub mail: MailConfig,
+    pub throttle: ThrottleConfig,
+    pub limits: LimitsConfig,
+    pub passwords: PasswordConfig,
+    pub log: LogConfig,
+    /// The built-in echo upstream, when enabled.
+    pub demo_echo: Option<SocketAddr>,
+    pub routes: Vec<Route>,
+    /// Where the sled database lives (`data_dir/db` unless `PORTCULLIS_DATABASE_URL`).
+    pub database_path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: Option<SocketAddr>,
+    pub tls_listen: Option<SocketAddr>,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub admin_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub trusted_proxies: Vec<IpNet>,
+    pub threads: usize,
+    pub grace_period_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenAlgorithm {
+    Hs256,
+    EdDsa,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub algorithm: TokenAlgorithm,
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl_secs: u64,
+    pub refresh_ttl_secs: u64,
+    pub refresh_idle_secs: u64,
+    pub refresh_reuse_grace_secs: u64,
+    pub leeway_secs: u64,
+    /// `PORTCULLIS_JWT_SECRET`, overriding the generated HS256 key.
+    pub jwt_secret: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccountsConfig {
+    pub require_email_verification: bool,
+    pub verify_token_ttl_secs: u64,
+    pub reset_token_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailTransportKind {
+    Log,
+    Smtp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    None,
+    StartTls,
+    Tls,
+}
+
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    pub transport: MailTransportKind,
+    pub from: String,
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub smtp_security: SmtpSecurity,
+    pub smtp_username: Option<Secret>,
+    pub smtp_password: Option<Secret>,
+    pub smtp_timeout_secs: u64,
+    pub smtp_ca_file: Option<PathBuf>,
+    /// Without a trailing slash.
+    pub link_base_url: String,
+    pub max_attempts: u32,
+    pub retry_base_secs: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ThrottleConfig {
+    pub auth_per_minute: u32,
+    pub max_failed_logins: u32,
+    pub lockout_secs: u64,
+    pub failure_window_secs: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub max_body_bytes: usize,
+    pub upstream_connect_timeout_secs: u64,
+    pub upstream_read_timeout_secs: u64,
+    pub downstream_read_timeout_secs: u64,
+    pub max_header_count: usize,
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct PasswordConfig {
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    pub max_concurrent_hashes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+    pub audit_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Required,
+    Optional,
+    Public,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub sni: String,
+    /// `host:port` as written, for the `Host` header.
+    pub authority: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub prefix: String,
+    pub upstreams: Vec<Upstream>,
+    pub auth: AuthMode,
+    pub roles: Vec<String>,
+}
+
+/// Every problem found in one config, each naming its key.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.0 {
+            writeln!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Where the config comes from: `--config`, else `$PORTCULLIS_CONFIG`, else
+/// `./gateway.toml`. Only the implicit default may be absent (then the
+/// embedded defaults apply).
+pub fn resolve_path(cli: Option<&Path>) -> (PathBuf, bool) {
+    if let Some(p) = cli {
+        return (p.to_path_buf(), true);
+    }
+    if let Some(p) = std::env::var_os("PORTCULLIS_CONFIG").filter(|v| !v.is_empty()) {
+        return (PathBuf::from(p), true);
+    }
+    (PathBuf::from("gateway.toml"), false)
+}
+
+impl Config {
+    /// Load and validate from a file, with secrets from the process environment.
+    pub fn load(path: &Path, must_exist: bool) -> Result<Config, ConfigErrors> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => String::new(),
+            Err(e) => {
+                return Err(ConfigErrors(vec![format!(
+                    "{}: cannot read config file: {}",
+                    path.display(),
+                    e.kind()
+                )]))
+            }
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, &|k| std::env::var(k).ok(), base)
+    }
+
+    /// Parse, overlay the environment (through `env`), and validate.
+    /// Relative paths in the file are taken relative to the working directory.
+    pub fn from_toml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        _base: &Path,
+    ) -> Result<Config, ConfigErrors> {
+        let mut problems = Vec::new();
+        let de = toml::Deserializer::new(text);
+        let mut unknown = Vec::new();
+        let file: FileConfig = match serde_ignored::deserialize(de, |p| unknown.push(p.to_string()))
+        {
+            Ok(f) => f,
+            Err(e) => {
+                let mut msg = e.message().to_string();
+                if let Some(span) = e.span() {
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    msg = format!("line {line}: {msg}");
+                }
+                return Err(ConfigErrors(vec![format!("gateway.toml: {msg}")]));
+            }
+        };
+        for key in unknown {
+            problems.push(format!("{key}: unknown key"));
+        }
+        let cfg = validate(file, env, &mut problems);
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(problems))
+        }
+    }
+}
+
+fn parse_listen(key: &str, v: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
+    if v.is_empty() {
+        return None;
+    }
+    match v.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            problems.push(format!(
+                "{key}: '{v}' is not an IP:port socket address (use \"\" to disable)"
+            ));
+            None
+        }
+    }
+}
+
+fn addrs_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn positive(key: &str, v: u64, problems: &mut Vec<String>) {
+    if v == 0 {
+        problems.push(format!("{key}: must be greater than 0"));
+    }
+}
+
+fn has_ctl(s: &str) -> bool {
+    s.chars().any(|c| c.is_control())
+}
+
+fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<String>) -> Config {
+    // --- server
+    let s = &f.server;
+    let listen = parse_listen("server.listen", &s.listen, p);
+    let tls_listen = parse_listen("server.tls_listen", &s.tls_listen, p);
+    let admin_listen = parse_listen("server.admin_listen", &s.admin_listen, p);
+    let demo_echo = parse_listen("demo.echo_listen", &f.demo.echo_listen, p);
+    if s.listen.is_empty() && s.tls_listen.is_empty() {
+        p.push("server.listen: no public listener: set server.listen or server.tls_listen".into());
+    }
+    let named = [
+        ("server.listen", listen),
+        ("server.tls_listen", tls_listen),
+        ("server.admin_listen", admin_listen),
+        ("demo.echo_listen", demo_echo),
+    ];
+    for i in 0..named.len() {
+        for j in i + 1..named.len() {
+            if let (Some(a), Some(b)) = (named[i].1, named[j].1) {
+                if addrs_overlap(a, b) {
+                    p.push(format!(
+                        "{}: {a} overlaps {} ({b}); every listener needs its own address",
+                        named[j].0, named[i].0
+                    ));
+                }
+            }
+        }
+    }
+    if tls_listen.is_some() {
+        if s.tls_cert.is_empty() {
+            p.push("server.tls_cert: required when server.tls_listen is set".into());
+        }
+        if s.tls_key.is_empty() {
+            p.push("server.tls_key: required when server.tls_listen is set".into());
+        }
+        if !s.tls_cert.is_empty() && !s.tls_key.is_empty() {
+            let cert_exists = Path::new(&s.tls_cert).exists();
+            let key_exists = Path::new(&s.tls_key).exists();
+            if cert_exists && !key_exists {
+                p.push(format!(
+                    "server.tls_key: '{}' is missing while server.tls_cert exists (give both files, or neither to generate a dev pair)",
+                    s.tls_key
+                ));
+            } else if key_exists && !cert_exists {
+                p.push(format!(
+                    "server.tls_cert: '{}' is missing while server.tls_key exists (give both files, or neither to generate a dev pair)",
+                    s.tls_cert
+                ));
+            } else if cert_exists && key_exists {
+                if let Err(e) =
+                    crate::tls::check_pair(Path::new(&s.tls_cert), Path::new(&s.tls_key))
+                {
+                    p.push(format!("server.tls_cert: {e}"));
+                }
+            }
+        }
+    }
+    if s.data_dir.is_empty() {
+        p.push("server.data_dir: must not be empty".into());
+    }
+    let mut trusted_proxies = Vec::new();
+    for (i, c) in s.trusted_proxies.iter().enumerate() {
+        match c.parse::<IpNet>() {
+            Ok(n) => trusted_proxies.push(n.trunc()),
+            Err(_) => match c.parse::<IpAddr>() {
+                Ok(a) => trusted_proxies.push(IpNet::from(a)),
+                Err(_) => p.push(format!(
+                    "server.trusted_proxies[{i}]: '{c}' is not a CIDR or IP address"
+                )),
+            },
+        }
+    }
+    if s.threads == 0 || s.threads > 256 {
+        p.push("server.threads: must be between 1 and 256".into());
+    }
+
+    // --- tokens
+    let t = &f.tokens;
+    let algorithm = match t.algorithm.as_str() {
+        "HS256" => TokenAlgorithm::Hs256,
+        "EdDSA" => TokenAlgorithm::EdDsa,
+        other => {
+            p.push(format!(
+                "tokens.algorithm: '{other}' is not supported (use \"HS256\" or \"EdDSA\")"
+            ));
+            TokenAlgorithm::Hs256
+        }
+    };
+    if t.issuer.is_empty() || has_ctl(&t.issuer) {
+        p.push("tokens.issuer: must be a non-empty printable string".into());
+    }
+    if t.audience.is_empty() || has_ctl(&t.audience) {
+        p.push("tokens.audience: must be a non-empty printable string".into());
+    }
+    positive("tokens.access_ttl_secs", t.access_ttl_secs, p);
+    positive("tokens.refresh_ttl_secs", t.refresh_ttl_secs, p);
+    positive("tokens.refresh_idle_secs", t.refresh_idle_secs, p);
+    if t.access_ttl_secs > 86_400 {
+        p.push("tokens.access_ttl_secs: at most 86400 (one day); use refresh tokens".into());
+    }
+    if t.leeway_secs > 300 {
+        p.push("tokens.leeway_secs: at most 300".into());
+    }
+    let jwt_secret = env("PORTCULLIS_JWT_SECRET").filter(|v| !v.is_empty());
+    if let Some(sec) = &jwt_secret {
+        if sec.len() < 32 {
+            p.push("PORTCULLIS_JWT_SECRET: must be at least 32 bytes".into());
+        }
+    }
+
+    // --- accounts
+    let a = &f.accounts;
+    positive("accounts.verify_token_ttl_secs", a.verify_token_ttl_secs, p);
+    positive("accounts.reset_token_ttl_secs", a.reset_token_ttl_secs, p);
+
+    // --- mail
+    let m = &f.mail;
+    let transport = match m.transport.as_str() {
+        "log" => MailTransportKind::Log,
+        "smtp" => MailTransportKind::Smtp,
+        other => {
+            p.push(format!(
+                "mail.transport: '{other}' is not \"smtp\" or \"log\""
+            ));
+            MailTransportKind::Log
+        }
+    };
+    let smtp_security = match m.smtp_security.as_str() {
+        "none" => SmtpSecurity::None,
+        "starttls" => SmtpSecurity::StartTls,
+        "tls" => SmtpSecurity::Tls,
+        other => {
+            p.push(format!(
+                "mail.smtp_security: '{other}' is not \"none\", \"starttls\" or \"tls\""
+            ));
+            SmtpSecurity::None
+        }
+    };
+    if m.from.parse::<lettre::message::Mailbox>().is_err() || has_ctl(&m.from) {
+        p.push(format!(
+            "mail.from: '{}' is not a valid mailbox",
+            m.from.escape_debug()
+        ));
+    }
+    if m.smtp_host.is_empty() || has_ctl(&m.smtp_host) {
+        p.push("mail.smtp_host: must be a host name or address".into());
+    }
+    if m.smtp_port == 0 {
+        p.push("mail.smtp_port: must not be 0".into());
+    }
+    let link_base_url = m.link_base_url.trim_end_matches('/').to_string();
+    match url::Url::parse(&m.link_base_url) {
+        Ok(u)
+            if (u.scheme() == "https" || u.scheme() == "http")
+                && u.host().is_some()
+                && u.query().is_none()
+                && u.fragment().is_none() => {}
+        _ => p.push(format!(
+            "mail.link_base_url: '{}' is not an absolute http(s) URL without query or fragment",
+            m.link_base_url
+        )),
+    }
+    positive("mail.smtp_timeout_secs", m.smtp_timeout_secs, p);
+    if m.max_attempts == 0 {
+        p.push("mail.max_attempts: must be greater than 0".into());
+    }
+    positive("mail.retry_base_secs", m.retry_base_secs, p);
+    let smtp_ca_file = if m.smtp_ca_file.is_empty() {
+        None
+    } else {
+        if !Path::new(&m.smtp_ca_file).is_file() {
+            p.push(format!(
+                "mail.smtp_ca_file: '{}' does not exist",
+                m.smtp_ca_file
+            ));
+        }
+        Some(PathBuf::from(&m.smtp_ca_file))
+    };
+
+    // --- throttle
+    let th = &f.throttle;
+    if th.max_failed_logins > 0 {
+        positive("throttle.lockout_secs", th.lockout_secs, p);
+    }
+    positive("throttle.failure_window_secs", th.failure_window_secs, p);
+
+    // --- limits
+    let l = &f.limits;
+    if l.max_body_bytes < 1024 || l.max_body_bytes > 16 * 1024 * 1024 {
+        p.push("limits.max_body_bytes: must be between 1024 and 16777216".into());
+    }
+    positive(
+        "limits.upstream_connect_timeout_secs",
+        l.upstream_connect_timeout_secs,
+        p,
+    );
+    positive(
+        "limits.upstream_read_timeout_secs",
+        l.upstream_read_timeout_secs,
+        p,
+    );
+    positive(
+        "limits.downstream_read_timeout_secs",
+        l.downstream_read_timeout_secs,
+        p,
+    );
+    if l.max_header_count < 10 {
+        p.push("limits.max_header_count: must be at least 10".into());
+    }
+    if l.max_header_bytes < 1024 {
+        p.push("limits.max_header_bytes: must be at least 1024".into());
+    }
+
+    // --- passwords
+    let pw = &f.passwords;
+    if pw.argon2_memory_kib < 19_456 {
+        p.push("passwords.argon2_memory_kib: below the OWASP minimum of 19456".into());
+    }
+    if pw.argon2_iterations < 2 {
+        p.push("passwords.argon2_iterations: below the OWASP minimum of 2".into());
+    }
+    if pw.argon2_parallelism == 0 || pw.argon2_parallelism > 16 {
+        p.push("passwords.argon2_parallelism: must be between 1 and 16".into());
+    }
+    let max_concurrent_hashes = if pw.max_concurrent_hashes == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        pw.max_concurrent_hashes
+    };
+
+    // --- log
+    let format = match f.log.format.as_str() {
+        "human" => LogFormat::Human,
+        "json" => LogFormat::Json,
+        other => {
+            p.push(format!(
+                "log.format: '{other}' is not \"human\" or \"json\""
+            ));
+            LogFormat::Human
+        }
+    };
+    if tracing_subscriber::EnvFilter::try_new(&f.log.level).is_err() {
+        p.push(format!(
+            "log.level: '{}' is not a valid filter",
+            f.log.level
+        ));
+    }
+
+    // --- routes
+    let route_files = f.routes.unwrap_or_else(|| {
+        vec![file::RouteFile {
+            prefix: "/".into(),
+            upstream: UpstreamFile::One("http://127.0.0.1:8081".into()),
+            auth: "required".into(),
+            roles: vec![],
+        }]
+    });
+    let mut routes: Vec<Route> = Vec::new();
+    for (i, r) in route_files.into_iter().enumerate() {
+        let key = format!("routes[{i}]");
+        if !r.prefix.starts_with('/') {
+            p.push(format!("{key}.prefix: '{}' must start with '/'", r.prefix));
+        } else if crate::proxy::path::normalize(&r.prefix).as_deref() != Ok(r.prefix.as_str()) {
+            p.push(format!(
+                "{key}.prefix: '{}' is not a normalized path",
+                r.prefix
+            ));
+        }
+        if r.prefix.starts_with("/auth/")
+            || r.prefix == "/auth"
+            || r.prefix.starts_with("/.well-known")
+        {
+            p.push(format!(
+                "{key}.prefix: '{}' is reserved for the gateway",
+                r.prefix
+            ));
+        }
+        if routes.iter().any(|o| o.prefix == r.prefix) {
+            p.push(format!("{key}.prefix: '{}' is defined twice", r.prefix));
+        }
+        let auth = match r.auth.as_str() {
+            "required" => AuthMode::Required,
+            "optional" => AuthMode::Optional,
+            "public" => AuthMode::Public,
+            other => {
+                p.push(format!(
+                    "{key}.auth: '{other}' is not \"required\", \"optional\" or \"public\""
+                ));
+                AuthMode::Required
+            }
+        };
+        for (j, role) in r.roles.iter().enumerate() {
+            if !crate::auth::valid_role(role) {
+                p.push(format!(
+                    "{key}.roles[{j}]: '{role}' is not a valid role name"
+                ));
+            }
+        }
+        let list = match r.upstream {
+            UpstreamFile::One(u) => vec![u],
+            UpstreamFile::Many(v) => v,
+        };
+        if list.is_empty() {
+            p.push(format!("{key}.upstream: at least one upstream is needed"));
+        }
+        let mut upstreams = Vec::new();
+        for (j, u) in list.iter().enumerate() {
+            match parse_upstream(u) {
+                Ok(up) => upstreams.push(up),
+                Err(e) => p.push(format!("{key}.upstream[{j}]: {e}")),
+            }
+        }
+        routes.push(Route {
+            prefix: r.prefix,
+            upstreams,
+            auth,
+            roles: r.roles,
+        });
+    }
+    // Longest prefix first, so matching is the first hit.
+    routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+
+    let data_dir = PathBuf::from(&s.data_dir);
+    let database_path = match env("PORTCULLIS_DATABASE_URL").filter(|v| !v.is_empty()) {
+        None => data_dir.join("db"),
+        Some(url) => {
+            let rest = url
+                .strip_prefix("sled://")
+                .or_else(|| url.strip_prefix("sled:"));
+            match rest {
+                Some(path) if !path.is_empty() => PathBuf::from(path),
+                _ => {
+                    p.push("PORTCULLIS_DATABASE_URL: only sled:PATH is supported".into());
+                    data_dir.join("db")
+                }
+            }
+        }
+    };
+
+    Config {
+        server: ServerConfig {
+            listen,
+            tls_listen,
+            tls_cert: PathBuf::from(&s.tls_cert),
+            tls_key: PathBuf::from(&s.tls_key),
+            admin_listen,
+            data_dir,
+            trusted_proxies,
+            threads: s.threads,
+            grace_period_secs: s.grace_period_secs,
+        },
+        tokens: TokenConfig {
+            algorithm,
+            issuer: t.issuer.clone(),
+            audience: t.audience.clone(),
+            access_ttl_secs: t.access_ttl_secs,
+            refresh_ttl_secs: t.refresh_ttl_secs,
+            refresh_idle_secs: t.refresh_idle_secs,
+            refresh_reuse_grace_secs: t.refresh_reuse_grace_secs,
+            leeway_secs: t.leeway_secs,
+            jwt_secret: jwt_secret.map(Secret),
+        },
+        accounts: AccountsConfig {
+            require_email_verification: a.require_email_verification,
+            verify_token_ttl_secs: a.verify_token_ttl_secs,
+            reset_token_ttl_secs: a.reset_token_ttl_secs,
+        },
+        mail: MailConfig {
+            transport,
+            from: m.from.clone(),
+            smtp_host: m.smtp_host.clone(),
+            smtp_port: m.smtp_port,
+            smtp_security,
+            smtp_username: env("PORTCULLIS_SMTP_USERNAME")
+                .filter(|v| !v.is_empty())
+                .map(Secret),
+            smtp_password: env("PORTCULLIS_SMTP_PASSWORD")
+                .filter(|v| !v.is_empty())
+                .map(Secret),
+            smtp_timeout_secs: m.smtp_timeout_secs,
+            smtp_ca_file,
+            link_base_url,
+            max_attempts: m.max_attempts,
+            retry_base_secs: m.retry_base_secs,
+        },
+        throttle: ThrottleConfig {
+            auth_per_minute: th.auth_per_minute,
+            max_failed_logins: th.max_failed_logins,
+            lockout_secs: th.lockout_secs,
+            failure_window_secs: th.failure_window_secs,
+        },
+        limits: LimitsConfig {
+            max_body_bytes: l.max_body_bytes,
+            upstream_connect_timeout_secs: l.upstream_connect_timeout_secs,
+            upstream_read_timeout_secs: l.upstream_read_timeout_secs,
+            downstream_read_timeout_secs: l.downstream_read_timeout_secs,
+            max_header_count: l.max_header_count,
+            max_header_bytes: l.max_header_bytes,
+        },
+        passwords: PasswordConfig {
+            argon2_memory_kib: pw.argon2_memory_kib,
+            argon2_iterations: pw.argon2_iterations,
+            argon2_parallelism: pw.argon2_parallelism,
+            max_concurrent_hashes,
+        },
+        log: LogConfig {
+            format,
+            level: f.log.level.clone(),
+            audit_file: (!f.log.audit_file.is_empty()).then(|| PathBuf::from(&f.log.audit_file)),
+        },
+        demo_echo,
+        routes,
+        database_path,
+    }
+}
+
+/// `http://host:port` or `https://host:port`, resolved once, here.
+fn parse_upstream(u: &str) -> Result<Upstream, String> {
+    let url = url::Url::parse(u).map_err(|_| format!("'{u}' is not a URL"))?;
+    let tls = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        s => return Err(format!("'{u}': scheme '{s}' is not http or https")),
+    };
+    if url.path() != "/" && !url.path().is_empty() {
+        return Err(format!(
+            "'{u}': an upstream is scheme://host:port, without a path"
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(format!("'{u}': no query, fragment or credentials allowed"));
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| format!("'{u}' has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| format!("'{u}' has no port"))?;
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("'{u}': cannot resolve host '{host}'"))?;
+    let authority = match url.port() {
+        Some(p) => format!("{}:{p}", url.host_str().unwrap_or(&host)),
+        None => url.host_str().unwrap_or(&host).to_string(),
+    };
+    Ok(Upstream {
+        addr,
+        tls,
+        sni: host,
+        authority,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigErrors> {
+        Config::from_toml(text, &|_| None, Path::new("."))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = load("").unwrap();
+        assert_eq!(c.tokens.access_ttl_secs, 900);
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].auth, AuthMode::Required);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let e = load(
+            "[server]\nlisten = \"nope\"\nbogus = 1\ntrusted_proxies = [\"10.0.0.0/99\"]\n[tokens]\nalgorithm = \"none\"\n[[routes]]\nprefix = \"/\"\nupstream = \"ftp://x\"\nauth = \"maybe\"\nextra = true\n",
+        )
+        .unwrap_err();
+        let all = e.to_string();
+        for key in [
+            "server.listen",
+            "server.bogus",
+            "server.trusted_proxies[0]",
+            "tokens.algorithm",
+            "routes[0].upstream[0]",
+            "routes[0].auth",
+            "routes.0.extra",
+        ] {
+            assert!(all.contains(key), "{key} missing from: {all}");
+        }
+    }
+
+    #[test]
+    fn overlapping_listeners_are_rejected() {
+        let e = load("[server]\nlisten = \"0.0.0.0:9100\"\nadmin_listen = \"127.0.0.1:9100\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("server.admin_listen"), "{e}");
+    }
+
+    #[test]
+    fn routes_sort_longest_first_and_upstream_may_be_a_list() {
+        let c = load(
+            "[[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\n[[routes]]\nprefix = \"/api/\"\nupstream = [\"http://127.0.0.1:2\", \"http://127.0.0.1:3\"]\nauth = \"public\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.routes[0].prefix, "/api/");
+        assert_eq!(c.routes[0].upstreams.len(), 2);
+    }
+
+    #[test]
+    fn short_jwt_secret_from_env_is_rejected() {
+        let e = Config::from_toml(
+            "",
+            &|k| (k == "PORTCULLIS_JWT_SECRET").then(|| "short".into()),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("PORTCULLIS_JWT_SECRET"));
+    }
+}

@@ -1,0 +1,203 @@
+//! The one API error type, mapped to status, code and JSON in one place.
+//! Server-side causes are logged here and never sent to the client.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use crate::api::ApiResponse;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// Malformed JSON or request.
+    BadRequest(&'static str),
+    Validation(BTreeMap<String, Vec<String>>),
+    /// Token in a body (refresh, verify, reset): 400 or 401 as the contract says.
+    InvalidToken(u16),
+    InvalidCredentials,
+    /// Missing or bad bearer token.
+    Unauthorized,
+    EmailNotVerified,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    EmailTaken,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    HeadersTooLarge,
+    TooManyRequests {
+        retry_after: u64,
+    },
+    BadGateway,
+    /// A server-side failure; the cause is logged, the client sees `internal`.
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn validation(field: &str, problem: impl Into<String>) -> Self {
+        let mut m = BTreeMap::new();
+        m.insert(field.to_string(), vec![problem.into()]);
+        ApiError::Validation(m)
+    }
+
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        ApiError::Internal(cause.to_string())
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) | ApiError::Validation(_) => 400,
+            ApiError::InvalidToken(s) => *s,
+            ApiError::InvalidCredentials | ApiError::Unauthorized => 401,
+            ApiError::EmailNotVerified | ApiError::Forbidden => 403,
+            ApiError::NotFound => 404,
+            ApiError::MethodNotAllowed => 405,
+            ApiError::EmailTaken => 409,
+            ApiError::PayloadTooLarge => 413,
+            ApiError::UnsupportedMediaType => 415,
+            ApiError::HeadersTooLarge => 431,
+            ApiError::TooManyRequests { .. } => 429,
+            ApiError::BadGateway => 502,
+            ApiError::Internal(_) => 500,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Validation(_) => "validation_failed",
+            ApiError::InvalidToken(_) => "invalid_token",
+            ApiError::InvalidCredentials => "invalid_credentials",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::EmailNotVerified => "email_not_verified",
+            ApiError::Forbidden => "forbidden",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::EmailTaken => "email_taken",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::HeadersTooLarge => "request_header_fields_too_large",
+            ApiError::TooManyRequests { .. } => "too_many_requests",
+            ApiError::BadGateway => "bad_gateway",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    fn message(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(m) => m,
+            ApiError::Validation(_) => "Some fields are invalid.",
+            ApiError::InvalidToken(_) => "The token is invalid or expired.",
+            ApiError::InvalidCredentials => "The email or password is incorrect.",
+            ApiError::Unauthorized => "A valid bearer token is required.",
+            ApiError::EmailNotVerified => "The email address has not been verified.",
+            ApiError::Forbidden => "You do not have access to this resource.",
+            ApiError::NotFound => "Not found.",
+            ApiError::MethodNotAllowed => "Method not allowed.",
+            ApiError::EmailTaken => "An account with this email already exists.",
+            ApiError::PayloadTooLarge => "The request body is too large.",
+            ApiError::UnsupportedMediaType => "The body must be application/json.",
+            ApiError::HeadersTooLarge => "The request headers are too large.",
+            ApiError::TooManyRequests { .. } => "Too many requests; try again later.",
+            ApiError::BadGateway => "The upstream service is unavailable.",
+            ApiError::Internal(_) => "An internal error occurred.",
+        }
+    }
+
+    pub fn into_response(self) -> ApiResponse {
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(cause = %cause, "internal error");
+        }
+        let mut body = serde_json::json!({ "error": self.code(), "message": self.message() });
+        if let ApiError::Validation(fields) = &self {
+            body["fields"] = serde_json::to_value(fields).unwrap_or_default();
+        }
+        let mut resp = ApiResponse::json(self.status(), &body);
+        match &self {
+            ApiError::Unauthorized => resp.headers.push((
+                "www-authenticate",
+                "Bearer error=\"invalid_token\"".to_string(),
+            )),
+            ApiError::InvalidToken(401) => resp.headers.push((
+                "www-authenticate",
+                "Bearer error=\"invalid_token\"".to_string(),
+            )),
+            ApiError::TooManyRequests { retry_after } => resp
+                .headers
+                .push(("retry-after", retry_after.max(&1).to_string())),
+            _ => {}
+        }
+        resp
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<crate::auth::password::HashError> for ApiError {
+    fn from(e: crate::auth::password::HashError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+/// Body of an error, for places that build responses by hand.
+pub fn error_body(code: &str, message: &str) -> Bytes {
+    Bytes::from(serde_json::json!({ "error": code, "message": message }).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_its_status_and_code() {
+        let cases: Vec<(ApiError, u16, &str)> = vec![
+            (ApiError::BadRequest("x"), 400, "bad_request"),
+            (
+                ApiError::validation("email", "bad"),
+                400,
+                "validation_failed",
+            ),
+            (ApiError::InvalidToken(400), 400, "invalid_token"),
+            (ApiError::InvalidToken(401), 401, "invalid_token"),
+            (ApiError::InvalidCredentials, 401, "invalid_credentials"),
+            (ApiError::Unauthorized, 401, "unauthorized"),
+            (ApiError::EmailNotVerified, 403, "email_not_verified"),
+            (ApiError::Forbidden, 403, "forbidden"),
+            (ApiError::NotFound, 404, "not_found"),
+            (ApiError::EmailTaken, 409, "email_taken"),
+            (ApiError::PayloadTooLarge, 413, "payload_too_large"),
+            (
+                ApiError::TooManyRequests { retry_after: 5 },
+                429,
+                "too_many_requests",
+            ),
+            (ApiError::Internal("secret cause".into()), 500, "internal"),
+            (ApiError::BadGateway, 502, "bad_gateway"),
+        ];
+        for (e, status, code) in cases {
+            let r = e.into_response();
+            assert_eq!(r.status, status);
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(v["error"], code);
+            assert!(!String::from_utf8_lossy(&r.body).contains("secret cause"));
+        }
+    }
+
+    #[test]
+    fn unauthorized_carries_www_authenticate_and_429_retry_after() {
+        let r = ApiError::Unauthorized.into_response();
+        assert!(r.headers.iter().any(|(k, _)| *k == "www-authenticate"));
+        let r = ApiError::TooManyRequests { retry_after: 7 }.into_response();
+        assert!(r
+            .headers
+            .iter()
+            .any(|(k, v)| *k == "retry-after" && v == "7"));
+        let r = ApiError::validation("password", "too short").into_response();
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["fields"]["password"][0], "too short");
+    }
+}

@@ -1,0 +1,53 @@
+//! Logging: `tracing` with a human format by default or JSON, Pingora's
+//! `log` records bridged in, and audit events optionally split into their
+//! own file (`log.audit_file`).
+
+use std::sync::Mutex;
+
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+use crate::config::{LogConfig, LogFormat};
+
+pub fn init(cfg: &LogConfig) -> Result<(), String> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.level))
+        .map_err(|e| format!("log.level: {e}"))?;
+    let to_audit_file = cfg.audit_file.is_some();
+    let not_audit = filter_fn(move |m| !(to_audit_file && m.target() == "audit"));
+    let main: Box<dyn Layer<_> + Send + Sync> = match cfg.format {
+        LogFormat::Human => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(not_audit)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(not_audit)
+            .boxed(),
+    };
+    let audit = match &cfg.audit_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("log.audit_file: {e}"))?;
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(Mutex::new(file))
+                    .with_filter(filter_fn(|m| m.target() == "audit")),
+            )
+        }
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(main)
+        .with(audit)
+        .try_init()
+        .map_err(|e| format!("logging: {e}"))
+}

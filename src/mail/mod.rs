@@ -1,0 +1,164 @@
+//! Mail: messages are composed here, written to the durable outbox by the
+//! request that caused them (in the same store operation), and delivered by
+//! the [`outbox::OutboxWorker`] through a [`Transport`]: SMTP via lettre, or
+//! the log for development.
+
+pub mod outbox;
+
+use std::time::Duration;
+
+use lettre::message::header::ContentType;
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use uuid::Uuid;
+
+use crate::config::{MailConfig, MailTransportKind, SmtpSecurity};
+use crate::store::OutboxMessage;
+
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Deliver one message; the error text is for the operator's log only.
+    async fn send(&self, msg: &OutboxMessage) -> Result<(), String>;
+}
+
+pub fn compose(kind: &str, to: &str, subject: &str, body: String, now: i64) -> OutboxMessage {
+    OutboxMessage {
+        id: Uuid::new_v4(),
+        kind: kind.into(),
+        to: to.into(),
+        subject: subject.into(),
+        body,
+        created_at: now,
+        attempts: 0,
+        next_attempt_at: now,
+        failed: false,
+        last_error: None,
+    }
+}
+
+pub fn verification_mail(base: &str, to: &str, token: &str, now: i64) -> OutboxMessage {
+    let link = format!("{base}/auth/email/verify?token={token}");
+    compose(
+        "verification",
+        to,
+        "Confirm your email address",
+        format!("Hello,\n\nconfirm your email address by opening this link:\n\n{link}\n\nIf you did not create an account, ignore this message.\n"),
+        now,
+    )
+}
+
+pub fn reset_mail(base: &str, to: &str, token: &str, ttl_secs: u64, now: i64) -> OutboxMessage {
+    let link = format!("{base}/auth/password/reset?token={token}");
+    compose(
+        "reset",
+        to,
+        "Reset your password",
+        format!("Hello,\n\nsomeone asked to reset the password of this account. To choose a new password, open this link within {} minutes:\n\n{link}\n\nIf it was not you, ignore this message; your password stays as it is.\n", ttl_secs / 60),
+        now,
+    )
+}
+
+pub fn password_changed_mail(to: &str, now: i64) -> OutboxMessage {
+    compose(
+        "password_changed",
+        to,
+        "Your password was changed",
+        "Hello,\n\nthe password of your account was just changed, and every session was signed out.\n\nIf this was not you, reset your password at once.\n".into(),
+        now,
+    )
+}
+
+pub fn account_exists_mail(base: &str, to: &str, now: i64) -> OutboxMessage {
+    compose(
+        "account_exists",
+        to,
+        "Someone tried to register with your address",
+        format!("Hello,\n\nsomeone tried to create an account with this email address, which already has one. If it was you, sign in or reset your password at:\n\n{base}/auth/password/reset\n\nOtherwise, ignore this message.\n"),
+        now,
+    )
+}
+
+/// Writes the whole message to the log (development).
+pub struct LogTransport;
+
+#[async_trait::async_trait]
+impl Transport for LogTransport {
+    async fn send(&self, msg: &OutboxMessage) -> Result<(), String> {
+        tracing::info!(
+            target: "mail",
+            to = %msg.to,
+            subject = %msg.subject,
+            kind = %msg.kind,
+            "mail (log transport):\n{}",
+            msg.body
+        );
+        Ok(())
+    }
+}
+
+pub struct SmtpTransport {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl SmtpTransport {
+    pub fn new(cfg: &MailConfig) -> Result<Self, String> {
+        let from: Mailbox = cfg.from.parse().map_err(|_| "mail.from is invalid")?;
+        let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(cfg.smtp_host.clone())
+            .port(cfg.smtp_port)
+            .timeout(Some(Duration::from_secs(cfg.smtp_timeout_secs)));
+        let tls_params = || -> Result<TlsParameters, String> {
+            let mut p = TlsParameters::builder(cfg.smtp_host.clone());
+            if let Some(ca) = &cfg.smtp_ca_file {
+                let pem = std::fs::read(ca).map_err(|e| format!("mail.smtp_ca_file: {e}"))?;
+                let cert = Certificate::from_pem(&pem)
+                    .map_err(|_| "mail.smtp_ca_file: not a PEM certificate".to_string())?;
+                p = p.add_root_certificate(cert);
+            }
+            p.build_rustls().map_err(|e| format!("SMTP TLS setup: {e}"))
+        };
+        b = match cfg.smtp_security {
+            SmtpSecurity::None => b.tls(Tls::None),
+            SmtpSecurity::StartTls => b.tls(Tls::Required(tls_params()?)),
+            SmtpSecurity::Tls => b.tls(Tls::Wrapper(tls_params()?)),
+        };
+        if let (Some(u), Some(p)) = (&cfg.smtp_username, &cfg.smtp_password) {
+            b = b.credentials(Credentials::new(u.0.clone(), p.0.clone()));
+        }
+        Ok(Self {
+            transport: b.build(),
+            from,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for SmtpTransport {
+    async fn send(&self, msg: &OutboxMessage) -> Result<(), String> {
+        let to: Mailbox = msg
+            .to
+            .parse()
+            .map_err(|_| "invalid recipient".to_string())?;
+        let email = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(msg.subject.clone())
+            .header(ContentType::TEXT_PLAIN)
+            .body(msg.body.clone())
+            .map_err(|e| format!("building message: {e}"))?;
+        self.transport
+            .send(email)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("SMTP: {e}"))
+    }
+}
+
+pub fn transport_for(cfg: &MailConfig) -> Result<std::sync::Arc<dyn Transport>, String> {
+    Ok(match cfg.transport {
+        MailTransportKind::Log => std::sync::Arc::new(LogTransport),
+        MailTransportKind::Smtp => std::sync::Arc::new(SmtpTransport::new(cfg)?),
+    })
+}

@@ -1,0 +1,66 @@
+//! The `portcullis` binary: parse the command line and hand over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use portcullis::cli::{self, Cli, Command, ConfigArg};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve(ConfigArg::default())) {
+        Command::CheckConfig(arg) => match cli::load_config(&arg) {
+            Ok(_) => {
+                println!("config OK");
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for p in &errors.0 {
+                    eprintln!("{p}");
+                }
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve(arg) => {
+            let cfg = match cli::load_config(&arg) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("refusing to start: the config has problems:");
+                    for p in &errors.0 {
+                        eprintln!("  {p}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            if let Err(e) = portcullis::logging::init(&cfg.log) {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+            match portcullis::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("portcullis: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::User { config, command } => {
+            let cfg = match cli::load_config(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    for p in &errors.0 {
+                        eprintln!("{p}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            match cli::user_command(cfg, command) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portcullis: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

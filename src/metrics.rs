@@ -1,0 +1,128 @@
+//! Prometheus metrics, registered once per process in the default registry
+//! (what `pingora-prometheus` and the admin listener export).
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, HistogramVec,
+    IntCounterVec, IntGauge,
+};
+
+pub static AUTH_EVENTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "portcullis_auth_events_total",
+        "Auth events by event and outcome.",
+        &["event", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
+pub static TOKEN_CHECKS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "portcullis_token_checks_total",
+        "Bearer token checks by result.",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+pub static THROTTLED: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "portcullis_throttled_total",
+        "Requests refused by a throttle, by scope.",
+        &["scope"]
+    )
+    .expect("metric registers once")
+});
+
+pub static UPSTREAM_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    register_histogram_vec!(
+        "portcullis_upstream_duration_seconds",
+        "Time from sending a proxied request upstream to the end of its response.",
+        &["route"]
+    )
+    .expect("metric registers once")
+});
+
+pub static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "portcullis_requests_total",
+        "Requests handled, by route and status class.",
+        &["route", "status"]
+    )
+    .expect("metric registers once")
+});
+
+pub static REQUEST_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    register_histogram_vec!(
+        "portcullis_request_duration_seconds",
+        "Whole request latency as seen by the gateway, by route.",
+        &["route"]
+    )
+    .expect("metric registers once")
+});
+
+pub static UPSTREAM_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "portcullis_upstream_errors_total",
+        "Proxied requests that failed upstream, by route.",
+        &["route"]
+    )
+    .expect("metric registers once")
+});
+
+pub static EMAILS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "portcullis_emails_total",
+        "Emails by kind and delivery outcome.",
+        &["kind", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
+pub static EMAILS_PENDING: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!(
+        "portcullis_emails_pending",
+        "Messages waiting in the outbox."
+    )
+    .expect("metric registers once")
+});
+
+/// Touch every metric so each family is exported from the first scrape.
+pub fn init() {
+    for e in [
+        "register",
+        "login",
+        "refresh",
+        "logout",
+        "password_reset",
+        "email_verify",
+    ] {
+        for o in ["success", "failure", "throttled"] {
+            AUTH_EVENTS.with_label_values(&[e, o]);
+        }
+    }
+    for r in ["valid", "missing", "invalid", "expired", "revoked"] {
+        TOKEN_CHECKS.with_label_values(&[r]);
+    }
+    for s in ["ip", "account"] {
+        THROTTLED.with_label_values(&[s]);
+    }
+    Lazy::force(&UPSTREAM_DURATION);
+    Lazy::force(&REQUESTS);
+    Lazy::force(&REQUEST_DURATION);
+    Lazy::force(&UPSTREAM_ERRORS);
+    Lazy::force(&EMAILS);
+    Lazy::force(&EMAILS_PENDING);
+}
+
+pub fn auth_event(event: &str, outcome: &str) {
+    AUTH_EVENTS.with_label_values(&[event, outcome]).inc();
+}
+
+/// The default registry in Prometheus text format.
+pub fn render() -> Vec<u8> {
+    use prometheus::Encoder;
+    let mut buf = Vec::new();
+    let _ = prometheus::TextEncoder::new().encode(&prometheus::gather(), &mut buf);
+    buf
+}

@@ -1,0 +1,134 @@
+//! Client IP: the socket peer, unless the peer is a trusted proxy; then the
+//! rightmost address in `X-Forwarded-For` / `Forwarded` that is not itself a
+//! trusted proxy. Garbage never wins: an unparsable hop stops the walk and
+//! the last trusted address seen is used.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use ipnet::IpNet;
+
+/// At most this many hops are read; longer chains are cut at the right end.
+const MAX_HOPS: usize = 32;
+
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let peer = canonical(peer);
+    if trusted.is_empty() || !is_trusted(&peer) {
+        return peer;
+    }
+    let mut hops: Vec<&str> = Vec::new();
+    for v in headers.get_all("forwarded") {
+        let Ok(v) = v.to_str() else { return peer };
+        for elem in v.split(',') {
+            for pair in elem.split(';') {
+                if let Some((k, val)) = pair.trim().split_once('=') {
+                    if k.trim().eq_ignore_ascii_case("for") {
+                        hops.push(val.trim());
+                    }
+                }
+            }
+        }
+    }
+    if hops.is_empty() {
+        for v in headers.get_all("x-forwarded-for") {
+            let Ok(v) = v.to_str() else { return peer };
+            hops.extend(v.split(','));
+        }
+    }
+    let mut current = peer;
+    for hop in hops.iter().rev().take(MAX_HOPS) {
+        match parse_hop(hop) {
+            Some(ip) => {
+                current = ip;
+                if !is_trusted(&ip) {
+                    return ip;
+                }
+            }
+            None => return current,
+        }
+    }
+    current
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn parse_hop(raw: &str) -> Option<IpAddr> {
+    let s = raw.trim().trim_matches('"');
+    if s.len() > 64 {
+        return None;
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    // [v6]:port or v4:port
+    if let Some(rest) = s.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok().map(canonical);
+    }
+    s.rsplit_once(':')
+        .and_then(|(h, _)| h.parse().ok())
+        .map(canonical)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client() {
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        let ip = client_ip(peer, &h(&[("x-forwarded-for", "1.2.3.4")]), &[]);
+        assert_eq!(ip, peer);
+        let trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        assert_eq!(
+            client_ip(peer, &h(&[("x-forwarded-for", "1.2.3.4")]), &trusted),
+            peer
+        );
+    }
+
+    #[test]
+    fn trusted_peer_yields_rightmost_untrusted() {
+        let trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let hdr = h(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.2")]);
+        assert_eq!(
+            client_ip(peer, &hdr, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        let hdr = h(&[(
+            "forwarded",
+            "for=\"[2001:db8::1]:443\";proto=https, for=10.0.0.3",
+        )]);
+        assert_eq!(
+            client_ip(peer, &hdr, &trusted),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn garbage_and_long_chains_never_escape() {
+        let trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let hdr = h(&[("x-forwarded-for", "1.2.3.4, garbage")]);
+        assert_eq!(client_ip(peer, &hdr, &trusted), peer);
+        let long = vec!["10.1.1.1"; 5000].join(",");
+        let hdr = h(&[("x-forwarded-for", &long)]);
+        assert!(trusted[0].contains(&client_ip(peer, &hdr, &trusted)));
+    }
+}

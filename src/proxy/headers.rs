@@ -1,0 +1,68 @@
+//! Header rules for proxied requests and the gateway's own responses.
+
+use pingora::http::{RequestHeader, ResponseHeader};
+
+/// Whether a client-sent header belongs to the identity family: its name,
+/// case-insensitively and with `_` read as `-`, starts with `x-user-`.
+pub fn is_identity_header(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() >= 7
+        && b[..7].iter().zip(b"x-user-").all(|(c, want)| {
+            let c = c.to_ascii_lowercase();
+            c == *want || (c == b'_' && *want == b'-')
+        })
+}
+
+/// Remove every identity-family header (names are collected first: removing
+/// while iterating is not possible).
+pub fn strip_identity(req: &mut RequestHeader) {
+    let names: Vec<String> = req
+        .headers
+        .keys()
+        .map(|k| k.as_str().to_string())
+        .filter(|k| is_identity_header(k))
+        .collect();
+    for n in names {
+        while req.remove_header(n.as_str()).is_some() {}
+    }
+}
+
+/// Security headers on every response the gateway writes itself.
+pub fn add_security_headers(resp: &mut ResponseHeader, tls: bool) {
+    let _ = resp.insert_header("x-content-type-options", "nosniff");
+    let _ = resp.insert_header("cache-control", "no-store");
+    let _ = resp.insert_header("pragma", "no-cache");
+    if resp.headers.get("referrer-policy").is_none() {
+        let _ = resp.insert_header("referrer-policy", "no-referrer");
+    }
+    if resp.headers.get("x-frame-options").is_none() {
+        let _ = resp.insert_header("x-frame-options", "DENY");
+    }
+    if tls {
+        let _ = resp.insert_header(
+            "strict-transport-security",
+            "max-age=31536000; includeSubDomains",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_family() {
+        for n in [
+            "x-user-id",
+            "X-User-Id",
+            "X_USER_ID",
+            "x_user-email",
+            "X-User-Anything",
+        ] {
+            assert!(is_identity_header(n), "{n}");
+        }
+        for n in ["x-userid", "x-use-id", "user-id", "x-request-id"] {
+            assert!(!is_identity_header(n), "{n}");
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! The Pingora hooks. A request flows:
+//!
+//! 1. `request_filter`: request id, client IP, header limits, path
+//!    normalization. `/auth/*` and `/.well-known/*` are answered locally by
+//!    [`crate::auth::AuthService`]; every other path is matched to a route
+//!    and its bearer token checked (401/403 end the request here).
+//! 2. `upstream_peer`: round-robin over the route's upstreams.
+//! 3. `upstream_request_filter`: strip client identity headers, inject
+//!    `X-User-*`, `X-Request-Id` and `X-Forwarded-*`, set the normalized path.
+//! 4. `fail_to_proxy`: a JSON 502 that names nothing internal.
+//! 5. `logging`: metrics.
+
+pub mod client_ip;
+pub mod headers;
+pub mod path;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::lb::{selection::RoundRobin, LoadBalancer};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::api::{ApiRequest, ApiResponse};
+use crate::auth::handlers::identity_headers;
+use crate::auth::tokens::{AccessClaims, TokenRejection};
+use crate::auth::AuthService;
+use crate::config::{AuthMode, Config, Route, Upstream};
+use crate::error::ApiError;
+use crate::metrics;
+
+pub struct RouteRuntime {
+    pub route: Route,
+    lb: LoadBalancer<RoundRobin>,
+}
+
+pub struct Gateway {
+    pub cfg: Arc<Config>,
+    pub auth: Arc<AuthService>,
+    routes: Vec<RouteRuntime>,
+    /// Whether this instance serves the TLS listener.
+    tls: bool,
+}
+
+#[derive(Default)]
+pub struct Ctx {
+    request_id: String,
+    client_ip: Option<IpAddr>,
+    route: Option<usize>,
+    claims: Option<AccessClaims>,
+    path_and_query: Option<String>,
+    started: Option<Instant>,
+    upstream_started: Option<Instant>,
+    local: bool,
+}
+
+impl Gateway {
+    pub fn new(cfg: Arc<Config>, auth: Arc<AuthService>, tls: bool) -> std::io::Result<Self> {
+        let routes = cfg
+            .routes
+            .iter()
+            .map(|r| {
+                let lb = LoadBalancer::try_from_iter(r.upstreams.iter().map(|u| u.addr))?;
+                Ok(RouteRuntime {
+                    route: r.clone(),
+                    lb,
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Self {
+            cfg,
+            auth,
+            routes,
+            tls,
+        })
+    }
+
+    fn match_route(&self, path: &str) -> Option<usize> {
+        // Routes are sorted longest prefix first.
+        self.routes
+            .iter()
+            .position(|r| path::prefix_matches(&r.route.prefix, path))
+    }
+
+    async fn respond(&self, session: &mut Session, ctx: &Ctx, resp: ApiResponse) -> Result<()> {
+        let mut h = ResponseHeader::build(resp.status, Some(resp.headers.len() + 8))?;
+        for (k, v) in &resp.headers {
+            h.append_header(*k, v.as_str())?;
+        }
+        h.insert_header("content-length", resp.body.len().to_string())?;
+        h.insert_header("x-request-id", ctx.request_id.as_str())?;
+        headers::add_security_headers(&mut h, self.tls);
+        let head = session.req_header().method == http::Method::HEAD;
+        session
+            .write_response_header(Box::new(h), head || resp.body.is_empty())
+            .await?;
+        if !head && !resp.body.is_empty() {
+            session.write_response_body(Some(resp.body), true).await?;
+        }
+        Ok(())
+    }
+
+    async fn respond_error(&self, session: &mut Session, ctx: &Ctx, e: ApiError) -> Result<bool> {
+        self.respond(session, ctx, e.into_response()).await?;
+        Ok(true)
+    }
+
+    /// Read a local request's body, bounded by `limits.max_body_bytes`.
+    async fn read_body(&self, session: &mut Session) -> std::result::Result<Bytes, ApiError> {
+        let limit = self.cfg.limits.max_body_bytes;
+        if let Some(len) = session
+            .req_header()
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            if len > limit as u64 {
+                return Err(ApiError::PayloadTooLarge);
+            }
+        }
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get("expect")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue {
+            session
+                .as_downstream_mut()
+                .write_continue_response()
+                .await
+                .map_err(|_| ApiError::BadRequest("The request could not be read."))?;
+        }
+        let mut buf = BytesMut::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if buf.len() + chunk.len() > limit {
+                        return Err(ApiError::PayloadTooLarge);
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(_) => return Err(ApiError::BadRequest("The request body could not be read.")),
+            }
+        }
+        Ok(buf.freeze())
+    }
+
+    fn check_header_limits(&self, req: &RequestHeader) -> std::result::Result<(), ApiError> {
+        let l = &self.cfg.limits;
+        if req.headers.len() > l.max_header_count {
+            return Err(ApiError::HeadersTooLarge);
+        }
+        let total: usize = req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        if total > l.max_header_bytes {
+            return Err(ApiError::HeadersTooLarge);
+        }
+        Ok(())
+    }
+
+    async fn serve_local(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        path: String,
+    ) -> Result<bool> {
+        ctx.local = true;
+        let body = match self.read_body(session).await {
+            Ok(b) => b,
+            Err(e) => {
+                // The rest of the body is unread: do not reuse the connection.
+                session.set_keepalive(None);
+                return self.respond_error(session, ctx, e).await;
+            }
+        };
+        let req = session.req_header();
+        let api = ApiRequest {
+            method: req.method.clone(),
+            path,
+            query: req.uri.query().map(str::to_string),
+            headers: req.headers.clone(),
+            body,
+            client_ip: ctx.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            request_id: ctx.request_id.clone(),
+        };
+        let resp = self.auth.handle(api).await;
+        self.respond(session, ctx, resp).await?;
+        Ok(true)
+    }
+
+    fn pick_upstream(&self, idx: usize, key: &[u8]) -> Option<&Upstream> {
+        let r = &self.routes[idx];
+        let backend = r.lb.select(key, 256)?;
+        let addr = backend.addr.as_inet()?;
+        r.route.upstreams.iter().find(|u| &u.addr == addr)
+    }
+}
+
+impl Gateway {
+    /// The `route` label of request metrics: a configured prefix, "auth", or "none".
+    fn route_label<'a>(&'a self, ctx: &Ctx) -> &'a str {
+        match ctx.route {
+            Some(i) => &self.routes[i].route.prefix,
+            None if ctx.local => "auth",
+            None => "none",
+        }
+    }
+}
+
+fn is_local(path: &str) -> bool {
+    path == "/auth" || path.starts_with("/auth/") || path.starts_with("/.well-known/")
+}
+
+fn query_has_token(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .any(|(k, _)| k.eq_ignore_ascii_case("access_token") || k.eq_ignore_ascii_case("token"))
+    })
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.started = Some(Instant::now());
+        ctx.request_id = uuid::Uuid::new_v4().to_string();
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        ctx.client_ip = Some(client_ip::client_ip(
+            peer,
+            &session.req_header().headers,
+            &self.cfg.server.trusted_proxies,
+        ));
+        session.set_read_timeout(Some(Duration::from_secs(
+            self.cfg.limits.downstream_read_timeout_secs,
+        )));
+        if let Err(e) = self.check_header_limits(session.req_header()) {
+            session.set_keepalive(None);
+            return self.respond_error(session, ctx, e).await;
+        }
+        let raw_path = session.req_header().uri.path().to_string();
+        let normalized = match path::normalize(&raw_path) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(reason = %e, "rejected path");
+                return self
+                    .respond_error(
+                        session,
+                        ctx,
+                        ApiError::BadRequest("The request path cannot be normalized safely."),
+                    )
+                    .await;
+            }
+        };
+        if is_local(&normalized) {
+            return self.serve_local(session, ctx, normalized).await;
+        }
+        let Some(idx) = self.match_route(&normalized) else {
+            return self.respond_error(session, ctx, ApiError::NotFound).await;
+        };
+        let route = &self.routes[idx].route;
+        ctx.route = Some(idx);
+        let query = session.req_header().uri.query().map(str::to_string);
+        if route.auth != AuthMode::Public {
+            let verdict = if query_has_token(query.as_deref()) {
+                Err(TokenRejection::Invalid)
+            } else {
+                self.auth.authenticate(&session.req_header().headers)
+            };
+            match (verdict, route.auth) {
+                (Ok(c), _) => {
+                    if !route.roles.is_empty() && !c.roles.iter().any(|r| route.roles.contains(r)) {
+                        return self.respond_error(session, ctx, ApiError::Forbidden).await;
+                    }
+                    ctx.claims = Some(c);
+                }
+                (Err(_), AuthMode::Required) => {
+                    return self
+                        .respond_error(session, ctx, ApiError::Unauthorized)
+                        .await;
+                }
+                (Err(_), _) => {}
+            }
+        }
+        ctx.path_and_query = Some(match query {
+            Some(q) => format!("{normalized}?{q}"),
+            None => normalized,
+        });
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let idx = ctx
+            .route
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
+        let key = ctx.request_id.as_bytes().to_vec();
+        let _ = session;
+        let up = self
+            .pick_upstream(idx, &key)
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no upstream"))?;
+        let mut peer = HttpPeer::new(up.addr, up.tls, up.sni.clone());
+        let l = &self.cfg.limits;
+        peer.options.connection_timeout =
+            Some(Duration::from_secs(l.upstream_connect_timeout_secs));
+        peer.options.total_connection_timeout =
+            Some(Duration::from_secs(l.upstream_connect_timeout_secs * 2));
+        peer.options.read_timeout = Some(Duration::from_secs(l.upstream_read_timeout_secs));
+        peer.options.write_timeout = Some(Duration::from_secs(l.upstream_read_timeout_secs));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        headers::strip_identity(up);
+        let peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let trusted_peer = peer_ip.is_some_and(|ip| {
+            self.cfg
+                .server
+                .trusted_proxies
+                .iter()
+                .any(|n| n.contains(&ip))
+        });
+        let xff = match (
+            trusted_peer,
+            up.headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok()),
+        ) {
+            (true, Some(prev)) if prev.len() < 2048 => {
+                format!(
+                    "{prev}, {}",
+                    peer_ip.map(|i| i.to_string()).unwrap_or_default()
+                )
+            }
+            _ => ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+        };
+        while up.remove_header("x-forwarded-for").is_some() {}
+        while up.remove_header("forwarded").is_some() {}
+        up.insert_header("x-forwarded-for", xff)?;
+        up.insert_header("x-forwarded-proto", if self.tls { "https" } else { "http" })?;
+        up.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(c) = &ctx.claims {
+            for (k, v) in identity_headers(c) {
+                up.insert_header(k, v)?;
+            }
+        }
+        if let Some(pq) = &ctx.path_and_query {
+            let uri = pq
+                .parse::<http::Uri>()
+                .map_err(|_| Error::explain(ErrorType::InternalError, "bad normalized uri"))?;
+            up.set_uri(uri);
+        }
+        ctx.upstream_started = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let err = match e.esource() {
+            ErrorSource::Upstream => ApiError::BadGateway,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                    return FailToProxy {
+                        error_code: 0,
+                        can_reuse_downstream: false,
+                    }
+                }
+                ErrorType::ReadTimedout => {
+                    ApiError::BadRequest("The request was not received in time.")
+                }
+                _ => ApiError::BadRequest("The request could not be read."),
+            },
+            _ => match e.etype() {
+                ErrorType::ConnectTimedout
+                | ErrorType::ConnectRefused
+                | ErrorType::ConnectNoRoute
+                | ErrorType::ConnectError => ApiError::BadGateway,
+                _ => ApiError::Internal(e.to_string()),
+            },
+        };
+        if matches!(err, ApiError::BadGateway) {
+            metrics::UPSTREAM_ERRORS
+                .with_label_values(&[self.route_label(ctx)])
+                .inc();
+            tracing::warn!(request_id = %ctx.request_id, cause = %e, "upstream failed");
+        }
+        let status = err.status();
+        let resp = err.into_response();
+        session.set_keepalive(None);
+        let _ = self.respond(session, ctx, resp).await;
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "none",
+        };
+        let label = self.route_label(ctx);
+        metrics::REQUESTS.with_label_values(&[label, class]).inc();
+        if let Some(t) = ctx.started {
+            metrics::REQUEST_DURATION
+                .with_label_values(&[label])
+                .observe(t.elapsed().as_secs_f64());
+        }
+        if let Some(t) = ctx.upstream_started {
+            metrics::UPSTREAM_DURATION
+                .with_label_values(&[label])
+                .observe(t.elapsed().as_secs_f64());
+        }
+    }
+}

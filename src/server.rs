@@ -1,0 +1,313 @@
+//! Wiring: build every service from a validated [`Config`] and run them on
+//! one Pingora server. The binary and the integration tests both come
+//! through [`start`], so tests boot exactly what the binary runs.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use tokio::sync::watch;
+
+use crate::admin::{AdminApp, TOKEN_FILE};
+use crate::auth::keys::{load_or_create_secret, random_bytes};
+use crate::auth::AuthService;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::demo::EchoApp;
+use crate::mail::outbox::OutboxWorker;
+use crate::proxy::Gateway;
+use crate::store::sled_store::SledStore;
+use crate::store::Store;
+
+/// Open the store, mapping sled's lock error to a clear message.
+pub fn open_store(cfg: &Config) -> Result<Arc<SledStore>, String> {
+    if let Some(parent) = cfg.database_path.parent() {
+        create_private_dir(parent)?;
+    }
+    SledStore::open(&cfg.database_path)
+        .map(Arc::new)
+        .map_err(|e| {
+            let s = e.to_string();
+            if s.contains("lock")
+                || s.contains("WouldBlock")
+                || s.contains("Resource temporarily unavailable")
+            {
+                format!(
+                    "the database at '{}' is in use by another process",
+                    cfg.database_path.display()
+                )
+            } else {
+                format!("opening the database: {s}")
+            }
+        })
+}
+
+pub fn create_private_dir(dir: &std::path::Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating '{}': {e}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
+/// The admin token, generated into `data_dir` (0600) on first use.
+pub fn admin_token(cfg: &Config) -> Result<Vec<u8>, String> {
+    create_private_dir(&cfg.server.data_dir)?;
+    let raw = load_or_create_secret(&cfg.server.data_dir.join(TOKEN_FILE), || {
+        crate::auth::tokens::opaque_token(32).into_bytes()
+    })
+    .map_err(|e| format!("admin token: {e}"))?;
+    let _ = random_bytes;
+    Ok(raw.trim_ascii().to_vec())
+}
+
+/// Periodic upkeep: persist throttle counters, prune expired revocations.
+struct Maintenance {
+    auth: Arc<AuthService>,
+}
+
+#[async_trait]
+impl BackgroundService for Maintenance {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = 0u64;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => break,
+            }
+            tick += 1;
+            if let Err(e) = self.auth.throttle.persist() {
+                tracing::error!(cause = %e, "persisting throttle counters");
+            }
+            if tick % 60 == 0 {
+                match self.auth.revocations.prune(self.auth.clock.now()) {
+                    Ok(n) if n > 0 => tracing::info!(pruned = n, "expired revocations pruned"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(cause = %e, "pruning revocations"),
+                }
+            }
+            if let Err(e) = self.auth.store.flush().await {
+                tracing::error!(cause = %e, "flushing the store");
+            }
+        }
+        let _ = self.auth.throttle.persist();
+        let _ = self.auth.store.flush().await;
+    }
+}
+
+/// Stops the server when told to through a channel (tests), or on
+/// SIGTERM/SIGINT (the binary); both shut down gracefully.
+struct Shutdown {
+    rx: watch::Receiver<bool>,
+    signals: bool,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Shutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut rx = self.rx.clone();
+        if self.signals {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                let _ = rx.wait_for(|v| *v).await;
+                return ShutdownSignal::GracefulTerminate;
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down gracefully"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down gracefully"),
+                _ = rx.wait_for(|v| *v) => {}
+            }
+        } else {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// A running gateway.
+pub struct GatewayHandle {
+    pub auth: Arc<AuthService>,
+    stop: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub listen: Option<SocketAddr>,
+    pub tls_listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+}
+
+impl GatewayHandle {
+    /// Graceful stop; returns when every service has exited and the store
+    /// is flushed and closed.
+    pub fn stop(mut self) {
+        self.shutdown_and_join();
+    }
+
+    /// Block until the server exits (signal).
+    pub fn wait(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    fn shutdown_and_join(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for GatewayHandle {
+    fn drop(&mut self) {
+        self.shutdown_and_join();
+    }
+}
+
+fn check_bindable(addr: SocketAddr, name: &str) -> Result<(), String> {
+    TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| format!("{name}: cannot listen on {addr}: {e}"))
+}
+
+/// Build and start every service; returns once the listeners accept.
+pub fn start(
+    cfg: Config,
+    clock: Arc<dyn Clock>,
+    handle_signals: bool,
+) -> Result<GatewayHandle, String> {
+    crate::metrics::init();
+    let cfg = Arc::new(cfg);
+    let s = &cfg.server;
+    create_private_dir(&s.data_dir)?;
+    if s.tls_listen.is_some() {
+        crate::tls::ensure_dev_pair(&s.tls_cert, &s.tls_key)?;
+        crate::tls::check_pair(&s.tls_cert, &s.tls_key)?;
+    }
+    for (addr, name) in [
+        (s.listen, "server.listen"),
+        (s.tls_listen, "server.tls_listen"),
+        (s.admin_listen, "server.admin_listen"),
+        (cfg.demo_echo, "demo.echo_listen"),
+    ] {
+        if let Some(a) = addr {
+            check_bindable(a, name)?;
+        }
+    }
+    let admin_token = admin_token(&cfg)?;
+    let store: Arc<dyn Store> = open_store(&cfg)?;
+    let auth = Arc::new(AuthService::new(cfg.clone(), store.clone(), clock.clone())?);
+    let transport = crate::mail::transport_for(&cfg.mail)?;
+
+    let mut conf = ServerConf {
+        threads: s.threads,
+        grace_period_seconds: Some(s.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..Default::default()
+    };
+    conf.pid_file = s.data_dir.join("portcullis.pid").display().to_string();
+    conf.upgrade_sock = s.data_dir.join("upgrade.sock").display().to_string();
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let conf = server.configuration.clone();
+
+    if let Some(addr) = s.listen {
+        let gw = Gateway::new(cfg.clone(), auth.clone(), false).map_err(|e| e.to_string())?;
+        let mut svc = pingora::proxy::http_proxy_service_with_name(&conf, gw, "portcullis http");
+        svc.add_tcp(&addr.to_string());
+        server.add_service(svc);
+    }
+    if let Some(addr) = s.tls_listen {
+        let gw = Gateway::new(cfg.clone(), auth.clone(), true).map_err(|e| e.to_string())?;
+        let mut svc = pingora::proxy::http_proxy_service_with_name(&conf, gw, "portcullis https");
+        let mut tls = TlsSettings::intermediate(
+            &s.tls_cert.display().to_string(),
+            &s.tls_key.display().to_string(),
+        )
+        .map_err(|e| format!("TLS settings: {e}"))?;
+        tls.enable_h2();
+        svc.add_tls_with_settings(&addr.to_string(), None, tls);
+        server.add_service(svc);
+    }
+    if let Some(addr) = s.admin_listen {
+        let mut svc = Service::new(
+            "portcullis admin".to_string(),
+            AdminApp {
+                auth: auth.clone(),
+                token: admin_token,
+            },
+        );
+        svc.add_tcp(&addr.to_string());
+        server.add_service(svc);
+    }
+    if let Some(addr) = cfg.demo_echo {
+        let mut svc = Service::new("demo echo upstream".to_string(), EchoApp);
+        svc.add_tcp(&addr.to_string());
+        server.add_service(svc);
+    }
+    server.add_service(background_service(
+        "outbox",
+        OutboxWorker {
+            store: store.clone(),
+            transport,
+            clock: clock.clone(),
+            wake: auth.mail_wake.clone(),
+            max_attempts: cfg.mail.max_attempts,
+            retry_base_secs: cfg.mail.retry_base_secs,
+        },
+    ));
+    server.add_service(background_service(
+        "maintenance",
+        Maintenance { auth: auth.clone() },
+    ));
+    drop(store);
+
+    let (tx, rx) = watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name("portcullis".into())
+        .spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(Shutdown {
+                    rx,
+                    signals: handle_signals,
+                }),
+            });
+        })
+        .map_err(|e| format!("starting the server thread: {e}"))?;
+
+    let handle = GatewayHandle {
+        auth,
+        stop: tx,
+        thread: Some(thread),
+        listen: s.listen,
+        tls_listen: s.tls_listen,
+        admin_listen: s.admin_listen,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for addr in [s.listen, s.tls_listen, s.admin_listen, cfg.demo_echo]
+        .into_iter()
+        .flatten()
+    {
+        let target = if addr.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+        } else {
+            addr
+        };
+        while TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_err() {
+            if Instant::now() > deadline {
+                return Err(format!("{addr} did not start accepting connections"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(handle)
+}
