@@ -87,7 +87,7 @@ impl BackgroundService for Maintenance {
             if let Err(e) = self.auth.throttle.persist() {
                 tracing::error!(cause = %e, "persisting throttle counters");
             }
-            if tick % 60 == 0 {
+            if tick.is_multiple_of(60) {
                 match self.auth.revocations.prune(self.auth.clock.now()) {
                     Ok(n) if n > 0 => tracing::info!(pruned = n, "expired revocations pruned"),
                     Ok(_) => {}

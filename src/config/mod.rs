@@ -604,7 +604,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
         });
     }
     // Longest prefix first, so matching is the first hit.
-    routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+    routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
 
     let data_dir = PathBuf::from(&s.data_dir);
     let database_path = match env("PORTCULLIS_DATABASE_URL").filter(|v| !v.is_empty()) {

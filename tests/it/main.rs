@@ -1,1 +1,10 @@
+//! Every integration test, compiled into one binary so linking stays cheap.
+//! Each test boots the real gateway on its own ephemeral ports.
 
+mod common;
+
+mod accounts;
+mod core_proxy;
+mod email;
+mod limits;
+mod tokens;

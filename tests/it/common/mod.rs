@@ -1,0 +1,300 @@
+//! Shared test support: boots the real gateway (the same `portcullis::start`
+//! the binary runs) on ephemeral loopback ports with a temp data dir, a real
+//! upstream HTTP app and, when asked, a real SMTP receiver.
+#![allow(dead_code)]
+
+pub mod http;
+pub mod smtp;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use portcullis::clock::{Clock, ManualClock};
+use portcullis::{Config, GatewayHandle};
+use serde_json::{json, Value};
+
+/// A free loopback port (bound, then released for the gateway to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How to boot a test gateway.
+pub struct Builder {
+    /// Extra TOML appended to the generated `[server]`-less sections; use
+    /// full section headers, e.g. "[throttle]\nauth_per_minute = 3\n".
+    pub extra: String,
+    /// Routes TOML; `{UP}` is replaced with the upstream URL.
+    pub routes: String,
+    pub with_smtp: bool,
+    pub env: HashMap<String, String>,
+    /// Extra lines for the `[server]` section.
+    pub server_extra: String,
+    /// Extra lines for the `[mail]` section.
+    pub mail_extra: String,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            extra: String::new(),
+            routes: DEFAULT_ROUTES.into(),
+            with_smtp: false,
+            env: HashMap::new(),
+            server_extra: String::new(),
+            mail_extra: String::new(),
+        }
+    }
+}
+
+pub const DEFAULT_ROUTES: &str = r#"
+[[routes]]
+prefix = "/"
+upstream = "{UP}"
+auth = "required"
+
+[[routes]]
+prefix = "/public"
+upstream = "{UP}"
+auth = "public"
+
+[[routes]]
+prefix = "/optional"
+upstream = "{UP}"
+auth = "optional"
+
+[[routes]]
+prefix = "/admin"
+upstream = "{UP}"
+auth = "required"
+roles = ["admin"]
+
+[[routes]]
+prefix = "/ops"
+upstream = "{UP}"
+auth = "required"
+roles = ["admin", "ops"]
+"#;
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub tls_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub clock: Arc<ManualClock>,
+    pub upstream: upstream::Upstream,
+    pub smtp: Option<smtp::SmtpServer>,
+    pub dir: tempfile::TempDir,
+    pub toml: String,
+    env: HashMap<String, String>,
+    handle: Option<GatewayHandle>,
+}
+
+impl TestGateway {
+    pub async fn start() -> Self {
+        Self::start_with(Builder::default()).await
+    }
+
+    pub async fn start_with(b: Builder) -> Self {
+        let upstream = upstream::start().await;
+        let smtp = if b.with_smtp {
+            Some(smtp::start().await)
+        } else {
+            None
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, tls_addr, admin_addr) = (
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+        );
+        let d = dir.path().display();
+        let (mail_transport, smtp_port) = match &smtp {
+            Some(s) => ("smtp", s.addr.port()),
+            None => ("log", 25),
+        };
+        let routes = b.routes.replace("{UP}", &upstream.url());
+        let toml = format!(
+            r#"
+[server]
+listen = "{addr}"
+tls_listen = "{tls_addr}"
+admin_listen = "{admin_addr}"
+tls_cert = "{d}/certs/cert.pem"
+tls_key = "{d}/certs/key.pem"
+data_dir = "{d}/data"
+grace_period_secs = 0
+{server_extra}
+
+[mail]
+transport = "{mail_transport}"
+smtp_host = "127.0.0.1"
+smtp_port = {smtp_port}
+link_base_url = "https://gateway.test"
+retry_base_secs = 30
+{mail_extra}
+
+{extra}
+{routes}
+"#,
+            server_extra = b.server_extra,
+            mail_extra = b.mail_extra,
+            extra = b.extra,
+        );
+        let clock = Arc::new(ManualClock::starting_now());
+        let mut gw = TestGateway {
+            addr,
+            tls_addr,
+            admin_addr,
+            clock,
+            upstream,
+            smtp,
+            dir,
+            toml,
+            env: b.env,
+            handle: None,
+        };
+        gw.boot();
+        gw
+    }
+
+    pub fn config(&self) -> Config {
+        let env = self.env.clone();
+        Config::from_toml(&self.toml, &move |k| env.get(k).cloned(), Path::new("."))
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}"))
+    }
+
+    fn boot(&mut self) {
+        let clock: Arc<dyn Clock> = self.clock.clone();
+        let handle = portcullis::start(self.config(), clock, false)
+            .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
+        self.handle = Some(handle);
+    }
+
+    /// Stop (gracefully, flushing the store) and start again on the same
+    /// data dir and ports.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.boot();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.stop();
+        }
+    }
+
+    pub fn handle(&self) -> &GatewayHandle {
+        self.handle.as_ref().expect("gateway is running")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("certs/cert.pem")
+    }
+
+    pub fn smtp(&self) -> &smtp::SmtpServer {
+        self.smtp.as_ref().expect("started with_smtp")
+    }
+
+    // ----- API helpers
+
+    pub async fn get(&self, path: &str, bearer: Option<&str>) -> http::Response {
+        http::get(self.addr, path, bearer).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value, bearer: Option<&str>) -> http::Response {
+        http::post_json(self.addr, path, &body, bearer).await
+    }
+
+    pub async fn register(&self, email: &str, password: &str) -> http::Response {
+        self.post(
+            "/auth/register",
+            json!({ "email": email, "password": password, "password_confirm": password }),
+            None,
+        )
+        .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> http::Response {
+        self.post(
+            "/auth/login",
+            json!({ "email": email, "password": password }),
+            None,
+        )
+        .await
+    }
+
+    /// Register and log in; returns (access_token, refresh_token, user).
+    pub async fn signup(&self, email: &str) -> Session {
+        let r = self.register(email, PASSWORD).await;
+        assert_eq!(r.status, 201, "register {email}: {}", r.text());
+        self.signin(email, PASSWORD).await
+    }
+
+    pub async fn signin(&self, email: &str, password: &str) -> Session {
+        let r = self.login(email, password).await;
+        assert_eq!(r.status, 200, "login {email}: {}", r.text());
+        let v = r.json();
+        Session {
+            access: v["access_token"].as_str().unwrap().to_string(),
+            refresh: v["refresh_token"].as_str().unwrap().to_string(),
+            user: v["user"].clone(),
+        }
+    }
+
+    /// Create a user with roles through the admin API (as the CLI would).
+    pub async fn admin_add_user(&self, email: &str, roles: &[&str]) -> Value {
+        let token = std::fs::read_to_string(self.data_dir().join("admin.token")).unwrap();
+        let body = json!({ "op": "add", "email": email, "roles": roles, "password": PASSWORD });
+        let r = http::request(
+            self.admin_addr,
+            "POST",
+            "/admin/users",
+            &[
+                ("authorization", &format!("Bearer {}", token.trim())),
+                ("content-type", "application/json"),
+            ],
+            Some(body.to_string().as_bytes()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "admin add: {}", r.text());
+        r.json()
+    }
+
+    pub async fn metrics(&self) -> String {
+        http::get(self.admin_addr, "/metrics", None).await.text()
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct Session {
+    pub access: String,
+    pub refresh: String,
+    pub user: Value,
+}
+
+/// The value of a metric sample line (`name{labels} value`), 0 when absent.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
