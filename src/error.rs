@@ -25,6 +25,8 @@ pub enum ApiError {
     PayloadTooLarge,
     UnsupportedMediaType,
     HeadersTooLarge,
+    /// The request (header or body) did not arrive in time.
+    RequestTimeout,
     TooManyRequests {
         retry_after: u64,
     },
@@ -56,6 +58,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => 413,
             ApiError::UnsupportedMediaType => 415,
             ApiError::HeadersTooLarge => 431,
+            ApiError::RequestTimeout => 408,
             ApiError::TooManyRequests { .. } => 429,
             ApiError::BadGateway => 502,
             ApiError::Internal(_) => 500,
@@ -77,6 +80,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::HeadersTooLarge => "request_header_fields_too_large",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::BadGateway => "bad_gateway",
             ApiError::Internal(_) => "internal",
@@ -98,6 +102,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => "The request body is too large.",
             ApiError::UnsupportedMediaType => "The body must be application/json.",
             ApiError::HeadersTooLarge => "The request headers are too large.",
+            ApiError::RequestTimeout => "The request was not received in time.",
             ApiError::TooManyRequests { .. } => "Too many requests; try again later.",
             ApiError::BadGateway => "The upstream service is unavailable.",
             ApiError::Internal(_) => "An internal error occurred.",

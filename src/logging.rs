@@ -38,6 +38,11 @@ pub fn init(cfg: &LogConfig) -> Result<(), String> {
             Some(
                 tracing_subscriber::fmt::layer()
                     .json()
+                    // One flat object per line: timestamp, event, outcome,
+                    // user_id, client_ip, user_agent, request_id.
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
                     .with_writer(Mutex::new(file))
                     .with_filter(filter_fn(|m| m.target() == "audit")),
             )

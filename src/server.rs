@@ -21,6 +21,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::demo::EchoApp;
 use crate::mail::outbox::OutboxWorker;
+use crate::proxy::deadline::HeaderDeadline;
 use crate::proxy::Gateway;
 use crate::store::sled_store::SledStore;
 use crate::store::Store;
@@ -219,16 +220,20 @@ pub fn start(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let conf = server.configuration.clone();
+    // Slowloris: a whole request header must arrive within this time.
+    let header_timeout = Duration::from_secs(cfg.limits.downstream_read_timeout_secs);
 
     if let Some(addr) = s.listen {
         let gw = Gateway::new(cfg.clone(), auth.clone(), false).map_err(|e| e.to_string())?;
-        let mut svc = pingora::proxy::http_proxy_service_with_name(&conf, gw, "portcullis http");
+        let app = HeaderDeadline::new(pingora::proxy::http_proxy(&conf, gw), header_timeout);
+        let mut svc = Service::new("portcullis http".to_string(), app);
         svc.add_tcp(&addr.to_string());
         server.add_service(svc);
     }
     if let Some(addr) = s.tls_listen {
         let gw = Gateway::new(cfg.clone(), auth.clone(), true).map_err(|e| e.to_string())?;
-        let mut svc = pingora::proxy::http_proxy_service_with_name(&conf, gw, "portcullis https");
+        let app = HeaderDeadline::new(pingora::proxy::http_proxy(&conf, gw), header_timeout);
+        let mut svc = Service::new("portcullis https".to_string(), app);
         let mut tls = TlsSettings::intermediate(
             &s.tls_cert.display().to_string(),
             &s.tls_key.display().to_string(),

@@ -261,49 +261,66 @@ impl AuthService {
         if pw.chars().count() > password::MAX_LEN {
             return Err(fail(None));
         }
-        let user = match email::normalize(&raw_email) {
-            Some(e) => self.store.find_user_by_email(&e)?,
+        let normalized = email::normalize(&raw_email);
+        // Failures count per address whether or not an account exists, so a
+        // lockout reveals nothing about which emails are registered.
+        let lock_key = lock_key(normalized.as_deref().unwrap_or(&raw_email));
+        let user = match &normalized {
+            Some(e) => self.store.find_user_by_email(e)?,
             None => None,
         };
-        let Some(user) = user else {
-            self.hasher.verify_dummy(&pw).await;
-            return Err(fail(None));
+        let uid = user.as_ref().map(|u| u.id.to_string());
+        let exempt = match (&user, device.as_deref()) {
+            (Some(u), Some(t)) if !t.is_empty() && t.len() <= 512 => matches!(
+                self.store.find_session_by_refresh(&token_hash(t)),
+                Ok(Some(s)) if s.user_id == u.id
+            ),
+            _ => false,
         };
-        let uid = user.id.to_string();
-        let lock_key = format!("lock:{}", user.id);
-        let exempt = device.as_deref().is_some_and(|t| {
-            matches!(self.store.find_session_by_refresh(&token_hash(t)), Ok(Some(s)) if s.user_id == user.id)
-        });
         if !exempt {
             if let Some(retry_after) = self.throttle.locked_for(&lock_key) {
                 metrics::THROTTLED.with_label_values(&["account"]).inc();
                 metrics::auth_event("login", "throttled");
-                audit::event(&actx, "login", "locked", Some(&uid));
+                audit::event(&actx, "login", "locked", uid.as_deref());
                 return Err(ApiError::TooManyRequests { retry_after });
             }
         }
-        let ok = self.hasher.verify(&pw, &user.password_hash).await?;
-        if !ok || user.disabled {
-            let t = &self.cfg.throttle;
-            if !ok
-                && self.throttle.fail(
-                    &lock_key,
-                    t.max_failed_logins,
-                    t.failure_window_secs,
-                    t.lockout_secs,
-                )
-            {
-                metrics::THROTTLED.with_label_values(&["account"]).inc();
-                audit::event(&actx, "lockout", "locked", Some(&uid));
+        let ok = match &user {
+            Some(u) => self.hasher.verify(&pw, &u.password_hash).await?,
+            None => {
+                self.hasher.verify_dummy(&pw).await;
+                false
             }
-            return Err(fail(Some(&uid)));
-        }
+        };
+        let user = match user {
+            Some(u) if ok && !u.disabled => u,
+            _ => {
+                let t = &self.cfg.throttle;
+                if !ok
+                    && self.throttle.fail(
+                        &lock_key,
+                        t.max_failed_logins,
+                        t.failure_window_secs,
+                        t.lockout_secs,
+                    )
+                {
+                    metrics::THROTTLED.with_label_values(&["account"]).inc();
+                    audit::event(&actx, "lockout", "locked", uid.as_deref());
+                }
+                return Err(fail(uid.as_deref()));
+            }
+        };
+        let uid = user.id.to_string();
         if self.cfg.accounts.require_email_verification && !user.email_verified {
             metrics::auth_event("login", "failure");
             audit::event(&actx, "login", "email_not_verified", Some(&uid));
             return Err(ApiError::EmailNotVerified);
         }
-        self.throttle.clear(&lock_key);
+        // A device-exempt login during a lockout leaves the lock in place
+        // for every other client; otherwise success resets the failures.
+        if self.throttle.locked_for(&lock_key).is_none() {
+            self.throttle.clear(&lock_key);
+        }
         let resp = self.start_session(&user, req)?;
         self.flush().await?;
         metrics::auth_event("login", "success");
@@ -625,7 +642,7 @@ impl AuthService {
         self.store.issue_one_time(&token_hash(&token), &rec, &m)?;
         self.flush().await?;
         self.mail_wake.notify_one();
-        metrics::auth_event("password_reset", "requested");
+        metrics::auth_event("password_reset", "success");
         Ok(())
     }
 
@@ -672,26 +689,13 @@ impl AuthService {
         {
             return Err(invalid());
         }
-        let mut errs = FieldErrors::default();
-        for p in password::policy_problems(&pw, &user.email) {
-            errs.add("new_password", p);
-        }
-        if pw != confirm {
-            errs.add("new_password_confirm", "does not match new_password");
-        }
-        errs.finish()?;
+        check_new_password(&pw, &confirm, &user.email)?;
         // Single use: only the request that removes the token proceeds.
         if self.store.take_one_time(&hash)?.is_none() {
             return Err(invalid());
         }
-        user.password_hash = self.hasher.hash(&pw).await?;
-        user.password_version += 1;
-        let notice = mail::password_changed_mail(&user.email, now);
-        self.store.update_user(&user, Some(&notice))?;
-        self.revoke_all(&user.id, None)?;
-        self.throttle.clear(&format!("lock:{}", user.id));
-        self.flush().await?;
-        self.mail_wake.notify_one();
+        self.set_password(&mut user, &pw, None).await?;
+        self.throttle.clear(&lock_key(&user.email));
         metrics::auth_event("password_reset", "success");
         audit::event(
             &actx,
@@ -724,24 +728,30 @@ impl AuthService {
             audit::event(&actx, "password_change", "failure", Some(&claims.sub));
             return Err(ApiError::InvalidCredentials);
         }
-        let mut errs = FieldErrors::default();
-        for p in password::policy_problems(&pw, &user.email) {
-            errs.add("new_password", p);
-        }
-        if pw != confirm {
-            errs.add("new_password_confirm", "does not match new_password");
-        }
-        errs.finish()?;
-        user.password_hash = self.hasher.hash(&pw).await?;
-        user.password_version += 1;
-        let notice = mail::password_changed_mail(&user.email, self.clock.now());
-        self.store.update_user(&user, Some(&notice))?;
+        check_new_password(&pw, &confirm, &user.email)?;
         let keep = Uuid::parse_str(&claims.sid).ok();
-        self.revoke_all(&user.id, keep.as_ref())?;
-        self.flush().await?;
-        self.mail_wake.notify_one();
+        self.set_password(&mut user, &pw, keep.as_ref()).await?;
         audit::event(&actx, "password_change", "success", Some(&claims.sub));
         Ok(ApiResponse::empty(204))
+    }
+
+    /// Store a new password, void outstanding reset links (the version
+    /// bump), revoke every session but `keep` (all of them, and every access
+    /// token, when `keep` is None), queue the notice, and flush.
+    async fn set_password(
+        &self,
+        user: &mut User,
+        pw: &str,
+        keep: Option<&Uuid>,
+    ) -> Result<(), ApiError> {
+        user.password_hash = self.hasher.hash(pw).await?;
+        user.password_version += 1;
+        let notice = mail::password_changed_mail(&user.email, self.clock.now());
+        self.store.update_user(user, Some(&notice))?;
+        self.revoke_all(&user.id, keep)?;
+        self.flush().await?;
+        self.mail_wake.notify_one();
+        Ok(())
     }
 
     // ----- profile and sessions
@@ -827,6 +837,24 @@ impl AuthService {
             _ => Err(ApiError::NotFound),
         }
     }
+}
+
+/// Policy and confirmation checks for a new password.
+fn check_new_password(pw: &str, confirm: &str, email: &str) -> Result<(), ApiError> {
+    let mut errs = FieldErrors::default();
+    for p in password::policy_problems(pw, email) {
+        errs.add("new_password", p);
+    }
+    if pw != confirm {
+        errs.add("new_password_confirm", "does not match new_password");
+    }
+    errs.finish()
+}
+
+/// The throttle key of an account's failed-login counter.
+fn lock_key(email: &str) -> String {
+    let e: String = email.trim().to_lowercase().chars().take(254).collect();
+    format!("lock:{e}")
 }
 
 /// `X-User-*` identity headers for a verified token.

@@ -11,6 +11,7 @@
 //! 5. `logging`: metrics.
 
 pub mod client_ip;
+pub mod deadline;
 pub mod headers;
 pub mod path;
 
@@ -175,7 +176,13 @@ impl Gateway {
         path: String,
     ) -> Result<bool> {
         ctx.local = true;
-        let body = match self.read_body(session).await {
+        // A whole-body deadline: a per-read timeout alone lets a client
+        // trickle a body one byte at a time.
+        let deadline = Duration::from_secs(self.cfg.limits.downstream_read_timeout_secs);
+        let body = match tokio::time::timeout(deadline, self.read_body(session))
+            .await
+            .unwrap_or(Err(ApiError::RequestTimeout))
+        {
             Ok(b) => b,
             Err(e) => {
                 // The rest of the body is unread: do not reuse the connection.
@@ -224,7 +231,7 @@ fn is_local(path: &str) -> bool {
 fn query_has_token(query: Option<&str>) -> bool {
     query.is_some_and(|q| {
         url::form_urlencoded::parse(q.as_bytes())
-            .any(|(k, _)| k.eq_ignore_ascii_case("access_token") || k.eq_ignore_ascii_case("token"))
+            .any(|(k, _)| k.eq_ignore_ascii_case("access_token"))
     })
 }
 
@@ -389,9 +396,7 @@ impl ProxyHttp for Gateway {
                         can_reuse_downstream: false,
                     }
                 }
-                ErrorType::ReadTimedout => {
-                    ApiError::BadRequest("The request was not received in time.")
-                }
+                ErrorType::ReadTimedout => ApiError::RequestTimeout,
                 _ => ApiError::BadRequest("The request could not be read."),
             },
             _ => match e.etype() {

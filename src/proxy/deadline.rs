@@ -1,0 +1,360 @@
+//! A whole-header deadline for downstream HTTP/1 connections (slowloris).
+//!
+//! Pingora 0.9 only bounds each single read of a request header (the 60 s
+//! keep-alive timeout, or the session read timeout): a client that sends one
+//! byte every few seconds keeps a connection and a task forever. This module
+//! wraps the proxy application:
+//!
+//! - [`HeaderDeadline`] takes over Pingora's HTTP/1 connection loop (the same
+//!   few lines as `pingora_core::apps`' `ServerApp` impl) so it knows where
+//!   each request on a connection begins. HTTP/2 connections are handed to
+//!   Pingora untouched.
+//! - [`DeadlineStream`] wraps the connection's stream. From the moment a
+//!   request is due, it watches the bytes read for the end of the header (an
+//!   empty line) and fails the read with `TimedOut` once the deadline passes
+//!   first. On a fresh connection the clock starts at accept (after the TLS
+//!   handshake); on a reused keep-alive connection it starts at the first
+//!   byte of the next request, so idle keep-alive time stays governed by
+//!   Pingora's keep-alive timeout.
+//!
+//! Request bodies are not covered here: the proxy sets a per-read timeout on
+//! every body, and local `/auth/*` bodies also get a whole-body deadline.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::tls::TlsRef;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Pingora's default idle time between keep-alive requests, kept as is.
+const KEEPALIVE_SECS: u64 = 60;
+
+/// Wraps an HTTP application (the Pingora proxy) with a whole-header deadline.
+pub struct HeaderDeadline<A> {
+    inner: Arc<A>,
+    timeout: Duration,
+}
+
+impl<A> HeaderDeadline<A> {
+    pub fn new(inner: A, timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            timeout,
+        }
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for HeaderDeadline<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let opts = self.inner.server_options();
+        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
+            || opts.is_some_and(|o| o.h2c || o.force_custom)
+            || matches!(stream.selected_alpn_proto(), Some(ALPN::Custom(_)));
+        if h2 {
+            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        }
+        let rearm = Arc::new(AtomicBool::new(false));
+        let stream: Stream = Box::new(DeadlineStream::new(stream, self.timeout, rearm.clone()));
+        let mut session = ServerSession::new_http1(stream);
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(KEEPALIVE_SECS));
+        }
+        session.set_keepalive_reuses_remaining(opts.and_then(|o| o.keepalive_request_limit));
+        let mut result = self.inner.process_new_http(session, shutdown).await;
+        while let Some((stream, settings)) = result.map(|r| r.consume()) {
+            // The next bytes on this connection start a new request header.
+            rearm.store(true, Ordering::Release);
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+            result = self.inner.process_new_http(session, shutdown).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.http_cleanup().await;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Between requests on a reused connection: the clock starts at the
+    /// first byte.
+    Pending,
+    /// Reading a header that must be complete by then.
+    Armed(Instant),
+    /// The header is complete (body, upgrade, response).
+    Off,
+}
+
+/// Finds the end of an HTTP/1 header: an empty line after at least one
+/// non-empty one (leading empty lines are skipped, as the parser does).
+#[derive(Debug, Default, Clone, Copy)]
+struct HeaderEnd {
+    started: bool,
+    /// 0 = inside a line, 1 = just after LF, 2 = after LF then CR.
+    state: u8,
+}
+
+impl HeaderEnd {
+    /// Feed bytes; true once the header is complete.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        for &b in bytes {
+            if !self.started {
+                if b == b'\r' || b == b'\n' {
+                    continue;
+                }
+                self.started = true;
+            }
+            self.state = match (self.state, b) {
+                (1 | 2, b'\n') => return true,
+                (_, b'\n') => 1,
+                (1, b'\r') => 2,
+                _ => 0,
+            };
+        }
+        false
+    }
+}
+
+/// A downstream stream that fails reads once a request header is overdue.
+#[derive(Debug)]
+pub struct DeadlineStream {
+    inner: Stream,
+    timeout: Duration,
+    phase: Phase,
+    scan: HeaderEnd,
+    rearm: Arc<AtomicBool>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl DeadlineStream {
+    fn new(inner: Stream, timeout: Duration, rearm: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            timeout,
+            phase: Phase::Armed(Instant::now() + timeout),
+            scan: HeaderEnd::default(),
+            rearm,
+            sleep: None,
+        }
+    }
+
+    fn observe(&mut self, bytes: &[u8]) {
+        if self.phase == Phase::Pending {
+            self.phase = Phase::Armed(Instant::now() + self.timeout);
+        }
+        if matches!(self.phase, Phase::Armed(_)) && self.scan.feed(bytes) {
+            self.phase = Phase::Off;
+            self.sleep = None;
+        }
+    }
+}
+
+fn overdue() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "request header not received in time",
+    )
+}
+
+impl AsyncRead for DeadlineStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.rearm.swap(false, Ordering::AcqRel) {
+            this.phase = Phase::Pending;
+            this.scan = HeaderEnd::default();
+            this.sleep = None;
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                if n > 0 {
+                    let fresh = buf.filled()[before..].to_vec();
+                    this.observe(&fresh);
+                }
+                if let Phase::Armed(deadline) = this.phase {
+                    if Instant::now() >= deadline {
+                        return Poll::Ready(Err(overdue()));
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if let Phase::Armed(deadline) = this.phase {
+                    let sleep = this
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if sleep.deadline() != deadline {
+                        sleep.as_mut().reset(deadline);
+                    }
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(overdue()));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncWrite for DeadlineStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for DeadlineStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for DeadlineStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for DeadlineStream {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for DeadlineStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for DeadlineStream {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for DeadlineStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
+        self.inner.set_socket_digest(socket_digest)
+    }
+}
+
+#[async_trait]
+impl Peek for DeadlineStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeaderEnd;
+
+    fn ends(chunks: &[&[u8]]) -> bool {
+        let mut h = HeaderEnd::default();
+        chunks.iter().any(|c| h.feed(c))
+    }
+
+    #[test]
+    fn finds_the_end_of_a_header() {
+        assert!(ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]));
+        assert!(ends(&[
+            b"GET / HTTP/1.1\r\n",
+            b"Host: a\r",
+            b"\n",
+            b"\r",
+            b"\n"
+        ]));
+        assert!(ends(&[b"GET / HTTP/1.1\nHost: a\n\n"]));
+        assert!(!ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n"]));
+        assert!(!ends(&[b"GET / HTTP/1.1\r\nHost: a\r\nX: \r\r\n"]));
+    }
+
+    #[test]
+    fn leading_empty_lines_do_not_end_a_header() {
+        assert!(!ends(&[b"\r\n\r\n\n\n", b"GET / HTTP/1.1\r\n"]));
+        assert!(ends(&[b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"]));
+    }
+}
