@@ -50,11 +50,19 @@ impl ServeHttp for AdminApp {
         let path = s.req_header().uri.path().to_string();
         let method = s.req_header().method.clone();
         match (method.as_str(), path.as_str()) {
-            ("GET", "/metrics") => reply(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics::render(),
-            ),
+            ("GET", "/metrics") => {
+                let pending = self
+                    .auth
+                    .store
+                    .list_mail()
+                    .ok()
+                    .map(|all| all.iter().filter(|m| !m.failed).count() as i64);
+                reply(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    metrics::render_with_pending(pending),
+                )
+            }
             ("GET", "/healthz") => json(200, serde_json::json!({ "status": "ok" })),
             ("GET", "/readyz") => match self.auth.store.list_cutoffs() {
                 Ok(_) => json(200, serde_json::json!({ "status": "ready" })),

@@ -12,9 +12,25 @@ use tracing_subscriber::Layer;
 use crate::config::{LogConfig, LogFormat};
 
 pub fn init(cfg: &LogConfig) -> Result<(), String> {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.level))
-        .map_err(|e| format!("log.level: {e}"))?;
+    let spec = std::env::var(EnvFilter::DEFAULT_ENV)
+        .ok()
+        .filter(|s| EnvFilter::try_new(s).is_ok())
+        .unwrap_or_else(|| cfg.level.clone());
+    let mut filter = EnvFilter::try_new(&spec).map_err(|e| format!("log.level: {e}"))?;
+    // Below info, Pingora dumps whole request headers (Authorization
+    // included) and lettre whole SMTP exchanges (mail links with tokens).
+    // Keep them at info unless the spec names them explicitly.
+    for (target, directive) in [
+        ("pingora", "pingora_proxy=info"),
+        ("pingora", "pingora_core=info"),
+        ("lettre", "lettre=info"),
+    ] {
+        if !spec.contains(target) {
+            if let Ok(d) = directive.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
     let to_audit_file = cfg.audit_file.is_some();
     let not_audit = filter_fn(move |m| !(to_audit_file && m.target() == "audit"));
     let main: Box<dyn Layer<_> + Send + Sync> = match cfg.format {

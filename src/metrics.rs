@@ -104,7 +104,7 @@ pub fn init() {
     for r in ["valid", "missing", "invalid", "expired", "revoked"] {
         TOKEN_CHECKS.with_label_values(&[r]);
     }
-    for s in ["ip", "account"] {
+    for s in ["ip", "account", "route"] {
         THROTTLED.with_label_values(&[s]);
     }
     Lazy::force(&UPSTREAM_DURATION);
@@ -117,6 +117,21 @@ pub fn init() {
 
 pub fn auth_event(event: &str, outcome: &str) {
     AUTH_EVENTS.with_label_values(&[event, outcome]).inc();
+}
+
+/// Scrapes one at a time: see [`render_with_pending`].
+static SCRAPE: parking_lot::Mutex<()> = parking_lot::const_mutex(());
+
+/// [`render`], with the pending-mail gauge first set from the outbox of the
+/// gateway being scraped. The gauge is computed at scrape time (not by the
+/// outbox worker) so a process running several gateways, as the integration
+/// tests do, never reports another gateway's outbox.
+pub fn render_with_pending(pending: Option<i64>) -> Vec<u8> {
+    let _one_scrape_at_a_time = SCRAPE.lock();
+    if let Some(n) = pending {
+        EMAILS_PENDING.set(n);
+    }
+    render()
 }
 
 /// The default registry in Prometheus text format.

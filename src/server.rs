@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::demo::EchoApp;
 use crate::mail::outbox::OutboxWorker;
 use crate::proxy::deadline::HeaderDeadline;
+use crate::proxy::inflight::InFlight;
 use crate::proxy::Gateway;
 use crate::store::sled_store::SledStore;
 use crate::store::Store;
@@ -105,10 +106,30 @@ impl BackgroundService for Maintenance {
 }
 
 /// Stops the server when told to through a channel (tests), or on
-/// SIGTERM/SIGINT (the binary); both shut down gracefully.
+/// SIGTERM/SIGINT (the binary); both shut down gracefully: requests in
+/// flight get up to `grace` to finish before Pingora stops the services
+/// (Pingora itself would only sleep a fixed grace period, then cancel them).
 struct Shutdown {
     rx: watch::Receiver<bool>,
     signals: bool,
+    inflight: Arc<InFlight>,
+    grace: Duration,
+}
+
+impl Shutdown {
+    async fn drain(&self) -> ShutdownSignal {
+        let n = self.inflight.count();
+        if n > 0 {
+            tracing::info!(in_flight = n, "waiting for requests in flight");
+            if !self.inflight.wait_idle(self.grace).await {
+                tracing::warn!(
+                    in_flight = self.inflight.count(),
+                    "grace period over; stopping with requests in flight"
+                );
+            }
+        }
+        ShutdownSignal::GracefulTerminate
+    }
 }
 
 #[async_trait]
@@ -122,7 +143,7 @@ impl ShutdownSignalWatch for Shutdown {
                 signal(SignalKind::interrupt()),
             ) else {
                 let _ = rx.wait_for(|v| *v).await;
-                return ShutdownSignal::GracefulTerminate;
+                return self.drain().await;
             };
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM: shutting down gracefully"),
@@ -132,7 +153,7 @@ impl ShutdownSignalWatch for Shutdown {
         } else {
             let _ = rx.wait_for(|v| *v).await;
         }
-        ShutdownSignal::GracefulTerminate
+        self.drain().await
     }
 }
 
@@ -209,9 +230,12 @@ pub fn start(
     let auth = Arc::new(AuthService::new(cfg.clone(), store.clone(), clock.clone())?);
     let transport = crate::mail::transport_for(&cfg.mail)?;
 
+    let inflight = Arc::new(InFlight::default());
     let mut conf = ServerConf {
         threads: s.threads,
-        grace_period_seconds: Some(s.grace_period_secs),
+        // The grace period is spent in `Shutdown::drain`, waiting only as
+        // long as requests are in flight; Pingora's is a fixed sleep.
+        grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(5),
         ..Default::default()
     };
@@ -224,14 +248,18 @@ pub fn start(
     let header_timeout = Duration::from_secs(cfg.limits.downstream_read_timeout_secs);
 
     if let Some(addr) = s.listen {
-        let gw = Gateway::new(cfg.clone(), auth.clone(), false).map_err(|e| e.to_string())?;
+        let gw = Gateway::new(cfg.clone(), auth.clone(), false)
+            .map_err(|e| e.to_string())?
+            .with_inflight(inflight.clone());
         let app = HeaderDeadline::new(pingora::proxy::http_proxy(&conf, gw), header_timeout);
         let mut svc = Service::new("portcullis http".to_string(), app);
         svc.add_tcp(&addr.to_string());
         server.add_service(svc);
     }
     if let Some(addr) = s.tls_listen {
-        let gw = Gateway::new(cfg.clone(), auth.clone(), true).map_err(|e| e.to_string())?;
+        let gw = Gateway::new(cfg.clone(), auth.clone(), true)
+            .map_err(|e| e.to_string())?
+            .with_inflight(inflight.clone());
         let app = HeaderDeadline::new(pingora::proxy::http_proxy(&conf, gw), header_timeout);
         let mut svc = Service::new("portcullis https".to_string(), app);
         let mut tls = TlsSettings::intermediate(
@@ -277,6 +305,7 @@ pub fn start(
     drop(store);
 
     let (tx, rx) = watch::channel(false);
+    let grace_secs = s.grace_period_secs;
     let thread = std::thread::Builder::new()
         .name("portcullis".into())
         .spawn(move || {
@@ -284,6 +313,8 @@ pub fn start(
                 shutdown_signal: Box::new(Shutdown {
                     rx,
                     signals: handle_signals,
+                    inflight,
+                    grace: Duration::from_secs(grace_secs),
                 }),
             });
         })

@@ -155,8 +155,9 @@ impl AuthService {
             }
             n
         });
-        if let (Some(pw), Some(email)) = (&pw, &email) {
-            for p in password::policy_problems(pw, email) {
+        // Checked even when the email is bad, so every problem is reported.
+        if let Some(pw) = &pw {
+            for p in password::policy_problems(pw, email.as_deref().unwrap_or("")) {
                 errs.add("password", p);
             }
         }
@@ -446,6 +447,14 @@ impl AuthService {
         if let Ok(claims) = self.authenticate(&req.headers) {
             self.revocations
                 .revoke(vec![(super::revocation::jti_key(&claims.jti), claims.exp)])?;
+            // The token's own session ends too, refresh token presented or not.
+            if let Ok(sid) = Uuid::parse_str(&claims.sid) {
+                if let Some(s) = self.store.find_session(&sid)? {
+                    if s.user_id.to_string() == claims.sub {
+                        self.revoke_sessions(std::slice::from_ref(&s))?;
+                    }
+                }
+            }
             uid = Some(claims.sub.clone());
         }
         self.flush().await?;
@@ -532,7 +541,14 @@ impl AuthService {
         if token.is_empty() || token.len() > 512 {
             return Err(invalid());
         }
-        let Some(rec) = self.store.take_one_time(&token_hash(&token))? else {
+        let hash = token_hash(&token);
+        // Only a verification token is consumed here: a reset token posted
+        // to the wrong endpoint stays usable for its own purpose.
+        if !matches!(self.store.find_one_time(&hash)?, Some(r) if r.kind == OneTimeKind::EmailVerify)
+        {
+            return Err(invalid());
+        }
+        let Some(rec) = self.store.take_one_time(&hash)? else {
             return Err(invalid());
         };
         self.flush().await?;

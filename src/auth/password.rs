@@ -5,9 +5,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use once_cell::sync::Lazy;
+use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
 use crate::config::PasswordConfig;
@@ -45,9 +46,44 @@ pub fn policy_problems(password: &str, email: &str) -> Vec<String> {
 pub struct Hasher {
     params: Params,
     permits: Arc<Semaphore>,
+    /// argon2's working memory, one buffer per permit, reused.
+    memory: Arc<MemoryPool>,
     /// A real hash of a random password, verified against for unknown
     /// accounts so their timing matches known ones.
     dummy: Arc<String>,
+}
+
+/// Reused argon2 working memory (m KiB per hash). Allocating and freeing it
+/// for every hash on whichever blocking-pool thread runs it leaves a copy
+/// resident in many glibc per-thread arenas: a login flood with two permits
+/// grew the process by ~350 MiB instead of 2 x 19 MiB (benches/load.rs).
+/// With the pool, the memory is bounded by permits x m KiB. Reuse is safe:
+/// argon2 overwrites every block in its first pass before reading it.
+struct MemoryPool {
+    free: Mutex<Vec<Vec<Block>>>,
+    /// Block count for the configured params; other sizes are not kept.
+    blocks: usize,
+    keep: usize,
+}
+
+impl MemoryPool {
+    fn take(&self, blocks: usize) -> Vec<Block> {
+        let mut free = self.free.lock();
+        match free.iter().position(|m| m.len() >= blocks) {
+            Some(i) => free.swap_remove(i),
+            None => {
+                drop(free);
+                vec![Block::default(); blocks]
+            }
+        }
+    }
+
+    fn give(&self, memory: Vec<Block>) {
+        let mut free = self.free.lock();
+        if memory.len() == self.blocks && free.len() < self.keep {
+            free.push(memory);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,10 +103,17 @@ impl Hasher {
             None,
         )
         .map_err(|e| HashError::Argon2(e.to_string()))?;
-        let dummy = hash_blocking(&params, &super::tokens::opaque_token(16))?;
+        let permits = cfg.max_concurrent_hashes.max(1);
+        let memory = Arc::new(MemoryPool {
+            free: Mutex::new(Vec::new()),
+            blocks: params.block_count(),
+            keep: permits,
+        });
+        let dummy = hash_blocking(&params, &super::tokens::opaque_token(16), &memory)?;
         Ok(Self {
             params,
-            permits: Arc::new(Semaphore::new(cfg.max_concurrent_hashes.max(1))),
+            permits: Arc::new(Semaphore::new(permits)),
+            memory,
             dummy: Arc::new(dummy),
         })
     }
@@ -78,25 +121,23 @@ impl Hasher {
     pub async fn hash(&self, password: &str) -> Result<String, HashError> {
         let _permit = self.permits.acquire().await.map_err(|_| HashError::Join)?;
         let params = self.params.clone();
+        let memory = self.memory.clone();
         let pw = password.to_string();
-        tokio::task::spawn_blocking(move || hash_blocking(&params, &pw))
+        tokio::task::spawn_blocking(move || hash_blocking(&params, &pw, &memory))
             .await
             .map_err(|_| HashError::Join)?
     }
 
-    /// Constant-time verify (argon2's own comparison).
+    /// Verify with the hash's own algorithm, version and params; the output
+    /// comparison is constant-time (`Output`'s `PartialEq`).
     pub async fn verify(&self, password: &str, hash: &str) -> Result<bool, HashError> {
         let _permit = self.permits.acquire().await.map_err(|_| HashError::Join)?;
+        let memory = self.memory.clone();
         let pw = password.to_string();
         let hash = hash.to_string();
-        tokio::task::spawn_blocking(move || {
-            let parsed = PasswordHash::new(&hash).map_err(|e| HashError::Argon2(e.to_string()))?;
-            Ok(Argon2::default()
-                .verify_password(pw.as_bytes(), &parsed)
-                .is_ok())
-        })
-        .await
-        .map_err(|_| HashError::Join)?
+        tokio::task::spawn_blocking(move || verify_blocking(&pw, &hash, &memory))
+            .await
+            .map_err(|_| HashError::Join)?
     }
 
     /// Spend one verify on the dummy hash (unknown accounts).
@@ -106,12 +147,75 @@ impl Hasher {
     }
 }
 
-fn hash_blocking(params: &Params, password: &str) -> Result<String, HashError> {
-    let salt = SaltString::generate(&mut rand::rngs::OsRng);
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| HashError::Argon2(e.to_string()))
+fn argon2_err(e: impl std::fmt::Display) -> HashError {
+    HashError::Argon2(e.to_string())
+}
+
+/// Run argon2 into `out` with working memory from the pool.
+fn compute(
+    argon: &Argon2<'_>,
+    params: &Params,
+    password: &str,
+    salt: &Salt<'_>,
+    out: &mut [u8],
+    memory: &MemoryPool,
+) -> Result<(), HashError> {
+    let mut salt_buf = [0u8; Salt::MAX_LENGTH];
+    let salt = salt.decode_b64(&mut salt_buf).map_err(argon2_err)?;
+    let mut blocks = memory.take(params.block_count());
+    let r = argon.hash_password_into_with_memory(password.as_bytes(), salt, out, &mut blocks);
+    memory.give(blocks);
+    r.map_err(argon2_err)
+}
+
+/// A PHC string (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`), as argon2's
+/// `PasswordHasher` writes it.
+fn hash_blocking(
+    params: &Params,
+    password: &str,
+    memory: &MemoryPool,
+) -> Result<String, HashError> {
+    let salt_string = SaltString::generate(&mut rand::rngs::OsRng);
+    let salt = salt_string.as_salt();
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+    let output = Output::init_with(len, |out| {
+        compute(&argon, params, password, &salt, out, memory)
+            .map_err(|_| argon2::password_hash::Error::Crypto)
+    })
+    .map_err(argon2_err)?;
+    Ok(PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(argon2_err)?,
+        salt: Some(salt),
+        hash: Some(output),
+    }
+    .to_string())
+}
+
+/// What argon2's `PasswordVerifier` does, with pooled memory: an unparsable
+/// hash is an error; a hash argon2 cannot check (unknown algorithm, bad
+/// params, no salt) is a mismatch.
+fn verify_blocking(password: &str, hash: &str, memory: &MemoryPool) -> Result<bool, HashError> {
+    let parsed = PasswordHash::new(hash).map_err(argon2_err)?;
+    let check = || -> Option<bool> {
+        let (salt, expected) = (parsed.salt?, parsed.hash?);
+        let algorithm = Algorithm::try_from(parsed.algorithm).ok()?;
+        let version = match parsed.version {
+            Some(v) => Version::try_from(v).ok()?,
+            None => Version::default(),
+        };
+        let params = Params::try_from(&parsed).ok()?;
+        let argon = Argon2::new(algorithm, version, params.clone());
+        let computed = Output::init_with(expected.len(), |out| {
+            compute(&argon, &params, password, &salt, out, memory)
+                .map_err(|_| argon2::password_hash::Error::Crypto)
+        })
+        .ok()?;
+        Some(computed == expected)
+    };
+    Ok(check().unwrap_or(false))
 }
 
 #[cfg(test)]
@@ -129,5 +233,48 @@ mod tests {
         // 8 scalar values, multi-byte.
         assert!(policy_problems("ééééééé€", "a@b.c").is_empty());
         assert!(!policy_problems("éééé", "a@b.c").is_empty());
+    }
+
+    fn small() -> PasswordConfig {
+        PasswordConfig {
+            argon2_memory_kib: 256,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            max_concurrent_hashes: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn pooled_hash_round_trips_and_matches_argon2() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let h = Hasher::new(&small()).unwrap();
+        let a = h.hash("correct horse").await.unwrap();
+        assert!(a.starts_with("$argon2id$v=19$m=256,t=2,p=1$"), "{a}");
+        // Twice, so the second run reuses pooled memory.
+        for _ in 0..2 {
+            assert!(h.verify("correct horse", &a).await.unwrap());
+            assert!(!h.verify("correct horsf", &a).await.unwrap());
+        }
+        // argon2's own verifier accepts ours, and we accept its hashes
+        // (including other params than the configured ones).
+        let parsed = PasswordHash::new(&a).unwrap();
+        assert!(Argon2::default()
+            .verify_password(b"correct horse", &parsed)
+            .is_ok());
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        let other = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(512, 3, 2, None).unwrap(),
+        )
+        .hash_password(b"pw-other-params", &salt)
+        .unwrap()
+        .to_string();
+        assert!(h.verify("pw-other-params", &other).await.unwrap());
+        assert!(!h.verify("pw-other-paramz", &other).await.unwrap());
+        assert!(h.verify("x", "not a phc string").await.is_err());
+        let scrypt = format!("$scrypt$ln=4,r=8,p=1$c2FsdHNhbHQ${}", "A".repeat(43));
+        assert!(!h.verify("x", &scrypt).await.unwrap());
+        assert!(h.memory.free.lock().len() <= 2);
     }
 }

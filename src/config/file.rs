@@ -226,6 +226,10 @@ pub struct RouteFile {
     pub auth: String,
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Proxied requests per minute per verified user (the token's `sub`),
+    /// or per client IP when there is no verified identity; 0 = no limit.
+    #[serde(default)]
+    pub rate_per_minute: u32,
 }
 
 fn default_auth() -> String {

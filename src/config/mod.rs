@@ -171,6 +171,9 @@ pub struct Route {
     pub upstreams: Vec<Upstream>,
     pub auth: AuthMode,
     pub roles: Vec<String>,
+    /// Requests per minute per verified user, or per client IP without
+    /// one; 0 = no limit.
+    pub rate_per_minute: u32,
 }
 
 /// Every problem found in one config, each naming its key.
@@ -539,6 +542,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             upstream: UpstreamFile::One("http://127.0.0.1:8081".into()),
             auth: "required".into(),
             roles: vec![],
+            rate_per_minute: 0,
         }]
     });
     let mut routes: Vec<Route> = Vec::new();
@@ -601,6 +605,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             upstreams,
             auth,
             roles: r.roles,
+            rate_per_minute: r.rate_per_minute,
         });
     }
     // Longest prefix first, so matching is the first hit.

@@ -101,6 +101,10 @@ impl Transport for LogTransport {
 pub struct SmtpTransport {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
+    /// Bound on one whole delivery: lettre's async client applies its own
+    /// timeout only to connecting, so a server that accepts and then stalls
+    /// would otherwise hold the outbox worker indefinitely.
+    timeout: Duration,
 }
 
 impl SmtpTransport {
@@ -130,6 +134,7 @@ impl SmtpTransport {
         Ok(Self {
             transport: b.build(),
             from,
+            timeout: Duration::from_secs(cfg.smtp_timeout_secs),
         })
     }
 }
@@ -148,11 +153,10 @@ impl Transport for SmtpTransport {
             .header(ContentType::TEXT_PLAIN)
             .body(msg.body.clone())
             .map_err(|e| format!("building message: {e}"))?;
-        self.transport
-            .send(email)
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("SMTP: {e}"))
+        match tokio::time::timeout(self.timeout, self.transport.send(email)).await {
+            Ok(sent) => sent.map(|_| ()).map_err(|e| format!("SMTP: {e}")),
+            Err(_) => Err(format!("SMTP: no answer within {:?}", self.timeout)),
+        }
     }
 }
 

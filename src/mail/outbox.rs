@@ -35,7 +35,6 @@ impl OutboxWorker {
             }
         };
         let now = self.clock.now();
-        metrics::EMAILS_PENDING.set(all.iter().filter(|m| !m.failed).count() as i64);
         for mut msg in all
             .into_iter()
             .filter(|m| !m.failed && m.next_attempt_at <= now)
@@ -82,9 +81,7 @@ impl OutboxWorker {
         if let Err(e) = self.store.flush().await {
             tracing::error!(cause = %e, "outbox: flush failed");
         }
-        if let Ok(all) = self.store.list_mail() {
-            metrics::EMAILS_PENDING.set(all.iter().filter(|m| !m.failed).count() as i64);
-        }
+        // The pending gauge is computed when /metrics is scraped.
     }
 }
 

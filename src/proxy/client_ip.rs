@@ -66,13 +66,23 @@ fn parse_hop(raw: &str) -> Option<IpAddr> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Some(canonical(ip));
     }
-    // [v6]:port or v4:port
+    // "[v6]", "[v6]:port" or "v4:port"; anything else is garbage.
+    let is_port = |p: &str| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
     if let Some(rest) = s.strip_prefix('[') {
-        return rest.split(']').next()?.parse().ok().map(canonical);
+        let (host, after) = rest.split_once(']')?;
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
+            return None;
+        }
+        return host
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+            .map(|ip| canonical(IpAddr::V6(ip)));
     }
-    s.rsplit_once(':')
-        .and_then(|(h, _)| h.parse().ok())
-        .map(canonical)
+    let (host, port) = s.rsplit_once(':')?;
+    if !is_port(port) {
+        return None;
+    }
+    host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
 #[cfg(test)]
@@ -127,6 +137,27 @@ mod tests {
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
         let hdr = h(&[("x-forwarded-for", "1.2.3.4, garbage")]);
         assert_eq!(client_ip(peer, &hdr, &trusted), peer);
+        for bad in [
+            "[::1",
+            "[::1]x",
+            "[1.2.3.4]",
+            "1.2.3.4:x",
+            "1.2.3.4:123456",
+            "1.2.3.4:",
+        ] {
+            let hdr = h(&[("x-forwarded-for", bad)]);
+            assert_eq!(client_ip(peer, &hdr, &trusted), peer, "{bad}");
+        }
+        let hdr = h(&[("x-forwarded-for", "[2001:db8::1]:80")]);
+        assert_eq!(
+            client_ip(peer, &hdr, &trusted),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        let hdr = h(&[("x-forwarded-for", "192.0.2.1:8080")]);
+        assert_eq!(
+            client_ip(peer, &hdr, &trusted),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
         let long = vec!["10.1.1.1"; 5000].join(",");
         let hdr = h(&[("x-forwarded-for", &long)]);
         assert!(trusted[0].contains(&client_ip(peer, &hdr, &trusted)));

@@ -199,10 +199,8 @@ impl AsyncRead for DeadlineStream {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                let n = buf.filled().len() - before;
-                if n > 0 {
-                    let fresh = buf.filled()[before..].to_vec();
-                    this.observe(&fresh);
+                if this.phase != Phase::Off && buf.filled().len() > before {
+                    this.observe(&buf.filled()[before..]);
                 }
                 if let Phase::Armed(deadline) = this.phase {
                     if Instant::now() >= deadline {

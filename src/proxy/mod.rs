@@ -13,6 +13,7 @@
 pub mod client_ip;
 pub mod deadline;
 pub mod headers;
+pub mod inflight;
 pub mod path;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -29,11 +30,13 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::api::{ApiRequest, ApiResponse};
 use crate::auth::handlers::identity_headers;
+use crate::auth::throttle::Verdict;
 use crate::auth::tokens::{AccessClaims, TokenRejection};
 use crate::auth::AuthService;
 use crate::config::{AuthMode, Config, Route, Upstream};
 use crate::error::ApiError;
 use crate::metrics;
+use inflight::{InFlight, InFlightGuard};
 
 pub struct RouteRuntime {
     pub route: Route,
@@ -46,6 +49,7 @@ pub struct Gateway {
     routes: Vec<RouteRuntime>,
     /// Whether this instance serves the TLS listener.
     tls: bool,
+    inflight: Arc<InFlight>,
 }
 
 #[derive(Default)]
@@ -58,6 +62,8 @@ pub struct Ctx {
     started: Option<Instant>,
     upstream_started: Option<Instant>,
     local: bool,
+    /// Counts this request as in flight until the context is dropped.
+    _inflight: Option<InFlightGuard>,
 }
 
 impl Gateway {
@@ -67,6 +73,9 @@ impl Gateway {
             .iter()
             .map(|r| {
                 let lb = LoadBalancer::try_from_iter(r.upstreams.iter().map(|u| u.addr))?;
+                // Export each route's histograms from the first scrape on.
+                metrics::UPSTREAM_DURATION.with_label_values(&[r.prefix.as_str()]);
+                metrics::REQUEST_DURATION.with_label_values(&[r.prefix.as_str()]);
                 Ok(RouteRuntime {
                     route: r.clone(),
                     lb,
@@ -78,7 +87,14 @@ impl Gateway {
             auth,
             routes,
             tls,
+            inflight: Arc::default(),
         })
+    }
+
+    /// Share the in-flight request count that a graceful shutdown waits on.
+    pub fn with_inflight(mut self, inflight: Arc<InFlight>) -> Self {
+        self.inflight = inflight;
+        self
     }
 
     fn match_route(&self, path: &str) -> Option<usize> {
@@ -240,7 +256,10 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        Ctx {
+            _inflight: Some(self.inflight.enter()),
+            ..Ctx::default()
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -305,6 +324,27 @@ impl ProxyHttp for Gateway {
                         .await;
                 }
                 (Err(_), _) => {}
+            }
+        }
+        if route.rate_per_minute > 0 {
+            // Keyed on the verified identity when there is one, so a user
+            // cannot spread over addresses and users behind one NAT do not
+            // share a budget; anonymous traffic is keyed on the client IP.
+            let key = match &ctx.claims {
+                Some(c) => format!("route:{}:sub:{}", route.prefix, c.sub),
+                None => format!(
+                    "route:{}:ip:{}",
+                    route.prefix,
+                    ctx.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+                ),
+            };
+            if let Verdict::Limited { retry_after } =
+                self.auth.throttle.hit(&key, route.rate_per_minute, 60)
+            {
+                metrics::THROTTLED.with_label_values(&["route"]).inc();
+                return self
+                    .respond_error(session, ctx, ApiError::TooManyRequests { retry_after })
+                    .await;
             }
         }
         ctx.path_and_query = Some(match query {
