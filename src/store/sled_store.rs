@@ -1,6 +1,15 @@
 //! The sled implementation of [`Store`]. Records are JSON; multi-tree
 //! invariants (unique email, refresh rotation, state + outbox) use sled
 //! transactions, which retry on conflict and so serialize racing requests.
+//!
+//! sled 0.34 guards transactions and batches with a process-wide
+//! reader/writer lock that readers can take recursively; a writer queued
+//! while a flush holds it for reading deadlocks the process (seen under
+//! concurrent registrations). [`GATE`] orders our own calls so that sled
+//! never sees a writer while any other call of ours is inside sled:
+//! transactions and batches are exclusive, everything else (flushes
+//! included) is shared. sled's own background flusher, the one caller we
+//! cannot gate, is disabled; every acknowledged write is flushed explicitly.
 
 use std::path::Path;
 
@@ -10,6 +19,17 @@ use sled::Transactional;
 use uuid::Uuid;
 
 use super::*;
+
+/// Process-wide, like the sled lock it protects (tests run several gateways).
+static GATE: parking_lot::RwLock<()> = parking_lot::const_rwlock(());
+
+fn shared() -> parking_lot::RwLockReadGuard<'static, ()> {
+    GATE.read_recursive()
+}
+
+fn exclusive() -> parking_lot::RwLockWriteGuard<'static, ()> {
+    GATE.write()
+}
 
 pub struct SledStore {
     db: sled::Db,
@@ -52,6 +72,13 @@ fn tx_err(e: TransactionError<StoreError>) -> StoreError {
     }
 }
 
+/// The unique-email index key: the whole (already normalized) address
+/// case-folded, so `Ops@x.org` and `ops@x.org` are one account while the
+/// record keeps the spelling the user chose.
+fn email_key(email: &str) -> String {
+    email.to_lowercase()
+}
+
 fn user_session_key(user: &Uuid, sid: &Uuid) -> Vec<u8> {
     let mut k = user.as_bytes().to_vec();
     k.extend_from_slice(sid.as_bytes());
@@ -69,6 +96,7 @@ impl SledStore {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
             .open()
             .map_err(backend)?;
         let t = |name: &str| db.open_tree(name).map_err(backend);
@@ -97,12 +125,14 @@ impl SledStore {
 #[async_trait::async_trait]
 impl Store for SledStore {
     fn create_user(&self, user: &User, mail: Option<&OutboxMessage>) -> StoreResult<()> {
+        let _gate = exclusive();
         (&self.users, &self.emails, &self.outbox)
             .transaction(|(users, emails, outbox)| {
-                if emails.get(user.email.as_bytes())?.is_some() {
+                let key = email_key(&user.email);
+                if emails.get(key.as_bytes())?.is_some() {
                     return Err(ConflictableTransactionError::Abort(StoreError::Conflict));
                 }
-                emails.insert(user.email.as_bytes(), user.id.as_bytes())?;
+                emails.insert(key.as_bytes(), user.id.as_bytes())?;
                 users.insert(user.id.as_bytes(), enc(user))?;
                 if let Some(m) = mail {
                     outbox.insert(m.id.as_bytes(), enc(m))?;
@@ -113,6 +143,7 @@ impl Store for SledStore {
     }
 
     fn find_user(&self, id: &Uuid) -> StoreResult<Option<User>> {
+        let _gate = shared();
         match self.users.get(id.as_bytes()).map_err(backend)? {
             Some(v) => Ok(Some(dec(&v)?)),
             None => Ok(None),
@@ -120,7 +151,12 @@ impl Store for SledStore {
     }
 
     fn find_user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
-        match self.emails.get(email.as_bytes()).map_err(backend)? {
+        let _gate = shared();
+        match self
+            .emails
+            .get(email_key(email).as_bytes())
+            .map_err(backend)?
+        {
             Some(id) => {
                 let id = Uuid::from_slice(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 self.find_user(&id)
@@ -130,6 +166,7 @@ impl Store for SledStore {
     }
 
     fn update_user(&self, user: &User, mail: Option<&OutboxMessage>) -> StoreResult<()> {
+        let _gate = exclusive();
         (&self.users, &self.outbox)
             .transaction(|(users, outbox)| {
                 if users.get(user.id.as_bytes())?.is_none() {
@@ -145,6 +182,7 @@ impl Store for SledStore {
     }
 
     fn list_users(&self) -> StoreResult<Vec<User>> {
+        let _gate = shared();
         let mut out = Vec::new();
         for kv in self.users.iter() {
             let (_, v) = kv.map_err(backend)?;
@@ -155,6 +193,7 @@ impl Store for SledStore {
     }
 
     fn create_session(&self, s: &SessionRecord) -> StoreResult<()> {
+        let _gate = exclusive();
         (&self.sessions, &self.refresh, &self.user_sessions)
             .transaction(|(sessions, refresh, user_sessions)| {
                 Self::put_session_tx(sessions, s)?;
@@ -166,6 +205,7 @@ impl Store for SledStore {
     }
 
     fn find_session(&self, id: &Uuid) -> StoreResult<Option<SessionRecord>> {
+        let _gate = shared();
         match self.sessions.get(id.as_bytes()).map_err(backend)? {
             Some(v) => Ok(Some(dec(&v)?)),
             None => Ok(None),
@@ -173,6 +213,7 @@ impl Store for SledStore {
     }
 
     fn find_session_by_refresh(&self, hash: &str) -> StoreResult<Option<SessionRecord>> {
+        let _gate = shared();
         match self.refresh.get(hash.as_bytes()).map_err(backend)? {
             Some(sid) => {
                 let sid = Uuid::from_slice(&sid).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -183,6 +224,7 @@ impl Store for SledStore {
     }
 
     fn rotate_refresh(&self, r: &Rotation<'_>) -> StoreResult<RotateOutcome> {
+        let _gate = exclusive();
         (&self.sessions, &self.refresh, &self.user_sessions)
             .transaction(|(sessions, refresh, user_sessions)| {
                 let Some(sid) = refresh.get(r.presented_hash.as_bytes())? else {
@@ -237,6 +279,7 @@ impl Store for SledStore {
     }
 
     fn delete_session(&self, id: &Uuid) -> StoreResult<Option<SessionRecord>> {
+        let _gate = exclusive();
         (&self.sessions, &self.refresh, &self.user_sessions)
             .transaction(|(sessions, refresh, user_sessions)| {
                 let Some(raw) = sessions.remove(id.as_bytes())? else {
@@ -254,6 +297,7 @@ impl Store for SledStore {
     }
 
     fn list_sessions(&self, user_id: &Uuid) -> StoreResult<Vec<SessionRecord>> {
+        let _gate = shared();
         let mut out = Vec::new();
         for kv in self.user_sessions.scan_prefix(user_id.as_bytes()) {
             let (k, _) = kv.map_err(backend)?;
@@ -267,6 +311,7 @@ impl Store for SledStore {
     }
 
     fn revoke(&self, keys: &[(String, i64)]) -> StoreResult<()> {
+        let _gate = exclusive();
         let mut batch = sled::Batch::default();
         for (k, exp) in keys {
             batch.insert(k.as_bytes(), &exp.to_be_bytes());
@@ -275,6 +320,7 @@ impl Store for SledStore {
     }
 
     fn list_revocations(&self) -> StoreResult<Vec<(String, i64)>> {
+        let _gate = shared();
         let mut out = Vec::new();
         for kv in self.revoked.iter() {
             let (k, v) = kv.map_err(backend)?;
@@ -289,11 +335,18 @@ impl Store for SledStore {
     }
 
     fn prune_revocations(&self, now: i64) -> StoreResult<usize> {
+        let _gate = exclusive();
         let mut batch = sled::Batch::default();
         let mut n = 0;
-        for (k, exp) in self.list_revocations()? {
+        for kv in self.revoked.iter() {
+            let (k, v) = kv.map_err(backend)?;
+            let exp = i64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("revocation".into()))?,
+            );
             if exp <= now {
-                batch.remove(k.as_bytes());
+                batch.remove(k);
                 n += 1;
             }
         }
@@ -302,6 +355,7 @@ impl Store for SledStore {
     }
 
     fn set_cutoff(&self, user_id: &Uuid, at: i64) -> StoreResult<()> {
+        let _gate = shared();
         self.cutoffs
             .insert(user_id.as_bytes(), &at.to_be_bytes())
             .map_err(backend)?;
@@ -309,6 +363,7 @@ impl Store for SledStore {
     }
 
     fn list_cutoffs(&self) -> StoreResult<Vec<(Uuid, i64)>> {
+        let _gate = shared();
         let mut out = Vec::new();
         for kv in self.cutoffs.iter() {
             let (k, v) = kv.map_err(backend)?;
@@ -329,6 +384,7 @@ impl Store for SledStore {
         token: &OneTimeToken,
         mail: &OutboxMessage,
     ) -> StoreResult<u64> {
+        let _gate = exclusive();
         (&self.one_time, &self.one_time_seq, &self.outbox)
             .transaction(|(one_time, seqs, outbox)| {
                 let key = seq_key(&token.user_id, token.kind);
@@ -347,6 +403,7 @@ impl Store for SledStore {
     }
 
     fn find_one_time(&self, hash: &str) -> StoreResult<Option<OneTimeToken>> {
+        let _gate = shared();
         match self.one_time.get(hash.as_bytes()).map_err(backend)? {
             Some(v) => Ok(Some(dec(&v)?)),
             None => Ok(None),
@@ -354,6 +411,7 @@ impl Store for SledStore {
     }
 
     fn take_one_time(&self, hash: &str) -> StoreResult<Option<OneTimeToken>> {
+        let _gate = shared();
         match self.one_time.remove(hash.as_bytes()).map_err(backend)? {
             Some(v) => Ok(Some(dec(&v)?)),
             None => Ok(None),
@@ -361,6 +419,7 @@ impl Store for SledStore {
     }
 
     fn latest_one_time_seq(&self, user_id: &Uuid, kind: OneTimeKind) -> StoreResult<u64> {
+        let _gate = shared();
         Ok(
             match self
                 .one_time_seq
@@ -374,6 +433,7 @@ impl Store for SledStore {
     }
 
     fn load_counters(&self) -> StoreResult<Vec<(String, Counter)>> {
+        let _gate = shared();
         let mut out = Vec::new();
         for kv in self.counters.iter() {
             let (k, v) = kv.map_err(backend)?;
@@ -383,6 +443,7 @@ impl Store for SledStore {
     }
 
     fn save_counters(&self, counters: &[(String, Option<Counter>)]) -> StoreResult<()> {
+        let _gate = exclusive();
         let mut batch = sled::Batch::default();
         for (k, c) in counters {
             match c {
@@ -394,6 +455,7 @@ impl Store for SledStore {
     }
 
     fn enqueue_mail(&self, mail: &OutboxMessage) -> StoreResult<()> {
+        let _gate = shared();
         self.outbox
             .insert(mail.id.as_bytes(), enc(mail))
             .map_err(backend)?;
@@ -401,6 +463,7 @@ impl Store for SledStore {
     }
 
     fn list_mail(&self) -> StoreResult<Vec<OutboxMessage>> {
+        let _gate = shared();
         let mut out = Vec::new();
         for kv in self.outbox.iter() {
             let (_, v) = kv.map_err(backend)?;
@@ -411,17 +474,25 @@ impl Store for SledStore {
     }
 
     fn update_mail(&self, mail: &OutboxMessage) -> StoreResult<()> {
+        let _gate = shared();
         self.enqueue_mail(mail)
     }
 
     fn delete_mail(&self, id: &Uuid) -> StoreResult<()> {
+        let _gate = shared();
         self.outbox.remove(id.as_bytes()).map_err(backend)?;
         Ok(())
     }
 
     async fn flush(&self) -> StoreResult<()> {
-        self.db.flush_async().await.map_err(backend)?;
-        Ok(())
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let _gate = shared();
+            db.flush().map(drop)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("flush task: {e}")))?
+        .map_err(backend)
     }
 }
 

@@ -38,6 +38,10 @@ pub struct Builder {
     pub server_extra: String,
     /// Extra lines for the `[mail]` section.
     pub mail_extra: String,
+    /// `(smtp_host, smtp_port)` of an SMTP server the test runs itself (e.g.
+    /// a STARTTLS one): sets transport "smtp" without starting the harness's
+    /// receiver (use with `with_smtp: false`).
+    pub smtp_target: Option<(String, u16)>,
 }
 
 impl Default for Builder {
@@ -49,6 +53,7 @@ impl Default for Builder {
             env: HashMap::new(),
             server_extra: String::new(),
             mail_extra: String::new(),
+            smtp_target: None,
         }
     }
 }
@@ -114,9 +119,10 @@ impl TestGateway {
             SocketAddr::from(([127, 0, 0, 1], free_port())),
         );
         let d = dir.path().display();
-        let (mail_transport, smtp_port) = match &smtp {
-            Some(s) => ("smtp", s.addr.port()),
-            None => ("log", 25),
+        let (mail_transport, smtp_host, smtp_port) = match (&smtp, &b.smtp_target) {
+            (_, Some((host, port))) => ("smtp", host.clone(), *port),
+            (Some(s), None) => ("smtp", "127.0.0.1".to_string(), s.addr.port()),
+            (None, None) => ("log", "127.0.0.1".to_string(), 25),
         };
         let routes = b.routes.replace("{UP}", &upstream.url());
         let toml = format!(
@@ -128,12 +134,12 @@ admin_listen = "{admin_addr}"
 tls_cert = "{d}/certs/cert.pem"
 tls_key = "{d}/certs/key.pem"
 data_dir = "{d}/data"
-grace_period_secs = 0
+grace_period_secs = 5
 {server_extra}
 
 [mail]
 transport = "{mail_transport}"
-smtp_host = "127.0.0.1"
+smtp_host = "{smtp_host}"
 smtp_port = {smtp_port}
 link_base_url = "https://gateway.test"
 retry_base_secs = 30
