@@ -232,7 +232,7 @@ impl Config {
         let mut problems = Vec::new();
         let de = toml::Deserializer::new(text);
         let mut unknown = Vec::new();
-        let file: FileConfig = match serde_ignored::deserialize(de, |p| unknown.push(p.to_string()))
+        let file: FileConfig = match serde_ignored::deserialize(de, |p| unknown.push(key_path(&p)))
         {
             Ok(f) => f,
             Err(e) => {
@@ -747,6 +747,22 @@ fn parse_upstream(u: &str) -> Result<Upstream, String> {
     })
 }
 
+/// An unknown key's path as the other problems name keys: `routes[0].extra`.
+fn key_path(p: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => match key_path(parent) {
+            pp if pp.is_empty() => key.clone(),
+            pp => format!("{pp}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -777,7 +793,7 @@ mod tests {
             "tokens.algorithm",
             "routes[0].upstream[0]",
             "routes[0].auth",
-            "routes.0.extra",
+            "routes[0].extra",
         ] {
             assert!(all.contains(key), "{key} missing from: {all}");
         }

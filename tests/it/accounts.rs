@@ -1469,6 +1469,9 @@ const ENDPOINTS: &[Endpoint] = &[
     },
 ];
 
+/// (what, headers, body, expected status, expected code)
+type BodyCase<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bodies_get_a_clear_4xx_never_a_500() {
     let gw = gateway("").await;
@@ -1485,7 +1488,7 @@ async fn malformed_bodies_get_a_clear_4xx_never_a_500() {
         "username": 7
     })
     .to_string();
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<BodyCase> = vec![
         (
             "truncated JSON",
             vec![json_ct],
