@@ -107,7 +107,18 @@ impl AdminApp {
             Ok(c) => c,
             Err(_) => return err(400, "bad_request", "Unknown or malformed admin command."),
         };
-        match self.auth.admin(cmd).await {
+        let ip = s
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let actor = crate::audit::AuditCtx {
+            ip,
+            user_agent: "portcullis admin api",
+            request_id: &request_id,
+        };
+        match self.auth.admin(cmd, &actor).await {
             Ok(v) => json(200, v),
             Err(AdminError::Invalid(m)) => err(400, "validation_failed", &m),
             Err(AdminError::NoSuchUser) => err(404, "not_found", "No user with that email."),

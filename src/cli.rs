@@ -141,7 +141,14 @@ pub fn user_command(cfg: Config, cmd: UserCommand) -> Result<(), String> {
             let cfg = Arc::new(cfg);
             let auth =
                 crate::auth::AuthService::new(cfg, store, Arc::new(crate::clock::SystemClock))?;
-            rt.block_on(auth.admin(admin)).map_err(|e| e.to_string())?
+            let request_id = uuid::Uuid::new_v4().to_string();
+            let actor = crate::audit::AuditCtx {
+                ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                user_agent: "portcullis cli",
+                request_id: &request_id,
+            };
+            rt.block_on(auth.admin(admin, &actor))
+                .map_err(|e| e.to_string())?
         }
         Err(e) if e.contains("in use") => via_admin_listener(&cfg, &admin)?,
         Err(e) => return Err(e),

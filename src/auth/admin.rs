@@ -42,9 +42,47 @@ pub enum AdminError {
     Internal(String),
 }
 
+impl AdminCommand {
+    fn name(&self) -> &'static str {
+        match self {
+            AdminCommand::Add { .. } => "user_add",
+            AdminCommand::List => "user_list",
+            AdminCommand::Disable { .. } => "user_disable",
+            AdminCommand::RoleAdd { .. } => "role_add",
+            AdminCommand::RoleRemove { .. } => "role_remove",
+        }
+    }
+}
+
+impl AdminError {
+    fn outcome(&self) -> &'static str {
+        match self {
+            AdminError::Invalid(_) => "invalid",
+            AdminError::NoSuchUser => "not_found",
+            AdminError::Exists => "exists",
+            AdminError::Internal(_) => "error",
+        }
+    }
+}
+
 impl AuthService {
-    /// Run one admin command; the result is JSON for both front ends.
-    pub async fn admin(&self, cmd: AdminCommand) -> Result<Value, AdminError> {
+    /// Run one admin command and audit it; the result is JSON for both
+    /// front ends.
+    pub async fn admin(
+        &self,
+        cmd: AdminCommand,
+        actor: &crate::audit::AuditCtx<'_>,
+    ) -> Result<Value, AdminError> {
+        let event = format!("admin_{}", cmd.name());
+        let result = self.admin_inner(cmd).await;
+        match &result {
+            Ok(v) => crate::audit::event(actor, &event, "success", v["id"].as_str()),
+            Err(e) => crate::audit::event(actor, &event, e.outcome(), None),
+        }
+        result
+    }
+
+    async fn admin_inner(&self, cmd: AdminCommand) -> Result<Value, AdminError> {
         let internal = |e: crate::store::StoreError| AdminError::Internal(e.to_string());
         let find = |raw: &str| -> Result<User, AdminError> {
             let e =
@@ -142,7 +180,6 @@ impl AuthService {
             }
         };
         self.store.flush().await.map_err(internal)?;
-        tracing::info!(target: "audit", event = "admin", outcome = "success", "admin command");
         Ok(out)
     }
 }
