@@ -54,12 +54,7 @@ impl Throttle {
         }
         let now = self.clock.now();
         let mut g = self.inner.lock();
-        g.make_room(now, window);
-        let c = g.counters.entry(key.to_string()).or_default();
-        if now >= c.window_start + window as i64 {
-            c.window_start = now;
-            c.count = 0;
-        }
+        let c = g.current(key, now, window);
         if c.count >= limit {
             let retry = (c.window_start + window as i64 - now).max(1) as u64;
             return Verdict::Limited { retry_after: retry };
@@ -85,12 +80,7 @@ impl Throttle {
         }
         let now = self.clock.now();
         let mut g = self.inner.lock();
-        g.make_room(now, window);
-        let c = g.counters.entry(key.to_string()).or_default();
-        if now >= c.window_start + window as i64 {
-            c.window_start = now;
-            c.count = 0;
-        }
+        let c = g.current(key, now, window);
         c.count += 1;
         let locked = c.count >= max;
         if locked {
@@ -132,6 +122,17 @@ impl Throttle {
 }
 
 impl Inner {
+    /// The counter for `key`, its window restarted if it has run out.
+    fn current(&mut self, key: &str, now: i64, window: u64) -> &mut Counter {
+        self.make_room(now, window);
+        let c = self.counters.entry(key.to_string()).or_default();
+        if now >= c.window_start + window as i64 {
+            c.window_start = now;
+            c.count = 0;
+        }
+        c
+    }
+
     /// Keep the map bounded: drop stale windows first, then the oldest.
     fn make_room(&mut self, now: i64, window: u64) {
         if self.counters.len() < MAX_ENTRIES {

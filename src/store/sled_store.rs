@@ -59,6 +59,21 @@ fn dec<T: DeserializeOwned>(b: &[u8]) -> StoreResult<T> {
     serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// A JSON record by key.
+fn get_json<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> StoreResult<Option<T>> {
+    match tree.get(key).map_err(backend)? {
+        Some(v) => Ok(Some(dec(&v)?)),
+        None => Ok(None),
+    }
+}
+
+/// Every JSON record of a tree.
+fn list_json<T: DeserializeOwned>(tree: &sled::Tree) -> StoreResult<Vec<T>> {
+    tree.iter()
+        .map(|kv| kv.map_err(backend).and_then(|(_, v)| dec(&v)))
+        .collect()
+}
+
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 fn tx_dec<T: DeserializeOwned>(b: &[u8]) -> TxResult<T> {
@@ -144,10 +159,7 @@ impl Store for SledStore {
 
     fn find_user(&self, id: &Uuid) -> StoreResult<Option<User>> {
         let _gate = shared();
-        match self.users.get(id.as_bytes()).map_err(backend)? {
-            Some(v) => Ok(Some(dec(&v)?)),
-            None => Ok(None),
-        }
+        get_json(&self.users, id.as_bytes())
     }
 
     fn find_user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
@@ -183,11 +195,7 @@ impl Store for SledStore {
 
     fn list_users(&self) -> StoreResult<Vec<User>> {
         let _gate = shared();
-        let mut out = Vec::new();
-        for kv in self.users.iter() {
-            let (_, v) = kv.map_err(backend)?;
-            out.push(dec(&v)?);
-        }
+        let mut out = list_json(&self.users)?;
         out.sort_by_key(|u: &User| u.created_at);
         Ok(out)
     }
@@ -206,10 +214,7 @@ impl Store for SledStore {
 
     fn find_session(&self, id: &Uuid) -> StoreResult<Option<SessionRecord>> {
         let _gate = shared();
-        match self.sessions.get(id.as_bytes()).map_err(backend)? {
-            Some(v) => Ok(Some(dec(&v)?)),
-            None => Ok(None),
-        }
+        get_json(&self.sessions, id.as_bytes())
     }
 
     fn find_session_by_refresh(&self, hash: &str) -> StoreResult<Option<SessionRecord>> {
@@ -404,10 +409,7 @@ impl Store for SledStore {
 
     fn find_one_time(&self, hash: &str) -> StoreResult<Option<OneTimeToken>> {
         let _gate = shared();
-        match self.one_time.get(hash.as_bytes()).map_err(backend)? {
-            Some(v) => Ok(Some(dec(&v)?)),
-            None => Ok(None),
-        }
+        get_json(&self.one_time, hash.as_bytes())
     }
 
     fn take_one_time(&self, hash: &str) -> StoreResult<Option<OneTimeToken>> {
@@ -464,11 +466,7 @@ impl Store for SledStore {
 
     fn list_mail(&self) -> StoreResult<Vec<OutboxMessage>> {
         let _gate = shared();
-        let mut out = Vec::new();
-        for kv in self.outbox.iter() {
-            let (_, v) = kv.map_err(backend)?;
-            out.push(dec(&v)?);
-        }
+        let mut out = list_json(&self.outbox)?;
         out.sort_by_key(|m: &OutboxMessage| m.created_at);
         Ok(out)
     }

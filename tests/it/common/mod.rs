@@ -17,12 +17,23 @@ use portcullis::{Config, GatewayHandle};
 use serde_json::{json, Value};
 
 /// A free loopback port (bound, then released for the gateway to take).
+/// Ports are never handed out twice in one test process: the kernel picks
+/// `:0` ports at random, and hundreds of reservations would otherwise
+/// collide now and then.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// How to boot a test gateway.

@@ -146,7 +146,7 @@ pub async fn start_starttls(cert_pem_path: &Path, key_pem_path: &Path) -> SmtpSe
 impl SmtpServer {
     /// Plain SMTP server on `127.0.0.1:<ephemeral>`.
     pub async fn start() -> SmtpServer {
-        Self::start_on(localhost0()).await
+        Self::start_on(fresh_local_addr()).await
     }
 
     /// Plain SMTP server on `addr`, retrying briefly while the port is still
@@ -157,7 +157,7 @@ impl SmtpServer {
 
     /// Advertises and supports STARTTLS (rustls, ring provider).
     pub async fn start_starttls(cert_pem_path: &Path, key_pem_path: &Path) -> SmtpServer {
-        Self::start_starttls_on(localhost0(), cert_pem_path, key_pem_path).await
+        Self::start_starttls_on(fresh_local_addr(), cert_pem_path, key_pem_path).await
     }
 
     /// [`SmtpServer::start_starttls`] on a specific address.
@@ -173,7 +173,7 @@ impl SmtpServer {
     /// Implicit TLS ("SMTPS", port-465 style): TLS handshake first, then SMTP.
     pub async fn start_implicit_tls(cert_pem_path: &Path, key_pem_path: &Path) -> SmtpServer {
         let acceptor = tls_acceptor(cert_pem_path, key_pem_path);
-        Self::spawn(localhost0(), TlsMode::Implicit, Some(acceptor)).await
+        Self::spawn(fresh_local_addr(), TlsMode::Implicit, Some(acceptor)).await
     }
 
     async fn spawn(addr: SocketAddr, mode: TlsMode, acceptor: Option<TlsAcceptor>) -> SmtpServer {
@@ -282,8 +282,8 @@ impl Drop for SmtpServer {
 // Server
 // ---------------------------------------------------------------------------
 
-fn localhost0() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
+fn fresh_local_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], super::free_port()))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -59,7 +59,7 @@ pub async fn start_on(addr: SocketAddr) -> Upstream {
 impl Upstream {
     /// Starts an upstream on `127.0.0.1:<ephemeral>`.
     pub async fn start() -> Upstream {
-        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], super::free_port()))).await
     }
 
     /// Starts an upstream on `addr`, retrying briefly while the port is
