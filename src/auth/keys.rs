@@ -73,7 +73,10 @@ pub fn load(cfg: &TokenConfig, data_dir: &Path) -> Result<KeyMaterial, String> {
                 }
             };
             if secret.len() < 32 {
-                return Err("the HS256 secret is shorter than 32 bytes".into());
+                tracing::warn!(
+                    bytes = secret.len(),
+                    "PORTCULLIS_JWT_SECRET is shorter than 32 bytes (256 bits); HS256 keys that short can be brute-forced"
+                );
             }
             Ok(KeyMaterial {
                 algorithm: Algorithm::HS256,

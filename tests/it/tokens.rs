@@ -530,3 +530,31 @@ async fn revocation_is_checked_and_persists_across_a_restart() {
     let fresh = gw.signin("rev@example.com", PASSWORD).await;
     assert_eq!(call(&gw, "/x", &fresh.access).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_operator_secret_is_used_not_refused() {
+    const SHORT: &str = "short-secret";
+    let gw = TestGateway::start_with(Builder {
+        env: HashMap::from([("PORTCULLIS_JWT_SECRET".to_string(), SHORT.to_string())]),
+        ..Default::default()
+    })
+    .await;
+    let s = gw.signup("short@example.com").await;
+    let mut v = Validation::new(Algorithm::HS256);
+    v.set_audience(&["portcullis"]);
+    let data =
+        jsonwebtoken::decode::<Value>(&s.access, &DecodingKey::from_secret(SHORT.as_bytes()), &v)
+            .expect("issued with the operator's key");
+    assert_eq!(data.claims["email"], "short@example.com");
+    let now = gw.clock.now();
+    let minted = mint_with(
+        &header(Algorithm::HS256, Some("at+jwt")),
+        &claims(now),
+        &EncodingKey::from_secret(SHORT.as_bytes()),
+    );
+    assert_eq!(gw.get("/hello", Some(&minted)).await.status, 200);
+    assert_eq!(
+        gw.get("/hello", Some(&mint(&claims(now)))).await.status,
+        401
+    );
+}
