@@ -195,6 +195,30 @@ impl Drop for GatewayHandle {
     }
 }
 
+/// The proxy application for one public listener: the Pingora hooks, with
+/// the whole-header deadline in front (HTTP/1) and an idle timeout on
+/// HTTP/2 connections.
+fn proxy_app(
+    cfg: &Arc<Config>,
+    auth: &Arc<AuthService>,
+    inflight: &Arc<InFlight>,
+    conf: &Arc<ServerConf>,
+    tls: bool,
+    header_timeout: Duration,
+) -> Result<HeaderDeadline<pingora::proxy::HttpProxy<Gateway>>, String> {
+    let gw = Gateway::new(cfg.clone(), auth.clone(), tls)
+        .map_err(|e| e.to_string())?
+        .with_inflight(inflight.clone());
+    let mut proxy = pingora::proxy::http_proxy(conf, gw);
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2_idle_timeout = Some(H2_IDLE);
+    proxy.server_options = Some(options);
+    Ok(HeaderDeadline::new(proxy, header_timeout))
+}
+
+/// Idle HTTP/2 connections are closed after this long.
+const H2_IDLE: Duration = Duration::from_secs(60);
+
 fn check_bindable(addr: SocketAddr, name: &str) -> Result<(), String> {
     TcpListener::bind(addr)
         .map(drop)
@@ -248,19 +272,13 @@ pub fn start(
     let header_timeout = Duration::from_secs(cfg.limits.downstream_read_timeout_secs);
 
     if let Some(addr) = s.listen {
-        let gw = Gateway::new(cfg.clone(), auth.clone(), false)
-            .map_err(|e| e.to_string())?
-            .with_inflight(inflight.clone());
-        let app = HeaderDeadline::new(pingora::proxy::http_proxy(&conf, gw), header_timeout);
+        let app = proxy_app(&cfg, &auth, &inflight, &conf, false, header_timeout)?;
         let mut svc = Service::new("portcullis http".to_string(), app);
         svc.add_tcp(&addr.to_string());
         server.add_service(svc);
     }
     if let Some(addr) = s.tls_listen {
-        let gw = Gateway::new(cfg.clone(), auth.clone(), true)
-            .map_err(|e| e.to_string())?
-            .with_inflight(inflight.clone());
-        let app = HeaderDeadline::new(pingora::proxy::http_proxy(&conf, gw), header_timeout);
+        let app = proxy_app(&cfg, &auth, &inflight, &conf, true, header_timeout)?;
         let mut svc = Service::new("portcullis https".to_string(), app);
         let mut tls = TlsSettings::intermediate(
             &s.tls_cert.display().to_string(),
