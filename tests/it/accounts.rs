@@ -2148,16 +2148,19 @@ impl NginxGuard {
 }
 
 fn start_nginx(gateway: SocketAddr, upstream: SocketAddr) -> (NginxGuard, SocketAddr) {
-    let found = Command::new("which")
-        .arg("nginx")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "nginx is not installed: the forward-auth test needs a real nginx \
-         (apt-get install -y nginx-light; .ci/run installs it)"
-    );
+    // Debian installs nginx in /usr/sbin, which a non-login PATH may lack.
+    let nginx = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "nginx is not installed: the forward-auth test needs a real nginx \
+                 (apt-get install -y nginx-light; .ci/run installs it)"
+            )
+        });
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     let port = free_port();
@@ -2198,7 +2201,7 @@ http {{
     );
     let conf_path = dir.path().join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
-    let child = Command::new("nginx")
+    let child = Command::new(&nginx)
         .arg("-p")
         .arg(dir.path())
         .arg("-c")
