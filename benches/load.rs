@@ -445,7 +445,7 @@ fn main() {
         .filter(|&v| v > 0)
         .unwrap_or(10);
     let window = Duration::from_secs(secs);
-    // Optional override of passwords.max_concurrent_hashes (default 0 = one
+    // Optional override of passwords.max_concurrent_hashes (default 0 = half the cores,
     // per core), to compare hashing concurrency against proxy throughput.
     let max_hashes: Option<usize> = std::env::var("LOAD_MAX_HASHES")
         .ok()
@@ -635,7 +635,7 @@ auth = "public"
          upstream 1 thread (all in this process)"
     );
     println!(
-        "  argon2id m={} KiB t={} p={}; max_concurrent_hashes = {} (0 = one per core)",
+        "  argon2id m={} KiB t={} p={}; max_concurrent_hashes = {} (default: half the cores, at least 1)",
         pw.argon2_memory_kib, pw.argon2_iterations, pw.argon2_parallelism, pw.max_concurrent_hashes
     );
     println!(

@@ -178,7 +178,7 @@ pub struct PasswordsFile {
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
-    /// 0 = one per core.
+    /// 0 = one per two cores (at least one).
     pub max_concurrent_hashes: usize,
 }
 

@@ -507,10 +507,14 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
     if pw.argon2_parallelism == 0 || pw.argon2_parallelism > 16 {
         p.push("passwords.argon2_parallelism: must be between 1 and 16".into());
     }
+    // By default one argon2 job per two cores: a login flood can then take
+    // at most half the CPU, and proxied traffic keeps the rest.
     let max_concurrent_hashes = if pw.max_concurrent_hashes == 0 {
-        std::thread::available_parallelism()
+        (std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
+            / 2)
+        .max(1)
     } else {
         pw.max_concurrent_hashes
     };

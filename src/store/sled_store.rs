@@ -27,8 +27,19 @@ fn shared() -> parking_lot::RwLockReadGuard<'static, ()> {
     GATE.read_recursive()
 }
 
+/// Writers may wait here for a flush (an fsync) to end. On a multi-thread
+/// runtime the wait is announced with `block_in_place`, so the worker's
+/// other tasks (proxied requests) move to another thread meanwhile.
 fn exclusive() -> parking_lot::RwLockWriteGuard<'static, ()> {
-    GATE.write()
+    if let Some(g) = GATE.try_write() {
+        return g;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| GATE.write())
+        }
+        _ => GATE.write(),
+    }
 }
 
 pub struct SledStore {
