@@ -1178,3 +1178,94 @@ async fn demo_echo_upstream_shows_the_injected_identity() {
     // Nothing reached the harness upstream: the demo one answered.
     assert_eq!(gw.upstream.hits(), 0);
 }
+
+/// One HTTP/2 request over TLS (ALPN h2); returns status, headers, body.
+async fn h2_request(
+    gw: &TestGateway,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, ::http::HeaderMap, Vec<u8>) {
+    use tokio_rustls::rustls::pki_types::ServerName;
+    let config = http::tls_client_config(&gw.cert_path(), &["h2"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(gw.tls_addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let mut req = ::http::Request::builder()
+        .method("GET")
+        .uri(format!("https://localhost:{}{path}", gw.tls_addr.port()));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let (resp, _) = client.send_request(req.body(()).unwrap(), true).unwrap();
+    let resp = resp.await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    (status, headers, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_gets_the_same_checks_stripping_and_injection() {
+    let gw = TestGateway::start().await;
+    let (status, headers, body) = h2_request(&gw, "/hello", &[]).await;
+    assert_eq!(status, 401);
+    assert!(headers.get("www-authenticate").is_some());
+    assert!(headers.get("strict-transport-security").is_some());
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"], "unauthorized");
+    assert_eq!(gw.upstream.hits(), 0);
+
+    let s = gw.signup("h2@example.com").await;
+    let bearer = format!("Bearer {}", s.access);
+    let (status, _, body) = h2_request(
+        &gw,
+        "/public/../hello?q=1",
+        &[
+            ("authorization", &bearer),
+            ("x-user-id", "spoofed"),
+            ("x_user_email", "spoofed@example.com"),
+            ("x-user-roles", "admin"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["path"], "/hello?q=1");
+    let got: Vec<(String, String)> = echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h[0].as_str().unwrap().to_ascii_lowercase(),
+                h[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let all = |n: &str| -> Vec<&str> {
+        got.iter()
+            .filter(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(all("x-user-id"), vec![s.user["id"].as_str().unwrap()]);
+    assert_eq!(all("x-user-email"), vec!["h2@example.com"]);
+    assert_eq!(all("x-user-roles"), vec![""]);
+    assert!(all("x_user_email").is_empty());
+    assert_eq!(all("x-forwarded-proto"), vec!["https"]);
+
+    // A path that cannot be normalized is refused on h2 too.
+    let (status, _, _) = h2_request(&gw, "/a%2fb", &[("authorization", &bearer)]).await;
+    assert_eq!(status, 400);
+}
