@@ -89,7 +89,12 @@ impl OutboxWorker {
 impl BackgroundService for OutboxWorker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         loop {
-            self.deliver_due().await;
+            // Shutdown interrupts a pass: a message cut off mid-send stays
+            // queued and goes out after the restart (at least once).
+            tokio::select! {
+                _ = self.deliver_due() => {}
+                _ = shutdown.changed() => break,
+            }
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}

@@ -1078,6 +1078,55 @@ async fn a_silent_smtp_server_never_blocks_a_response() {
     holder.abort();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_send_does_not_hold_up_shutdown_and_the_mail_stays_queued() {
+    // Accepts connections, counts them, and never says a word.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hole.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = accepted.clone();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    let mut gw = TestGateway::start_with(Builder {
+        smtp_target: Some(("127.0.0.1".into(), port)),
+        mail_extra: "smtp_timeout_secs = 60".into(),
+        extra: NO_IP_THROTTLE.into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(gw.register("stall@example.com", PASSWORD).await.status, 201);
+    let deadline = Instant::now() + WAIT;
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the outbox never tried to send");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The worker is now inside a send that would take 60 s to time out.
+    let t = Instant::now();
+    gw = tokio::task::spawn_blocking(move || {
+        gw.stop();
+        gw
+    })
+    .await
+    .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "shutdown waited for the stalled send: {:?}",
+        t.elapsed()
+    );
+    holder.abort();
+    // Nothing was lost: the message is still queued after a restart.
+    gw.restart();
+    wait_outbox(&gw, "stall@example.com", "the queued verification", |m| {
+        m.len() == 1 && !m[0].failed
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------
 // header injection, credentials, STARTTLS
 // ---------------------------------------------------------------------------
