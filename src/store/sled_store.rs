@@ -70,6 +70,13 @@ fn dec<T: DeserializeOwned>(b: &[u8]) -> StoreResult<T> {
     serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// A big-endian i64 value (expiries, cutoffs).
+fn decode_i64(v: &[u8], what: &str) -> StoreResult<i64> {
+    v.try_into()
+        .map(i64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt(what.into()))
+}
+
 /// A JSON record by key.
 fn get_json<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> StoreResult<Option<T>> {
     match tree.get(key).map_err(backend)? {
@@ -340,11 +347,7 @@ impl Store for SledStore {
         let mut out = Vec::new();
         for kv in self.revoked.iter() {
             let (k, v) = kv.map_err(backend)?;
-            let exp = i64::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("revocation".into()))?,
-            );
+            let exp = decode_i64(&v, "revocation")?;
             out.push((String::from_utf8_lossy(&k).into_owned(), exp));
         }
         Ok(out)
@@ -356,11 +359,7 @@ impl Store for SledStore {
         let mut n = 0;
         for kv in self.revoked.iter() {
             let (k, v) = kv.map_err(backend)?;
-            let exp = i64::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("revocation".into()))?,
-            );
+            let exp = decode_i64(&v, "revocation")?;
             if exp <= now {
                 batch.remove(k);
                 n += 1;
@@ -384,11 +383,7 @@ impl Store for SledStore {
         for kv in self.cutoffs.iter() {
             let (k, v) = kv.map_err(backend)?;
             let id = Uuid::from_slice(&k).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let at = i64::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("cutoff".into()))?,
-            );
+            let at = decode_i64(&v, "cutoff")?;
             out.push((id, at));
         }
         Ok(out)
