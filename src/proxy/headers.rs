@@ -27,6 +27,11 @@ pub fn strip_identity(req: &mut RequestHeader) {
     }
 }
 
+/// Forwarding headers that describe the original request; believed only
+/// from `trusted_proxies`, removed otherwise.
+pub const FORWARDED_ORIGIN: [&str; 3] =
+    ["x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix"];
+
 /// Security headers on every response the gateway writes itself.
 pub fn add_security_headers(resp: &mut ResponseHeader, tls: bool) {
     let _ = resp.insert_header("x-content-type-options", "nosniff");

@@ -408,7 +408,18 @@ impl ProxyHttp for Gateway {
         };
         while up.remove_header("x-forwarded-for").is_some() {}
         while up.remove_header("forwarded").is_some() {}
+        while up.remove_header("x-real-ip").is_some() {}
+        if !trusted_peer {
+            // Only a trusted proxy may speak for the original host and port;
+            // from anyone else these would steer an upstream's links.
+            for name in headers::FORWARDED_ORIGIN {
+                while up.remove_header(name).is_some() {}
+            }
+        }
         up.insert_header("x-forwarded-for", xff)?;
+        if let Some(ip) = ctx.client_ip {
+            up.insert_header("x-real-ip", ip.to_string())?;
+        }
         up.insert_header("x-forwarded-proto", if self.tls { "https" } else { "http" })?;
         up.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let Some(c) = &ctx.claims {

@@ -624,6 +624,24 @@ async fn forwarded_headers_from_an_untrusted_peer_are_replaced() {
     assert_eq!(echo_all(&r, "x-forwarded-proto"), vec!["http"]);
     assert!(echo_all(&r, "forwarded").is_empty(), "{r:?}");
 
+    // Origin-describing headers and X-Real-IP cannot be planted either.
+    let r = get_with(
+        &gw,
+        "/public/x",
+        &[
+            ("X-Forwarded-Host", "evil.example"),
+            ("X-Forwarded-Port", "1"),
+            ("X-Forwarded-Prefix", "/evil"),
+            ("X-Real-IP", "6.6.6.6"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    for name in ["x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix"] {
+        assert!(echo_all(&r, name).is_empty(), "{name} reached the upstream");
+    }
+    assert_eq!(echo_all(&r, "x-real-ip"), vec!["127.0.0.1"]);
+
     // Over TLS the proto is https.
     let raw = http::build_request(
         &format!("localhost:{}", gw.tls_addr.port()),
@@ -667,6 +685,20 @@ async fn forwarded_for_from_a_trusted_proxy_is_extended() {
         echo_all(&r, "x-forwarded-for"),
         vec!["198.51.100.1, 203.0.113.7, 127.0.0.1"]
     );
+    // A trusted proxy may speak for the original host; X-Real-IP is the
+    // client it vouches for.
+    let r = get_with(
+        &gw,
+        "/public/x",
+        &[
+            ("X-Forwarded-For", "203.0.113.7"),
+            ("X-Forwarded-Host", "app.example"),
+            ("X-Real-IP", "6.6.6.6"),
+        ],
+    )
+    .await;
+    assert_eq!(echo_all(&r, "x-forwarded-host"), vec!["app.example"]);
+    assert_eq!(echo_all(&r, "x-real-ip"), vec!["203.0.113.7"]);
     // Without a client XFF the peer is the whole chain.
     let r = get_with(&gw, "/public/x", &[]).await;
     assert_eq!(echo_all(&r, "x-forwarded-for"), vec!["127.0.0.1"]);
