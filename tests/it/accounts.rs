@@ -16,7 +16,9 @@ use portcullis::clock::Clock;
 use serde_json::{json, Value};
 
 use crate::common::http::{self, Response};
-use crate::common::{free_port, Builder, Session, TestGateway, PASSWORD};
+use crate::common::{
+    assert_error, free_port, last_echoed, Builder, Session, TestGateway, PASSWORD,
+};
 
 const NO_THROTTLE: &str = "[throttle]\nauth_per_minute = 0\n";
 
@@ -41,23 +43,6 @@ async fn raw(
     http::request(addr, method, path, headers, body)
         .await
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-}
-
-/// Asserts status, error code and a non-empty message.
-#[track_caller]
-fn assert_error(r: &Response, status: u16, code: &str) {
-    assert_eq!(r.status, status, "expected {status} {code}, got {r:?}");
-    let v = r.json();
-    assert_eq!(v["error"], code, "{r:?}");
-    assert!(
-        v["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "error without a message: {r:?}"
-    );
-    assert!(
-        r.header("content-type")
-            .is_some_and(|c| c.starts_with("application/json")),
-        "error is not JSON: {r:?}"
-    );
 }
 
 /// A 400 `validation_failed` naming exactly these fields.
@@ -156,16 +141,6 @@ fn assert_user_shape(u: &Value, email: &str) {
     assert_eq!(u["email"], email);
     assert!(u["email_verified"].is_boolean());
     assert!(u["roles"].is_array());
-}
-
-/// The `X-User-Id` the upstream received with its last request.
-fn upstream_header(gw: &TestGateway, name: &str) -> Option<String> {
-    let last = gw.upstream.last_request()?;
-    last["headers"]
-        .as_array()?
-        .iter()
-        .find(|h| h[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
-        .and_then(|h| h[1].as_str().map(str::to_string))
 }
 
 // ===================================================================
@@ -487,11 +462,11 @@ async fn login_answers_tokens_and_user() {
     // The access token opens a required route; the upstream learns who it is.
     assert_eq!(proxied(&gw, access).await, 200);
     assert_eq!(
-        upstream_header(&gw, "x-user-id").as_deref(),
+        last_echoed(&gw, "x-user-id").as_deref(),
         v["user"]["id"].as_str()
     );
     assert_eq!(
-        upstream_header(&gw, "x-user-email").as_deref(),
+        last_echoed(&gw, "x-user-email").as_deref(),
         Some("erin@example.com")
     );
 
@@ -1891,10 +1866,7 @@ async fn admin_cli_works_with_the_gateway_running_and_stopped() {
     let ops = gw.signin("Ops@example.com", OPS_PW).await;
     assert_eq!(ops.user["roles"], json!(["admin"]));
     assert_eq!(gw.get("/admin", Some(&ops.access)).await.status, 200);
-    assert_eq!(
-        upstream_header(&gw, "x-user-roles").as_deref(),
-        Some("admin")
-    );
+    assert_eq!(last_echoed(&gw, "x-user-roles").as_deref(), Some("admin"));
 
     // Refusals: an existing email, a weak password, a bad role.
     let dup = cli(
@@ -2260,12 +2232,9 @@ async fn nginx_auth_request_uses_forward_auth() {
     assert_eq!(gw.upstream.hits(), 1);
     let seen = gw.upstream.last_request().unwrap();
     assert_eq!(seen["path"], "/app/page?x=1");
+    assert_eq!(last_echoed(&gw, "x-user-id").as_deref(), Some(uid.as_str()));
     assert_eq!(
-        upstream_header(&gw, "x-user-id").as_deref(),
-        Some(uid.as_str())
-    );
-    assert_eq!(
-        upstream_header(&gw, "x-user-email").as_deref(),
+        last_echoed(&gw, "x-user-email").as_deref(),
         Some("nell@example.com")
     );
 

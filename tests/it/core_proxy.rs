@@ -14,35 +14,10 @@ use crate::common::*;
 // helpers
 // ---------------------------------------------------------------------------
 
-/// The headers the upstream received, from its echo.
-fn echo_headers(r: &Response) -> Vec<(String, String)> {
-    let v = r.json();
-    v["headers"]
-        .as_array()
-        .unwrap_or_else(|| panic!("not an echo: {r:?}"))
-        .iter()
-        .map(|h| {
-            (
-                h[0].as_str().unwrap().to_string(),
-                h[1].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-/// Every value the upstream received for `name` (case-insensitive).
-fn echo_all(r: &Response, name: &str) -> Vec<String> {
-    echo_headers(r)
-        .into_iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
-        .collect()
-}
-
 /// Headers of the identity family, by the contract's rule: the name,
 /// case-insensitive with `_` read as `-`, starts with `x-user-`.
 fn identity_family(r: &Response) -> Vec<(String, String)> {
-    echo_headers(r)
+    echoed_headers(&r.json())
         .into_iter()
         .filter(|(n, _)| {
             n.to_ascii_lowercase()
@@ -64,12 +39,7 @@ fn bearer(token: &str) -> String {
 
 /// A JSON error with exactly the `error` and `message` keys.
 fn assert_json_error(r: &Response, status: u16, code: &str) {
-    assert_eq!(r.status, status, "{r:?}");
-    assert!(
-        r.header("content-type")
-            .is_some_and(|c| c.starts_with("application/json")),
-        "{r:?}"
-    );
+    assert_error(r, status, code);
     let v = r.json();
     let keys: BTreeSet<&str> = v
         .as_object()
@@ -81,11 +51,6 @@ fn assert_json_error(r: &Response, status: u16, code: &str) {
         keys,
         BTreeSet::from(["error", "message"]),
         "error keys: {r:?}"
-    );
-    assert_eq!(v["error"], code, "{r:?}");
-    assert!(
-        !v["message"].as_str().unwrap_or_default().is_empty(),
-        "{r:?}"
     );
 }
 
@@ -128,13 +93,7 @@ async fn protected_route_needs_a_token_and_gets_identity_headers() {
     assert_eq!(r.status, 200, "{}", r.text());
     let echo = r.json();
     assert_eq!(echo["path"], "/hello?x=1");
-    let headers = echo["headers"].as_array().unwrap();
-    let find = |n: &str| {
-        headers
-            .iter()
-            .find(|h| h[0].as_str().unwrap().eq_ignore_ascii_case(n))
-            .map(|h| h[1].as_str().unwrap().to_string())
-    };
+    let find = |n: &str| echoed_in(&echo, n).into_iter().next();
     assert_eq!(find("x-user-id").unwrap(), s.user["id"].as_str().unwrap());
     assert_eq!(find("x-user-email").unwrap(), "alice@example.com");
     assert_eq!(find("x-user-roles").unwrap(), "");
@@ -205,7 +164,7 @@ async fn required_optional_and_public_routes() {
     assert_json_error(&gw.get("/app", Some("garbage")).await, 401, "unauthorized");
     let r = gw.get("/app", Some(&s.access)).await;
     assert_eq!(r.status, 200);
-    assert_eq!(echo_all(&r, "x-user-id"), vec![id.clone()]);
+    assert_eq!(echoed(&r, "x-user-id"), vec![id.clone()]);
 
     // optional: anonymous passes without identity; a valid token adds it;
     // an invalid token is treated as anonymous.
@@ -217,8 +176,8 @@ async fn required_optional_and_public_routes() {
     assert!(identity_family(&r).is_empty(), "{r:?}");
     let r = gw.get("/optional/x", Some(&s.access)).await;
     assert_eq!(r.status, 200);
-    assert_eq!(echo_all(&r, "x-user-id"), vec![id.clone()]);
-    assert_eq!(echo_all(&r, "x-user-email"), vec!["bob@example.com"]);
+    assert_eq!(echoed(&r, "x-user-id"), vec![id.clone()]);
+    assert_eq!(echoed(&r, "x-user-email"), vec!["bob@example.com"]);
 
     // public: no check, no identity
     let r = gw.get("/public/x", None).await;
@@ -258,7 +217,7 @@ async fn roles_give_403_when_missing_and_any_one_role_is_enough() {
     );
     let r = gw.get("/admin/x", Some(&admin.access)).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(echo_all(&r, "x-user-roles"), vec!["admin"]);
+    assert_eq!(echoed(&r, "x-user-roles"), vec!["admin"]);
 
     // /ops needs "admin" OR "ops"
     assert_json_error(&gw.get("/ops", Some(&plain.access)).await, 403, "forbidden");
@@ -524,7 +483,7 @@ async fn client_identity_headers_are_stripped_on_every_route() {
         let r = get_with(&gw, "/x", &[(name, value), ("Authorization", &auth)]).await;
         assert_eq!(r.status, 200, "{name}");
         assert_eq!(identity_family(&r).len(), 3, "{name}: {r:?}");
-        assert_eq!(echo_all(&r, "x-user-id"), vec![id.clone()], "{name}");
+        assert_eq!(echoed(&r, "x-user-id"), vec![id.clone()], "{name}");
     }
 }
 
@@ -551,15 +510,15 @@ async fn connection_header_cannot_remove_injected_identity() {
         )
         .await;
         assert_eq!(r.status, 200, "{conn}: {r:?}");
-        assert_eq!(echo_all(&r, "x-user-id"), vec![id.clone()], "{conn}");
+        assert_eq!(echoed(&r, "x-user-id"), vec![id.clone()], "{conn}");
         assert_eq!(
-            echo_all(&r, "x-user-email"),
+            echoed(&r, "x-user-email"),
             vec!["erin@example.com"],
             "{conn}"
         );
-        assert_eq!(echo_all(&r, "x-user-roles"), vec![""], "{conn}");
-        assert_eq!(echo_all(&r, "x-request-id").len(), 1, "{conn}");
-        assert_eq!(echo_all(&r, "x-forwarded-for").len(), 1, "{conn}");
+        assert_eq!(echoed(&r, "x-user-roles"), vec![""], "{conn}");
+        assert_eq!(echoed(&r, "x-request-id").len(), 1, "{conn}");
+        assert_eq!(echoed(&r, "x-forwarded-for").len(), 1, "{conn}");
     }
     // Nominating X-Forwarded-For is refused outright (Pingora protects it)
     // or, if proxied, must not cost the upstream its identity headers.
@@ -573,8 +532,8 @@ async fn connection_header_cannot_remove_injected_identity() {
     )
     .await;
     if r.status == 200 {
-        assert_eq!(echo_all(&r, "x-user-id"), vec![id.clone()]);
-        assert_eq!(echo_all(&r, "x-forwarded-for"), vec!["127.0.0.1"]);
+        assert_eq!(echoed(&r, "x-user-id"), vec![id.clone()]);
+        assert_eq!(echoed(&r, "x-forwarded-for"), vec!["127.0.0.1"]);
     } else {
         assert_json_error(&r, 400, "bad_request");
     }
@@ -590,13 +549,13 @@ async fn request_id_is_injected_and_replaces_the_clients() {
     )
     .await;
     assert_eq!(r.status, 200);
-    let ids = echo_all(&r, "x-request-id");
+    let ids = echoed(&r, "x-request-id");
     assert_eq!(ids.len(), 1, "{ids:?}");
     assert!(!ids[0].contains("client") && !ids[0].contains("again"));
     assert!(ids[0].len() >= 16, "{ids:?}");
     // Unique per request.
     let r2 = get_with(&gw, "/public/x", &[]).await;
-    let ids2 = echo_all(&r2, "x-request-id");
+    let ids2 = echoed(&r2, "x-request-id");
     assert_eq!(ids2.len(), 1);
     assert_ne!(ids[0], ids2[0]);
     // Gateway-own responses carry one too.
@@ -620,9 +579,9 @@ async fn forwarded_headers_from_an_untrusted_peer_are_replaced() {
     )
     .await;
     assert_eq!(r.status, 200);
-    assert_eq!(echo_all(&r, "x-forwarded-for"), vec!["127.0.0.1"]);
-    assert_eq!(echo_all(&r, "x-forwarded-proto"), vec!["http"]);
-    assert!(echo_all(&r, "forwarded").is_empty(), "{r:?}");
+    assert_eq!(echoed(&r, "x-forwarded-for"), vec!["127.0.0.1"]);
+    assert_eq!(echoed(&r, "x-forwarded-proto"), vec!["http"]);
+    assert!(echoed(&r, "forwarded").is_empty(), "{r:?}");
 
     // Origin-describing headers and X-Real-IP cannot be planted either.
     let r = get_with(
@@ -638,9 +597,9 @@ async fn forwarded_headers_from_an_untrusted_peer_are_replaced() {
     .await;
     assert_eq!(r.status, 200);
     for name in ["x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix"] {
-        assert!(echo_all(&r, name).is_empty(), "{name} reached the upstream");
+        assert!(echoed(&r, name).is_empty(), "{name} reached the upstream");
     }
-    assert_eq!(echo_all(&r, "x-real-ip"), vec!["127.0.0.1"]);
+    assert_eq!(echoed(&r, "x-real-ip"), vec!["127.0.0.1"]);
 
     // Over TLS the proto is https.
     let raw = http::build_request(
@@ -658,8 +617,8 @@ async fn forwarded_headers_from_an_untrusted_peer_are_replaced() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(echo_all(&r, "x-forwarded-proto"), vec!["https"]);
-    assert_eq!(echo_all(&r, "x-forwarded-for"), vec!["127.0.0.1"]);
+    assert_eq!(echoed(&r, "x-forwarded-proto"), vec!["https"]);
+    assert_eq!(echoed(&r, "x-forwarded-for"), vec!["127.0.0.1"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -672,7 +631,7 @@ async fn forwarded_for_from_a_trusted_proxy_is_extended() {
     let r = get_with(&gw, "/public/x", &[("X-Forwarded-For", "203.0.113.7")]).await;
     assert_eq!(r.status, 200);
     assert_eq!(
-        echo_all(&r, "x-forwarded-for"),
+        echoed(&r, "x-forwarded-for"),
         vec!["203.0.113.7, 127.0.0.1"]
     );
     let r = get_with(
@@ -682,7 +641,7 @@ async fn forwarded_for_from_a_trusted_proxy_is_extended() {
     )
     .await;
     assert_eq!(
-        echo_all(&r, "x-forwarded-for"),
+        echoed(&r, "x-forwarded-for"),
         vec!["198.51.100.1, 203.0.113.7, 127.0.0.1"]
     );
     // A trusted proxy may speak for the original host; X-Real-IP is the
@@ -697,12 +656,12 @@ async fn forwarded_for_from_a_trusted_proxy_is_extended() {
         ],
     )
     .await;
-    assert_eq!(echo_all(&r, "x-forwarded-host"), vec!["app.example"]);
-    assert_eq!(echo_all(&r, "x-real-ip"), vec!["203.0.113.7"]);
+    assert_eq!(echoed(&r, "x-forwarded-host"), vec!["app.example"]);
+    assert_eq!(echoed(&r, "x-real-ip"), vec!["203.0.113.7"]);
     // Without a client XFF the peer is the whole chain.
     let r = get_with(&gw, "/public/x", &[]).await;
-    assert_eq!(echo_all(&r, "x-forwarded-for"), vec!["127.0.0.1"]);
-    assert_eq!(echo_all(&r, "x-forwarded-proto"), vec!["http"]);
+    assert_eq!(echoed(&r, "x-forwarded-for"), vec!["127.0.0.1"]);
+    assert_eq!(echoed(&r, "x-forwarded-proto"), vec!["http"]);
 }
 
 // ---------------------------------------------------------------------------
@@ -1274,28 +1233,15 @@ async fn http2_gets_the_same_checks_stripping_and_injection() {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(echo["path"], "/hello?q=1");
-    let got: Vec<(String, String)> = echo["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h[0].as_str().unwrap().to_ascii_lowercase(),
-                h[1].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    let all = |n: &str| -> Vec<&str> {
-        got.iter()
-            .filter(|(k, _)| k == n)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    };
-    assert_eq!(all("x-user-id"), vec![s.user["id"].as_str().unwrap()]);
-    assert_eq!(all("x-user-email"), vec!["h2@example.com"]);
-    assert_eq!(all("x-user-roles"), vec![""]);
+    let all = |n: &str| echoed_in(&echo, n);
+    assert_eq!(
+        all("x-user-id"),
+        vec![s.user["id"].as_str().unwrap().to_string()]
+    );
+    assert_eq!(all("x-user-email"), vec!["h2@example.com".to_string()]);
+    assert_eq!(all("x-user-roles"), vec![String::new()]);
     assert!(all("x_user_email").is_empty());
-    assert_eq!(all("x-forwarded-proto"), vec!["https"]);
+    assert_eq!(all("x-forwarded-proto"), vec!["https".to_string()]);
 
     // A path that cannot be normalized is refused on h2 too.
     let (status, _, _) = h2_request(&gw, "/a%2fb", &[("authorization", &bearer)]).await;

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::common::http::{self, Response};
 use crate::common::smtp::{self, Mail, SmtpServer};
-use crate::common::{metric, Builder, TestGateway, PASSWORD};
+use crate::common::{assert_error, metric, Builder, TestGateway, PASSWORD};
 
 const WAIT: Duration = Duration::from_secs(15);
 const VERIFY_LINK: &str = "https://gateway.test/auth/email/verify?token=";
@@ -134,11 +134,6 @@ async fn assert_no_mail_to(gw: &TestGateway, to: &str) {
         outbox(gw).iter().all(|m| m.to != to),
         "nothing may be queued for {to}"
     );
-}
-
-fn assert_error(r: &Response, status: u16, code: &str) {
-    assert_eq!(r.status, status, "{r:?}");
-    assert_eq!(r.json()["error"], code, "{r:?}");
 }
 
 fn path_of(link: &str) -> &str {

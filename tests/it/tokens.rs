@@ -103,16 +103,6 @@ fn assert_rejected(r: &Response, what: &str) {
     );
 }
 
-fn echo_header(r: &Response, name: &str) -> Vec<String> {
-    r.json()["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h[0].as_str().unwrap().eq_ignore_ascii_case(name))
-        .map(|h| h[1].as_str().unwrap().to_string())
-        .collect()
-}
-
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,12 +113,9 @@ async fn a_valid_hand_minted_token_passes_with_its_claims_as_identity() {
     c["email"] = json!("minted@example.com");
     let r = call(&gw, "/admin/x", &mint(&c)).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(
-        echo_header(&r, "x-user-id"),
-        vec![c["sub"].as_str().unwrap()]
-    );
-    assert_eq!(echo_header(&r, "x-user-email"), vec!["minted@example.com"]);
-    assert_eq!(echo_header(&r, "x-user-roles"), vec!["admin,ops"]);
+    assert_eq!(echoed(&r, "x-user-id"), vec![c["sub"].as_str().unwrap()]);
+    assert_eq!(echoed(&r, "x-user-email"), vec!["minted@example.com"]);
+    assert_eq!(echoed(&r, "x-user-roles"), vec!["admin,ops"]);
     // `application/at+jwt` is the same type (RFC 9068).
     let t = mint_with(
         &header(Algorithm::HS256, Some("application/at+jwt")),
@@ -259,7 +246,7 @@ async fn forged_tokens_are_rejected() {
         // Optional routes treat a forgery as anonymous: no identity.
         let r = call(&gw, "/optional/x", token).await;
         assert_eq!(r.status, 200, "{name}");
-        assert!(echo_header(&r, "x-user-id").is_empty(), "{name}: {r:?}");
+        assert!(echoed(&r, "x-user-id").is_empty(), "{name}: {r:?}");
     }
     assert_eq!(
         gw.upstream.hits(),
@@ -331,7 +318,7 @@ async fn opaque_tokens_are_not_bearer_tokens() {
     assert_rejected(&call(&gw, "/x", &s.refresh).await, "refresh token");
     let r = call(&gw, "/optional/x", &s.refresh).await;
     assert_eq!(r.status, 200);
-    assert!(echo_header(&r, "x-user-id").is_empty());
+    assert!(echoed(&r, "x-user-id").is_empty());
     // The refresh token still works for its own purpose.
     let r = gw
         .post("/auth/refresh", json!({ "refresh_token": s.refresh }), None)
@@ -437,7 +424,7 @@ async fn eddsa_tokens_verify_with_the_published_jwks_key() {
     let r = call(&gw, "/x", &s.access).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(
-        echo_header(&r, "x-user-id"),
+        echoed(&r, "x-user-id"),
         vec![s.user["id"].as_str().unwrap()]
     );
 }

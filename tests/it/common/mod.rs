@@ -315,3 +315,56 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// The headers the upstream received, in order, from its echo body.
+pub fn echoed_headers(echo: &Value) -> Vec<(String, String)> {
+    echo["headers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not an echo: {echo}"))
+        .iter()
+        .map(|h| {
+            (
+                h[0].as_str().unwrap().to_string(),
+                h[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Every value the upstream received for `name` (case-insensitive).
+pub fn echoed_in(echo: &Value, name: &str) -> Vec<String> {
+    echoed_headers(echo)
+        .into_iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// [`echoed_in`] for a proxied response.
+pub fn echoed(r: &http::Response, name: &str) -> Vec<String> {
+    echoed_in(&r.json(), name)
+}
+
+/// A JSON error answer with this status and code, and a message.
+#[track_caller]
+pub fn assert_error(r: &http::Response, status: u16, code: &str) {
+    assert_eq!(r.status, status, "expected {status} {code}, got {r:?}");
+    let v = r.json();
+    assert_eq!(v["error"], code, "{r:?}");
+    assert!(
+        v["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error without a message: {r:?}"
+    );
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "error is not JSON: {r:?}"
+    );
+}
+
+/// The first value of `name` in the upstream's last received request.
+pub fn last_echoed(gw: &TestGateway, name: &str) -> Option<String> {
+    echoed_in(&gw.upstream.last_request()?, name)
+        .into_iter()
+        .next()
+}
