@@ -62,6 +62,9 @@ pub struct Ctx {
     started: Option<Instant>,
     upstream_started: Option<Instant>,
     local: bool,
+    /// The socket peer, and whether it is one of `trusted_proxies`.
+    peer: Option<IpAddr>,
+    peer_trusted: bool,
     /// Counts this request as in flight until the context is dropped.
     _inflight: Option<InFlightGuard>,
 }
@@ -270,10 +273,13 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let trusted = &self.cfg.server.trusted_proxies;
+        ctx.peer_trusted = trusted.iter().any(|n| n.contains(&peer));
+        ctx.peer = Some(peer);
         ctx.client_ip = Some(client_ip::client_ip(
             peer,
             &session.req_header().headers,
-            &self.cfg.server.trusted_proxies,
+            trusted,
         ));
         session.set_read_timeout(Some(Duration::from_secs(
             self.cfg.limits.downstream_read_timeout_secs,
@@ -354,14 +360,13 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let idx = ctx
             .route
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
-        let key = ctx.request_id.as_bytes().to_vec();
-        let _ = session;
+        // Round-robin ignores the selection key.
         let up = self
-            .pick_upstream(idx, &key)
+            .pick_upstream(idx, b"")
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no upstream"))?;
         let mut peer = HttpPeer::new(up.addr, up.tls, up.sni.clone());
         let l = &self.cfg.limits;
@@ -376,22 +381,12 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         up: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         headers::strip_identity(up);
-        let peer_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let trusted_peer = peer_ip.is_some_and(|ip| {
-            self.cfg
-                .server
-                .trusted_proxies
-                .iter()
-                .any(|n| n.contains(&ip))
-        });
+        let (peer_ip, trusted_peer) = (ctx.peer, ctx.peer_trusted);
         let xff = match (
             trusted_peer,
             up.headers
