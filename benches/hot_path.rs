@@ -18,11 +18,11 @@ use ipnet::IpNet;
 use uuid::Uuid;
 
 use portcullis::auth::password::Hasher;
-use portcullis::auth::revocation::{jti_key, Revocations};
+use portcullis::auth::revocation::Revocations;
 use portcullis::auth::tokens::TokenService;
 use portcullis::clock::{Clock, SystemClock};
 use portcullis::store::sled_store::SledStore;
-use portcullis::store::Store;
+use portcullis::store::{Revocation, Store};
 use portcullis::Config;
 
 fn default_config() -> Config {
@@ -223,27 +223,40 @@ fn bench_tokens_and_revocation(c: &mut Criterion) {
     });
     g.finish();
 
-    // Revocation check with 100k revoked jtis in a real sled store.
+    // Revocation check with 100k revoked jtis, 100k revoked sessions and
+    // 100k user cutoffs, written to and loaded from a real sled store.
     let store_dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledStore::open(&store_dir.path().join("db")).unwrap());
     let exp = clock.now() + 3600;
-    let revoked: Vec<(String, i64)> = (0..100_000)
-        .map(|_| (jti_key(&Uuid::new_v4().to_string()), exp))
+    let revoked: Vec<Revocation> = (0..100_000)
+        .flat_map(|_| {
+            [
+                Revocation::Token(Uuid::new_v4(), exp),
+                Revocation::Session(Uuid::new_v4(), exp),
+                Revocation::Cutoff(Uuid::new_v4(), clock.now() - 10),
+            ]
+        })
         .collect();
-    let some_revoked = revoked[50_000].0.trim_start_matches("jti:").to_string();
-    for chunk in revoked.chunks(10_000) {
-        store.revoke(chunk).unwrap();
-    }
+    let Revocation::Token(some_revoked, _) = revoked[150_000] else {
+        unreachable!()
+    };
     let store: Arc<dyn Store> = store;
-    let revs = Revocations::load(store).unwrap();
-    assert_eq!(revs.len(), 100_000);
+    let loaded = portcullis::store::block_on(async move {
+        for chunk in revoked.chunks(30_000) {
+            store.revoke(chunk.to_vec()).await.unwrap();
+        }
+        store.list_revocations().await.unwrap()
+    })
+    .unwrap();
+    let revs = Revocations::new(&loaded);
+    assert_eq!(revs.len(), 200_000);
     let live = claims.clone();
     let mut dead = claims.clone();
-    dead.jti = some_revoked;
+    dead.jti = some_revoked.to_string();
     assert!(!revs.is_revoked(&live));
     assert!(revs.is_revoked(&dead));
 
-    let mut g = c.benchmark_group("revocation_100k");
+    let mut g = c.benchmark_group("revocation_100k_each_kind");
     g.sample_size(50)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1));

@@ -55,6 +55,7 @@ impl ServeHttp for AdminApp {
                     .auth
                     .store
                     .list_mail()
+                    .await
                     .ok()
                     .map(|all| all.iter().filter(|m| !m.failed).count() as i64);
                 reply(
@@ -64,7 +65,7 @@ impl ServeHttp for AdminApp {
                 )
             }
             ("GET", "/healthz") => json(200, serde_json::json!({ "status": "ok" })),
-            ("GET", "/readyz") => match self.auth.store.list_cutoffs() {
+            ("GET", "/readyz") => match self.auth.store.ping().await {
                 Ok(_) => json(200, serde_json::json!({ "status": "ready" })),
                 Err(_) => err(503, "not_ready", "The store is not available."),
             },

@@ -31,6 +31,14 @@ pub enum ApiError {
         retry_after: u64,
     },
     BadGateway,
+    /// The record changed under the request (a concurrent change won).
+    Conflict,
+    /// Temporarily unable to serve (the hash queue is full, the store
+    /// cannot write); the cause is logged, the client is told when to retry.
+    Unavailable {
+        retry_after: u64,
+        cause: String,
+    },
     /// A server-side failure; the cause is logged, the client sees `internal`.
     Internal(String),
 }
@@ -61,6 +69,8 @@ impl ApiError {
             ApiError::RequestTimeout => 408,
             ApiError::TooManyRequests { .. } => 429,
             ApiError::BadGateway => 502,
+            ApiError::Conflict => 409,
+            ApiError::Unavailable { .. } => 503,
             ApiError::Internal(_) => 500,
         }
     }
@@ -83,6 +93,8 @@ impl ApiError {
             ApiError::RequestTimeout => "request_timeout",
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::BadGateway => "bad_gateway",
+            ApiError::Conflict => "conflict",
+            ApiError::Unavailable { .. } => "service_unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -105,13 +117,19 @@ impl ApiError {
             ApiError::RequestTimeout => "The request was not received in time.",
             ApiError::TooManyRequests { .. } => "Too many requests; try again later.",
             ApiError::BadGateway => "The upstream service is unavailable.",
+            ApiError::Conflict => "The resource was changed by another request; try again.",
+            ApiError::Unavailable { .. } => "The service is busy; try again shortly.",
             ApiError::Internal(_) => "An internal error occurred.",
         }
     }
 
     pub fn into_response(self) -> ApiResponse {
-        if let ApiError::Internal(cause) = &self {
-            tracing::error!(cause = %cause, "internal error");
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(cause = %cause, "internal error"),
+            ApiError::Unavailable { cause, .. } => {
+                tracing::warn!(cause = %cause, "answered 503")
+            }
+            _ => {}
         }
         let mut body = serde_json::json!({ "error": self.code(), "message": self.message() });
         if let ApiError::Validation(fields) = &self {
@@ -127,9 +145,10 @@ impl ApiError {
                 "www-authenticate",
                 "Bearer error=\"invalid_token\"".to_string(),
             )),
-            ApiError::TooManyRequests { retry_after } => resp
-                .headers
-                .push(("retry-after", retry_after.max(&1).to_string())),
+            ApiError::TooManyRequests { retry_after } | ApiError::Unavailable { retry_after, .. } => {
+                resp.headers
+                    .push(("retry-after", retry_after.max(&1).to_string()))
+            }
             _ => {}
         }
         resp
@@ -138,13 +157,28 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        use crate::store::StoreError;
+        match e {
+            StoreError::Conflict => ApiError::Conflict,
+            // Nothing was acknowledged; the client may retry.
+            StoreError::Backend(cause) => ApiError::Unavailable {
+                retry_after: 1,
+                cause: format!("store: {cause}"),
+            },
+            StoreError::Corrupt(_) => ApiError::Internal(e.to_string()),
+        }
     }
 }
 
 impl From<crate::auth::password::HashError> for ApiError {
     fn from(e: crate::auth::password::HashError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            crate::auth::password::HashError::Busy => ApiError::Unavailable {
+                retry_after: 1,
+                cause: e.to_string(),
+            },
+            _ => ApiError::Internal(e.to_string()),
+        }
     }
 }
 
@@ -181,6 +215,15 @@ mod tests {
                 "too_many_requests",
             ),
             (ApiError::Internal("secret cause".into()), 500, "internal"),
+            (ApiError::Conflict, 409, "conflict"),
+            (
+                ApiError::Unavailable {
+                    retry_after: 1,
+                    cause: "secret cause".into(),
+                },
+                503,
+                "service_unavailable",
+            ),
             (ApiError::BadGateway, 502, "bad_gateway"),
         ];
         for (e, status, code) in cases {

@@ -3,8 +3,8 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, HistogramVec,
-    IntCounterVec, IntGauge,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge,
 };
 
 pub static AUTH_EVENTS: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -87,6 +87,35 @@ pub static EMAILS_PENDING: Lazy<IntGauge> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+pub static HASH_QUEUE_FULL: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "portcullis_hash_queue_rejected_total",
+        "Requests refused with 503 because the password hashing queue was full."
+    )
+    .expect("metric registers once")
+});
+
+pub static SWEPT: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "portcullis_swept_total",
+        "Expired records removed by the maintenance sweep, by kind.",
+        &["kind"]
+    )
+    .expect("metric registers once")
+});
+
+pub fn swept(r: &crate::store::SweepReport) {
+    for (kind, n) in [
+        ("session", r.sessions),
+        ("one_time_token", r.one_time),
+        ("revocation", r.revocations),
+        ("cutoff", r.cutoffs),
+        ("failed_mail", r.mail),
+    ] {
+        SWEPT.with_label_values(&[kind]).inc_by(n as u64);
+    }
+}
+
 /// Touch every metric so each family is exported from the first scrape.
 pub fn init() {
     for e in [
@@ -113,6 +142,8 @@ pub fn init() {
     Lazy::force(&UPSTREAM_ERRORS);
     Lazy::force(&EMAILS);
     Lazy::force(&EMAILS_PENDING);
+    Lazy::force(&HASH_QUEUE_FULL);
+    swept(&crate::store::SweepReport::default());
 }
 
 pub fn auth_event(event: &str, outcome: &str) {

@@ -71,37 +71,82 @@ pub fn admin_token(cfg: &Config) -> Result<Vec<u8>, String> {
     Ok(raw.trim_ascii().to_vec())
 }
 
-/// Periodic upkeep: persist throttle counters, prune expired revocations.
+/// Periodic upkeep, every second of real time: persist changed throttle
+/// counters; and once per [`SWEEP_EVERY`] seconds of *clock* time (so tests
+/// move the clock instead of waiting) sweep expired sessions, one-time
+/// tokens, revocations and long-failed mail from the store and memory.
 struct Maintenance {
     auth: Arc<AuthService>,
+    /// Sweeps done so far (tests wait for the next one).
+    sweeps: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Clock seconds between two sweeps.
+pub const SWEEP_EVERY: i64 = 60;
+
+impl Maintenance {
+    async fn persist_throttle(&self) {
+        let dirty = self.auth.throttle.take_dirty();
+        if dirty.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = dirty.iter().map(|(k, _)| k.clone()).collect();
+        if let Err(e) = self.auth.store.save_counters(dirty).await {
+            tracing::error!(cause = %e, "persisting throttle counters");
+            self.auth.throttle.mark_dirty(keys);
+        }
+    }
+
+    async fn sweep(&self) {
+        let a = &self.auth;
+        let now = a.clock.now();
+        let horizon = now - a.cfg.tokens.access_ttl_secs as i64 - a.cfg.tokens.leeway_secs as i64;
+        let retention = crate::store::Retention {
+            now,
+            idle_secs: a.cfg.tokens.refresh_idle_secs,
+            failed_mail_secs: a.cfg.mail.failed_retention_secs,
+            cutoff_horizon: horizon,
+        };
+        match a.store.sweep(retention).await {
+            Ok(r) => {
+                crate::metrics::swept(&r);
+                if r.total() > 0 {
+                    tracing::info!(
+                        sessions = r.sessions,
+                        one_time_tokens = r.one_time,
+                        revocations = r.revocations,
+                        cutoffs = r.cutoffs,
+                        failed_mail = r.mail,
+                        "maintenance sweep"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(cause = %e, "maintenance sweep"),
+        }
+        a.revocations.prune(now, horizon);
+        a.throttle
+            .forget_idle(a.cfg.throttle.failure_window_secs.max(3600));
+        self.sweeps
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[async_trait]
 impl BackgroundService for Maintenance {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = 0u64;
+        let mut next_sweep = self.auth.clock.now();
         loop {
+            if self.auth.clock.now() >= next_sweep {
+                self.sweep().await;
+                next_sweep = self.auth.clock.now() + SWEEP_EVERY;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.changed() => break,
             }
-            tick += 1;
-            if let Err(e) = self.auth.throttle.persist() {
-                tracing::error!(cause = %e, "persisting throttle counters");
-            }
-            if tick.is_multiple_of(60) {
-                match self.auth.revocations.prune(self.auth.clock.now()) {
-                    Ok(n) if n > 0 => tracing::info!(pruned = n, "expired revocations pruned"),
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(cause = %e, "pruning revocations"),
-                }
-            }
-            if let Err(e) = self.auth.store.flush().await {
-                tracing::error!(cause = %e, "flushing the store");
-            }
+            self.persist_throttle().await;
         }
-        let _ = self.auth.throttle.persist();
-        let _ = self.auth.store.flush().await;
+        self.persist_throttle().await;
     }
 }
 
@@ -160,6 +205,8 @@ impl ShutdownSignalWatch for Shutdown {
 /// A running gateway.
 pub struct GatewayHandle {
     pub auth: Arc<AuthService>,
+    /// Maintenance sweeps completed (see [`SWEEP_EVERY`]).
+    pub sweeps: Arc<std::sync::atomic::AtomicU64>,
     stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
     pub listen: Option<SocketAddr>,
@@ -316,9 +363,13 @@ pub fn start(
             retry_base_secs: cfg.mail.retry_base_secs,
         },
     ));
+    let sweeps = Arc::new(std::sync::atomic::AtomicU64::new(0));
     server.add_service(background_service(
         "maintenance",
-        Maintenance { auth: auth.clone() },
+        Maintenance {
+            auth: auth.clone(),
+            sweeps: sweeps.clone(),
+        },
     ));
     drop(store);
 
@@ -340,6 +391,7 @@ pub fn start(
 
     let handle = GatewayHandle {
         auth,
+        sweeps,
         stop: tx,
         thread: Some(thread),
         listen: s.listen,

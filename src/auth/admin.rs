@@ -6,7 +6,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{email, password, valid_role, AuthService};
-use crate::store::User;
+use crate::store::{StoreError, User, UserChange};
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -83,16 +83,25 @@ impl AuthService {
     }
 
     async fn admin_inner(&self, cmd: AdminCommand) -> Result<Value, AdminError> {
-        let internal = |e: crate::store::StoreError| AdminError::Internal(e.to_string());
-        let find = |raw: &str| -> Result<User, AdminError> {
+        let internal = |e: StoreError| AdminError::Internal(e.to_string());
+        // Admin changes name the user by email and apply to the current
+        // record, so they compose with concurrent user requests.
+        let change = |raw: String, change: UserChange| async move {
             let e =
-                email::normalize(raw).ok_or_else(|| AdminError::Invalid("invalid email".into()))?;
-            self.store
+                email::normalize(&raw).ok_or_else(|| AdminError::Invalid("invalid email".into()))?;
+            let user = self
+                .store
                 .find_user_by_email(&e)
+                .await
                 .map_err(internal)?
-                .ok_or(AdminError::NoSuchUser)
+                .ok_or(AdminError::NoSuchUser)?;
+            match self.change_user(user.id, change, None).await {
+                Ok(u) => Ok(AuthService::user_json(&u)),
+                Err(StoreError::Conflict) => Err(AdminError::NoSuchUser),
+                Err(e) => Err(internal(e)),
+            }
         };
-        let out = match cmd {
+        Ok(match cmd {
             AdminCommand::Add {
                 email: raw,
                 roles,
@@ -120,7 +129,8 @@ impl AuthService {
                     .await
                     .map_err(|e| AdminError::Internal(e.to_string()))?;
                 let mut roles = roles;
-                roles.dedup();
+                let mut seen = std::collections::HashSet::new();
+                roles.retain(|r| seen.insert(r.clone()));
                 let user = User {
                     id: Uuid::new_v4(),
                     email: e,
@@ -132,15 +142,15 @@ impl AuthService {
                     disabled: false,
                     password_version: 0,
                 };
-                match self.store.create_user(&user, None) {
+                match self.store.create_user(user.clone(), None).await {
                     Ok(()) => {}
-                    Err(crate::store::StoreError::Conflict) => return Err(AdminError::Exists),
+                    Err(StoreError::Conflict) => return Err(AdminError::Exists),
                     Err(e) => return Err(internal(e)),
                 }
                 AuthService::user_json(&user)
             }
             AdminCommand::List => {
-                let users = self.store.list_users().map_err(internal)?;
+                let users = self.store.list_users().await.map_err(internal)?;
                 Value::Array(
                     users
                         .iter()
@@ -152,34 +162,17 @@ impl AuthService {
                         .collect(),
                 )
             }
-            AdminCommand::Disable { email: raw } => {
-                let mut u = find(&raw)?;
-                u.disabled = true;
-                self.store.update_user(&u, None).map_err(internal)?;
-                self.revoke_all(&u.id, None).map_err(internal)?;
-                AuthService::user_json(&u)
-            }
+            AdminCommand::Disable { email: raw } => change(raw, UserChange::Disable).await?,
             AdminCommand::RoleAdd { email: raw, role } => {
                 if !valid_role(&role) {
                     return Err(AdminError::Invalid(format!("invalid role '{role}'")));
                 }
-                let mut u = find(&raw)?;
-                if !u.roles.contains(&role) {
-                    u.roles.push(role);
-                }
-                self.store.update_user(&u, None).map_err(internal)?;
-                AuthService::user_json(&u)
+                change(raw, UserChange::AddRole(role)).await?
             }
+            // Tokens carry roles: the removal ends sessions and tokens.
             AdminCommand::RoleRemove { email: raw, role } => {
-                let mut u = find(&raw)?;
-                u.roles.retain(|r| r != &role);
-                self.store.update_user(&u, None).map_err(internal)?;
-                // Tokens carry roles: void the old ones so the removal bites now.
-                self.revoke_all(&u.id, None).map_err(internal)?;
-                AuthService::user_json(&u)
+                change(raw, UserChange::RemoveRole(role)).await?
             }
-        };
-        self.store.flush().await.map_err(internal)?;
-        Ok(out)
+        })
     }
 }

@@ -1,7 +1,8 @@
 //! The `/auth/*` and `/.well-known/*` endpoints (CONTRACT section 3): one
 //! function per endpoint, dispatched by method and path. Every failure is an
-//! [`ApiError`]; every acknowledged state change is flushed before the
-//! response is returned.
+//! [`ApiError`]. Every state change is one store operation applied to the
+//! current record (never a copy read earlier) and is durable when the store
+//! call returns, so before the response is written.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,8 @@ use http::Method;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+use super::refresh::RefreshKeys;
+use super::throttle::Reservation;
 use super::tokens::{opaque_token, token_hash, AccessClaims, TokenRejection};
 use super::{email, password, AuthService};
 use crate::api::{ApiRequest, ApiResponse};
@@ -16,7 +19,10 @@ use crate::audit::{self, AuditCtx};
 use crate::error::ApiError;
 use crate::mail;
 use crate::metrics;
-use crate::store::{OneTimeKind, OneTimeToken, RotateOutcome, Rotation, SessionRecord, User};
+use crate::store::{
+    domain, OneTimeKind, OneTimeToken, Redeem, RefreshPolicy, Revocation, RotateOutcome,
+    SessionRecord, Sessions, StoreError, User, UserChange,
+};
 
 type ApiResult = Result<ApiResponse, ApiError>;
 
@@ -71,9 +77,9 @@ impl AuthService {
             )),
             "/auth/password/reset/confirm" if *m == Method::POST => self.reset_confirm(req).await,
             "/auth/password/change" if *m == Method::POST => self.password_change(req).await,
-            "/auth/me" if *m == Method::GET => self.me(req),
+            "/auth/me" if *m == Method::GET => self.me(req).await,
             "/auth/me" if *m == Method::PATCH => self.update_me(req).await,
-            "/auth/sessions" if *m == Method::GET => self.sessions(req),
+            "/auth/sessions" if *m == Method::GET => self.sessions(req).await,
             p if p.starts_with("/auth/sessions/") && *m == Method::DELETE => {
                 self.delete_session(req, &p["/auth/sessions/".len()..])
                     .await
@@ -127,16 +133,41 @@ impl AuthService {
             .map_err(|_| ApiError::Unauthorized)
     }
 
-    fn current_user(&self, claims: &AccessClaims) -> Result<User, ApiError> {
+    async fn current_user(&self, claims: &AccessClaims) -> Result<User, ApiError> {
         let id = Uuid::parse_str(&claims.sub).map_err(|_| ApiError::Unauthorized)?;
-        match self.store.find_user(&id)? {
+        match self.store.find_user(id).await? {
             Some(u) if !u.disabled => Ok(u),
             _ => Err(ApiError::Unauthorized),
         }
     }
 
-    async fn flush(&self) -> Result<(), ApiError> {
-        self.store.flush().await.map_err(ApiError::from)
+    /// Reserve a guess at `key`'s password before hashing (429 when the
+    /// account is locked or its budget is in flight).
+    fn reserve_guess(
+        &self,
+        key: &str,
+        actx: &AuditCtx<'_>,
+        event: &str,
+        uid: Option<&str>,
+    ) -> Result<Reservation, ApiError> {
+        self.throttle
+            .reserve(key, self.lockout())
+            .map_err(|retry_after| {
+                metrics::THROTTLED.with_label_values(&["account"]).inc();
+                if event == "login" {
+                    metrics::auth_event("login", "throttled");
+                }
+                audit::event(actx, event, "locked", uid);
+                ApiError::TooManyRequests { retry_after }
+            })
+    }
+
+    /// Settle a reserved guess that turned out wrong.
+    fn guess_failed(&self, r: Reservation, actx: &AuditCtx<'_>, uid: Option<&str>) {
+        if r.fail() {
+            metrics::THROTTLED.with_label_values(&["account"]).inc();
+            audit::event(actx, "lockout", "locked", uid);
+        }
     }
 
     // ----- register
@@ -192,16 +223,16 @@ impl AuthService {
             disabled: false,
             password_version: 0,
         };
-        match self.store.create_user(&user, None) {
+        match self.store.create_user(user.clone(), None).await {
             Ok(()) => {}
-            Err(crate::store::StoreError::Conflict) => {
+            Err(StoreError::Conflict) => {
                 metrics::auth_event("register", "failure");
                 if self.cfg.accounts.require_email_verification {
                     // Answer exactly as a new registration; tell the owner.
                     let base = &self.cfg.mail.link_base_url;
                     self.store
-                        .enqueue_mail(&mail::account_exists_mail(base, &email, now))?;
-                    self.flush().await?;
+                        .enqueue_mail(mail::account_exists_mail(base, &email, now))
+                        .await?;
                     self.mail_wake.notify_one();
                     audit::event(&actx, "register", "existing_email", None);
                     return Ok(ApiResponse::json(
@@ -214,9 +245,7 @@ impl AuthService {
             }
             Err(e) => return Err(e.into()),
         }
-        self.send_verification(&user)?;
-        self.flush().await?;
-        self.mail_wake.notify_one();
+        self.send_verification(&user).await?;
         metrics::auth_event("register", "success");
         audit::event(&actx, "register", "success", Some(&user.id.to_string()));
         Ok(ApiResponse::json(
@@ -225,7 +254,7 @@ impl AuthService {
         ))
     }
 
-    fn send_verification(&self, user: &User) -> Result<(), ApiError> {
+    async fn send_verification(&self, user: &User) -> Result<(), ApiError> {
         let token = opaque_token(32);
         let now = self.clock.now();
         let rec = OneTimeToken {
@@ -237,7 +266,10 @@ impl AuthService {
             issued_seq: 0,
         };
         let m = mail::verification_mail(&self.cfg.mail.link_base_url, &user.email, &token, now);
-        self.store.issue_one_time(&token_hash(&token), &rec, &m)?;
+        self.store
+            .issue_one_time(token_hash(&token), rec, m)
+            .await?;
+        self.mail_wake.notify_one();
         Ok(())
     }
 
@@ -263,102 +295,110 @@ impl AuthService {
             return Err(fail(None));
         }
         let normalized = email::normalize(&raw_email);
-        // Failures count per address whether or not an account exists, so a
+        // Guesses count per address whether or not an account exists, so a
         // lockout reveals nothing about which emails are registered.
-        let lock_key = lock_key(normalized.as_deref().unwrap_or(&raw_email));
+        let mut guess_key = lock_key(normalized.as_deref().unwrap_or(&raw_email));
         let user = match &normalized {
-            Some(e) => self.store.find_user_by_email(e)?,
+            Some(e) => self.store.find_user_by_email(e).await?,
             None => None,
         };
         let uid = user.as_ref().map(|u| u.id.to_string());
-        let exempt = match (&user, device.as_deref()) {
-            (Some(u), Some(t)) if !t.is_empty() && t.len() <= 512 => matches!(
-                self.store.find_session_by_refresh(&token_hash(t)),
-                Ok(Some(s)) if s.user_id == u.id
-            ),
-            _ => false,
-        };
-        if !exempt {
-            if let Some(retry_after) = self.throttle.locked_for(&lock_key) {
-                metrics::THROTTLED.with_label_values(&["account"]).inc();
-                metrics::auth_event("login", "throttled");
-                audit::event(&actx, "login", "locked", uid.as_deref());
-                return Err(ApiError::TooManyRequests { retry_after });
+        // A device holding a live refresh token of this account is spared
+        // the account lock, but its own guesses are bounded all the same.
+        if let (Some(u), Some(t)) = (&user, device.as_deref()) {
+            if let Some(s) = self.live_device(u, t).await? {
+                guess_key = format!("{guess_key}#device:{}", s.id);
             }
         }
+        let reservation = self.reserve_guess(&guess_key, &actx, "login", uid.as_deref())?;
+        // A full hash queue answers 503; the reservation is given back.
         let ok = match &user {
             Some(u) => self.hasher.verify(&pw, &u.password_hash).await?,
             None => {
-                self.hasher.verify_dummy(&pw).await;
+                self.hasher.verify_dummy(&pw).await?;
                 false
             }
         };
         let user = match user {
-            Some(u) if ok && !u.disabled => u,
+            Some(u) if ok => u,
             _ => {
-                let t = &self.cfg.throttle;
-                if !ok
-                    && self.throttle.fail(
-                        &lock_key,
-                        t.max_failed_logins,
-                        t.failure_window_secs,
-                        t.lockout_secs,
-                    )
-                {
-                    metrics::THROTTLED.with_label_values(&["account"]).inc();
-                    audit::event(&actx, "lockout", "locked", uid.as_deref());
-                }
+                self.guess_failed(reservation, &actx, uid.as_deref());
                 return Err(fail(uid.as_deref()));
             }
         };
+        reservation.succeed();
+        if user.disabled {
+            return Err(fail(uid.as_deref()));
+        }
         let uid = user.id.to_string();
         if self.cfg.accounts.require_email_verification && !user.email_verified {
             metrics::auth_event("login", "failure");
             audit::event(&actx, "login", "email_not_verified", Some(&uid));
             return Err(ApiError::EmailNotVerified);
         }
-        // A device-exempt login during a lockout leaves the lock in place
-        // for every other client; otherwise success resets the failures.
-        if self.throttle.locked_for(&lock_key).is_none() {
-            self.throttle.clear(&lock_key);
-        }
-        let resp = self.start_session(&user, req)?;
-        self.flush().await?;
+        // The session starts only if the account is as it was when the
+        // password was checked (not disabled, password not changed since).
+        let resp = match self.start_session(&user, req).await {
+            Err(ApiError::Conflict) => {
+                audit::event(&actx, "login", "changed_meanwhile", Some(&uid));
+                return Err(fail(Some(&uid)));
+            }
+            r => r?,
+        };
         metrics::auth_event("login", "success");
         audit::event(&actx, "login", "success", Some(&uid));
         Ok(resp)
     }
 
-    fn start_session(&self, user: &User, req: &ApiRequest) -> ApiResult {
+    /// The session of a live refresh token of `user`: authentic, current
+    /// generation, not expired or idle. A rotated token is no device.
+    async fn live_device(&self, user: &User, token: &str) -> Result<Option<SessionRecord>, ApiError> {
+        let Some(p) = RefreshKeys::parse(token) else {
+            return Ok(None);
+        };
+        let Some(s) = self.store.find_session(p.sid).await? else {
+            return Ok(None);
+        };
+        let live = self.refresh.is_authentic(&p, &s)
+            && s.user_id == user.id
+            && p.generation == s.generation
+            && domain::session_is_live(&s, self.clock.now(), self.cfg.tokens.refresh_idle_secs);
+        Ok(live.then_some(s))
+    }
+
+    /// Create a session for a user whose password was just checked; its
+    /// tokens carry the user as the store has it now.
+    async fn start_session(&self, user: &User, req: &ApiRequest) -> ApiResult {
         let now = self.clock.now();
-        let refresh = opaque_token(32);
         let session = SessionRecord {
             id: Uuid::new_v4(),
             user_id: user.id,
-            refresh_hash: token_hash(&refresh),
-            previous_hashes: vec![],
+            generation: 0,
+            seed: RefreshKeys::new_seed(),
             rotated_at: now,
-            grace_successor: None,
             created_at: now,
             last_used_at: now,
             expires_at: now + self.cfg.tokens.refresh_ttl_secs as i64,
             ip: req.client_ip.to_string(),
             user_agent: req.user_agent(),
         };
-        self.store.create_session(&session)?;
-        self.token_response(user, &session.id, &refresh)
+        let current = self
+            .store
+            .create_session(session.clone(), user.password_version)
+            .await?;
+        self.token_response(&current, &session)
     }
 
-    fn token_response(&self, user: &User, sid: &Uuid, refresh: &str) -> ApiResult {
+    fn token_response(&self, user: &User, session: &SessionRecord) -> ApiResult {
         let (access, _) = self
             .tokens
-            .issue(&user.id, &user.email, &user.roles, sid)
+            .issue(&user.id, &user.email, &user.roles, &session.id)
             .map_err(ApiError::internal)?;
         Ok(ApiResponse::json(
             200,
             &json!({
                 "access_token": access,
-                "refresh_token": refresh,
+                "refresh_token": self.refresh.token(session),
                 "token_type": "Bearer",
                 "expires_in": self.tokens.access_ttl(),
                 "user": AuthService::user_json(user),
@@ -379,26 +419,33 @@ impl AuthService {
             audit::event(&actx, "refresh", why, uid);
             ApiError::InvalidToken(401)
         };
-        if presented.is_empty() || presented.len() > 512 {
+        // An unauthentic token never touches the session it names.
+        let Some(p) = RefreshKeys::parse(&presented) else {
             return Err(invalid(None, "invalid"));
+        };
+        match self.store.find_session(p.sid).await? {
+            Some(s) if self.refresh.is_authentic(&p, &s) => {}
+            _ => return Err(invalid(None, "invalid")),
         }
-        let new_plain = opaque_token(32);
-        let new_hash = token_hash(&new_plain);
-        let outcome = self.store.rotate_refresh(&Rotation {
-            presented_hash: &token_hash(&presented),
-            new_hash: &new_hash,
-            new_plain: &new_plain,
-            now: self.clock.now(),
-            grace_secs: self.cfg.tokens.refresh_reuse_grace_secs,
-            idle_secs: self.cfg.tokens.refresh_idle_secs,
-        })?;
-        let (session, token) = match outcome {
-            RotateOutcome::Rotated(s) => (s, new_plain),
-            RotateOutcome::Grace(s, succ) => (s, succ),
-            RotateOutcome::Reused(s) => {
-                // The session is already deleted; kill its access tokens too.
-                self.revoke_sessions(std::slice::from_ref(&s))?;
-                self.flush().await?;
+        let stamp = self.stamp();
+        let outcome = self
+            .store
+            .rotate_refresh(
+                p.sid,
+                p.generation,
+                RefreshPolicy {
+                    now: stamp.now,
+                    grace_secs: self.cfg.tokens.refresh_reuse_grace_secs,
+                    idle_secs: self.cfg.tokens.refresh_idle_secs,
+                    revoke_until: stamp.revoke_until,
+                },
+            )
+            .await?;
+        let session = match outcome {
+            RotateOutcome::Rotated(s) | RotateOutcome::Grace(s) => s,
+            RotateOutcome::Reused(s, revoked) => {
+                // Already ended and committed; its access tokens die now.
+                self.revocations.apply(&revoked);
                 let uid = s.user_id.to_string();
                 audit::event(
                     &actx,
@@ -408,23 +455,20 @@ impl AuthService {
                 );
                 return Err(invalid(Some(&uid), "reuse_detected"));
             }
-            RotateOutcome::Invalid => {
-                self.flush().await?;
-                return Err(invalid(None, "invalid"));
-            }
+            RotateOutcome::Invalid => return Err(invalid(None, "invalid")),
         };
-        let user = match self.store.find_user(&session.user_id)? {
+        let uid = session.user_id.to_string();
+        let user = match self.store.find_user(session.user_id).await? {
             Some(u) if !u.disabled => u,
             _ => {
-                self.revoke_sessions(std::slice::from_ref(&session))?;
-                self.flush().await?;
-                return Err(invalid(Some(&session.user_id.to_string()), "disabled"));
+                self.end_sessions(session.user_id, Sessions::One(session.id), false)
+                    .await?;
+                return Err(invalid(Some(&uid), "disabled"));
             }
         };
-        let resp = self.token_response(&user, &session.id, &token)?;
-        self.flush().await?;
+        let resp = self.token_response(&user, &session)?;
         metrics::auth_event("refresh", "success");
-        audit::event(&actx, "refresh", "success", Some(&user.id.to_string()));
+        audit::event(&actx, "refresh", "success", Some(&uid));
         Ok(resp)
     }
 
@@ -438,26 +482,30 @@ impl AuthService {
         let refresh = errs.string(&body, "refresh_token", false);
         errs.finish()?;
         let mut uid = None;
-        if let Some(t) = refresh.filter(|t| !t.is_empty() && t.len() <= 512) {
-            if let Some(s) = self.store.find_session_by_refresh(&token_hash(&t))? {
-                uid = Some(s.user_id.to_string());
-                self.revoke_sessions(std::slice::from_ref(&s))?;
+        // Any authentic token of a session (even a rotated one) ends it.
+        if let Some(p) = refresh.as_deref().and_then(RefreshKeys::parse) {
+            if let Some(s) = self.store.find_session(p.sid).await? {
+                if self.refresh.is_authentic(&p, &s) {
+                    uid = Some(s.user_id.to_string());
+                    self.end_sessions(s.user_id, Sessions::One(s.id), false)
+                        .await?;
+                }
             }
         }
         if let Ok(claims) = self.authenticate(&req.headers) {
-            self.revocations
-                .revoke(vec![(super::revocation::jti_key(&claims.jti), claims.exp)])?;
-            // The token's own session ends too, refresh token presented or not.
-            if let Ok(sid) = Uuid::parse_str(&claims.sid) {
-                if let Some(s) = self.store.find_session(&sid)? {
-                    if s.user_id.to_string() == claims.sub {
-                        self.revoke_sessions(std::slice::from_ref(&s))?;
-                    }
-                }
+            if let (Ok(jti), Ok(sub), Ok(sid)) = (
+                Uuid::parse_str(&claims.jti),
+                Uuid::parse_str(&claims.sub),
+                Uuid::parse_str(&claims.sid),
+            ) {
+                let revoked = vec![Revocation::Token(jti, claims.exp)];
+                self.store.revoke(revoked.clone()).await?;
+                self.revocations.apply(&revoked);
+                // The token's own session ends too, refresh token presented or not.
+                self.end_sessions(sub, Sessions::One(sid), false).await?;
             }
             uid = Some(claims.sub.clone());
         }
-        self.flush().await?;
         metrics::auth_event("logout", "success");
         let ua = req.user_agent();
         audit::event(
@@ -471,9 +519,8 @@ impl AuthService {
 
     async fn logout_all(&self, req: &ApiRequest) -> ApiResult {
         let claims = self.require_bearer(req)?;
-        let user = self.current_user(&claims)?;
-        self.revoke_all(&user.id, None)?;
-        self.flush().await?;
+        let user = self.current_user(&claims).await?;
+        self.end_sessions(user.id, Sessions::All, true).await?;
         metrics::auth_event("logout", "success");
         let ua = req.user_agent();
         audit::event(
@@ -541,31 +588,17 @@ impl AuthService {
         if token.is_empty() || token.len() > 512 {
             return Err(invalid());
         }
-        let hash = token_hash(&token);
-        // Only a verification token is consumed here: a reset token posted
-        // to the wrong endpoint stays usable for its own purpose.
-        if !matches!(self.store.find_one_time(&hash)?, Some(r) if r.kind == OneTimeKind::EmailVerify)
+        // Consumed only if it is a good verification token: a reset token
+        // posted here stays usable for its own purpose.
+        let user = match self
+            .store
+            .redeem(token_hash(&token), Redeem::VerifyEmail, None, self.stamp())
+            .await
         {
-            return Err(invalid());
-        }
-        let Some(rec) = self.store.take_one_time(&hash)? else {
-            return Err(invalid());
+            Ok(changed) => changed.user,
+            Err(StoreError::Conflict) => return Err(invalid()),
+            Err(e) => return Err(e.into()),
         };
-        self.flush().await?;
-        if rec.kind != OneTimeKind::EmailVerify || rec.expires_at <= self.clock.now() {
-            return Err(invalid());
-        }
-        let Some(mut user) = self.store.find_user(&rec.user_id)? else {
-            return Err(invalid());
-        };
-        if user.email != rec.email || user.disabled {
-            return Err(invalid());
-        }
-        if !user.email_verified {
-            user.email_verified = true;
-            self.store.update_user(&user, None)?;
-            self.flush().await?;
-        }
         metrics::auth_event("email_verify", "success");
         audit::event(&actx, "email_verify", "success", Some(&user.id.to_string()));
         Ok(ApiResponse::json(
@@ -595,11 +628,9 @@ impl AuthService {
         errs.finish()?;
         if let Some(email) = raw.as_deref().and_then(email::normalize) {
             self.address_throttle("resend", &email)?;
-            if let Some(user) = self.store.find_user_by_email(&email)? {
+            if let Some(user) = self.store.find_user_by_email(&email).await? {
                 if !user.email_verified && !user.disabled {
-                    self.send_verification(&user)?;
-                    self.flush().await?;
-                    self.mail_wake.notify_one();
+                    self.send_verification(&user).await?;
                 }
             }
         }
@@ -637,7 +668,7 @@ impl AuthService {
             return Ok(());
         };
         self.address_throttle("reset", &email)?;
-        let Some(user) = self.store.find_user_by_email(&email)? else {
+        let Some(user) = self.store.find_user_by_email(&email).await? else {
             return Ok(());
         };
         if user.disabled {
@@ -655,8 +686,9 @@ impl AuthService {
             issued_seq: 0,
         };
         let m = mail::reset_mail(&self.cfg.mail.link_base_url, &user.email, &token, ttl, now);
-        self.store.issue_one_time(&token_hash(&token), &rec, &m)?;
-        self.flush().await?;
+        self.store
+            .issue_one_time(token_hash(&token), rec, m)
+            .await?;
         self.mail_wake.notify_one();
         metrics::auth_event("password_reset", "success");
         Ok(())
@@ -685,46 +717,58 @@ impl AuthService {
             return Err(invalid());
         }
         let hash = token_hash(&token);
-        // Look first, so a policy failure does not burn the token.
-        let Some(rec) = self.store.find_one_time(&hash)? else {
+        let redeem_check = Redeem::ResetPassword {
+            hash: String::new(),
+        };
+        // Judge the token first (no hash is spent on a bad one, and a
+        // policy failure does not burn a good one); the store judges it
+        // again, atomically, when it is redeemed.
+        let Some(rec) = self.store.find_one_time(&hash).await? else {
             return Err(invalid());
         };
-        let Some(mut user) = self.store.find_user(&rec.user_id)? else {
+        let Some(user) = self.store.find_user(rec.user_id).await? else {
             return Err(invalid());
         };
-        let now = self.clock.now();
         let newest = self
             .store
-            .latest_one_time_seq(&user.id, OneTimeKind::PasswordReset)?;
-        if rec.kind != OneTimeKind::PasswordReset
-            || rec.expires_at <= now
-            || rec.issued_seq != newest
-            || rec.password_version != user.password_version
-            || rec.email != user.email
-            || user.disabled
-        {
+            .latest_one_time_seq(user.id, OneTimeKind::PasswordReset)
+            .await?;
+        if domain::check_redeem(&rec, &redeem_check, &user, newest, self.clock.now()).is_err() {
             return Err(invalid());
         }
         check_new_password(&pw, &confirm, &user.email)?;
-        // Single use: only the request that removes the token proceeds.
-        if self.store.take_one_time(&hash)?.is_none() {
-            return Err(invalid());
-        }
-        self.set_password(&mut user, &pw, None).await?;
-        self.throttle.clear(&lock_key(&user.email));
+        let new_hash = self.hasher.hash(&pw).await?;
+        let notice = mail::password_changed_mail(&user.email, self.clock.now());
+        let changed = match self
+            .store
+            .redeem(
+                hash,
+                Redeem::ResetPassword { hash: new_hash },
+                Some(notice),
+                self.stamp(),
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(StoreError::Conflict) => return Err(invalid()),
+            Err(e) => return Err(e.into()),
+        };
+        self.revocations.apply(&changed.revoked);
+        self.mail_wake.notify_one();
+        self.throttle.clear(&lock_key(&changed.user.email));
         metrics::auth_event("password_reset", "success");
         audit::event(
             &actx,
             "password_reset",
             "success",
-            Some(&user.id.to_string()),
+            Some(&changed.user.id.to_string()),
         );
         Ok(ApiResponse::empty(204))
     }
 
     async fn password_change(&self, req: &ApiRequest) -> ApiResult {
         let claims = self.require_bearer(req)?;
-        let mut user = self.current_user(&claims)?;
+        let user = self.current_user(&claims).await?;
         let body = json_body(req)?;
         let mut errs = FieldErrors::default();
         let current = errs.string(&body, "current_password", true);
@@ -738,43 +782,51 @@ impl AuthService {
         );
         let ua = req.user_agent();
         let actx = self.audit_ctx(req, &ua);
-        if current.chars().count() > password::MAX_LEN
-            || !self.hasher.verify(&current, &user.password_hash).await?
-        {
+        let wrong = || {
             audit::event(&actx, "password_change", "failure", Some(&claims.sub));
-            return Err(ApiError::InvalidCredentials);
+            ApiError::InvalidCredentials
+        };
+        if current.chars().count() > password::MAX_LEN {
+            return Err(wrong());
         }
+        // A stolen access token must not allow unlimited guessing of the
+        // password: these guesses count toward the account lockout.
+        let reservation = self.reserve_guess(
+            &lock_key(&user.email),
+            &actx,
+            "password_change",
+            Some(&claims.sub),
+        )?;
+        if !self.hasher.verify(&current, &user.password_hash).await? {
+            self.guess_failed(reservation, &actx, Some(&claims.sub));
+            return Err(wrong());
+        }
+        reservation.succeed();
         check_new_password(&pw, &confirm, &user.email)?;
+        let new_hash = self.hasher.hash(&pw).await?;
         let keep = Uuid::parse_str(&claims.sid).ok();
-        self.set_password(&mut user, &pw, keep.as_ref()).await?;
+        let notice = mail::password_changed_mail(&user.email, self.clock.now());
+        let change = UserChange::SetPassword {
+            hash: new_hash,
+            expect_version: user.password_version,
+            keep,
+        };
+        match self.change_user(user.id, change, Some(notice)).await {
+            Ok(_) => {}
+            // The password (or the account) changed while this one was
+            // checked: the password proved here is no longer current.
+            Err(StoreError::Conflict) => return Err(wrong()),
+            Err(e) => return Err(e.into()),
+        }
         audit::event(&actx, "password_change", "success", Some(&claims.sub));
         Ok(ApiResponse::empty(204))
     }
 
-    /// Store a new password, void outstanding reset links (the version
-    /// bump), revoke every session but `keep` (all of them, and every access
-    /// token, when `keep` is None), queue the notice, and flush.
-    async fn set_password(
-        &self,
-        user: &mut User,
-        pw: &str,
-        keep: Option<&Uuid>,
-    ) -> Result<(), ApiError> {
-        user.password_hash = self.hasher.hash(pw).await?;
-        user.password_version += 1;
-        let notice = mail::password_changed_mail(&user.email, self.clock.now());
-        self.store.update_user(user, Some(&notice))?;
-        self.revoke_all(&user.id, keep)?;
-        self.flush().await?;
-        self.mail_wake.notify_one();
-        Ok(())
-    }
-
     // ----- profile and sessions
 
-    fn me(&self, req: &ApiRequest) -> ApiResult {
+    async fn me(&self, req: &ApiRequest) -> ApiResult {
         let claims = self.require_bearer(req)?;
-        let user = self.current_user(&claims)?;
+        let user = self.current_user(&claims).await?;
         Ok(ApiResponse::json(
             200,
             &json!({ "user": AuthService::user_json(&user) }),
@@ -783,7 +835,7 @@ impl AuthService {
 
     async fn update_me(&self, req: &ApiRequest) -> ApiResult {
         let claims = self.require_bearer(req)?;
-        let mut user = self.current_user(&claims)?;
+        let user = self.current_user(&claims).await?;
         let body = json_body(req)?;
         let obj = body
             .as_object()
@@ -794,31 +846,43 @@ impl AuthService {
                 errs.add(k, "cannot be changed here");
             }
         }
+        let mut username = None;
         match obj.get("username") {
             None => {}
-            Some(Value::Null) => user.username = None,
+            Some(Value::Null) => username = Some(None),
             Some(Value::String(u)) => match check_username(u) {
-                Ok(()) => user.username = (!u.is_empty()).then(|| u.clone()),
+                Ok(()) => username = Some((!u.is_empty()).then(|| u.clone())),
                 Err(p) => errs.add("username", p),
             },
             Some(_) => errs.add("username", "must be a string or null"),
         }
         errs.finish()?;
-        self.store.update_user(&user, None)?;
-        self.flush().await?;
+        // Only the fields sent change, on the record as it is now.
+        let user = match self
+            .change_user(user.id, UserChange::Profile { username }, None)
+            .await
+        {
+            Ok(u) if !u.disabled => u,
+            Ok(_) | Err(StoreError::Conflict) => return Err(ApiError::Unauthorized),
+            Err(e) => return Err(e.into()),
+        };
         Ok(ApiResponse::json(
             200,
             &json!({ "user": AuthService::user_json(&user) }),
         ))
     }
 
-    fn sessions(&self, req: &ApiRequest) -> ApiResult {
+    async fn sessions(&self, req: &ApiRequest) -> ApiResult {
         let claims = self.require_bearer(req)?;
-        let user = self.current_user(&claims)?;
+        let user = self.current_user(&claims).await?;
+        let now = self.clock.now();
+        let idle = self.cfg.tokens.refresh_idle_secs;
         let list: Vec<Value> = self
             .store
-            .list_sessions(&user.id)?
+            .list_sessions(user.id)
+            .await?
             .into_iter()
+            .filter(|s| domain::session_is_live(s, now, idle))
             .map(|s| {
                 json!({
                     "id": s.id.to_string(),
@@ -835,23 +899,20 @@ impl AuthService {
 
     async fn delete_session(&self, req: &ApiRequest, id: &str) -> ApiResult {
         let claims = self.require_bearer(req)?;
-        let user = self.current_user(&claims)?;
+        let user = self.current_user(&claims).await?;
         let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
-        match self.store.find_session(&id)? {
-            Some(s) if s.user_id == user.id => {
-                self.revoke_sessions(std::slice::from_ref(&s))?;
-                self.flush().await?;
-                let ua = req.user_agent();
-                audit::event(
-                    &self.audit_ctx(req, &ua),
-                    "session_revoked",
-                    "success",
-                    Some(&claims.sub),
-                );
-                Ok(ApiResponse::empty(204))
-            }
-            _ => Err(ApiError::NotFound),
+        // Only one of the caller's own sessions can match.
+        if self.end_sessions(user.id, Sessions::One(id), false).await? == 0 {
+            return Err(ApiError::NotFound);
         }
+        let ua = req.user_agent();
+        audit::event(
+            &self.audit_ctx(req, &ua),
+            "session_revoked",
+            "success",
+            Some(&claims.sub),
+        );
+        Ok(ApiResponse::empty(204))
     }
 }
 

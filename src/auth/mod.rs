@@ -8,6 +8,7 @@ pub mod email;
 pub mod handlers;
 pub mod keys;
 pub mod password;
+pub mod refresh;
 pub mod revocation;
 pub mod throttle;
 pub mod tokens;
@@ -21,9 +22,11 @@ use uuid::Uuid;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics;
-use crate::store::{SessionRecord, Store, User};
+use crate::store::{self, Sessions, Stamp, Store, StoreError, User, UserChange};
 use password::Hasher;
-use revocation::{sid_key, Revocations};
+use refresh::RefreshKeys;
+use revocation::Revocations;
+use store::domain::LockoutPolicy;
 use throttle::Throttle;
 use tokens::{AccessClaims, TokenRejection, TokenService};
 
@@ -39,6 +42,7 @@ pub struct AuthService {
     pub cfg: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub tokens: TokenService,
+    pub refresh: RefreshKeys,
     pub revocations: Revocations,
     pub hasher: Hasher,
     pub throttle: Throttle,
@@ -54,15 +58,27 @@ impl AuthService {
     ) -> Result<Self, String> {
         let keys = keys::load(&cfg.tokens, &cfg.server.data_dir)?;
         let tokens = TokenService::new(keys, cfg.tokens.clone(), clock.clone());
+        let refresh = RefreshKeys::load(&cfg.server.data_dir)?;
+        // Never run with an empty blacklist: a store that cannot be read
+        // stops the start.
+        let (revoked, counters) = {
+            let store = store.clone();
+            store::block_on(async move {
+                (store.list_revocations().await, store.load_counters().await)
+            })?
+        };
         let revocations =
-            Revocations::load(store.clone()).map_err(|e| format!("loading revocations: {e}"))?;
-        let throttle = Throttle::load(store.clone(), clock.clone())
-            .map_err(|e| format!("loading throttle state: {e}"))?;
+            Revocations::new(&revoked.map_err(|e| format!("loading revocations: {e}"))?);
+        let throttle = Throttle::new(
+            counters.map_err(|e| format!("loading throttle state: {e}"))?,
+            clock.clone(),
+        );
         let hasher = Hasher::new(&cfg.passwords).map_err(|e| e.to_string())?;
         Ok(Self {
             cfg,
             store,
             tokens,
+            refresh,
             revocations,
             hasher,
             throttle,
@@ -88,41 +104,66 @@ impl AuthService {
         result
     }
 
-    /// Revoke a session: it can no longer refresh, and its access tokens
-    /// stop working at once.
-    pub fn revoke_sessions(
-        &self,
-        sessions: &[SessionRecord],
-    ) -> Result<(), crate::store::StoreError> {
-        let until = self.clock.now()
-            + self.cfg.tokens.access_ttl_secs as i64
-            + self.cfg.tokens.leeway_secs as i64;
-        let mut keys = Vec::new();
-        for s in sessions {
-            self.store.delete_session(&s.id)?;
-            keys.push((sid_key(&s.id), until));
+    /// Now, and how long a revocation written now must last: until every
+    /// access token issued so far has expired.
+    pub fn stamp(&self) -> Stamp {
+        let now = self.clock.now();
+        Stamp {
+            now,
+            revoke_until: now
+                + self.cfg.tokens.access_ttl_secs as i64
+                + self.cfg.tokens.leeway_secs as i64,
         }
-        self.revocations.revoke(keys)
     }
 
-    /// Revoke every session of a user and void every access token issued
-    /// until now, except for `keep` (password change keeps the caller's).
-    pub fn revoke_all(
-        &self,
-        user_id: &Uuid,
-        keep: Option<&Uuid>,
-    ) -> Result<(), crate::store::StoreError> {
-        let sessions: Vec<SessionRecord> = self
-            .store
-            .list_sessions(user_id)?
-            .into_iter()
-            .filter(|s| Some(&s.id) != keep)
-            .collect();
-        self.revoke_sessions(&sessions)?;
-        if keep.is_none() {
-            self.revocations.set_cutoff(*user_id, self.clock.now())?;
+    /// The account lockout policy (also applied to `current_password`).
+    pub fn lockout(&self) -> LockoutPolicy {
+        let t = &self.cfg.throttle;
+        LockoutPolicy {
+            max_failures: t.max_failed_logins,
+            window_secs: t.failure_window_secs,
+            lock_secs: t.lockout_secs,
         }
-        Ok(())
+    }
+
+    /// End sessions of a user (and, with `cutoff`, every token issued until
+    /// now); durable and in force when this returns. Returns how many
+    /// sessions ended.
+    pub async fn end_sessions(
+        &self,
+        user_id: Uuid,
+        which: Sessions,
+        cutoff: bool,
+    ) -> Result<usize, StoreError> {
+        let revoked = self
+            .store
+            .end_sessions(user_id, which, cutoff, self.stamp())
+            .await?;
+        self.revocations.apply(&revoked);
+        Ok(revoked
+            .iter()
+            .filter(|r| matches!(r, store::Revocation::Session(..)))
+            .count())
+    }
+
+    /// Apply a change to the current user record, with everything it
+    /// cascades to; durable and in force when this returns.
+    pub async fn change_user(
+        &self,
+        id: Uuid,
+        change: UserChange,
+        mail: Option<store::OutboxMessage>,
+    ) -> Result<User, StoreError> {
+        let has_mail = mail.is_some();
+        let changed = self
+            .store
+            .change_user(id, change, mail, self.stamp())
+            .await?;
+        self.revocations.apply(&changed.revoked);
+        if has_mail {
+            self.mail_wake.notify_one();
+        }
+        Ok(changed.user)
     }
 
     pub fn user_json(u: &User) -> serde_json::Value {

@@ -1,15 +1,19 @@
 //! Password policy and argon2id hashing. Hashing runs on the blocking pool
 //! behind a semaphore sized to the cores, so a login flood queues instead of
-//! starving the proxy or growing memory without bound.
+//! starving the proxy or growing memory without bound. The queue itself is
+//! bounded too: when it is full a request is refused at once
+//! ([`HashError::Busy`], answered 503 with `Retry-After`) instead of waiting
+//! for seconds behind hundreds of others.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::PasswordConfig;
 
@@ -46,6 +50,9 @@ pub fn policy_problems(password: &str, email: &str) -> Vec<String> {
 pub struct Hasher {
     params: Params,
     permits: Arc<Semaphore>,
+    /// Requests waiting for a permit, and how many may wait.
+    queued: Arc<AtomicUsize>,
+    queue_limit: usize,
     /// argon2's working memory, one buffer per permit, reused.
     memory: Arc<MemoryPool>,
     /// A real hash of a random password, verified against for unknown
@@ -92,6 +99,18 @@ pub enum HashError {
     Argon2(String),
     #[error("hashing task failed")]
     Join,
+    /// The hash queue is full; try again shortly.
+    #[error("the password hashing queue is full")]
+    Busy,
+}
+
+/// A place in the hash queue, given back on drop.
+struct QueueSlot(Arc<AtomicUsize>);
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Hasher {
@@ -113,13 +132,34 @@ impl Hasher {
         Ok(Self {
             params,
             permits: Arc::new(Semaphore::new(permits)),
+            queued: Arc::new(AtomicUsize::new(0)),
+            queue_limit: cfg.max_queued_hashes,
             memory,
             dummy: Arc::new(dummy),
         })
     }
 
+    /// A hashing slot: at once if one is free, else after waiting in the
+    /// queue if it has room, else [`HashError::Busy`].
+    async fn permit(&self) -> Result<OwnedSemaphorePermit, HashError> {
+        if let Ok(p) = self.permits.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        let ahead = self.queued.fetch_add(1, Ordering::SeqCst);
+        let _slot = QueueSlot(self.queued.clone());
+        if ahead >= self.queue_limit {
+            crate::metrics::HASH_QUEUE_FULL.inc();
+            return Err(HashError::Busy);
+        }
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| HashError::Join)
+    }
+
     pub async fn hash(&self, password: &str) -> Result<String, HashError> {
-        let _permit = self.permits.acquire().await.map_err(|_| HashError::Join)?;
+        let _permit = self.permit().await?;
         let params = self.params.clone();
         let memory = self.memory.clone();
         let pw = password.to_string();
@@ -131,7 +171,7 @@ impl Hasher {
     /// Verify with the hash's own algorithm, version and params; the output
     /// comparison is constant-time (`Output`'s `PartialEq`).
     pub async fn verify(&self, password: &str, hash: &str) -> Result<bool, HashError> {
-        let _permit = self.permits.acquire().await.map_err(|_| HashError::Join)?;
+        let _permit = self.permit().await?;
         let memory = self.memory.clone();
         let pw = password.to_string();
         let hash = hash.to_string();
@@ -140,10 +180,14 @@ impl Hasher {
             .map_err(|_| HashError::Join)?
     }
 
-    /// Spend one verify on the dummy hash (unknown accounts).
-    pub async fn verify_dummy(&self, password: &str) {
+    /// Spend one verify on the dummy hash (unknown accounts), so their
+    /// timing matches known ones; only a full queue is reported.
+    pub async fn verify_dummy(&self, password: &str) -> Result<(), HashError> {
         let dummy = self.dummy.clone();
-        let _ = self.verify(password, &dummy).await;
+        match self.verify(password, &dummy).await {
+            Err(HashError::Busy) => Err(HashError::Busy),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -241,7 +285,38 @@ mod tests {
             argon2_iterations: 2,
             argon2_parallelism: 1,
             max_concurrent_hashes: 2,
+            max_queued_hashes: 4,
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_refuses_at_once() {
+        let cfg = PasswordConfig {
+            max_concurrent_hashes: 1,
+            max_queued_hashes: 2,
+            argon2_memory_kib: 19_456,
+            ..small()
+        };
+        let h = Hasher::new(&cfg).unwrap();
+        let hash = h.hash("correct horse").await.unwrap();
+        // 1 running + 2 queued; the rest are refused without waiting.
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (h, hash) = (h.clone(), hash.clone());
+            set.spawn(async move { h.verify("correct horse", &hash).await });
+        }
+        let mut ok = 0;
+        let mut busy = 0;
+        while let Some(r) = set.join_next().await {
+            match r.unwrap() {
+                Ok(true) => ok += 1,
+                Err(HashError::Busy) => busy += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(ok >= 3, "{ok} ran");
+        assert!(busy >= 1 && ok + busy == 8, "{ok} ran, {busy} refused");
+        assert_eq!(h.queued.load(Ordering::SeqCst), 0, "slots are given back");
     }
 
     #[tokio::test]

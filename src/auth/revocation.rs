@@ -1,91 +1,91 @@
-//! Revocation state for the hot path: revoked `jti`s and session ids with
-//! their expiry, and per-user "tokens issued before T are void" cutoffs.
-//! Both are hash maps in memory (O(1) per check), loaded from and written
-//! through to the store.
+//! Revocation state for the hot path: revoked token ids and session ids
+//! with the time each entry may go, and per-user "tokens issued before T
+//! are void" cutoffs. All in memory (O(1) per check), loaded from the store
+//! at start; every store operation that revokes returns what it committed,
+//! and the caller mirrors it here before answering.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use parking_lot::RwLock;
 use uuid::Uuid;
 
 use super::tokens::AccessClaims;
-use crate::store::{Store, StoreResult};
+use crate::store::Revocation;
 
+#[derive(Default)]
+struct Sets {
+    tokens: HashMap<Uuid, i64>,
+    sessions: HashMap<Uuid, i64>,
+    cutoffs: HashMap<Uuid, i64>,
+}
+
+#[derive(Default)]
 pub struct Revocations {
-    revoked: RwLock<HashMap<String, i64>>,
-    cutoffs: RwLock<HashMap<Uuid, i64>>,
-    store: Arc<dyn Store>,
-}
-
-pub fn jti_key(jti: &str) -> String {
-    format!("jti:{jti}")
-}
-
-pub fn sid_key(sid: &Uuid) -> String {
-    format!("sid:{sid}")
+    sets: RwLock<Sets>,
 }
 
 impl Revocations {
-    pub fn load(store: Arc<dyn Store>) -> StoreResult<Self> {
-        let revoked = store.list_revocations()?.into_iter().collect();
-        let cutoffs = store.list_cutoffs()?.into_iter().collect();
-        Ok(Self {
-            revoked: RwLock::new(revoked),
-            cutoffs: RwLock::new(cutoffs),
-            store,
-        })
+    pub fn new(entries: &[Revocation]) -> Self {
+        let r = Self::default();
+        r.apply(entries);
+        r
     }
 
+    /// Is this (already verified) token revoked? Ids that do not parse
+    /// count as revoked: fail closed.
     pub fn is_revoked(&self, c: &AccessClaims) -> bool {
-        {
-            let r = self.revoked.read();
-            if r.contains_key(&jti_key(&c.jti)) {
-                return true;
+        let (Ok(jti), Ok(sid), Ok(sub)) = (
+            Uuid::parse_str(&c.jti),
+            Uuid::parse_str(&c.sid),
+            Uuid::parse_str(&c.sub),
+        ) else {
+            return true;
+        };
+        let s = self.sets.read();
+        s.tokens.contains_key(&jti)
+            || s.sessions.contains_key(&sid)
+            || s.cutoffs.get(&sub).is_some_and(|&at| c.iat < at)
+    }
+
+    /// Mirror revocations the store has committed.
+    pub fn apply(&self, entries: &[Revocation]) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut s = self.sets.write();
+        for e in entries {
+            match *e {
+                Revocation::Token(id, until) => keep_max(&mut s.tokens, id, until),
+                Revocation::Session(id, until) => keep_max(&mut s.sessions, id, until),
+                Revocation::Cutoff(id, at) => keep_max(&mut s.cutoffs, id, at),
             }
-            if let Ok(sid) = Uuid::parse_str(&c.sid) {
-                if r.contains_key(&sid_key(&sid)) {
-                    return true;
-                }
-            }
-        }
-        match Uuid::parse_str(&c.sub) {
-            Ok(uid) => self.cutoffs.read().get(&uid).is_some_and(|&at| c.iat < at),
-            Err(_) => true,
         }
     }
 
-    /// Persist, then publish. The caller flushes before acknowledging.
-    pub fn revoke(&self, keys: Vec<(String, i64)>) -> StoreResult<()> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        self.store.revoke(&keys)?;
-        let mut r = self.revoked.write();
-        for (k, exp) in keys {
-            r.insert(k, exp);
-        }
-        Ok(())
+    /// Drop entries whose tokens have expired anyway: revocations past
+    /// their time, and cutoffs older than `cutoff_horizon` (every token
+    /// they void has expired).
+    pub fn prune(&self, now: i64, cutoff_horizon: i64) -> usize {
+        let mut s = self.sets.write();
+        let before = s.tokens.len() + s.sessions.len() + s.cutoffs.len();
+        s.tokens.retain(|_, until| *until > now);
+        s.sessions.retain(|_, until| *until > now);
+        s.cutoffs.retain(|_, at| *at >= cutoff_horizon);
+        before - (s.tokens.len() + s.sessions.len() + s.cutoffs.len())
     }
 
-    pub fn set_cutoff(&self, user: Uuid, at: i64) -> StoreResult<()> {
-        self.store.set_cutoff(&user, at)?;
-        self.cutoffs.write().insert(user, at);
-        Ok(())
-    }
-
-    /// Drop entries whose tokens have expired anyway.
-    pub fn prune(&self, now: i64) -> StoreResult<usize> {
-        let n = self.store.prune_revocations(now)?;
-        self.revoked.write().retain(|_, exp| *exp > now);
-        Ok(n)
-    }
-
+    /// Revoked tokens and sessions held (cutoffs not counted).
     pub fn len(&self) -> usize {
-        self.revoked.read().len()
+        let s = self.sets.read();
+        s.tokens.len() + s.sessions.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+fn keep_max(m: &mut HashMap<Uuid, i64>, id: Uuid, at: i64) {
+    let e = m.entry(id).or_insert(at);
+    *e = (*e).max(at);
 }

@@ -109,6 +109,9 @@ pub struct MailFile {
     pub retry_base_secs: u64,
     /// Extra PEM roots for the SMTP server's certificate (tests, private CAs).
     pub smtp_ca_file: String,
+    /// Mail that failed for good is kept this long (for an operator to
+    /// see), then removed by the maintenance sweep.
+    pub failed_retention_secs: u64,
 }
 
 impl Default for MailFile {
@@ -124,6 +127,7 @@ impl Default for MailFile {
             max_attempts: 8,
             retry_base_secs: 5,
             smtp_ca_file: String::new(),
+            failed_retention_secs: 30 * 86_400,
         }
     }
 }
@@ -180,6 +184,8 @@ pub struct PasswordsFile {
     pub argon2_parallelism: u32,
     /// 0 = one per two cores (at least one).
     pub max_concurrent_hashes: usize,
+    /// Hash requests that may wait for a slot; beyond that, 503.
+    pub max_queued_hashes: usize,
 }
 
 impl Default for PasswordsFile {
@@ -189,6 +195,7 @@ impl Default for PasswordsFile {
             argon2_iterations: 2,
             argon2_parallelism: 1,
             max_concurrent_hashes: 0,
+            max_queued_hashes: 32,
         }
     }
 }

@@ -108,6 +108,8 @@ pub struct MailConfig {
     pub link_base_url: String,
     pub max_attempts: u32,
     pub retry_base_secs: u64,
+    /// Mail that failed for good is kept this long, then swept.
+    pub failed_retention_secs: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +136,7 @@ pub struct PasswordConfig {
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
     pub max_concurrent_hashes: usize,
+    pub max_queued_hashes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -675,6 +678,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             link_base_url,
             max_attempts: m.max_attempts,
             retry_base_secs: m.retry_base_secs,
+            failed_retention_secs: m.failed_retention_secs,
         },
         throttle: ThrottleConfig {
             auth_per_minute: th.auth_per_minute,
@@ -695,6 +699,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             argon2_iterations: pw.argon2_iterations,
             argon2_parallelism: pw.argon2_parallelism,
             max_concurrent_hashes,
+            max_queued_hashes: pw.max_queued_hashes,
         },
         log: LogConfig {
             format,

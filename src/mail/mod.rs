@@ -35,6 +35,7 @@ pub fn compose(kind: &str, to: &str, subject: &str, body: String, now: i64) -> O
         next_attempt_at: now,
         failed: false,
         last_error: None,
+        failed_at: None,
     }
 }
 

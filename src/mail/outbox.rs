@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use super::Transport;
 use crate::clock::Clock;
 use crate::metrics;
-use crate::store::Store;
+use crate::store::{Delivery, Store};
 
 pub struct OutboxWorker {
     pub store: Arc<dyn Store>,
@@ -25,9 +25,18 @@ pub struct OutboxWorker {
 }
 
 impl OutboxWorker {
-    /// One pass over the due messages.
+    /// The backoff before attempt `attempts + 1`: doubling from the base,
+    /// capped at an hour.
+    pub fn backoff(&self, attempts: u32) -> u64 {
+        self.retry_base_secs
+            .saturating_mul(1u64 << attempts.saturating_sub(1).min(10))
+            .min(3600)
+    }
+
+    /// One pass over the due messages. Each attempt is recorded on the
+    /// current message (durably) before the next one is sent.
     pub async fn deliver_due(&self) {
-        let all = match self.store.list_mail() {
+        let all = match self.store.list_mail().await {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(cause = %e, "outbox: cannot read");
@@ -35,51 +44,47 @@ impl OutboxWorker {
             }
         };
         let now = self.clock.now();
-        for mut msg in all
+        for msg in all
             .into_iter()
             .filter(|m| !m.failed && m.next_attempt_at <= now)
         {
             let sent = tokio::time::timeout(Duration::from_secs(60), self.transport.send(&msg))
                 .await
                 .unwrap_or_else(|_| Err("send timed out".into()));
-            match sent {
+            let delivery = match sent {
                 Ok(()) => {
                     metrics::EMAILS
                         .with_label_values(&[&msg.kind, "sent"])
                         .inc();
                     tracing::info!(kind = %msg.kind, id = %msg.id, "mail delivered");
-                    if let Err(e) = self.store.delete_mail(&msg.id) {
-                        tracing::error!(cause = %e, "outbox: cannot delete a sent message");
-                    }
+                    Delivery::Sent
                 }
                 Err(err) => {
-                    msg.attempts += 1;
-                    msg.last_error = Some(err.clone());
-                    if msg.attempts >= self.max_attempts {
-                        msg.failed = true;
+                    let attempts = msg.attempts + 1;
+                    let give_up = attempts >= self.max_attempts;
+                    let backoff = self.backoff(attempts);
+                    if give_up {
                         metrics::EMAILS
                             .with_label_values(&[&msg.kind, "failed"])
                             .inc();
-                        tracing::error!(kind = %msg.kind, id = %msg.id, attempts = msg.attempts, cause = %err, "mail delivery failed for good; kept in the outbox");
+                        tracing::error!(kind = %msg.kind, id = %msg.id, attempts, cause = %err, "mail delivery failed for good; kept in the outbox");
                     } else {
-                        let backoff = self
-                            .retry_base_secs
-                            .saturating_mul(1u64 << (msg.attempts - 1).min(10))
-                            .min(3600);
-                        msg.next_attempt_at = now + backoff as i64;
                         metrics::EMAILS
                             .with_label_values(&[&msg.kind, "retry"])
                             .inc();
-                        tracing::warn!(kind = %msg.kind, id = %msg.id, attempts = msg.attempts, retry_in = backoff, cause = %err, "mail delivery failed; will retry");
+                        tracing::warn!(kind = %msg.kind, id = %msg.id, attempts, retry_in = backoff, cause = %err, "mail delivery failed; will retry");
                     }
-                    if let Err(e) = self.store.update_mail(&msg) {
-                        tracing::error!(cause = %e, "outbox: cannot update a message");
+                    Delivery::Failed {
+                        error: err,
+                        retry_at: now + backoff as i64,
+                        give_up,
+                        now,
                     }
                 }
+            };
+            if let Err(e) = self.store.record_delivery(msg.id, delivery).await {
+                tracing::error!(cause = %e, "outbox: cannot record a delivery attempt");
             }
-        }
-        if let Err(e) = self.store.flush().await {
-            tracing::error!(cause = %e, "outbox: flush failed");
         }
         // The pending gauge is computed when /metrics is scraped.
     }

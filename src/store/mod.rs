@@ -1,11 +1,19 @@
 //! Storage: the [`Store`] trait is everything the gateway persists, phrased
-//! as domain operations so a second backend can follow without touching the
-//! handlers. [`sled_store::SledStore`] is the embedded implementation.
+//! as domain operations. Every state change is one call that the backend
+//! applies *to the current record inside its own atomic step*; the rules
+//! themselves are the pure functions in [`domain`], shared by every backend,
+//! so a backend only provides "read the current record, apply, write,
+//! atomically". No caller ever writes back a copy it read earlier.
 //!
-//! Operations that must be atomic (unique email, refresh rotation, a state
-//! change together with the mail it causes) are single trait calls, so each
-//! backend makes them atomic in its own way.
+//! Where a decision depended on what was read (the password was right, the
+//! account was enabled), the operation carries that precondition and fails
+//! with [`StoreError::Conflict`] when it no longer holds.
+//!
+//! Every call is async and off the event loop. An `Ok` means the change is
+//! durable: [`sled_store::SledStore`] answers only after the batch holding
+//! the change has been flushed to disk (group commit).
 
+pub mod domain;
 pub mod sled_store;
 
 use serde::{Deserialize, Serialize};
@@ -13,6 +21,8 @@ use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A precondition no longer holds (the record changed, the email is
+    /// taken, the token was used). Nothing was written.
     #[error("conflict")]
     Conflict,
     #[error("storage backend: {0}")]
@@ -34,23 +44,27 @@ pub struct User {
     pub roles: Vec<String>,
     pub created_at: i64,
     pub disabled: bool,
-    /// Bumped on every password change; one-time reset tokens carry it.
+    /// Bumped on every password change; reset tokens and in-flight logins
+    /// carry the version they were decided on.
     pub password_version: u64,
 }
 
+/// A refresh session. Its refresh token is derived from `(id, generation,
+/// seed)` with a keyed MAC (`auth::refresh`), so the record never grows with
+/// use and stores no token: rotation bumps `generation`, and any older
+/// generation presented again is reuse.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SessionRecord {
     pub id: Uuid,
     pub user_id: Uuid,
-    /// SHA-256 (hex) of the current refresh token.
-    pub refresh_hash: String,
-    /// SHA-256 (hex) of the token this one replaced, kept for reuse detection.
-    pub previous_hashes: Vec<String>,
+    /// The generation of the current refresh token.
+    #[serde(default)]
+    pub generation: u64,
+    /// Per-session secret mixed into the token MAC (hex), so the database
+    /// alone cannot mint tokens and the MAC key alone cannot either.
+    #[serde(default)]
+    pub seed: String,
     pub rotated_at: i64,
-    /// The current token in plain text, kept only while a reuse grace window
-    /// is configured, so a second tab refreshing with the previous token gets
-    /// the same successor.
-    pub grace_successor: Option<String>,
     pub created_at: i64,
     pub last_used_at: i64,
     pub expires_at: i64,
@@ -58,27 +72,86 @@ pub struct SessionRecord {
     pub user_agent: String,
 }
 
-/// What presenting a refresh token led to.
-#[derive(Debug)]
+/// What presenting generation `g` of a session's refresh token led to.
+#[derive(Debug, Clone, PartialEq)]
 pub enum RotateOutcome {
-    /// The token was current: it is now replaced by the new hash.
+    /// `g` was current: the session now has generation `g + 1`.
     Rotated(SessionRecord),
-    /// The previous token, inside the grace window: the successor is returned.
-    Grace(SessionRecord, String),
-    /// A rotated token was presented again: the session is gone.
-    Reused(SessionRecord),
-    /// Unknown, expired or idle token (an expired session is deleted).
+    /// `g` was the previous generation, inside the grace window: the
+    /// current generation is handed out again (the client lost a response).
+    Grace(SessionRecord),
+    /// An older generation: the session is ended and its tokens revoked
+    /// (committed although the request fails).
+    Reused(SessionRecord, Vec<Revocation>),
+    /// Unknown, expired or idle session (an expired one is removed).
     Invalid,
 }
 
-/// Policy for one rotation.
-pub struct Rotation<'a> {
-    pub presented_hash: &'a str,
-    pub new_hash: &'a str,
-    pub new_plain: &'a str,
+/// The refresh policy a rotation is judged by.
+#[derive(Debug, Clone, Copy)]
+pub struct RefreshPolicy {
     pub now: i64,
     pub grace_secs: u64,
     pub idle_secs: u64,
+    /// Revocations written for a reused session last until then.
+    pub revoke_until: i64,
+}
+
+/// Something that voids access tokens, persisted and mirrored in memory
+/// (`auth::revocation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Revocation {
+    /// One access token, by `jti` (a UUID), until its expiry.
+    Token(Uuid, i64),
+    /// Every access token of a session, until the last one has expired.
+    Session(Uuid, i64),
+    /// Every access token of a user issued before this time.
+    Cutoff(Uuid, i64),
+}
+
+/// A change to one user, applied to the current record by
+/// [`domain::apply_user_change`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum UserChange {
+    /// Set a new password hash, provided the password is still at
+    /// `expect_version`. Ends every session but `keep` (all, plus a token
+    /// cutoff, when `keep` is `None`).
+    SetPassword {
+        hash: String,
+        expect_version: u64,
+        keep: Option<Uuid>,
+    },
+    /// Disable the account; ends every session and token.
+    Disable,
+    AddRole(String),
+    /// Remove a role; ends every session and token (tokens carry roles).
+    RemoveRole(String),
+    /// Change only the fields present: `Some(None)` clears the username.
+    Profile { username: Option<Option<String>> },
+}
+
+/// The sessions a call ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sessions {
+    All,
+    AllBut(Uuid),
+    One(Uuid),
+}
+
+/// Time stamps an operation needs: now, and how long revocations it writes
+/// must last (the access-token lifetime plus leeway from now).
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    pub now: i64,
+    pub revoke_until: i64,
+}
+
+/// The result of a user change: the record as written, and the revocations
+/// committed with it (the caller mirrors them in memory).
+#[derive(Debug, Clone)]
+pub struct Changed {
+    pub user: User,
+    pub revoked: Vec<Revocation>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -88,7 +161,7 @@ pub enum OneTimeKind {
 }
 
 /// A single-use emailed token (verification or reset), stored under its hash.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OneTimeToken {
     pub kind: OneTimeKind,
     pub user_id: Uuid,
@@ -99,6 +172,14 @@ pub struct OneTimeToken {
     pub expires_at: i64,
     /// Issue sequence per user and kind: only the newest is honoured.
     pub issued_seq: u64,
+}
+
+/// What redeeming a one-time token does, if it is still good.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Redeem {
+    VerifyEmail,
+    /// Set this password hash; ends every session and token.
+    ResetPassword { hash: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -112,17 +193,66 @@ pub struct OutboxMessage {
     pub created_at: i64,
     pub attempts: u32,
     pub next_attempt_at: i64,
-    /// Set when delivery failed for good; kept, never dropped silently.
+    /// Set when delivery failed for good; kept (for the retention period),
+    /// never dropped silently.
     pub failed: bool,
     pub last_error: Option<String>,
+    /// When it failed for good.
+    #[serde(default)]
+    pub failed_at: Option<i64>,
 }
 
+/// The result of one delivery attempt, applied to the current message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    Sent,
+    /// Failed; retry at `retry_at`, or give up when `give_up`.
+    Failed {
+        error: String,
+        retry_at: i64,
+        give_up: bool,
+        now: i64,
+    },
+}
+
+/// A throttle or lockout counter.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq)]
 pub struct Counter {
     pub window_start: i64,
+    /// Events (or failures) counted in the current window.
     pub count: u32,
     /// Locked until this time (account lockout), 0 when not locked.
     pub locked_until: i64,
+    /// Attempts reserved and not yet settled (in memory only).
+    #[serde(skip)]
+    pub pending: u32,
+}
+
+/// What the maintenance sweep may remove.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub now: i64,
+    /// Sessions idle this long are dead.
+    pub idle_secs: u64,
+    /// Mail that failed for good is kept this long.
+    pub failed_mail_secs: u64,
+    /// Cutoffs older than this void no token that has not expired anyway.
+    pub cutoff_horizon: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub sessions: usize,
+    pub one_time: usize,
+    pub revocations: usize,
+    pub cutoffs: usize,
+    pub mail: usize,
+}
+
+impl SweepReport {
+    pub fn total(&self) -> usize {
+        self.sessions + self.one_time + self.revocations + self.cutoffs + self.mail
+    }
 }
 
 #[async_trait::async_trait]
@@ -130,53 +260,114 @@ pub trait Store: Send + Sync + 'static {
     // --- users
     /// Insert a new user; `Conflict` when the email is taken. The optional
     /// mail is queued in the same atomic step.
-    fn create_user(&self, user: &User, mail: Option<&OutboxMessage>) -> StoreResult<()>;
-    fn find_user(&self, id: &Uuid) -> StoreResult<Option<User>>;
-    fn find_user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
-    /// Replace a user record (the email never changes).
-    fn update_user(&self, user: &User, mail: Option<&OutboxMessage>) -> StoreResult<()>;
-    fn list_users(&self) -> StoreResult<Vec<User>>;
+    async fn create_user(&self, user: User, mail: Option<OutboxMessage>) -> StoreResult<()>;
+    async fn find_user(&self, id: Uuid) -> StoreResult<Option<User>>;
+    async fn find_user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
+    async fn list_users(&self) -> StoreResult<Vec<User>>;
+    /// Apply `change` to the current record (see [`domain::apply_user_change`]),
+    /// with the sessions it ends, the revocations it causes and the mail
+    /// it sends, atomically. `Conflict` when its precondition fails.
+    async fn change_user(
+        &self,
+        id: Uuid,
+        change: UserChange,
+        mail: Option<OutboxMessage>,
+        stamp: Stamp,
+    ) -> StoreResult<Changed>;
 
     // --- refresh sessions
-    fn create_session(&self, session: &SessionRecord) -> StoreResult<()>;
-    fn find_session(&self, id: &Uuid) -> StoreResult<Option<SessionRecord>>;
-    fn find_session_by_refresh(&self, hash: &str) -> StoreResult<Option<SessionRecord>>;
-    /// Atomically rotate a refresh token (see [`RotateOutcome`]).
-    fn rotate_refresh(&self, rotation: &Rotation<'_>) -> StoreResult<RotateOutcome>;
-    fn delete_session(&self, id: &Uuid) -> StoreResult<Option<SessionRecord>>;
-    fn list_sessions(&self, user_id: &Uuid) -> StoreResult<Vec<SessionRecord>>;
+    /// Create a session, provided the user is still enabled and at
+    /// `expect_password_version` (`Conflict` otherwise). Returns the user as
+    /// it is now, so tokens carry its current roles.
+    async fn create_session(
+        &self,
+        session: SessionRecord,
+        expect_password_version: u64,
+    ) -> StoreResult<User>;
+    async fn find_session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>>;
+    async fn list_sessions(&self, user_id: Uuid) -> StoreResult<Vec<SessionRecord>>;
+    /// Judge generation `presented` of session `id` (see [`domain::rotate`]).
+    async fn rotate_refresh(
+        &self,
+        id: Uuid,
+        presented: u64,
+        policy: RefreshPolicy,
+    ) -> StoreResult<RotateOutcome>;
+    /// End sessions of a user and revoke their access tokens; with
+    /// `cutoff`, also void every token issued until now. Returns the
+    /// revocations written (none when nothing matched).
+    async fn end_sessions(
+        &self,
+        user_id: Uuid,
+        which: Sessions,
+        cutoff: bool,
+        stamp: Stamp,
+    ) -> StoreResult<Vec<Revocation>>;
 
-    // --- revocation: key (`jti:…` or `sid:…`) -> expiry, and per-user cutoffs
-    fn revoke(&self, keys: &[(String, i64)]) -> StoreResult<()>;
-    fn list_revocations(&self) -> StoreResult<Vec<(String, i64)>>;
-    fn prune_revocations(&self, now: i64) -> StoreResult<usize>;
-    fn set_cutoff(&self, user_id: &Uuid, at: i64) -> StoreResult<()>;
-    fn list_cutoffs(&self) -> StoreResult<Vec<(Uuid, i64)>>;
+    // --- revocation
+    async fn revoke(&self, entries: Vec<Revocation>) -> StoreResult<()>;
+    /// Every live revocation and cutoff (loaded into memory at start).
+    async fn list_revocations(&self) -> StoreResult<Vec<Revocation>>;
 
     // --- one-time emailed tokens
     /// Store a token and queue its mail atomically; returns the issue sequence.
-    fn issue_one_time(
+    async fn issue_one_time(
         &self,
-        hash: &str,
-        token: &OneTimeToken,
-        mail: &OutboxMessage,
+        hash: String,
+        token: OneTimeToken,
+        mail: OutboxMessage,
     ) -> StoreResult<u64>;
-    fn find_one_time(&self, hash: &str) -> StoreResult<Option<OneTimeToken>>;
-    /// Remove and return a token (single use).
-    fn take_one_time(&self, hash: &str) -> StoreResult<Option<OneTimeToken>>;
+    async fn find_one_time(&self, hash: &str) -> StoreResult<Option<OneTimeToken>>;
     /// The newest issue sequence for a user and kind.
-    fn latest_one_time_seq(&self, user_id: &Uuid, kind: OneTimeKind) -> StoreResult<u64>;
+    async fn latest_one_time_seq(&self, user_id: Uuid, kind: OneTimeKind) -> StoreResult<u64>;
+    /// Consume a one-time token and apply what it grants, atomically, if
+    /// it is still good (see [`domain::check_redeem`]); `Conflict` if not,
+    /// in which case nothing is consumed.
+    async fn redeem(
+        &self,
+        hash: String,
+        redeem: Redeem,
+        mail: Option<OutboxMessage>,
+        stamp: Stamp,
+    ) -> StoreResult<Changed>;
 
     // --- throttle counters
-    fn load_counters(&self) -> StoreResult<Vec<(String, Counter)>>;
-    fn save_counters(&self, counters: &[(String, Option<Counter>)]) -> StoreResult<()>;
+    async fn load_counters(&self) -> StoreResult<Vec<(String, Counter)>>;
+    async fn save_counters(&self, counters: Vec<(String, Option<Counter>)>) -> StoreResult<()>;
 
     // --- mail outbox
-    fn enqueue_mail(&self, mail: &OutboxMessage) -> StoreResult<()>;
-    fn list_mail(&self) -> StoreResult<Vec<OutboxMessage>>;
-    fn update_mail(&self, mail: &OutboxMessage) -> StoreResult<()>;
-    fn delete_mail(&self, id: &Uuid) -> StoreResult<()>;
+    async fn enqueue_mail(&self, mail: OutboxMessage) -> StoreResult<()>;
+    async fn list_mail(&self) -> StoreResult<Vec<OutboxMessage>>;
+    /// Record a delivery attempt on the current message (a sent one is
+    /// removed).
+    async fn record_delivery(&self, id: Uuid, delivery: Delivery) -> StoreResult<()>;
 
-    /// Make every write so far durable (without blocking the event loop).
-    async fn flush(&self) -> StoreResult<()>;
+    // --- upkeep
+    /// Remove what has expired (see [`Retention`]). Each removal is
+    /// re-checked against the current record, so a sweep never removes
+    /// something that came back to life meanwhile.
+    async fn sweep(&self, retention: Retention) -> StoreResult<SweepReport>;
+    /// Can the backend read? (`/readyz`)
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// Run a future to completion from synchronous code, whether or not the
+/// caller is inside a Tokio runtime (start-up loads the store's state
+/// before the server runs; the CLI has no runtime of its own).
+pub fn block_on<F>(fut: F) -> Result<F::Output, String>
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(fut))
+                .map_err(|e| format!("building a runtime: {e}"))
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }

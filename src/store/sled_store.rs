@@ -1,115 +1,134 @@
-//! The sled implementation of [`Store`]. Records are JSON; multi-tree
-//! invariants (unique email, refresh rotation, state + outbox) use sled
-//! transactions, which retry on conflict and so serialize racing requests.
+//! The sled implementation of [`Store`].
 //!
-//! sled 0.34 guards transactions and batches with a process-wide
-//! reader/writer lock that readers can take recursively; a writer queued
-//! while a flush holds it for reading deadlocks the process (seen under
-//! concurrent registrations). [`GATE`] orders our own calls so that sled
-//! never sees a writer while any other call of ours is inside sled:
-//! transactions and batches are exclusive, everything else (flushes
-//! included) is shared. sled's own background flusher, the one caller we
-//! cannot gate, is disabled; every acknowledged write is flushed explicitly.
+//! **One writer.** A dedicated thread owns every write. Operations arrive on
+//! a channel; the writer takes all that are waiting (up to [`MAX_BATCH`]),
+//! applies each to the current records (reading through the batch's own
+//! pending writes, so the second of two racing operations sees the first),
+//! writes the batch, flushes once, and only then answers every operation in
+//! it (group commit). An `Ok` therefore always means "on disk". An operation
+//! that fails (a precondition no longer holds) leaves no write behind and
+//! does not fail the batch.
+//!
+//! **Crash atomicity without sled's lock.** sled 0.34 guards transactions
+//! and batches with a process-wide reader/writer lock that can deadlock
+//! against a concurrent flush (seen under load in the first round). This
+//! store never uses either: once no batch or transaction has ever run, sled
+//! takes no lock at all, and readers on other threads never block. Instead,
+//! before applying a batch the writer stores the whole batch as one record
+//! (the *intent*, a single-key write, so atomic), then applies its writes
+//! one by one, then flushes. sled recovers a prefix of its log, so after a
+//! crash either the intent is absent (and so is every write after it) or it
+//! is present and [`SledStore::open`] applies it again (its writes are
+//! absolute values, so this is idempotent). Nothing half-done is ever
+//! visible after a restart.
+//!
+//! **Reads** run on the blocking pool, concurrently with each other and
+//! with the writer. They see each write as soon as it is applied, so a
+//! reader may see part of a batch that is being written; every decision
+//! that matters is taken inside the writer, against the current record.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::Transactional;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::domain;
 use super::*;
 
-/// Process-wide, like the sled lock it protects (tests run several gateways).
-static GATE: parking_lot::RwLock<()> = parking_lot::const_rwlock(());
+/// The most operations one flush acknowledges.
+const MAX_BATCH: usize = 512;
+/// Operations waiting for the writer, at most (senders wait beyond it).
+const QUEUE: usize = 4096;
+/// Candidates one sweep looks at per kind of record.
+const SWEEP_SCAN: usize = 20_000;
 
-fn shared() -> parking_lot::RwLockReadGuard<'static, ()> {
-    GATE.read_recursive()
+const INTENT: &[u8] = b"intent";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+enum T {
+    Users = 0,
+    Emails,
+    Sessions,
+    UserSessions,
+    Revoked,
+    Cutoffs,
+    OneTime,
+    OneTimeSeq,
+    Counters,
+    Outbox,
 }
 
-/// Writers may wait here for a flush (an fsync) to end. On a multi-thread
-/// runtime the wait is announced with `block_in_place`, so the worker's
-/// other tasks (proxied requests) move to another thread meanwhile.
-fn exclusive() -> parking_lot::RwLockWriteGuard<'static, ()> {
-    if let Some(g) = GATE.try_write() {
-        return g;
-    }
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| GATE.write())
-        }
-        _ => GATE.write(),
-    }
-}
+const TREES: [(T, &str); 10] = [
+    (T::Users, "users"),
+    (T::Emails, "emails"),
+    (T::Sessions, "sessions"),
+    (T::UserSessions, "user_sessions"),
+    (T::Revoked, "revoked"),
+    (T::Cutoffs, "cutoffs"),
+    (T::OneTime, "one_time"),
+    (T::OneTimeSeq, "one_time_seq"),
+    (T::Counters, "counters"),
+    (T::Outbox, "outbox"),
+];
 
-pub struct SledStore {
+struct Trees {
     db: sled::Db,
-    users: sled::Tree,
-    emails: sled::Tree,
-    sessions: sled::Tree,
-    refresh: sled::Tree,
-    user_sessions: sled::Tree,
-    revoked: sled::Tree,
-    cutoffs: sled::Tree,
-    one_time: sled::Tree,
-    one_time_seq: sled::Tree,
-    counters: sled::Tree,
-    outbox: sled::Tree,
+    meta: sled::Tree,
+    trees: Vec<sled::Tree>,
+}
+
+impl Trees {
+    fn tree(&self, t: T) -> &sled::Tree {
+        &self.trees[t as usize]
+    }
+
+    fn get_json<V: DeserializeOwned>(&self, t: T, key: &[u8]) -> StoreResult<Option<V>> {
+        match self.tree(t).get(key).map_err(backend)? {
+            Some(v) => Ok(Some(dec(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn list_json<V: DeserializeOwned>(&self, t: T) -> StoreResult<Vec<V>> {
+        self.tree(t)
+            .iter()
+            .map(|kv| kv.map_err(backend).and_then(|(_, v)| dec(&v)))
+            .collect()
+    }
 }
 
 fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+fn enc<V: Serialize>(v: &V) -> Vec<u8> {
     // Serializing our own plain structs cannot fail.
     serde_json::to_vec(v).unwrap_or_default()
 }
 
-fn dec<T: DeserializeOwned>(b: &[u8]) -> StoreResult<T> {
+fn dec<V: DeserializeOwned>(b: &[u8]) -> StoreResult<V> {
     serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-/// A big-endian i64 value (expiries, cutoffs).
 fn decode_i64(v: &[u8], what: &str) -> StoreResult<i64> {
     v.try_into()
         .map(i64::from_be_bytes)
         .map_err(|_| StoreError::Corrupt(what.into()))
 }
 
-/// A JSON record by key.
-fn get_json<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> StoreResult<Option<T>> {
-    match tree.get(key).map_err(backend)? {
-        Some(v) => Ok(Some(dec(&v)?)),
-        None => Ok(None),
-    }
-}
-
-/// Every JSON record of a tree.
-fn list_json<T: DeserializeOwned>(tree: &sled::Tree) -> StoreResult<Vec<T>> {
-    tree.iter()
-        .map(|kv| kv.map_err(backend).and_then(|(_, v)| dec(&v)))
-        .collect()
-}
-
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
-fn tx_dec<T: DeserializeOwned>(b: &[u8]) -> TxResult<T> {
-    dec(b).map_err(ConflictableTransactionError::Abort)
-}
-
-fn tx_err(e: TransactionError<StoreError>) -> StoreError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => backend(e),
-    }
+fn decode_uuid(v: &[u8]) -> StoreResult<Uuid> {
+    Uuid::from_slice(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// The unique-email index key: the whole (already normalized) address
 /// case-folded, so `Ops@x.org` and `ops@x.org` are one account while the
 /// record keeps the spelling the user chose.
-fn email_key(email: &str) -> String {
-    email.to_lowercase()
+fn email_key(email: &str) -> Vec<u8> {
+    email.to_lowercase().into_bytes()
 }
 
 fn user_session_key(user: &Uuid, sid: &Uuid) -> Vec<u8> {
@@ -124,7 +143,328 @@ fn seq_key(user: &Uuid, kind: OneTimeKind) -> Vec<u8> {
     k
 }
 
+/// Revocations live in two trees: `revoked` (`jti:<uuid>` / `sid:<uuid>`
+/// to the time the entry may go) and `cutoffs` (user id to the cutoff).
+fn revocation_entry(r: &Revocation) -> (T, Vec<u8>, i64) {
+    match *r {
+        Revocation::Token(jti, until) => (T::Revoked, format!("jti:{jti}").into_bytes(), until),
+        Revocation::Session(sid, until) => (T::Revoked, format!("sid:{sid}").into_bytes(), until),
+        Revocation::Cutoff(user, at) => (T::Cutoffs, user.as_bytes().to_vec(), at),
+    }
+}
+
+fn parse_revoked(k: &[u8], v: &[u8]) -> StoreResult<Revocation> {
+    let until = decode_i64(v, "revocation")?;
+    let k = std::str::from_utf8(k).map_err(|_| StoreError::Corrupt("revocation key".into()))?;
+    let id = |s: &str| Uuid::parse_str(s).map_err(|_| StoreError::Corrupt(format!("revocation key {k}")));
+    match k.split_once(':') {
+        Some(("jti", s)) => Ok(Revocation::Token(id(s)?, until)),
+        Some(("sid", s)) => Ok(Revocation::Session(id(s)?, until)),
+        _ => Err(StoreError::Corrupt(format!("revocation key {k}"))),
+    }
+}
+
+// ---------------------------------------------------------------- writes
+
+/// One pending write: a value, or a removal.
+#[derive(Debug, Clone, PartialEq)]
+struct Write {
+    tree: u8,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+}
+
+/// The intent record: every write of a batch, length-prefixed.
+fn encode_intent(writes: &[Write]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(writes.iter().map(|w| 10 + w.key.len() + w.value.as_ref().map_or(0, Vec::len)).sum());
+    for w in writes {
+        out.push(w.tree);
+        out.extend_from_slice(&(w.key.len() as u32).to_be_bytes());
+        out.extend_from_slice(&w.key);
+        match &w.value {
+            Some(v) => {
+                out.push(1);
+                out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                out.extend_from_slice(v);
+            }
+            None => out.push(0),
+        }
+    }
+    out
+}
+
+fn decode_intent(mut b: &[u8]) -> StoreResult<Vec<Write>> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> StoreResult<&'a [u8]> {
+        if b.len() < n {
+            return Err(StoreError::Corrupt("truncated intent record".into()));
+        }
+        let (head, rest) = b.split_at(n);
+        *b = rest;
+        Ok(head)
+    }
+    fn len(b: &mut &[u8]) -> StoreResult<usize> {
+        let raw = take(b, 4)?;
+        Ok(u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize)
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let tree = take(&mut b, 1)?[0];
+        if tree as usize >= TREES.len() {
+            return Err(StoreError::Corrupt("intent names an unknown tree".into()));
+        }
+        let n = len(&mut b)?;
+        let key = take(&mut b, n)?.to_vec();
+        let value = match take(&mut b, 1)?[0] {
+            0 => None,
+            1 => {
+                let n = len(&mut b)?;
+                Some(take(&mut b, n)?.to_vec())
+            }
+            _ => return Err(StoreError::Corrupt("bad intent record".into())),
+        };
+        out.push(Write { tree, key, value });
+    }
+    Ok(out)
+}
+
+fn apply_writes(trees: &Trees, writes: &[Write]) -> StoreResult<()> {
+    for w in writes {
+        let tree = &trees.trees[w.tree as usize];
+        match &w.value {
+            Some(v) => tree.insert(&w.key, v.as_slice()).map(drop),
+            None => tree.remove(&w.key).map(drop),
+        }
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// The writer's view while it applies a batch: the trees, overlaid with
+/// the writes of the operations already applied in this batch and of the
+/// operation running now.
+struct Tx<'a> {
+    trees: &'a Trees,
+    batch: Vec<Write>,
+    batch_index: HashMap<(u8, Vec<u8>), usize>,
+    op: Vec<Write>,
+    op_index: HashMap<(u8, Vec<u8>), usize>,
+}
+
+impl<'a> Tx<'a> {
+    fn new(trees: &'a Trees) -> Self {
+        Self {
+            trees,
+            batch: Vec::new(),
+            batch_index: HashMap::new(),
+            op: Vec::new(),
+            op_index: HashMap::new(),
+        }
+    }
+
+    fn get(&self, t: T, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        let k = (t as u8, key.to_vec());
+        if let Some(&i) = self.op_index.get(&k) {
+            return Ok(self.op[i].value.clone());
+        }
+        if let Some(&i) = self.batch_index.get(&k) {
+            return Ok(self.batch[i].value.clone());
+        }
+        Ok(self.trees.tree(t).get(key).map_err(backend)?.map(|v| v.to_vec()))
+    }
+
+    fn get_json<V: DeserializeOwned>(&self, t: T, key: &[u8]) -> StoreResult<Option<V>> {
+        self.get(t, key)?.map(|v| dec(&v)).transpose()
+    }
+
+    /// Every key under `prefix`, as the batch so far would leave it.
+    fn scan_prefix(&self, t: T, prefix: &[u8]) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for kv in self.trees.tree(t).scan_prefix(prefix) {
+            let (k, v) = kv.map_err(backend)?;
+            out.insert(k.to_vec(), v.to_vec());
+        }
+        for w in self.batch.iter().chain(self.op.iter()) {
+            if w.tree == t as u8 && w.key.starts_with(prefix) {
+                match &w.value {
+                    Some(v) => out.insert(w.key.clone(), v.clone()),
+                    None => out.remove(&w.key),
+                };
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn put(&mut self, t: T, key: Vec<u8>, value: Vec<u8>) {
+        self.write(t, key, Some(value));
+    }
+
+    fn put_json<V: Serialize>(&mut self, t: T, key: Vec<u8>, value: &V) {
+        self.put(t, key, enc(value));
+    }
+
+    fn remove(&mut self, t: T, key: Vec<u8>) {
+        self.write(t, key, None);
+    }
+
+    fn write(&mut self, t: T, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let k = (t as u8, key.clone());
+        match self.op_index.get(&k) {
+            Some(&i) => self.op[i].value = value,
+            None => {
+                self.op_index.insert(k, self.op.len());
+                self.op.push(Write {
+                    tree: t as u8,
+                    key,
+                    value,
+                });
+            }
+        }
+    }
+
+    /// Run one operation: its writes join the batch only if it succeeds.
+    fn run<R>(&mut self, f: impl FnOnce(&mut Tx<'_>) -> StoreResult<R>) -> StoreResult<R> {
+        let result = f(self);
+        let writes = std::mem::take(&mut self.op);
+        self.op_index.clear();
+        if result.is_ok() {
+            for w in writes {
+                let k = (w.tree, w.key.clone());
+                match self.batch_index.get(&k) {
+                    Some(&i) => self.batch[i].value = w.value,
+                    None => {
+                        self.batch_index.insert(k, self.batch.len());
+                        self.batch.push(w);
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    /// Write the batch: intent first, then the writes, then one flush.
+    fn commit(self) -> Result<(), String> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let t = self.trees;
+        t.meta
+            .insert(INTENT, encode_intent(&self.batch))
+            .map_err(|e| e.to_string())?;
+        apply_writes(t, &self.batch).map_err(|e| e.to_string())?;
+        t.db.flush().map(drop).map_err(|e| e.to_string())
+    }
+
+    // ----- shared pieces of operations
+
+    fn write_revocations(&mut self, revs: &[Revocation]) -> StoreResult<()> {
+        for r in revs {
+            let (t, key, at) = revocation_entry(r);
+            // Cutoffs only move forward.
+            let keep = match (t, self.get(t, &key)?) {
+                (T::Cutoffs, Some(old)) => decode_i64(&old, "cutoff")?.max(at),
+                _ => at,
+            };
+            self.put(t, key, keep.to_be_bytes().to_vec());
+        }
+        Ok(())
+    }
+
+    fn delete_session(&mut self, s: &SessionRecord) {
+        self.remove(T::Sessions, s.id.as_bytes().to_vec());
+        self.remove(T::UserSessions, user_session_key(&s.user_id, &s.id));
+    }
+
+    fn end_sessions(
+        &mut self,
+        user: Uuid,
+        which: Sessions,
+        cutoff: bool,
+        stamp: Stamp,
+    ) -> StoreResult<Vec<Revocation>> {
+        let mut ended = Vec::new();
+        for (k, _) in self.scan_prefix(T::UserSessions, user.as_bytes())? {
+            let sid = decode_uuid(&k[16..])?;
+            if domain::selects(which, &sid) {
+                self.remove(T::Sessions, sid.as_bytes().to_vec());
+                self.remove(T::UserSessions, k);
+                ended.push(sid);
+            }
+        }
+        let revs = domain::revocations_for(user, &ended, cutoff, stamp);
+        self.write_revocations(&revs)?;
+        Ok(revs)
+    }
+
+    fn apply_cascade(
+        &mut self,
+        user: &User,
+        cascade: domain::Cascade,
+        stamp: Stamp,
+    ) -> StoreResult<Vec<Revocation>> {
+        match cascade.end {
+            Some(which) => self.end_sessions(user.id, which, cascade.cutoff, stamp),
+            None if cascade.cutoff => {
+                let revs = domain::revocations_for(user.id, &[], true, stamp);
+                self.write_revocations(&revs)?;
+                Ok(revs)
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn newest_seq(&self, user: &Uuid, kind: OneTimeKind) -> StoreResult<u64> {
+        Ok(match self.get(T::OneTimeSeq, &seq_key(user, kind))? {
+            Some(v) => decode_i64(&v, "sequence")? as u64,
+            None => 0,
+        })
+    }
+}
+
+type Reply = Box<dyn FnOnce(&Result<(), String>) + Send>;
+type Job = Box<dyn FnOnce(&mut Tx<'_>) -> Reply + Send>;
+
+fn writer_loop(trees: Arc<Trees>, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut tx = Tx::new(&trees);
+        let mut replies: Vec<Reply> = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            // A panicking operation loses only itself (its caller gets an
+            // error when its reply is dropped); the writer goes on.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut tx)));
+            match ran {
+                Ok(reply) => replies.push(reply),
+                Err(_) => {
+                    tx.op.clear();
+                    tx.op_index.clear();
+                    tracing::error!("a store operation panicked; it was not applied");
+                }
+            }
+            if replies.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        let result = tx.commit();
+        if let Err(e) = &result {
+            tracing::error!(cause = %e, "store: writing a batch failed");
+        }
+        for reply in replies {
+            reply(&result);
+        }
+    }
+    // Every sender is gone: make sure nothing is left unflushed.
+    let _ = trees.db.flush();
+}
+
+pub struct SledStore {
+    trees: Arc<Trees>,
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
 impl SledStore {
+    /// Open (or create) the database, finish a batch a crash cut short,
+    /// and start the writer.
     pub fn open(path: &Path) -> StoreResult<Self> {
         let db = sled::Config::new()
             .path(path)
@@ -132,371 +472,455 @@ impl SledStore {
             .flush_every_ms(None)
             .open()
             .map_err(backend)?;
-        let t = |name: &str| db.open_tree(name).map_err(backend);
-        Ok(Self {
-            users: t("users")?,
-            emails: t("emails")?,
-            sessions: t("sessions")?,
-            refresh: t("refresh")?,
-            user_sessions: t("user_sessions")?,
-            revoked: t("revoked")?,
-            cutoffs: t("cutoffs")?,
-            one_time: t("one_time")?,
-            one_time_seq: t("one_time_seq")?,
-            counters: t("counters")?,
-            outbox: t("outbox")?,
+        let trees = TREES
+            .iter()
+            .map(|(_, name)| db.open_tree(name).map_err(backend))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let trees = Arc::new(Trees {
+            meta: db.open_tree("meta").map_err(backend)?,
+            trees,
             db,
+        });
+        if let Some(intent) = trees.meta.get(INTENT).map_err(backend)? {
+            apply_writes(&trees, &decode_intent(&intent)?)?;
+            trees.db.flush().map_err(backend)?;
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let for_writer = trees.clone();
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(for_writer, rx))
+            .map_err(|e| StoreError::Backend(format!("starting the writer: {e}")))?;
+        Ok(Self {
+            trees,
+            jobs: Some(tx),
+            writer: Some(writer),
         })
     }
 
-    fn put_session_tx(sessions: &TransactionalTree, s: &SessionRecord) -> TxResult<()> {
-        sessions.insert(s.id.as_bytes(), enc(s))?;
-        Ok(())
+    /// Hand an operation to the writer; answers once its batch is on disk.
+    async fn write<R: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut Tx<'_>) -> StoreResult<R> + Send + 'static,
+    ) -> StoreResult<R> {
+        let (tx, rx) = oneshot::channel::<StoreResult<R>>();
+        let job: Job = Box::new(move |t: &mut Tx<'_>| {
+            let result = t.run(op);
+            Box::new(move |flushed: &Result<(), String>| {
+                let answer = match (result, flushed) {
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Ok(_), Err(e)) => Err(StoreError::Backend(e.clone())),
+                    (Err(e), _) => Err(e),
+                };
+                let _ = tx.send(answer);
+            })
+        });
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("the store is closed".into()))?;
+        jobs.send(job)
+            .await
+            .map_err(|_| StoreError::Backend("the store writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("the store operation was lost".into()))?
+    }
+
+    /// Run a read on the blocking pool.
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Trees) -> StoreResult<R> + Send + 'static,
+    ) -> StoreResult<R> {
+        let trees = self.trees.clone();
+        tokio::task::spawn_blocking(move || f(&trees))
+            .await
+            .map_err(|e| StoreError::Backend(format!("read task: {e}")))?
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl Store for SledStore {
-    fn create_user(&self, user: &User, mail: Option<&OutboxMessage>) -> StoreResult<()> {
-        let _gate = exclusive();
-        (&self.users, &self.emails, &self.outbox)
-            .transaction(|(users, emails, outbox)| {
-                let key = email_key(&user.email);
-                if emails.get(key.as_bytes())?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(StoreError::Conflict));
-                }
-                emails.insert(key.as_bytes(), user.id.as_bytes())?;
-                users.insert(user.id.as_bytes(), enc(user))?;
-                if let Some(m) = mail {
-                    outbox.insert(m.id.as_bytes(), enc(m))?;
-                }
-                Ok(())
-            })
-            .map_err(tx_err)
-    }
-
-    fn find_user(&self, id: &Uuid) -> StoreResult<Option<User>> {
-        let _gate = shared();
-        get_json(&self.users, id.as_bytes())
-    }
-
-    fn find_user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
-        let _gate = shared();
-        match self
-            .emails
-            .get(email_key(email).as_bytes())
-            .map_err(backend)?
-        {
-            Some(id) => {
-                let id = Uuid::from_slice(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                self.find_user(&id)
+    async fn create_user(&self, user: User, mail: Option<OutboxMessage>) -> StoreResult<()> {
+        self.write(move |tx| {
+            let key = email_key(&user.email);
+            if tx.get(T::Emails, &key)?.is_some() {
+                return Err(StoreError::Conflict);
             }
-            None => Ok(None),
-        }
-    }
-
-    fn update_user(&self, user: &User, mail: Option<&OutboxMessage>) -> StoreResult<()> {
-        let _gate = exclusive();
-        (&self.users, &self.outbox)
-            .transaction(|(users, outbox)| {
-                if users.get(user.id.as_bytes())?.is_none() {
-                    return Err(ConflictableTransactionError::Abort(StoreError::Conflict));
-                }
-                users.insert(user.id.as_bytes(), enc(user))?;
-                if let Some(m) = mail {
-                    outbox.insert(m.id.as_bytes(), enc(m))?;
-                }
-                Ok(())
-            })
-            .map_err(tx_err)
-    }
-
-    fn list_users(&self) -> StoreResult<Vec<User>> {
-        let _gate = shared();
-        let mut out = list_json(&self.users)?;
-        out.sort_by_key(|u: &User| u.created_at);
-        Ok(out)
-    }
-
-    fn create_session(&self, s: &SessionRecord) -> StoreResult<()> {
-        let _gate = exclusive();
-        (&self.sessions, &self.refresh, &self.user_sessions)
-            .transaction(|(sessions, refresh, user_sessions)| {
-                Self::put_session_tx(sessions, s)?;
-                refresh.insert(s.refresh_hash.as_bytes(), s.id.as_bytes())?;
-                user_sessions.insert(user_session_key(&s.user_id, &s.id), &[])?;
-                Ok(())
-            })
-            .map_err(tx_err)
-    }
-
-    fn find_session(&self, id: &Uuid) -> StoreResult<Option<SessionRecord>> {
-        let _gate = shared();
-        get_json(&self.sessions, id.as_bytes())
-    }
-
-    fn find_session_by_refresh(&self, hash: &str) -> StoreResult<Option<SessionRecord>> {
-        let _gate = shared();
-        match self.refresh.get(hash.as_bytes()).map_err(backend)? {
-            Some(sid) => {
-                let sid = Uuid::from_slice(&sid).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                self.find_session(&sid)
+            tx.put(T::Emails, key, user.id.as_bytes().to_vec());
+            tx.put_json(T::Users, user.id.as_bytes().to_vec(), &user);
+            if let Some(m) = mail {
+                tx.put_json(T::Outbox, m.id.as_bytes().to_vec(), &m);
             }
-            None => Ok(None),
-        }
-    }
-
-    fn rotate_refresh(&self, r: &Rotation<'_>) -> StoreResult<RotateOutcome> {
-        let _gate = exclusive();
-        (&self.sessions, &self.refresh, &self.user_sessions)
-            .transaction(|(sessions, refresh, user_sessions)| {
-                let Some(sid) = refresh.get(r.presented_hash.as_bytes())? else {
-                    return Ok(RotateOutcome::Invalid);
-                };
-                let Some(raw) = sessions.get(&sid)? else {
-                    refresh.remove(r.presented_hash.as_bytes())?;
-                    return Ok(RotateOutcome::Invalid);
-                };
-                let mut s: SessionRecord = tx_dec(&raw)?;
-                let remove_all = |s: &SessionRecord| -> TxResult<()> {
-                    sessions.remove(s.id.as_bytes())?;
-                    refresh.remove(s.refresh_hash.as_bytes())?;
-                    for h in &s.previous_hashes {
-                        refresh.remove(h.as_bytes())?;
-                    }
-                    user_sessions.remove(user_session_key(&s.user_id, &s.id))?;
-                    Ok(())
-                };
-                let expired = r.now >= s.expires_at
-                    || r.now >= s.last_used_at.saturating_add(r.idle_secs as i64);
-                if s.refresh_hash == r.presented_hash {
-                    if expired {
-                        remove_all(&s)?;
-                        return Ok(RotateOutcome::Invalid);
-                    }
-                    s.previous_hashes.push(std::mem::take(&mut s.refresh_hash));
-                    s.refresh_hash = r.new_hash.to_string();
-                    s.rotated_at = r.now;
-                    s.last_used_at = r.now;
-                    s.grace_successor = (r.grace_secs > 0).then(|| r.new_plain.to_string());
-                    refresh.insert(r.new_hash.as_bytes(), s.id.as_bytes())?;
-                    Self::put_session_tx(sessions, &s)?;
-                    return Ok(RotateOutcome::Rotated(s));
-                }
-                // A previous token.
-                let is_last =
-                    s.previous_hashes.last().map(String::as_str) == Some(r.presented_hash);
-                if is_last
-                    && !expired
-                    && r.grace_secs > 0
-                    && r.now < s.rotated_at.saturating_add(r.grace_secs as i64)
-                {
-                    if let Some(succ) = s.grace_successor.clone() {
-                        return Ok(RotateOutcome::Grace(s, succ));
-                    }
-                }
-                remove_all(&s)?;
-                Ok(RotateOutcome::Reused(s))
-            })
-            .map_err(tx_err)
-    }
-
-    fn delete_session(&self, id: &Uuid) -> StoreResult<Option<SessionRecord>> {
-        let _gate = exclusive();
-        (&self.sessions, &self.refresh, &self.user_sessions)
-            .transaction(|(sessions, refresh, user_sessions)| {
-                let Some(raw) = sessions.remove(id.as_bytes())? else {
-                    return Ok(None);
-                };
-                let s: SessionRecord = tx_dec(&raw)?;
-                refresh.remove(s.refresh_hash.as_bytes())?;
-                for h in &s.previous_hashes {
-                    refresh.remove(h.as_bytes())?;
-                }
-                user_sessions.remove(user_session_key(&s.user_id, &s.id))?;
-                Ok(Some(s))
-            })
-            .map_err(tx_err)
-    }
-
-    fn list_sessions(&self, user_id: &Uuid) -> StoreResult<Vec<SessionRecord>> {
-        let _gate = shared();
-        let mut out = Vec::new();
-        for kv in self.user_sessions.scan_prefix(user_id.as_bytes()) {
-            let (k, _) = kv.map_err(backend)?;
-            let sid = Uuid::from_slice(&k[16..]).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            if let Some(s) = self.find_session(&sid)? {
-                out.push(s);
-            }
-        }
-        out.sort_by_key(|s| s.created_at);
-        Ok(out)
-    }
-
-    fn revoke(&self, keys: &[(String, i64)]) -> StoreResult<()> {
-        let _gate = exclusive();
-        let mut batch = sled::Batch::default();
-        for (k, exp) in keys {
-            batch.insert(k.as_bytes(), &exp.to_be_bytes());
-        }
-        self.revoked.apply_batch(batch).map_err(backend)
-    }
-
-    fn list_revocations(&self) -> StoreResult<Vec<(String, i64)>> {
-        let _gate = shared();
-        let mut out = Vec::new();
-        for kv in self.revoked.iter() {
-            let (k, v) = kv.map_err(backend)?;
-            let exp = decode_i64(&v, "revocation")?;
-            out.push((String::from_utf8_lossy(&k).into_owned(), exp));
-        }
-        Ok(out)
-    }
-
-    fn prune_revocations(&self, now: i64) -> StoreResult<usize> {
-        let _gate = exclusive();
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for kv in self.revoked.iter() {
-            let (k, v) = kv.map_err(backend)?;
-            let exp = decode_i64(&v, "revocation")?;
-            if exp <= now {
-                batch.remove(k);
-                n += 1;
-            }
-        }
-        self.revoked.apply_batch(batch).map_err(backend)?;
-        Ok(n)
-    }
-
-    fn set_cutoff(&self, user_id: &Uuid, at: i64) -> StoreResult<()> {
-        let _gate = shared();
-        self.cutoffs
-            .insert(user_id.as_bytes(), &at.to_be_bytes())
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    fn list_cutoffs(&self) -> StoreResult<Vec<(Uuid, i64)>> {
-        let _gate = shared();
-        let mut out = Vec::new();
-        for kv in self.cutoffs.iter() {
-            let (k, v) = kv.map_err(backend)?;
-            let id = Uuid::from_slice(&k).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let at = decode_i64(&v, "cutoff")?;
-            out.push((id, at));
-        }
-        Ok(out)
-    }
-
-    fn issue_one_time(
-        &self,
-        hash: &str,
-        token: &OneTimeToken,
-        mail: &OutboxMessage,
-    ) -> StoreResult<u64> {
-        let _gate = exclusive();
-        (&self.one_time, &self.one_time_seq, &self.outbox)
-            .transaction(|(one_time, seqs, outbox)| {
-                let key = seq_key(&token.user_id, token.kind);
-                let next = match seqs.get(&key)? {
-                    Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])) + 1,
-                    None => 1,
-                };
-                seqs.insert(key, &next.to_be_bytes())?;
-                let mut t = token.clone();
-                t.issued_seq = next;
-                one_time.insert(hash.as_bytes(), enc(&t))?;
-                outbox.insert(mail.id.as_bytes(), enc(mail))?;
-                Ok(next)
-            })
-            .map_err(tx_err)
-    }
-
-    fn find_one_time(&self, hash: &str) -> StoreResult<Option<OneTimeToken>> {
-        let _gate = shared();
-        get_json(&self.one_time, hash.as_bytes())
-    }
-
-    fn take_one_time(&self, hash: &str) -> StoreResult<Option<OneTimeToken>> {
-        let _gate = shared();
-        match self.one_time.remove(hash.as_bytes()).map_err(backend)? {
-            Some(v) => Ok(Some(dec(&v)?)),
-            None => Ok(None),
-        }
-    }
-
-    fn latest_one_time_seq(&self, user_id: &Uuid, kind: OneTimeKind) -> StoreResult<u64> {
-        let _gate = shared();
-        Ok(
-            match self
-                .one_time_seq
-                .get(seq_key(user_id, kind))
-                .map_err(backend)?
-            {
-                Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
-                None => 0,
-            },
-        )
-    }
-
-    fn load_counters(&self) -> StoreResult<Vec<(String, Counter)>> {
-        let _gate = shared();
-        let mut out = Vec::new();
-        for kv in self.counters.iter() {
-            let (k, v) = kv.map_err(backend)?;
-            out.push((String::from_utf8_lossy(&k).into_owned(), dec(&v)?));
-        }
-        Ok(out)
-    }
-
-    fn save_counters(&self, counters: &[(String, Option<Counter>)]) -> StoreResult<()> {
-        let _gate = exclusive();
-        let mut batch = sled::Batch::default();
-        for (k, c) in counters {
-            match c {
-                Some(c) => batch.insert(k.as_bytes(), enc(c)),
-                None => batch.remove(k.as_bytes()),
-            }
-        }
-        self.counters.apply_batch(batch).map_err(backend)
-    }
-
-    fn enqueue_mail(&self, mail: &OutboxMessage) -> StoreResult<()> {
-        let _gate = shared();
-        self.outbox
-            .insert(mail.id.as_bytes(), enc(mail))
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    fn list_mail(&self) -> StoreResult<Vec<OutboxMessage>> {
-        let _gate = shared();
-        let mut out = list_json(&self.outbox)?;
-        out.sort_by_key(|m: &OutboxMessage| m.created_at);
-        Ok(out)
-    }
-
-    fn update_mail(&self, mail: &OutboxMessage) -> StoreResult<()> {
-        let _gate = shared();
-        self.enqueue_mail(mail)
-    }
-
-    fn delete_mail(&self, id: &Uuid) -> StoreResult<()> {
-        let _gate = shared();
-        self.outbox.remove(id.as_bytes()).map_err(backend)?;
-        Ok(())
-    }
-
-    async fn flush(&self) -> StoreResult<()> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let _gate = shared();
-            db.flush().map(drop)
+            Ok(())
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("flush task: {e}")))?
-        .map_err(backend)
+    }
+
+    async fn find_user(&self, id: Uuid) -> StoreResult<Option<User>> {
+        self.read(move |t| t.get_json(T::Users, id.as_bytes())).await
+    }
+
+    async fn find_user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        let key = email_key(email);
+        self.read(move |t| match t.tree(T::Emails).get(&key).map_err(backend)? {
+            Some(id) => t.get_json(T::Users, &id),
+            None => Ok(None),
+        })
+        .await
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<User>> {
+        self.read(|t| {
+            let mut out: Vec<User> = t.list_json(T::Users)?;
+            out.sort_by_key(|u| u.created_at);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn change_user(
+        &self,
+        id: Uuid,
+        change: UserChange,
+        mail: Option<OutboxMessage>,
+        stamp: Stamp,
+    ) -> StoreResult<Changed> {
+        self.write(move |tx| {
+            let current: User = tx
+                .get_json(T::Users, id.as_bytes())?
+                .ok_or(StoreError::Conflict)?;
+            let (user, cascade) = domain::apply_user_change(&current, &change)?;
+            tx.put_json(T::Users, id.as_bytes().to_vec(), &user);
+            let revoked = tx.apply_cascade(&user, cascade, stamp)?;
+            if let Some(m) = mail {
+                tx.put_json(T::Outbox, m.id.as_bytes().to_vec(), &m);
+            }
+            Ok(Changed { user, revoked })
+        })
+        .await
+    }
+
+    async fn create_session(
+        &self,
+        session: SessionRecord,
+        expect_password_version: u64,
+    ) -> StoreResult<User> {
+        self.write(move |tx| {
+            let user: User = tx
+                .get_json(T::Users, session.user_id.as_bytes())?
+                .ok_or(StoreError::Conflict)?;
+            domain::check_session_start(&user, expect_password_version)?;
+            tx.put_json(T::Sessions, session.id.as_bytes().to_vec(), &session);
+            tx.put(
+                T::UserSessions,
+                user_session_key(&session.user_id, &session.id),
+                Vec::new(),
+            );
+            Ok(user)
+        })
+        .await
+    }
+
+    async fn find_session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>> {
+        self.read(move |t| t.get_json(T::Sessions, id.as_bytes())).await
+    }
+
+    async fn list_sessions(&self, user_id: Uuid) -> StoreResult<Vec<SessionRecord>> {
+        self.read(move |t| {
+            let mut out = Vec::new();
+            for kv in t.tree(T::UserSessions).scan_prefix(user_id.as_bytes()) {
+                let (k, _) = kv.map_err(backend)?;
+                let sid = decode_uuid(&k[16..])?;
+                if let Some(s) = t.get_json::<SessionRecord>(T::Sessions, sid.as_bytes())? {
+                    out.push(s);
+                }
+            }
+            out.sort_by_key(|s| s.created_at);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn rotate_refresh(
+        &self,
+        id: Uuid,
+        presented: u64,
+        policy: RefreshPolicy,
+    ) -> StoreResult<RotateOutcome> {
+        self.write(move |tx| {
+            let Some(current) = tx.get_json::<SessionRecord>(T::Sessions, id.as_bytes())? else {
+                return Ok(RotateOutcome::Invalid);
+            };
+            let (next, outcome) = domain::rotate(&current, presented, &policy);
+            match next {
+                Some(s) if s != current => tx.put_json(T::Sessions, id.as_bytes().to_vec(), &s),
+                Some(_) => {}
+                None => tx.delete_session(&current),
+            }
+            if let RotateOutcome::Reused(_, revs) = &outcome {
+                tx.write_revocations(revs)?;
+            }
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn end_sessions(
+        &self,
+        user_id: Uuid,
+        which: Sessions,
+        cutoff: bool,
+        stamp: Stamp,
+    ) -> StoreResult<Vec<Revocation>> {
+        self.write(move |tx| tx.end_sessions(user_id, which, cutoff, stamp))
+            .await
+    }
+
+    async fn revoke(&self, entries: Vec<Revocation>) -> StoreResult<()> {
+        self.write(move |tx| tx.write_revocations(&entries)).await
+    }
+
+    async fn list_revocations(&self) -> StoreResult<Vec<Revocation>> {
+        self.read(|t| {
+            let mut out = Vec::new();
+            for kv in t.tree(T::Revoked).iter() {
+                let (k, v) = kv.map_err(backend)?;
+                out.push(parse_revoked(&k, &v)?);
+            }
+            for kv in t.tree(T::Cutoffs).iter() {
+                let (k, v) = kv.map_err(backend)?;
+                out.push(Revocation::Cutoff(
+                    decode_uuid(&k)?,
+                    decode_i64(&v, "cutoff")?,
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn issue_one_time(
+        &self,
+        hash: String,
+        token: OneTimeToken,
+        mail: OutboxMessage,
+    ) -> StoreResult<u64> {
+        self.write(move |tx| {
+            let next = tx.newest_seq(&token.user_id, token.kind)? + 1;
+            tx.put(
+                T::OneTimeSeq,
+                seq_key(&token.user_id, token.kind),
+                (next as i64).to_be_bytes().to_vec(),
+            );
+            let t = OneTimeToken {
+                issued_seq: next,
+                ..token
+            };
+            tx.put_json(T::OneTime, hash.into_bytes(), &t);
+            tx.put_json(T::Outbox, mail.id.as_bytes().to_vec(), &mail);
+            Ok(next)
+        })
+        .await
+    }
+
+    async fn find_one_time(&self, hash: &str) -> StoreResult<Option<OneTimeToken>> {
+        let key = hash.as_bytes().to_vec();
+        self.read(move |t| t.get_json(T::OneTime, &key)).await
+    }
+
+    async fn latest_one_time_seq(&self, user_id: Uuid, kind: OneTimeKind) -> StoreResult<u64> {
+        self.read(move |t| {
+            Ok(
+                match t
+                    .tree(T::OneTimeSeq)
+                    .get(seq_key(&user_id, kind))
+                    .map_err(backend)?
+                {
+                    Some(v) => decode_i64(&v, "sequence")? as u64,
+                    None => 0,
+                },
+            )
+        })
+        .await
+    }
+
+    async fn redeem(
+        &self,
+        hash: String,
+        redeem: Redeem,
+        mail: Option<OutboxMessage>,
+        stamp: Stamp,
+    ) -> StoreResult<Changed> {
+        self.write(move |tx| {
+            let key = hash.into_bytes();
+            let token: OneTimeToken = tx.get_json(T::OneTime, &key)?.ok_or(StoreError::Conflict)?;
+            let current: User = tx
+                .get_json(T::Users, token.user_id.as_bytes())?
+                .ok_or(StoreError::Conflict)?;
+            let newest = tx.newest_seq(&token.user_id, token.kind)?;
+            domain::check_redeem(&token, &redeem, &current, newest, stamp.now)?;
+            tx.remove(T::OneTime, key);
+            let (user, cascade) = domain::apply_redeem(&current, &redeem);
+            tx.put_json(T::Users, user.id.as_bytes().to_vec(), &user);
+            let revoked = tx.apply_cascade(&user, cascade, stamp)?;
+            if let Some(m) = mail {
+                tx.put_json(T::Outbox, m.id.as_bytes().to_vec(), &m);
+            }
+            Ok(Changed { user, revoked })
+        })
+        .await
+    }
+
+    async fn load_counters(&self) -> StoreResult<Vec<(String, Counter)>> {
+        self.read(|t| {
+            let mut out = Vec::new();
+            for kv in t.tree(T::Counters).iter() {
+                let (k, v) = kv.map_err(backend)?;
+                out.push((String::from_utf8_lossy(&k).into_owned(), dec(&v)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn save_counters(&self, counters: Vec<(String, Option<Counter>)>) -> StoreResult<()> {
+        self.write(move |tx| {
+            for (k, c) in counters {
+                match c {
+                    Some(c) => tx.put_json(T::Counters, k.into_bytes(), &c),
+                    None => tx.remove(T::Counters, k.into_bytes()),
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn enqueue_mail(&self, mail: OutboxMessage) -> StoreResult<()> {
+        self.write(move |tx| {
+            tx.put_json(T::Outbox, mail.id.as_bytes().to_vec(), &mail);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_mail(&self) -> StoreResult<Vec<OutboxMessage>> {
+        self.read(|t| {
+            let mut out: Vec<OutboxMessage> = t.list_json(T::Outbox)?;
+            out.sort_by_key(|m| m.created_at);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn record_delivery(&self, id: Uuid, delivery: Delivery) -> StoreResult<()> {
+        self.write(move |tx| {
+            let key = id.as_bytes().to_vec();
+            let Some(current) = tx.get_json::<OutboxMessage>(T::Outbox, &key)? else {
+                return Ok(());
+            };
+            match domain::apply_delivery(&current, &delivery) {
+                Some(m) => tx.put_json(T::Outbox, key, &m),
+                None => tx.remove(T::Outbox, key),
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn sweep(&self, r: Retention) -> StoreResult<SweepReport> {
+        // Find candidates with a read (the writer is not held up by the
+        // scan), then remove each one that is still dead.
+        let candidates = self
+            .read(move |t| {
+                let dead = |tree: T, is_dead: &dyn Fn(&[u8], &[u8]) -> StoreResult<bool>| {
+                    let mut out = Vec::new();
+                    for kv in t.tree(tree).iter().take(SWEEP_SCAN) {
+                        let (k, v) = kv.map_err(backend)?;
+                        if is_dead(&k, &v)? {
+                            out.push(k.to_vec());
+                        }
+                    }
+                    Ok::<_, StoreError>(out)
+                };
+                Ok((
+                    dead(T::Sessions, &|_, v| Ok(domain::session_is_dead(&dec(v)?, &r)))?,
+                    dead(T::OneTime, &|_, v| Ok(domain::one_time_is_dead(&dec(v)?, &r)))?,
+                    dead(T::Revoked, &|k, v| {
+                        Ok(domain::revocation_is_dead(&parse_revoked(k, v)?, &r))
+                    })?,
+                    dead(T::Cutoffs, &|k, v| {
+                        let rev = Revocation::Cutoff(decode_uuid(k)?, decode_i64(v, "cutoff")?);
+                        Ok(domain::revocation_is_dead(&rev, &r))
+                    })?,
+                    dead(T::Outbox, &|_, v| Ok(domain::mail_is_dead(&dec(v)?, &r)))?,
+                ))
+            })
+            .await?;
+        let (sessions, one_time, revoked, cutoffs, mail) = candidates;
+        if sessions.len() + one_time.len() + revoked.len() + cutoffs.len() + mail.len() == 0 {
+            return Ok(SweepReport::default());
+        }
+        self.write(move |tx| {
+            let mut report = SweepReport::default();
+            for k in sessions {
+                if let Some(s) = tx.get_json::<SessionRecord>(T::Sessions, &k)? {
+                    if domain::session_is_dead(&s, &r) {
+                        tx.delete_session(&s);
+                        report.sessions += 1;
+                    }
+                }
+            }
+            for k in one_time {
+                if let Some(t) = tx.get_json::<OneTimeToken>(T::OneTime, &k)? {
+                    if domain::one_time_is_dead(&t, &r) {
+                        tx.remove(T::OneTime, k);
+                        report.one_time += 1;
+                    }
+                }
+            }
+            for k in revoked {
+                if let Some(v) = tx.get(T::Revoked, &k)? {
+                    if domain::revocation_is_dead(&parse_revoked(&k, &v)?, &r) {
+                        tx.remove(T::Revoked, k);
+                        report.revocations += 1;
+                    }
+                }
+            }
+            for k in cutoffs {
+                if let Some(v) = tx.get(T::Cutoffs, &k)? {
+                    let rev = Revocation::Cutoff(decode_uuid(&k)?, decode_i64(&v, "cutoff")?);
+                    if domain::revocation_is_dead(&rev, &r) {
+                        tx.remove(T::Cutoffs, k);
+                        report.cutoffs += 1;
+                    }
+                }
+            }
+            for k in mail {
+                if let Some(m) = tx.get_json::<OutboxMessage>(T::Outbox, &k)? {
+                    if domain::mail_is_dead(&m, &r) {
+                        tx.remove(T::Outbox, k);
+                        report.mail += 1;
+                    }
+                }
+            }
+            Ok(report)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|t| t.meta.get(INTENT).map(drop).map_err(backend))
+            .await
     }
 }
 
@@ -504,70 +928,71 @@ impl Store for SledStore {
 mod tests {
     use super::*;
 
-    fn user(email: &str) -> User {
-        User {
-            id: Uuid::new_v4(),
-            email: email.into(),
-            username: None,
-            password_hash: "x".into(),
-            email_verified: false,
-            roles: vec![],
-            created_at: 1,
-            disabled: false,
-            password_version: 0,
+    #[test]
+    fn intent_records_round_trip() {
+        let writes = vec![
+            Write {
+                tree: T::Users as u8,
+                key: b"k1".to_vec(),
+                value: Some(b"v1".to_vec()),
+            },
+            Write {
+                tree: T::Outbox as u8,
+                key: vec![],
+                value: None,
+            },
+            Write {
+                tree: T::Emails as u8,
+                key: vec![0; 300],
+                value: Some(vec![]),
+            },
+        ];
+        let enc = encode_intent(&writes);
+        assert_eq!(decode_intent(&enc).unwrap(), writes);
+        for cut in 1..enc.len() {
+            assert_ne!(decode_intent(&enc[..cut]).ok(), Some(writes.clone()));
         }
+        assert!(decode_intent(&[42, 0, 0, 0, 0, 0]).is_err());
     }
 
     #[test]
-    fn email_is_unique() {
+    fn an_interrupted_batch_is_completed_at_open() {
         let dir = tempfile::tempdir().unwrap();
+        let user = Uuid::new_v4();
+        {
+            // A crash after the intent and the first write of a batch.
+            let db = sled::open(dir.path()).unwrap();
+            let writes = vec![
+                Write {
+                    tree: T::Emails as u8,
+                    key: b"a@x.org".to_vec(),
+                    value: Some(user.as_bytes().to_vec()),
+                },
+                Write {
+                    tree: T::Users as u8,
+                    key: user.as_bytes().to_vec(),
+                    value: Some(
+                        serde_json::to_vec(&serde_json::json!({
+                            "id": user, "email": "a@x.org", "username": null,
+                            "password_hash": "h", "email_verified": false, "roles": [],
+                            "created_at": 1, "disabled": false, "password_version": 0
+                        }))
+                        .unwrap(),
+                    ),
+                },
+            ];
+            db.open_tree("meta")
+                .unwrap()
+                .insert(INTENT, encode_intent(&writes))
+                .unwrap();
+            db.open_tree("emails")
+                .unwrap()
+                .insert(b"a@x.org", user.as_bytes().to_vec())
+                .unwrap();
+            db.flush().unwrap();
+        }
         let s = SledStore::open(dir.path()).unwrap();
-        s.create_user(&user("a@x.org"), None).unwrap();
-        assert!(matches!(
-            s.create_user(&user("a@x.org"), None),
-            Err(StoreError::Conflict)
-        ));
-        assert_eq!(s.list_users().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn rotation_detects_reuse() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
-        let sess = SessionRecord {
-            id: Uuid::new_v4(),
-            user_id: Uuid::new_v4(),
-            refresh_hash: "h1".into(),
-            previous_hashes: vec![],
-            rotated_at: 0,
-            grace_successor: None,
-            created_at: 0,
-            last_used_at: 0,
-            expires_at: 1000,
-            ip: String::new(),
-            user_agent: String::new(),
-        };
-        s.create_session(&sess).unwrap();
-        let rot = |p: &'static str, n: &'static str| Rotation {
-            presented_hash: p,
-            new_hash: n,
-            new_plain: "plain",
-            now: 10,
-            grace_secs: 0,
-            idle_secs: 100,
-        };
-        assert!(matches!(
-            s.rotate_refresh(&rot("h1", "h2")).unwrap(),
-            RotateOutcome::Rotated(_)
-        ));
-        assert!(matches!(
-            s.rotate_refresh(&rot("h1", "h3")).unwrap(),
-            RotateOutcome::Reused(_)
-        ));
-        assert!(matches!(
-            s.rotate_refresh(&rot("h2", "h4")).unwrap(),
-            RotateOutcome::Invalid
-        ));
-        assert!(s.find_session(&sess.id).unwrap().is_none());
+        let found = block_on(s.find_user_by_email("a@x.org")).unwrap().unwrap();
+        assert_eq!(found.map(|u| u.id), Some(user));
     }
 }

@@ -96,8 +96,8 @@ async fn wait_token(smtp: &SmtpServer, to: &str, link_prefix: &str, n: usize) ->
     }
 }
 
-fn outbox(gw: &TestGateway) -> Vec<OutboxMessage> {
-    gw.handle().auth.store.list_mail().expect("read outbox")
+async fn outbox(gw: &TestGateway) -> Vec<OutboxMessage> {
+    gw.handle().auth.store.list_mail().await.expect("read outbox")
 }
 
 /// Polls the outbox until `cond` holds for the messages to `to`.
@@ -109,7 +109,7 @@ async fn wait_outbox(
 ) -> Vec<OutboxMessage> {
     let deadline = Instant::now() + WAIT;
     loop {
-        let msgs: Vec<_> = outbox(gw).into_iter().filter(|m| m.to == to).collect();
+        let msgs: Vec<_> = outbox(gw).await.into_iter().filter(|m| m.to == to).collect();
         if cond(&msgs) {
             return msgs;
         }
@@ -131,7 +131,7 @@ async fn assert_no_mail_to(gw: &TestGateway, to: &str) {
         mails_to(gw.smtp(), to)
     );
     assert!(
-        outbox(gw).iter().all(|m| m.to != to),
+        outbox(gw).await.iter().all(|m| m.to != to),
         "nothing may be queued for {to}"
     );
 }
@@ -251,9 +251,10 @@ async fn register_mails_a_verification_link_that_works_once() {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
     let store = &gw.handle().auth.store;
-    assert!(store.find_one_time(&token).unwrap().is_none());
+    assert!(store.find_one_time(&token).await.unwrap().is_none());
     let rec = store
         .find_one_time(&token_hash(&token))
+        .await
         .unwrap()
         .expect("stored under its hash");
     assert_eq!(rec.kind, OneTimeKind::EmailVerify);
@@ -553,6 +554,7 @@ async fn password_reset_end_to_end() {
         .auth
         .store
         .find_one_time(&token)
+        .await
         .unwrap()
         .is_none());
     assert_no_mail_to(&gw, "nobody@example.com").await;
@@ -971,7 +973,7 @@ async fn queued_mail_survives_a_restart() {
     .await;
 
     gw.restart();
-    let kept: Vec<_> = outbox(&gw)
+    let kept: Vec<_> = outbox(&gw).await
         .into_iter()
         .filter(|m| m.to == "sam@example.com")
         .collect();
@@ -1028,7 +1030,7 @@ async fn permanent_failure_is_marked_counted_and_kept() {
     gw.clock.advance(3600);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(mails_to(gw.smtp(), "tess@example.com").is_empty());
-    let still: Vec<_> = outbox(&gw)
+    let still: Vec<_> = outbox(&gw).await
         .into_iter()
         .filter(|m| m.to == "tess@example.com")
         .collect();
@@ -1168,7 +1170,8 @@ async fn cr_lf_in_addresses_and_names_is_rejected_before_any_mail() {
         "{:?}",
         gw.smtp().messages()
     );
-    assert!(outbox(&gw).is_empty(), "{:?}", outbox(&gw));
+    let left = outbox(&gw).await;
+    assert!(left.is_empty(), "{left:?}");
 
     // A configured sender name with CR/LF never gets as far as a gateway.
     let toml = gw.toml.replacen(

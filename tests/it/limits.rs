@@ -149,7 +149,7 @@ async fn throttle_state_survives_a_restart() {
     // without waiting for a shutdown.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let saved = gw.handle().auth.store.load_counters().unwrap();
+        let saved = gw.handle().auth.store.load_counters().await.unwrap();
         if saved
             .iter()
             .any(|(k, c)| k.contains("127.0.0.1") && c.count >= 3)

@@ -210,6 +210,23 @@ retry_base_secs = 30
         self.handle.as_ref().expect("gateway is running")
     }
 
+    /// Move the clock past the next maintenance sweep and wait (bounded)
+    /// until the gateway has done it.
+    pub async fn sweep(&self) {
+        use std::sync::atomic::Ordering;
+        let sweeps = self.handle().sweeps.clone();
+        let before = sweeps.load(Ordering::SeqCst);
+        self.clock.advance(portcullis::server::SWEEP_EVERY);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sweeps.load(Ordering::SeqCst) == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no maintenance sweep within 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

@@ -1,0 +1,587 @@
+//! The rules of every state change, as pure functions of the current
+//! record: `apply(op, current, now) -> new | Conflict`. Each backend reads
+//! the current record inside its atomic step, calls one of these, and
+//! writes what it returns; no backend has rules of its own.
+
+use uuid::Uuid;
+
+use super::{
+    Counter, Delivery, OneTimeKind, OneTimeToken, OutboxMessage, Redeem, RefreshPolicy,
+    Retention, Revocation, RotateOutcome, SessionRecord, Sessions, Stamp, StoreError, User,
+    UserChange,
+};
+
+/// What a user change does besides the record itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cascade {
+    /// Sessions to end (and whose tokens to revoke).
+    pub end: Option<Sessions>,
+    /// Void every token issued until now.
+    pub cutoff: bool,
+}
+
+impl Cascade {
+    const NONE: Cascade = Cascade {
+        end: None,
+        cutoff: false,
+    };
+    const EVERYTHING: Cascade = Cascade {
+        end: Some(Sessions::All),
+        cutoff: true,
+    };
+}
+
+/// Apply `change` to `current`. `Conflict` when its precondition fails.
+pub fn apply_user_change(current: &User, change: &UserChange) -> Result<(User, Cascade), StoreError> {
+    let mut u = current.clone();
+    let cascade = match change {
+        UserChange::SetPassword {
+            hash,
+            expect_version,
+            keep,
+        } => {
+            if u.password_version != *expect_version || u.disabled {
+                return Err(StoreError::Conflict);
+            }
+            set_password(&mut u, hash);
+            match keep {
+                Some(sid) => Cascade {
+                    end: Some(Sessions::AllBut(*sid)),
+                    cutoff: false,
+                },
+                None => Cascade::EVERYTHING,
+            }
+        }
+        UserChange::Disable => {
+            u.disabled = true;
+            Cascade::EVERYTHING
+        }
+        UserChange::AddRole(r) => {
+            if !u.roles.contains(r) {
+                u.roles.push(r.clone());
+            }
+            Cascade::NONE
+        }
+        UserChange::RemoveRole(r) => {
+            u.roles.retain(|x| x != r);
+            Cascade::EVERYTHING
+        }
+        UserChange::Profile { username } => {
+            if let Some(name) = username {
+                u.username = name.clone();
+            }
+            Cascade::NONE
+        }
+    };
+    Ok((u, cascade))
+}
+
+fn set_password(u: &mut User, hash: &str) {
+    u.password_hash = hash.to_string();
+    u.password_version += 1;
+}
+
+/// May a session be created for `user`, decided when its password was
+/// checked at `expect_password_version`?
+pub fn check_session_start(user: &User, expect_password_version: u64) -> Result<(), StoreError> {
+    if user.disabled || user.password_version != expect_password_version {
+        return Err(StoreError::Conflict);
+    }
+    Ok(())
+}
+
+/// Is a session still usable at `now`?
+pub fn session_is_live(s: &SessionRecord, now: i64, idle_secs: u64) -> bool {
+    now < s.expires_at && now < s.last_used_at.saturating_add(idle_secs as i64)
+}
+
+/// Judge generation `presented` of session `s`. Returns the record to
+/// write (`None`: delete the session) and the outcome.
+pub fn rotate(
+    s: &SessionRecord,
+    presented: u64,
+    p: &RefreshPolicy,
+) -> (Option<SessionRecord>, RotateOutcome) {
+    if !session_is_live(s, p.now, p.idle_secs) {
+        return (None, RotateOutcome::Invalid);
+    }
+    if presented == s.generation {
+        let mut next = s.clone();
+        next.generation += 1;
+        next.rotated_at = p.now;
+        next.last_used_at = p.now;
+        return (Some(next.clone()), RotateOutcome::Rotated(next));
+    }
+    if presented.saturating_add(1) == s.generation
+        && p.grace_secs > 0
+        && p.now < s.rotated_at.saturating_add(p.grace_secs as i64)
+    {
+        return (Some(s.clone()), RotateOutcome::Grace(s.clone()));
+    }
+    if presented < s.generation {
+        let revoked = vec![Revocation::Session(s.id, p.revoke_until)];
+        return (None, RotateOutcome::Reused(s.clone(), revoked));
+    }
+    // A generation from the future cannot have been issued by this
+    // database (a restored backup, or a forged token): fail closed.
+    (None, RotateOutcome::Invalid)
+}
+
+/// Which of a user's sessions `which` selects.
+pub fn selects(which: Sessions, sid: &Uuid) -> bool {
+    match which {
+        Sessions::All => true,
+        Sessions::AllBut(keep) => *sid != keep,
+        Sessions::One(one) => *sid == one,
+    }
+}
+
+/// The revocations for ending `sessions` (and a cutoff, if asked).
+pub fn revocations_for(
+    user_id: Uuid,
+    sessions: &[Uuid],
+    cutoff: bool,
+    stamp: Stamp,
+) -> Vec<Revocation> {
+    let mut out: Vec<Revocation> = sessions
+        .iter()
+        .map(|sid| Revocation::Session(*sid, stamp.revoke_until))
+        .collect();
+    if cutoff {
+        out.push(Revocation::Cutoff(user_id, stamp.now));
+    }
+    out
+}
+
+/// Is a one-time token still good for `redeem`, given the user's current
+/// record and the newest issue sequence of its kind?
+pub fn check_redeem(
+    t: &OneTimeToken,
+    redeem: &Redeem,
+    user: &User,
+    newest_seq: u64,
+    now: i64,
+) -> Result<(), StoreError> {
+    let kind = match redeem {
+        Redeem::VerifyEmail => OneTimeKind::EmailVerify,
+        Redeem::ResetPassword { .. } => OneTimeKind::PasswordReset,
+    };
+    let good = t.kind == kind
+        && t.expires_at > now
+        && t.user_id == user.id
+        && t.email == user.email
+        && !user.disabled
+        && match kind {
+            OneTimeKind::EmailVerify => true,
+            // Only the newest reset link, and only until the password changes.
+            OneTimeKind::PasswordReset => {
+                t.issued_seq == newest_seq && t.password_version == user.password_version
+            }
+        };
+    if good {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict)
+    }
+}
+
+/// Apply a redeemed token to the user.
+pub fn apply_redeem(current: &User, redeem: &Redeem) -> (User, Cascade) {
+    let mut u = current.clone();
+    match redeem {
+        Redeem::VerifyEmail => {
+            u.email_verified = true;
+            (u, Cascade::NONE)
+        }
+        Redeem::ResetPassword { hash } => {
+            set_password(&mut u, hash);
+            (u, Cascade::EVERYTHING)
+        }
+    }
+}
+
+/// Apply a delivery attempt to the current message: `None` = remove it.
+pub fn apply_delivery(m: &OutboxMessage, d: &Delivery) -> Option<OutboxMessage> {
+    match d {
+        Delivery::Sent => None,
+        Delivery::Failed {
+            error,
+            retry_at,
+            give_up,
+            now,
+        } => {
+            let mut m = m.clone();
+            m.attempts += 1;
+            m.last_error = Some(error.clone());
+            if *give_up {
+                m.failed = true;
+                m.failed_at = Some(*now);
+            } else {
+                m.next_attempt_at = *retry_at;
+            }
+            Some(m)
+        }
+    }
+}
+
+// ----- what the sweep may remove
+
+pub fn session_is_dead(s: &SessionRecord, r: &Retention) -> bool {
+    !session_is_live(s, r.now, r.idle_secs)
+}
+
+pub fn one_time_is_dead(t: &OneTimeToken, r: &Retention) -> bool {
+    t.expires_at <= r.now
+}
+
+pub fn revocation_is_dead(rev: &Revocation, r: &Retention) -> bool {
+    match *rev {
+        Revocation::Token(_, until) | Revocation::Session(_, until) => until <= r.now,
+        Revocation::Cutoff(_, at) => at < r.cutoff_horizon,
+    }
+}
+
+pub fn mail_is_dead(m: &OutboxMessage, r: &Retention) -> bool {
+    m.failed
+        && m.failed_at
+            .unwrap_or(m.created_at)
+            .saturating_add(r.failed_mail_secs as i64)
+            <= r.now
+}
+
+// ----- login attempts and throttles (kept in memory by `auth::throttle`)
+
+/// The account-lockout policy.
+#[derive(Debug, Clone, Copy)]
+pub struct LockoutPolicy {
+    pub max_failures: u32,
+    pub window_secs: u64,
+    pub lock_secs: u64,
+}
+
+impl Counter {
+    fn roll(&mut self, now: i64, window: u64) {
+        if now >= self.window_start.saturating_add(window as i64) {
+            self.window_start = now;
+            self.count = 0;
+        }
+    }
+
+    /// Count one event: at most `limit` per `window`. `Err(retry_after)`
+    /// when the budget is spent.
+    pub fn hit(&mut self, now: i64, limit: u32, window: u64) -> Result<(), u64> {
+        self.roll(now, window);
+        if self.count >= limit {
+            return Err((self.window_start + window as i64 - now).max(1) as u64);
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Seconds left on a lock.
+    pub fn locked_for(&self, now: i64) -> Option<u64> {
+        (self.locked_until > now).then(|| (self.locked_until - now) as u64)
+    }
+
+    /// Reserve one attempt before it is evaluated: failures so far plus
+    /// attempts in flight may not exceed the budget, so however many
+    /// arrive at once, at most `max_failures` are ever evaluated per
+    /// window. `Err(retry_after)` when locked or the budget is taken.
+    pub fn reserve(&mut self, now: i64, p: &LockoutPolicy) -> Result<(), u64> {
+        if let Some(left) = self.locked_for(now) {
+            return Err(left.max(1));
+        }
+        self.roll(now, p.window_secs);
+        if self.count.saturating_add(self.pending) >= p.max_failures {
+            // The attempts in flight settle within a hash or two.
+            return Err(1);
+        }
+        self.pending += 1;
+        Ok(())
+    }
+
+    /// Settle a reservation. A failure is counted (and may lock: returns
+    /// true when this one did); a success or an attempt that was never
+    /// evaluated only gives its own reservation back.
+    pub fn settle(&mut self, now: i64, p: &LockoutPolicy, failed: bool) -> bool {
+        self.pending = self.pending.saturating_sub(1);
+        if !failed {
+            return false;
+        }
+        self.roll(now, p.window_secs);
+        self.count += 1;
+        if self.count >= p.max_failures {
+            self.locked_until = now + p.lock_secs as i64;
+            self.count = 0;
+            self.window_start = now;
+            return true;
+        }
+        false
+    }
+
+    /// Nothing worth keeping: no lock, nothing in flight, window over.
+    pub fn is_idle(&self, now: i64, window: u64) -> bool {
+        self.pending == 0
+            && self.locked_until <= now
+            && now >= self.window_start.saturating_add(window as i64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> User {
+        User {
+            id: Uuid::new_v4(),
+            email: "a@x.org".into(),
+            username: None,
+            password_hash: "h0".into(),
+            email_verified: false,
+            roles: vec!["a".into()],
+            created_at: 0,
+            disabled: false,
+            password_version: 3,
+        }
+    }
+
+    fn session(generation: u64) -> SessionRecord {
+        SessionRecord {
+            id: Uuid::new_v4(),
+            user_id: Uuid::new_v4(),
+            generation,
+            seed: String::new(),
+            rotated_at: 100,
+            created_at: 0,
+            last_used_at: 100,
+            expires_at: 1000,
+            ip: String::new(),
+            user_agent: String::new(),
+        }
+    }
+
+    fn policy(now: i64, grace: u64) -> RefreshPolicy {
+        RefreshPolicy {
+            now,
+            grace_secs: grace,
+            idle_secs: 500,
+            revoke_until: now + 60,
+        }
+    }
+
+    #[test]
+    fn set_password_needs_the_version_it_was_decided_on() {
+        let u = user();
+        let change = |v| UserChange::SetPassword {
+            hash: "h1".into(),
+            expect_version: v,
+            keep: None,
+        };
+        assert!(matches!(
+            apply_user_change(&u, &change(2)),
+            Err(StoreError::Conflict)
+        ));
+        let (n, c) = apply_user_change(&u, &change(3)).unwrap();
+        assert_eq!((n.password_version, n.password_hash.as_str()), (4, "h1"));
+        assert_eq!(c, Cascade::EVERYTHING);
+        // Applied twice with the same expectation: the second is stale.
+        assert!(apply_user_change(&n, &change(3)).is_err());
+    }
+
+    #[test]
+    fn set_password_keeps_one_session_and_refuses_disabled_users() {
+        let mut u = user();
+        let keep = Uuid::new_v4();
+        let change = UserChange::SetPassword {
+            hash: "h1".into(),
+            expect_version: 3,
+            keep: Some(keep),
+        };
+        let (_, c) = apply_user_change(&u, &change).unwrap();
+        assert_eq!(c.end, Some(Sessions::AllBut(keep)));
+        assert!(!c.cutoff);
+        u.disabled = true;
+        assert!(apply_user_change(&u, &change).is_err());
+    }
+
+    #[test]
+    fn admin_changes_are_idempotent_and_apply_to_the_current_record() {
+        let u = user();
+        let (u1, c) = apply_user_change(&u, &UserChange::AddRole("b".into())).unwrap();
+        assert_eq!(c, Cascade::NONE);
+        let (u2, _) = apply_user_change(&u1, &UserChange::AddRole("b".into())).unwrap();
+        assert_eq!(u2.roles, ["a", "b"]);
+        let (u3, c) = apply_user_change(&u2, &UserChange::RemoveRole("a".into())).unwrap();
+        assert_eq!((u3.roles.as_slice(), c), (&["b".to_string()][..], Cascade::EVERYTHING));
+        let (u4, c) = apply_user_change(&u3, &UserChange::Disable).unwrap();
+        assert!(u4.disabled && c == Cascade::EVERYTHING);
+        // A profile patch touches only its own field.
+        let patch = UserChange::Profile {
+            username: Some(Some("neo".into())),
+        };
+        let (u5, _) = apply_user_change(&u4, &patch).unwrap();
+        assert_eq!(u5.username.as_deref(), Some("neo"));
+        assert!(u5.disabled);
+        assert_eq!(u5.roles, ["b"]);
+        let (u6, _) = apply_user_change(&u5, &UserChange::Profile { username: None }).unwrap();
+        assert_eq!(u6, u5);
+    }
+
+    #[test]
+    fn sessions_start_only_for_the_checked_unchanged_user() {
+        let mut u = user();
+        assert!(check_session_start(&u, 3).is_ok());
+        assert!(check_session_start(&u, 2).is_err());
+        u.disabled = true;
+        assert!(check_session_start(&u, 3).is_err());
+    }
+
+    #[test]
+    fn rotation_by_generation() {
+        let s = session(5);
+        let (w, o) = rotate(&s, 5, &policy(200, 0));
+        let w = w.unwrap();
+        assert_eq!((w.generation, w.rotated_at, w.last_used_at), (6, 200, 200));
+        assert_eq!(o, RotateOutcome::Rotated(w.clone()));
+        // The previous generation without grace, or any older one, is reuse.
+        for old in [4, 5, 0] {
+            let (w2, o) = rotate(&w, old, &policy(201, 0));
+            assert!(w2.is_none());
+            assert!(matches!(o, RotateOutcome::Reused(_, ref r) if r == &vec![Revocation::Session(s.id, 261)]));
+        }
+        // A generation that was never issued fails closed.
+        assert!(matches!(rotate(&w, 9, &policy(201, 0)), (None, RotateOutcome::Invalid)));
+    }
+
+    #[test]
+    fn grace_hands_out_the_current_generation_only_just_after_rotation() {
+        let s = session(5);
+        let (w, _) = rotate(&s, 5, &policy(200, 10));
+        let w = w.unwrap();
+        let (same, o) = rotate(&w, 5, &policy(205, 10));
+        assert_eq!(same.as_ref(), Some(&w));
+        assert_eq!(o, RotateOutcome::Grace(w.clone()));
+        assert!(matches!(rotate(&w, 5, &policy(210, 10)).1, RotateOutcome::Reused(..)));
+        assert!(matches!(rotate(&w, 4, &policy(205, 10)).1, RotateOutcome::Reused(..)));
+    }
+
+    #[test]
+    fn expired_and_idle_sessions_are_invalid_and_removed() {
+        let s = session(1);
+        assert!(matches!(rotate(&s, 1, &policy(1000, 0)), (None, RotateOutcome::Invalid)));
+        assert!(matches!(rotate(&s, 1, &policy(600, 0)), (None, RotateOutcome::Invalid)));
+        assert!(session_is_live(&s, 599, 500));
+    }
+
+    #[test]
+    fn redeem_rules() {
+        let u = user();
+        let t = OneTimeToken {
+            kind: OneTimeKind::PasswordReset,
+            user_id: u.id,
+            email: u.email.clone(),
+            password_version: 3,
+            expires_at: 100,
+            issued_seq: 2,
+        };
+        let reset = Redeem::ResetPassword { hash: "n".into() };
+        assert!(check_redeem(&t, &reset, &u, 2, 50).is_ok());
+        assert!(check_redeem(&t, &reset, &u, 3, 50).is_err(), "not the newest");
+        assert!(check_redeem(&t, &reset, &u, 2, 100).is_err(), "expired");
+        assert!(check_redeem(&t, &Redeem::VerifyEmail, &u, 2, 50).is_err(), "wrong kind");
+        let (changed, _) = apply_redeem(&u, &reset);
+        assert!(check_redeem(&t, &reset, &changed, 2, 50).is_err(), "password changed since");
+        let mut disabled = u.clone();
+        disabled.disabled = true;
+        assert!(check_redeem(&t, &reset, &disabled, 2, 50).is_err());
+    }
+
+    #[test]
+    fn reservations_bound_evaluated_attempts() {
+        let p = LockoutPolicy {
+            max_failures: 5,
+            window_secs: 60,
+            lock_secs: 300,
+        };
+        let mut c = Counter::default();
+        // 20 at once: exactly 5 are let through to be evaluated.
+        let granted = (0..20).filter(|_| c.reserve(10, &p).is_ok()).count();
+        assert_eq!(granted, 5);
+        // Four fail, one never ran: the budget has one attempt left.
+        for _ in 0..4 {
+            assert!(!c.settle(10, &p, true));
+        }
+        c.settle(10, &p, false);
+        assert!(c.reserve(10, &p).is_ok());
+        assert!(c.reserve(10, &p).is_err());
+        // The fifth failure locks, for everyone, right password or not.
+        assert!(c.settle(11, &p, true));
+        assert_eq!(c.reserve(11, &p), Err(300));
+        assert_eq!(c.reserve(310, &p), Err(1));
+        assert!(c.reserve(311, &p).is_ok());
+    }
+
+    #[test]
+    fn a_success_gives_back_only_its_own_reservation() {
+        let p = LockoutPolicy {
+            max_failures: 3,
+            window_secs: 60,
+            lock_secs: 300,
+        };
+        let mut c = Counter::default();
+        c.reserve(0, &p).unwrap();
+        c.settle(0, &p, true);
+        c.reserve(0, &p).unwrap();
+        c.settle(0, &p, false);
+        assert_eq!((c.count, c.pending), (1, 0));
+        // The window rolls over.
+        c.reserve(0, &p).unwrap();
+        c.settle(0, &p, true);
+        assert_eq!(c.count, 2);
+        c.reserve(60, &p).unwrap();
+        assert_eq!((c.count, c.pending), (0, 1));
+    }
+
+    #[test]
+    fn sweep_predicates() {
+        let r = Retention {
+            now: 1000,
+            idle_secs: 500,
+            failed_mail_secs: 100,
+            cutoff_horizon: 900,
+        };
+        assert!(session_is_dead(&session(0), &r));
+        let id = Uuid::new_v4();
+        assert!(revocation_is_dead(&Revocation::Token(id, 1000), &r));
+        assert!(!revocation_is_dead(&Revocation::Session(id, 1001), &r));
+        assert!(revocation_is_dead(&Revocation::Cutoff(id, 899), &r));
+        assert!(!revocation_is_dead(&Revocation::Cutoff(id, 900), &r));
+        let mut m = OutboxMessage {
+            id,
+            kind: "k".into(),
+            to: "t".into(),
+            subject: "s".into(),
+            body: "b".into(),
+            created_at: 0,
+            attempts: 0,
+            next_attempt_at: 0,
+            failed: false,
+            last_error: None,
+            failed_at: None,
+        };
+        assert!(!mail_is_dead(&m, &r), "pending mail is never swept");
+        m = apply_delivery(
+            &m,
+            &Delivery::Failed {
+                error: "e".into(),
+                retry_at: 0,
+                give_up: true,
+                now: 950,
+            },
+        )
+        .unwrap();
+        assert!(!mail_is_dead(&m, &r));
+        m.failed_at = Some(900);
+        assert!(mail_is_dead(&m, &r));
+    }
+}
