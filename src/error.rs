@@ -145,10 +145,10 @@ impl ApiError {
                 "www-authenticate",
                 "Bearer error=\"invalid_token\"".to_string(),
             )),
-            ApiError::TooManyRequests { retry_after } | ApiError::Unavailable { retry_after, .. } => {
-                resp.headers
-                    .push(("retry-after", retry_after.max(&1).to_string()))
-            }
+            ApiError::TooManyRequests { retry_after }
+            | ApiError::Unavailable { retry_after, .. } => resp
+                .headers
+                .push(("retry-after", retry_after.max(&1).to_string())),
             _ => {}
         }
         resp

@@ -87,8 +87,8 @@ impl AuthService {
         // Admin changes name the user by email and apply to the current
         // record, so they compose with concurrent user requests.
         let change = |raw: String, change: UserChange| async move {
-            let e =
-                email::normalize(&raw).ok_or_else(|| AdminError::Invalid("invalid email".into()))?;
+            let e = email::normalize(&raw)
+                .ok_or_else(|| AdminError::Invalid("invalid email".into()))?;
             let user = self
                 .store
                 .find_user_by_email(&e)

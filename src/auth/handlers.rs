@@ -352,7 +352,11 @@ impl AuthService {
 
     /// The session of a live refresh token of `user`: authentic, current
     /// generation, not expired or idle. A rotated token is no device.
-    async fn live_device(&self, user: &User, token: &str) -> Result<Option<SessionRecord>, ApiError> {
+    async fn live_device(
+        &self,
+        user: &User,
+        token: &str,
+    ) -> Result<Option<SessionRecord>, ApiError> {
         let Some(p) = RefreshKeys::parse(token) else {
             return Ok(None);
         };

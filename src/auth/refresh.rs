@@ -139,7 +139,11 @@ mod tests {
         let k = RefreshKeys::with_key(&[7; 32]);
         let s = session(3);
         let t = k.token(&s);
-        assert!(t.len() >= 22 && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(
+            t.len() >= 22
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
         let p = RefreshKeys::parse(&t).unwrap();
         assert_eq!((p.sid, p.generation), (s.id, 3));
         assert!(k.is_authentic(&p, &s));
@@ -159,10 +163,7 @@ mod tests {
         assert!(!k.is_authentic(&p, &other_seed));
         let other = session(3);
         assert!(!k.is_authentic(&p, &other));
-        let bumped = Presented {
-            generation: 2,
-            ..p
-        };
+        let bumped = Presented { generation: 2, ..p };
         assert!(!k.is_authentic(&bumped, &s));
         // A session without a seed (written by an older version) has no
         // valid token at all.
@@ -170,7 +171,10 @@ mod tests {
         legacy.seed.clear();
         assert!(!k.is_authentic(&p, &legacy));
         for bad in ["", "x", "!!!!", &"A".repeat(75), &"A".repeat(500)] {
-            assert!(RefreshKeys::parse(bad).is_none() || !k.is_authentic(&RefreshKeys::parse(bad).unwrap(), &s));
+            assert!(
+                RefreshKeys::parse(bad).is_none()
+                    || !k.is_authentic(&RefreshKeys::parse(bad).unwrap(), &s)
+            );
         }
     }
 }

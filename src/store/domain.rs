@@ -6,9 +6,8 @@
 use uuid::Uuid;
 
 use super::{
-    Counter, Delivery, OneTimeKind, OneTimeToken, OutboxMessage, Redeem, RefreshPolicy,
-    Retention, Revocation, RotateOutcome, SessionRecord, Sessions, Stamp, StoreError, User,
-    UserChange,
+    Counter, Delivery, OneTimeKind, OneTimeToken, OutboxMessage, Redeem, RefreshPolicy, Retention,
+    Revocation, RotateOutcome, SessionRecord, Sessions, Stamp, StoreError, User, UserChange,
 };
 
 /// What a user change does besides the record itself.
@@ -32,7 +31,10 @@ impl Cascade {
 }
 
 /// Apply `change` to `current`. `Conflict` when its precondition fails.
-pub fn apply_user_change(current: &User, change: &UserChange) -> Result<(User, Cascade), StoreError> {
+pub fn apply_user_change(
+    current: &User,
+    change: &UserChange,
+) -> Result<(User, Cascade), StoreError> {
     let mut u = current.clone();
     let cascade = match change {
         UserChange::SetPassword {
@@ -412,7 +414,10 @@ mod tests {
         let (u2, _) = apply_user_change(&u1, &UserChange::AddRole("b".into())).unwrap();
         assert_eq!(u2.roles, ["a", "b"]);
         let (u3, c) = apply_user_change(&u2, &UserChange::RemoveRole("a".into())).unwrap();
-        assert_eq!((u3.roles.as_slice(), c), (&["b".to_string()][..], Cascade::EVERYTHING));
+        assert_eq!(
+            (u3.roles.as_slice(), c),
+            (&["b".to_string()][..], Cascade::EVERYTHING)
+        );
         let (u4, c) = apply_user_change(&u3, &UserChange::Disable).unwrap();
         assert!(u4.disabled && c == Cascade::EVERYTHING);
         // A profile patch touches only its own field.
@@ -447,10 +452,15 @@ mod tests {
         for old in [4, 5, 0] {
             let (w2, o) = rotate(&w, old, &policy(201, 0));
             assert!(w2.is_none());
-            assert!(matches!(o, RotateOutcome::Reused(_, ref r) if r == &vec![Revocation::Session(s.id, 261)]));
+            assert!(
+                matches!(o, RotateOutcome::Reused(_, ref r) if r == &vec![Revocation::Session(s.id, 261)])
+            );
         }
         // A generation that was never issued fails closed.
-        assert!(matches!(rotate(&w, 9, &policy(201, 0)), (None, RotateOutcome::Invalid)));
+        assert!(matches!(
+            rotate(&w, 9, &policy(201, 0)),
+            (None, RotateOutcome::Invalid)
+        ));
     }
 
     #[test]
@@ -461,15 +471,27 @@ mod tests {
         let (same, o) = rotate(&w, 5, &policy(205, 10));
         assert_eq!(same.as_ref(), Some(&w));
         assert_eq!(o, RotateOutcome::Grace(w.clone()));
-        assert!(matches!(rotate(&w, 5, &policy(210, 10)).1, RotateOutcome::Reused(..)));
-        assert!(matches!(rotate(&w, 4, &policy(205, 10)).1, RotateOutcome::Reused(..)));
+        assert!(matches!(
+            rotate(&w, 5, &policy(210, 10)).1,
+            RotateOutcome::Reused(..)
+        ));
+        assert!(matches!(
+            rotate(&w, 4, &policy(205, 10)).1,
+            RotateOutcome::Reused(..)
+        ));
     }
 
     #[test]
     fn expired_and_idle_sessions_are_invalid_and_removed() {
         let s = session(1);
-        assert!(matches!(rotate(&s, 1, &policy(1000, 0)), (None, RotateOutcome::Invalid)));
-        assert!(matches!(rotate(&s, 1, &policy(600, 0)), (None, RotateOutcome::Invalid)));
+        assert!(matches!(
+            rotate(&s, 1, &policy(1000, 0)),
+            (None, RotateOutcome::Invalid)
+        ));
+        assert!(matches!(
+            rotate(&s, 1, &policy(600, 0)),
+            (None, RotateOutcome::Invalid)
+        ));
         assert!(session_is_live(&s, 599, 500));
     }
 
@@ -486,11 +508,20 @@ mod tests {
         };
         let reset = Redeem::ResetPassword { hash: "n".into() };
         assert!(check_redeem(&t, &reset, &u, 2, 50).is_ok());
-        assert!(check_redeem(&t, &reset, &u, 3, 50).is_err(), "not the newest");
+        assert!(
+            check_redeem(&t, &reset, &u, 3, 50).is_err(),
+            "not the newest"
+        );
         assert!(check_redeem(&t, &reset, &u, 2, 100).is_err(), "expired");
-        assert!(check_redeem(&t, &Redeem::VerifyEmail, &u, 2, 50).is_err(), "wrong kind");
+        assert!(
+            check_redeem(&t, &Redeem::VerifyEmail, &u, 2, 50).is_err(),
+            "wrong kind"
+        );
         let (changed, _) = apply_redeem(&u, &reset);
-        assert!(check_redeem(&t, &reset, &changed, 2, 50).is_err(), "password changed since");
+        assert!(
+            check_redeem(&t, &reset, &changed, 2, 50).is_err(),
+            "password changed since"
+        );
         let mut disabled = u.clone();
         disabled.disabled = true;
         assert!(check_redeem(&t, &reset, &disabled, 2, 50).is_err());

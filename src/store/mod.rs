@@ -127,7 +127,9 @@ pub enum UserChange {
     /// Remove a role; ends every session and token (tokens carry roles).
     RemoveRole(String),
     /// Change only the fields present: `Some(None)` clears the username.
-    Profile { username: Option<Option<String>> },
+    Profile {
+        username: Option<Option<String>>,
+    },
 }
 
 /// The sessions a call ends.
@@ -179,7 +181,9 @@ pub struct OneTimeToken {
 pub enum Redeem {
     VerifyEmail,
     /// Set this password hash; ends every session and token.
-    ResetPassword { hash: String },
+    ResetPassword {
+        hash: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -156,7 +156,9 @@ fn revocation_entry(r: &Revocation) -> (T, Vec<u8>, i64) {
 fn parse_revoked(k: &[u8], v: &[u8]) -> StoreResult<Revocation> {
     let until = decode_i64(v, "revocation")?;
     let k = std::str::from_utf8(k).map_err(|_| StoreError::Corrupt("revocation key".into()))?;
-    let id = |s: &str| Uuid::parse_str(s).map_err(|_| StoreError::Corrupt(format!("revocation key {k}")));
+    let id = |s: &str| {
+        Uuid::parse_str(s).map_err(|_| StoreError::Corrupt(format!("revocation key {k}")))
+    };
     match k.split_once(':') {
         Some(("jti", s)) => Ok(Revocation::Token(id(s)?, until)),
         Some(("sid", s)) => Ok(Revocation::Session(id(s)?, until)),
@@ -176,7 +178,12 @@ struct Write {
 
 /// The intent record: every write of a batch, length-prefixed.
 fn encode_intent(writes: &[Write]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(writes.iter().map(|w| 10 + w.key.len() + w.value.as_ref().map_or(0, Vec::len)).sum());
+    let mut out = Vec::with_capacity(
+        writes
+            .iter()
+            .map(|w| 10 + w.key.len() + w.value.as_ref().map_or(0, Vec::len))
+            .sum(),
+    );
     for w in writes {
         out.push(w.tree);
         out.extend_from_slice(&(w.key.len() as u32).to_be_bytes());
@@ -269,7 +276,12 @@ impl<'a> Tx<'a> {
         if let Some(&i) = self.batch_index.get(&k) {
             return Ok(self.batch[i].value.clone());
         }
-        Ok(self.trees.tree(t).get(key).map_err(backend)?.map(|v| v.to_vec()))
+        Ok(self
+            .trees
+            .tree(t)
+            .get(key)
+            .map_err(backend)?
+            .map(|v| v.to_vec()))
     }
 
     fn get_json<V: DeserializeOwned>(&self, t: T, key: &[u8]) -> StoreResult<Option<V>> {
@@ -566,15 +578,18 @@ impl Store for SledStore {
     }
 
     async fn find_user(&self, id: Uuid) -> StoreResult<Option<User>> {
-        self.read(move |t| t.get_json(T::Users, id.as_bytes())).await
+        self.read(move |t| t.get_json(T::Users, id.as_bytes()))
+            .await
     }
 
     async fn find_user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
         let key = email_key(email);
-        self.read(move |t| match t.tree(T::Emails).get(&key).map_err(backend)? {
-            Some(id) => t.get_json(T::Users, &id),
-            None => Ok(None),
-        })
+        self.read(
+            move |t| match t.tree(T::Emails).get(&key).map_err(backend)? {
+                Some(id) => t.get_json(T::Users, &id),
+                None => Ok(None),
+            },
+        )
         .await
     }
 
@@ -631,7 +646,8 @@ impl Store for SledStore {
     }
 
     async fn find_session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>> {
-        self.read(move |t| t.get_json(T::Sessions, id.as_bytes())).await
+        self.read(move |t| t.get_json(T::Sessions, id.as_bytes()))
+            .await
     }
 
     async fn list_sessions(&self, user_id: Uuid) -> StoreResult<Vec<SessionRecord>> {
@@ -853,8 +869,12 @@ impl Store for SledStore {
                     Ok::<_, StoreError>(out)
                 };
                 Ok((
-                    dead(T::Sessions, &|_, v| Ok(domain::session_is_dead(&dec(v)?, &r)))?,
-                    dead(T::OneTime, &|_, v| Ok(domain::one_time_is_dead(&dec(v)?, &r)))?,
+                    dead(T::Sessions, &|_, v| {
+                        Ok(domain::session_is_dead(&dec(v)?, &r))
+                    })?,
+                    dead(T::OneTime, &|_, v| {
+                        Ok(domain::one_time_is_dead(&dec(v)?, &r))
+                    })?,
                     dead(T::Revoked, &|k, v| {
                         Ok(domain::revocation_is_dead(&parse_revoked(k, v)?, &r))
                     })?,

@@ -97,7 +97,12 @@ async fn wait_token(smtp: &SmtpServer, to: &str, link_prefix: &str, n: usize) ->
 }
 
 async fn outbox(gw: &TestGateway) -> Vec<OutboxMessage> {
-    gw.handle().auth.store.list_mail().await.expect("read outbox")
+    gw.handle()
+        .auth
+        .store
+        .list_mail()
+        .await
+        .expect("read outbox")
 }
 
 /// Polls the outbox until `cond` holds for the messages to `to`.
@@ -109,7 +114,11 @@ async fn wait_outbox(
 ) -> Vec<OutboxMessage> {
     let deadline = Instant::now() + WAIT;
     loop {
-        let msgs: Vec<_> = outbox(gw).await.into_iter().filter(|m| m.to == to).collect();
+        let msgs: Vec<_> = outbox(gw)
+            .await
+            .into_iter()
+            .filter(|m| m.to == to)
+            .collect();
         if cond(&msgs) {
             return msgs;
         }
@@ -973,7 +982,8 @@ async fn queued_mail_survives_a_restart() {
     .await;
 
     gw.restart();
-    let kept: Vec<_> = outbox(&gw).await
+    let kept: Vec<_> = outbox(&gw)
+        .await
         .into_iter()
         .filter(|m| m.to == "sam@example.com")
         .collect();
@@ -1030,7 +1040,8 @@ async fn permanent_failure_is_marked_counted_and_kept() {
     gw.clock.advance(3600);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(mails_to(gw.smtp(), "tess@example.com").is_empty());
-    let still: Vec<_> = outbox(&gw).await
+    let still: Vec<_> = outbox(&gw)
+        .await
         .into_iter()
         .filter(|m| m.to == "tess@example.com")
         .collect();

@@ -7,4 +7,6 @@ mod accounts;
 mod core_proxy;
 mod email;
 mod limits;
+mod races;
+mod store;
 mod tokens;

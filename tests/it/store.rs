@@ -1,0 +1,597 @@
+//! The store conformance suite: one set of tests over the `Store` trait,
+//! run against every backend (`conformance!` below instantiates it). Each
+//! concurrency test has N = 16 tasks race the same operation on one store
+//! and checks the outcome a correct backend must give: exactly one winner
+//! where one is required, nothing lost where every change must land.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use portcullis::store::*;
+use tokio::sync::Barrier;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+pub const N: usize = 16;
+const TTL: i64 = 1000;
+
+pub fn user(email: &str) -> User {
+    User {
+        id: Uuid::new_v4(),
+        email: email.into(),
+        username: None,
+        password_hash: "hash-0".into(),
+        email_verified: false,
+        roles: vec![],
+        created_at: 1,
+        disabled: false,
+        password_version: 0,
+    }
+}
+
+pub fn session(user: &User, now: i64) -> SessionRecord {
+    SessionRecord {
+        id: Uuid::new_v4(),
+        user_id: user.id,
+        generation: 0,
+        seed: "seed".into(),
+        rotated_at: now,
+        created_at: now,
+        last_used_at: now,
+        expires_at: now + TTL,
+        ip: "127.0.0.1".into(),
+        user_agent: "test".into(),
+    }
+}
+
+fn stamp(now: i64) -> Stamp {
+    Stamp {
+        now,
+        revoke_until: now + 60,
+    }
+}
+
+fn policy(now: i64) -> RefreshPolicy {
+    RefreshPolicy {
+        now,
+        grace_secs: 0,
+        idle_secs: 500,
+        revoke_until: now + 60,
+    }
+}
+
+fn mail(to: &str) -> OutboxMessage {
+    OutboxMessage {
+        id: Uuid::new_v4(),
+        kind: "test".into(),
+        to: to.into(),
+        subject: "s".into(),
+        body: "b".into(),
+        created_at: 1,
+        attempts: 0,
+        next_attempt_at: 0,
+        failed: false,
+        last_error: None,
+        failed_at: None,
+    }
+}
+
+/// Run `f(i)` for i in 0..N, all released at once; results in order.
+async fn race<T, F, Fut>(f: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let barrier = Arc::new(Barrier::new(N));
+    let mut set = JoinSet::new();
+    for i in 0..N {
+        let (b, fut) = (barrier.clone(), f(i));
+        set.spawn(async move {
+            b.wait().await;
+            (i, fut.await)
+        });
+    }
+    let mut out: Vec<Option<T>> = (0..N).map(|_| None).collect();
+    while let Some(r) = set.join_next().await {
+        let (i, v) = r.unwrap();
+        out[i] = Some(v);
+    }
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+fn conflicts<T>(rs: &[StoreResult<T>]) -> usize {
+    rs.iter()
+        .filter(|r| matches!(r, Err(StoreError::Conflict)))
+        .count()
+}
+
+// ----- the suite
+
+pub async fn unique_email_has_one_winner(s: Arc<dyn Store>) {
+    let rs = race(|i| {
+        let s = s.clone();
+        // Every spelling of one address.
+        let email = if i % 2 == 0 {
+            "Race@Example.com"
+        } else {
+            "race@example.com"
+        };
+        let u = user(email);
+        async move { s.create_user(u, Some(mail("race@example.com"))).await }
+    })
+    .await;
+    assert_eq!(rs.iter().filter(|r| r.is_ok()).count(), 1);
+    assert_eq!(conflicts(&rs), N - 1);
+    assert_eq!(s.list_users().await.unwrap().len(), 1);
+    // Only the winner's mail was queued with it.
+    assert_eq!(s.list_mail().await.unwrap().len(), 1);
+    let found = s.find_user_by_email("RACE@example.COM").await.unwrap();
+    assert!(found.is_some());
+}
+
+pub async fn one_refresh_generation_has_one_winner(s: Arc<dyn Store>) {
+    let u = user("rot@example.com");
+    s.create_user(u.clone(), None).await.unwrap();
+    let sess = session(&u, 100);
+    s.create_session(sess.clone(), 0).await.unwrap();
+    let rs = race(|_| {
+        let s = s.clone();
+        async move { s.rotate_refresh(sess.id, 0, policy(110)).await.unwrap() }
+    })
+    .await;
+    let rotated = rs
+        .iter()
+        .filter(|o| matches!(o, RotateOutcome::Rotated(_)))
+        .count();
+    let reused = rs
+        .iter()
+        .filter(|o| matches!(o, RotateOutcome::Reused(..)))
+        .count();
+    assert_eq!(rotated, 1, "{rs:?}");
+    // The first loser detects reuse and ends the session; later ones find
+    // no session at all.
+    assert!(reused >= 1, "{rs:?}");
+    assert!(s.find_session(sess.id).await.unwrap().is_none());
+    let revs = s.list_revocations().await.unwrap();
+    assert!(
+        revs.contains(&Revocation::Session(sess.id, 170)),
+        "{revs:?}"
+    );
+}
+
+pub async fn rotation_grace_and_reuse(s: Arc<dyn Store>) {
+    let u = user("grace@example.com");
+    s.create_user(u.clone(), None).await.unwrap();
+    let sess = session(&u, 100);
+    s.create_session(sess.clone(), 0).await.unwrap();
+    let grace = RefreshPolicy {
+        grace_secs: 10,
+        ..policy(110)
+    };
+    assert!(matches!(
+        s.rotate_refresh(sess.id, 0, grace).await.unwrap(),
+        RotateOutcome::Rotated(ref r) if r.generation == 1
+    ));
+    // Inside the window, the previous generation gets the current one.
+    assert!(matches!(
+        s.rotate_refresh(sess.id, 0, RefreshPolicy { now: 115, ..grace }).await.unwrap(),
+        RotateOutcome::Grace(ref r) if r.generation == 1
+    ));
+    // Outside it, reuse: the session ends.
+    assert!(matches!(
+        s.rotate_refresh(sess.id, 0, RefreshPolicy { now: 125, ..grace })
+            .await
+            .unwrap(),
+        RotateOutcome::Reused(..)
+    ));
+    assert!(matches!(
+        s.rotate_refresh(sess.id, 1, policy(126)).await.unwrap(),
+        RotateOutcome::Invalid
+    ));
+    assert!(s.list_sessions(u.id).await.unwrap().is_empty());
+}
+
+pub async fn password_change_has_one_winner(s: Arc<dyn Store>) {
+    let u = user("pw@example.com");
+    s.create_user(u.clone(), None).await.unwrap();
+    let keep = session(&u, 100);
+    let other = session(&u, 100);
+    s.create_session(keep.clone(), 0).await.unwrap();
+    s.create_session(other.clone(), 0).await.unwrap();
+    let rs = race(|i| {
+        let s = s.clone();
+        let change = UserChange::SetPassword {
+            hash: format!("hash-{i}"),
+            expect_version: 0,
+            keep: Some(keep.id),
+        };
+        async move {
+            s.change_user(u.id, change, Some(mail("pw@example.com")), stamp(120))
+                .await
+        }
+    })
+    .await;
+    assert_eq!(rs.iter().filter(|r| r.is_ok()).count(), 1);
+    assert_eq!(conflicts(&rs), N - 1);
+    let winner = rs.iter().position(|r| r.is_ok()).unwrap();
+    let now = s.find_user(u.id).await.unwrap().unwrap();
+    assert_eq!(now.password_version, 1);
+    assert_eq!(now.password_hash, format!("hash-{winner}"));
+    // The kept session lives; the other ended and was revoked, with it.
+    let left: Vec<Uuid> = s
+        .list_sessions(u.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(left, [keep.id]);
+    let changed = rs.into_iter().find_map(Result::ok).unwrap();
+    assert_eq!(changed.revoked, [Revocation::Session(other.id, 180)]);
+    assert_eq!(s.list_mail().await.unwrap().len(), 1);
+}
+
+pub async fn concurrent_admin_and_profile_changes_are_all_kept(s: Arc<dyn Store>) {
+    let u = user("roles@example.com");
+    s.create_user(u.clone(), None).await.unwrap();
+    let rs = race(|i| {
+        let s = s.clone();
+        let change = if i % 2 == 0 {
+            UserChange::AddRole(format!("role-{i}"))
+        } else {
+            UserChange::Profile {
+                username: Some(Some(format!("name-{i}"))),
+            }
+        };
+        async move { s.change_user(u.id, change, None, stamp(100)).await }
+    })
+    .await;
+    assert!(rs.iter().all(|r| r.is_ok()));
+    let now = s.find_user(u.id).await.unwrap().unwrap();
+    let mut roles = now.roles.clone();
+    roles.sort();
+    let mut want: Vec<String> = (0..N).step_by(2).map(|i| format!("role-{i}")).collect();
+    want.sort();
+    assert_eq!(roles, want);
+    assert!(now.username.unwrap().starts_with("name-"));
+}
+
+pub async fn no_session_survives_a_racing_disable(s: Arc<dyn Store>) {
+    let u = user("dis@example.com");
+    s.create_user(u.clone(), None).await.unwrap();
+    let rs = race(|i| {
+        let s = s.clone();
+        let u = u.clone();
+        async move {
+            if i == N / 2 {
+                s.change_user(u.id, UserChange::Disable, None, stamp(100))
+                    .await
+                    .map(|_| ())
+            } else {
+                s.create_session(session(&u, 100), 0).await.map(|_| ())
+            }
+        }
+    })
+    .await;
+    assert!(rs[N / 2].is_ok());
+    // Sessions created before the disable were ended by it; those after
+    // it were refused. None is left, and every one that was created has
+    // its revocation.
+    assert!(s.list_sessions(u.id).await.unwrap().is_empty());
+    let created = rs.iter().filter(|r| r.is_ok()).count() - 1;
+    let revs = s.list_revocations().await.unwrap();
+    let sessions_revoked = revs
+        .iter()
+        .filter(|r| matches!(r, Revocation::Session(..)))
+        .count();
+    assert_eq!(sessions_revoked, created);
+    assert!(revs.contains(&Revocation::Cutoff(u.id, 100)));
+    assert!(matches!(
+        s.create_session(session(&u, 101), 0).await,
+        Err(StoreError::Conflict)
+    ));
+}
+
+pub async fn a_one_time_token_is_redeemed_once(s: Arc<dyn Store>) {
+    let u = user("ott@example.com");
+    s.create_user(u.clone(), None).await.unwrap();
+    let token = OneTimeToken {
+        kind: OneTimeKind::PasswordReset,
+        user_id: u.id,
+        email: u.email.clone(),
+        password_version: 0,
+        expires_at: 1000,
+        issued_seq: 0,
+    };
+    let seq = s
+        .issue_one_time("h".into(), token.clone(), mail("ott@example.com"))
+        .await
+        .unwrap();
+    assert_eq!(seq, 1);
+    assert_eq!(
+        s.latest_one_time_seq(u.id, OneTimeKind::PasswordReset)
+            .await
+            .unwrap(),
+        1
+    );
+    // The wrong kind consumes nothing.
+    assert!(matches!(
+        s.redeem("h".into(), Redeem::VerifyEmail, None, stamp(100))
+            .await,
+        Err(StoreError::Conflict)
+    ));
+    let rs = race(|i| {
+        let s = s.clone();
+        let r = Redeem::ResetPassword {
+            hash: format!("new-{i}"),
+        };
+        async move { s.redeem("h".into(), r, None, stamp(100)).await }
+    })
+    .await;
+    assert_eq!(rs.iter().filter(|r| r.is_ok()).count(), 1);
+    assert_eq!(conflicts(&rs), N - 1);
+    assert!(s.find_one_time("h").await.unwrap().is_none());
+    assert_eq!(
+        s.find_user(u.id).await.unwrap().unwrap().password_version,
+        1
+    );
+}
+
+pub async fn issue_sequences_are_distinct(s: Arc<dyn Store>) {
+    let u = user("seq@example.com");
+    s.create_user(u.clone(), None).await.unwrap();
+    let rs = race(|i| {
+        let s = s.clone();
+        let t = OneTimeToken {
+            kind: OneTimeKind::EmailVerify,
+            user_id: u.id,
+            email: u.email.clone(),
+            password_version: 0,
+            expires_at: 1000,
+            issued_seq: 0,
+        };
+        async move {
+            s.issue_one_time(format!("h{i}"), t, mail("seq@example.com"))
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    let mut seqs = rs.clone();
+    seqs.sort();
+    assert_eq!(seqs, (1..=N as u64).collect::<Vec<_>>());
+    assert_eq!(s.list_mail().await.unwrap().len(), N);
+}
+
+pub async fn ending_sessions_races_creating_them(s: Arc<dyn Store>) {
+    let u = user("end@example.com");
+    s.create_user(u.clone(), None).await.unwrap();
+    let first = session(&u, 100);
+    s.create_session(first.clone(), 0).await.unwrap();
+    let rs = race(|i| {
+        let s = s.clone();
+        let u = u.clone();
+        async move {
+            if i == 0 {
+                s.end_sessions(u.id, Sessions::All, true, stamp(100))
+                    .await
+                    .map(|r| r.len())
+            } else {
+                s.create_session(session(&u, 100), 0).await.map(|_| 0)
+            }
+        }
+    })
+    .await;
+    // Whatever order they ran in, every session is either listed or ended
+    // (revoked), never both, never neither.
+    let listed: Vec<Uuid> = s
+        .list_sessions(u.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| x.id)
+        .collect();
+    let revoked: Vec<Uuid> = s
+        .list_revocations()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|r| match r {
+            Revocation::Session(id, _) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert!(revoked.contains(&first.id));
+    assert!(!listed.contains(&first.id));
+    assert!(listed.iter().all(|id| !revoked.contains(id)));
+    assert_eq!(listed.len() + revoked.len(), N, "{rs:?}");
+    // Ending one session of another user finds nothing.
+    let stranger = user("stranger@example.com");
+    assert!(s
+        .end_sessions(stranger.id, Sessions::One(first.id), false, stamp(100))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn delivery_attempts_apply_to_the_current_message(s: Arc<dyn Store>) {
+    let m = mail("out@example.com");
+    s.enqueue_mail(m.clone()).await.unwrap();
+    let rs = race(|i| {
+        let s = s.clone();
+        async move {
+            s.record_delivery(
+                m.id,
+                Delivery::Failed {
+                    error: format!("e{i}"),
+                    retry_at: 50,
+                    give_up: false,
+                    now: 10,
+                },
+            )
+            .await
+        }
+    })
+    .await;
+    assert!(rs.iter().all(|r| r.is_ok()));
+    let now = s.list_mail().await.unwrap();
+    assert_eq!(now[0].attempts, N as u32, "no attempt lost");
+    s.record_delivery(m.id, Delivery::Sent).await.unwrap();
+    assert!(s.list_mail().await.unwrap().is_empty());
+    // A message already gone is no error.
+    s.record_delivery(m.id, Delivery::Sent).await.unwrap();
+}
+
+pub async fn the_sweep_removes_only_what_is_still_dead(s: Arc<dyn Store>) {
+    let u = user("sweep@example.com");
+    s.create_user(u.clone(), None).await.unwrap();
+    let old = session(&u, 0);
+    let young = session(&u, 900);
+    s.create_session(old.clone(), 0).await.unwrap();
+    s.create_session(young.clone(), 0).await.unwrap();
+    let jti = Uuid::new_v4();
+    s.revoke(vec![
+        Revocation::Token(jti, 1000),
+        Revocation::Token(Uuid::new_v4(), 2000),
+        Revocation::Cutoff(u.id, 10),
+    ])
+    .await
+    .unwrap();
+    let mut failed = mail("f@example.com");
+    failed.failed = true;
+    failed.failed_at = Some(100);
+    s.enqueue_mail(failed).await.unwrap();
+    s.enqueue_mail(mail("pending@example.com")).await.unwrap();
+    let r = Retention {
+        now: 1000,
+        idle_secs: 500,
+        failed_mail_secs: 500,
+        cutoff_horizon: 50,
+    };
+    // A refresh that lands before the sweep keeps a session alive.
+    let report = s.sweep(r).await.unwrap();
+    assert_eq!(
+        report,
+        SweepReport {
+            sessions: 1,
+            one_time: 0,
+            revocations: 1,
+            cutoffs: 1,
+            mail: 1
+        }
+    );
+    let left: Vec<Uuid> = s
+        .list_sessions(u.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(left, [young.id]);
+    assert_eq!(s.list_revocations().await.unwrap().len(), 1);
+    assert_eq!(s.list_mail().await.unwrap().len(), 1);
+    assert_eq!(s.sweep(r).await.unwrap(), SweepReport::default());
+}
+
+pub async fn counters_round_trip(s: Arc<dyn Store>) {
+    let c = Counter {
+        window_start: 5,
+        count: 3,
+        locked_until: 9,
+        pending: 2,
+    };
+    s.save_counters(vec![("a".into(), Some(c)), ("b".into(), Some(c))])
+        .await
+        .unwrap();
+    s.save_counters(vec![("b".into(), None)]).await.unwrap();
+    let saved = s.load_counters().await.unwrap();
+    // In-flight reservations are not persisted.
+    assert_eq!(saved, [("a".to_string(), Counter { pending: 0, ..c })]);
+    s.ping().await.unwrap();
+}
+
+/// Instantiate the suite for one backend: `$make` is an async block
+/// giving `(Arc<dyn Store>, guard)`; the guard lives as long as the test.
+macro_rules! conformance {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+            conformance!(@tests $make;
+                unique_email_has_one_winner,
+                one_refresh_generation_has_one_winner,
+                rotation_grace_and_reuse,
+                password_change_has_one_winner,
+                concurrent_admin_and_profile_changes_are_all_kept,
+                no_session_survives_a_racing_disable,
+                a_one_time_token_is_redeemed_once,
+                issue_sequences_are_distinct,
+                ending_sessions_races_creating_them,
+                delivery_attempts_apply_to_the_current_message,
+                the_sweep_removes_only_what_is_still_dead,
+                counters_round_trip,
+            );
+        }
+    };
+    (@tests $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let (store, _guard) = $make;
+                super::$name(store).await;
+            }
+        )*
+    };
+}
+
+fn sled() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = portcullis::store::sled_store::SledStore::open(&dir.path().join("db")).unwrap();
+    (Arc::new(store), dir)
+}
+
+conformance!(sled_backend, sled());
+
+/// Acknowledged means durable, whatever happens next: a change answered
+/// `Ok` is there after the process is gone without any further flush. The
+/// store is leaked (never dropped, so never closed or flushed again) and
+/// the database is read by a second handle after sled's own recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_acknowledged_writes_are_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let u = user("durable@example.com");
+    {
+        let store = portcullis::store::sled_store::SledStore::open(&path).unwrap();
+        store.create_user(u.clone(), None).await.unwrap();
+        store
+            .change_user(u.id, UserChange::AddRole("kept".into()), None, stamp(1))
+            .await
+            .unwrap();
+        // Copy the files as they are on disk right now, as a crash would
+        // leave them, while the store is still open.
+        copy_dir(&path, &dir.path().join("crashed"));
+        std::mem::forget(store);
+    }
+    let reopened =
+        portcullis::store::sled_store::SledStore::open(&dir.path().join("crashed")).unwrap();
+    let found = reopened
+        .find_user(u.id)
+        .await
+        .unwrap()
+        .expect("acknowledged user");
+    assert_eq!(found.roles, ["kept"]);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
