@@ -259,6 +259,19 @@ impl SweepReport {
     }
 }
 
+/// What a store has done so far (for operators and tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Atomic commits (for sled: flushed batches).
+    pub commits: u64,
+    /// Write operations acknowledged.
+    pub ops: u64,
+    /// The most operations one commit acknowledged (group commit at work).
+    pub max_batch: u64,
+    /// The most write operations ever in flight at once.
+    pub max_in_flight: u64,
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     // --- users
@@ -353,6 +366,7 @@ pub trait Store: Send + Sync + 'static {
     async fn sweep(&self, retention: Retention) -> StoreResult<SweepReport>;
     /// Can the backend read? (`/readyz`)
     async fn ping(&self) -> StoreResult<()>;
+    fn stats(&self) -> StoreStats;
 }
 
 /// Run a future to completion from synchronous code, whether or not the

@@ -29,6 +29,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -435,7 +436,16 @@ impl<'a> Tx<'a> {
 type Reply = Box<dyn FnOnce(&Result<(), String>) + Send>;
 type Job = Box<dyn FnOnce(&mut Tx<'_>) -> Reply + Send>;
 
-fn writer_loop(trees: Arc<Trees>, mut rx: mpsc::Receiver<Job>) {
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    ops: AtomicU64,
+    max_batch: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+}
+
+fn writer_loop(trees: Arc<Trees>, mut rx: mpsc::Receiver<Job>, counters: Arc<Counters>) {
     while let Some(first) = rx.blocking_recv() {
         let mut tx = Tx::new(&trees);
         let mut replies: Vec<Reply> = Vec::new();
@@ -460,6 +470,10 @@ fn writer_loop(trees: Arc<Trees>, mut rx: mpsc::Receiver<Job>) {
         if let Err(e) = &result {
             tracing::error!(cause = %e, "store: writing a batch failed");
         }
+        let n = replies.len() as u64;
+        counters.commits.fetch_add(1, Ordering::Relaxed);
+        counters.ops.fetch_add(n, Ordering::Relaxed);
+        counters.max_batch.fetch_max(n, Ordering::Relaxed);
         for reply in replies {
             reply(&result);
         }
@@ -470,6 +484,7 @@ fn writer_loop(trees: Arc<Trees>, mut rx: mpsc::Receiver<Job>) {
 
 pub struct SledStore {
     trees: Arc<Trees>,
+    counters: Arc<Counters>,
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -499,12 +514,15 @@ impl SledStore {
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let for_writer = trees.clone();
+        let counters = Arc::new(Counters::default());
+        let for_stats = counters.clone();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(for_writer, rx))
+            .spawn(move || writer_loop(for_writer, rx, for_stats))
             .map_err(|e| StoreError::Backend(format!("starting the writer: {e}")))?;
         Ok(Self {
             trees,
+            counters,
             jobs: Some(tx),
             writer: Some(writer),
         })
@@ -531,11 +549,17 @@ impl SledStore {
             .jobs
             .as_ref()
             .ok_or_else(|| StoreError::Backend("the store is closed".into()))?;
-        jobs.send(job)
-            .await
-            .map_err(|_| StoreError::Backend("the store writer has stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Backend("the store operation was lost".into()))?
+        let c = &self.counters;
+        let now = c.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        c.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        let answer = match jobs.send(job).await {
+            Ok(()) => rx.await.unwrap_or_else(|_| {
+                Err(StoreError::Backend("the store operation was lost".into()))
+            }),
+            Err(_) => Err(StoreError::Backend("the store writer has stopped".into())),
+        };
+        c.in_flight.fetch_sub(1, Ordering::Relaxed);
+        answer
     }
 
     /// Run a read on the blocking pool.
@@ -941,6 +965,16 @@ impl Store for SledStore {
     async fn ping(&self) -> StoreResult<()> {
         self.read(|t| t.meta.get(INTENT).map(drop).map_err(backend))
             .await
+    }
+
+    fn stats(&self) -> StoreStats {
+        let c = &self.counters;
+        StoreStats {
+            commits: c.commits.load(Ordering::Relaxed),
+            ops: c.ops.load(Ordering::Relaxed),
+            max_batch: c.max_batch.load(Ordering::Relaxed),
+            max_in_flight: c.max_in_flight.load(Ordering::Relaxed),
+        }
     }
 }
 

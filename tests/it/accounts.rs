@@ -370,7 +370,10 @@ async fn register_existing_email_is_409_under_every_spelling() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_registrations_of_one_email_create_one_account() {
-    let gw = gateway("").await;
+    // Twenty hash slots, so the twenty registrations hash side by side and
+    // reach the store together (the default would feed them one by one).
+    let gw = gateway("[passwords]\nmax_concurrent_hashes = 20\n").await;
+    let stats_before = gw.handle().auth.store.stats();
     // 20 spellings of one address: NFC/NFD, domain case, surrounding space.
     let mut emails = Vec::new();
     for local in ["Zo\u{eb}", "Zoe\u{308}"] {
@@ -409,6 +412,10 @@ async fn concurrent_registrations_of_one_email_create_one_account() {
         }
     }
     assert_eq!((created, taken), (1, 19));
+    // The race window was open: the store had several of these creations
+    // in flight at once (and committed some of them in one batch).
+    let stats = gw.handle().auth.store.stats();
+    assert!(stats.max_in_flight >= 2, "{stats_before:?} -> {stats:?}");
 
     // One account, and it works.
     let r = admin_api(&gw, Some(&admin_token(&gw)), json!({ "op": "list" })).await;
