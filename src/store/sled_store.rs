@@ -27,7 +27,7 @@
 //! reader may see part of a batch that is being written; every decision
 //! that matters is taken inside the writer, against the current record.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -253,9 +253,9 @@ fn apply_writes(trees: &Trees, writes: &[Write]) -> StoreResult<()> {
 struct Tx<'a> {
     trees: &'a Trees,
     batch: Vec<Write>,
-    batch_index: HashMap<(u8, Vec<u8>), usize>,
+    batch_index: BTreeMap<(u8, Vec<u8>), usize>,
     op: Vec<Write>,
-    op_index: HashMap<(u8, Vec<u8>), usize>,
+    op_index: BTreeMap<(u8, Vec<u8>), usize>,
 }
 
 impl<'a> Tx<'a> {
@@ -263,9 +263,9 @@ impl<'a> Tx<'a> {
         Self {
             trees,
             batch: Vec::new(),
-            batch_index: HashMap::new(),
+            batch_index: BTreeMap::new(),
             op: Vec::new(),
-            op_index: HashMap::new(),
+            op_index: BTreeMap::new(),
         }
     }
 
@@ -296,11 +296,16 @@ impl<'a> Tx<'a> {
             let (k, v) = kv.map_err(backend)?;
             out.insert(k.to_vec(), v.to_vec());
         }
-        for w in self.batch.iter().chain(self.op.iter()) {
-            if w.tree == t as u8 && w.key.starts_with(prefix) {
-                match &w.value {
-                    Some(v) => out.insert(w.key.clone(), v.clone()),
-                    None => out.remove(&w.key),
+        // The pending writes under the prefix: the batch's, then this op's.
+        for (index, writes) in [(&self.batch_index, &self.batch), (&self.op_index, &self.op)] {
+            let from = (t as u8, prefix.to_vec());
+            for ((tree, key), &i) in index.range(from..) {
+                if *tree != t as u8 || !key.starts_with(prefix) {
+                    break;
+                }
+                match &writes[i].value {
+                    Some(v) => out.insert(key.clone(), v.clone()),
+                    None => out.remove(key),
                 };
             }
         }
@@ -395,7 +400,22 @@ impl<'a> Tx<'a> {
         stamp: Stamp,
     ) -> StoreResult<Vec<Revocation>> {
         let mut ended = Vec::new();
-        for (k, _) in self.scan_prefix(T::UserSessions, user.as_bytes())? {
+        let candidates = match which {
+            // One session: a direct look-up, whatever else the user has.
+            Sessions::One(sid) => {
+                let key = user_session_key(&user, &sid);
+                match self.get(T::UserSessions, &key)? {
+                    Some(_) => vec![key],
+                    None => vec![],
+                }
+            }
+            Sessions::All | Sessions::AllBut(_) => self
+                .scan_prefix(T::UserSessions, user.as_bytes())?
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect(),
+        };
+        for k in candidates {
             let sid = decode_uuid(&k[16..])?;
             if domain::selects(which, &sid) {
                 self.remove(T::Sessions, sid.as_bytes().to_vec());
