@@ -230,6 +230,9 @@ pub struct RouteFile {
     /// or per client IP when there is no verified identity; 0 = no limit.
     #[serde(default)]
     pub rate_per_minute: u32,
+    /// Strip `;…` path parameters instead of refusing them.
+    #[serde(default)]
+    pub strip_path_params: bool,
 }
 
 fn default_auth() -> String {

@@ -174,6 +174,8 @@ pub struct Route {
     /// Requests per minute per verified user, or per client IP without
     /// one; 0 = no limit.
     pub rate_per_minute: u32,
+    /// Strip `;…` path parameters (else they get 400).
+    pub strip_path_params: bool,
 }
 
 /// Every problem found in one config, each naming its key.
@@ -545,6 +547,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             auth: "required".into(),
             roles: vec![],
             rate_per_minute: 0,
+            strip_path_params: false,
         }]
     });
     let mut routes: Vec<Route> = Vec::new();
@@ -608,6 +611,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             auth,
             roles: r.roles,
             rate_per_minute: r.rate_per_minute,
+            strip_path_params: r.strip_path_params,
         });
     }
     // Longest prefix first, so matching is the first hit.

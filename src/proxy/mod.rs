@@ -289,8 +289,11 @@ impl ProxyHttp for Gateway {
             return self.respond_error(session, ctx, e).await;
         }
         let raw_path = session.req_header().uri.path().to_string();
-        let normalized = match path::normalize(&raw_path) {
-            Ok(p) => p,
+        // Path parameters are stripped before matching, so `/admin;x/users`
+        // is matched as `/admin/users`; only then is it known whether the
+        // route accepts them.
+        let (normalized, had_params) = match path::normalize_request(&raw_path) {
+            Ok(p) => (p.path, p.had_params),
             Err(e) => {
                 tracing::debug!(reason = %e, "rejected path");
                 return self
@@ -302,10 +305,25 @@ impl ProxyHttp for Gateway {
                     .await;
             }
         };
+        let idx = if is_local(&normalized) {
+            None
+        } else {
+            self.match_route(&normalized)
+        };
+        if had_params && !idx.is_some_and(|i| self.routes[i].route.strip_path_params) {
+            tracing::debug!("rejected path parameters");
+            return self
+                .respond_error(
+                    session,
+                    ctx,
+                    ApiError::BadRequest("The request path has ';' path parameters."),
+                )
+                .await;
+        }
         if is_local(&normalized) {
             return self.serve_local(session, ctx, normalized).await;
         }
-        let Some(idx) = self.match_route(&normalized) else {
+        let Some(idx) = idx else {
             return self.respond_error(session, ctx, ApiError::NotFound).await;
         };
         let route = &self.routes[idx].route;

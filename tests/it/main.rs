@@ -7,4 +7,5 @@ mod accounts;
 mod core_proxy;
 mod email;
 mod limits;
+mod security;
 mod tokens;
