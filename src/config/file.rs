@@ -29,6 +29,8 @@ pub struct ServerFile {
     pub admin_listen: String,
     pub data_dir: String,
     pub trusted_proxies: Vec<String>,
+    /// The one header read from `trusted_proxies` for the client IP.
+    pub client_ip_header: String,
     pub threads: usize,
     pub grace_period_secs: u64,
 }
@@ -43,6 +45,7 @@ impl Default for ServerFile {
             admin_listen: "127.0.0.1:9100".into(),
             data_dir: "data".into(),
             trusted_proxies: vec![],
+            client_ip_header: "x-forwarded-for".into(),
             threads: 2,
             grace_period_secs: 5,
         }

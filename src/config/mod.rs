@@ -49,8 +49,28 @@ pub struct ServerConfig {
     pub admin_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub trusted_proxies: Vec<IpNet>,
+    pub client_ip_header: ClientIpHeader,
     pub threads: usize,
     pub grace_period_secs: u64,
+}
+
+/// The one header a trusted proxy names the client in (`server.client_ip_header`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIpHeader {
+    XForwardedFor,
+    /// RFC 7239 `Forwarded`, its `for=` parameters.
+    Forwarded,
+    XRealIp,
+}
+
+impl ClientIpHeader {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientIpHeader::XForwardedFor => "x-forwarded-for",
+            ClientIpHeader::Forwarded => "forwarded",
+            ClientIpHeader::XRealIp => "x-real-ip",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -359,6 +379,17 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             },
         }
     }
+    let client_ip_header = match s.client_ip_header.as_str() {
+        "x-forwarded-for" => ClientIpHeader::XForwardedFor,
+        "forwarded" => ClientIpHeader::Forwarded,
+        "x-real-ip" => ClientIpHeader::XRealIp,
+        other => {
+            p.push(format!(
+                "server.client_ip_header: '{other}' is not \"x-forwarded-for\", \"forwarded\" or \"x-real-ip\""
+            ));
+            ClientIpHeader::XForwardedFor
+        }
+    };
     if s.threads == 0 || s.threads > 256 {
         p.push("server.threads: must be between 1 and 256".into());
     }
@@ -643,6 +674,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             admin_listen,
             data_dir,
             trusted_proxies,
+            client_ip_header,
             threads: s.threads,
             grace_period_secs: s.grace_period_secs,
         },

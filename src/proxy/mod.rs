@@ -280,6 +280,7 @@ impl ProxyHttp for Gateway {
             peer,
             &session.req_header().headers,
             trusted,
+            self.cfg.server.client_ip_header,
         ));
         session.set_read_timeout(Some(Duration::from_secs(
             self.cfg.limits.downstream_read_timeout_secs,
@@ -405,8 +406,12 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         headers::strip_identity(up);
         let (peer_ip, trusted_peer) = (ctx.peer, ctx.peer_trusted);
+        // The received chain is extended only when it is the one header the
+        // trusted proxy vouches for; otherwise the upstream gets the client.
+        let extends_xff = trusted_peer
+            && self.cfg.server.client_ip_header == crate::config::ClientIpHeader::XForwardedFor;
         let xff = match (
-            trusted_peer,
+            extends_xff,
             up.headers
                 .get("x-forwarded-for")
                 .and_then(|v| v.to_str().ok()),

@@ -4,6 +4,7 @@
 //! the exact outcome: status and error code, and for proxied requests what
 //! the upstream received.
 
+mod client_ip;
 mod path_params;
 
 use std::net::SocketAddr;
@@ -33,8 +34,29 @@ async fn post_with(
         .unwrap_or_else(|e| panic!("POST {path}: {e}"))
 }
 
+/// A cheap per-IP-throttled request: introspection of a junk token (401).
+async fn cheap_auth_post(gw: &TestGateway, headers: &[(&str, &str)]) -> Response {
+    post_with(
+        gw.addr,
+        "/auth/verify",
+        &json!({ "token": "junk" }),
+        headers,
+    )
+    .await
+}
+
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
+}
+
+#[track_caller]
+fn assert_429(r: &Response, what: &str) {
+    assert_error(r, 429, "too_many_requests");
+    assert!(
+        r.header("retry-after")
+            .is_some_and(|v| v.parse::<u64>().is_ok_and(|s| s > 0)),
+        "{what}: no Retry-After: {r:?}"
+    );
 }
 
 /// One `[[routes]]` entry; `extra` holds further keys, one per line.
