@@ -5,6 +5,7 @@
 //! the upstream received.
 
 mod client_ip;
+mod email_identity;
 mod path_params;
 
 use std::net::SocketAddr;
