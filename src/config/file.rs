@@ -138,6 +138,8 @@ pub struct ThrottleFile {
     pub max_failed_logins: u32,
     pub lockout_secs: u64,
     pub failure_window_secs: u64,
+    /// IPv6 clients are throttled per network of this prefix length.
+    pub ipv6_prefix_len: u32,
 }
 
 impl Default for ThrottleFile {
@@ -147,6 +149,7 @@ impl Default for ThrottleFile {
             max_failed_logins: 5,
             lockout_secs: 300,
             failure_window_secs: 900,
+            ipv6_prefix_len: 64,
         }
     }
 }

@@ -136,6 +136,8 @@ pub struct ThrottleConfig {
     pub max_failed_logins: u32,
     pub lockout_secs: u64,
     pub failure_window_secs: u64,
+    /// IPv6 clients share one per-IP budget per network of this length.
+    pub ipv6_prefix_len: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -501,6 +503,9 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
         positive("throttle.lockout_secs", th.lockout_secs, p);
     }
     positive("throttle.failure_window_secs", th.failure_window_secs, p);
+    if th.ipv6_prefix_len == 0 || th.ipv6_prefix_len > 128 {
+        p.push("throttle.ipv6_prefix_len: must be between 1 and 128".into());
+    }
 
     // --- limits
     let l = &f.limits;
@@ -717,6 +722,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             max_failed_logins: th.max_failed_logins,
             lockout_secs: th.lockout_secs,
             failure_window_secs: th.failure_window_secs,
+            ipv6_prefix_len: th.ipv6_prefix_len.clamp(1, 128) as u8,
         },
         limits: LimitsConfig {
             max_body_bytes: l.max_body_bytes,

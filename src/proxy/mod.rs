@@ -360,7 +360,10 @@ impl ProxyHttp for Gateway {
                 None => format!(
                     "route:{}:ip:{}",
                     route.prefix,
-                    ctx.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+                    crate::net::throttle_key(
+                        ctx.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                        self.cfg.throttle.ipv6_prefix_len,
+                    )
                 ),
             };
             if let Verdict::Limited { retry_after } =

@@ -6,6 +6,7 @@
 
 mod client_ip;
 mod email_identity;
+mod ipv6_throttle;
 mod path_params;
 
 use std::net::SocketAddr;
