@@ -239,6 +239,10 @@ pub struct RouteFile {
     /// Strip `;…` path parameters instead of refusing them.
     #[serde(default)]
     pub strip_path_params: bool,
+    /// Pass the caller's `Authorization` header upstream; unset = false on
+    /// public routes, true elsewhere.
+    #[serde(default)]
+    pub forward_authorization: Option<bool>,
 }
 
 fn default_auth() -> String {

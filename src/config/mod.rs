@@ -198,6 +198,8 @@ pub struct Route {
     pub rate_per_minute: u32,
     /// Strip `;…` path parameters (else they get 400).
     pub strip_path_params: bool,
+    /// Pass the caller's `Authorization` header upstream.
+    pub forward_authorization: bool,
 }
 
 /// Every problem found in one config, each naming its key.
@@ -584,6 +586,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             roles: vec![],
             rate_per_minute: 0,
             strip_path_params: false,
+            forward_authorization: None,
         }]
     });
     let mut routes: Vec<Route> = Vec::new();
@@ -648,6 +651,8 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             roles: r.roles,
             rate_per_minute: r.rate_per_minute,
             strip_path_params: r.strip_path_params,
+            // A public upstream never asked for the caller's credentials.
+            forward_authorization: r.forward_authorization.unwrap_or(auth != AuthMode::Public),
         });
     }
     // Longest prefix first, so matching is the first hit.
@@ -841,6 +846,31 @@ mod tests {
         ] {
             assert!(all.contains(key), "{key} missing from: {all}");
         }
+    }
+
+    #[test]
+    fn new_security_keys_are_validated_and_defaulted() {
+        let c = load("[[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\n[[routes]]\nprefix = \"/pub\"\nupstream = \"http://127.0.0.1:1\"\nauth = \"public\"\nstrip_path_params = true\n").unwrap();
+        assert_eq!(c.server.client_ip_header, ClientIpHeader::XForwardedFor);
+        assert_eq!(c.throttle.ipv6_prefix_len, 64);
+        let public = c.routes.iter().find(|r| r.prefix == "/pub").unwrap();
+        let required = c.routes.iter().find(|r| r.prefix == "/").unwrap();
+        assert!(!public.forward_authorization && public.strip_path_params);
+        assert!(required.forward_authorization && !required.strip_path_params);
+        let c =
+            load("[server]\nclient_ip_header = \"x-real-ip\"\n[throttle]\nipv6_prefix_len = 48\n")
+                .unwrap();
+        assert_eq!(c.server.client_ip_header, ClientIpHeader::XRealIp);
+        assert_eq!(c.throttle.ipv6_prefix_len, 48);
+        let e = load("[server]\nclient_ip_header = \"true-client-ip\"\n[throttle]\nipv6_prefix_len = 129\n[[routes]]\nprefix = \"/a;b\"\nupstream = \"http://127.0.0.1:1\"\n").unwrap_err().to_string();
+        for key in [
+            "server.client_ip_header",
+            "throttle.ipv6_prefix_len",
+            "routes[0].prefix",
+        ] {
+            assert!(e.contains(key), "{key} missing from: {e}");
+        }
+        assert!(load("[throttle]\nipv6_prefix_len = 0\n").is_err());
     }
 
     #[test]

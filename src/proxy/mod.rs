@@ -408,6 +408,12 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         headers::strip_identity(up);
+        let forward_authorization = ctx
+            .route
+            .is_none_or(|i| self.routes[i].route.forward_authorization);
+        if !forward_authorization {
+            while up.remove_header("authorization").is_some() {}
+        }
         let (peer_ip, trusted_peer) = (ctx.peer, ctx.peer_trusted);
         // The received chain is extended only when it is the one header the
         // trusted proxy vouches for; otherwise the upstream gets the client.

@@ -4,6 +4,7 @@
 //! the exact outcome: status and error code, and for proxied requests what
 //! the upstream received.
 
+mod authorization;
 mod client_ip;
 mod email_identity;
 mod ipv6_throttle;
