@@ -501,6 +501,12 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Pingora quotes this in its own error lines: never with the query,
+    /// which can carry a reset or verification token.
+    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+        crate::logging::scrub_queries(&session.as_ref().request_summary()).into_owned()
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session
             .response_written()

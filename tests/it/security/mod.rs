@@ -8,6 +8,7 @@ mod authorization;
 mod client_ip;
 mod email_identity;
 mod ipv6_throttle;
+mod log_scrub;
 mod path_params;
 
 use std::net::SocketAddr;
