@@ -7,6 +7,7 @@
 mod authorization;
 mod client_ip;
 mod email_identity;
+mod hygiene;
 mod ipv6_throttle;
 mod log_scrub;
 mod path_params;
