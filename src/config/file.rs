@@ -63,6 +63,8 @@ pub struct TokensFile {
     pub refresh_idle_secs: u64,
     pub refresh_reuse_grace_secs: u64,
     pub leeway_secs: u64,
+    /// How long an upgraded connection may outlive its access token's `exp`.
+    pub tunnel_leeway_secs: u64,
 }
 
 impl Default for TokensFile {
@@ -76,6 +78,7 @@ impl Default for TokensFile {
             refresh_idle_secs: 604_800,
             refresh_reuse_grace_secs: 0,
             leeway_secs: 30,
+            tunnel_leeway_secs: 30,
         }
     }
 }

@@ -89,6 +89,9 @@ pub struct TokenConfig {
     pub refresh_idle_secs: u64,
     pub refresh_reuse_grace_secs: u64,
     pub leeway_secs: u64,
+    /// How long an upgraded connection (WebSocket) may outlive its access
+    /// token's `exp`; it is closed at once when its session is revoked.
+    pub tunnel_leeway_secs: u64,
     /// `PORTCULLIS_JWT_SECRET`, overriding the generated HS256 key.
     pub jwt_secret: Option<Secret>,
 }
@@ -425,6 +428,9 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
     if t.leeway_secs > 300 {
         p.push("tokens.leeway_secs: at most 300".into());
     }
+    if t.tunnel_leeway_secs > 86_400 {
+        p.push("tokens.tunnel_leeway_secs: at most 86400 (one day)".into());
+    }
     // A short operator-supplied key is the operator's choice: it is
     // accepted with a warning at start (see `auth::keys`), since refusing it
     // would leave a gateway that will not start on a working key.
@@ -697,6 +703,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             refresh_idle_secs: t.refresh_idle_secs,
             refresh_reuse_grace_secs: t.refresh_reuse_grace_secs,
             leeway_secs: t.leeway_secs,
+            tunnel_leeway_secs: t.tunnel_leeway_secs,
             jwt_secret: jwt_secret.map(Secret),
         },
         accounts: AccountsConfig {

@@ -7,14 +7,17 @@
 //! 2. `upstream_peer`: round-robin over the route's upstreams.
 //! 3. `upstream_request_filter`: strip client identity headers, inject
 //!    `X-User-*`, `X-Request-Id` and `X-Forwarded-*`, set the normalized path.
-//! 4. `fail_to_proxy`: a JSON 502 that names nothing internal.
-//! 5. `logging`: metrics.
+//! 4. `response_filter`: a token-bearing upgrade (101) becomes a supervised
+//!    tunnel, closed when its session ends ([`tunnel`]).
+//! 5. `fail_to_proxy`: a JSON 502 that names nothing internal.
+//! 6. `logging`: metrics.
 
 pub mod client_ip;
 pub mod deadline;
 pub mod headers;
 pub mod inflight;
 pub mod path;
+pub mod tunnel;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -65,6 +68,8 @@ pub struct Ctx {
     /// The socket peer, and whether it is one of `trusted_proxies`.
     peer: Option<IpAddr>,
     peer_trusted: bool,
+    /// The connection's switch, once this request became a supervised tunnel.
+    tunnel: Option<Arc<tunnel::TunnelSwitch>>,
     /// Counts this request as in flight until the context is dropped.
     _inflight: Option<InFlightGuard>,
 }
@@ -241,6 +246,16 @@ impl Gateway {
             None => "none",
         }
     }
+}
+
+/// The tunnel switch of the downstream HTTP/1 connection (every one is a
+/// [`deadline::DeadlineStream`]); `None` on HTTP/2.
+fn downstream_tunnel_switch(session: &Session) -> Option<Arc<tunnel::TunnelSwitch>> {
+    let stream: &dyn pingora::protocols::IO = session.as_downstream().stream()?.as_ref();
+    stream
+        .as_any()
+        .downcast_ref::<deadline::DeadlineStream>()
+        .map(|d| d.tunnel().clone())
 }
 
 fn is_local(path: &str) -> bool {
@@ -462,6 +477,40 @@ impl ProxyHttp for Gateway {
         }
         ctx.upstream_started = Some(Instant::now());
         Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(());
+        }
+        // Anonymous tunnels have no session to end; token-bearing ones are
+        // closed when it ends, or refused if they cannot be watched.
+        let Some(claims) = &ctx.claims else {
+            return Ok(());
+        };
+        let Some(switch) = downstream_tunnel_switch(session) else {
+            return Error::e_explain(ErrorType::InternalError, "upgrade cannot be supervised");
+        };
+        tunnel::supervise(
+            &switch,
+            self.auth.clone(),
+            claims.clone(),
+            self.cfg.tokens.tunnel_leeway_secs,
+            ctx.request_id.clone(),
+        );
+        ctx.tunnel = Some(switch);
+        Ok(())
+    }
+
+    /// A tunnel we closed on purpose is logged by [`tunnel::supervise`],
+    /// not as a proxy failure.
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
+        ctx.tunnel.as_ref().is_some_and(|t| t.is_closed())
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

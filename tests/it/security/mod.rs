@@ -11,6 +11,7 @@ mod hygiene;
 mod ipv6_throttle;
 mod log_scrub;
 mod path_params;
+mod tunnels;
 
 use std::net::SocketAddr;
 
