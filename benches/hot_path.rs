@@ -98,6 +98,7 @@ fn bench_client_ip(c: &mut Criterion) {
                 black_box(peer_untrusted),
                 black_box(&xff),
                 black_box(&[]),
+                portcullis::config::ClientIpHeader::XForwardedFor,
             )
         })
     });
@@ -107,6 +108,7 @@ fn bench_client_ip(c: &mut Criterion) {
                 black_box(peer_untrusted),
                 black_box(&xff),
                 black_box(&trusted),
+                portcullis::config::ClientIpHeader::XForwardedFor,
             )
         })
     });
@@ -116,6 +118,7 @@ fn bench_client_ip(c: &mut Criterion) {
                 black_box(peer_trusted),
                 black_box(&empty),
                 black_box(&trusted),
+                portcullis::config::ClientIpHeader::XForwardedFor,
             )
         })
     });
@@ -125,6 +128,7 @@ fn bench_client_ip(c: &mut Criterion) {
                 black_box(peer_trusted),
                 black_box(&xff),
                 black_box(&trusted),
+                portcullis::config::ClientIpHeader::XForwardedFor,
             )
         })
     });
@@ -134,6 +138,7 @@ fn bench_client_ip(c: &mut Criterion) {
                 black_box(peer_trusted),
                 black_box(&fwd),
                 black_box(&trusted),
+                portcullis::config::ClientIpHeader::Forwarded,
             )
         })
     });
@@ -143,6 +148,7 @@ fn bench_client_ip(c: &mut Criterion) {
                 black_box(peer_trusted),
                 black_box(&long),
                 black_box(&trusted),
+                portcullis::config::ClientIpHeader::XForwardedFor,
             )
         })
     });

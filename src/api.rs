@@ -33,6 +33,12 @@ impl ApiRequest {
             .collect()
     }
 
+    /// The client's per-IP budget key: its IPv4 address, or its IPv6
+    /// network of `throttle.ipv6_prefix_len` bits (see [`crate::net`]).
+    pub fn ip_throttle_key(&self, cfg: &crate::config::Config) -> ipnet::IpNet {
+        crate::net::throttle_key(self.client_ip, cfg.throttle.ipv6_prefix_len)
+    }
+
     pub fn query_param(&self, name: &str) -> Option<String> {
         let q = self.query.as_deref()?;
         url::form_urlencoded::parse(q.as_bytes())

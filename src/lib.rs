@@ -16,6 +16,7 @@ pub mod error;
 pub mod logging;
 pub mod mail;
 pub mod metrics;
+pub mod net;
 pub mod proxy;
 pub mod server;
 pub mod store;

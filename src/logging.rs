@@ -1,12 +1,22 @@
 //! Logging: `tracing` with a human format by default or JSON, Pingora's
 //! `log` records bridged in, and audit events optionally split into their
 //! own file (`log.audit_file`).
+//!
+//! Lines we do not write ourselves come through the `log` bridge, and they
+//! quote request targets verbatim (Pingora's "Fail to proxy: …, GET
+//! /auth/password/reset?token=…"), which would put reset and verification
+//! tokens in the log. The bridge ([`ScrubbingLog`]) removes every query
+//! string from those records before they become `tracing` events. Our own
+//! lines never log a query; the log mail transport's links are ours and
+//! deliberate (development only).
 
+use std::borrow::Cow;
 use std::sync::Mutex;
+
+use tracing_log::{AsLog, LogTracer};
 
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
 use crate::config::{LogConfig, LogFormat};
@@ -65,10 +75,99 @@ pub fn init(cfg: &LogConfig) -> Result<(), String> {
         }
         None => None,
     };
-    tracing_subscriber::registry()
+    let subscriber = tracing_subscriber::registry()
         .with(filter)
         .with(main)
-        .with(audit)
-        .try_init()
-        .map_err(|e| format!("logging: {e}"))
+        .with(audit);
+    tracing::subscriber::set_global_default(subscriber).map_err(|e| format!("logging: {e}"))?;
+    // After the subscriber is set, so its max level is known.
+    log::set_boxed_logger(Box::new(ScrubbingLog(LogTracer::new())))
+        .map_err(|e| format!("logging: {e}"))?;
+    log::set_max_level(tracing::level_filters::LevelFilter::current().as_log());
+    Ok(())
+}
+
+/// The `log` → `tracing` bridge, with query strings scrubbed from every
+/// message (all `log` records come from dependencies).
+struct ScrubbingLog(LogTracer);
+
+impl log::Log for ScrubbingLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.0.enabled(record.metadata()) {
+            return;
+        }
+        let text = record.args().to_string();
+        let scrubbed = scrub_queries(&text);
+        self.0.log(
+            &log::Record::builder()
+                .metadata(record.metadata().clone())
+                .args(format_args!("{scrubbed}"))
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build(),
+        );
+    }
+
+    fn flush(&self) {}
+}
+
+/// Replace every query string (a `?` and what follows up to whitespace or
+/// a quote) with `?[redacted]`. A `?` followed by whitespace or at the end
+/// is left alone, so prose survives.
+pub fn scrub_queries(text: &str) -> Cow<'_, str> {
+    let ends = |c: char| c.is_whitespace() || c == '"' || c == '\'';
+    if !text
+        .char_indices()
+        .any(|(i, c)| c == '?' && text[i + 1..].chars().next().is_some_and(|n| !ends(n)))
+    {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(q) = rest.find('?') {
+        out.push_str(&rest[..q]);
+        let after = &rest[q + 1..];
+        let len = after.find(ends).unwrap_or(after.len());
+        if len == 0 {
+            out.push('?');
+        } else {
+            out.push_str("?[redacted]");
+        }
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scrub_queries;
+
+    #[test]
+    fn query_strings_are_scrubbed() {
+        let cases = [
+            (
+                "Fail to proxy: Downstream WriteError, status: 0, GET /auth/password/reset?token=abc.DEF-1, Host: x",
+                "Fail to proxy: Downstream WriteError, status: 0, GET /auth/password/reset?[redacted] Host: x",
+            ),
+            (
+                "buf: \"GET /v?token=s3cr3t&b=2 HTTP/1.1\\r\\nHost: x\"",
+                "buf: \"GET /v?[redacted] HTTP/1.1\\r\\nHost: x\"",
+            ),
+            ("uri: /a?x=1, version: HTTP/1.1", "uri: /a?[redacted] version: HTTP/1.1"),
+            ("two /a?x=1 and /b?y=2", "two /a?[redacted] and /b?[redacted]"),
+            ("ends with /a?", "ends with /a?"),
+            ("why? because", "why? because"),
+            ("no query at all", "no query at all"),
+            ("\"/a?t=1\"", "\"/a?[redacted]\""),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(scrub_queries(raw), want, "{raw}");
+        }
+    }
 }

@@ -113,7 +113,7 @@ impl AuthService {
         let limit = self.cfg.throttle.auth_per_minute;
         match self
             .throttle
-            .hit(&format!("ip:{}", req.client_ip), limit, 60)
+            .hit(&format!("ip:{}", req.ip_throttle_key(&self.cfg)), limit, 60)
         {
             super::throttle::Verdict::Allowed => Ok(()),
             super::throttle::Verdict::Limited { retry_after } => {

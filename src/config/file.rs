@@ -29,6 +29,8 @@ pub struct ServerFile {
     pub admin_listen: String,
     pub data_dir: String,
     pub trusted_proxies: Vec<String>,
+    /// The one header read from `trusted_proxies` for the client IP.
+    pub client_ip_header: String,
     pub threads: usize,
     pub grace_period_secs: u64,
 }
@@ -43,6 +45,7 @@ impl Default for ServerFile {
             admin_listen: "127.0.0.1:9100".into(),
             data_dir: "data".into(),
             trusted_proxies: vec![],
+            client_ip_header: "x-forwarded-for".into(),
             threads: 2,
             grace_period_secs: 5,
         }
@@ -60,6 +63,8 @@ pub struct TokensFile {
     pub refresh_idle_secs: u64,
     pub refresh_reuse_grace_secs: u64,
     pub leeway_secs: u64,
+    /// How long an upgraded connection may outlive its access token's `exp`.
+    pub tunnel_leeway_secs: u64,
 }
 
 impl Default for TokensFile {
@@ -73,6 +78,7 @@ impl Default for TokensFile {
             refresh_idle_secs: 604_800,
             refresh_reuse_grace_secs: 0,
             leeway_secs: 30,
+            tunnel_leeway_secs: 30,
         }
     }
 }
@@ -139,6 +145,8 @@ pub struct ThrottleFile {
     pub max_failed_logins: u32,
     pub lockout_secs: u64,
     pub failure_window_secs: u64,
+    /// IPv6 clients are throttled per network of this prefix length.
+    pub ipv6_prefix_len: u32,
 }
 
 impl Default for ThrottleFile {
@@ -148,6 +156,7 @@ impl Default for ThrottleFile {
             max_failed_logins: 5,
             lockout_secs: 300,
             failure_window_secs: 900,
+            ipv6_prefix_len: 64,
         }
     }
 }
@@ -237,6 +246,13 @@ pub struct RouteFile {
     /// or per client IP when there is no verified identity; 0 = no limit.
     #[serde(default)]
     pub rate_per_minute: u32,
+    /// Strip `;…` path parameters instead of refusing them.
+    #[serde(default)]
+    pub strip_path_params: bool,
+    /// Pass the caller's `Authorization` header upstream; unset = false on
+    /// public routes, true elsewhere.
+    #[serde(default)]
+    pub forward_authorization: Option<bool>,
 }
 
 fn default_auth() -> String {

@@ -49,8 +49,28 @@ pub struct ServerConfig {
     pub admin_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub trusted_proxies: Vec<IpNet>,
+    pub client_ip_header: ClientIpHeader,
     pub threads: usize,
     pub grace_period_secs: u64,
+}
+
+/// The one header a trusted proxy names the client in (`server.client_ip_header`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIpHeader {
+    XForwardedFor,
+    /// RFC 7239 `Forwarded`, its `for=` parameters.
+    Forwarded,
+    XRealIp,
+}
+
+impl ClientIpHeader {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientIpHeader::XForwardedFor => "x-forwarded-for",
+            ClientIpHeader::Forwarded => "forwarded",
+            ClientIpHeader::XRealIp => "x-real-ip",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +89,9 @@ pub struct TokenConfig {
     pub refresh_idle_secs: u64,
     pub refresh_reuse_grace_secs: u64,
     pub leeway_secs: u64,
+    /// How long an upgraded connection (WebSocket) may outlive its access
+    /// token's `exp`; it is closed at once when its session is revoked.
+    pub tunnel_leeway_secs: u64,
     /// `PORTCULLIS_JWT_SECRET`, overriding the generated HS256 key.
     pub jwt_secret: Option<Secret>,
 }
@@ -118,6 +141,8 @@ pub struct ThrottleConfig {
     pub max_failed_logins: u32,
     pub lockout_secs: u64,
     pub failure_window_secs: u64,
+    /// IPv6 clients share one per-IP budget per network of this length.
+    pub ipv6_prefix_len: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +202,10 @@ pub struct Route {
     /// Requests per minute per verified user, or per client IP without
     /// one; 0 = no limit.
     pub rate_per_minute: u32,
+    /// Strip `;…` path parameters (else they get 400).
+    pub strip_path_params: bool,
+    /// Pass the caller's `Authorization` header upstream.
+    pub forward_authorization: bool,
 }
 
 /// Every problem found in one config, each naming its key.
@@ -360,6 +389,17 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             },
         }
     }
+    let client_ip_header = match s.client_ip_header.as_str() {
+        "x-forwarded-for" => ClientIpHeader::XForwardedFor,
+        "forwarded" => ClientIpHeader::Forwarded,
+        "x-real-ip" => ClientIpHeader::XRealIp,
+        other => {
+            p.push(format!(
+                "server.client_ip_header: '{other}' is not \"x-forwarded-for\", \"forwarded\" or \"x-real-ip\""
+            ));
+            ClientIpHeader::XForwardedFor
+        }
+    };
     if s.threads == 0 || s.threads > 256 {
         p.push("server.threads: must be between 1 and 256".into());
     }
@@ -390,6 +430,9 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
     }
     if t.leeway_secs > 300 {
         p.push("tokens.leeway_secs: at most 300".into());
+    }
+    if t.tunnel_leeway_secs > 86_400 {
+        p.push("tokens.tunnel_leeway_secs: at most 86400 (one day)".into());
     }
     // A short operator-supplied key is the operator's choice: it is
     // accepted with a warning at start (see `auth::keys`), since refusing it
@@ -471,6 +514,9 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
         positive("throttle.lockout_secs", th.lockout_secs, p);
     }
     positive("throttle.failure_window_secs", th.failure_window_secs, p);
+    if th.ipv6_prefix_len == 0 || th.ipv6_prefix_len > 128 {
+        p.push("throttle.ipv6_prefix_len: must be between 1 and 128".into());
+    }
 
     // --- limits
     let l = &f.limits;
@@ -548,6 +594,8 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             auth: "required".into(),
             roles: vec![],
             rate_per_minute: 0,
+            strip_path_params: false,
+            forward_authorization: None,
         }]
     });
     let mut routes: Vec<Route> = Vec::new();
@@ -611,6 +659,9 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             auth,
             roles: r.roles,
             rate_per_minute: r.rate_per_minute,
+            strip_path_params: r.strip_path_params,
+            // A public upstream never asked for the caller's credentials.
+            forward_authorization: r.forward_authorization.unwrap_or(auth != AuthMode::Public),
         });
     }
     // Longest prefix first, so matching is the first hit.
@@ -642,6 +693,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             admin_listen,
             data_dir,
             trusted_proxies,
+            client_ip_header,
             threads: s.threads,
             grace_period_secs: s.grace_period_secs,
         },
@@ -654,6 +706,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             refresh_idle_secs: t.refresh_idle_secs,
             refresh_reuse_grace_secs: t.refresh_reuse_grace_secs,
             leeway_secs: t.leeway_secs,
+            tunnel_leeway_secs: t.tunnel_leeway_secs,
             jwt_secret: jwt_secret.map(Secret),
         },
         accounts: AccountsConfig {
@@ -685,6 +738,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             max_failed_logins: th.max_failed_logins,
             lockout_secs: th.lockout_secs,
             failure_window_secs: th.failure_window_secs,
+            ipv6_prefix_len: th.ipv6_prefix_len.clamp(1, 128) as u8,
         },
         limits: LimitsConfig {
             max_body_bytes: l.max_body_bytes,
@@ -804,6 +858,31 @@ mod tests {
         ] {
             assert!(all.contains(key), "{key} missing from: {all}");
         }
+    }
+
+    #[test]
+    fn new_security_keys_are_validated_and_defaulted() {
+        let c = load("[[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\n[[routes]]\nprefix = \"/pub\"\nupstream = \"http://127.0.0.1:1\"\nauth = \"public\"\nstrip_path_params = true\n").unwrap();
+        assert_eq!(c.server.client_ip_header, ClientIpHeader::XForwardedFor);
+        assert_eq!(c.throttle.ipv6_prefix_len, 64);
+        let public = c.routes.iter().find(|r| r.prefix == "/pub").unwrap();
+        let required = c.routes.iter().find(|r| r.prefix == "/").unwrap();
+        assert!(!public.forward_authorization && public.strip_path_params);
+        assert!(required.forward_authorization && !required.strip_path_params);
+        let c =
+            load("[server]\nclient_ip_header = \"x-real-ip\"\n[throttle]\nipv6_prefix_len = 48\n")
+                .unwrap();
+        assert_eq!(c.server.client_ip_header, ClientIpHeader::XRealIp);
+        assert_eq!(c.throttle.ipv6_prefix_len, 48);
+        let e = load("[server]\nclient_ip_header = \"true-client-ip\"\n[throttle]\nipv6_prefix_len = 129\n[[routes]]\nprefix = \"/a;b\"\nupstream = \"http://127.0.0.1:1\"\n").unwrap_err().to_string();
+        for key in [
+            "server.client_ip_header",
+            "throttle.ipv6_prefix_len",
+            "routes[0].prefix",
+        ] {
+            assert!(e.contains(key), "{key} missing from: {e}");
+        }
+        assert!(load("[throttle]\nipv6_prefix_len = 0\n").is_err());
     }
 
     #[test]

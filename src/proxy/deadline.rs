@@ -19,6 +19,9 @@
 //!
 //! Request bodies are not covered here: the proxy sets a per-read timeout on
 //! every body, and local `/auth/*` bodies also get a whole-body deadline.
+//!
+//! The stream also carries the connection's [`TunnelSwitch`], which closes
+//! an upgraded connection whose session has ended (see [`super::tunnel`]).
 
 use std::future::Future;
 use std::io;
@@ -39,6 +42,8 @@ use pingora::protocols::{
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use super::tunnel::TunnelSwitch;
 
 /// Pingora's default idle time between keep-alive requests, kept as is.
 const KEEPALIVE_SECS: u64 = 60;
@@ -152,6 +157,7 @@ pub struct DeadlineStream {
     scan: HeaderEnd,
     rearm: Arc<AtomicBool>,
     sleep: Option<Pin<Box<Sleep>>>,
+    tunnel: Arc<TunnelSwitch>,
 }
 
 impl DeadlineStream {
@@ -163,7 +169,13 @@ impl DeadlineStream {
             scan: HeaderEnd::default(),
             rearm,
             sleep: None,
+            tunnel: Arc::default(),
         }
+    }
+
+    /// The switch that closes this connection once it is a tunnel.
+    pub fn tunnel(&self) -> &Arc<TunnelSwitch> {
+        &self.tunnel
     }
 
     fn observe(&mut self, bytes: &[u8]) {
@@ -191,6 +203,9 @@ impl AsyncRead for DeadlineStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Err(e) = this.tunnel.check(cx) {
+            return Poll::Ready(Err(e));
+        }
         if this.rearm.swap(false, Ordering::AcqRel) {
             this.phase = Phase::Pending;
             this.scan = HeaderEnd::default();
@@ -234,11 +249,19 @@ impl AsyncWrite for DeadlineStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if let Err(e) = this.tunnel.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        if let Err(e) = this.tunnel.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -250,7 +273,11 @@ impl AsyncWrite for DeadlineStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if let Err(e) = this.tunnel.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -7,14 +7,17 @@
 //! 2. `upstream_peer`: round-robin over the route's upstreams.
 //! 3. `upstream_request_filter`: strip client identity headers, inject
 //!    `X-User-*`, `X-Request-Id` and `X-Forwarded-*`, set the normalized path.
-//! 4. `fail_to_proxy`: a JSON 502 that names nothing internal.
-//! 5. `logging`: metrics.
+//! 4. `response_filter`: a token-bearing upgrade (101) becomes a supervised
+//!    tunnel, closed when its session ends ([`tunnel`]).
+//! 5. `fail_to_proxy`: a JSON 502 that names nothing internal.
+//! 6. `logging`: metrics.
 
 pub mod client_ip;
 pub mod deadline;
 pub mod headers;
 pub mod inflight;
 pub mod path;
+pub mod tunnel;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -65,6 +68,8 @@ pub struct Ctx {
     /// The socket peer, and whether it is one of `trusted_proxies`.
     peer: Option<IpAddr>,
     peer_trusted: bool,
+    /// The connection's switch, once this request became a supervised tunnel.
+    tunnel: Option<Arc<tunnel::TunnelSwitch>>,
     /// Counts this request as in flight until the context is dropped.
     _inflight: Option<InFlightGuard>,
 }
@@ -243,6 +248,16 @@ impl Gateway {
     }
 }
 
+/// The tunnel switch of the downstream HTTP/1 connection (every one is a
+/// [`deadline::DeadlineStream`]); `None` on HTTP/2.
+fn downstream_tunnel_switch(session: &Session) -> Option<Arc<tunnel::TunnelSwitch>> {
+    let stream: &dyn pingora::protocols::IO = session.as_downstream().stream()?.as_ref();
+    stream
+        .as_any()
+        .downcast_ref::<deadline::DeadlineStream>()
+        .map(|d| d.tunnel().clone())
+}
+
 fn is_local(path: &str) -> bool {
     path == "/auth" || path.starts_with("/auth/") || path.starts_with("/.well-known/")
 }
@@ -280,6 +295,7 @@ impl ProxyHttp for Gateway {
             peer,
             &session.req_header().headers,
             trusted,
+            self.cfg.server.client_ip_header,
         ));
         session.set_read_timeout(Some(Duration::from_secs(
             self.cfg.limits.downstream_read_timeout_secs,
@@ -289,8 +305,11 @@ impl ProxyHttp for Gateway {
             return self.respond_error(session, ctx, e).await;
         }
         let raw_path = session.req_header().uri.path().to_string();
-        let normalized = match path::normalize(&raw_path) {
-            Ok(p) => p,
+        // Path parameters are stripped before matching, so `/admin;x/users`
+        // is matched as `/admin/users`; only then is it known whether the
+        // route accepts them.
+        let (normalized, had_params) = match path::normalize_request(&raw_path) {
+            Ok(p) => (p.path, p.had_params),
             Err(e) => {
                 tracing::debug!(reason = %e, "rejected path");
                 return self
@@ -302,10 +321,25 @@ impl ProxyHttp for Gateway {
                     .await;
             }
         };
+        let idx = if is_local(&normalized) {
+            None
+        } else {
+            self.match_route(&normalized)
+        };
+        if had_params && !idx.is_some_and(|i| self.routes[i].route.strip_path_params) {
+            tracing::debug!("rejected path parameters");
+            return self
+                .respond_error(
+                    session,
+                    ctx,
+                    ApiError::BadRequest("The request path has ';' path parameters."),
+                )
+                .await;
+        }
         if is_local(&normalized) {
             return self.serve_local(session, ctx, normalized).await;
         }
-        let Some(idx) = self.match_route(&normalized) else {
+        let Some(idx) = idx else {
             return self.respond_error(session, ctx, ApiError::NotFound).await;
         };
         let route = &self.routes[idx].route;
@@ -341,7 +375,10 @@ impl ProxyHttp for Gateway {
                 None => format!(
                     "route:{}:ip:{}",
                     route.prefix,
-                    ctx.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+                    crate::net::throttle_key(
+                        ctx.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                        self.cfg.throttle.ipv6_prefix_len,
+                    )
                 ),
             };
             if let Verdict::Limited { retry_after } =
@@ -386,9 +423,19 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         headers::strip_identity(up);
+        let forward_authorization = ctx
+            .route
+            .is_none_or(|i| self.routes[i].route.forward_authorization);
+        if !forward_authorization {
+            while up.remove_header("authorization").is_some() {}
+        }
         let (peer_ip, trusted_peer) = (ctx.peer, ctx.peer_trusted);
+        // The received chain is extended only when it is the one header the
+        // trusted proxy vouches for; otherwise the upstream gets the client.
+        let extends_xff = trusted_peer
+            && self.cfg.server.client_ip_header == crate::config::ClientIpHeader::XForwardedFor;
         let xff = match (
-            trusted_peer,
+            extends_xff,
             up.headers
                 .get("x-forwarded-for")
                 .and_then(|v| v.to_str().ok()),
@@ -432,6 +479,40 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(());
+        }
+        // Anonymous tunnels have no session to end; token-bearing ones are
+        // closed when it ends, or refused if they cannot be watched.
+        let Some(claims) = &ctx.claims else {
+            return Ok(());
+        };
+        let Some(switch) = downstream_tunnel_switch(session) else {
+            return Error::e_explain(ErrorType::InternalError, "upgrade cannot be supervised");
+        };
+        tunnel::supervise(
+            &switch,
+            self.auth.clone(),
+            claims.clone(),
+            self.cfg.tokens.tunnel_leeway_secs,
+            ctx.request_id.clone(),
+        );
+        ctx.tunnel = Some(switch);
+        Ok(())
+    }
+
+    /// A tunnel we closed on purpose is logged by [`tunnel::supervise`],
+    /// not as a proxy failure.
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
+        ctx.tunnel.as_ref().is_some_and(|t| t.is_closed())
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let err = match e.esource() {
             ErrorSource::Upstream => ApiError::BadGateway,
@@ -467,6 +548,12 @@ impl ProxyHttp for Gateway {
             error_code: status,
             can_reuse_downstream: false,
         }
+    }
+
+    /// Pingora quotes this in its own error lines: never with the query,
+    /// which can carry a reset or verification token.
+    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+        crate::logging::scrub_queries(&session.as_ref().request_summary()).into_owned()
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {

@@ -4,6 +4,15 @@
 //! Only percent-encoded *unreserved* characters are decoded; every other
 //! escape is kept (upper-cased). Anything that different backends could read
 //! in different ways is refused instead of guessed at.
+//!
+//! Path parameters (`/admin;x/users`) are such a thing: servlet containers
+//! drop `;…` from each segment before routing, so a prefix check on the raw
+//! path is fooled. [`normalize_request`] therefore strips them *before*
+//! matching and reports that it did; the proxy refuses the request (400)
+//! unless the matched route opts in with `strip_path_params`, and then
+//! forwards the stripped path. An encoded `;` (`%3B`) is never a parameter
+//! delimiter in RFC 3986, yet some backends decode before they split, so it
+//! is refused everywhere.
 
 use std::fmt;
 
@@ -16,6 +25,10 @@ pub enum PathError {
     Backslash,
     AboveRoot,
     DotSegmentParameter,
+    /// A raw `;` where path parameters are not accepted (route prefixes).
+    PathParameter,
+    /// `%3B`: an encoded `;`.
+    EncodedSemicolon,
 }
 
 impl fmt::Display for PathError {
@@ -28,6 +41,8 @@ impl fmt::Display for PathError {
             PathError::Backslash => "the path has a '\\'",
             PathError::AboveRoot => "the path climbs above the root",
             PathError::DotSegmentParameter => "the path has a dot segment with parameters",
+            PathError::PathParameter => "the path has a ';' path parameter",
+            PathError::EncodedSemicolon => "the path has an encoded ';'",
         })
     }
 }
@@ -45,8 +60,30 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-/// Normalize a request path (without its query string).
+/// A request path after [`normalize_request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Normalized {
+    /// Normalized, with every `;…` path parameter removed.
+    pub path: String,
+    /// Whether the raw path had path parameters (that were removed).
+    pub had_params: bool,
+}
+
+/// Normalize a path that must not carry path parameters (e.g. a route
+/// prefix): a `;` is an error.
 pub fn normalize(raw: &str) -> Result<String, PathError> {
+    match normalize_request(raw)? {
+        Normalized {
+            had_params: true, ..
+        } => Err(PathError::PathParameter),
+        n => Ok(n.path),
+    }
+}
+
+/// Normalize a request path (without its query string), stripping path
+/// parameters from every segment before dot segments are resolved. The
+/// caller decides whether stripped parameters were acceptable.
+pub fn normalize_request(raw: &str) -> Result<Normalized, PathError> {
     let bytes = raw.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
@@ -68,6 +105,7 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
                 };
                 match v {
                     b'/' | b'\\' => return Err(PathError::EncodedSeparator),
+                    b';' => return Err(PathError::EncodedSemicolon),
                     0..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
                     v if is_unreserved(v) => decoded.push(v as char),
                     v => {
@@ -95,12 +133,17 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
     let segments: Vec<&str> = decoded.split('/').collect();
     let last = segments.len() - 1;
     let mut ends_in_dir = trailing;
+    let mut had_params = false;
     for (idx, seg) in segments.iter().enumerate() {
         let bare = seg.split(';').next().unwrap_or("");
-        if bare != *seg && (bare == "." || bare == "..") {
-            return Err(PathError::DotSegmentParameter);
+        if bare != *seg {
+            // `..;x` would climb only after stripping: never guess.
+            if bare == "." || bare == ".." {
+                return Err(PathError::DotSegmentParameter);
+            }
+            had_params = true;
         }
-        match *seg {
+        match bare {
             "" => {}
             "." => {
                 if idx == last {
@@ -126,7 +169,7 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
     if path.is_empty() || ends_in_dir {
         path.push('/');
     }
-    Ok(path)
+    Ok(Normalized { path, had_params })
 }
 
 fn utf8_len(first: u8) -> usize {
@@ -193,9 +236,54 @@ mod tests {
             ("/a%", PathError::BadPercentEncoding),
             ("a/b", PathError::NotAbsolute),
             ("/public/..;/admin", PathError::DotSegmentParameter),
+            ("/admin;x/users", PathError::PathParameter),
+            ("/admin%3bx/users", PathError::EncodedSemicolon),
+            ("/admin%3B/users", PathError::EncodedSemicolon),
         ];
         for (raw, want) in cases {
             assert_eq!(normalize(raw), Err(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn path_parameters_are_stripped_and_reported() {
+        for (raw, want) in [
+            ("/admin;x/users", "/admin/users"),
+            ("/admin;/users", "/admin/users"),
+            ("/admin;jsessionid=1/users", "/admin/users"),
+            ("/a/b;v=1.2", "/a/b"),
+            ("/;x/admin", "/admin"),
+            ("/a;x/;y/b;z/", "/a/b/"),
+        ] {
+            assert_eq!(
+                normalize_request(raw),
+                Ok(Normalized {
+                    path: want.into(),
+                    had_params: true
+                }),
+                "{raw}"
+            );
+        }
+        assert_eq!(
+            normalize_request("/a/b"),
+            Ok(Normalized {
+                path: "/a/b".into(),
+                had_params: false
+            })
+        );
+        for raw in ["/a%3Bb", "/a%3bb/c", "/a;x%3Bb"] {
+            assert_eq!(
+                normalize_request(raw),
+                Err(PathError::EncodedSemicolon),
+                "{raw}"
+            );
+        }
+        for raw in ["/a/..;x/b", "/a/.;/b"] {
+            assert_eq!(
+                normalize_request(raw),
+                Err(PathError::DotSegmentParameter),
+                "{raw}"
+            );
         }
     }
 

@@ -1170,42 +1170,6 @@ async fn demo_echo_upstream_shows_the_injected_identity() {
     assert_eq!(gw.upstream.hits(), 0);
 }
 
-/// One HTTP/2 request over TLS (ALPN h2); returns status, headers, body.
-async fn h2_request(
-    gw: &TestGateway,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, ::http::HeaderMap, Vec<u8>) {
-    use tokio_rustls::rustls::pki_types::ServerName;
-    let config = http::tls_client_config(&gw.cert_path(), &["h2"]).unwrap();
-    let tcp = tokio::net::TcpStream::connect(gw.tls_addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
-    let (client, conn) = h2::client::handshake(tls).await.unwrap();
-    tokio::spawn(conn);
-    let mut client = client.ready().await.unwrap();
-    let mut req = ::http::Request::builder()
-        .method("GET")
-        .uri(format!("https://localhost:{}{path}", gw.tls_addr.port()));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let (resp, _) = client.send_request(req.body(()).unwrap(), true).unwrap();
-    let resp = resp.await.unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let mut body = resp.into_body();
-    let mut out = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        out.extend_from_slice(&chunk);
-    }
-    (status, headers, out)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_gets_the_same_checks_stripping_and_injection() {
     let gw = TestGateway::start().await;

@@ -8,5 +8,6 @@ mod core_proxy;
 mod email;
 mod limits;
 mod races;
+mod security;
 mod store;
 mod tokens;

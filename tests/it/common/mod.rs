@@ -379,6 +379,42 @@ pub fn assert_error(r: &http::Response, status: u16, code: &str) {
     );
 }
 
+/// One HTTP/2 request over TLS (ALPN h2); returns status, headers, body.
+pub async fn h2_request(
+    gw: &TestGateway,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, ::http::HeaderMap, Vec<u8>) {
+    use tokio_rustls::rustls::pki_types::ServerName;
+    let config = self::http::tls_client_config(&gw.cert_path(), &["h2"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(gw.tls_addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let mut req = ::http::Request::builder()
+        .method("GET")
+        .uri(format!("https://localhost:{}{path}", gw.tls_addr.port()));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let (resp, _) = client.send_request(req.body(()).unwrap(), true).unwrap();
+    let resp = resp.await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    (status, headers, out)
+}
+
 /// The first value of `name` in the upstream's last received request.
 pub fn last_echoed(gw: &TestGateway, name: &str) -> Option<String> {
     echoed_in(&gw.upstream.last_request()?, name)
