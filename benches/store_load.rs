@@ -589,6 +589,10 @@ auth = "required"
         let hs = (0..WRITE_TASKS)
             .map(|i| {
                 tokio::spawn(async move {
+                    if flood_only {
+                        // Scenario 2 did not create the users.
+                        return setup_user(gw_addr, i).await;
+                    }
                     login(&mut Client::new(gw_addr), &user_email(i))
                         .await
                         .map(|(rt, _)| rt)

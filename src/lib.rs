@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod executor;
 pub mod logging;
 pub mod mail;
 pub mod metrics;

@@ -20,6 +20,7 @@ use crate::auth::AuthService;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::demo::EchoApp;
+use crate::executor::AuthExecutor;
 use crate::mail::outbox::OutboxWorker;
 use crate::proxy::deadline::HeaderDeadline;
 use crate::proxy::inflight::InFlight;
@@ -32,7 +33,7 @@ pub fn open_store(cfg: &Config) -> Result<Arc<SledStore>, String> {
     if let Some(parent) = cfg.database_path.parent() {
         create_private_dir(parent)?;
     }
-    SledStore::open(&cfg.database_path)
+    SledStore::open_with(&cfg.database_path, cfg.server.auth_nice)
         .map(Arc::new)
         .map_err(|e| {
             let s = e.to_string();
@@ -248,12 +249,13 @@ impl Drop for GatewayHandle {
 fn proxy_app(
     cfg: &Arc<Config>,
     auth: &Arc<AuthService>,
+    executor: &Arc<AuthExecutor>,
     inflight: &Arc<InFlight>,
     conf: &Arc<ServerConf>,
     tls: bool,
     header_timeout: Duration,
 ) -> Result<HeaderDeadline<pingora::proxy::HttpProxy<Gateway>>, String> {
-    let gw = Gateway::new(cfg.clone(), auth.clone(), tls)
+    let gw = Gateway::new(cfg.clone(), auth.clone(), executor.clone(), tls)
         .map_err(|e| e.to_string())?
         .with_inflight(inflight.clone());
     let mut proxy = pingora::proxy::http_proxy(conf, gw);
@@ -302,6 +304,7 @@ pub fn start(
     let transport = crate::mail::transport_for(&cfg.mail)?;
 
     let inflight = Arc::new(InFlight::default());
+    let executor = Arc::new(AuthExecutor::new(s.auth_threads, s.auth_nice)?);
     let mut conf = ServerConf {
         threads: s.threads,
         // The grace period is spent in `Shutdown::drain`, waiting only as
@@ -319,13 +322,29 @@ pub fn start(
     let header_timeout = Duration::from_secs(cfg.limits.downstream_read_timeout_secs);
 
     if let Some(addr) = s.listen {
-        let app = proxy_app(&cfg, &auth, &inflight, &conf, false, header_timeout)?;
+        let app = proxy_app(
+            &cfg,
+            &auth,
+            &executor,
+            &inflight,
+            &conf,
+            false,
+            header_timeout,
+        )?;
         let mut svc = Service::new("portcullis http".to_string(), app);
         svc.add_tcp(&addr.to_string());
         server.add_service(svc);
     }
     if let Some(addr) = s.tls_listen {
-        let app = proxy_app(&cfg, &auth, &inflight, &conf, true, header_timeout)?;
+        let app = proxy_app(
+            &cfg,
+            &auth,
+            &executor,
+            &inflight,
+            &conf,
+            true,
+            header_timeout,
+        )?;
         let mut svc = Service::new("portcullis https".to_string(), app);
         let mut tls = TlsSettings::intermediate(
             &s.tls_cert.display().to_string(),

@@ -33,6 +33,10 @@ pub struct ServerFile {
     pub client_ip_header: String,
     pub threads: usize,
     pub grace_period_secs: u64,
+    /// Threads of the auth executor (`/auth/*` handlers); 0 = one per core.
+    pub auth_threads: usize,
+    /// Niceness of the auth executor's threads, 0..=19 (0 = as proxied).
+    pub auth_nice: u8,
 }
 
 impl Default for ServerFile {
@@ -48,6 +52,8 @@ impl Default for ServerFile {
             client_ip_header: "x-forwarded-for".into(),
             threads: 2,
             grace_period_secs: 5,
+            auth_threads: 0,
+            auth_nice: 10,
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub client_ip_header: ClientIpHeader,
     pub threads: usize,
     pub grace_period_secs: u64,
+    pub auth_threads: usize,
+    pub auth_nice: u8,
 }
 
 /// The one header a trusted proxy names the client in (`server.client_ip_header`).
@@ -403,6 +405,12 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
     if s.threads == 0 || s.threads > 256 {
         p.push("server.threads: must be between 1 and 256".into());
     }
+    if s.auth_threads > 256 {
+        p.push("server.auth_threads: must be between 0 (one per core) and 256".into());
+    }
+    if s.auth_nice > 19 {
+        p.push("server.auth_nice: must be between 0 and 19".into());
+    }
 
     // --- tokens
     let t = &f.tokens;
@@ -696,6 +704,12 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             client_ip_header,
             threads: s.threads,
             grace_period_secs: s.grace_period_secs,
+            auth_threads: if s.auth_threads == 0 {
+                std::thread::available_parallelism().map_or(2, |n| n.get())
+            } else {
+                s.auth_threads
+            },
+            auth_nice: s.auth_nice,
         },
         tokens: TokenConfig {
             algorithm,

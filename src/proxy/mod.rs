@@ -38,6 +38,7 @@ use crate::auth::tokens::{AccessClaims, TokenRejection};
 use crate::auth::AuthService;
 use crate::config::{AuthMode, Config, Route, Upstream};
 use crate::error::ApiError;
+use crate::executor::AuthExecutor;
 use crate::metrics;
 use inflight::{InFlight, InFlightGuard};
 
@@ -49,6 +50,8 @@ pub struct RouteRuntime {
 pub struct Gateway {
     pub cfg: Arc<Config>,
     pub auth: Arc<AuthService>,
+    /// Where `/auth/*` handlers run (at a lower OS priority).
+    executor: Arc<AuthExecutor>,
     routes: Vec<RouteRuntime>,
     /// Whether this instance serves the TLS listener.
     tls: bool,
@@ -75,7 +78,12 @@ pub struct Ctx {
 }
 
 impl Gateway {
-    pub fn new(cfg: Arc<Config>, auth: Arc<AuthService>, tls: bool) -> std::io::Result<Self> {
+    pub fn new(
+        cfg: Arc<Config>,
+        auth: Arc<AuthService>,
+        executor: Arc<AuthExecutor>,
+        tls: bool,
+    ) -> std::io::Result<Self> {
         let routes = cfg
             .routes
             .iter()
@@ -93,6 +101,7 @@ impl Gateway {
         Ok(Self {
             cfg,
             auth,
+            executor,
             routes,
             tls,
             inflight: Arc::default(),
@@ -224,7 +233,19 @@ impl Gateway {
             client_ip: ctx.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             request_id: ctx.request_id.clone(),
         };
-        let resp = self.auth.handle(api).await;
+        let auth = self.auth.clone();
+        let resp = match self
+            .executor
+            .run(async move { auth.handle(api).await })
+            .await
+        {
+            Some(r) => r,
+            None => ApiError::Unavailable {
+                retry_after: 1,
+                cause: "the auth executor is stopping".into(),
+            }
+            .into_response(),
+        };
         self.respond(session, ctx, resp).await?;
         Ok(true)
     }

@@ -513,6 +513,13 @@ impl SledStore {
     /// Open (or create) the database, finish a batch a crash cut short,
     /// and start the writer.
     pub fn open(path: &Path) -> StoreResult<Self> {
+        Self::open_with(path, 0)
+    }
+
+    /// [`SledStore::open`], with the writer thread (and the I/O threads sled
+    /// starts from it) at niceness `writer_nice`, like the rest of the auth
+    /// work (see `crate::executor`).
+    pub fn open_with(path: &Path, writer_nice: u8) -> StoreResult<Self> {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
@@ -538,7 +545,10 @@ impl SledStore {
         let for_stats = counters.clone();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(for_writer, rx, for_stats))
+            .spawn(move || {
+                crate::executor::lower_priority(writer_nice);
+                writer_loop(for_writer, rx, for_stats)
+            })
             .map_err(|e| StoreError::Backend(format!("starting the writer: {e}")))?;
         Ok(Self {
             trees,
