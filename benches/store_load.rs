@@ -640,6 +640,7 @@ auth = "required"
     let rss_end = proc_status_kib("VmRSS:");
     let hwm = proc_status_kib("VmHWM:");
 
+    let store_stats = handle.auth.store.stats();
     handle.stop();
     let _ = upstream.stop.send(true);
     let _ = upstream.thread.join();
@@ -714,6 +715,15 @@ auth = "required"
         "RSS at the end (whole process: gateway + upstream + client): {}, peak (VmHWM) {}",
         mib(rss_end),
         mib(hwm)
+    );
+    println!(
+        "store: {} commits for {} write operations ({:.1} per flush on average), \
+         largest batch {}, most writes in flight {}",
+        store_stats.commits,
+        store_stats.ops,
+        store_stats.ops as f64 / store_stats.commits.max(1) as f64,
+        store_stats.max_batch,
+        store_stats.max_in_flight
     );
     println!(
         "whole run (set-ups included): {:.1} s; gateway stopped",

@@ -206,6 +206,8 @@ impl ShutdownSignalWatch for Shutdown {
 /// A running gateway.
 pub struct GatewayHandle {
     pub auth: Arc<AuthService>,
+    /// Where `/auth/*` handlers run.
+    pub executor: Arc<AuthExecutor>,
     /// Maintenance sweeps completed (see [`SWEEP_EVERY`]).
     pub sweeps: Arc<std::sync::atomic::AtomicU64>,
     stop: watch::Sender<bool>,
@@ -410,6 +412,7 @@ pub fn start(
 
     let handle = GatewayHandle {
         auth,
+        executor,
         sweeps,
         stop: tx,
         thread: Some(thread),

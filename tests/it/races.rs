@@ -711,3 +711,35 @@ async fn sixteen_password_changes_have_one_winner() {
         .await;
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+/// Auth floods yield the CPU to proxied traffic: the gateway's auth
+/// executor (where `/auth/*` handlers run) and its blocking pool (argon2,
+/// store reads) run at `server.auth_nice`, 10 by default, and at the
+/// proxy's priority when it is 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_work_runs_at_the_configured_lower_priority() {
+    /// The niceness of the calling thread (field 19 of its stat).
+    fn nice() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        rest.split(' ').nth(16).unwrap().parse().unwrap()
+    }
+    let base = nice();
+    for (extra, want) in [("", 10), ("auth_nice = 0\n", base)] {
+        let gw = TestGateway::start_with(Builder {
+            server_extra: extra.into(),
+            ..Default::default()
+        })
+        .await;
+        let ex = gw.handle().executor.clone();
+        let worker = ex.run(async { nice() }).await.unwrap();
+        let blocking = ex
+            .run(async { tokio::task::spawn_blocking(nice).await.unwrap() })
+            .await
+            .unwrap();
+        assert_eq!((worker, blocking), (want, want), "{extra:?}");
+        // And it serves the auth API.
+        gw.signup(&format!("nice{want}@example.com")).await;
+    }
+    assert_eq!(nice(), base, "the test's own threads are untouched");
+}
