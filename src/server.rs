@@ -19,36 +19,54 @@ use crate::auth::keys::{load_or_create_secret, random_bytes};
 use crate::auth::AuthService;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::config::Storage;
 use crate::demo::EchoApp;
 use crate::executor::AuthExecutor;
 use crate::mail::outbox::OutboxWorker;
 use crate::proxy::deadline::HeaderDeadline;
 use crate::proxy::inflight::InFlight;
 use crate::proxy::Gateway;
+use crate::store::pg_store::PgStore;
 use crate::store::sled_store::SledStore;
 use crate::store::Store;
 
-/// Open the store, mapping sled's lock error to a clear message.
-pub fn open_store(cfg: &Config) -> Result<Arc<SledStore>, String> {
-    if let Some(parent) = cfg.database_path.parent() {
+/// Open the configured store: sled (mapping its lock error to a clear
+/// message), or PostgreSQL (connecting and running the migrations).
+pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, String> {
+    match &cfg.storage {
+        Storage::Sled { path } => open_sled(path, cfg.server.auth_nice),
+        Storage::Postgres { url } => {
+            let url = url.0.clone();
+            let store = crate::store::block_on(async move { PgStore::connect(&url).await })?
+                .map_err(|e| format!("opening the PostgreSQL store: {e}"))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+fn open_sled(path: &std::path::Path, nice: u8) -> Result<Arc<dyn Store>, String> {
+    if let Some(parent) = path.parent() {
         create_private_dir(parent)?;
     }
-    SledStore::open_with(&cfg.database_path, cfg.server.auth_nice)
-        .map(Arc::new)
-        .map_err(|e| {
+    match SledStore::open_with(path, nice) {
+        Ok(s) => Ok(Arc::new(s)),
+        Err(e) => {
             let s = e.to_string();
-            if s.contains("lock")
-                || s.contains("WouldBlock")
-                || s.contains("Resource temporarily unavailable")
-            {
-                format!(
-                    "the database at '{}' is in use by another process",
-                    cfg.database_path.display()
-                )
-            } else {
-                format!("opening the database: {s}")
-            }
-        })
+            Err(
+                if s.contains("lock")
+                    || s.contains("WouldBlock")
+                    || s.contains("Resource temporarily unavailable")
+                {
+                    format!(
+                        "the database at '{}' is in use by another process",
+                        path.display()
+                    )
+                } else {
+                    format!("opening the database: {s}")
+                },
+            )
+        }
+    }
 }
 
 pub fn create_private_dir(dir: &std::path::Path) -> Result<(), String> {

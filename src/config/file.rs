@@ -16,6 +16,7 @@ pub struct FileConfig {
     pub passwords: PasswordsFile,
     pub log: LogFile,
     pub demo: DemoFile,
+    pub storage: StorageFile,
     pub routes: Option<Vec<RouteFile>>,
 }
 
@@ -229,6 +230,25 @@ impl Default for LogFile {
             format: "human".into(),
             level: "info".into(),
             audit_file: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct StorageFile {
+    /// "sled" (embedded, the default) or "postgres".
+    pub backend: String,
+    /// `postgres://…` for the postgres backend (PORTCULLIS_DATABASE_URL
+    /// overrides it).
+    pub url: String,
+}
+
+impl Default for StorageFile {
+    fn default() -> Self {
+        Self {
+            backend: "sled".into(),
+            url: String::new(),
         }
     }
 }

@@ -36,8 +36,9 @@ pub struct Config {
     /// The built-in echo upstream, when enabled.
     pub demo_echo: Option<SocketAddr>,
     pub routes: Vec<Route>,
-    /// Where the sled database lives (`data_dir/db` unless `PORTCULLIS_DATABASE_URL`).
-    pub database_path: PathBuf,
+    /// Where the state lives (`data_dir/db` in sled unless `[storage]` or
+    /// `PORTCULLIS_DATABASE_URL` say otherwise).
+    pub storage: Storage,
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +214,13 @@ pub struct Route {
 /// Every problem found in one config, each naming its key.
 #[derive(Debug)]
 pub struct ConfigErrors(pub Vec<String>);
+
+/// The storage backend.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    Sled { path: PathBuf },
+    Postgres { url: Secret },
+}
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -676,21 +684,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
 
     let data_dir = PathBuf::from(&s.data_dir);
-    let database_path = match env("PORTCULLIS_DATABASE_URL").filter(|v| !v.is_empty()) {
-        None => data_dir.join("db"),
-        Some(url) => {
-            let rest = url
-                .strip_prefix("sled://")
-                .or_else(|| url.strip_prefix("sled:"));
-            match rest {
-                Some(path) if !path.is_empty() => PathBuf::from(path),
-                _ => {
-                    p.push("PORTCULLIS_DATABASE_URL: only sled:PATH is supported".into());
-                    data_dir.join("db")
-                }
-            }
-        }
-    };
+    let storage = storage(&f.storage, env("PORTCULLIS_DATABASE_URL"), &data_dir, p);
 
     Config {
         server: ServerConfig {
@@ -776,7 +770,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
         },
         demo_echo,
         routes,
-        database_path,
+        storage,
     }
 }
 
@@ -835,6 +829,61 @@ fn key_path(p: &serde_ignored::Path<'_>) -> String {
         Path::Some { parent }
         | Path::NewtypeStruct { parent }
         | Path::NewtypeVariant { parent } => key_path(parent),
+    }
+}
+
+/// `[storage]`, with `PORTCULLIS_DATABASE_URL` overriding `storage.url`.
+/// The URL's scheme picks the backend (`sled:PATH` or `postgres://…`); a
+/// `storage.backend` that says otherwise is an error.
+fn storage(
+    f: &file::StorageFile,
+    env_url: Option<String>,
+    data_dir: &std::path::Path,
+    p: &mut Vec<String>,
+) -> Storage {
+    let (url, from_env) = match env_url.filter(|v| !v.is_empty()) {
+        Some(u) => (u, true),
+        None => (f.url.clone(), false),
+    };
+    let key = if from_env {
+        "PORTCULLIS_DATABASE_URL"
+    } else {
+        "storage.url"
+    };
+    let is_pg = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let sled_path = url
+        .strip_prefix("sled://")
+        .or_else(|| url.strip_prefix("sled:"));
+    match f.backend.as_str() {
+        "postgres" if url.is_empty() => {
+            p.push("storage.url: the postgres backend needs a postgres://… URL (or PORTCULLIS_DATABASE_URL)".into());
+        }
+        "postgres" | "sled" => {}
+        other => p.push(format!(
+            "storage.backend: '{other}' is not \"sled\" or \"postgres\""
+        )),
+    }
+    if is_pg {
+        if f.backend == "sled" && !from_env && f.url == url {
+            p.push("storage.url: a postgres URL needs storage.backend = \"postgres\"".into());
+        }
+        return Storage::Postgres { url: Secret(url) };
+    }
+    if url.is_empty() {
+        return Storage::Sled {
+            path: data_dir.join("db"),
+        };
+    }
+    match sled_path {
+        Some(path) if !path.is_empty() && f.backend != "postgres" => Storage::Sled {
+            path: PathBuf::from(path),
+        },
+        _ => {
+            p.push(format!("{key}: expected postgres://… or sled:PATH"));
+            Storage::Sled {
+                path: data_dir.join("db"),
+            }
+        }
     }
 }
 
@@ -927,5 +976,56 @@ mod tests {
         let secret = c.tokens.jwt_secret.as_ref().unwrap();
         assert_eq!(secret.0, "operator-chosen");
         assert!(!format!("{c:?}").contains("operator-chosen"));
+    }
+
+    #[test]
+    fn storage_backend_follows_the_url_and_the_environment() {
+        let with_env = |text: &str, url: &'static str| {
+            Config::from_toml(
+                text,
+                &move |k| (k == "PORTCULLIS_DATABASE_URL").then(|| url.to_string()),
+                Path::new("."),
+            )
+        };
+        // The default: sled under data_dir.
+        assert!(matches!(load("").unwrap().storage,
+            Storage::Sled { ref path } if path == Path::new("data/db")));
+        // postgres with its url; the url is a secret (it may hold a password).
+        let pg =
+            load("[storage]\nbackend = \"postgres\"\nurl = \"postgres://u:pw@db/x\"\n").unwrap();
+        assert!(
+            matches!(pg.storage, Storage::Postgres { ref url } if url.0 == "postgres://u:pw@db/x")
+        );
+        assert!(!format!("{pg:?}").contains("pw@"));
+        // The environment overrides the url, and its scheme picks the backend.
+        let c = with_env("", "postgres://env@db/y").unwrap();
+        assert!(
+            matches!(c.storage, Storage::Postgres { ref url } if url.0 == "postgres://env@db/y")
+        );
+        let c = with_env(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://file@db/x\"\n",
+            "postgres://env@db/y",
+        )
+        .unwrap();
+        assert!(matches!(c.storage, Storage::Postgres { ref url } if url.0.contains("env@")));
+        let c = with_env("", "sled:/var/lib/p/db").unwrap();
+        assert!(
+            matches!(c.storage, Storage::Sled { ref path } if path == Path::new("/var/lib/p/db"))
+        );
+        // Every inconsistency names its key.
+        for (text, key) in [
+            ("[storage]\nbackend = \"postgres\"\n", "storage.url"),
+            ("[storage]\nbackend = \"mysql\"\n", "storage.backend"),
+            ("[storage]\nurl = \"postgres://x/y\"\n", "storage.url"),
+            ("[storage]\nurl = \"mysql://x/y\"\n", "storage.url"),
+        ] {
+            let e = load(text).unwrap_err();
+            assert!(e.0.iter().any(|p| p.starts_with(key)), "{text}: {e:?}");
+        }
+        let e = with_env("", "redis://x").unwrap_err();
+        assert!(
+            e.0.iter().any(|p| p.starts_with("PORTCULLIS_DATABASE_URL")),
+            "{e:?}"
+        );
     }
 }

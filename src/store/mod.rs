@@ -14,6 +14,7 @@
 //! the change has been flushed to disk (group commit).
 
 pub mod domain;
+pub mod pg_store;
 pub mod sled_store;
 
 use serde::{Deserialize, Serialize};

@@ -7,6 +7,7 @@ mod accounts;
 mod core_proxy;
 mod email;
 mod limits;
+mod postgres;
 mod races;
 mod security;
 mod store;

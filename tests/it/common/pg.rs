@@ -1,0 +1,158 @@
+//! A throwaway PostgreSQL cluster for the tests: started once per test
+//! process on an ephemeral port (as the `postgres` user when running as
+//! root, since `initdb` refuses root), with `fsync=off`. A watcher shell
+//! started with it stops the server and removes its directory as soon as
+//! this test process is gone, however it ended; nothing else is touched.
+//! Every test gets a database of its own.
+//!
+//! Without PostgreSQL binaries (`/usr/lib/postgresql/*/bin`, or `PG_BIN`)
+//! the PostgreSQL tests are skipped with a message saying so; `.ci/run`
+//! installs them, so CI never skips.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub struct Cluster {
+    pub port: u16,
+}
+
+static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+
+/// The cluster, started on first use; `Err` says why there is none.
+pub fn cluster() -> Result<&'static Cluster, &'static str> {
+    CLUSTER.get_or_init(start).as_ref().map_err(String::as_str)
+}
+
+fn pg_bin() -> Result<PathBuf, String> {
+    if let Ok(b) = std::env::var("PG_BIN") {
+        return Ok(PathBuf::from(b));
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(|_| "no /usr/lib/postgresql (install Debian's postgresql package)".to_string())?
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("initdb").exists() && b.join("postgres").exists())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .ok_or_else(|| "no PostgreSQL server binaries under /usr/lib/postgresql".into())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// `cmd args…`, as the `postgres` user when we are root.
+fn as_postgres(program: &str) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", program]);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn start() -> Result<Cluster, String> {
+    let bin = pg_bin()?;
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-pg-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    if is_root() {
+        let owner = Command::new("chown")
+            .args(["-R", "postgres:", &dir.display().to_string()])
+            .status()
+            .map_err(|e| format!("chown: {e}"))?;
+        if !owner.success() {
+            return Err("chown to the postgres user failed".into());
+        }
+    }
+    let initdb = as_postgres(&bin.join("initdb").display().to_string())
+        .args(["-D", &dir.join("data").display().to_string()])
+        .args(["-A", "trust", "-U", "postgres", "--no-sync"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("running initdb: {e}"))?;
+    if !initdb.status.success() {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(format!(
+            "initdb failed: {}",
+            String::from_utf8_lossy(&initdb.stderr)
+        ));
+    }
+    let port = super::free_port();
+    // The server runs under a watcher that stops it (and removes the
+    // directory) once this process is gone.
+    let script = r#"
+"$1/postgres" -D "$2/data" -p "$3" -k "$2" -c listen_addresses=127.0.0.1 \
+  -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+  -c max_connections=400 >"$2/log" 2>&1 &
+pg=$!
+while [ -d "/proc/$4" ] && kill -0 "$pg" 2>/dev/null; do sleep 0.5; done
+kill -INT "$pg" 2>/dev/null
+wait "$pg"
+rm -rf "$2"
+"#;
+    as_postgres("sh")
+        .args(["-c", script, "pg-watch"])
+        .arg(bin.display().to_string())
+        .arg(dir.display().to_string())
+        .arg(port.to_string())
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting postgres: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+            return Err(format!("postgres did not start on {port}: {log}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Cluster { port })
+}
+
+impl Cluster {
+    /// A fresh, empty database; its URL.
+    pub async fn database(&self) -> String {
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", self.port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // The server may still be finishing its start-up.
+        let (client, conn) = loop {
+            match tokio_postgres::connect(&admin, tokio_postgres::NoTls).await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("connecting to the test cluster: {e}"),
+            }
+        };
+        let conn = tokio::spawn(conn);
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            client.batch_execute(&format!("CREATE DATABASE {name}")),
+        )
+        .await
+        .expect("CREATE DATABASE in time")
+        .expect("CREATE DATABASE");
+        drop(client);
+        let _ = conn.await;
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}
