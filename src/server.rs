@@ -169,6 +169,43 @@ impl BackgroundService for Maintenance {
     }
 }
 
+/// For a backend several gateways share: learn of revocations committed by
+/// the other instances. Woken by the store's notifications (PostgreSQL
+/// `LISTEN`), and at least once a second regardless, so a lost
+/// notification costs at most a second; after a reconnect the query
+/// catches up from the last sequence seen (sequences commit in order).
+struct RevocationFeed {
+    auth: Arc<AuthService>,
+}
+
+#[async_trait]
+impl BackgroundService for RevocationFeed {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use std::sync::atomic::Ordering;
+        let Some(mut events) = self.auth.store.revocation_events() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = events.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => break,
+            }
+            let seq = self.auth.revocation_seq.load(Ordering::SeqCst);
+            match self.auth.store.revocations_since(seq).await {
+                Ok(Some((revs, last))) => {
+                    self.auth.revocations.apply(&revs);
+                    self.auth.revocation_seq.store(last, Ordering::SeqCst);
+                }
+                Ok(None) => return,
+                // The database is away: tokens keep being checked against
+                // what is already known; catch up when it is back.
+                Err(e) => tracing::warn!(cause = %e, "revocation feed: cannot read"),
+            }
+        }
+    }
+}
+
 /// Stops the server when told to through a channel (tests), or on
 /// SIGTERM/SIGINT (the binary); both shut down gracefully: requests in
 /// flight get up to `grace` to finish before Pingora stops the services
@@ -401,6 +438,10 @@ pub fn start(
             max_attempts: cfg.mail.max_attempts,
             retry_base_secs: cfg.mail.retry_base_secs,
         },
+    ));
+    server.add_service(background_service(
+        "revocation feed",
+        RevocationFeed { auth: auth.clone() },
     ));
     let sweeps = Arc::new(std::sync::atomic::AtomicU64::new(0));
     server.add_service(background_service(

@@ -44,6 +44,8 @@ pub struct AuthService {
     pub tokens: TokenService,
     pub refresh: RefreshKeys,
     pub revocations: Revocations,
+    /// How far the in-memory revocations follow a shared backend.
+    pub revocation_seq: std::sync::atomic::AtomicI64,
     pub hasher: Hasher,
     pub throttle: Throttle,
     pub clock: Arc<dyn Clock>,
@@ -58,13 +60,23 @@ impl AuthService {
     ) -> Result<Self, String> {
         let keys = keys::load(&cfg.tokens, &cfg.server.data_dir)?;
         let tokens = TokenService::new(keys, cfg.tokens.clone(), clock.clone());
-        let refresh = RefreshKeys::load(&cfg.server.data_dir)?;
+        let refresh = match &cfg.tokens.refresh_secret {
+            Some(secret) => RefreshKeys::from_secret(secret.0.as_bytes()),
+            None => RefreshKeys::load(&cfg.server.data_dir)?,
+        };
         // Never run with an empty blacklist: a store that cannot be read
         // stops the start.
-        let (revoked, counters) = {
+        let (revoked, seq, counters) = {
             let store = store.clone();
             store::block_on(async move {
-                (store.list_revocations().await, store.load_counters().await)
+                // A shared backend also says how far this snapshot goes, so
+                // the fan-out (server::RevocationFeed) continues from there.
+                let (revoked, seq) = match store.revocations_since(0).await {
+                    Ok(Some((revs, seq))) => (Ok(revs), seq),
+                    Ok(None) => (store.list_revocations().await, 0),
+                    Err(e) => (Err(e), 0),
+                };
+                (revoked, seq, store.load_counters().await)
             })?
         };
         let revocations =
@@ -80,6 +92,7 @@ impl AuthService {
             tokens,
             refresh,
             revocations,
+            revocation_seq: std::sync::atomic::AtomicI64::new(seq),
             hasher,
             throttle,
             clock,

@@ -52,9 +52,15 @@ impl RefreshKeys {
         Ok(Self { key })
     }
 
+    /// An operator-supplied key (`PORTCULLIS_REFRESH_SECRET`), which every
+    /// gateway sharing one database must have.
+    pub fn from_secret(key: &[u8]) -> Self {
+        Self { key: key.to_vec() }
+    }
+
     #[cfg(test)]
     fn with_key(key: &[u8]) -> Self {
-        Self { key: key.to_vec() }
+        Self::from_secret(key)
     }
 
     /// A new random seed for a session.

@@ -97,6 +97,9 @@ pub struct TokenConfig {
     pub tunnel_leeway_secs: u64,
     /// `PORTCULLIS_JWT_SECRET`, overriding the generated HS256 key.
     pub jwt_secret: Option<Secret>,
+    /// From `PORTCULLIS_REFRESH_SECRET`: the refresh-token MAC key, which
+    /// gateways sharing one database must share (else `data_dir/refresh.key`).
+    pub refresh_secret: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -454,6 +457,10 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
     // accepted with a warning at start (see `auth::keys`), since refusing it
     // would leave a gateway that will not start on a working key.
     let jwt_secret = env("PORTCULLIS_JWT_SECRET").filter(|v| !v.is_empty());
+    let refresh_secret = env("PORTCULLIS_REFRESH_SECRET").filter(|v| !v.is_empty());
+    if refresh_secret.as_ref().is_some_and(|v| v.len() < 32) {
+        p.push("PORTCULLIS_REFRESH_SECRET: must be at least 32 bytes".into());
+    }
 
     // --- accounts
     let a = &f.accounts;
@@ -716,6 +723,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             leeway_secs: t.leeway_secs,
             tunnel_leeway_secs: t.tunnel_leeway_secs,
             jwt_secret: jwt_secret.map(Secret),
+            refresh_secret: refresh_secret.map(Secret),
         },
         accounts: AccountsConfig {
             require_email_verification: a.require_email_verification,

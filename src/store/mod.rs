@@ -368,6 +368,22 @@ pub trait Store: Send + Sync + 'static {
     /// Can the backend read? (`/readyz`)
     async fn ping(&self) -> StoreResult<()>;
     fn stats(&self) -> StoreStats;
+
+    // --- fan-out, for backends several gateways share
+    /// Revocations committed (by any instance) after sequence `after`, in
+    /// commit order, and the newest sequence; `None` for a backend with one
+    /// gateway (each revocation is mirrored in memory by its writer).
+    async fn revocations_since(&self, after: i64) -> StoreResult<Option<(Vec<Revocation>, i64)>> {
+        let _ = after;
+        Ok(None)
+    }
+
+    /// Bumped whenever another instance may have revoked something: a
+    /// notification, or a reconnect (notifications sent meanwhile are
+    /// lost). `None` for a backend with one gateway.
+    fn revocation_events(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// Run a future to completion from synchronous code, whether or not the

@@ -81,9 +81,17 @@ CREATE TABLE outbox (
 
 /// Arbitrary, fixed: the advisory lock migrations run under.
 const MIGRATION_LOCK: i64 = 0x706f_7274_6375_6c6c;
+/// Revoking transactions take this (transaction-level) lock just before
+/// they draw their sequence numbers, and hold it to commit: sequences are
+/// then committed in order, so a reader that has seen `seq = n` has seen
+/// every revocation up to `n`.
+const REVOCATION_LOCK: i64 = 0x706f_7274_7265_766b;
 
 pub struct PgStore {
     pool: Pool,
+    url: String,
+    /// The listener's signal, started on first use.
+    events: std::sync::OnceLock<tokio::sync::watch::Receiver<u64>>,
     commits: AtomicU64,
     ops: AtomicU64,
     in_flight: AtomicU64,
@@ -157,6 +165,9 @@ async fn write_revocations(tx: &Transaction<'_>, revs: &[Revocation]) -> StoreRe
     if revs.is_empty() {
         return Ok(());
     }
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&REVOCATION_LOCK])
+        .await
+        .map_err(pg)?;
     for r in revs {
         let (kind, id, at) = kind_code(r);
         tx.execute(
@@ -263,6 +274,8 @@ impl PgStore {
         let pool = Pool::builder(mgr).max_size(16).build().map_err(backend)?;
         let store = Self {
             pool,
+            url: url.to_string(),
+            events: std::sync::OnceLock::new(),
             commits: AtomicU64::new(0),
             ops: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
@@ -346,25 +359,49 @@ impl PgStore {
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
         self.pool.get().await.map_err(backend)
     }
+}
 
-    /// Revocations written after sequence `seq` (for the other instances'
-    /// listeners), and the highest sequence seen.
-    pub async fn revocations_since(&self, seq: i64) -> StoreResult<(Vec<Revocation>, i64)> {
-        let c = self.client().await?;
-        let rows = c
-            .query(
-                "SELECT kind, id, at, seq FROM revocations WHERE seq > $1 ORDER BY seq",
-                &[&seq],
-            )
-            .await
-            .map_err(pg)?;
-        let mut last = seq;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            out.push(revocation_from(r.get(0), r.get(1), r.get(2))?);
-            last = last.max(r.get(3));
+/// Keep a `LISTEN` connection open (reconnecting with backoff), bumping
+/// `tx` on every notification and on every (re)connect.
+async fn listen(url: String, tx: tokio::sync::watch::Sender<u64>) {
+    let mut backoff = std::time::Duration::from_millis(100);
+    loop {
+        if tx.is_closed() {
+            return;
         }
-        Ok((out, last))
+        match tokio_postgres::connect(&url, NoTls).await {
+            Ok((client, mut conn)) => {
+                // The connection must be polled for LISTEN to be sent and
+                // for notifications to arrive.
+                let statement = format!("LISTEN {CHANNEL}");
+                let listen = client.batch_execute(&statement);
+                let mut listen = std::pin::pin!(listen);
+                let mut listening = false;
+                loop {
+                    tokio::select! {
+                        r = &mut listen, if !listening => {
+                            if r.is_err() { break; }
+                            listening = true;
+                            backoff = std::time::Duration::from_millis(100);
+                            // Anything sent while we were away is lost.
+                            tx.send_modify(|n| *n += 1);
+                        }
+                        m = std::future::poll_fn(|cx| conn.poll_message(cx)) => match m {
+                            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                                tx.send_modify(|n| *n += 1);
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(_)) | None => break,
+                        },
+                        _ = tx.closed() => return,
+                    }
+                }
+                tracing::warn!("revocation listener: connection lost; reconnecting");
+            }
+            Err(e) => tracing::warn!(cause = %e, "revocation listener: cannot connect"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
     }
 }
 
@@ -568,7 +605,41 @@ impl Store for PgStore {
     }
 
     async fn list_revocations(&self) -> StoreResult<Vec<Revocation>> {
-        Ok(self.revocations_since(0).await?.0)
+        Ok(self
+            .revocations_since(0)
+            .await?
+            .map(|(revs, _)| revs)
+            .unwrap_or_default())
+    }
+
+    async fn revocations_since(&self, after: i64) -> StoreResult<Option<(Vec<Revocation>, i64)>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT kind, id, at, seq FROM revocations WHERE seq > $1 ORDER BY seq",
+                &[&after],
+            )
+            .await
+            .map_err(pg)?;
+        let mut last = after;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push(revocation_from(r.get(0), r.get(1), r.get(2))?);
+            last = last.max(r.get(3));
+        }
+        Ok(Some((out, last)))
+    }
+
+    fn revocation_events(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(
+            self.events
+                .get_or_init(|| {
+                    let (tx, rx) = tokio::sync::watch::channel(0);
+                    tokio::spawn(listen(self.url.clone(), tx));
+                    rx
+                })
+                .clone(),
+        )
     }
 
     async fn issue_one_time(
