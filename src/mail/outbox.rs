@@ -15,6 +15,12 @@ use crate::clock::Clock;
 use crate::metrics;
 use crate::store::{Delivery, Store};
 
+/// How long a claimed message is this sender's: longer than a send may
+/// take (each is bounded at 60 s), after which another sender may retry.
+const CLAIM_LEASE_SECS: u64 = 120;
+/// Messages claimed per pass.
+const CLAIM_BATCH: usize = 64;
+
 pub struct OutboxWorker {
     pub store: Arc<dyn Store>,
     pub transport: Arc<dyn Transport>,
@@ -36,18 +42,21 @@ impl OutboxWorker {
     /// One pass over the due messages. Each attempt is recorded on the
     /// current message (durably) before the next one is sent.
     pub async fn deliver_due(&self) {
-        let all = match self.store.list_mail().await {
+        let now = self.clock.now();
+        // Claimed messages are leased to this sender: another gateway on
+        // the same database does not send them too.
+        let due = match self
+            .store
+            .claim_mail(now, CLAIM_LEASE_SECS, CLAIM_BATCH)
+            .await
+        {
             Ok(m) => m,
             Err(e) => {
-                tracing::error!(cause = %e, "outbox: cannot read");
+                tracing::error!(cause = %e, "outbox: cannot claim due mail");
                 return;
             }
         };
-        let now = self.clock.now();
-        for msg in all
-            .into_iter()
-            .filter(|m| !m.failed && m.next_attempt_at <= now)
-        {
+        for msg in due {
             let sent = tokio::time::timeout(Duration::from_secs(60), self.transport.send(&msg))
                 .await
                 .unwrap_or_else(|_| Err("send timed out".into()));

@@ -226,6 +226,16 @@ pub fn apply_delivery(m: &OutboxMessage, d: &Delivery) -> Option<OutboxMessage> 
     }
 }
 
+/// Lease a message for sending if it is due: `None` if it is not.
+pub fn claim_mail(m: &OutboxMessage, now: i64, lease_secs: u64) -> Option<OutboxMessage> {
+    if m.failed || m.next_attempt_at > now {
+        return None;
+    }
+    let mut m = m.clone();
+    m.next_attempt_at = now.saturating_add(lease_secs as i64);
+    Some(m)
+}
+
 // ----- what the sweep may remove
 
 pub fn session_is_dead(s: &SessionRecord, r: &Retention) -> bool {

@@ -356,6 +356,17 @@ pub trait Store: Send + Sync + 'static {
     // --- mail outbox
     async fn enqueue_mail(&self, mail: OutboxMessage) -> StoreResult<()>;
     async fn list_mail(&self) -> StoreResult<Vec<OutboxMessage>>;
+    /// Take up to `limit` due messages for sending: each is leased (its
+    /// next attempt moved to `now + lease_secs`) in the same atomic step,
+    /// so of several senders (several gateways on one database) exactly
+    /// one gets it. A sender that dies mid-send leaves the lease to run
+    /// out, and another one retries.
+    async fn claim_mail(
+        &self,
+        now: i64,
+        lease_secs: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<OutboxMessage>>;
     /// Record a delivery attempt on the current message (a sent one is
     /// removed).
     async fn record_delivery(&self, id: Uuid, delivery: Delivery) -> StoreResult<()>;

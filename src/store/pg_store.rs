@@ -781,6 +781,43 @@ impl Store for PgStore {
         rows.into_iter().map(|r| dec(r.get(0))).collect()
     }
 
+    async fn claim_mail(
+        &self,
+        now: i64,
+        lease_secs: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<OutboxMessage>> {
+        // Rows another sender holds are skipped, never waited for.
+        self.write(tx!(|tx| {
+            let rows = tx
+                .query(
+                    "SELECT id, record FROM outbox
+                     WHERE NOT (record->>'failed')::boolean
+                       AND (record->>'next_attempt_at')::bigint <= $1
+                     ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+                    &[&now, &(limit as i64)],
+                )
+                .await
+                .map_err(pg)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let id: Uuid = row.get(0);
+                let m: OutboxMessage = dec(row.get(1))?;
+                if let Some(leased) = domain::claim_mail(&m, now, lease_secs) {
+                    tx.execute(
+                        "UPDATE outbox SET record = $2 WHERE id = $1",
+                        &[&id, &enc(&leased)],
+                    )
+                    .await
+                    .map_err(pg)?;
+                    out.push(m);
+                }
+            }
+            Ok(out)
+        }))
+        .await
+    }
+
     async fn record_delivery(&self, id: Uuid, delivery: Delivery) -> StoreResult<()> {
         self.write(tx!(|tx| {
             let Some(current) = one::<OutboxMessage>(

@@ -892,6 +892,51 @@ impl Store for SledStore {
         .await
     }
 
+    async fn claim_mail(
+        &self,
+        now: i64,
+        lease_secs: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<OutboxMessage>> {
+        // Candidates by a read; the writer leases each one that is still due.
+        let due: Vec<Vec<u8>> = self
+            .read(move |t| {
+                let mut out = Vec::new();
+                for kv in t.tree(T::Outbox).iter() {
+                    let (k, v) = kv.map_err(backend)?;
+                    let m: OutboxMessage = dec(&v)?;
+                    if domain::claim_mail(&m, now, lease_secs).is_some() {
+                        out.push(k.to_vec());
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut claimed = self
+            .write(move |tx| {
+                let mut out = Vec::new();
+                for k in due {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let Some(m) = tx.get_json::<OutboxMessage>(T::Outbox, &k)? else {
+                        continue;
+                    };
+                    if let Some(leased) = domain::claim_mail(&m, now, lease_secs) {
+                        tx.put_json(T::Outbox, k, &leased);
+                        out.push(m);
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        claimed.sort_by_key(|m| m.created_at);
+        Ok(claimed)
+    }
+
     async fn record_delivery(&self, id: Uuid, delivery: Delivery) -> StoreResult<()> {
         self.write(move |tx| {
             let key = id.as_bytes().to_vec();

@@ -84,6 +84,10 @@ const REFRESH_SECRET: &str = "a shared refresh-token key, 32 bytes or more";
 /// Three gateways on one database, sharing their signing and refresh keys
 /// as a deployment behind a load balancer must.
 async fn three_gateways() -> Option<Vec<TestGateway>> {
+    three_gateways_mailing_to(None).await
+}
+
+async fn three_gateways_mailing_to(smtp: Option<u16>) -> Option<Vec<TestGateway>> {
     let cluster = match pg::cluster() {
         Ok(c) => c,
         Err(why) => {
@@ -107,6 +111,7 @@ async fn three_gateways() -> Option<Vec<TestGateway>> {
                     ),
                 ]
                 .into(),
+                smtp_target: smtp.map(|port| ("127.0.0.1".to_string(), port)),
                 ..Default::default()
             })
             .await,
@@ -233,4 +238,49 @@ async fn races_across_instances_have_one_winner() {
         17,
         "{statuses:?}"
     );
+}
+
+/// The outbox is shared, and each message is sent exactly once although
+/// all three gateways run a sender: a sender claims a due message (a lease,
+/// `FOR UPDATE SKIP LOCKED`) before sending it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_mail_is_sent_once_by_three_senders() {
+    let smtp = crate::common::smtp::start().await;
+    let Some(gws) = three_gateways_mailing_to(Some(smtp.addr.port())).await else {
+        return;
+    };
+    const N: usize = 30;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let addr = gws[i % 3].addr;
+        set.spawn(async move {
+            let email = format!("once{i}@example.com");
+            let body =
+                json!({ "email": email, "password": PASSWORD, "password_confirm": PASSWORD });
+            crate::common::http::post_json(addr, "/auth/register", &body, None)
+                .await
+                .status
+        });
+    }
+    while let Some(s) = set.join_next().await {
+        assert_eq!(s.unwrap(), 201);
+    }
+    let mails = smtp.wait_for(N, std::time::Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), N);
+    // Give any duplicate a chance to arrive: every sender polls twice a
+    // second, so two more seconds cover several passes of all three.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let mut to: Vec<String> = smtp
+        .messages()
+        .iter()
+        .map(|m| m.header("to").unwrap_or_default())
+        .collect();
+    to.sort();
+    let before = to.len();
+    to.dedup();
+    assert_eq!((before, to.len()), (N, N), "{to:?}");
+    for gw in &gws {
+        let left = gw.handle().auth.store.list_mail().await.unwrap();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }

@@ -443,6 +443,35 @@ pub async fn delivery_attempts_apply_to_the_current_message(s: Arc<dyn Store>) {
     s.record_delivery(m.id, Delivery::Sent).await.unwrap();
 }
 
+pub async fn each_due_message_is_claimed_by_one_sender(s: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let mut m = mail(&format!("c{i}@example.com"));
+        m.next_attempt_at = if i < 32 { 100 } else { 500 };
+        ids.push(m.id);
+        s.enqueue_mail(m).await.unwrap();
+    }
+    let mut failed = mail("gone@example.com");
+    failed.failed = true;
+    s.enqueue_mail(failed).await.unwrap();
+    // 16 senders at once, 4 messages each at most: the 32 due messages are
+    // handed out once each, the 8 not yet due and the failed one never.
+    let rs = race(|_| {
+        let s = s.clone();
+        async move { s.claim_mail(200, 120, 4).await.unwrap() }
+    })
+    .await;
+    let mut claimed: Vec<Uuid> = rs.iter().flatten().map(|m| m.id).collect();
+    assert!(rs.iter().all(|c| c.len() <= 4));
+    claimed.sort();
+    let mut want = ids[..32].to_vec();
+    want.sort();
+    assert_eq!(claimed, want);
+    // Leased: nothing is due again until the lease runs out.
+    assert!(s.claim_mail(319, 120, 100).await.unwrap().is_empty());
+    assert_eq!(s.claim_mail(320, 120, 100).await.unwrap().len(), 32);
+}
+
 pub async fn the_sweep_removes_only_what_is_still_dead(s: Arc<dyn Store>) {
     let u = user("sweep@example.com");
     s.create_user(u.clone(), None).await.unwrap();
@@ -530,6 +559,7 @@ macro_rules! conformance {
                 issue_sequences_are_distinct,
                 ending_sessions_races_creating_them,
                 delivery_attempts_apply_to_the_current_message,
+                each_due_message_is_claimed_by_one_sender,
                 the_sweep_removes_only_what_is_still_dead,
                 counters_round_trip,
             );
