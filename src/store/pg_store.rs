@@ -261,9 +261,14 @@ async fn newest_seq(c: &impl GenericClient, user: Uuid, kind: OneTimeKind) -> St
 impl PgStore {
     /// Connect (a pool, lazily) and run the migrations.
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        let cfg: tokio_postgres::Config = url
+        let mut cfg: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Backend(format!("database url: {e}")))?;
+        // Never hang on an unreachable server: fail, answer 503, retry.
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(std::time::Duration::from_secs(5));
+        }
+        cfg.keepalives_idle(std::time::Duration::from_secs(30));
         let mgr = Manager::from_config(
             cfg,
             NoTls,

@@ -284,3 +284,69 @@ async fn each_mail_is_sent_once_by_three_senders() {
         assert!(left.is_empty(), "{left:?}");
     }
 }
+
+/// The database goes away under a running gateway: tokens are still
+/// checked from memory (a live token passes, a revoked one still fails),
+/// `/readyz` answers 503, writes answer 503 `service_unavailable` and
+/// acknowledge nothing; when the database is back, so is everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_fails_writes_not_token_checks() {
+    let cluster = match pg::cluster() {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("PostgreSQL test skipped: {why}");
+            return;
+        }
+    };
+    let direct = cluster.database().await;
+    let pipe = pg::Pipe::to(cluster.port).await;
+    let url = direct.replace(&format!(":{}/", cluster.port), &format!(":{}/", pipe.port));
+    let gw = TestGateway::start_with(Builder {
+        extra: format!(
+            "[throttle]\nauth_per_minute = 0\n[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n"
+        ),
+        ..Default::default()
+    })
+    .await;
+    let live = gw.signup("outage@example.com").await;
+    let dead = gw.signin("outage@example.com", PASSWORD).await;
+    let r = gw.post("/auth/logout", json!({}), Some(&dead.access)).await;
+    assert_eq!(r.status, 204);
+    let ready = || async {
+        crate::common::http::get(gw.admin_addr, "/readyz", None)
+            .await
+            .status
+    };
+    assert_eq!(ready().await, 200);
+
+    pipe.cut();
+    within(std::time::Duration::from_secs(10), || async {
+        ready().await == 503
+    })
+    .await;
+    assert_eq!(gw.get("/", Some(&live.access)).await.status, 200);
+    assert_eq!(gw.get("/", Some(&dead.access)).await.status, 401);
+    let r = gw.post("/auth/logout", json!({}), Some(&live.access)).await;
+    crate::common::assert_error(&r, 503, "service_unavailable");
+    assert!(r.header("retry-after").is_some());
+    crate::common::assert_error(
+        &gw.login("outage@example.com", PASSWORD).await,
+        503,
+        "service_unavailable",
+    );
+    // The failed logout acknowledged nothing, and revoked nothing.
+    assert_eq!(gw.get("/", Some(&live.access)).await.status, 200);
+
+    pipe.restore();
+    within(std::time::Duration::from_secs(10), || async {
+        ready().await == 200
+    })
+    .await;
+    let r = gw.post("/auth/logout", json!({}), Some(&live.access)).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(gw.get("/", Some(&live.access)).await.status, 401);
+    assert_eq!(
+        gw.signin("outage@example.com", PASSWORD).await.user["email"],
+        "outage@example.com"
+    );
+}
