@@ -102,9 +102,18 @@ impl log::Log for ScrubbingLog {
         }
         let text = record.args().to_string();
         let scrubbed = scrub_queries(&text);
+        let level = level_for(record.target(), record.level(), &text);
+        if level > log::max_level() {
+            return;
+        }
         self.0.log(
             &log::Record::builder()
-                .metadata(record.metadata().clone())
+                .metadata(
+                    log::Metadata::builder()
+                        .level(level)
+                        .target(record.target())
+                        .build(),
+                )
                 .args(format_args!("{scrubbed}"))
                 .module_path(record.module_path())
                 .file(record.file())
@@ -114,6 +123,18 @@ impl log::Log for ScrubbingLog {
     }
 
     fn flush(&self) {}
+}
+
+/// The level a dependency's record is logged at. A TLS handshake that the
+/// client abandons (a port scanner, a health check that only opens the
+/// port, the gateway's own start-up probe) is the client's doing: Pingora
+/// reports it as an error, we log it at debug, so an error in the log is
+/// always worth a look.
+fn level_for(target: &str, level: log::Level, text: &str) -> log::Level {
+    if target.starts_with("pingora") && text.starts_with("Downstream handshake error") {
+        return log::Level::Debug;
+    }
+    level
 }
 
 /// Replace every query string (a `?` and what follows up to whitespace or
@@ -146,7 +167,25 @@ pub fn scrub_queries(text: &str) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use super::scrub_queries;
+    use super::{level_for, scrub_queries};
+
+    #[test]
+    fn abandoned_handshakes_are_not_errors() {
+        let l = level_for(
+            "pingora_core::services::listening",
+            log::Level::Error,
+            "Downstream handshake error from 127.0.0.1:1: TLSHandshakeFailure",
+        );
+        assert_eq!(l, log::Level::Debug);
+        let other = level_for("pingora_core::x", log::Level::Error, "Fail to proxy");
+        assert_eq!(other, log::Level::Error);
+        let ours = level_for(
+            "portcullis",
+            log::Level::Error,
+            "Downstream handshake error",
+        );
+        assert_eq!(ours, log::Level::Error);
+    }
 
     #[test]
     fn query_strings_are_scrubbed() {

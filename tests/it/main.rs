@@ -10,5 +10,6 @@ mod limits;
 mod postgres;
 mod races;
 mod security;
+mod startup;
 mod store;
 mod tokens;
