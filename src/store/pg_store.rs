@@ -258,6 +258,42 @@ async fn newest_seq(c: &impl GenericClient, user: Uuid, kind: OneTimeKind) -> St
     Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
 }
 
+/// Delete the rows of `table` (keyed by `key`, a JSON `record` column)
+/// whose record `is_dead` judges dead; rows locked by another transaction
+/// are left for the next sweep. `table` and `key` are our own constants.
+async fn sweep_table<K, V>(
+    tx: &Transaction<'_>,
+    table: &str,
+    key: &str,
+    is_dead: impl Fn(&V) -> bool,
+) -> StoreResult<usize>
+where
+    K: tokio_postgres::types::ToSql + for<'a> tokio_postgres::types::FromSql<'a> + Sync,
+    V: DeserializeOwned,
+{
+    let rows = tx
+        .query(
+            &format!("SELECT {key}, record FROM {table} LIMIT $1 FOR UPDATE SKIP LOCKED"),
+            &[&SWEEP_SCAN],
+        )
+        .await
+        .map_err(pg)?;
+    let mut dead: Vec<K> = Vec::new();
+    for row in rows {
+        if is_dead(&dec(row.get(1))?) {
+            dead.push(row.get(0));
+        }
+    }
+    let n = tx
+        .execute(
+            &format!("DELETE FROM {table} WHERE {key} = ANY($1)"),
+            &[&dead],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(n as usize)
+}
+
 impl PgStore {
     /// Connect (a pool, lazily) and run the migrations.
     pub async fn connect(url: &str) -> StoreResult<Self> {
@@ -858,43 +894,21 @@ impl Store for PgStore {
         // Rows another instance is changing right now are skipped; the
         // next sweep gets them.
         self.write(tx!(|tx| {
-            let mut report = SweepReport::default();
-            let rows = tx
-                .query(
-                    "SELECT id, record FROM sessions LIMIT $1 FOR UPDATE SKIP LOCKED",
-                    &[&SWEEP_SCAN],
-                )
-                .await
-                .map_err(pg)?;
-            let mut dead: Vec<Uuid> = Vec::new();
-            for row in rows {
-                let s: SessionRecord = dec(row.get(1))?;
-                if domain::session_is_dead(&s, &r) {
-                    dead.push(row.get(0));
-                }
-            }
-            report.sessions = tx
-                .execute("DELETE FROM sessions WHERE id = ANY($1)", &[&dead])
-                .await
-                .map_err(pg)? as usize;
-            let rows = tx
-                .query(
-                    "SELECT hash, record FROM one_time LIMIT $1 FOR UPDATE SKIP LOCKED",
-                    &[&SWEEP_SCAN],
-                )
-                .await
-                .map_err(pg)?;
-            let mut dead: Vec<String> = Vec::new();
-            for row in rows {
-                let t: OneTimeToken = dec(row.get(1))?;
-                if domain::one_time_is_dead(&t, &r) {
-                    dead.push(row.get(0));
-                }
-            }
-            report.one_time = tx
-                .execute("DELETE FROM one_time WHERE hash = ANY($1)", &[&dead])
-                .await
-                .map_err(pg)? as usize;
+            let mut report = SweepReport {
+                sessions: sweep_table::<Uuid, SessionRecord>(tx, "sessions", "id", |s| {
+                    domain::session_is_dead(s, &r)
+                })
+                .await?,
+                one_time: sweep_table::<String, OneTimeToken>(tx, "one_time", "hash", |t| {
+                    domain::one_time_is_dead(t, &r)
+                })
+                .await?,
+                mail: sweep_table::<Uuid, OutboxMessage>(tx, "outbox", "id", |m| {
+                    domain::mail_is_dead(m, &r)
+                })
+                .await?,
+                ..SweepReport::default()
+            };
             let rows = tx
                 .query(
                     "SELECT kind, id, at FROM revocations LIMIT $1 FOR UPDATE SKIP LOCKED",
@@ -918,24 +932,6 @@ impl Store for PgStore {
                     }
                 }
             }
-            let rows = tx
-                .query(
-                    "SELECT id, record FROM outbox LIMIT $1 FOR UPDATE SKIP LOCKED",
-                    &[&SWEEP_SCAN],
-                )
-                .await
-                .map_err(pg)?;
-            let mut dead: Vec<Uuid> = Vec::new();
-            for row in rows {
-                let m: OutboxMessage = dec(row.get(1))?;
-                if domain::mail_is_dead(&m, &r) {
-                    dead.push(row.get(0));
-                }
-            }
-            report.mail = tx
-                .execute("DELETE FROM outbox WHERE id = ANY($1)", &[&dead])
-                .await
-                .map_err(pg)? as usize;
             Ok(report)
         }))
         .await
