@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::common::http::{self, Response};
 use crate::common::{
-    assert_error, free_port, last_echoed, Builder, Session, TestGateway, PASSWORD,
+    assert_error, bin, free_port, last_echoed, Builder, Session, TestGateway, PASSWORD,
 };
 
 const NO_THROTTLE: &str = "[throttle]\nauth_per_minute = 0\n";
@@ -1809,38 +1809,17 @@ impl CliOut {
     }
 }
 
-/// Run the real `portcullis` binary; `stdin` is written to its standard input.
+/// Run the real `portcullis` binary; `stdin` is written to its standard
+/// input. Bounded by [`bin::CLI_LIMIT`].
 async fn cli(config: &Path, args: &[&str], stdin: Option<&str>) -> CliOut {
-    let config = config.to_path_buf();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let stdin = stdin.map(str::to_string);
-    tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(&args)
-            .arg("--config")
-            .arg(&config)
-            .env_remove("PORTCULLIS_CONFIG")
-            .env_remove("PORTCULLIS_JWT_SECRET")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run the portcullis binary");
-        {
-            let mut input = child.stdin.take().unwrap();
-            if let Some(text) = stdin {
-                input.write_all(text.as_bytes()).unwrap();
-            }
-        }
-        let out = child.wait_with_output().unwrap();
-        CliOut {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    })
-    .await
-    .unwrap()
+    let mut cmd = bin::command(args);
+    cmd.arg("--config").arg(config);
+    let out = bin::run_async(cmd, stdin.map(str::to_string), bin::CLI_LIMIT).await;
+    CliOut {
+        ok: out.ok(),
+        stdout: out.stdout,
+        stderr: out.stderr,
+    }
 }
 
 fn write_config(gw: &TestGateway) -> PathBuf {

@@ -5,6 +5,7 @@ mod common;
 
 mod accounts;
 mod core_proxy;
+mod durability;
 mod email;
 mod limits;
 mod races;

@@ -3,6 +3,7 @@
 //! upstream HTTP app and, when asked, a real SMTP receiver.
 #![allow(dead_code)]
 
+pub mod bin;
 pub mod http;
 pub mod smtp;
 pub mod upstream;
@@ -381,6 +382,16 @@ pub fn assert_error(r: &http::Response, status: u16, code: &str) {
 
 /// One HTTP/2 request over TLS (ALPN h2); returns status, headers, body.
 pub async fn h2_request(
+    gw: &TestGateway,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, ::http::HeaderMap, Vec<u8>) {
+    tokio::time::timeout(self::http::TIMEOUT, h2_request_unbounded(gw, path, headers))
+        .await
+        .unwrap_or_else(|_| panic!("HTTP/2 GET {path} took over {:?}", self::http::TIMEOUT))
+}
+
+async fn h2_request_unbounded(
     gw: &TestGateway,
     path: &str,
     headers: &[(&str, &str)],
