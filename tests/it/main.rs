@@ -8,6 +8,7 @@ mod core_proxy;
 mod durability;
 mod email;
 mod limits;
+mod passthrough;
 mod races;
 mod security;
 mod store;
