@@ -110,7 +110,7 @@ impl Maintenance {
         };
         match a.store.sweep(retention).await {
             Ok(r) => {
-                crate::metrics::swept(&r);
+                a.metrics.swept(&r);
                 if r.total() > 0 {
                     tracing::info!(
                         sessions = r.sessions,
@@ -282,7 +282,6 @@ pub fn start(
     clock: Arc<dyn Clock>,
     handle_signals: bool,
 ) -> Result<GatewayHandle, String> {
-    crate::metrics::init();
     let cfg = Arc::new(cfg);
     let s = &cfg.server;
     create_private_dir(&s.data_dir)?;
@@ -302,7 +301,14 @@ pub fn start(
     }
     let admin_token = admin_token(&cfg)?;
     let store: Arc<dyn Store> = open_store(&cfg)?;
-    let auth = Arc::new(AuthService::new(cfg.clone(), store.clone(), clock.clone())?);
+    // This gateway's own registry, scraped on its admin listener.
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let auth = Arc::new(AuthService::with_metrics(
+        cfg.clone(),
+        store.clone(),
+        clock.clone(),
+        metrics.clone(),
+    )?);
     let transport = crate::mail::transport_for(&cfg.mail)?;
 
     let inflight = Arc::new(InFlight::default());
@@ -382,6 +388,7 @@ pub fn start(
             wake: auth.mail_wake.clone(),
             max_attempts: cfg.mail.max_attempts,
             retry_base_secs: cfg.mail.retry_base_secs,
+            metrics,
         },
     ));
     let sweeps = Arc::new(std::sync::atomic::AtomicU64::new(0));

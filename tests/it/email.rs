@@ -182,19 +182,24 @@ fn emails_total(metrics: &str, kind: &str, outcome: &str) -> f64 {
     )
 }
 
-/// Polls /metrics until `portcullis_emails_total{kind, outcome}` reaches
-/// `at_least` (the counter moves right after the server acknowledged, which
-/// can be a moment after the receiver recorded the message).
-async fn wait_emails_total(gw: &TestGateway, kind: &str, outcome: &str, at_least: f64) {
+/// Polls /metrics until `portcullis_emails_total{kind, outcome}` is
+/// `exactly` (the counter moves right after the server acknowledged, which
+/// can be a moment after the receiver recorded the message); past it fails.
+async fn wait_emails_total(gw: &TestGateway, kind: &str, outcome: &str, exactly: f64) {
     let deadline = Instant::now() + WAIT;
     loop {
         let m = gw.metrics().await;
-        if emails_total(&m, kind, outcome) >= at_least {
+        let n = emails_total(&m, kind, outcome);
+        assert!(
+            n <= exactly,
+            "emails_total{{{kind},{outcome}}} {n} > {exactly}\n{m}"
+        );
+        if n == exactly {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "portcullis_emails_total{{kind={kind},outcome={outcome}}} must reach {at_least}\n{m}"
+            "portcullis_emails_total{{kind={kind},outcome={outcome}}} must reach {exactly}\n{m}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1030,10 +1035,13 @@ async fn permanent_failure_is_marked_counted_and_kept() {
     assert!(kept[0].last_error.is_some());
     assert_eq!(kept[0].kind, "verification");
     let m = gw.metrics().await;
-    assert!(
-        emails_total(&m, "verification", "failed") >= before + 1.0,
-        "portcullis_emails_total{{kind=verification,outcome=failed}} must move\n{m}"
+    assert_eq!(
+        emails_total(&m, "verification", "failed") - before,
+        1.0,
+        "portcullis_emails_total{{kind=verification,outcome=failed}}\n{m}"
     );
+    assert_eq!(emails_total(&m, "verification", "retry"), 1.0, "{m}");
+    assert_eq!(emails_total(&m, "verification", "sent"), 0.0, "{m}");
     assert_eq!(metric(&m, "portcullis_emails_pending"), 0.0, "{m}");
 
     // Failed for good: not retried, and still there.

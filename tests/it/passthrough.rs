@@ -269,3 +269,60 @@ async fn an_upstream_that_cannot_be_connected_to_in_time_is_a_502_at_the_timeout
     );
     drop(listener);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_metrics_count_each_request_once_by_route_and_status() {
+    let gw = gateway("").await;
+    let m0 = gw.metrics().await;
+    assert_eq!(gw.get("/public/x", None).await.status, 200);
+    assert_eq!(gw.get("/__status/503", None).await.status, 503);
+    assert_eq!(gw.get("/__status/404", None).await.status, 404);
+    assert_bad_gateway(&gw.get("/__drop", None).await);
+    assert_eq!(gw.get("/x", None).await.status, 401);
+    assert_eq!(gw.login("nobody@example.com", PASSWORD).await.status, 401);
+    let m1 = gw.metrics().await;
+    let d = |name: &str| metric(&m1, name) - metric(&m0, name);
+    let requests = |route: &str, class: &str| {
+        d(&format!(
+            "portcullis_requests_total{{route=\"{route}\",status=\"{class}\"}}"
+        ))
+    };
+    assert_eq!(requests("/public", "2xx"), 1.0);
+    assert_eq!(requests("/__status", "5xx"), 1.0);
+    assert_eq!(requests("/__status", "4xx"), 1.0);
+    assert_eq!(requests("/__drop", "5xx"), 1.0);
+    assert_eq!(requests("/", "4xx"), 1.0);
+    assert_eq!(requests("/", "2xx"), 0.0);
+    assert_eq!(requests("auth", "4xx"), 1.0);
+    let count = |family: &str, route: &str| d(&format!("{family}_count{{route=\"{route}\"}}"));
+    for (route, n) in [
+        ("/public", 1.0),
+        ("/__status", 2.0),
+        ("/__drop", 1.0),
+        ("/", 1.0),
+    ] {
+        assert_eq!(
+            count("portcullis_request_duration_seconds", route),
+            n,
+            "request duration {route}"
+        );
+    }
+    // Only requests that went upstream have an upstream duration.
+    for (route, n) in [("/public", 1.0), ("/__status", 2.0), ("/", 0.0)] {
+        assert_eq!(
+            count("portcullis_upstream_duration_seconds", route),
+            n,
+            "upstream duration {route}"
+        );
+    }
+    // An upstream's own 5xx is an answer, not an upstream error.
+    for (route, n) in [("/__drop", 1.0), ("/__status", 0.0), ("/public", 0.0)] {
+        assert_eq!(
+            d(&format!(
+                "portcullis_upstream_errors_total{{route=\"{route}\"}}"
+            )),
+            n,
+            "upstream errors {route}"
+        );
+    }
+}
