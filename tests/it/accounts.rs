@@ -522,6 +522,51 @@ async fn login_answers_tokens_and_user() {
     );
 }
 
+/// argon2 runs (hashes, verifies) the gateway's hasher has done so far.
+fn argon2_runs(gw: &TestGateway) -> (u64, u64) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let s = gw.handle().auth.hasher.stats();
+    (s.hashes.load(SeqCst), s.verifies.load(SeqCst))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_login_spends_exactly_one_argon2_verify_known_or_not() {
+    let gw = gateway("").await;
+    gw.signup("ursula@example.com").await;
+    gw.signup("gone2@example.com").await;
+    let r = admin_api(
+        &gw,
+        Some(&admin_token(&gw)),
+        json!({ "op": "disable", "email": "gone2@example.com" }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    for (what, email, password, status) in [
+        ("unknown email", "nobody@example.com", PASSWORD, 401),
+        (
+            "wrong password",
+            "ursula@example.com",
+            "not the password",
+            401,
+        ),
+        ("disabled account", "gone2@example.com", PASSWORD, 401),
+        ("right password", "ursula@example.com", PASSWORD, 200),
+    ] {
+        let before = argon2_runs(&gw);
+        assert_eq!(gw.login(email, password).await.status, status, "{what}");
+        let (h, v) = argon2_runs(&gw);
+        assert_eq!(
+            (h - before.0, v - before.1),
+            (0, 1),
+            "{what}: (hashes, verifies)"
+        );
+    }
+    // An over-long password is refused before any hashing.
+    let before = argon2_runs(&gw);
+    gw.login("ursula@example.com", &"x".repeat(10_000)).await;
+    assert_eq!(argon2_runs(&gw), before, "an over-long password was hashed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_failures_are_byte_identical() {
     let gw = gateway("").await;

@@ -1403,3 +1403,35 @@ async fn retries_back_off_exponentially_up_to_an_hour() {
     .await;
     assert_eq!(m[0].attempts, 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_requests_take_the_same_time_for_known_and_unknown_addresses() {
+    let gw = gateway(NO_IP_THROTTLE).await;
+    gw.signup("tim@example.com").await;
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    // Interleaved, so drift in the machine's load hits both alike; the
+    // clock moves past the per-address window between rounds.
+    for _ in 0..20 {
+        for (email, out) in [
+            ("tim@example.com", &mut known),
+            ("nobody-here@example.com", &mut unknown),
+        ] {
+            let t = Instant::now();
+            let r = request_reset(&gw, email).await;
+            out.push(t.elapsed());
+            assert_eq!(r.status, 202, "{email}: {r:?}");
+        }
+        gw.clock.advance(901);
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (k, u) = (median(&mut known), median(&mut unknown));
+    assert!(k >= Duration::from_millis(200) && u >= Duration::from_millis(200));
+    let ratio = k.as_secs_f64() / u.as_secs_f64();
+    assert!(
+        (0.8..=1.25).contains(&ratio),
+        "median known {k:?} vs unknown {u:?}"
+    );
+}
