@@ -178,6 +178,9 @@ impl Shutdown {
     }
 }
 
+/// Logged once SIGTERM and SIGINT are handled (tests wait for it).
+pub const SIGNALS_HANDLED: &str = "SIGTERM and SIGINT now shut down gracefully";
+
 #[async_trait]
 impl ShutdownSignalWatch for Shutdown {
     async fn recv(&self) -> ShutdownSignal {
@@ -191,6 +194,9 @@ impl ShutdownSignalWatch for Shutdown {
                 let _ = rx.wait_for(|v| *v).await;
                 return self.drain().await;
             };
+            // Until now a signal had its default action (or none, where
+            // the parent ignored it): say when it is handled.
+            tracing::info!("{SIGNALS_HANDLED}");
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM: shutting down gracefully"),
                 _ = int.recv() => tracing::info!("SIGINT: shutting down gracefully"),
@@ -438,6 +444,11 @@ pub fn start(
             addr
         };
         while TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_err() {
+            // Stopped (e.g. by a signal) before every listener was seen
+            // accepting: nothing left to wait for.
+            if handle.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                return Ok(handle);
+            }
             if Instant::now() > deadline {
                 return Err(format!("{addr} did not start accepting connections"));
             }

@@ -5,6 +5,7 @@ mod common;
 
 mod accounts;
 mod core_proxy;
+mod documented;
 mod durability;
 mod email;
 mod limits;

@@ -209,8 +209,19 @@ impl Served {
         let _ = self.child.wait();
     }
 
-    /// Send a signal by name (`TERM`, `INT`) to this child only.
-    pub fn signal(&self, sig: &str) {
+    /// Send a signal by name (`TERM`, `INT`) to this child only, once the
+    /// child handles them (before that, a parent that ignores a signal
+    /// makes the child ignore it too).
+    pub async fn signal(&self, sig: &str) {
+        let deadline = Instant::now() + START_LIMIT;
+        while !self.stderr().contains(portcullis::server::SIGNALS_HANDLED) {
+            assert!(
+                Instant::now() < deadline,
+                "signals never handled: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let st = Command::new("kill")
             .arg(format!("-{sig}"))
             .arg(self.child.id().to_string())
@@ -226,11 +237,25 @@ impl Served {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no exit within {limit:?}: {}",
-                self.stderr()
-            );
+            if Instant::now() >= deadline {
+                let pid = self.child.id();
+                let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .map(|d| {
+                        d.flatten()
+                            .map(|t| {
+                                let r = |f: &str| {
+                                    std::fs::read_to_string(t.path().join(f)).unwrap_or_default()
+                                };
+                                format!("{} {}", r("comm").trim(), r("wchan"))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                panic!(
+                    "no exit within {limit:?}; threads: {threads:?}\n{}",
+                    self.stderr()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

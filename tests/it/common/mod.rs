@@ -54,6 +54,8 @@ pub struct Builder {
     /// a STARTTLS one): sets transport "smtp" without starting the harness's
     /// receiver (use with `with_smtp: false`).
     pub smtp_target: Option<(String, u16)>,
+    /// `server.grace_period_secs`.
+    pub grace_period_secs: u64,
 }
 
 impl Default for Builder {
@@ -66,6 +68,7 @@ impl Default for Builder {
             server_extra: String::new(),
             mail_extra: String::new(),
             smtp_target: None,
+            grace_period_secs: 5,
         }
     }
 }
@@ -146,7 +149,7 @@ admin_listen = "{admin_addr}"
 tls_cert = "{d}/certs/cert.pem"
 tls_key = "{d}/certs/key.pem"
 data_dir = "{d}/data"
-grace_period_secs = 5
+grace_period_secs = {grace}
 {server_extra}
 
 [mail]
@@ -161,6 +164,7 @@ retry_base_secs = 30
 {routes}
 "#,
             server_extra = b.server_extra,
+            grace = b.grace_period_secs,
             mail_extra = b.mail_extra,
             extra = b.extra,
         );
