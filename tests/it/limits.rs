@@ -861,26 +861,14 @@ async fn promtool_accepts_the_metrics() {
              (apt-get install -y prometheus); this test needs it to lint /metrics"
         )
     });
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = Command::new(promtool);
+    cmd.args(["check", "metrics"]);
+    let out = crate::common::bin::run_async(cmd, Some(text), crate::common::bin::CLI_LIMIT).await;
     assert!(
-        out.status.success(),
+        out.ok(),
         "promtool check metrics failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        out.stdout,
+        out.stderr
     );
 }
 

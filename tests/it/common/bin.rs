@@ -45,16 +45,16 @@ pub fn command(args: &[&str]) -> Command {
     cmd
 }
 
-/// Run `cmd` to completion with `stdin` on its standard input (closed
-/// after), bounded by `limit`: past it the child is killed and the test
-/// fails with what it printed.
+/// Run `cmd` (the binary from [`command`], or any other tool) to completion
+/// with `stdin` on its standard input (closed after), bounded by `limit`:
+/// past it the child is killed and the test fails with what it printed.
 pub fn run(mut cmd: Command, stdin: Option<&str>, limit: Duration) -> Output {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run the portcullis binary");
+        .unwrap_or_else(|e| panic!("run {:?}: {e}", cmd.get_program()));
     // Readers on their own threads, so a full pipe never blocks the child.
     let drain = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
@@ -81,7 +81,8 @@ pub fn run(mut cmd: Command, stdin: Option<&str>, limit: Duration) -> Output {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "portcullis {:?} did not exit within {limit:?}; stderr: {}",
+                "{:?} {:?} did not exit within {limit:?}; stderr: {}",
+                cmd.get_program(),
                 cmd.get_args().collect::<Vec<_>>(),
                 err.join().unwrap_or_default()
             );
