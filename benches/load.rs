@@ -199,9 +199,19 @@ auth = "public"
         let deadline = start + window;
         let flood = run_tasks(gw_addr, login_request(), 200, LOGIN_TASKS, deadline).await;
         let b = run_tasks(gw_addr, proxied.clone(), 200, PROXY_CONNS, deadline).await;
+        // RSS and threads sampled while B runs (their peaks), not after.
+        let sampler = tokio::spawn(async move {
+            let (mut rss, mut threads) = (None::<u64>, 0usize);
+            while Instant::now() < deadline {
+                rss = rss.max(proc_status_kib("VmRSS:"));
+                threads =
+                    threads.max(std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count()));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (rss, threads)
+        });
         let b = summarize(b.await.unwrap(), window);
-        let rss_during_b = proc_status_kib("VmRSS:");
-        let threads_b = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+        let (rss_during_b, threads_b) = sampler.await.unwrap();
         if std::env::var_os("LOAD_DEBUG_SMAPS").is_some() {
             print_largest_mappings(20);
         }
@@ -299,7 +309,7 @@ auth = "public"
     );
     println!(
         "RSS (whole process: gateway + upstream + client): start {}, before load {}, \
-         after A {}, during/after B {}, end {}, peak (VmHWM) {}",
+         after A {}, peak during B {}, end {}, peak (VmHWM) {}",
         mib(rss_start),
         mib(rss[0]),
         mib(rss[1]),
@@ -307,7 +317,7 @@ auth = "public"
         mib(rss[3]),
         mib(hwm)
     );
-    println!("process threads at the end of the flood window: {threads_b}");
+    println!("process threads, most during the flood window: {threads_b}");
     for (name, s) in [("A", &a), ("B", &b), ("B logins", &logins), ("C", &seq)] {
         if let Some(e) = &s.first_error {
             println!("first error in {name}: {e}");

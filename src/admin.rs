@@ -13,7 +13,6 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::admin::{AdminCommand, AdminError};
 use crate::auth::AuthService;
-use crate::metrics;
 
 pub const TOKEN_FILE: &str = "admin.token";
 
@@ -61,7 +60,7 @@ impl ServeHttp for AdminApp {
                 reply(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",
-                    metrics::render_with_pending(pending),
+                    self.auth.metrics.render(pending),
                 )
             }
             ("GET", "/healthz") => json(200, serde_json::json!({ "status": "ok" })),

@@ -1,174 +1,271 @@
-//! Prometheus metrics, registered once per process in the default registry
-//! (what `pingora-prometheus` and the admin listener export).
+//! Prometheus metrics, one registry per gateway: [`Metrics`] is built in
+//! `server::start`, shared by the proxy, the auth handlers, the hasher, the
+//! outbox and the maintenance service, and rendered by the admin listener.
+//! A process that runs several gateways (the integration tests do) reports
+//! each one's own numbers, so tests can assert exact deltas.
+//!
+//! The hot path never looks a metric up by name: the bearer check holds one
+//! counter per result, and each route its own [`RouteMetrics`], both
+//! resolved when the gateway is built.
 
-use once_cell::sync::Lazy;
 use prometheus::{
-    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
-    HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
 };
 
-pub static AUTH_EVENTS: Lazy<IntCounterVec> = Lazy::new(|| {
-    register_int_counter_vec!(
-        "portcullis_auth_events_total",
-        "Auth events by event and outcome.",
-        &["event", "outcome"]
-    )
-    .expect("metric registers once")
-});
+use crate::auth::tokens::TokenRejection;
 
-pub static TOKEN_CHECKS: Lazy<IntCounterVec> = Lazy::new(|| {
-    register_int_counter_vec!(
-        "portcullis_token_checks_total",
-        "Bearer token checks by result.",
-        &["result"]
-    )
-    .expect("metric registers once")
-});
+const AUTH_EVENTS: [&str; 6] = [
+    "register",
+    "login",
+    "refresh",
+    "logout",
+    "password_reset",
+    "email_verify",
+];
+const OUTCOMES: [&str; 3] = ["success", "failure", "throttled"];
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
-pub static THROTTLED: Lazy<IntCounterVec> = Lazy::new(|| {
-    register_int_counter_vec!(
-        "portcullis_throttled_total",
-        "Requests refused by a throttle, by scope.",
-        &["scope"]
-    )
-    .expect("metric registers once")
-});
+/// Every metric of one gateway, registered in its own [`Registry`].
+pub struct Metrics {
+    registry: Registry,
+    auth_events: IntCounterVec,
+    token_checks: TokenChecks,
+    throttled_vec: IntCounterVec,
+    pub throttled_ip: IntCounter,
+    pub throttled_account: IntCounter,
+    pub throttled_route: IntCounter,
+    upstream_duration: HistogramVec,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    emails: IntCounterVec,
+    emails_pending: IntGauge,
+    pub hash_queue_rejected: IntCounter,
+    swept: IntCounterVec,
+}
 
-pub static UPSTREAM_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
-    register_histogram_vec!(
-        "portcullis_upstream_duration_seconds",
-        "Time from sending a proxied request upstream to the end of its response.",
-        &["route"]
-    )
-    .expect("metric registers once")
-});
+/// The bearer check's counters, one per result.
+pub struct TokenChecks {
+    valid: IntCounter,
+    missing: IntCounter,
+    invalid: IntCounter,
+    expired: IntCounter,
+    revoked: IntCounter,
+}
 
-pub static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
-    register_int_counter_vec!(
-        "portcullis_requests_total",
-        "Requests handled, by route and status class.",
-        &["route", "status"]
-    )
-    .expect("metric registers once")
-});
-
-pub static REQUEST_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
-    register_histogram_vec!(
-        "portcullis_request_duration_seconds",
-        "Whole request latency as seen by the gateway, by route.",
-        &["route"]
-    )
-    .expect("metric registers once")
-});
-
-pub static UPSTREAM_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
-    register_int_counter_vec!(
-        "portcullis_upstream_errors_total",
-        "Proxied requests that failed upstream, by route.",
-        &["route"]
-    )
-    .expect("metric registers once")
-});
-
-pub static EMAILS: Lazy<IntCounterVec> = Lazy::new(|| {
-    register_int_counter_vec!(
-        "portcullis_emails_total",
-        "Emails by kind and delivery outcome.",
-        &["kind", "outcome"]
-    )
-    .expect("metric registers once")
-});
-
-pub static EMAILS_PENDING: Lazy<IntGauge> = Lazy::new(|| {
-    register_int_gauge!(
-        "portcullis_emails_pending",
-        "Messages waiting in the outbox."
-    )
-    .expect("metric registers once")
-});
-
-pub static HASH_QUEUE_FULL: Lazy<IntCounter> = Lazy::new(|| {
-    register_int_counter!(
-        "portcullis_hash_queue_rejected_total",
-        "Requests refused with 503 because the password hashing queue was full."
-    )
-    .expect("metric registers once")
-});
-
-pub static SWEPT: Lazy<IntCounterVec> = Lazy::new(|| {
-    register_int_counter_vec!(
-        "portcullis_swept_total",
-        "Expired records removed by the maintenance sweep, by kind.",
-        &["kind"]
-    )
-    .expect("metric registers once")
-});
-
-pub fn swept(r: &crate::store::SweepReport) {
-    for (kind, n) in [
-        ("session", r.sessions),
-        ("one_time_token", r.one_time),
-        ("revocation", r.revocations),
-        ("cutoff", r.cutoffs),
-        ("failed_mail", r.mail),
-    ] {
-        SWEPT.with_label_values(&[kind]).inc_by(n as u64);
+impl TokenChecks {
+    /// Count one check: `None` = valid.
+    pub fn count(&self, rejection: Option<TokenRejection>) {
+        match rejection {
+            None => &self.valid,
+            Some(TokenRejection::Missing) => &self.missing,
+            Some(TokenRejection::Invalid) => &self.invalid,
+            Some(TokenRejection::Expired) => &self.expired,
+            Some(TokenRejection::Revoked) => &self.revoked,
+        }
+        .inc();
     }
 }
 
-/// Touch every metric so each family is exported from the first scrape.
-pub fn init() {
-    for e in [
-        "register",
-        "login",
-        "refresh",
-        "logout",
-        "password_reset",
-        "email_verify",
-    ] {
-        for o in ["success", "failure", "throttled"] {
-            AUTH_EVENTS.with_label_values(&[e, o]);
+/// One route's request metrics (`route` label resolved once).
+pub struct RouteMetrics {
+    /// By status class, in [`STATUS_CLASSES`] order.
+    requests: [IntCounter; 6],
+    pub request_duration: Histogram,
+    pub upstream_duration: Histogram,
+    pub upstream_errors: IntCounter,
+}
+
+impl RouteMetrics {
+    /// Count one finished request with this response status (0 = none).
+    pub fn request(&self, status: u16) {
+        let i = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            500..=599 => 4,
+            _ => 5,
+        };
+        self.requests[i].inc();
+    }
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(m.clone())).expect("registers once");
+    m
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let m = HistogramVec::new(HistogramOpts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(m.clone())).expect("registers once");
+    m
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered and every fixed label
+    /// combination touched, so each is exported from the first scrape.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let auth_events = counter_vec(
+            &r,
+            "portcullis_auth_events_total",
+            "Auth events by event and outcome.",
+            &["event", "outcome"],
+        );
+        for e in AUTH_EVENTS {
+            for o in OUTCOMES {
+                auth_events.with_label_values(&[e, o]);
+            }
+        }
+        let checks = counter_vec(
+            &r,
+            "portcullis_token_checks_total",
+            "Bearer token checks by result.",
+            &["result"],
+        );
+        let token_checks = TokenChecks {
+            valid: checks.with_label_values(&["valid"]),
+            missing: checks.with_label_values(&["missing"]),
+            invalid: checks.with_label_values(&["invalid"]),
+            expired: checks.with_label_values(&["expired"]),
+            revoked: checks.with_label_values(&["revoked"]),
+        };
+        let throttled_vec = counter_vec(
+            &r,
+            "portcullis_throttled_total",
+            "Requests refused by a throttle, by scope.",
+            &["scope"],
+        );
+        let upstream_duration = histogram_vec(
+            &r,
+            "portcullis_upstream_duration_seconds",
+            "Time from sending a proxied request upstream to the end of its response.",
+            &["route"],
+        );
+        let requests = counter_vec(
+            &r,
+            "portcullis_requests_total",
+            "Requests handled, by route and status class.",
+            &["route", "status"],
+        );
+        let request_duration = histogram_vec(
+            &r,
+            "portcullis_request_duration_seconds",
+            "Whole request latency as seen by the gateway, by route.",
+            &["route"],
+        );
+        let upstream_errors = counter_vec(
+            &r,
+            "portcullis_upstream_errors_total",
+            "Proxied requests that failed upstream, by route.",
+            &["route"],
+        );
+        let emails = counter_vec(
+            &r,
+            "portcullis_emails_total",
+            "Emails by kind and delivery outcome.",
+            &["kind", "outcome"],
+        );
+        let emails_pending = IntGauge::new(
+            "portcullis_emails_pending",
+            "Messages waiting in the outbox.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(emails_pending.clone()))
+            .expect("registers once");
+        let hash_queue_rejected = IntCounter::new(
+            "portcullis_hash_queue_rejected_total",
+            "Requests refused with 503 because the password hashing queue was full.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(hash_queue_rejected.clone()))
+            .expect("registers once");
+        let swept = counter_vec(
+            &r,
+            "portcullis_swept_total",
+            "Expired records removed by the maintenance sweep, by kind.",
+            &["kind"],
+        );
+        let m = Self {
+            throttled_ip: throttled_vec.with_label_values(&["ip"]),
+            throttled_account: throttled_vec.with_label_values(&["account"]),
+            throttled_route: throttled_vec.with_label_values(&["route"]),
+            registry: r,
+            auth_events,
+            token_checks,
+            throttled_vec,
+            upstream_duration,
+            requests,
+            request_duration,
+            upstream_errors,
+            emails,
+            emails_pending,
+            hash_queue_rejected,
+            swept,
+        };
+        m.swept(&crate::store::SweepReport::default());
+        m
+    }
+
+    pub fn auth_event(&self, event: &str, outcome: &str) {
+        self.auth_events.with_label_values(&[event, outcome]).inc();
+    }
+
+    pub fn token_checks(&self) -> &TokenChecks {
+        &self.token_checks
+    }
+
+    /// The handles for one `route` label (a route prefix, "auth" or
+    /// "none"); call once per route when building the proxy.
+    pub fn route(&self, label: &str) -> RouteMetrics {
+        RouteMetrics {
+            requests: STATUS_CLASSES.map(|c| self.requests.with_label_values(&[label, c])),
+            request_duration: self.request_duration.with_label_values(&[label]),
+            upstream_duration: self.upstream_duration.with_label_values(&[label]),
+            upstream_errors: self.upstream_errors.with_label_values(&[label]),
         }
     }
-    for r in ["valid", "missing", "invalid", "expired", "revoked"] {
-        TOKEN_CHECKS.with_label_values(&[r]);
+
+    /// Count one email delivery attempt (`outcome`: sent, retry, failed).
+    pub fn email(&self, kind: &str, outcome: &str) {
+        self.emails.with_label_values(&[kind, outcome]).inc();
     }
-    for s in ["ip", "account", "route"] {
-        THROTTLED.with_label_values(&[s]);
+
+    pub fn swept(&self, r: &crate::store::SweepReport) {
+        for (kind, n) in [
+            ("session", r.sessions),
+            ("one_time_token", r.one_time),
+            ("revocation", r.revocations),
+            ("cutoff", r.cutoffs),
+            ("failed_mail", r.mail),
+        ] {
+            self.swept.with_label_values(&[kind]).inc_by(n as u64);
+        }
     }
-    Lazy::force(&UPSTREAM_DURATION);
-    Lazy::force(&REQUESTS);
-    Lazy::force(&REQUEST_DURATION);
-    Lazy::force(&UPSTREAM_ERRORS);
-    Lazy::force(&EMAILS);
-    Lazy::force(&EMAILS_PENDING);
-    Lazy::force(&HASH_QUEUE_FULL);
-    swept(&crate::store::SweepReport::default());
-}
 
-pub fn auth_event(event: &str, outcome: &str) {
-    AUTH_EVENTS.with_label_values(&[event, outcome]).inc();
-}
-
-/// Scrapes one at a time: see [`render_with_pending`].
-static SCRAPE: parking_lot::Mutex<()> = parking_lot::const_mutex(());
-
-/// [`render`], with the pending-mail gauge first set from the outbox of the
-/// gateway being scraped. The gauge is computed at scrape time (not by the
-/// outbox worker) so a process running several gateways, as the integration
-/// tests do, never reports another gateway's outbox.
-pub fn render_with_pending(pending: Option<i64>) -> Vec<u8> {
-    let _one_scrape_at_a_time = SCRAPE.lock();
-    if let Some(n) = pending {
-        EMAILS_PENDING.set(n);
+    /// This gateway's registry in Prometheus text format, with the
+    /// pending-mail gauge first set from its outbox (computed at scrape
+    /// time, not by the outbox worker).
+    pub fn render(&self, pending: Option<i64>) -> Vec<u8> {
+        if let Some(n) = pending {
+            self.emails_pending.set(n);
+        }
+        let mut buf = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
     }
-    render()
-}
 
-/// The default registry in Prometheus text format.
-pub fn render() -> Vec<u8> {
-    use prometheus::Encoder;
-    let mut buf = Vec::new();
-    let _ = prometheus::TextEncoder::new().encode(&prometheus::gather(), &mut buf);
-    buf
+    /// The throttled counter for a scope by name (not on the hot path).
+    pub fn throttled(&self, scope: &str) -> IntCounter {
+        self.throttled_vec.with_label_values(&[scope])
+    }
 }

@@ -128,7 +128,7 @@ impl Maintenance {
         };
         match a.store.sweep(retention).await {
             Ok(r) => {
-                crate::metrics::swept(&r);
+                a.metrics.swept(&r);
                 if r.total() > 0 {
                     tracing::info!(
                         sessions = r.sessions,
@@ -233,6 +233,9 @@ impl Shutdown {
     }
 }
 
+/// Logged once SIGTERM and SIGINT are handled (tests wait for it).
+pub const SIGNALS_HANDLED: &str = "SIGTERM and SIGINT now shut down gracefully";
+
 #[async_trait]
 impl ShutdownSignalWatch for Shutdown {
     async fn recv(&self) -> ShutdownSignal {
@@ -246,6 +249,9 @@ impl ShutdownSignalWatch for Shutdown {
                 let _ = rx.wait_for(|v| *v).await;
                 return self.drain().await;
             };
+            // Until now a signal had its default action (or none, where
+            // the parent ignored it): say when it is handled.
+            tracing::info!("{SIGNALS_HANDLED}");
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM: shutting down gracefully"),
                 _ = int.recv() => tracing::info!("SIGINT: shutting down gracefully"),
@@ -337,7 +343,6 @@ pub fn start(
     clock: Arc<dyn Clock>,
     handle_signals: bool,
 ) -> Result<GatewayHandle, String> {
-    crate::metrics::init();
     let cfg = Arc::new(cfg);
     let s = &cfg.server;
     create_private_dir(&s.data_dir)?;
@@ -357,7 +362,14 @@ pub fn start(
     }
     let admin_token = admin_token(&cfg)?;
     let store: Arc<dyn Store> = open_store(&cfg)?;
-    let auth = Arc::new(AuthService::new(cfg.clone(), store.clone(), clock.clone())?);
+    // This gateway's own registry, scraped on its admin listener.
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let auth = Arc::new(AuthService::with_metrics(
+        cfg.clone(),
+        store.clone(),
+        clock.clone(),
+        metrics.clone(),
+    )?);
     let transport = crate::mail::transport_for(&cfg.mail)?;
 
     let inflight = Arc::new(InFlight::default());
@@ -437,6 +449,7 @@ pub fn start(
             wake: auth.mail_wake.clone(),
             max_attempts: cfg.mail.max_attempts,
             retry_base_secs: cfg.mail.retry_base_secs,
+            metrics,
         },
     ));
     server.add_service(background_service(
@@ -490,6 +503,11 @@ pub fn start(
             addr
         };
         while TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_err() {
+            // Stopped (e.g. by a signal) before every listener was seen
+            // accepting: nothing left to wait for.
+            if handle.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                return Ok(handle);
+            }
             if Instant::now() > deadline {
                 return Err(format!("{addr} did not start accepting connections"));
             }

@@ -18,7 +18,6 @@ use crate::api::{ApiRequest, ApiResponse};
 use crate::audit::{self, AuditCtx};
 use crate::error::ApiError;
 use crate::mail;
-use crate::metrics;
 use crate::store::{
     domain, OneTimeKind, OneTimeToken, Redeem, RefreshPolicy, Revocation, RotateOutcome,
     SessionRecord, Sessions, StoreError, User, UserChange,
@@ -117,9 +116,9 @@ impl AuthService {
         {
             super::throttle::Verdict::Allowed => Ok(()),
             super::throttle::Verdict::Limited { retry_after } => {
-                metrics::THROTTLED.with_label_values(&["ip"]).inc();
+                self.metrics.throttled_ip.inc();
                 if let Some(ev) = event_for_path(&req.path) {
-                    metrics::auth_event(ev, "throttled");
+                    self.metrics.auth_event(ev, "throttled");
                 }
                 let ua = req.user_agent();
                 audit::event(&self.audit_ctx(req, &ua), "throttled", "ip", None);
@@ -153,9 +152,9 @@ impl AuthService {
         self.throttle
             .reserve(key, self.lockout())
             .map_err(|retry_after| {
-                metrics::THROTTLED.with_label_values(&["account"]).inc();
+                self.metrics.throttled_account.inc();
                 if event == "login" {
-                    metrics::auth_event("login", "throttled");
+                    self.metrics.auth_event("login", "throttled");
                 }
                 audit::event(actx, event, "locked", uid);
                 ApiError::TooManyRequests { retry_after }
@@ -165,7 +164,7 @@ impl AuthService {
     /// Settle a reserved guess that turned out wrong.
     fn guess_failed(&self, r: Reservation, actx: &AuditCtx<'_>, uid: Option<&str>) {
         if r.fail() {
-            metrics::THROTTLED.with_label_values(&["account"]).inc();
+            self.metrics.throttled_account.inc();
             audit::event(actx, "lockout", "locked", uid);
         }
     }
@@ -205,7 +204,7 @@ impl AuthService {
         let ua = req.user_agent();
         let actx = self.audit_ctx(req, &ua);
         if let Err(e) = errs.finish() {
-            metrics::auth_event("register", "failure");
+            self.metrics.auth_event("register", "failure");
             audit::event(&actx, "register", "invalid", None);
             return Err(e);
         }
@@ -226,7 +225,7 @@ impl AuthService {
         match self.store.create_user(user.clone(), None).await {
             Ok(()) => {}
             Err(StoreError::Conflict) => {
-                metrics::auth_event("register", "failure");
+                self.metrics.auth_event("register", "failure");
                 if self.cfg.accounts.require_email_verification {
                     // Answer exactly as a new registration; tell the owner.
                     let base = &self.cfg.mail.link_base_url;
@@ -246,7 +245,7 @@ impl AuthService {
             Err(e) => return Err(e.into()),
         }
         self.send_verification(&user).await?;
-        metrics::auth_event("register", "success");
+        self.metrics.auth_event("register", "success");
         audit::event(&actx, "register", "success", Some(&user.id.to_string()));
         Ok(ApiResponse::json(
             201,
@@ -286,7 +285,7 @@ impl AuthService {
         let ua = req.user_agent();
         let actx = self.audit_ctx(req, &ua);
         let fail = |uid: Option<&str>| {
-            metrics::auth_event("login", "failure");
+            self.metrics.auth_event("login", "failure");
             audit::event(&actx, "login", "failure", uid);
             ApiError::InvalidCredentials
         };
@@ -332,7 +331,7 @@ impl AuthService {
         }
         let uid = user.id.to_string();
         if self.cfg.accounts.require_email_verification && !user.email_verified {
-            metrics::auth_event("login", "failure");
+            self.metrics.auth_event("login", "failure");
             audit::event(&actx, "login", "email_not_verified", Some(&uid));
             return Err(ApiError::EmailNotVerified);
         }
@@ -345,7 +344,7 @@ impl AuthService {
             }
             r => r?,
         };
-        metrics::auth_event("login", "success");
+        self.metrics.auth_event("login", "success");
         audit::event(&actx, "login", "success", Some(&uid));
         Ok(resp)
     }
@@ -419,7 +418,7 @@ impl AuthService {
         let ua = req.user_agent();
         let actx = self.audit_ctx(req, &ua);
         let invalid = |uid: Option<&str>, why: &str| {
-            metrics::auth_event("refresh", "failure");
+            self.metrics.auth_event("refresh", "failure");
             audit::event(&actx, "refresh", why, uid);
             ApiError::InvalidToken(401)
         };
@@ -471,7 +470,7 @@ impl AuthService {
             }
         };
         let resp = self.token_response(&user, &session)?;
-        metrics::auth_event("refresh", "success");
+        self.metrics.auth_event("refresh", "success");
         audit::event(&actx, "refresh", "success", Some(&uid));
         Ok(resp)
     }
@@ -510,7 +509,7 @@ impl AuthService {
             }
             uid = Some(claims.sub.clone());
         }
-        metrics::auth_event("logout", "success");
+        self.metrics.auth_event("logout", "success");
         let ua = req.user_agent();
         audit::event(
             &self.audit_ctx(req, &ua),
@@ -525,7 +524,7 @@ impl AuthService {
         let claims = self.require_bearer(req)?;
         let user = self.current_user(&claims).await?;
         self.end_sessions(user.id, Sessions::All, true).await?;
-        metrics::auth_event("logout", "success");
+        self.metrics.auth_event("logout", "success");
         let ua = req.user_agent();
         audit::event(
             &self.audit_ctx(req, &ua),
@@ -551,11 +550,9 @@ impl AuthService {
                 Ok(c)
             }
         });
-        let label = match &result {
-            Ok(_) => "valid",
-            Err(r) => r.label(),
-        };
-        metrics::TOKEN_CHECKS.with_label_values(&[label]).inc();
+        self.metrics
+            .token_checks()
+            .count(result.as_ref().err().copied());
         match result {
             Ok(c) => Ok(ApiResponse::json(
                 200,
@@ -584,7 +581,7 @@ impl AuthService {
         let ua = req.user_agent();
         let actx = self.audit_ctx(req, &ua);
         let invalid = || {
-            metrics::auth_event("email_verify", "failure");
+            self.metrics.auth_event("email_verify", "failure");
             audit::event(&actx, "email_verify", "invalid_token", None);
             ApiError::InvalidToken(400)
         };
@@ -603,7 +600,7 @@ impl AuthService {
             Err(StoreError::Conflict) => return Err(invalid()),
             Err(e) => return Err(e.into()),
         };
-        metrics::auth_event("email_verify", "success");
+        self.metrics.auth_event("email_verify", "success");
         audit::event(&actx, "email_verify", "success", Some(&user.id.to_string()));
         Ok(ApiResponse::json(
             200,
@@ -619,7 +616,7 @@ impl AuthService {
         ) {
             super::throttle::Verdict::Allowed => Ok(()),
             super::throttle::Verdict::Limited { retry_after } => {
-                metrics::THROTTLED.with_label_values(&["account"]).inc();
+                self.metrics.throttled_account.inc();
                 Err(ApiError::TooManyRequests { retry_after })
             }
         }
@@ -694,7 +691,7 @@ impl AuthService {
             .issue_one_time(token_hash(&token), rec, m)
             .await?;
         self.mail_wake.notify_one();
-        metrics::auth_event("password_reset", "success");
+        self.metrics.auth_event("password_reset", "success");
         Ok(())
     }
 
@@ -713,7 +710,7 @@ impl AuthService {
         let ua = req.user_agent();
         let actx = self.audit_ctx(req, &ua);
         let invalid = || {
-            metrics::auth_event("password_reset", "failure");
+            self.metrics.auth_event("password_reset", "failure");
             audit::event(&actx, "password_reset", "invalid_token", None);
             ApiError::InvalidToken(400)
         };
@@ -760,7 +757,7 @@ impl AuthService {
         self.revocations.apply(&changed.revoked);
         self.mail_wake.notify_one();
         self.throttle.clear(&lock_key(&changed.user.email));
-        metrics::auth_event("password_reset", "success");
+        self.metrics.auth_event("password_reset", "success");
         audit::event(
             &actx,
             "password_reset",

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::metrics;
+use crate::metrics::Metrics;
 use crate::store::{self, Sessions, Stamp, Store, StoreError, User, UserChange};
 use password::Hasher;
 use refresh::RefreshKeys;
@@ -50,13 +50,25 @@ pub struct AuthService {
     pub throttle: Throttle,
     pub clock: Arc<dyn Clock>,
     pub mail_wake: Arc<Notify>,
+    /// This gateway's metrics (its own registry).
+    pub metrics: Arc<Metrics>,
 }
 
 impl AuthService {
+    /// With metrics of its own (a registry nobody scrapes: the CLI).
     pub fn new(
         cfg: Arc<Config>,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
+        Self::with_metrics(cfg, store, clock, Arc::new(Metrics::new()))
+    }
+
+    pub fn with_metrics(
+        cfg: Arc<Config>,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         let keys = keys::load(&cfg.tokens, &cfg.server.data_dir)?;
         let tokens = TokenService::new(keys, cfg.tokens.clone(), clock.clone());
@@ -85,7 +97,9 @@ impl AuthService {
             counters.map_err(|e| format!("loading throttle state: {e}"))?,
             clock.clone(),
         );
-        let hasher = Hasher::new(&cfg.passwords).map_err(|e| e.to_string())?;
+        let hasher = Hasher::new(&cfg.passwords)
+            .map_err(|e| e.to_string())?
+            .count_rejections_in(metrics.hash_queue_rejected.clone());
         Ok(Self {
             cfg,
             store,
@@ -97,6 +111,7 @@ impl AuthService {
             throttle,
             clock,
             mail_wake: Arc::new(Notify::new()),
+            metrics,
         })
     }
 
@@ -109,11 +124,9 @@ impl AuthService {
             }
             Ok(c)
         });
-        let label = match &result {
-            Ok(_) => "valid",
-            Err(r) => r.label(),
-        };
-        metrics::TOKEN_CHECKS.with_label_values(&[label]).inc();
+        self.metrics
+            .token_checks()
+            .count(result.as_ref().err().copied());
         result
     }
 

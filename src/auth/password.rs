@@ -6,13 +6,14 @@
 //! for seconds behind hundreds of others.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
+use prometheus::IntCounter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::PasswordConfig;
@@ -58,6 +59,32 @@ pub struct Hasher {
     /// A real hash of a random password, verified against for unknown
     /// accounts so their timing matches known ones.
     dummy: Arc<String>,
+    /// Requests refused because the queue was full.
+    rejected: IntCounter,
+    stats: Arc<HashStats>,
+}
+
+/// What the hasher has done, for tests and benchmarks: argon2 runs by
+/// kind, and the most that ever ran at once (never above
+/// `max_concurrent_hashes`).
+#[derive(Debug, Default)]
+pub struct HashStats {
+    pub hashes: AtomicU64,
+    /// Verifies, the dummy ones for unknown accounts included.
+    pub verifies: AtomicU64,
+    running: AtomicUsize,
+    pub high_water: AtomicUsize,
+}
+
+impl HashStats {
+    fn run<T>(&self, counter: &AtomicU64, f: impl FnOnce() -> T) -> T {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.high_water.fetch_max(now, Ordering::SeqCst);
+        let out = f();
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        out
+    }
 }
 
 /// Reused argon2 working memory (m KiB per hash). Allocating and freeing it
@@ -136,7 +163,19 @@ impl Hasher {
             queue_limit: cfg.max_queued_hashes,
             memory,
             dummy: Arc::new(dummy),
+            rejected: IntCounter::new("hash_queue_rejected", "detached").map_err(argon2_err)?,
+            stats: Arc::default(),
         })
+    }
+
+    /// Count queue-full refusals in `counter` (the gateway's metric).
+    pub fn count_rejections_in(mut self, counter: IntCounter) -> Self {
+        self.rejected = counter;
+        self
+    }
+
+    pub fn stats(&self) -> &HashStats {
+        &self.stats
     }
 
     /// A hashing slot: at once if one is free, else after waiting in the
@@ -148,7 +187,7 @@ impl Hasher {
         let ahead = self.queued.fetch_add(1, Ordering::SeqCst);
         let _slot = QueueSlot(self.queued.clone());
         if ahead >= self.queue_limit {
-            crate::metrics::HASH_QUEUE_FULL.inc();
+            self.rejected.inc();
             return Err(HashError::Busy);
         }
         self.permits
@@ -163,9 +202,12 @@ impl Hasher {
         let params = self.params.clone();
         let memory = self.memory.clone();
         let pw = password.to_string();
-        tokio::task::spawn_blocking(move || hash_blocking(&params, &pw, &memory))
-            .await
-            .map_err(|_| HashError::Join)?
+        let stats = self.stats.clone();
+        tokio::task::spawn_blocking(move || {
+            stats.run(&stats.hashes, || hash_blocking(&params, &pw, &memory))
+        })
+        .await
+        .map_err(|_| HashError::Join)?
     }
 
     /// Verify with the hash's own algorithm, version and params; the output
@@ -175,9 +217,12 @@ impl Hasher {
         let memory = self.memory.clone();
         let pw = password.to_string();
         let hash = hash.to_string();
-        tokio::task::spawn_blocking(move || verify_blocking(&pw, &hash, &memory))
-            .await
-            .map_err(|_| HashError::Join)?
+        let stats = self.stats.clone();
+        tokio::task::spawn_blocking(move || {
+            stats.run(&stats.verifies, || verify_blocking(&pw, &hash, &memory))
+        })
+        .await
+        .map_err(|_| HashError::Join)?
     }
 
     /// Spend one verify on the dummy hash (unknown accounts), so their

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use super::Transport;
 use crate::clock::Clock;
-use crate::metrics;
+use crate::metrics::Metrics;
 use crate::store::{Delivery, Store};
 
 /// How long a claimed message is this sender's: longer than a send may
@@ -28,6 +28,7 @@ pub struct OutboxWorker {
     pub wake: Arc<Notify>,
     pub max_attempts: u32,
     pub retry_base_secs: u64,
+    pub metrics: Arc<Metrics>,
 }
 
 impl OutboxWorker {
@@ -62,9 +63,7 @@ impl OutboxWorker {
                 .unwrap_or_else(|_| Err("send timed out".into()));
             let delivery = match sent {
                 Ok(()) => {
-                    metrics::EMAILS
-                        .with_label_values(&[&msg.kind, "sent"])
-                        .inc();
+                    self.metrics.email(&msg.kind, "sent");
                     tracing::info!(kind = %msg.kind, id = %msg.id, "mail delivered");
                     Delivery::Sent
                 }
@@ -73,14 +72,10 @@ impl OutboxWorker {
                     let give_up = attempts >= self.max_attempts;
                     let backoff = self.backoff(attempts);
                     if give_up {
-                        metrics::EMAILS
-                            .with_label_values(&[&msg.kind, "failed"])
-                            .inc();
+                        self.metrics.email(&msg.kind, "failed");
                         tracing::error!(kind = %msg.kind, id = %msg.id, attempts, cause = %err, "mail delivery failed for good; kept in the outbox");
                     } else {
-                        metrics::EMAILS
-                            .with_label_values(&[&msg.kind, "retry"])
-                            .inc();
+                        self.metrics.email(&msg.kind, "retry");
                         tracing::warn!(kind = %msg.kind, id = %msg.id, attempts, retry_in = backoff, cause = %err, "mail delivery failed; will retry");
                     }
                     Delivery::Failed {

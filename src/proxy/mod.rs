@@ -39,12 +39,13 @@ use crate::auth::AuthService;
 use crate::config::{AuthMode, Config, Route, Upstream};
 use crate::error::ApiError;
 use crate::executor::AuthExecutor;
-use crate::metrics;
+use crate::metrics::RouteMetrics;
 use inflight::{InFlight, InFlightGuard};
 
 pub struct RouteRuntime {
     pub route: Route,
     lb: LoadBalancer<RoundRobin>,
+    metrics: RouteMetrics,
 }
 
 pub struct Gateway {
@@ -56,6 +57,9 @@ pub struct Gateway {
     /// Whether this instance serves the TLS listener.
     tls: bool,
     inflight: Arc<InFlight>,
+    /// Request metrics of `/auth/*` and of paths no route matched.
+    auth_metrics: RouteMetrics,
+    unrouted_metrics: RouteMetrics,
 }
 
 #[derive(Default)]
@@ -89,16 +93,16 @@ impl Gateway {
             .iter()
             .map(|r| {
                 let lb = LoadBalancer::try_from_iter(r.upstreams.iter().map(|u| u.addr))?;
-                // Export each route's histograms from the first scrape on.
-                metrics::UPSTREAM_DURATION.with_label_values(&[r.prefix.as_str()]);
-                metrics::REQUEST_DURATION.with_label_values(&[r.prefix.as_str()]);
                 Ok(RouteRuntime {
                     route: r.clone(),
                     lb,
+                    metrics: auth.metrics.route(&r.prefix),
                 })
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Self {
+            auth_metrics: auth.metrics.route("auth"),
+            unrouted_metrics: auth.metrics.route("none"),
             cfg,
             auth,
             executor,
@@ -259,12 +263,13 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// The `route` label of request metrics: a configured prefix, "auth", or "none".
-    fn route_label<'a>(&'a self, ctx: &Ctx) -> &'a str {
+    /// The request metrics of the `route` label: a configured prefix,
+    /// "auth", or "none".
+    fn route_metrics(&self, ctx: &Ctx) -> &RouteMetrics {
         match ctx.route {
-            Some(i) => &self.routes[i].route.prefix,
-            None if ctx.local => "auth",
-            None => "none",
+            Some(i) => &self.routes[i].metrics,
+            None if ctx.local => &self.auth_metrics,
+            None => &self.unrouted_metrics,
         }
     }
 }
@@ -405,7 +410,7 @@ impl ProxyHttp for Gateway {
             if let Verdict::Limited { retry_after } =
                 self.auth.throttle.hit(&key, route.rate_per_minute, 60)
             {
-                metrics::THROTTLED.with_label_values(&["route"]).inc();
+                self.auth.metrics.throttled_route.inc();
                 return self
                     .respond_error(session, ctx, ApiError::TooManyRequests { retry_after })
                     .await;
@@ -556,9 +561,7 @@ impl ProxyHttp for Gateway {
             },
         };
         if matches!(err, ApiError::BadGateway) {
-            metrics::UPSTREAM_ERRORS
-                .with_label_values(&[self.route_label(ctx)])
-                .inc();
+            self.route_metrics(ctx).upstream_errors.inc();
             tracing::warn!(request_id = %ctx.request_id, cause = %e, "upstream failed");
         }
         let status = err.status();
@@ -582,25 +585,13 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            500..=599 => "5xx",
-            _ => "none",
-        };
-        let label = self.route_label(ctx);
-        metrics::REQUESTS.with_label_values(&[label, class]).inc();
+        let m = self.route_metrics(ctx);
+        m.request(status);
         if let Some(t) = ctx.started {
-            metrics::REQUEST_DURATION
-                .with_label_values(&[label])
-                .observe(t.elapsed().as_secs_f64());
+            m.request_duration.observe(t.elapsed().as_secs_f64());
         }
         if let Some(t) = ctx.upstream_started {
-            metrics::UPSTREAM_DURATION
-                .with_label_values(&[label])
-                .observe(t.elapsed().as_secs_f64());
+            m.upstream_duration.observe(t.elapsed().as_secs_f64());
         }
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use portcullis::auth::tokens::token_hash;
+use portcullis::clock::Clock;
 use portcullis::store::{OneTimeKind, OutboxMessage};
 use serde_json::{json, Value};
 
@@ -181,19 +182,24 @@ fn emails_total(metrics: &str, kind: &str, outcome: &str) -> f64 {
     )
 }
 
-/// Polls /metrics until `portcullis_emails_total{kind, outcome}` reaches
-/// `at_least` (the counter moves right after the server acknowledged, which
-/// can be a moment after the receiver recorded the message).
-async fn wait_emails_total(gw: &TestGateway, kind: &str, outcome: &str, at_least: f64) {
+/// Polls /metrics until `portcullis_emails_total{kind, outcome}` is
+/// `exactly` (the counter moves right after the server acknowledged, which
+/// can be a moment after the receiver recorded the message); past it fails.
+async fn wait_emails_total(gw: &TestGateway, kind: &str, outcome: &str, exactly: f64) {
     let deadline = Instant::now() + WAIT;
     loop {
         let m = gw.metrics().await;
-        if emails_total(&m, kind, outcome) >= at_least {
+        let n = emails_total(&m, kind, outcome);
+        assert!(
+            n <= exactly,
+            "emails_total{{{kind},{outcome}}} {n} > {exactly}\n{m}"
+        );
+        if n == exactly {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "portcullis_emails_total{{kind={kind},outcome={outcome}}} must reach {at_least}\n{m}"
+            "portcullis_emails_total{{kind={kind},outcome={outcome}}} must reach {exactly}\n{m}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1029,10 +1035,13 @@ async fn permanent_failure_is_marked_counted_and_kept() {
     assert!(kept[0].last_error.is_some());
     assert_eq!(kept[0].kind, "verification");
     let m = gw.metrics().await;
-    assert!(
-        emails_total(&m, "verification", "failed") >= before + 1.0,
-        "portcullis_emails_total{{kind=verification,outcome=failed}} must move\n{m}"
+    assert_eq!(
+        emails_total(&m, "verification", "failed") - before,
+        1.0,
+        "portcullis_emails_total{{kind=verification,outcome=failed}}\n{m}"
     );
+    assert_eq!(emails_total(&m, "verification", "retry"), 1.0, "{m}");
+    assert_eq!(emails_total(&m, "verification", "sent"), 0.0, "{m}");
     assert_eq!(metric(&m, "portcullis_emails_pending"), 0.0, "{m}");
 
     // Failed for good: not retried, and still there.
@@ -1281,4 +1290,148 @@ async fn starttls_required_never_falls_back_to_plaintext() {
     })
     .await;
     assert!(gw.smtp().messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_tls_delivery_verifies_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = localhost_cert(dir.path(), "smtps");
+    let server = SmtpServer::start_implicit_tls(&cert, &key).await;
+    let tls_gateway = |ca: PathBuf| {
+        TestGateway::start_with(Builder {
+            smtp_target: Some(("localhost".to_string(), server.addr.port())),
+            mail_extra: format!(
+                "smtp_security = \"tls\"\nsmtp_ca_file = \"{}\"\n",
+                ca.display()
+            ),
+            ..Default::default()
+        })
+    };
+    let gw = tls_gateway(cert.clone()).await;
+    assert_eq!(gw.register("ivy@example.com", PASSWORD).await.status, 201);
+    let mails = wait_mails_to(&server, "ivy@example.com", 1).await;
+    assert!(mails[0].tls, "the message must arrive over TLS");
+    let token = mails[0].token_from_link("/auth/email/verify").unwrap();
+    assert_eq!(verify_email(&gw, &token).await.status, 200);
+    drop(gw);
+
+    // A CA that did not sign the server's certificate: nothing is delivered.
+    let (other_ca, _) = localhost_cert(dir.path(), "other");
+    let gw = tls_gateway(other_ca).await;
+    assert_eq!(gw.register("jude@example.com", PASSWORD).await.status, 201);
+    let m = wait_outbox(&gw, "jude@example.com", "a failed attempt", |m| {
+        m.len() == 1 && m[0].attempts >= 1
+    })
+    .await;
+    assert!(m[0].last_error.is_some());
+    assert!(mails_to(&server, "jude@example.com").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_smtp_login_keeps_the_mail_queued_for_a_retry() {
+    let env = HashMap::from([
+        ("PORTCULLIS_SMTP_USERNAME".to_string(), "mailer".to_string()),
+        ("PORTCULLIS_SMTP_PASSWORD".to_string(), "wrong".to_string()),
+    ]);
+    let gw = TestGateway::start_with(Builder {
+        with_smtp: true,
+        env,
+        ..Default::default()
+    })
+    .await;
+    gw.smtp().set_reject_auth(true);
+    assert_eq!(gw.register("kim@example.com", PASSWORD).await.status, 201);
+    let m = wait_outbox(&gw, "kim@example.com", "a failed attempt", |m| {
+        m.len() == 1 && m[0].attempts == 1
+    })
+    .await;
+    assert!(!m[0].failed);
+    let err = m[0].last_error.as_deref().unwrap_or_default();
+    assert!(err.contains("535"), "the rejection is recorded: {err}");
+    assert!(gw.smtp().messages().is_empty());
+    assert_eq!(
+        gw.smtp().auths(),
+        vec![("mailer".to_string(), "wrong".to_string())]
+    );
+
+    // Accepted again: the retry delivers it.
+    gw.smtp().set_reject_auth(false);
+    gw.clock.advance(3600);
+    wait_mails_to(gw.smtp(), "kim@example.com", 1).await;
+    wait_outbox(&gw, "kim@example.com", "empty", |m| m.is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_back_off_exponentially_up_to_an_hour() {
+    // retry_base_secs = 30 (the harness); enough attempts to reach the cap.
+    let gw = TestGateway::start_with(Builder {
+        with_smtp: true,
+        mail_extra: "max_attempts = 10".into(),
+        ..Default::default()
+    })
+    .await;
+    gw.smtp().set_down(true);
+    assert_eq!(gw.register("lou@example.com", PASSWORD).await.status, 201);
+    let expected = [30i64, 60, 120, 240, 480, 960, 1920, 3600, 3600];
+    for (i, backoff) in expected.iter().enumerate() {
+        let attempt = i as u32 + 1;
+        let m = wait_outbox(&gw, "lou@example.com", "the next attempt", |m| {
+            m.len() == 1 && m[0].attempts == attempt
+        })
+        .await;
+        let now = gw.clock.now();
+        assert_eq!(
+            m[0].next_attempt_at - now,
+            *backoff,
+            "the wait after attempt {attempt}"
+        );
+        // Not due a second early (checked where the rule changes: the first
+        // wait and the capped one).
+        if attempt == 1 || attempt == 8 {
+            gw.clock.advance(backoff - 1);
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            let m = outbox(&gw).await;
+            assert_eq!(m[0].attempts, attempt, "retried before its time");
+            gw.clock.advance(1);
+        } else {
+            gw.clock.advance(*backoff);
+        }
+    }
+    let m = wait_outbox(&gw, "lou@example.com", "failed for good", |m| {
+        m.len() == 1 && m[0].failed
+    })
+    .await;
+    assert_eq!(m[0].attempts, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_requests_take_the_same_time_for_known_and_unknown_addresses() {
+    let gw = gateway(NO_IP_THROTTLE).await;
+    gw.signup("tim@example.com").await;
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    // Interleaved, so drift in the machine's load hits both alike; the
+    // clock moves past the per-address window between rounds.
+    for _ in 0..20 {
+        for (email, out) in [
+            ("tim@example.com", &mut known),
+            ("nobody-here@example.com", &mut unknown),
+        ] {
+            let t = Instant::now();
+            let r = request_reset(&gw, email).await;
+            out.push(t.elapsed());
+            assert_eq!(r.status, 202, "{email}: {r:?}");
+        }
+        gw.clock.advance(901);
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (k, u) = (median(&mut known), median(&mut unknown));
+    assert!(k >= Duration::from_millis(200) && u >= Duration::from_millis(200));
+    let ratio = k.as_secs_f64() / u.as_secs_f64();
+    assert!(
+        (0.8..=1.25).contains(&ratio),
+        "median known {k:?} vs unknown {u:?}"
+    );
 }

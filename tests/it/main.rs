@@ -5,8 +5,11 @@ mod common;
 
 mod accounts;
 mod core_proxy;
+mod documented;
+mod durability;
 mod email;
 mod limits;
+mod passthrough;
 mod postgres;
 mod races;
 mod security;

@@ -646,9 +646,33 @@ async fn a_full_hash_queue_answers_503_at_once() {
         assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
     }
     let after = crate::common::metric(&gw.metrics().await, "portcullis_hash_queue_rejected_total");
-    assert!(after >= before + busy.len() as f64, "{before} -> {after}");
+    assert_eq!(after - before, busy.len() as f64, "{before} -> {after}");
     // Nothing is left queued.
     assert_eq!(gw.login("queue@example.com", PASSWORD).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_argon2_jobs_run_at_once_than_max_concurrent_hashes() {
+    for permits in [1usize, 2] {
+        let gw = gateway(
+            &format!(
+                "max_failed_logins = 0\n[passwords]\nmax_concurrent_hashes = {permits}\nmax_queued_hashes = 64\n"
+            ),
+            false,
+        )
+        .await;
+        gw.signup("hw@example.com").await;
+        let rs = burst(&gw, vec![login("hw@example.com", PASSWORD); 12]).await;
+        assert_eq!(count(&rs, 200), 12, "{:?}", statuses(&rs));
+        let high = gw
+            .handle()
+            .auth
+            .hasher
+            .stats()
+            .high_water
+            .load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(high, permits, "most argon2 jobs at once");
+    }
 }
 
 /// Refresh races across the whole API: 16 refreshes with one token have

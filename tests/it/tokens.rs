@@ -253,8 +253,21 @@ async fn forged_tokens_are_rejected() {
         hits + forgeries.len(),
         "only the optional-route requests may reach the upstream"
     );
+    // Each forgery was checked twice (required and optional route), and
+    // never passed; the control token was the one valid check.
     let m = gw.metrics().await;
-    assert!(metric(&m, "portcullis_token_checks_total{result=\"invalid\"}") >= 1.0);
+    let check = |r: &str| {
+        metric(
+            &m,
+            &format!("portcullis_token_checks_total{{result=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(check("valid"), 1.0);
+    assert_eq!(
+        check("invalid") + check("expired") + check("missing") + check("revoked"),
+        2.0 * forgeries.len() as f64
+    );
+    assert!(check("invalid") >= forgeries.len() as f64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,7 +285,14 @@ async fn expiry_follows_the_clock_with_leeway() {
     gw.clock.advance(2);
     assert_rejected(&call(&gw, "/x", &token).await, "expired");
     let m = gw.metrics().await;
-    assert!(metric(&m, "portcullis_token_checks_total{result=\"expired\"}") >= 1.0);
+    assert_eq!(
+        metric(&m, "portcullis_token_checks_total{result=\"valid\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(&m, "portcullis_token_checks_total{result=\"expired\"}"),
+        1.0
+    );
 
     // Gateway-issued tokens expire after access_ttl_secs (900) + leeway.
     let s = gw.signup("ttl@example.com").await;
@@ -507,8 +527,16 @@ async fn revocation_is_checked_and_persists_across_a_restart() {
     assert_eq!(r.status, 204, "{r:?}");
     assert_rejected(&call(&gw, "/x", &s.access).await, "after logout-all");
     assert_rejected(&call(&gw, "/x", &other.access).await, "other session");
+    // Two proxied requests and the logout-all's bearer were valid.
     let m = gw.metrics().await;
-    assert!(metric(&m, "portcullis_token_checks_total{result=\"revoked\"}") >= 1.0);
+    assert_eq!(
+        metric(&m, "portcullis_token_checks_total{result=\"valid\"}"),
+        3.0
+    );
+    assert_eq!(
+        metric(&m, "portcullis_token_checks_total{result=\"revoked\"}"),
+        2.0
+    );
     gw.restart();
     assert_rejected(&call(&gw, "/x", &s.access).await, "after restart");
     assert_rejected(&call(&gw, "/x", &other.access).await, "other after restart");

@@ -3,6 +3,7 @@
 //! upstream HTTP app and, when asked, a real SMTP receiver.
 #![allow(dead_code)]
 
+pub mod bin;
 pub mod http;
 pub mod pg;
 pub mod smtp;
@@ -54,6 +55,8 @@ pub struct Builder {
     /// a STARTTLS one): sets transport "smtp" without starting the harness's
     /// receiver (use with `with_smtp: false`).
     pub smtp_target: Option<(String, u16)>,
+    /// `server.grace_period_secs`.
+    pub grace_period_secs: u64,
 }
 
 impl Default for Builder {
@@ -66,6 +69,7 @@ impl Default for Builder {
             server_extra: String::new(),
             mail_extra: String::new(),
             smtp_target: None,
+            grace_period_secs: 5,
         }
     }
 }
@@ -146,7 +150,7 @@ admin_listen = "{admin_addr}"
 tls_cert = "{d}/certs/cert.pem"
 tls_key = "{d}/certs/key.pem"
 data_dir = "{d}/data"
-grace_period_secs = 5
+grace_period_secs = {grace}
 {server_extra}
 
 [mail]
@@ -161,6 +165,7 @@ retry_base_secs = 30
 {routes}
 "#,
             server_extra = b.server_extra,
+            grace = b.grace_period_secs,
             mail_extra = b.mail_extra,
             extra = b.extra,
         );
@@ -382,6 +387,16 @@ pub fn assert_error(r: &http::Response, status: u16, code: &str) {
 
 /// One HTTP/2 request over TLS (ALPN h2); returns status, headers, body.
 pub async fn h2_request(
+    gw: &TestGateway,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, ::http::HeaderMap, Vec<u8>) {
+    tokio::time::timeout(self::http::TIMEOUT, h2_request_unbounded(gw, path, headers))
+        .await
+        .unwrap_or_else(|_| panic!("HTTP/2 GET {path} took over {:?}", self::http::TIMEOUT))
+}
+
+async fn h2_request_unbounded(
     gw: &TestGateway,
     path: &str,
     headers: &[(&str, &str)],

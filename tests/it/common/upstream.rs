@@ -15,6 +15,8 @@
 //! - `/__slow/<ms>`: sleep `ms` milliseconds, then answer the normal echo.
 //! - `/__bytes/<n>`: answer 200 with `n` bytes of `a` (octet-stream).
 //! - `/__drop`: close the connection without answering.
+//! - `/__cut/<n>`: answer 200 announcing `2n` bytes, send `n`, then close
+//!   (an upstream failing mid-response).
 //!
 //! A request header `X-Echo-Response-Header: Name: Value` (repeatable) adds
 //! `Name: Value` to the response, e.g. to test response-header filtering.
@@ -224,6 +226,17 @@ async fn serve_conn(mut stream: TcpStream, shared: &Shared, me: SocketAddr) -> i
         let mut content_type = "application/json";
         let mut body = serde_json::to_vec(&echo).expect("serialise echo");
         if path == "/__drop" {
+            return Ok(());
+        } else if let Some(n) = arg("/__cut/") {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                2 * n
+            );
+            stream.write_all(head.as_bytes()).await?;
+            stream
+                .write_all(&vec![b'a'; usize::try_from(n).unwrap_or(0)])
+                .await?;
+            stream.flush().await?;
             return Ok(());
         } else if let Some(code) = arg("/__status/") {
             status = u16::try_from(code).unwrap_or(500);

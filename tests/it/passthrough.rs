@@ -1,0 +1,328 @@
+//! What passes between client and upstream unchanged (statuses, response
+//! headers, large bodies both ways), and what the gateway answers when the
+//! upstream fails: refused, dropped, cut off mid-response, too slow to
+//! connect or to answer.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::http::{self, Response};
+use crate::common::*;
+
+/// Public routes onto the upstream's special paths (routes do not strip
+/// their prefix, so each special path gets its own).
+fn routes() -> String {
+    let mut routes = DEFAULT_ROUTES.to_string();
+    for p in ["/__status", "/__drop", "/__bytes", "/__slow", "/__cut"] {
+        routes.push_str(&format!(
+            "\n[[routes]]\nprefix = \"{p}\"\nupstream = \"{{UP}}\"\nauth = \"public\"\n"
+        ));
+    }
+    routes
+}
+
+async fn gateway(extra: &str) -> TestGateway {
+    TestGateway::start_with(Builder {
+        routes: routes(),
+        extra: extra.into(),
+        ..Default::default()
+    })
+    .await
+}
+
+#[track_caller]
+fn assert_bad_gateway(r: &Response) {
+    assert_error(r, 502, "bad_gateway");
+    let t = r.text();
+    assert!(
+        !t.contains("127.0.0.1") && !t.to_lowercase().contains("error:"),
+        "internals in a 502: {t}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_4xx_and_5xx_pass_through_unchanged() {
+    let gw = gateway("").await;
+    for code in [400u16, 401, 403, 404, 409, 418, 429, 500, 502, 503, 504] {
+        let r = gw.get(&format!("/__status/{code}"), None).await;
+        assert_eq!(r.status, code, "{r:?}");
+        let v = r.json();
+        // The upstream's own body, not a gateway error.
+        assert_eq!(v["status"], code, "{r:?}");
+        assert_eq!(v["upstream"], gw.upstream.addr.to_string(), "{r:?}");
+        assert!(v.get("error").is_none(), "{r:?}");
+        assert_eq!(
+            r.header("x-upstream"),
+            Some(gw.upstream.addr.to_string().as_str())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_response_headers_reach_the_client_unchanged() {
+    let gw = gateway("").await;
+    let r = http::request(
+        gw.addr,
+        "GET",
+        "/public/x",
+        &[
+            (
+                "X-Echo-Response-Header",
+                "Set-Cookie: a=1; Path=/; HttpOnly",
+            ),
+            ("X-Echo-Response-Header", "Set-Cookie: b=2"),
+            ("X-Echo-Response-Header", "X-App-Thing: Mixed Case value"),
+            ("X-Echo-Response-Header", "Cache-Control: max-age=60"),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.headers_all("set-cookie"),
+        vec!["a=1; Path=/; HttpOnly", "b=2"],
+        "{r:?}"
+    );
+    assert_eq!(r.headers_all("x-app-thing"), vec!["Mixed Case value"]);
+    // The app's own caching decision stands: the gateway's no-store is for
+    // the responses it writes itself.
+    assert_eq!(r.headers_all("cache-control"), vec!["max-age=60"], "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_10_mb_response_streams_through_intact() {
+    let gw = gateway("").await;
+    const N: usize = 10 * 1024 * 1024;
+    let r = gw.get(&format!("/__bytes/{N}"), None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), N);
+    assert!(r.body.iter().all(|&b| b == b'a'));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_reach_the_upstream_intact() {
+    let gw = gateway("").await;
+    let s = gw.signup("body@example.com").await;
+    let auth = format!("Bearer {}", s.access);
+
+    // A JSON body on a protected route.
+    let json = serde_json::json!({ "a": [1, 2, 3], "b": "ü €" }).to_string();
+    let r = http::request(
+        gw.addr,
+        "POST",
+        "/api/things",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        Some(json.as_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["body"], json.as_str());
+    assert_eq!(echoed(&r, "content-type"), vec!["application/json"]);
+
+    // 5 MB with a content-length.
+    const N: usize = 5 * 1024 * 1024;
+    let big: Vec<u8> = (0..N).map(|i| b'a' + (i % 26) as u8).collect();
+    let r = http::request(
+        gw.addr,
+        "PUT",
+        "/public/upload",
+        &[("Content-Type", "application/octet-stream")],
+        Some(&big),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body"].as_str().unwrap().as_bytes(), &big[..]);
+    assert_eq!(echoed(&r, "content-length"), vec![N.to_string()]);
+
+    // The same 5 MB chunked, in 64 KiB chunks.
+    let mut chunked = Vec::new();
+    for c in big.chunks(64 * 1024) {
+        chunked.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        chunked.extend_from_slice(c);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let r = http::request(
+        gw.addr,
+        "POST",
+        "/public/upload",
+        &[("Transfer-Encoding", "chunked")],
+        Some(&chunked),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body"].as_str().unwrap().as_bytes(), &big[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_drops_the_connection_is_a_502() {
+    let gw = gateway("").await;
+    let r = gw.get("/__drop", None).await;
+    assert_bad_gateway(&r);
+    // And one that is not there at all.
+    let dead = free_port();
+    let gw2 = TestGateway::start_with(Builder {
+        routes: format!(
+            "[[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:{dead}\"\nauth = \"public\"\n"
+        ),
+        ..Default::default()
+    })
+    .await;
+    assert_bad_gateway(&gw2.get("/x", None).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_cut_off_mid_response_closes_the_client_connection() {
+    let gw = gateway("").await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /__cut/100000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(http::TIMEOUT, s.read_to_end(&mut got))
+        .await
+        .expect("the gateway kept the cut-off connection open")
+        .ok();
+    let text = String::from_utf8_lossy(&got);
+    // The header was already on its way: the status stays, and the body ends
+    // short of its announced length, so the client can tell.
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..text.len().min(300)]
+    );
+    let head_end = text.find("\r\n\r\n").unwrap() + 4;
+    let announced: usize = text[..head_end]
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("content-length passed through");
+    assert_eq!(announced, 200_000);
+    assert!(
+        got.len() - head_end < announced,
+        "a cut-off body looked whole"
+    );
+    // The gateway is fine afterwards.
+    assert_eq!(gw.get("/__status/200", None).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_slower_than_the_read_timeout_is_a_502_at_the_timeout() {
+    let gw = gateway("[limits]\nupstream_read_timeout_secs = 1\n").await;
+    let t = Instant::now();
+    let r = gw.get("/__slow/4000", None).await;
+    let took = t.elapsed();
+    assert_bad_gateway(&r);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(3000),
+        "answered after {took:?}"
+    );
+    // Within the timeout is fine.
+    assert_eq!(gw.get("/__slow/200", None).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_cannot_be_connected_to_in_time_is_a_502_at_the_timeout() {
+    // A listener with a full accept queue: the kernel drops further SYNs,
+    // so a connect hangs until the gateway's connect timeout.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = sock.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(c)) = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(c);
+        }
+    }
+    let gw = TestGateway::start_with(Builder {
+        routes: format!(
+            "[[routes]]\nprefix = \"/\"\nupstream = \"http://{addr}\"\nauth = \"public\"\n"
+        ),
+        extra: "[limits]\nupstream_connect_timeout_secs = 1\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let t = Instant::now();
+    let r = gw.get("/x", None).await;
+    let took = t.elapsed();
+    assert_bad_gateway(&r);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(3500),
+        "answered after {took:?}"
+    );
+    drop(listener);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_metrics_count_each_request_once_by_route_and_status() {
+    let gw = gateway("").await;
+    let m0 = gw.metrics().await;
+    assert_eq!(gw.get("/public/x", None).await.status, 200);
+    assert_eq!(gw.get("/__status/503", None).await.status, 503);
+    assert_eq!(gw.get("/__status/404", None).await.status, 404);
+    assert_bad_gateway(&gw.get("/__drop", None).await);
+    assert_eq!(gw.get("/x", None).await.status, 401);
+    assert_eq!(gw.login("nobody@example.com", PASSWORD).await.status, 401);
+    let m1 = gw.metrics().await;
+    let d = |name: &str| metric(&m1, name) - metric(&m0, name);
+    let requests = |route: &str, class: &str| {
+        d(&format!(
+            "portcullis_requests_total{{route=\"{route}\",status=\"{class}\"}}"
+        ))
+    };
+    assert_eq!(requests("/public", "2xx"), 1.0);
+    assert_eq!(requests("/__status", "5xx"), 1.0);
+    assert_eq!(requests("/__status", "4xx"), 1.0);
+    assert_eq!(requests("/__drop", "5xx"), 1.0);
+    assert_eq!(requests("/", "4xx"), 1.0);
+    assert_eq!(requests("/", "2xx"), 0.0);
+    assert_eq!(requests("auth", "4xx"), 1.0);
+    let count = |family: &str, route: &str| d(&format!("{family}_count{{route=\"{route}\"}}"));
+    for (route, n) in [
+        ("/public", 1.0),
+        ("/__status", 2.0),
+        ("/__drop", 1.0),
+        ("/", 1.0),
+    ] {
+        assert_eq!(
+            count("portcullis_request_duration_seconds", route),
+            n,
+            "request duration {route}"
+        );
+    }
+    // Only requests that went upstream have an upstream duration.
+    for (route, n) in [("/public", 1.0), ("/__status", 2.0), ("/", 0.0)] {
+        assert_eq!(
+            count("portcullis_upstream_duration_seconds", route),
+            n,
+            "upstream duration {route}"
+        );
+    }
+    // An upstream's own 5xx is an answer, not an upstream error.
+    for (route, n) in [("/__drop", 1.0), ("/__status", 0.0), ("/public", 0.0)] {
+        assert_eq!(
+            d(&format!(
+                "portcullis_upstream_errors_total{{route=\"{route}\"}}"
+            )),
+            n,
+            "upstream errors {route}"
+        );
+    }
+}
