@@ -30,6 +30,11 @@ impl AuthExecutor {
         Ok(Self { rt: Some(rt) })
     }
 
+    /// Worker threads (`server.auth_threads`).
+    pub fn workers(&self) -> usize {
+        self.rt.as_ref().map_or(0, |rt| rt.metrics().num_workers())
+    }
+
     /// Run `fut` on the executor; `None` if it could not finish (the
     /// executor is shutting down, or the task panicked).
     pub async fn run<F, T>(&self, fut: F) -> Option<T>

@@ -323,13 +323,10 @@ fn proxy_app(
         .with_inflight(inflight.clone());
     let mut proxy = pingora::proxy::http_proxy(conf, gw);
     let mut options = pingora::apps::HttpServerOptions::default();
-    options.h2_idle_timeout = Some(H2_IDLE);
+    options.h2_idle_timeout = Some(Duration::from_secs(cfg.limits.h2_idle_timeout_secs));
     proxy.server_options = Some(options);
     Ok(HeaderDeadline::new(proxy, header_timeout))
 }
-
-/// Idle HTTP/2 connections are closed after this long.
-const H2_IDLE: Duration = Duration::from_secs(60);
 
 fn check_bindable(addr: SocketAddr, name: &str) -> Result<(), String> {
     TcpListener::bind(addr)

@@ -157,6 +157,7 @@ pub struct LimitsConfig {
     pub upstream_connect_timeout_secs: u64,
     pub upstream_read_timeout_secs: u64,
     pub downstream_read_timeout_secs: u64,
+    pub h2_idle_timeout_secs: u64,
     pub max_header_count: usize,
     pub max_header_bytes: usize,
 }
@@ -561,6 +562,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
         l.downstream_read_timeout_secs,
         p,
     );
+    positive("limits.h2_idle_timeout_secs", l.h2_idle_timeout_secs, p);
     if l.max_header_count < 10 {
         p.push("limits.max_header_count: must be at least 10".into());
     }
@@ -761,6 +763,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             upstream_connect_timeout_secs: l.upstream_connect_timeout_secs,
             upstream_read_timeout_secs: l.upstream_read_timeout_secs,
             downstream_read_timeout_secs: l.downstream_read_timeout_secs,
+            h2_idle_timeout_secs: l.h2_idle_timeout_secs,
             max_header_count: l.max_header_count,
             max_header_bytes: l.max_header_bytes,
         },

@@ -397,3 +397,38 @@ async fn shutdown_cuts_off_what_outlives_the_grace_period_and_lets_the_rest_fini
         "shutdown took {stopped:?}"
     );
 }
+
+/// `limits.h2_idle_timeout_secs`: an HTTP/2 connection with no request for
+/// that long is closed by the gateway (Pingora's own timer, so this waits
+/// for real: the setting is 1 s here), while one in use is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed() {
+    use tokio_rustls::rustls::pki_types::ServerName;
+    let gw = TestGateway::start_with(Builder {
+        extra: "[limits]\nh2_idle_timeout_secs = 1\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let config = crate::common::http::tls_client_config(&gw.cert_path(), &["h2"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(gw.tls_addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    let conn = tokio::spawn(conn);
+    // In use: a request gets its answer.
+    let mut client = client.ready().await.unwrap();
+    let req = ::http::Request::builder()
+        .uri(format!("https://localhost:{}/public/x", gw.tls_addr.port()))
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    // Then idle: the server ends the connection within a few seconds.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn).await;
+    assert!(
+        ended.is_ok(),
+        "an idle HTTP/2 connection stayed open for 10 s"
+    );
+}

@@ -749,13 +749,21 @@ async fn auth_work_runs_at_the_configured_lower_priority() {
         rest.split(' ').nth(16).unwrap().parse().unwrap()
     }
     let base = nice();
-    for (extra, want) in [("", 10), ("auth_nice = 0\n", base)] {
+    for (extra, want) in [("auth_threads = 3\n", 10), ("auth_nice = 0\n", base)] {
         let gw = TestGateway::start_with(Builder {
             server_extra: extra.into(),
             ..Default::default()
         })
         .await;
         let ex = gw.handle().executor.clone();
+        // `server.auth_threads`, else one per core.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let workers = if extra.contains("auth_threads") {
+            3
+        } else {
+            cores
+        };
+        assert_eq!(ex.workers(), workers, "{extra:?}");
         let worker = ex.run(async { nice() }).await.unwrap();
         let blocking = ex
             .run(async { tokio::task::spawn_blocking(nice).await.unwrap() })
