@@ -6,6 +6,7 @@
 
 mod authorization;
 mod client_ip;
+mod crash_safety;
 mod email_identity;
 mod hygiene;
 mod identity_spoofing;
