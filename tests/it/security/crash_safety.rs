@@ -111,7 +111,10 @@ auth = "required"
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "the gateway did not become ready");
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not become ready"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.child = Some(child);
@@ -184,9 +187,18 @@ async fn client_op(
     match (pick, some_user, some_live) {
         (0..=2, _, _) | (_, None, _) => {
             let email = format!("c{}@example.com", uuid::Uuid::new_v4().simple());
-            let r = try_post(addr, "/auth/register", json!({"email": email, "password": PW, "password_confirm": PW})).await?;
+            let r = try_post(
+                addr,
+                "/auth/register",
+                json!({"email": email, "password": PW, "password_confirm": PW}),
+            )
+            .await?;
             assert_eq!(r.status, 201, "{r:?}");
-            model.lock().unwrap().users.insert(email, (PW.to_string(), None));
+            model
+                .lock()
+                .unwrap()
+                .users
+                .insert(email, (PW.to_string(), None));
         }
         (3..=4, Some(email), live) => {
             if let Some(l) = live {
@@ -277,24 +289,49 @@ fn settle_reset(m: &mut Model, email: &str, happened: bool) {
 async fn check(addr: SocketAddr, model: &Arc<Mutex<Model>>, cycle: usize) {
     let (users, dead) = {
         let mut m = model.lock().unwrap();
-        let mut users: Vec<(String, (String, Option<String>))> =
-            m.users.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut users: Vec<(String, (String, Option<String>))> = m
+            .users
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         // Logins cost an argon2 hash each: check pending resets always, and
         // a few others per cycle (every user is checked over the run).
         users.sort_by_key(|(e, (_, p))| (p.is_none(), e.clone()));
         let start = cycle % users.len().max(1);
-        let mut pick: Vec<_> = users.iter().filter(|(_, (_, p))| p.is_some()).cloned().collect();
-        pick.extend(users.iter().cycle().skip(start).take(users.len().min(3)).cloned());
+        let mut pick: Vec<_> = users
+            .iter()
+            .filter(|(_, (_, p))| p.is_some())
+            .cloned()
+            .collect();
+        pick.extend(
+            users
+                .iter()
+                .cycle()
+                .skip(start)
+                .take(users.len().min(3))
+                .cloned(),
+        );
         (pick, std::mem::take(&mut m.dead))
     };
     for (email, (pw, pending)) in users {
-        let r = try_post(addr, "/auth/login", json!({"email": email, "password": pw})).await.unwrap();
+        let r = try_post(addr, "/auth/login", json!({"email": email, "password": pw}))
+            .await
+            .unwrap();
         match (r.status, pending) {
             (200, Some(_)) => settle_reset(&mut model.lock().unwrap(), &email, false),
             (200, None) => {}
             (401, Some(new_pw)) => {
-                let r2 = try_post(addr, "/auth/login", json!({"email": email, "password": new_pw})).await.unwrap();
-                assert_eq!(r2.status, 200, "cycle {cycle}: {email}: neither password works: {r2:?}");
+                let r2 = try_post(
+                    addr,
+                    "/auth/login",
+                    json!({"email": email, "password": new_pw}),
+                )
+                .await
+                .unwrap();
+                assert_eq!(
+                    r2.status, 200,
+                    "cycle {cycle}: {email}: neither password works: {r2:?}"
+                );
                 settle_reset(&mut model.lock().unwrap(), &email, true);
             }
             (s, _) => panic!("cycle {cycle}: acknowledged user {email} cannot log in: {s} {r:?}"),
@@ -307,8 +344,13 @@ async fn check(addr: SocketAddr, model: &Arc<Mutex<Model>>, cycle: usize) {
         m.live.drain(..n).collect()
     };
     for (email, t, chain) in live {
-        let r = try_post(addr, "/auth/refresh", json!({"refresh_token": t})).await.unwrap();
-        assert_eq!(r.status, 200, "cycle {cycle}: acknowledged session of {email} lost: {r:?}");
+        let r = try_post(addr, "/auth/refresh", json!({"refresh_token": t}))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status, 200,
+            "cycle {cycle}: acknowledged session of {email} lost: {r:?}"
+        );
         let new = r.json()["refresh_token"].as_str().unwrap().to_string();
         let mut m = model.lock().unwrap();
         m.dead.push((t, chain));
@@ -316,7 +358,9 @@ async fn check(addr: SocketAddr, model: &Arc<Mutex<Model>>, cycle: usize) {
     }
     let dead_after_resets = std::mem::take(&mut model.lock().unwrap().dead);
     for (t, chain) in dead.iter().chain(dead_after_resets.iter()) {
-        let r = try_post(addr, "/auth/refresh", json!({"refresh_token": t})).await.unwrap();
+        let r = try_post(addr, "/auth/refresh", json!({"refresh_token": t}))
+            .await
+            .unwrap();
         assert_error(&r, 401, "invalid_token");
         // Reuse detection has now ended that session.
         model.lock().unwrap().live.retain(|(_, _, c)| c != chain);
@@ -370,4 +414,160 @@ async fn sigkill_loop_loses_no_acknowledged_write() {
         m.n,
         m.users.len()
     );
+}
+
+/// Start the child and expect it to refuse: exit code not 0 within 20 s,
+/// nothing listening, and the log saying why. Returns the log.
+async fn assert_refuses_to_start(gw: &mut Proc, what: &str) -> String {
+    let _ = std::fs::write(&gw.log, "");
+    let mut child = gw.spawn();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if http::request(gw.addr, "GET", "/auth/me", &[], None)
+            .await
+            .is_ok()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what}: the gateway serves requests:\n{}",
+                std::fs::read_to_string(&gw.log).unwrap_or_default()
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: the gateway neither served nor exited");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let log = std::fs::read_to_string(&gw.log).unwrap_or_default();
+    assert!(!status.success(), "{what}: exit {status}\n{log}");
+    eprintln!("{what}: exit {status}: {}", log.trim());
+    log
+}
+
+/// A corrupt or unreadable database at start (CWE-636 not failing
+/// securely; ASVS V7.4.1): garbage written over sled's files, a database
+/// whose files were removed or truncated under an existing data dir, and a
+/// data dir that cannot be created. The gateway refuses to start with a
+/// clear message and a non-zero exit code; it never runs with an empty
+/// revocation list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_or_unreadable_database_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = smtp::start().await;
+    let mut gw = Proc::new(dir.path(), smtp.addr.port(), "");
+    gw.start().await;
+    // Some state, including a revocation.
+    let reg = try_post(
+        gw.addr,
+        "/auth/register",
+        json!({"email": "c@example.com", "password": PW, "password_confirm": PW}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reg.status, 201);
+    let login = try_post(
+        gw.addr,
+        "/auth/login",
+        json!({"email": "c@example.com", "password": PW}),
+    )
+    .await
+    .unwrap();
+    let rt = login.json()["refresh_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        try_post(gw.addr, "/auth/logout", json!({"refresh_token": rt}))
+            .await
+            .unwrap()
+            .status,
+        204
+    );
+    gw.kill();
+    let db = dir.path().join("data/db");
+    assert!(db.is_dir(), "sled dir at {}", db.display());
+    let pristine = dir.path().join("pristine");
+    copy_dir(&db, &pristine);
+
+    // 1. Every sled file overwritten with garbage of the same length.
+    for f in files(&db) {
+        let len = std::fs::metadata(&f).unwrap().len() as usize;
+        let garbage: Vec<u8> = (0..len.max(64)).map(|_| rand::random::<u8>()).collect();
+        std::fs::write(&f, garbage).unwrap();
+    }
+    let log = assert_refuses_to_start(&mut gw, "garbage in the sled files").await;
+    assert!(
+        log.contains("database"),
+        "the message names the database: {log}"
+    );
+
+    // 2. The database files deleted (the data dir and its keys remain): an
+    //    empty database would forget every revocation.
+    std::fs::remove_dir_all(&db).unwrap();
+    let log = assert_refuses_to_start(&mut gw, "database files missing").await;
+    assert!(log.contains("database"), "{log}");
+
+    // 3. The log file truncated to its header.
+    std::fs::remove_dir_all(&db).ok();
+    copy_dir(&pristine, &db);
+    let log_file = db.join("db");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log_file)
+        .unwrap();
+    f.set_len(0).unwrap();
+    assert_refuses_to_start(&mut gw, "sled log truncated").await;
+
+    // Control: the pristine copy starts and still knows the revocation.
+    std::fs::remove_dir_all(&db).unwrap();
+    copy_dir(&pristine, &db);
+    gw.start().await;
+    let r = try_post(gw.addr, "/auth/refresh", json!({"refresh_token": rt}))
+        .await
+        .unwrap();
+    assert_error(&r, 401, "invalid_token");
+    let r = try_post(
+        gw.addr,
+        "/auth/login",
+        json!({"email": "c@example.com", "password": PW}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    gw.kill();
+
+    // 4. The data dir is not a directory.
+    std::fs::remove_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data"), b"not a dir").unwrap();
+    let log = assert_refuses_to_start(&mut gw, "data dir is a file").await;
+    assert!(log.contains("data"), "{log}");
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let t = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &t);
+        } else {
+            std::fs::copy(&p, &t).unwrap();
+        }
+    }
 }
