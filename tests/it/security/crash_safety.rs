@@ -26,6 +26,10 @@ struct Proc {
 
 impl Proc {
     fn new(dir: &Path, smtp_port: u16, extra: &str) -> Proc {
+        Self::with_upstream(dir, smtp_port, extra, "http://127.0.0.1:9")
+    }
+
+    fn with_upstream(dir: &Path, smtp_port: u16, extra: &str, upstream: &str) -> Proc {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = dir.join("gateway.toml");
@@ -56,7 +60,7 @@ level = "warn"
 
 [[routes]]
 prefix = "/"
-upstream = "http://127.0.0.1:9"
+upstream = "{upstream}"
 auth = "required"
 "#,
             d = dir.display()
@@ -72,13 +76,31 @@ auth = "required"
     }
 
     fn spawn(&mut self) -> Child {
+        self.spawn_in(None)
+    }
+
+    /// Spawn, optionally inside a private mount namespace with a tmpfs of
+    /// `size` mounted over `mount` (the data dir), so the disk can fill up.
+    fn spawn_in(&mut self, tmpfs: Option<(&Path, &str)>) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .arg("serve")
+        let mut cmd = match tmpfs {
+            None => Command::new(env!("CARGO_BIN_EXE_portcullis")),
+            Some((mount, size)) => {
+                let mut c = Command::new("unshare");
+                c.args(["-m", "sh", "-c"])
+                    .arg(format!(
+                        "mount -t tmpfs -o size={size},mode=0700 tmpfs \"$0\" && exec \"$@\""
+                    ))
+                    .arg(mount)
+                    .arg(env!("CARGO_BIN_EXE_portcullis"));
+                c
+            }
+        };
+        cmd.arg("serve")
             .arg("--config")
             .arg(&self.config)
             .env_remove("PORTCULLIS_CONFIG")
@@ -94,7 +116,11 @@ auth = "required"
     /// Start and wait until the admin listener answers `/readyz` (the
     /// store is open and readable); panics with the log if it exits.
     async fn start(&mut self) {
-        let mut child = self.spawn();
+        self.start_in(None).await
+    }
+
+    async fn start_in(&mut self, tmpfs: Option<(&Path, &str)>) {
+        let mut child = self.spawn_in(tmpfs);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -570,4 +596,169 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(&p, &t).unwrap();
         }
     }
+}
+
+/// Disk full (CWE-755 improper handling of exceptional conditions; ASVS
+/// V7.4.1, V11.1.7): the real binary runs with its data dir on a 16 MB
+/// tmpfs in a private mount namespace (`unshare -m`; skipped, saying so,
+/// where that is not permitted). With the disk filled, every write answers
+/// 503 `service_unavailable` with `Retry-After` (nothing acknowledged that
+/// was not written), token checks never fail open (a valid token still
+/// passes, a revoked one is still refused, a logout that could not be
+/// written answers 503, never "done", and turns out whole or not at all),
+/// and once space returns a restart on the same data dir
+/// brings writes back with every acknowledged write (and revocation)
+/// intact. Not covered: recovery without a restart (sled 0.34 keeps an I/O
+/// error for the life of the process; see docs/security.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_fails_closed_and_recovers_after_restart() {
+    let probe = Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("disk full: SKIPPED: cannot mount a tmpfs in a private mount namespace here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let smtp = smtp::start().await;
+    let up = upstream::start().await;
+    let mut gw = Proc::with_upstream(dir.path(), smtp.addr.port(), "", &up.url());
+    gw.start_in(Some((&data, "16m"))).await;
+    let pid = gw.child.as_ref().unwrap().id();
+    // The child's view of its data dir (its mount namespace).
+    let inside = PathBuf::from(format!("/proc/{pid}/root")).join(data.strip_prefix("/").unwrap());
+    assert!(inside.join("db").exists(), "the database is on the tmpfs");
+
+    let reg = |email: &str| json!({"email": email, "password": PW, "password_confirm": PW});
+    assert_eq!(
+        try_post(gw.addr, "/auth/register", reg("a@example.com"))
+            .await
+            .unwrap()
+            .status,
+        201
+    );
+    let login = try_post(
+        gw.addr,
+        "/auth/login",
+        json!({"email": "a@example.com", "password": PW}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(login.status, 200);
+    let access = login.json()["access_token"].as_str().unwrap().to_string();
+    let refresh = login.json()["refresh_token"].as_str().unwrap().to_string();
+    let login2 = try_post(
+        gw.addr,
+        "/auth/login",
+        json!({"email": "a@example.com", "password": PW}),
+    )
+    .await
+    .unwrap();
+    let revoked_access = login2.json()["access_token"].as_str().unwrap().to_string();
+    let r = http::request(
+        gw.addr,
+        "POST",
+        "/auth/logout",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &format!("Bearer {revoked_access}")),
+        ],
+        Some(
+            json!({"refresh_token": login2.json()["refresh_token"]})
+                .to_string()
+                .as_bytes(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 204);
+
+    // Fill the disk.
+    let filler = inside.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let mut unavailable = 0;
+    for i in 0..5 {
+        let r = try_post(
+            gw.addr,
+            "/auth/register",
+            reg(&format!("full{i}@example.com")),
+        )
+        .await
+        .unwrap();
+        if r.status == 503 {
+            assert_error(&r, 503, "service_unavailable");
+            assert!(r.header("retry-after").is_some(), "{r:?}");
+            unavailable += 1;
+        } else {
+            // sled may still have room in a preallocated segment.
+            assert_eq!(r.status, 201, "{r:?}");
+        }
+    }
+    assert!(unavailable > 0, "no write failed on a full disk");
+    // Token checks do not fail open, either way.
+    let r = http::get(gw.addr, "/x", Some(&access)).await;
+    assert_eq!(r.status, 200, "a valid token on a full disk: {r:?}");
+    let r = http::get(gw.addr, "/x", Some(&revoked_access)).await;
+    assert_error(&r, 401, "unauthorized");
+    let r = try_post(gw.addr, "/auth/logout", json!({"refresh_token": refresh}))
+        .await
+        .unwrap();
+    assert_error(&r, 503, "service_unavailable");
+
+    let ready = http::request(gw.admin, "GET", "/readyz", &[], None)
+        .await
+        .unwrap();
+    eprintln!("disk full: /readyz answers {}", ready.status);
+
+    // Space returns. sled 0.34 keeps an I/O error for the life of the
+    // process, so writes stay 503 until the gateway is restarted; after
+    // the restart,
+    // on the same data dir, everything acknowledged is there.
+    std::fs::remove_file(&filler).unwrap();
+    let r = try_post(gw.addr, "/auth/register", reg("still@example.com"))
+        .await
+        .unwrap();
+    eprintln!(
+        "disk full: after space returned, without a restart: {}",
+        r.status
+    );
+    assert!(r.status == 201 || r.status == 503, "{r:?}");
+    // /readyz only reads, so it stays 200 (logged above): a supervisor
+    // cannot see this state yet (docs/security.md, open items).
+    gw.kill();
+    gw.start_in(Some((&data, "16m"))).await;
+    let r = try_post(gw.addr, "/auth/register", reg("back@example.com"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = http::get(gw.addr, "/x", Some(&revoked_access)).await;
+    assert_error(&r, 401, "unauthorized");
+    // The logout answered 503: its outcome is unknown to the client (it
+    // may have reached the disk before the error), but it is whole either
+    // way: the session's refresh token and its access token are both
+    // still good, or both refused.
+    let r = try_post(gw.addr, "/auth/refresh", json!({"refresh_token": refresh}))
+        .await
+        .unwrap();
+    let access_now = http::get(gw.addr, "/x", Some(&access)).await;
+    eprintln!(
+        "disk full: the 503 logout, after the restart: refresh {}, access {}",
+        r.status, access_now.status
+    );
+    match r.status {
+        200 => assert_eq!(access_now.status, 200, "{access_now:?}"),
+        _ => {
+            assert_error(&r, 401, "invalid_token");
+            assert_error(&access_now, 401, "unauthorized");
+        }
+    }
+    gw.kill();
 }
