@@ -196,7 +196,7 @@ async fn ten_thousand_idle_connections() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        if conns.len() % 2000 == 0 {
+        if conns.len().is_multiple_of(2000) {
             assert_served(&gw, Duration::from_secs(5), "idle connections").await;
         }
     }
@@ -282,7 +282,7 @@ async fn h2_rapid_reset_is_cut_off() {
                 }
                 Err(_) => break,
             }
-            if sent % 1000 == 0 {
+            if sent.is_multiple_of(1000) {
                 tokio::task::yield_now().await;
             }
         }
