@@ -30,11 +30,16 @@ use crate::store::pg_store::PgStore;
 use crate::store::sled_store::SledStore;
 use crate::store::Store;
 
-/// Open the configured store: sled (mapping its lock error to a clear
-/// message), or PostgreSQL (connecting and running the migrations).
+/// The file in `data_dir` that remembers which database this data dir
+/// holds (the same id is stamped into the database when it is created).
+pub const STORE_ID_FILE: &str = "store.id";
+
+/// Open the configured store: sled (checked against `data_dir/store.id`,
+/// with its lock error mapped to a clear message), or PostgreSQL
+/// (connecting and running the migrations).
 pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, String> {
     match &cfg.storage {
-        Storage::Sled { path } => open_sled(path, cfg.server.auth_nice),
+        Storage::Sled { path } => Ok(open_sled_checked(cfg, path)?),
         Storage::Postgres { url } => {
             let url = url.0.clone();
             let store = crate::store::block_on(async move { PgStore::connect(&url).await })?
@@ -44,7 +49,65 @@ pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, String> {
     }
 }
 
-fn open_sled(path: &std::path::Path, nice: u8) -> Result<Arc<dyn Store>, String> {
+/// A sled database that opens empty where this data dir has held one (its
+/// `store.id` exists, the database has no stamp) was deleted, truncated or
+/// replaced: sled would start afresh and the gateway would run with an
+/// empty revocation list and no accounts. That is refused.
+fn open_sled_checked(cfg: &Config, path: &std::path::Path) -> Result<Arc<SledStore>, String> {
+    create_private_dir(&cfg.server.data_dir)?;
+    let store = open_sled(path, cfg.server.auth_nice)?;
+    let id_file = cfg.server.data_dir.join(STORE_ID_FILE);
+    let remembered = match std::fs::read_to_string(&id_file) {
+        Ok(s) => Some(s.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("reading '{}': {e}", id_file.display())),
+    };
+    let stamp = store
+        .stamp()
+        .map_err(|e| format!("opening the database: {e}"))?;
+    match (stamp, remembered) {
+        (Some(s), Some(r)) if s == r => {}
+        (Some(s), Some(_)) => {
+            return Err(format!(
+                "the database at '{}' (id {s}) is not the one this data dir held ('{}'): \
+                 refusing to start; restore the right database or remove that file",
+                path.display(),
+                id_file.display()
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(format!(
+                "the database at '{}' is empty, but this data dir held one ('{}' exists): \
+                 it was deleted or corrupted; refusing to start without its revocations. \
+                 Restore it from a backup, or remove that file to start afresh",
+                path.display(),
+                id_file.display()
+            ))
+        }
+        (Some(s), None) => write_secret_file(&id_file, &s)?,
+        (None, None) => {
+            let id = uuid::Uuid::new_v4().to_string();
+            store
+                .set_stamp(&id)
+                .map_err(|e| format!("opening the database: {e}"))?;
+            write_secret_file(&id_file, &id)?;
+        }
+    }
+    Ok(store)
+}
+
+fn write_secret_file(path: &std::path::Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        std::fs::File::create(&tmp).map_err(|e| format!("writing '{}': {e}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("writing '{}': {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("writing '{}': {e}", path.display()))
+}
+
+fn open_sled(path: &std::path::Path, nice: u8) -> Result<Arc<SledStore>, String> {
     if let Some(parent) = path.parent() {
         create_private_dir(parent)?;
     }

@@ -137,6 +137,23 @@ impl TokenService {
         if header.alg != self.keys.algorithm {
             return Err(TokenRejection::Invalid);
         }
+        // A token never chooses its own key (RFC 8725 §3.10): our tokens
+        // carry no key or key URL, so one that does is forged. With a `kid`
+        // (EdDSA) it must name our key exactly.
+        if header.jwk.is_some()
+            || header.jku.is_some()
+            || header.x5u.is_some()
+            || header.x5c.is_some()
+            || header.x5t.is_some()
+            || header.x5t_s256.is_some()
+        {
+            return Err(TokenRejection::Invalid);
+        }
+        if let Some(kid) = &self.keys.kid {
+            if header.kid.as_deref() != Some(kid.as_str()) {
+                return Err(TokenRejection::Invalid);
+            }
+        }
         let data =
             jsonwebtoken::decode::<AccessClaims>(token, &self.keys.decoding, &self.validation)
                 .map_err(|_| TokenRejection::Invalid)?;

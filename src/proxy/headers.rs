@@ -32,6 +32,31 @@ pub fn strip_identity(req: &mut RequestHeader) {
 pub const FORWARDED_ORIGIN: [&str; 3] =
     ["x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix"];
 
+/// Headers by which some frameworks (Symfony, IIS URL Rewrite, Zend) let a
+/// request name a different path than its request line. The upstream must
+/// serve the path that was checked, so these are removed from every
+/// proxied request, whoever sent them.
+pub const PATH_OVERRIDE: [&str; 5] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+];
+
+/// Whether the request asks to upgrade to cleartext HTTP/2 (`Upgrade:
+/// h2c`, or an `HTTP2-Settings` header). Through a proxy such an upgrade
+/// would turn the connection into a tunnel of unchecked HTTP/2 streams
+/// ("h2c smuggling"), so it is refused.
+pub fn is_h2c_upgrade(req: &RequestHeader) -> bool {
+    req.headers.contains_key("http2-settings")
+        || req.headers.get_all("upgrade").iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+        })
+}
+
 /// Security headers on every response the gateway writes itself.
 pub fn add_security_headers(resp: &mut ResponseHeader, tls: bool) {
     let _ = resp.insert_header("x-content-type-options", "nosniff");

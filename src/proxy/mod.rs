@@ -330,6 +330,17 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
             return self.respond_error(session, ctx, e).await;
         }
+        if headers::is_h2c_upgrade(session.req_header()) {
+            // An h2c tunnel would carry HTTP/2 streams no route ever checks.
+            session.set_keepalive(None);
+            return self
+                .respond_error(
+                    session,
+                    ctx,
+                    ApiError::BadRequest("Upgrading to h2c is not supported."),
+                )
+                .await;
+        }
         let raw_path = session.req_header().uri.path().to_string();
         // Path parameters are stripped before matching, so `/admin;x/users`
         // is matched as `/admin/users`; only then is it known whether the
@@ -449,6 +460,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         headers::strip_identity(up);
+        for name in headers::PATH_OVERRIDE {
+            while up.remove_header(name).is_some() {}
+        }
         let forward_authorization = ctx
             .route
             .is_none_or(|i| self.routes[i].route.forward_authorization);

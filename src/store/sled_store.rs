@@ -47,6 +47,7 @@ const QUEUE: usize = 4096;
 const SWEEP_SCAN: usize = 20_000;
 
 const INTENT: &[u8] = b"intent";
+const STAMP: &[u8] = b"stamp";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -556,6 +557,27 @@ impl SledStore {
             jobs: Some(tx),
             writer: Some(writer),
         })
+    }
+
+    /// The identity stamped into this database when it was created (see
+    /// `server::open_store`); `None` for a new (or wiped) database.
+    pub fn stamp(&self) -> StoreResult<Option<String>> {
+        Ok(self
+            .trees
+            .meta
+            .get(STAMP)
+            .map_err(backend)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Stamp a new database, durably. Only at open, before any operation.
+    pub fn set_stamp(&self, id: &str) -> StoreResult<()> {
+        self.trees
+            .meta
+            .insert(STAMP, id.as_bytes())
+            .map_err(backend)?;
+        self.trees.db.flush().map_err(backend)?;
+        Ok(())
     }
 
     /// Hand an operation to the writer; answers once its batch is on disk.

@@ -6,11 +6,17 @@
 
 mod authorization;
 mod client_ip;
+mod crash_safety;
 mod email_identity;
 mod hygiene;
+mod identity_spoofing;
 mod ipv6_throttle;
+mod jwt_attacks;
 mod log_scrub;
+mod path_attacks;
 mod path_params;
+mod resources;
+mod smuggling;
 mod tunnels;
 
 use std::net::SocketAddr;

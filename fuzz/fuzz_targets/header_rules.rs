@@ -1,0 +1,26 @@
+//! Header rules: `is_identity_header` matches its definition (case-
+//! insensitive, `_` read as `-`, prefix `x-user-`), and after
+//! `strip_identity` no identity-family header is left, whatever the names.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use pingora::http::RequestHeader;
+use portcullis::proxy::headers::{is_h2c_upgrade, is_identity_header, strip_identity};
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+    for line in text.split('\n') {
+        let (name, value) = line.split_once(':').unwrap_or((line, ""));
+        let reference = name
+            .to_ascii_lowercase()
+            .replace('_', "-")
+            .starts_with("x-user-");
+        assert_eq!(is_identity_header(name), reference, "{name:?}");
+        let _ = req.append_header(name.to_string(), value.trim());
+    }
+    let _ = is_h2c_upgrade(&req);
+    strip_identity(&mut req);
+    for (k, _) in req.headers.iter() {
+        assert!(!is_identity_header(k.as_str()), "{k:?} survived");
+    }
+});
