@@ -99,8 +99,16 @@ fn open_sled_checked(cfg: &Config, path: &std::path::Path) -> Result<Arc<SledSto
 fn write_secret_file(path: &std::path::Path, text: &str) -> Result<(), String> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).map_err(|e| format!("writing '{}': {e}", tmp.display()))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(&tmp)
+        .map_err(|e| format!("writing '{}': {e}", tmp.display()))?;
     f.write_all(text.as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(|e| format!("writing '{}': {e}", tmp.display()))?;

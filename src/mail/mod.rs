@@ -36,6 +36,7 @@ pub fn compose(kind: &str, to: &str, subject: &str, body: String, now: i64) -> O
         failed: false,
         last_error: None,
         failed_at: None,
+        claim: None,
     }
 }
 

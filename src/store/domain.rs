@@ -215,6 +215,7 @@ pub fn apply_delivery(m: &OutboxMessage, d: &Delivery) -> Option<OutboxMessage> 
             let mut m = m.clone();
             m.attempts += 1;
             m.last_error = Some(error.clone());
+            m.claim = None;
             if *give_up {
                 m.failed = true;
                 m.failed_at = Some(*now);
@@ -226,13 +227,30 @@ pub fn apply_delivery(m: &OutboxMessage, d: &Delivery) -> Option<OutboxMessage> 
     }
 }
 
-/// Lease a message for sending if it is due: `None` if it is not.
-pub fn claim_mail(m: &OutboxMessage, now: i64, lease_secs: u64) -> Option<OutboxMessage> {
+/// Claim a message for sender `me` if it is due and nobody else holds it.
+/// With `foreign_claims_void` (a store only one process uses), a claim by
+/// another instance is a previous process's, dead with it.
+pub fn claim_mail(
+    m: &OutboxMessage,
+    now: i64,
+    lease_secs: u64,
+    me: Uuid,
+    foreign_claims_void: bool,
+) -> Option<OutboxMessage> {
     if m.failed || m.next_attempt_at > now {
         return None;
     }
+    if let Some(c) = m.claim {
+        let held = c.until > now && (c.by == me || !foreign_claims_void);
+        if held {
+            return None;
+        }
+    }
     let mut m = m.clone();
-    m.next_attempt_at = now.saturating_add(lease_secs as i64);
+    m.claim = Some(super::Claim {
+        by: me,
+        until: now.saturating_add(lease_secs as i64),
+    });
     Some(m)
 }
 
@@ -584,6 +602,50 @@ mod tests {
     }
 
     #[test]
+    fn claims_hold_against_other_senders_until_their_lease_ends() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let m = OutboxMessage {
+            id: Uuid::new_v4(),
+            kind: "k".into(),
+            to: "t".into(),
+            subject: "s".into(),
+            body: "b".into(),
+            created_at: 0,
+            attempts: 0,
+            next_attempt_at: 10,
+            failed: false,
+            last_error: None,
+            failed_at: None,
+            claim: None,
+        };
+        assert!(claim_mail(&m, 9, 120, a, false).is_none(), "not due");
+        let claimed = claim_mail(&m, 10, 120, a, false).unwrap();
+        assert_eq!(
+            claimed.claim,
+            Some(crate::store::Claim { by: a, until: 130 })
+        );
+        // Shared store: held against everyone, a itself included, until 130.
+        assert!(claim_mail(&claimed, 129, 120, b, false).is_none());
+        assert!(claim_mail(&claimed, 129, 120, a, false).is_none());
+        assert!(claim_mail(&claimed, 130, 120, b, false).is_some());
+        // One process: another instance's claim is a dead process's.
+        assert!(claim_mail(&claimed, 11, 120, b, true).is_some());
+        assert!(claim_mail(&claimed, 11, 120, a, true).is_none());
+        // A recorded attempt releases the claim.
+        let failed = apply_delivery(
+            &claimed,
+            &Delivery::Failed {
+                error: "e".into(),
+                retry_at: 40,
+                give_up: false,
+                now: 11,
+            },
+        )
+        .unwrap();
+        assert_eq!((failed.claim, failed.next_attempt_at), (None, 40));
+    }
+
+    #[test]
     fn sweep_predicates() {
         let r = Retention {
             now: 1000,
@@ -609,6 +671,7 @@ mod tests {
             failed: false,
             last_error: None,
             failed_at: None,
+            claim: None,
         };
         assert!(!mail_is_dead(&m, &r), "pending mail is never swept");
         m = apply_delivery(

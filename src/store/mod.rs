@@ -205,6 +205,16 @@ pub struct OutboxMessage {
     /// When it failed for good.
     #[serde(default)]
     pub failed_at: Option<i64>,
+    /// The sender that has claimed it for an attempt now, if any.
+    #[serde(default)]
+    pub claim: Option<Claim>,
+}
+
+/// A sender's claim on a message: which store instance, and until when.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claim {
+    pub by: Uuid,
+    pub until: i64,
 }
 
 /// The result of one delivery attempt, applied to the current message.
@@ -356,11 +366,12 @@ pub trait Store: Send + Sync + 'static {
     // --- mail outbox
     async fn enqueue_mail(&self, mail: OutboxMessage) -> StoreResult<()>;
     async fn list_mail(&self) -> StoreResult<Vec<OutboxMessage>>;
-    /// Take up to `limit` due messages for sending: each is leased (its
-    /// next attempt moved to `now + lease_secs`) in the same atomic step,
-    /// so of several senders (several gateways on one database) exactly
-    /// one gets it. A sender that dies mid-send leaves the lease to run
-    /// out, and another one retries.
+    /// Take up to `limit` due messages for sending: each is claimed for
+    /// this store instance until `now + lease_secs` in the same atomic
+    /// step, so of several senders (several gateways on one database)
+    /// exactly one gets it. A claim by a sender that died mid-send is void
+    /// at once where only one process uses the store (sled), and runs out
+    /// after its lease where several do (PostgreSQL).
     async fn claim_mail(
         &self,
         now: i64,

@@ -89,6 +89,8 @@ const REVOCATION_LOCK: i64 = 0x706f_7274_7265_766b;
 
 pub struct PgStore {
     pool: Pool,
+    /// This gateway's instance, named in its claims on mail.
+    instance: Uuid,
     url: String,
     /// The listener's signal, started on first use.
     events: std::sync::OnceLock<tokio::sync::watch::Receiver<u64>>,
@@ -315,6 +317,7 @@ impl PgStore {
         let pool = Pool::builder(mgr).max_size(16).build().map_err(backend)?;
         let store = Self {
             pool,
+            instance: Uuid::new_v4(),
             url: url.to_string(),
             events: std::sync::OnceLock::new(),
             commits: AtomicU64::new(0),
@@ -829,6 +832,7 @@ impl Store for PgStore {
         limit: usize,
     ) -> StoreResult<Vec<OutboxMessage>> {
         // Rows another sender holds are skipped, never waited for.
+        let me = self.instance;
         self.write(tx!(|tx| {
             let rows = tx
                 .query(
@@ -844,7 +848,7 @@ impl Store for PgStore {
             for row in rows {
                 let id: Uuid = row.get(0);
                 let m: OutboxMessage = dec(row.get(1))?;
-                if let Some(leased) = domain::claim_mail(&m, now, lease_secs) {
+                if let Some(leased) = domain::claim_mail(&m, now, lease_secs, me, false) {
                     tx.execute(
                         "UPDATE outbox SET record = $2 WHERE id = $1",
                         &[&id, &enc(&leased)],

@@ -505,6 +505,8 @@ fn writer_loop(trees: Arc<Trees>, mut rx: mpsc::Receiver<Job>, counters: Arc<Cou
 
 pub struct SledStore {
     trees: Arc<Trees>,
+    /// This process's instance: claims on mail by any other are void.
+    instance: Uuid,
     counters: Arc<Counters>,
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -553,6 +555,7 @@ impl SledStore {
             .map_err(|e| StoreError::Backend(format!("starting the writer: {e}")))?;
         Ok(Self {
             trees,
+            instance: Uuid::new_v4(),
             counters,
             jobs: Some(tx),
             writer: Some(writer),
@@ -920,14 +923,15 @@ impl Store for SledStore {
         lease_secs: u64,
         limit: usize,
     ) -> StoreResult<Vec<OutboxMessage>> {
-        // Candidates by a read; the writer leases each one that is still due.
+        // Candidates by a read; the writer claims each one still due.
+        let me = self.instance;
         let due: Vec<Vec<u8>> = self
             .read(move |t| {
                 let mut out = Vec::new();
                 for kv in t.tree(T::Outbox).iter() {
                     let (k, v) = kv.map_err(backend)?;
                     let m: OutboxMessage = dec(&v)?;
-                    if domain::claim_mail(&m, now, lease_secs).is_some() {
+                    if domain::claim_mail(&m, now, lease_secs, me, true).is_some() {
                         out.push(k.to_vec());
                     }
                 }
@@ -947,7 +951,7 @@ impl Store for SledStore {
                     let Some(m) = tx.get_json::<OutboxMessage>(T::Outbox, &k)? else {
                         continue;
                     };
-                    if let Some(leased) = domain::claim_mail(&m, now, lease_secs) {
+                    if let Some(leased) = domain::claim_mail(&m, now, lease_secs, me, true) {
                         tx.put_json(T::Outbox, k, &leased);
                         out.push(m);
                     }

@@ -151,7 +151,20 @@ async fn the_data_dir_is_0700_its_secrets_0600_and_the_database_url_moves_the_db
         "a database was made in data_dir too"
     );
     s.crash();
-    // Without the variable the gateway uses data_dir/db, where the user is not.
+    // Without the variable the gateway would use data_dir/db, a database
+    // this data dir never held: it refuses, saying what to do.
+    let mut cmd = bin::command(&["serve", "--config"]);
+    cmd.arg(&cfg.path);
+    let out = bin::run_async(cmd, None, Duration::from_secs(30)).await;
+    let err = &out.stderr;
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("store.id") && err.contains("refusing to start"),
+        "{err}"
+    );
+    // Removing the marker (as the message says) starts afresh there, where
+    // the user is not.
+    std::fs::remove_file(cfg.data_dir.join("store.id")).unwrap();
     let _s = Served::start(&cfg).await;
     assert_error(
         &login(cfg.listen, "dburl@example.com", PASSWORD).await,

@@ -73,6 +73,7 @@ fn mail(to: &str) -> OutboxMessage {
         failed: false,
         last_error: None,
         failed_at: None,
+        claim: None,
     }
 }
 

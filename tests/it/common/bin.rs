@@ -38,6 +38,7 @@ pub fn command(args: &[&str]) -> Command {
     cmd.args(args)
         .env_remove("PORTCULLIS_CONFIG")
         .env_remove("PORTCULLIS_JWT_SECRET")
+        .env_remove("PORTCULLIS_REFRESH_SECRET")
         .env_remove("PORTCULLIS_DATABASE_URL")
         .env_remove("PORTCULLIS_SMTP_USERNAME")
         .env_remove("PORTCULLIS_SMTP_PASSWORD")
