@@ -73,7 +73,11 @@ fn login(email: &str, password: &str) -> Req {
 /// Fire every request at once (each on its own connection, all released by
 /// one barrier); answers in the order given.
 async fn burst(gw: &TestGateway, reqs: Vec<Req>) -> Vec<Response> {
-    let addr = gw.addr;
+    burst_at(gw.addr, reqs).await
+}
+
+/// [`burst`] to a listener address (for bursts sent from a spawned task).
+async fn burst_at(addr: std::net::SocketAddr, reqs: Vec<Req>) -> Vec<Response> {
     let barrier = Arc::new(Barrier::new(reqs.len()));
     let mut set = JoinSet::new();
     for (i, r) in reqs.into_iter().enumerate() {
@@ -168,26 +172,10 @@ async fn parallel_guesses_cannot_exceed_the_lockout() {
     // The right password as one of a burst, sent while the wrong guesses
     // are still being hashed (it used to pass the lock check and get 200).
     gw.signup("second@example.com").await;
-    let addr = gw.addr;
-    let wrong = tokio::spawn({
-        let gw_reqs = vec![login("second@example.com", "wrong guess 0000"); 15];
-        let barrier = Arc::new(Barrier::new(gw_reqs.len()));
-        async move {
-            let mut set = JoinSet::new();
-            for r in gw_reqs {
-                let barrier = barrier.clone();
-                set.spawn(async move {
-                    barrier.wait().await;
-                    http::post_json(addr, &r.path, r.body.as_ref().unwrap(), None).await
-                });
-            }
-            let mut out = Vec::new();
-            while let Some(r) = set.join_next().await {
-                out.push(r.unwrap());
-            }
-            out
-        }
-    });
+    let wrong = tokio::spawn(burst_at(
+        gw.addr,
+        vec![login("second@example.com", "wrong guess 0000"); 15],
+    ));
     tokio::time::sleep(Duration::from_millis(10)).await;
     let right = gw.login("second@example.com", PASSWORD).await;
     let wrong = wrong.await.unwrap();
