@@ -247,6 +247,7 @@ impl Metrics {
             ("revocation", r.revocations),
             ("cutoff", r.cutoffs),
             ("failed_mail", r.mail),
+            ("counter", r.counters),
         ] {
             self.swept.with_label_values(&[kind]).inc_by(n as u64);
         }

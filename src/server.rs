@@ -161,8 +161,8 @@ pub fn admin_token(cfg: &Config) -> Result<Vec<u8>, String> {
     Ok(raw.trim_ascii().to_vec())
 }
 
-/// Periodic upkeep, every second of real time: persist changed throttle
-/// counters; and once per [`SWEEP_EVERY`] seconds of *clock* time (so tests
+/// Periodic upkeep, every second of real time: write out the store's
+/// in-memory state ([`crate::store::Store::checkpoint`]); and once per [`SWEEP_EVERY`] seconds of *clock* time (so tests
 /// move the clock instead of waiting) sweep expired sessions, one-time
 /// tokens, revocations and long-failed mail from the store and memory.
 struct Maintenance {
@@ -175,15 +175,11 @@ struct Maintenance {
 pub const SWEEP_EVERY: i64 = 60;
 
 impl Maintenance {
-    async fn persist_throttle(&self) {
-        let dirty = self.auth.throttle.take_dirty();
-        if dirty.is_empty() {
-            return;
-        }
-        let keys: Vec<String> = dirty.iter().map(|(k, _)| k.clone()).collect();
-        if let Err(e) = self.auth.store.save_counters(dirty).await {
-            tracing::error!(cause = %e, "persisting throttle counters");
-            self.auth.throttle.mark_dirty(keys);
+    /// Write out what the store keeps in memory (sled's counters); on a
+    /// failure, it keeps them for the next second's try.
+    async fn checkpoint(&self) {
+        if let Err(e) = self.auth.store.checkpoint().await {
+            tracing::error!(cause = %e, "store checkpoint");
         }
     }
 
@@ -196,6 +192,7 @@ impl Maintenance {
             idle_secs: a.cfg.tokens.refresh_idle_secs,
             failed_mail_secs: a.cfg.mail.failed_retention_secs,
             cutoff_horizon: horizon,
+            counter_idle_secs: a.cfg.throttle.failure_window_secs.max(3600),
         };
         match a.store.sweep(retention).await {
             Ok(r) => {
@@ -207,6 +204,7 @@ impl Maintenance {
                         revocations = r.revocations,
                         cutoffs = r.cutoffs,
                         failed_mail = r.mail,
+                        counters = r.counters,
                         "maintenance sweep"
                     );
                 }
@@ -214,8 +212,7 @@ impl Maintenance {
             Err(e) => tracing::error!(cause = %e, "maintenance sweep"),
         }
         a.revocations.prune(now, horizon);
-        a.throttle
-            .forget_idle(a.cfg.throttle.failure_window_secs.max(3600));
+        a.route_limits.forget_idle(now, 60);
         self.sweeps
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
@@ -234,9 +231,9 @@ impl BackgroundService for Maintenance {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.changed() => break,
             }
-            self.persist_throttle().await;
+            self.checkpoint().await;
         }
-        self.persist_throttle().await;
+        self.checkpoint().await;
     }
 }
 

@@ -48,7 +48,7 @@ impl AuthService {
             };
         }
         if req.method == Method::POST && path.starts_with("/auth/") {
-            self.ip_throttle(req)?;
+            self.ip_throttle(req).await?;
         }
         let m = &req.method;
         match path {
@@ -108,11 +108,15 @@ impl AuthService {
         }
     }
 
-    fn ip_throttle(&self, req: &ApiRequest) -> Result<(), ApiError> {
+    async fn ip_throttle(&self, req: &ApiRequest) -> Result<(), ApiError> {
         let limit = self.cfg.throttle.auth_per_minute;
+        if limit == 0 {
+            return Ok(());
+        }
         match self
             .throttle
             .hit(&format!("ip:{}", req.ip_throttle_key(&self.cfg)), limit, 60)
+            .await?
         {
             super::throttle::Verdict::Allowed => Ok(()),
             super::throttle::Verdict::Limited { retry_after } => {
@@ -142,7 +146,7 @@ impl AuthService {
 
     /// Reserve a guess at `key`'s password before hashing (429 when the
     /// account is locked or its budget is in flight).
-    fn reserve_guess(
+    async fn reserve_guess(
         &self,
         key: &str,
         actx: &AuditCtx<'_>,
@@ -151,6 +155,7 @@ impl AuthService {
     ) -> Result<Reservation, ApiError> {
         self.throttle
             .reserve(key, self.lockout())
+            .await?
             .map_err(|retry_after| {
                 self.metrics.throttled_account.inc();
                 if event == "login" {
@@ -162,11 +167,20 @@ impl AuthService {
     }
 
     /// Settle a reserved guess that turned out wrong.
-    fn guess_failed(&self, r: Reservation, actx: &AuditCtx<'_>, uid: Option<&str>) {
-        if r.fail() {
+    /// Settle a reserved guess that turned out wrong. A failure that
+    /// cannot be counted is not answered (503): the guess's outcome stays
+    /// unknown to the guesser.
+    async fn guess_failed(
+        &self,
+        r: Reservation,
+        actx: &AuditCtx<'_>,
+        uid: Option<&str>,
+    ) -> Result<(), ApiError> {
+        if r.fail().await? {
             self.metrics.throttled_account.inc();
             audit::event(actx, "lockout", "locked", uid);
         }
+        Ok(())
     }
 
     // ----- register
@@ -309,7 +323,9 @@ impl AuthService {
                 guess_key = format!("{guess_key}#device:{}", s.id);
             }
         }
-        let reservation = self.reserve_guess(&guess_key, &actx, "login", uid.as_deref())?;
+        let reservation = self
+            .reserve_guess(&guess_key, &actx, "login", uid.as_deref())
+            .await?;
         // A full hash queue answers 503; the reservation is given back.
         let ok = match &user {
             Some(u) => self.hasher.verify(&pw, &u.password_hash).await?,
@@ -321,11 +337,12 @@ impl AuthService {
         let user = match user {
             Some(u) if ok => u,
             _ => {
-                self.guess_failed(reservation, &actx, uid.as_deref());
+                self.guess_failed(reservation, &actx, uid.as_deref())
+                    .await?;
                 return Err(fail(uid.as_deref()));
             }
         };
-        reservation.succeed();
+        reservation.succeed().await?;
         if user.disabled {
             return Err(fail(uid.as_deref()));
         }
@@ -608,12 +625,16 @@ impl AuthService {
         ))
     }
 
-    fn address_throttle(&self, kind: &str, email: &str) -> Result<(), ApiError> {
-        match self.throttle.hit(
-            &format!("{kind}:{email}"),
-            PER_ADDRESS_MAILS,
-            PER_ADDRESS_WINDOW,
-        ) {
+    async fn address_throttle(&self, kind: &str, email: &str) -> Result<(), ApiError> {
+        match self
+            .throttle
+            .hit(
+                &format!("{kind}:{email}"),
+                PER_ADDRESS_MAILS,
+                PER_ADDRESS_WINDOW,
+            )
+            .await?
+        {
             super::throttle::Verdict::Allowed => Ok(()),
             super::throttle::Verdict::Limited { retry_after } => {
                 self.metrics.throttled_account.inc();
@@ -628,7 +649,7 @@ impl AuthService {
         let raw = errs.string(&body, "email", true);
         errs.finish()?;
         if let Some(email) = raw.as_deref().and_then(email::normalize) {
-            self.address_throttle("resend", &email)?;
+            self.address_throttle("resend", &email).await?;
             if let Some(user) = self.store.find_user_by_email(&email).await? {
                 if !user.email_verified && !user.disabled {
                     self.send_verification(&user).await?;
@@ -668,7 +689,7 @@ impl AuthService {
         let Some(email) = raw.and_then(email::normalize) else {
             return Ok(());
         };
-        self.address_throttle("reset", &email)?;
+        self.address_throttle("reset", &email).await?;
         let Some(user) = self.store.find_user_by_email(&email).await? else {
             return Ok(());
         };
@@ -756,7 +777,11 @@ impl AuthService {
         };
         self.revocations.apply(&changed.revoked);
         self.mail_wake.notify_one();
-        self.throttle.clear(&lock_key(&changed.user.email));
+        // The password is reset: its account lock goes. Should that fail,
+        // the lock runs out on its own; the reset itself stands.
+        if let Err(e) = self.throttle.clear(&lock_key(&changed.user.email)).await {
+            tracing::warn!(cause = %e, "lifting the lockout after a reset");
+        }
         self.metrics.auth_event("password_reset", "success");
         audit::event(
             &actx,
@@ -792,17 +817,20 @@ impl AuthService {
         }
         // A stolen access token must not allow unlimited guessing of the
         // password: these guesses count toward the account lockout.
-        let reservation = self.reserve_guess(
-            &lock_key(&user.email),
-            &actx,
-            "password_change",
-            Some(&claims.sub),
-        )?;
+        let reservation = self
+            .reserve_guess(
+                &lock_key(&user.email),
+                &actx,
+                "password_change",
+                Some(&claims.sub),
+            )
+            .await?;
         if !self.hasher.verify(&current, &user.password_hash).await? {
-            self.guess_failed(reservation, &actx, Some(&claims.sub));
+            self.guess_failed(reservation, &actx, Some(&claims.sub))
+                .await?;
             return Err(wrong());
         }
-        reservation.succeed();
+        reservation.succeed().await?;
         check_new_password(&pw, &confirm, &user.email)?;
         let new_hash = self.hasher.hash(&pw).await?;
         let keep = Uuid::parse_str(&claims.sid).ok();

@@ -26,6 +26,7 @@ use crate::store::{self, Sessions, Stamp, Store, StoreError, User, UserChange};
 use password::Hasher;
 use refresh::RefreshKeys;
 use revocation::Revocations;
+use store::counters::MemCounters;
 use store::domain::LockoutPolicy;
 use throttle::Throttle;
 use tokens::{AccessClaims, TokenRejection, TokenService};
@@ -48,6 +49,9 @@ pub struct AuthService {
     pub revocation_seq: std::sync::atomic::AtomicI64,
     pub hasher: Hasher,
     pub throttle: Throttle,
+    /// The per-route rate limits: on the proxy's hot path, so in memory and
+    /// per gateway (see the README).
+    pub route_limits: MemCounters,
     pub clock: Arc<dyn Clock>,
     pub mail_wake: Arc<Notify>,
     /// This gateway's metrics (its own registry).
@@ -78,7 +82,7 @@ impl AuthService {
         };
         // Never run with an empty blacklist: a store that cannot be read
         // stops the start.
-        let (revoked, seq, counters) = {
+        let (revoked, seq) = {
             let store = store.clone();
             store::block_on(async move {
                 // A shared backend also says how far this snapshot goes, so
@@ -88,15 +92,12 @@ impl AuthService {
                     Ok(None) => (store.list_revocations().await, 0),
                     Err(e) => (Err(e), 0),
                 };
-                (revoked, seq, store.load_counters().await)
+                (revoked, seq)
             })?
         };
         let revocations =
             Revocations::new(&revoked.map_err(|e| format!("loading revocations: {e}"))?);
-        let throttle = Throttle::new(
-            counters.map_err(|e| format!("loading throttle state: {e}"))?,
-            clock.clone(),
-        );
+        let throttle = Throttle::new(store.clone(), clock.clone());
         let hasher = Hasher::new(&cfg.passwords)
             .map_err(|e| e.to_string())?
             .count_rejections_in(metrics.hash_queue_rejected.clone());
@@ -109,6 +110,7 @@ impl AuthService {
             revocation_seq: std::sync::atomic::AtomicI64::new(seq),
             hasher,
             throttle,
+            route_limits: MemCounters::default(),
             clock,
             mail_wake: Arc::new(Notify::new()),
             metrics,

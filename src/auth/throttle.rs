@@ -1,32 +1,26 @@
-//! Throttle counters: a bounded in-memory map in front of the store. The hot
-//! path only touches memory; changed entries are written to the store in
-//! batches by the maintenance task, so a restart keeps an attacker's budget.
+//! Throttles and the account lockout, as the auth handlers see them. The
+//! counting happens in the store ([`Store::hit_counter`],
+//! [`Store::reserve_attempt`], …), so every gateway on one store shares
+//! one budget: an attacker spreading guesses over three gateways gets what
+//! one would give.
 //!
 //! Login attempts are *reserved* before the password is hashed and settled
 //! afterwards ([`Reservation`]), so the lockout bounds how many guesses are
 //! ever evaluated, not just how many are counted: with `max_failed_logins =
-//! 5`, twenty guesses sent at once get five hashes and fifteen 429s. The
-//! counting rules are the pure [`Counter`] methods in `store::domain`.
+//! 5`, twenty guesses sent at once get five hashes and fifteen 429s.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use crate::clock::Clock;
-use crate::store::domain::LockoutPolicy;
-use crate::store::Counter;
+use crate::store::{Lease, LockoutPolicy, Store, StoreError};
 
-const MAX_ENTRIES: usize = 200_000;
+/// How long a reservation holds if its gateway dies before settling it
+/// (a hash waits in a bounded queue, so this is generous).
+const LEASE_SECS: u64 = 120;
 
 pub struct Throttle {
-    inner: Arc<Mutex<Inner>>,
+    store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-}
-
-struct Inner {
-    counters: HashMap<String, Counter>,
-    dirty: HashSet<String>,
 }
 
 /// The outcome of taking from a budget.
@@ -38,187 +32,114 @@ pub enum Verdict {
 
 /// One reserved login attempt. Settle it with [`Reservation::fail`] or
 /// [`Reservation::succeed`]; dropped unsettled (an error, a full hash
-/// queue), it gives its place back without counting.
+/// queue, a client gone), it gives its place back without counting.
 #[must_use = "a reservation is settled by fail() or succeed()"]
 pub struct Reservation {
-    inner: Option<Arc<Mutex<Inner>>>,
+    store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    key: String,
+    /// `None` when the lockout is off, or once settled.
+    lease: Option<Lease>,
     policy: LockoutPolicy,
 }
 
 impl Reservation {
     /// The attempt failed: count it. True when this failure locked the key.
-    pub fn fail(mut self) -> bool {
-        self.settle(true)
+    pub async fn fail(mut self) -> Result<bool, StoreError> {
+        match self.lease.take() {
+            Some(lease) => {
+                self.store
+                    .settle_attempt(&lease, self.policy, true, self.clock.now())
+                    .await
+            }
+            None => Ok(false),
+        }
     }
 
     /// The password was right: give back this reservation only (earlier
     /// failures stay counted until their window ends).
-    pub fn succeed(mut self) {
-        self.settle(false);
-    }
-
-    fn settle(&mut self, failed: bool) -> bool {
-        let Some(inner) = self.inner.take() else {
-            return false;
-        };
-        let now = self.clock.now();
-        let mut g = inner.lock();
-        let Inner { counters, dirty } = &mut *g;
-        let c = counters.entry(self.key.clone()).or_default();
-        let locked = c.settle(now, &self.policy, failed);
-        dirty.insert(self.key.clone());
-        locked
+    pub async fn succeed(mut self) -> Result<(), StoreError> {
+        if let Some(lease) = self.lease.take() {
+            self.store
+                .settle_attempt(&lease, self.policy, false, self.clock.now())
+                .await?;
+        }
+        Ok(())
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.settle(false);
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        // Given back in the background; should that fail (no runtime, the
+        // store is down), the lease lapses on its own.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (store, policy, now) = (self.store.clone(), self.policy, self.clock.now());
+            rt.spawn(async move {
+                if let Err(e) = store.settle_attempt(&lease, policy, false, now).await {
+                    tracing::warn!(cause = %e, "giving back a login reservation");
+                }
+            });
+        }
     }
 }
 
 impl Throttle {
-    pub fn new(saved: Vec<(String, Counter)>, clock: Arc<dyn Clock>) -> Self {
-        Self {
-            inner: Arc::new(Mutex::new(Inner {
-                counters: saved.into_iter().collect(),
-                dirty: HashSet::new(),
-            })),
-            clock,
-        }
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock }
     }
 
     /// Count one event against `key`: at most `limit` per `window` seconds.
-    pub fn hit(&self, key: &str, limit: u32, window: u64) -> Verdict {
+    pub async fn hit(&self, key: &str, limit: u32, window: u64) -> Result<Verdict, StoreError> {
         if limit == 0 {
-            return Verdict::Allowed;
+            return Ok(Verdict::Allowed);
         }
-        let now = self.clock.now();
-        let mut g = self.inner.lock();
-        g.make_room(now, window);
-        let c = g.counters.entry(key.to_string()).or_default();
-        match c.hit(now, limit, window) {
-            Ok(()) => {
-                g.dirty.insert(key.to_string());
-                Verdict::Allowed
-            }
-            Err(retry_after) => Verdict::Limited { retry_after },
-        }
+        Ok(
+            match self
+                .store
+                .hit_counter(key, limit, window, self.clock.now())
+                .await?
+            {
+                Ok(()) => Verdict::Allowed,
+                Err(retry_after) => Verdict::Limited { retry_after },
+            },
+        )
     }
 
     /// Reserve one attempt against `key` before evaluating it;
-    /// `Err(retry_after)` when the key is locked or its budget is taken by
-    /// failures and attempts in flight. A policy of 0 failures is "off".
-    pub fn reserve(&self, key: &str, policy: LockoutPolicy) -> Result<Reservation, u64> {
+    /// `Ok(Err(retry_after))` when the key is locked or its budget is taken
+    /// by failures and attempts in flight. A policy of 0 failures is "off".
+    pub async fn reserve(
+        &self,
+        key: &str,
+        policy: LockoutPolicy,
+    ) -> Result<Result<Reservation, u64>, StoreError> {
         let mut r = Reservation {
-            inner: None,
+            store: self.store.clone(),
             clock: self.clock.clone(),
-            key: key.to_string(),
+            lease: None,
             policy,
         };
         if policy.max_failures == 0 {
-            return Ok(r);
+            return Ok(Ok(r));
         }
-        let now = self.clock.now();
-        let mut g = self.inner.lock();
-        g.make_room(now, policy.window_secs);
-        g.counters
-            .entry(key.to_string())
-            .or_default()
-            .reserve(now, &policy)?;
-        r.inner = Some(self.inner.clone());
-        Ok(r)
-    }
-
-    /// Seconds left on a lock, if `key` is locked.
-    pub fn locked_for(&self, key: &str) -> Option<u64> {
-        let now = self.clock.now();
-        self.inner.lock().counters.get(key)?.locked_for(now)
+        match self
+            .store
+            .reserve_attempt(key, policy, self.clock.now(), LEASE_SECS)
+            .await?
+        {
+            Ok(lease) => {
+                r.lease = Some(lease);
+                Ok(Ok(r))
+            }
+            Err(retry_after) => Ok(Err(retry_after)),
+        }
     }
 
     /// Forget a key (a password reset lifts the lockout).
-    pub fn clear(&self, key: &str) {
-        let mut g = self.inner.lock();
-        if let Some(c) = g.counters.get_mut(key) {
-            let pending = c.pending;
-            *c = Counter {
-                pending,
-                ..Counter::default()
-            };
-            g.dirty.insert(key.to_string());
-        }
-    }
-
-    /// The entries changed since the last call, for the store (`None`:
-    /// delete it). Taken out of the dirty set; on a failed write, hand
-    /// them back with [`Throttle::mark_dirty`].
-    pub fn take_dirty(&self) -> Vec<(String, Option<Counter>)> {
-        let mut g = self.inner.lock();
-        let dirty: Vec<String> = g.dirty.drain().collect();
-        dirty
-            .into_iter()
-            .map(|k| {
-                let v = g.counters.get(&k).copied();
-                (k, v)
-            })
-            .collect()
-    }
-
-    pub fn mark_dirty(&self, keys: impl IntoIterator<Item = String>) {
-        self.inner.lock().dirty.extend(keys);
-    }
-
-    /// Drop counters that hold nothing any more (no lock, nothing in
-    /// flight, window over). Returns how many.
-    pub fn forget_idle(&self, window: u64) -> usize {
-        let now = self.clock.now();
-        let mut g = self.inner.lock();
-        let idle: Vec<String> = g
-            .counters
-            .iter()
-            .filter(|(_, c)| c.is_idle(now, window))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &idle {
-            g.counters.remove(k);
-            g.dirty.insert(k.clone());
-        }
-        idle.len()
-    }
-}
-
-impl Inner {
-    /// Keep the map bounded: drop stale windows first, then the oldest.
-    fn make_room(&mut self, now: i64, window: u64) {
-        if self.counters.len() < MAX_ENTRIES {
-            return;
-        }
-        let horizon = window.max(3600);
-        let stale: Vec<String> = self
-            .counters
-            .iter()
-            .filter(|(_, c)| c.is_idle(now, horizon))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in stale {
-            self.counters.remove(&k);
-            self.dirty.insert(k);
-        }
-        if self.counters.len() >= MAX_ENTRIES {
-            let mut by_age: Vec<(i64, String)> = self
-                .counters
-                .iter()
-                .filter(|(_, c)| c.locked_until <= now && c.pending == 0)
-                .map(|(k, c)| (c.window_start, k.clone()))
-                .collect();
-            by_age.sort();
-            for (_, k) in by_age.into_iter().take(MAX_ENTRIES / 10) {
-                self.counters.remove(&k);
-                self.dirty.insert(k);
-            }
-        }
+    pub async fn clear(&self, key: &str) -> Result<(), StoreError> {
+        self.store.clear_counter(key).await
     }
 }
 
@@ -226,35 +147,49 @@ impl Inner {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
+    use crate::store::sled_store::SledStore;
 
-    #[test]
-    fn reservations_settle_or_give_back_on_drop() {
+    #[tokio::test]
+    async fn reservations_settle_or_give_back_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
         let clock = Arc::new(ManualClock::new(1000));
-        let t = Throttle::new(vec![], clock.clone());
+        let t = Throttle::new(store, clock.clone());
         let p = LockoutPolicy {
             max_failures: 2,
             window_secs: 60,
             lock_secs: 30,
         };
-        let a = t.reserve("k", p).unwrap();
-        let b = t.reserve("k", p).unwrap();
-        assert_eq!(t.reserve("k", p).err(), Some(1), "two in flight");
+        let a = t.reserve("k", p).await.unwrap().unwrap();
+        let b = t.reserve("k", p).await.unwrap().unwrap();
+        assert_eq!(
+            t.reserve("k", p).await.unwrap().err(),
+            Some(1),
+            "two in flight"
+        );
         drop(b);
-        assert!(!a.fail());
-        let c = t.reserve("k", p).unwrap();
-        assert!(c.fail(), "the second failure locks");
-        assert_eq!(t.locked_for("k"), Some(30));
-        assert_eq!(t.reserve("k", p).err(), Some(30));
+        // The give-back runs as a task: let it.
+        tokio::task::yield_now().await;
+        assert!(!a.fail().await.unwrap());
+        let c = t.reserve("k", p).await.unwrap().unwrap();
+        assert!(c.fail().await.unwrap(), "the second failure locks");
+        assert_eq!(t.reserve("k", p).await.unwrap().err(), Some(30));
         clock.advance(30);
-        t.reserve("k", p).unwrap().succeed();
+        t.reserve("k", p)
+            .await
+            .unwrap()
+            .unwrap()
+            .succeed()
+            .await
+            .unwrap();
         // Off: no counting at all.
         let off = LockoutPolicy {
             max_failures: 0,
             ..p
         };
         for _ in 0..10 {
-            assert!(!t.reserve("z", off).unwrap().fail());
+            let r = t.reserve("z", off).await.unwrap().unwrap();
+            assert!(!r.fail().await.unwrap());
         }
-        assert!(t.take_dirty().iter().all(|(k, _)| k == "k"));
     }
 }

@@ -33,7 +33,6 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::api::{ApiRequest, ApiResponse};
 use crate::auth::handlers::identity_headers;
-use crate::auth::throttle::Verdict;
 use crate::auth::tokens::{AccessClaims, TokenRejection};
 use crate::auth::AuthService;
 use crate::config::{AuthMode, Config, Route, Upstream};
@@ -418,8 +417,10 @@ impl ProxyHttp for Gateway {
                     )
                 ),
             };
-            if let Verdict::Limited { retry_after } =
-                self.auth.throttle.hit(&key, route.rate_per_minute, 60)
+            if let Err(retry_after) =
+                self.auth
+                    .route_limits
+                    .hit(&key, route.rate_per_minute, 60, self.auth.clock.now())
             {
                 self.auth.metrics.throttled_route.inc();
                 return self

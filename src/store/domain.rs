@@ -279,7 +279,7 @@ pub fn mail_is_dead(m: &OutboxMessage, r: &Retention) -> bool {
             <= r.now
 }
 
-// ----- login attempts and throttles (kept in memory by `auth::throttle`)
+// ----- login attempts and throttles (counted by the store, see `Store::hit_counter`)
 
 /// The account-lockout policy.
 #[derive(Debug, Clone, Copy)]
@@ -652,6 +652,7 @@ mod tests {
             idle_secs: 500,
             failed_mail_secs: 100,
             cutoff_horizon: 900,
+            counter_idle_secs: 3600,
         };
         assert!(session_is_dead(&session(0), &r));
         let id = Uuid::new_v4();

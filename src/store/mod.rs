@@ -13,9 +13,12 @@
 //! durable: [`sled_store::SledStore`] answers only after the batch holding
 //! the change has been flushed to disk (group commit).
 
+pub mod counters;
 pub mod domain;
 pub mod pg_store;
 pub mod sled_store;
+
+pub use domain::LockoutPolicy;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -253,6 +256,9 @@ pub struct Retention {
     pub failed_mail_secs: u64,
     /// Cutoffs older than this void no token that has not expired anyway.
     pub cutoff_horizon: i64,
+    /// Throttle and lockout counters untouched this long (and holding no
+    /// lock) count nothing any more.
+    pub counter_idle_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -262,12 +268,24 @@ pub struct SweepReport {
     pub revocations: usize,
     pub cutoffs: usize,
     pub mail: usize,
+    pub counters: usize,
 }
 
 impl SweepReport {
     pub fn total(&self) -> usize {
-        self.sessions + self.one_time + self.revocations + self.cutoffs + self.mail
+        self.sessions + self.one_time + self.revocations + self.cutoffs + self.mail + self.counters
     }
+}
+
+/// An attempt reserved against a lockout counter (see
+/// [`Store::reserve_attempt`]). Settle it with [`Store::settle_attempt`];
+/// where several gateways share the store, a reservation whose holder dies
+/// unsettled lapses at `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub key: String,
+    pub id: Uuid,
+    pub until: i64,
 }
 
 /// What a store has done so far (for operators and tests).
@@ -359,9 +377,46 @@ pub trait Store: Send + Sync + 'static {
         stamp: Stamp,
     ) -> StoreResult<Changed>;
 
-    // --- throttle counters
-    async fn load_counters(&self) -> StoreResult<Vec<(String, Counter)>>;
-    async fn save_counters(&self, counters: Vec<(String, Option<Counter>)>) -> StoreResult<()>;
+    // --- throttle and lockout counters (the rules: [`Counter`]'s methods)
+    /// Count one event against `key`, at most `limit` per `window` seconds;
+    /// `Ok(Err(retry_after))` when the budget is spent. Every gateway on the
+    /// store shares the budget.
+    async fn hit_counter(
+        &self,
+        key: &str,
+        limit: u32,
+        window: u64,
+        now: i64,
+    ) -> StoreResult<Result<(), u64>>;
+    /// Reserve one attempt against `key` before it is evaluated (see
+    /// [`Counter::reserve`]): failures plus attempts in flight, on every
+    /// gateway, never exceed the policy. `Ok(Err(retry_after))` when locked
+    /// or the budget is taken. The reservation lapses at `now + lease_secs`
+    /// if it is never settled.
+    async fn reserve_attempt(
+        &self,
+        key: &str,
+        policy: LockoutPolicy,
+        now: i64,
+        lease_secs: u64,
+    ) -> StoreResult<Result<Lease, u64>>;
+    /// Settle a reservation: a failure is counted and may lock the key
+    /// (true when this one did); otherwise only the reservation is given
+    /// back.
+    async fn settle_attempt(
+        &self,
+        lease: &Lease,
+        policy: LockoutPolicy,
+        failed: bool,
+        now: i64,
+    ) -> StoreResult<bool>;
+    /// Forget what `key` counted and lift its lock (a password reset).
+    async fn clear_counter(&self, key: &str) -> StoreResult<()>;
+    /// Write out what the backend keeps only in memory between commits
+    /// (sled's counters). Called every second, and at shutdown.
+    async fn checkpoint(&self) -> StoreResult<()> {
+        Ok(())
+    }
 
     // --- mail outbox
     async fn enqueue_mail(&self, mail: OutboxMessage) -> StoreResult<()>;

@@ -33,9 +33,10 @@ const SWEEP_SCAN: i64 = 20_000;
 
 /// Forward-only, idempotent migrations, applied in order at start under an
 /// advisory lock (so instances starting together do not race).
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE users (
     id uuid PRIMARY KEY,
     email_key text NOT NULL UNIQUE,
@@ -77,7 +78,19 @@ CREATE TABLE outbox (
     record jsonb NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE counter_leases (
+    id uuid PRIMARY KEY,
+    key text NOT NULL,
+    until bigint NOT NULL
+);
+CREATE INDEX counter_leases_by_key ON counter_leases (key);
+"#,
+    ),
+];
 
 /// Arbitrary, fixed: the advisory lock migrations run under.
 const MIGRATION_LOCK: i64 = 0x706f_7274_6375_6c6c;
@@ -258,6 +271,31 @@ async fn newest_seq(c: &impl GenericClient, user: Uuid, kind: OneTimeKind) -> St
         .await
         .map_err(pg)?;
     Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
+}
+
+/// The counter at `key`, created if missing, locked to this transaction.
+async fn lock_counter(tx: &Transaction<'_>, key: &str) -> StoreResult<Counter> {
+    // An upsert that changes nothing still locks the row, in one trip.
+    let row = tx
+        .query_one(
+            "INSERT INTO counters (key, record) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key
+             RETURNING record",
+            &[&key, &enc(&Counter::default())],
+        )
+        .await
+        .map_err(pg)?;
+    dec(row.get(0))
+}
+
+async fn save_counter(tx: &Transaction<'_>, key: &str, c: &Counter) -> StoreResult<()> {
+    tx.execute(
+        "UPDATE counters SET record = $2 WHERE key = $1",
+        &[&key, &enc(&Counter { pending: 0, ..*c })],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
 }
 
 /// Delete the rows of `table` (keyed by `key`, a JSON `record` column)
@@ -778,36 +816,106 @@ impl Store for PgStore {
         .await
     }
 
-    async fn load_counters(&self) -> StoreResult<Vec<(String, Counter)>> {
-        let c = self.client().await?;
-        let rows = c
-            .query("SELECT key, record FROM counters", &[])
-            .await
-            .map_err(pg)?;
-        rows.into_iter()
-            .map(|r| Ok((r.get(0), dec(r.get(1))?)))
-            .collect()
+    async fn hit_counter(
+        &self,
+        key: &str,
+        limit: u32,
+        window: u64,
+        now: i64,
+    ) -> StoreResult<Result<(), u64>> {
+        if limit == 0 {
+            return Ok(Ok(()));
+        }
+        let key = key.to_string();
+        self.write(tx!(|tx| {
+            let mut c = lock_counter(tx, &key).await?;
+            let verdict = c.hit(now, limit, window);
+            if verdict.is_ok() {
+                save_counter(tx, &key, &c).await?;
+            }
+            Ok(verdict)
+        }))
+        .await
     }
 
-    async fn save_counters(&self, counters: Vec<(String, Option<Counter>)>) -> StoreResult<()> {
+    async fn reserve_attempt(
+        &self,
+        key: &str,
+        policy: LockoutPolicy,
+        now: i64,
+        lease_secs: u64,
+    ) -> StoreResult<Result<Lease, u64>> {
+        let key = key.to_string();
         self.write(tx!(|tx| {
-            for (k, c) in &counters {
-                match c {
-                    Some(c) => tx
-                        .execute(
-                            "INSERT INTO counters (key, record) VALUES ($1, $2)
-                             ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record",
-                            &[k, &enc(c)],
-                        )
-                        .await
-                        .map_err(pg)?,
-                    None => tx
-                        .execute("DELETE FROM counters WHERE key = $1", &[k])
-                        .await
-                        .map_err(pg)?,
-                };
+            let mut c = lock_counter(tx, &key).await?;
+            // In flight: the live leases of every gateway. Lapsed ones
+            // (their holder died unsettled) go.
+            let live: i64 = tx
+                .query_one(
+                    "WITH lapsed AS (
+                         DELETE FROM counter_leases WHERE key = $1 AND until <= $2)
+                     SELECT count(*) FROM counter_leases WHERE key = $1 AND until > $2",
+                    &[&key, &now],
+                )
+                .await
+                .map_err(pg)?
+                .get(0);
+            c.pending = u32::try_from(live).unwrap_or(u32::MAX);
+            if let Err(retry_after) = c.reserve(now, &policy) {
+                return Ok(Err(retry_after));
             }
-            Ok(())
+            let lease = Lease {
+                key: key.clone(),
+                id: Uuid::new_v4(),
+                until: now.saturating_add(lease_secs as i64),
+            };
+            tx.execute(
+                "INSERT INTO counter_leases (id, key, until) VALUES ($1, $2, $3)",
+                &[&lease.id, &lease.key, &lease.until],
+            )
+            .await
+            .map_err(pg)?;
+            save_counter(tx, &key, &c).await?;
+            Ok(Ok(lease))
+        }))
+        .await
+    }
+
+    async fn settle_attempt(
+        &self,
+        lease: &Lease,
+        policy: LockoutPolicy,
+        failed: bool,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let lease = lease.clone();
+        self.write(tx!(|tx| {
+            // A success only gives its reservation back; a failure counts
+            // even if its lease lapsed meanwhile.
+            let mut c = if failed {
+                lock_counter(tx, &lease.key).await?
+            } else {
+                Counter::default()
+            };
+            tx.execute("DELETE FROM counter_leases WHERE id = $1", &[&lease.id])
+                .await
+                .map_err(pg)?;
+            if !failed {
+                return Ok(false);
+            }
+            c.pending = 1;
+            let locked = c.settle(now, &policy, true);
+            save_counter(tx, &lease.key, &c).await?;
+            Ok(locked)
+        }))
+        .await
+    }
+
+    async fn clear_counter(&self, key: &str) -> StoreResult<()> {
+        let key = key.to_string();
+        self.write(tx!(|tx| {
+            lock_counter(tx, &key).await?;
+            save_counter(tx, &key, &Counter::default()).await
         }))
         .await
     }
@@ -911,8 +1019,15 @@ impl Store for PgStore {
                     domain::mail_is_dead(m, &r)
                 })
                 .await?,
+                counters: sweep_table::<String, Counter>(tx, "counters", "key", |c| {
+                    c.is_idle(r.now, r.counter_idle_secs)
+                })
+                .await?,
                 ..SweepReport::default()
             };
+            tx.execute("DELETE FROM counter_leases WHERE until <= $1", &[&r.now])
+                .await
+                .map_err(pg)?;
             let rows = tx
                 .query(
                     "SELECT kind, id, at FROM revocations LIMIT $1 FOR UPDATE SKIP LOCKED",

@@ -36,6 +36,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::counters::MemCounters;
 use super::domain;
 use super::*;
 
@@ -508,6 +509,10 @@ pub struct SledStore {
     /// This process's instance: claims on mail by any other are void.
     instance: Uuid,
     counters: Arc<Counters>,
+    /// Throttle and lockout counters: kept in memory, written out by
+    /// [`Store::checkpoint`] (losing at most a second of counting to a
+    /// crash, never an account's lock for longer than that).
+    throttle: MemCounters,
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -542,6 +547,11 @@ impl SledStore {
             apply_writes(&trees, &decode_intent(&intent)?)?;
             trees.db.flush().map_err(backend)?;
         }
+        let mut saved = Vec::new();
+        for kv in trees.tree(T::Counters).iter() {
+            let (k, v) = kv.map_err(backend)?;
+            saved.push((String::from_utf8_lossy(&k).into_owned(), dec(&v)?));
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
         let for_writer = trees.clone();
         let counters = Arc::new(Counters::default());
@@ -557,6 +567,7 @@ impl SledStore {
             trees,
             instance: Uuid::new_v4(),
             counters,
+            throttle: MemCounters::new(saved),
             jobs: Some(tx),
             writer: Some(writer),
         })
@@ -875,29 +886,68 @@ impl Store for SledStore {
         .await
     }
 
-    async fn load_counters(&self) -> StoreResult<Vec<(String, Counter)>> {
-        self.read(|t| {
-            let mut out = Vec::new();
-            for kv in t.tree(T::Counters).iter() {
-                let (k, v) = kv.map_err(backend)?;
-                out.push((String::from_utf8_lossy(&k).into_owned(), dec(&v)?));
-            }
-            Ok(out)
-        })
-        .await
+    async fn hit_counter(
+        &self,
+        key: &str,
+        limit: u32,
+        window: u64,
+        now: i64,
+    ) -> StoreResult<Result<(), u64>> {
+        Ok(self.throttle.hit(key, limit, window, now))
     }
 
-    async fn save_counters(&self, counters: Vec<(String, Option<Counter>)>) -> StoreResult<()> {
-        self.write(move |tx| {
-            for (k, c) in counters {
-                match c {
-                    Some(c) => tx.put_json(T::Counters, k.into_bytes(), &c),
-                    None => tx.remove(T::Counters, k.into_bytes()),
+    async fn reserve_attempt(
+        &self,
+        key: &str,
+        policy: LockoutPolicy,
+        now: i64,
+        lease_secs: u64,
+    ) -> StoreResult<Result<Lease, u64>> {
+        // One process uses this store: a reservation dies with it, so the
+        // lease needs no record.
+        Ok(self.throttle.reserve(key, &policy, now).map(|()| Lease {
+            key: key.to_string(),
+            id: Uuid::nil(),
+            until: now.saturating_add(lease_secs as i64),
+        }))
+    }
+
+    async fn settle_attempt(
+        &self,
+        lease: &Lease,
+        policy: LockoutPolicy,
+        failed: bool,
+        now: i64,
+    ) -> StoreResult<bool> {
+        Ok(self.throttle.settle(&lease.key, &policy, failed, now))
+    }
+
+    async fn clear_counter(&self, key: &str) -> StoreResult<()> {
+        self.throttle.clear(key);
+        Ok(())
+    }
+
+    async fn checkpoint(&self) -> StoreResult<()> {
+        let dirty = self.throttle.take_dirty();
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = dirty.iter().map(|(k, _)| k.clone()).collect();
+        let written = self
+            .write(move |tx| {
+                for (k, c) in dirty {
+                    match c {
+                        Some(c) => tx.put_json(T::Counters, k.into_bytes(), &c),
+                        None => tx.remove(T::Counters, k.into_bytes()),
+                    }
                 }
-            }
-            Ok(())
-        })
-        .await
+                Ok(())
+            })
+            .await;
+        if written.is_err() {
+            self.throttle.mark_dirty(keys);
+        }
+        written
     }
 
     async fn enqueue_mail(&self, mail: OutboxMessage) -> StoreResult<()> {
@@ -979,6 +1029,8 @@ impl Store for SledStore {
     }
 
     async fn sweep(&self, r: Retention) -> StoreResult<SweepReport> {
+        // Idle counters go from memory; the next checkpoint deletes them.
+        let counters = self.throttle.forget_idle(r.now, r.counter_idle_secs);
         // Find candidates with a read (the writer is not held up by the
         // scan), then remove each one that is still dead.
         let candidates = self
@@ -1013,10 +1065,16 @@ impl Store for SledStore {
             .await?;
         let (sessions, one_time, revoked, cutoffs, mail) = candidates;
         if sessions.len() + one_time.len() + revoked.len() + cutoffs.len() + mail.len() == 0 {
-            return Ok(SweepReport::default());
+            return Ok(SweepReport {
+                counters,
+                ..SweepReport::default()
+            });
         }
         self.write(move |tx| {
-            let mut report = SweepReport::default();
+            let mut report = SweepReport {
+                counters,
+                ..SweepReport::default()
+            };
             for k in sessions {
                 if let Some(s) = tx.get_json::<SessionRecord>(T::Sessions, &k)? {
                     if domain::session_is_dead(&s, &r) {

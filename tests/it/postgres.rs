@@ -88,6 +88,11 @@ async fn three_gateways() -> Option<Vec<TestGateway>> {
 }
 
 async fn three_gateways_mailing_to(smtp: Option<u16>) -> Option<Vec<TestGateway>> {
+    three_gateways_with("auth_per_minute = 0", smtp).await
+}
+
+/// Three gateways with `throttle` as their `[throttle]` table.
+async fn three_gateways_with(throttle: &str, smtp: Option<u16>) -> Option<Vec<TestGateway>> {
     let cluster = match pg::cluster() {
         Ok(c) => c,
         Err(why) => {
@@ -101,7 +106,7 @@ async fn three_gateways_mailing_to(smtp: Option<u16>) -> Option<Vec<TestGateway>
         out.push(
             TestGateway::start_with(Builder {
                 extra: format!(
-                    "[throttle]\nauth_per_minute = 0\n[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n[passwords]\nmax_concurrent_hashes = 2\nmax_queued_hashes = 64\n"
+                    "[throttle]\n{throttle}\n[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n[passwords]\nmax_concurrent_hashes = 2\nmax_queued_hashes = 64\n"
                 ),
                 env: [
                     ("PORTCULLIS_JWT_SECRET".to_string(), JWT_SECRET.to_string()),
@@ -349,4 +354,75 @@ async fn a_database_outage_fails_writes_not_token_checks() {
         gw.signin("outage@example.com", PASSWORD).await.user["email"],
         "outage@example.com"
     );
+}
+
+/// Send `bodies[i]` to `path` on gateway `i % 3`, all released at once;
+/// the statuses.
+async fn spread(
+    addrs: &[std::net::SocketAddr],
+    path: &str,
+    bodies: Vec<serde_json::Value>,
+) -> Vec<u16> {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(bodies.len()));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, body) in bodies.into_iter().enumerate() {
+        let (addr, path, barrier) = (addrs[i % addrs.len()], path.to_string(), barrier.clone());
+        set.spawn(async move {
+            barrier.wait().await;
+            crate::common::http::post_json(addr, &path, &body, None)
+                .await
+                .status
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(s) = set.join_next().await {
+        out.push(s.unwrap());
+    }
+    out
+}
+
+fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|&&s| s == status).count()
+}
+
+/// The budgets are shared, not per gateway: an attacker who spreads
+/// guesses over three gateways gets what one gives. Fifteen wrong
+/// passwords for one account, five per gateway, all at once: exactly
+/// `max_failed_logins` (5) are evaluated, and the lock then holds on every
+/// instance, even for the right password. The per-IP budget
+/// (`auth_per_minute`) is one budget too: of the next 20 POSTs, spread
+/// over the three, exactly what is left of it gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttle_and_lockout_budgets_are_shared_across_instances() {
+    let Some(gws) = three_gateways_with("auth_per_minute = 30\nmax_failed_logins = 5", None).await
+    else {
+        return;
+    };
+    let addrs: Vec<_> = gws.iter().map(|g| g.addr).collect();
+    // Made through the admin API: registering would spend the IP budget.
+    gws[0].admin_add_user("victim@example.com", &[]).await;
+    let guesses = (0..15)
+        .map(|i| json!({ "email": "victim@example.com", "password": format!("wrong guess {i}") }))
+        .collect();
+    let st = spread(&addrs, "/auth/login", guesses).await;
+    assert_eq!(count(&st, 401), 5, "{st:?}");
+    assert_eq!(count(&st, 429), 10, "{st:?}");
+    for (i, a) in addrs.iter().enumerate() {
+        let r = crate::common::http::post_json(
+            *a,
+            "/auth/login",
+            &json!({ "email": "victim@example.com", "password": PASSWORD }),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 429, "gateway {i} knows the lock");
+    }
+    // 18 of the 30 POSTs are spent; 12 of the next 20 get through (to a
+    // 401: these accounts do not exist).
+    let others = (0..20)
+        .map(|i| json!({ "email": format!("nobody{i}@example.com"), "password": "whatever it is" }))
+        .collect();
+    let st = spread(&addrs, "/auth/login", others).await;
+    assert_eq!(count(&st, 401), 12, "{st:?}");
+    assert_eq!(count(&st, 429), 8, "{st:?}");
 }

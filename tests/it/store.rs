@@ -493,11 +493,14 @@ pub async fn the_sweep_removes_only_what_is_still_dead(s: Arc<dyn Store>) {
     failed.failed_at = Some(100);
     s.enqueue_mail(failed).await.unwrap();
     s.enqueue_mail(mail("pending@example.com")).await.unwrap();
+    s.hit_counter("idle", 1, 60, 100).await.unwrap().unwrap();
+    s.hit_counter("fresh", 1, 600, 900).await.unwrap().unwrap();
     let r = Retention {
         now: 1000,
         idle_secs: 500,
         failed_mail_secs: 500,
         cutoff_horizon: 50,
+        counter_idle_secs: 500,
     };
     // A refresh that lands before the sweep keeps a session alive.
     let report = s.sweep(r).await.unwrap();
@@ -508,7 +511,8 @@ pub async fn the_sweep_removes_only_what_is_still_dead(s: Arc<dyn Store>) {
             one_time: 0,
             revocations: 1,
             cutoffs: 1,
-            mail: 1
+            mail: 1,
+            counters: 1,
         }
     );
     let left: Vec<Uuid> = s
@@ -521,23 +525,91 @@ pub async fn the_sweep_removes_only_what_is_still_dead(s: Arc<dyn Store>) {
     assert_eq!(left, [young.id]);
     assert_eq!(s.list_revocations().await.unwrap().len(), 1);
     assert_eq!(s.list_mail().await.unwrap().len(), 1);
+    // The fresh counter still counts.
+    assert_eq!(
+        s.hit_counter("fresh", 1, 600, 1000).await.unwrap(),
+        Err(500)
+    );
     assert_eq!(s.sweep(r).await.unwrap(), SweepReport::default());
 }
 
-pub async fn counters_round_trip(s: Arc<dyn Store>) {
-    let c = Counter {
-        window_start: 5,
-        count: 3,
-        locked_until: 9,
-        pending: 2,
-    };
-    s.save_counters(vec![("a".into(), Some(c)), ("b".into(), Some(c))])
+fn lockout(max_failures: u32) -> LockoutPolicy {
+    LockoutPolicy {
+        max_failures,
+        window_secs: 60,
+        lock_secs: 30,
+    }
+}
+
+/// Sixteen guesses at once against a budget of five: exactly five are let
+/// through to be evaluated; their failures, settled at once, lock the key
+/// exactly once; the lock refuses everything (other keys untouched) until
+/// a clear lifts it; a success gives back only its own reservation.
+pub async fn racing_attempts_share_one_lockout_budget(s: Arc<dyn Store>) {
+    let p = lockout(5);
+    let rs = race(|_| {
+        let s = s.clone();
+        async move { s.reserve_attempt("acct", p, 1000, 120).await.unwrap() }
+    })
+    .await;
+    let leases: Vec<Lease> = rs.iter().filter_map(|r| r.clone().ok()).collect();
+    assert_eq!(leases.len(), 5, "{rs:?}");
+    assert!(rs.iter().all(|r| r.is_ok() || *r == Err(1)), "{rs:?}");
+    let mut set = JoinSet::new();
+    for l in leases {
+        let s = s.clone();
+        set.spawn(async move { s.settle_attempt(&l, p, true, 1000).await.unwrap() });
+    }
+    let mut locked = 0;
+    while let Some(r) = set.join_next().await {
+        locked += usize::from(r.unwrap());
+    }
+    assert_eq!(locked, 1, "one failure locks; none is lost");
+    assert_eq!(
+        s.reserve_attempt("acct", p, 1010, 120).await.unwrap(),
+        Err(20)
+    );
+    assert!(s
+        .reserve_attempt("other", p, 1010, 120)
         .await
+        .unwrap()
+        .is_ok());
+    s.clear_counter("acct").await.unwrap();
+    let l = s
+        .reserve_attempt("acct", p, 1010, 120)
+        .await
+        .unwrap()
         .unwrap();
-    s.save_counters(vec![("b".into(), None)]).await.unwrap();
-    let saved = s.load_counters().await.unwrap();
-    // In-flight reservations are not persisted.
-    assert_eq!(saved, [("a".to_string(), Counter { pending: 0, ..c })]);
+    assert!(!s.settle_attempt(&l, p, false, 1010).await.unwrap());
+    for i in 0..5 {
+        assert!(
+            s.reserve_attempt("acct", p, 1010, 120)
+                .await
+                .unwrap()
+                .is_ok(),
+            "reservation {i} after the clear"
+        );
+    }
+    assert_eq!(
+        s.reserve_attempt("acct", p, 1010, 120).await.unwrap(),
+        Err(1)
+    );
+}
+
+/// Sixteen events at once against a limit of five per window: exactly five
+/// are counted, the rest told when the window ends; a new window starts
+/// afresh.
+pub async fn racing_hits_share_one_rate_budget(s: Arc<dyn Store>) {
+    let rs = race(|_| {
+        let s = s.clone();
+        async move { s.hit_counter("ip:1", 5, 60, 1000).await.unwrap() }
+    })
+    .await;
+    assert_eq!(rs.iter().filter(|r| r.is_ok()).count(), 5, "{rs:?}");
+    assert!(rs.iter().all(|r| r.is_ok() || *r == Err(60)), "{rs:?}");
+    assert_eq!(s.hit_counter("ip:1", 5, 60, 1030).await.unwrap(), Err(30));
+    assert_eq!(s.hit_counter("ip:1", 5, 60, 1060).await.unwrap(), Ok(()));
+    assert_eq!(s.hit_counter("ip:2", 0, 60, 1060).await.unwrap(), Ok(()));
     s.ping().await.unwrap();
 }
 
@@ -562,7 +634,8 @@ macro_rules! conformance {
                 delivery_attempts_apply_to_the_current_message,
                 each_due_message_is_claimed_by_one_sender,
                 the_sweep_removes_only_what_is_still_dead,
-                counters_round_trip,
+                racing_attempts_share_one_lockout_budget,
+                racing_hits_share_one_rate_budget,
             );
         }
     };
@@ -602,6 +675,73 @@ pub async fn pg() -> Option<(Arc<dyn Store>, ())> {
 }
 
 conformance!(sled_backend, sled());
+
+/// sled keeps counters in memory and writes them out at each checkpoint:
+/// a lock written out survives a reopen; attempts in flight do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_counters_survive_a_reopen_after_a_checkpoint() {
+    use portcullis::store::sled_store::SledStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let p = lockout(1);
+    {
+        let s = SledStore::open(&path).unwrap();
+        let l = s
+            .reserve_attempt("acct", p, 1000, 120)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(s.settle_attempt(&l, p, true, 1000).await.unwrap());
+        s.reserve_attempt("pending", p, 1000, 120)
+            .await
+            .unwrap()
+            .unwrap();
+        s.checkpoint().await.unwrap();
+    }
+    let s = SledStore::open(&path).unwrap();
+    assert_eq!(
+        s.reserve_attempt("acct", p, 1010, 120).await.unwrap(),
+        Err(20)
+    );
+    assert!(s
+        .reserve_attempt("pending", p, 1010, 120)
+        .await
+        .unwrap()
+        .is_ok());
+}
+
+/// On a shared store a reservation whose gateway died unsettled holds its
+/// place only until its lease ends; a failure settled late still counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_lapsed_reservation_gives_its_place_back() {
+    let Some((s, _guard)) = pg().await else {
+        return;
+    };
+    let p = lockout(1);
+    let l = s
+        .reserve_attempt("acct", p, 1000, 120)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.reserve_attempt("acct", p, 1119, 120).await.unwrap(),
+        Err(1)
+    );
+    let next = s
+        .reserve_attempt("acct", p, 1120, 120)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        s.settle_attempt(&l, p, true, 1121).await.unwrap(),
+        "counted, and it locks"
+    );
+    assert!(!s.settle_attempt(&next, p, false, 1121).await.unwrap());
+    assert_eq!(
+        s.reserve_attempt("acct", p, 1121, 120).await.unwrap(),
+        Err(30)
+    );
+}
 conformance!(pg_backend, pg().await);
 
 /// Migrations run at every start, under an advisory lock: eight instances
