@@ -37,6 +37,11 @@ pub enum Command {
     Serve(ConfigArg),
     /// Validate the config: exit 0, or print every problem and exit 2.
     CheckConfig(ConfigArg),
+    /// Move the store between backends.
+    Storage {
+        #[command(subcommand)]
+        command: StorageCommand,
+    },
     /// Administer users.
     User {
         #[command(flatten)]
@@ -66,6 +71,21 @@ pub enum UserCommand {
     Role {
         #[command(subcommand)]
         command: RoleCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StorageCommand {
+    /// Copy every record from one store to another and compare the counts.
+    /// Safe to run again: records are replaced, never duplicated. Stop the
+    /// gateway that uses a sled source first.
+    Migrate {
+        /// `sled:PATH` (the database directory, `storage.path`) or `postgres://…`
+        #[arg(long)]
+        from: String,
+        /// `sled:PATH` or `postgres://…`
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -192,5 +212,97 @@ fn via_admin_listener(cfg: &Config, cmd: &AdminCommand) -> Result<serde_json::Va
             .as_str()
             .unwrap_or("admin command failed")
             .to_string())
+    }
+}
+
+/// Open a store named on the command line: `sled:PATH` or a PostgreSQL URL.
+/// A sled source must exist (opening would create an empty one).
+fn open_location(spec: &str, must_exist: bool) -> Result<Arc<dyn crate::store::Store>, String> {
+    if let Some(path) = spec.strip_prefix("sled:") {
+        let path = std::path::Path::new(path);
+        if must_exist && !path.join("conf").exists() {
+            return Err(format!("no sled database at '{}'", path.display()));
+        }
+        return crate::store::sled_store::SledStore::open(path)
+            .map(|s| Arc::new(s) as Arc<dyn crate::store::Store>)
+            .map_err(|e| {
+                let s = e.to_string();
+                if s.contains("WouldBlock") || s.contains("temporarily unavailable") {
+                    format!(
+                        "the database at '{}' is in use: stop the gateway first",
+                        path.display()
+                    )
+                } else {
+                    format!("opening '{}': {s}", path.display())
+                }
+            });
+    }
+    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        let url = spec.to_string();
+        return crate::store::block_on(async move {
+            crate::store::pg_store::PgStore::connect(&url).await
+        })?
+        .map(|s| Arc::new(s) as Arc<dyn crate::store::Store>)
+        .map_err(|e| format!("opening the PostgreSQL store: {e}"));
+    }
+    // Not echoed: it may hold a password.
+    Err("a store is named sled:PATH or postgres://…".into())
+}
+
+/// Run a `storage …` command; prints what each side holds as JSON.
+pub fn storage_command(cmd: StorageCommand) -> Result<(), String> {
+    let StorageCommand::Migrate { from, to } = cmd;
+    if from == to {
+        return Err("--from and --to name the same store".into());
+    }
+    let source = open_location(&from, true)?;
+    let target = open_location(&to, false)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let tallies = rt
+        .block_on(crate::store::copy::copy_all(
+            &*source,
+            &*target,
+            |kind, n| {
+                eprintln!("{}: {n} copied", kind.name());
+            },
+        ))
+        .map_err(|e| e.to_string())?;
+    let report: serde_json::Map<String, serde_json::Value> = tallies
+        .iter()
+        .map(|t| {
+            (
+                t.kind.name().to_string(),
+                serde_json::json!({ "copied": t.copied, "source": t.source, "target": t.target }),
+            )
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    let short: Vec<String> = tallies
+        .iter()
+        .filter(|t| t.target != t.source)
+        .map(|t| {
+            format!(
+                "{} (source {}, target {})",
+                t.kind.name(),
+                t.source,
+                t.target
+            )
+        })
+        .collect();
+    if short.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the counts differ after the copy: {}; a target that held records of its own \
+             counts more",
+            short.join(", ")
+        ))
     }
 }

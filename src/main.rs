@@ -44,6 +44,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Storage { command } => match cli::storage_command(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portcullis: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::User { config, command } => {
             let cfg = match cli::load_config(&config) {
                 Ok(c) => c,

@@ -28,7 +28,7 @@ use crate::proxy::inflight::InFlight;
 use crate::proxy::Gateway;
 use crate::store::pg_store::PgStore;
 use crate::store::sled_store::SledStore;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// The file in `data_dir` that remembers which database this data dir
 /// holds (the same id is stamped into the database when it is created).
@@ -533,6 +533,7 @@ pub fn start(
 
     let (tx, rx) = watch::channel(false);
     let grace_secs = s.grace_period_secs;
+    let last_store = auth.store.clone();
     let thread = std::thread::Builder::new()
         .name("portcullis".into())
         .spawn(move || {
@@ -544,6 +545,13 @@ pub fn start(
                     grace: Duration::from_secs(grace_secs),
                 }),
             });
+            // The services' runtimes are gone, and with them maybe the
+            // maintenance task's last checkpoint: write out what the store
+            // still holds in memory before the stop returns.
+            let done = crate::store::block_on(async move { last_store.checkpoint().await });
+            if let Err(e) = done.map_err(StoreError::Backend).and_then(|r| r) {
+                tracing::error!(cause = %e, "store checkpoint at shutdown");
+            }
         })
         .map_err(|e| format!("starting the server thread: {e}"))?;
 

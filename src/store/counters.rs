@@ -94,6 +94,13 @@ impl MemCounters {
             .collect()
     }
 
+    /// Set `key` as a copy found it (an import); not written out again.
+    pub fn put(&self, key: String, c: Counter) {
+        let mut g = self.inner.lock();
+        let pending = g.counters.get(&key).map_or(0, |old| old.pending);
+        g.counters.insert(key, Counter { pending, ..c });
+    }
+
     pub fn mark_dirty(&self, keys: impl IntoIterator<Item = String>) {
         self.inner.lock().dirty.extend(keys);
     }

@@ -13,6 +13,7 @@
 //! durable: [`sled_store::SledStore`] answers only after the batch holding
 //! the change has been flushed to disk (group commit).
 
+pub mod copy;
 pub mod counters;
 pub mod domain;
 pub mod pg_store;
@@ -246,6 +247,76 @@ pub struct Counter {
     pub pending: u32,
 }
 
+/// The kinds of record a store holds, for bulk copies
+/// ([`Store::export`], [`Store::import`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    Users,
+    Sessions,
+    /// Revoked tokens and sessions, and per-user cutoffs.
+    Revocations,
+    OneTimeTokens,
+    /// The newest issue sequence per user and kind of one-time token.
+    OneTimeSeqs,
+    Counters,
+    Mail,
+}
+
+impl RecordKind {
+    pub const ALL: [RecordKind; 7] = [
+        RecordKind::Users,
+        RecordKind::Sessions,
+        RecordKind::Revocations,
+        RecordKind::OneTimeTokens,
+        RecordKind::OneTimeSeqs,
+        RecordKind::Counters,
+        RecordKind::Mail,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordKind::Users => "users",
+            RecordKind::Sessions => "sessions",
+            RecordKind::Revocations => "revocations",
+            RecordKind::OneTimeTokens => "one_time_tokens",
+            RecordKind::OneTimeSeqs => "one_time_sequences",
+            RecordKind::Counters => "counters",
+            RecordKind::Mail => "mail",
+        }
+    }
+}
+
+/// One stored record, whole, as a bulk copy moves it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "record", rename_all = "snake_case")]
+pub enum Record {
+    User(User),
+    Session(SessionRecord),
+    Revocation(Revocation),
+    OneTimeToken {
+        hash: String,
+        token: OneTimeToken,
+    },
+    OneTimeSeq {
+        user_id: Uuid,
+        kind: OneTimeKind,
+        seq: u64,
+    },
+    Counter {
+        key: String,
+        counter: Counter,
+    },
+    Mail(OutboxMessage),
+}
+
+/// A page of an export: its records, and where the next page starts
+/// (`None`: this was the last).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub records: Vec<Record>,
+    pub next: Option<String>,
+}
+
 /// What the maintenance sweep may remove.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -436,6 +507,23 @@ pub trait Store: Send + Sync + 'static {
     /// Record a delivery attempt on the current message (a sent one is
     /// removed).
     async fn record_delivery(&self, id: Uuid, delivery: Delivery) -> StoreResult<()>;
+
+    // --- bulk copies (`portcullis storage migrate`)
+    /// Up to `limit` records of `kind` in a stable order, starting after
+    /// `cursor` (a previous page's `next`; `None` for the first page).
+    async fn export(
+        &self,
+        kind: RecordKind,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> StoreResult<Page>;
+    /// Write records as they are, in one atomic step, replacing any record
+    /// with the same key (cutoffs and sequences only move forward), so
+    /// copying twice changes nothing. A user whose email belongs to
+    /// another account is `Conflict`, and nothing is written.
+    async fn import(&self, records: Vec<Record>) -> StoreResult<()>;
+    /// How many records of `kind` the store holds.
+    async fn count(&self, kind: RecordKind) -> StoreResult<u64>;
 
     // --- upkeep
     /// Remove what has expired (see [`Retention`]). Each removal is

@@ -169,6 +169,122 @@ fn parse_revoked(k: &[u8], v: &[u8]) -> StoreResult<Revocation> {
     }
 }
 
+// ----------------------------------------------------------- bulk copies
+
+/// The trees a kind of record lives in, in export order (the indexes,
+/// `emails` and `user_sessions`, are rebuilt by an import).
+fn trees_of(kind: RecordKind) -> &'static [T] {
+    match kind {
+        RecordKind::Users => &[T::Users],
+        RecordKind::Sessions => &[T::Sessions],
+        RecordKind::Revocations => &[T::Revoked, T::Cutoffs],
+        RecordKind::OneTimeTokens => &[T::OneTime],
+        RecordKind::OneTimeSeqs => &[T::OneTimeSeq],
+        RecordKind::Counters => &[T::Counters],
+        RecordKind::Mail => &[T::Outbox],
+    }
+}
+
+fn record_from(t: T, k: &[u8], v: &[u8]) -> StoreResult<Record> {
+    let text = |b: &[u8]| {
+        String::from_utf8(b.to_vec()).map_err(|_| StoreError::Corrupt("a key is not text".into()))
+    };
+    Ok(match t {
+        T::Users => Record::User(dec(v)?),
+        T::Sessions => Record::Session(dec(v)?),
+        T::Revoked => Record::Revocation(parse_revoked(k, v)?),
+        T::Cutoffs => Record::Revocation(Revocation::Cutoff(
+            decode_uuid(k)?,
+            decode_i64(v, "cutoff")?,
+        )),
+        T::OneTime => Record::OneTimeToken {
+            hash: text(k)?,
+            token: dec(v)?,
+        },
+        T::OneTimeSeq => {
+            let kind = match k.get(16) {
+                Some(0) => OneTimeKind::EmailVerify,
+                Some(1) => OneTimeKind::PasswordReset,
+                _ => return Err(StoreError::Corrupt("one-time sequence key".into())),
+            };
+            Record::OneTimeSeq {
+                user_id: decode_uuid(&k[..16])?,
+                kind,
+                seq: decode_i64(v, "sequence")? as u64,
+            }
+        }
+        T::Counters => Record::Counter {
+            key: text(k)?,
+            counter: dec(v)?,
+        },
+        T::Outbox => Record::Mail(dec(v)?),
+        T::Emails | T::UserSessions => {
+            return Err(StoreError::Corrupt("an index holds no records".into()))
+        }
+    })
+}
+
+/// A page of `kind`. The cursor is the tree's place in [`trees_of`], a
+/// colon, and the last key exported, in hex.
+fn export_page(
+    t: &Trees,
+    kind: RecordKind,
+    cursor: Option<&str>,
+    limit: usize,
+) -> StoreResult<Page> {
+    let bad = || StoreError::Corrupt("export cursor".into());
+    let segments = trees_of(kind);
+    let (mut seg, mut after) = match cursor {
+        None => (0, None),
+        Some(c) => {
+            let (i, key) = c.split_once(':').ok_or_else(bad)?;
+            (
+                i.parse::<usize>().map_err(|_| bad())?,
+                Some(unhex(key).ok_or_else(bad)?),
+            )
+        }
+    };
+    let limit = limit.max(1);
+    let mut records = Vec::new();
+    let mut last = None;
+    while seg < segments.len() && records.len() < limit {
+        let tree = t.tree(segments[seg]);
+        let iter = match after.take() {
+            Some(k) => {
+                tree.range::<Vec<u8>, _>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded))
+            }
+            None => tree.iter(),
+        };
+        for kv in iter.take(limit - records.len()) {
+            let (k, v) = kv.map_err(backend)?;
+            records.push(record_from(segments[seg], &k, &v)?);
+            last = Some((seg, k));
+        }
+        if records.len() < limit {
+            seg += 1;
+        }
+    }
+    let next = match last {
+        Some((i, k)) if records.len() == limit => Some(format!("{i}:{}", hex(&k))),
+        _ => None,
+    };
+    Ok(Page { records, next })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 // ---------------------------------------------------------------- writes
 
 /// One pending write: a value, or a removal.
@@ -385,6 +501,53 @@ impl<'a> Tx<'a> {
                 _ => at,
             };
             self.put(t, key, keep.to_be_bytes().to_vec());
+        }
+        Ok(())
+    }
+
+    /// Write one record as it is (see [`Store::import`]).
+    fn import(&mut self, r: Record) -> StoreResult<()> {
+        match r {
+            Record::User(u) => {
+                let key = email_key(&u.email);
+                if let Some(owner) = self.get(T::Emails, &key)? {
+                    if owner != u.id.as_bytes() {
+                        return Err(StoreError::Conflict);
+                    }
+                }
+                if let Some(old) = self.get_json::<User>(T::Users, u.id.as_bytes())? {
+                    let old_key = email_key(&old.email);
+                    if old_key != key {
+                        self.remove(T::Emails, old_key);
+                    }
+                }
+                self.put(T::Emails, key, u.id.as_bytes().to_vec());
+                self.put_json(T::Users, u.id.as_bytes().to_vec(), &u);
+            }
+            Record::Session(s) => {
+                self.put(
+                    T::UserSessions,
+                    user_session_key(&s.user_id, &s.id),
+                    Vec::new(),
+                );
+                self.put_json(T::Sessions, s.id.as_bytes().to_vec(), &s);
+            }
+            Record::Revocation(r) => self.write_revocations(&[r])?,
+            Record::OneTimeToken { hash, token } => {
+                self.put_json(T::OneTime, hash.into_bytes(), &token)
+            }
+            Record::OneTimeSeq { user_id, kind, seq } => {
+                let keep = self.newest_seq(&user_id, kind)?.max(seq);
+                self.put(
+                    T::OneTimeSeq,
+                    seq_key(&user_id, kind),
+                    (keep as i64).to_be_bytes().to_vec(),
+                );
+            }
+            Record::Counter { key, counter } => {
+                self.put_json(T::Counters, key.into_bytes(), &counter)
+            }
+            Record::Mail(m) => self.put_json(T::Outbox, m.id.as_bytes().to_vec(), &m),
         }
         Ok(())
     }
@@ -1119,6 +1282,44 @@ impl Store for SledStore {
             Ok(report)
         })
         .await
+    }
+
+    async fn export(
+        &self,
+        kind: RecordKind,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> StoreResult<Page> {
+        if kind == RecordKind::Counters {
+            // Memory is ahead of the tree.
+            self.checkpoint().await?;
+        }
+        self.read(move |t| export_page(t, kind, cursor.as_deref(), limit))
+            .await
+    }
+
+    async fn import(&self, records: Vec<Record>) -> StoreResult<()> {
+        let counters: Vec<(String, Counter)> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Counter { key, counter } => Some((key.clone(), *counter)),
+                _ => None,
+            })
+            .collect();
+        self.write(move |tx| records.into_iter().try_for_each(|r| tx.import(r)))
+            .await?;
+        for (key, c) in counters {
+            self.throttle.put(key, c);
+        }
+        Ok(())
+    }
+
+    async fn count(&self, kind: RecordKind) -> StoreResult<u64> {
+        if kind == RecordKind::Counters {
+            self.checkpoint().await?;
+        }
+        self.read(move |t| Ok(trees_of(kind).iter().map(|&x| t.tree(x).len() as u64).sum()))
+            .await
     }
 
     async fn ping(&self) -> StoreResult<()> {

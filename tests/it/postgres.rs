@@ -426,3 +426,121 @@ async fn throttle_and_lockout_budgets_are_shared_across_instances() {
     assert_eq!(count(&st, 401), 12, "{st:?}");
     assert_eq!(count(&st, 429), 8, "{st:?}");
 }
+
+/// `portcullis storage migrate` moves a sled gateway's whole state to
+/// PostgreSQL: run on the real binary after the gateway stopped, it copies
+/// and counts every kind of record, running it again changes nothing, and
+/// the gateway restarted on PostgreSQL (same data dir, so the same keys)
+/// carries on where it was: the revoked token stays revoked, the live
+/// session refreshes, the account and its half-spent lockout budget are
+/// there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_migrate_moves_a_sled_gateway_to_postgres() {
+    use crate::common::bin;
+    let cluster = match pg::cluster() {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("PostgreSQL test skipped: {why}");
+            return;
+        }
+    };
+    let url = cluster.database().await;
+    let mut gw = TestGateway::start_with(Builder {
+        extra: "[throttle]\nauth_per_minute = 0\nmax_failed_logins = 3\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let a = gw.signup("a@example.com").await;
+    gw.signup("b@example.com").await;
+    let b2 = gw.signin("b@example.com", PASSWORD).await;
+    let r = gw
+        .post(
+            "/auth/logout",
+            json!({ "refresh_token": b2.refresh }),
+            Some(&b2.access),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let r = gw
+        .post(
+            "/auth/password/reset",
+            json!({ "email": "a@example.com" }),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    for _ in 0..2 {
+        assert_eq!(
+            gw.login("b@example.com", "not the password").await.status,
+            401
+        );
+    }
+    gw.stop();
+
+    let db = format!("sled:{}", gw.data_dir().join("db").display());
+    let migrate = || {
+        let out = bin::run(
+            bin::command(&["storage", "migrate", "--from", &db, "--to", &url]),
+            None,
+            bin::CLI_LIMIT,
+        );
+        assert!(out.ok(), "{out:?}");
+        serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let first = migrate();
+    for (kind, at_least) in [
+        ("users", 2),
+        ("sessions", 2),
+        ("revocations", 1),
+        ("one_time_tokens", 1),
+        ("one_time_sequences", 1),
+        ("counters", 1),
+    ] {
+        let k = &first[kind];
+        assert!(k["source"].as_u64().unwrap() >= at_least, "{kind}: {first}");
+        assert_eq!(k["source"], k["target"], "{kind}: {first}");
+        assert_eq!(k["source"], k["copied"], "{kind}: {first}");
+    }
+    assert_eq!(first["users"]["source"], 2, "{first}");
+    assert_eq!(migrate(), first, "running it again changes nothing");
+
+    gw.toml.push_str(&format!(
+        "\n[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n"
+    ));
+    gw.restart();
+    assert_eq!(
+        gw.get("/", Some(&b2.access)).await.status,
+        401,
+        "still revoked"
+    );
+    assert_eq!(gw.get("/", Some(&a.access)).await.status, 200);
+    let r = gw
+        .post("/auth/refresh", json!({ "refresh_token": a.refresh }), None)
+        .await;
+    assert_eq!(r.status, 200, "the session came along: {r:?}");
+    assert_eq!(gw.register("a@example.com", PASSWORD).await.status, 409);
+    // Two failures were counted on sled; the third locks.
+    assert_eq!(
+        gw.login("b@example.com", "not the password").await.status,
+        401
+    );
+    assert_eq!(gw.login("b@example.com", PASSWORD).await.status, 429);
+
+    // A source that is not there is refused, and creates nothing.
+    let missing = gw.dir.path().join("nothing-here");
+    let out = bin::run(
+        bin::command(&[
+            "storage",
+            "migrate",
+            "--from",
+            &format!("sled:{}", missing.display()),
+            "--to",
+            &url,
+        ]),
+        None,
+        bin::CLI_LIMIT,
+    );
+    assert!(!out.ok());
+    assert!(out.stderr.contains("no sled database"), "{}", out.stderr);
+    assert!(!missing.exists());
+}
