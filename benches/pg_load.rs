@@ -438,6 +438,7 @@ fn main() {
     let cluster = match pg::cluster() {
         Ok(c) => c,
         Err(why) => {
+            let why = why.trim();
             println!("pg_load skipped: no PostgreSQL to run ({why}); set PG_BIN or install it");
             return;
         }
@@ -526,7 +527,8 @@ fn main() {
 
         // 1. proxied, alternating.
         println!(
-            "[1/3] proxied: {slices} slices of {secs} s per backend, {PROXY_CONNS} connections"
+            "[1/3] proxied: {slices} slices of {} s per backend, {PROXY_CONNS} connections",
+            slice.as_secs()
         );
         for (k, b) in backends.iter().enumerate() {
             let warm = Instant::now() + Duration::from_secs(1);
