@@ -19,17 +19,14 @@
 //! is stopped at the end. The client, the upstream and the gateway share
 //! this process and its cores, so the RSS figures include all three.
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[path = "support/mod.rs"]
 mod support;
 
 use support::{
-    free_port, get_request, mib, post_json, proc_status_kib, run_tasks, start_upstream, summarize,
-    Conn, Stats, Summary,
+    gateway_config, get_request, mib, post_json, proc_status_kib, run_tasks, start_gateway,
+    start_upstream, summarize, Conn, GatewaySpec, Stats, Summary,
 };
 
 const PROXY_CONNS: usize = 32;
@@ -85,43 +82,22 @@ fn main() {
 
     let upstream = start_upstream();
     let dir = tempfile::tempdir().expect("temp dir");
-    let gw_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let admin_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let d = dir.path().display();
-    let up = format!("http://{}", upstream.addr);
-    let toml = format!(
-        r#"
-[server]
-listen = "{gw_addr}"
-tls_listen = ""
-admin_listen = "{admin_addr}"
-data_dir = "{d}/data"
-threads = 2
-grace_period_secs = 0
-
-[throttle]
-auth_per_minute = 0
-max_failed_logins = 0
-
-{passwords}
-[[routes]]
-prefix = "/"
-upstream = "{up}"
-auth = "required"
-
-[[routes]]
-prefix = "/public"
-upstream = "{up}"
-auth = "public"
-"#
+    let extra = format!(
+        "{passwords}\n[[routes]]\nprefix = \"/public\"\nupstream = \"http://{}\"\nauth = \"public\"\n",
+        upstream.addr
     );
-    let cfg = portcullis::Config::from_toml(&toml, &|_| None, Path::new("."))
-        .unwrap_or_else(|e| panic!("bench config invalid:\n{e}"));
+    let cfg = gateway_config(
+        upstream.addr,
+        dir.path(),
+        &GatewaySpec {
+            extra: &extra,
+            ..Default::default()
+        },
+    );
     let pw = cfg.passwords.clone();
     let threads = cfg.server.threads;
     let rss_start = proc_status_kib("VmRSS:");
-    let handle = portcullis::start(cfg, Arc::new(portcullis::clock::SystemClock), false)
-        .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
+    let (handle, gw_addr) = start_gateway(cfg);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,12 +1,15 @@
-//! Shared by the whole-path benches (`load`, `store_load`): a tiny
-//! keep-alive upstream on its own thread, a raw HTTP/1.1 keep-alive client
-//! with a timeout on every I/O, load tasks, and the report helpers.
-//! Included with `#[path = "support/mod.rs"] mod support;`; not every bench
-//! uses every item.
+//! Shared by the whole-path benches (`load`, `store_load`, `pg_load`): the
+//! gateway config they boot, a tiny keep-alive upstream on its own thread,
+//! a raw HTTP/1.1 keep-alive client with a timeout on every I/O, load
+//! tasks, and the report helpers; and (`pg`) the integration tests'
+//! throwaway PostgreSQL cluster. Included with
+//! `#[path = "support/mod.rs"] mod support;`; not every bench uses every
+//! item.
 #![allow(dead_code)]
 
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +18,89 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The integration tests' throwaway PostgreSQL cluster (one per process,
+/// stopped with it even after SIGKILL), shared rather than copied; it finds
+/// `free_port` in this module.
+#[path = "../../tests/it/common/pg.rs"]
+pub mod pg;
+pub mod writes;
+
+// ------------------------------------------------------------------ gateway
+
+/// What a bench's gateway differs in; everything else is [`gateway_config`]'s.
+#[derive(Default)]
+pub struct GatewaySpec<'a> {
+    /// TOML appended to the common config: `[passwords]`, `[storage]`,
+    /// more `[[routes]]`.
+    pub extra: &'a str,
+    /// The environment the config sees (`PORTCULLIS_JWT_SECRET`, …);
+    /// nothing else of the real environment is read.
+    pub env: &'a [(&'a str, &'a str)],
+    /// argon2 below the validated OWASP minimum (m = 1024 KiB, t = 1), so
+    /// the store, not the hash, is what is measured.
+    pub cheap_argon: bool,
+}
+
+/// The config every whole-path bench boots: plain HTTP and the admin
+/// listener on free loopback ports, no TLS, 2 server threads, no grace
+/// period, throttling off, and `/` proxied to `upstream` with
+/// `auth = "required"`; then `spec`. Its data dir is `data_dir/data`.
+pub fn gateway_config(
+    upstream: SocketAddr,
+    data_dir: &Path,
+    spec: &GatewaySpec<'_>,
+) -> portcullis::Config {
+    let gw_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let d = data_dir.display();
+    let extra = spec.extra;
+    let toml = format!(
+        r#"
+[server]
+listen = "{gw_addr}"
+tls_listen = ""
+admin_listen = "{admin_addr}"
+data_dir = "{d}/data"
+threads = 2
+grace_period_secs = 0
+
+[throttle]
+auth_per_minute = 0
+max_failed_logins = 0
+
+[[routes]]
+prefix = "/"
+upstream = "http://{upstream}"
+auth = "required"
+
+{extra}
+"#
+    );
+    let env = |k: &str| {
+        spec.env
+            .iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, v)| v.to_string())
+    };
+    let mut cfg = portcullis::Config::from_toml(&toml, &env, Path::new("."))
+        .unwrap_or_else(|e| panic!("bench config invalid:\n{e}"));
+    if spec.cheap_argon {
+        // Below the validated OWASP minimum on purpose (bench only).
+        cfg.passwords.argon2_memory_kib = 1024;
+        cfg.passwords.argon2_iterations = 1;
+    }
+    cfg
+}
+
+/// A gateway booted from `cfg` with the real clock: the same
+/// `portcullis::start` the binary runs. Its plain HTTP address.
+pub fn start_gateway(cfg: portcullis::Config) -> (portcullis::GatewayHandle, SocketAddr) {
+    let addr = cfg.server.listen.expect("bench config has server.listen");
+    let handle = portcullis::start(cfg, Arc::new(portcullis::clock::SystemClock), false)
+        .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
+    (handle, addr)
+}
 
 // ---------------------------------------------------------------- upstream
 
