@@ -86,6 +86,9 @@ pub enum StorageCommand {
         /// `sled:PATH` or `postgres://…`
         #[arg(long)]
         to: String,
+        /// PEM file of CAs to trust for TLS to PostgreSQL (as `storage.ca_file`)
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -217,7 +220,11 @@ fn via_admin_listener(cfg: &Config, cmd: &AdminCommand) -> Result<serde_json::Va
 
 /// Open a store named on the command line: `sled:PATH` or a PostgreSQL URL.
 /// A sled source must exist (opening would create an empty one).
-fn open_location(spec: &str, must_exist: bool) -> Result<Arc<dyn crate::store::Store>, String> {
+fn open_location(
+    spec: &str,
+    must_exist: bool,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Arc<dyn crate::store::Store>, String> {
     if let Some(path) = spec.strip_prefix("sled:") {
         let path = std::path::Path::new(path);
         if must_exist && !path.join("conf").exists() {
@@ -238,9 +245,9 @@ fn open_location(spec: &str, must_exist: bool) -> Result<Arc<dyn crate::store::S
             });
     }
     if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-        let url = spec.to_string();
+        let (url, ca) = (spec.to_string(), ca_file.map(std::path::Path::to_path_buf));
         return crate::store::block_on(async move {
-            crate::store::pg_store::PgStore::connect(&url).await
+            crate::store::pg_store::PgStore::connect_with(&url, ca.as_deref()).await
         })?
         .map(|s| Arc::new(s) as Arc<dyn crate::store::Store>)
         .map_err(|e| format!("opening the PostgreSQL store: {e}"));
@@ -251,12 +258,12 @@ fn open_location(spec: &str, must_exist: bool) -> Result<Arc<dyn crate::store::S
 
 /// Run a `storage …` command; prints what each side holds as JSON.
 pub fn storage_command(cmd: StorageCommand) -> Result<(), String> {
-    let StorageCommand::Migrate { from, to } = cmd;
+    let StorageCommand::Migrate { from, to, ca_file } = cmd;
     if from == to {
         return Err("--from and --to name the same store".into());
     }
-    let source = open_location(&from, true)?;
-    let target = open_location(&to, false)?;
+    let source = open_location(&from, true, ca_file.as_deref())?;
+    let target = open_location(&to, false, ca_file.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

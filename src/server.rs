@@ -40,9 +40,12 @@ pub const STORE_ID_FILE: &str = "store.id";
 pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, String> {
     match &cfg.storage {
         Storage::Sled { path } => Ok(open_sled_checked(cfg, path)?),
-        Storage::Postgres { url } => {
-            let url = url.0.clone();
-            let store = crate::store::block_on(async move { PgStore::connect(&url).await })?
+        Storage::Postgres { url, ca_file } => {
+            let (url, ca) = (url.0.clone(), ca_file.clone());
+            let store =
+                crate::store::block_on(
+                    async move { PgStore::connect_with(&url, ca.as_deref()).await },
+                )?
                 .map_err(|e| format!("opening the PostgreSQL store: {e}"))?;
             Ok(Arc::new(store))
         }

@@ -245,6 +245,9 @@ pub struct StorageFile {
     /// `postgres://…` for the postgres backend (PORTCULLIS_DATABASE_URL
     /// overrides it).
     pub url: String,
+    /// PEM file of the CA(s) that sign the database server's certificate,
+    /// besides the public web roots.
+    pub ca_file: String,
 }
 
 impl Default for StorageFile {
@@ -252,6 +255,7 @@ impl Default for StorageFile {
         Self {
             backend: "sled".into(),
             url: String::new(),
+            ca_file: String::new(),
         }
     }
 }

@@ -222,8 +222,14 @@ pub struct ConfigErrors(pub Vec<String>);
 /// The storage backend.
 #[derive(Debug, Clone)]
 pub enum Storage {
-    Sled { path: PathBuf },
-    Postgres { url: Secret },
+    Sled {
+        path: PathBuf,
+    },
+    Postgres {
+        url: Secret,
+        /// Extra trusted CAs for TLS to the server (`storage.ca_file`).
+        ca_file: Option<PathBuf>,
+    },
 }
 
 impl fmt::Display for ConfigErrors {
@@ -878,7 +884,22 @@ fn storage(
         if f.backend == "sled" && !from_env && f.url == url {
             p.push("storage.url: a postgres URL needs storage.backend = \"postgres\"".into());
         }
-        return Storage::Postgres { url: Secret(url) };
+        let ca_file = (!f.ca_file.is_empty()).then(|| PathBuf::from(&f.ca_file));
+        if let Some(ca) = &ca_file {
+            if !ca.is_file() {
+                p.push(format!(
+                    "storage.ca_file: '{}' is not a readable file",
+                    ca.display()
+                ));
+            }
+        }
+        return Storage::Postgres {
+            url: Secret(url),
+            ca_file,
+        };
+    }
+    if !f.ca_file.is_empty() {
+        p.push("storage.ca_file: only the postgres backend uses it".into());
     }
     if url.is_empty() {
         return Storage::Sled {
@@ -1005,20 +1026,20 @@ mod tests {
         let pg =
             load("[storage]\nbackend = \"postgres\"\nurl = \"postgres://u:pw@db/x\"\n").unwrap();
         assert!(
-            matches!(pg.storage, Storage::Postgres { ref url } if url.0 == "postgres://u:pw@db/x")
+            matches!(pg.storage, Storage::Postgres { ref url, .. } if url.0 == "postgres://u:pw@db/x")
         );
         assert!(!format!("{pg:?}").contains("pw@"));
         // The environment overrides the url, and its scheme picks the backend.
         let c = with_env("", "postgres://env@db/y").unwrap();
         assert!(
-            matches!(c.storage, Storage::Postgres { ref url } if url.0 == "postgres://env@db/y")
+            matches!(c.storage, Storage::Postgres { ref url, .. } if url.0 == "postgres://env@db/y")
         );
         let c = with_env(
             "[storage]\nbackend = \"postgres\"\nurl = \"postgres://file@db/x\"\n",
             "postgres://env@db/y",
         )
         .unwrap();
-        assert!(matches!(c.storage, Storage::Postgres { ref url } if url.0.contains("env@")));
+        assert!(matches!(c.storage, Storage::Postgres { ref url, .. } if url.0.contains("env@")));
         let c = with_env("", "sled:/var/lib/p/db").unwrap();
         assert!(
             matches!(c.storage, Storage::Sled { ref path } if path == Path::new("/var/lib/p/db"))

@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{GenericClient, NoTls, Transaction};
+use tokio_postgres::{GenericClient, Transaction};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
 use super::domain;
@@ -100,11 +101,51 @@ const MIGRATION_LOCK: i64 = 0x706f_7274_6375_6c6c;
 /// every revocation up to `n`.
 const REVOCATION_LOCK: i64 = 0x706f_7274_7265_766b;
 
+/// TLS to the server, verified: the public web roots plus the operator's
+/// CAs (`storage.ca_file`). The URL's `sslmode` says whether it is used
+/// (`disable`), tried (`prefer`, the default: a server without TLS is
+/// spoken to in the clear) or required (`require`); whenever it is used,
+/// the certificate and the host name are checked.
+pub fn tls(ca_file: Option<&std::path::Path>) -> StoreResult<MakeRustlsConnect> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| StoreError::Backend(format!("reading {}: {e}", path.display())))?;
+        let mut found = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| {
+                StoreError::Backend(format!("a certificate in {}: {e}", path.display()))
+            })?;
+            roots.add(cert).map_err(|e| {
+                StoreError::Backend(format!("a certificate in {}: {e}", path.display()))
+            })?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(StoreError::Backend(format!(
+                "no certificate in {}",
+                path.display()
+            )));
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(backend)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
 pub struct PgStore {
     pool: Pool,
+    tls: MakeRustlsConnect,
     /// This gateway's instance, named in its claims on mail.
     instance: Uuid,
-    url: String,
+    /// For the listener's own connection.
+    config: tokio_postgres::Config,
     /// The listener's signal, started on first use.
     events: std::sync::OnceLock<tokio::sync::watch::Receiver<u64>>,
     commits: AtomicU64,
@@ -337,6 +378,12 @@ where
 impl PgStore {
     /// Connect (a pool, lazily) and run the migrations.
     pub async fn connect(url: &str) -> StoreResult<Self> {
+        Self::connect_with(url, None).await
+    }
+
+    /// [`PgStore::connect`], also trusting the CAs in `ca_file` (see [`tls`]).
+    pub async fn connect_with(url: &str, ca_file: Option<&std::path::Path>) -> StoreResult<Self> {
+        let tls = tls(ca_file)?;
         let mut cfg: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Backend(format!("database url: {e}")))?;
@@ -346,8 +393,8 @@ impl PgStore {
         }
         cfg.keepalives_idle(std::time::Duration::from_secs(30));
         let mgr = Manager::from_config(
-            cfg,
-            NoTls,
+            cfg.clone(),
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -355,8 +402,9 @@ impl PgStore {
         let pool = Pool::builder(mgr).max_size(16).build().map_err(backend)?;
         let store = Self {
             pool,
+            tls,
             instance: Uuid::new_v4(),
-            url: url.to_string(),
+            config: cfg,
             events: std::sync::OnceLock::new(),
             commits: AtomicU64::new(0),
             ops: AtomicU64::new(0),
@@ -445,13 +493,17 @@ impl PgStore {
 
 /// Keep a `LISTEN` connection open (reconnecting with backoff), bumping
 /// `tx` on every notification and on every (re)connect.
-async fn listen(url: String, tx: tokio::sync::watch::Sender<u64>) {
+async fn listen(
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    tx: tokio::sync::watch::Sender<u64>,
+) {
     let mut backoff = std::time::Duration::from_millis(100);
     loop {
         if tx.is_closed() {
             return;
         }
-        match tokio_postgres::connect(&url, NoTls).await {
+        match config.connect(tls.clone()).await {
             Ok((client, mut conn)) => {
                 // The connection must be polled for LISTEN to be sent and
                 // for notifications to arrive.
@@ -717,7 +769,7 @@ impl Store for PgStore {
             self.events
                 .get_or_init(|| {
                     let (tx, rx) = tokio::sync::watch::channel(0);
-                    tokio::spawn(listen(self.url.clone(), tx));
+                    tokio::spawn(listen(self.config.clone(), self.tls.clone(), tx));
                     rx
                 })
                 .clone(),

@@ -544,3 +544,68 @@ async fn storage_migrate_moves_a_sled_gateway_to_postgres() {
     assert!(out.stderr.contains("no sled database"), "{}", out.stderr);
     assert!(!missing.exists());
 }
+
+/// TLS to the database. With `sslmode=require` and the server's CA in
+/// `storage.ca_file`, the gateway runs and every connection it holds is
+/// encrypted (the server's `pg_stat_ssl` says so). Whenever TLS is used the
+/// certificate is checked: without that CA the store refuses to connect,
+/// under `require` and under the default `prefer` alike (a bad certificate
+/// is never a reason to fall back to the clear).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_is_verified() {
+    use portcullis::store::pg_store::PgStore;
+    let cluster = match pg::tls_cluster() {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("PostgreSQL test skipped: {why}");
+            return;
+        }
+    };
+    let ca = cluster
+        .ca_file
+        .clone()
+        .expect("a TLS cluster has a certificate");
+    let plain_url = cluster.database().await;
+    let db = plain_url.rsplit('/').next().unwrap().to_string();
+    let url = format!("{plain_url}?sslmode=require");
+
+    for (u, why) in [(&url, "require"), (&plain_url, "prefer")] {
+        let err = PgStore::connect(u).await.err().unwrap_or_else(|| {
+            panic!("{why}: connected without trusting the server's certificate")
+        });
+        assert!(
+            err.to_string().to_lowercase().contains("certificate"),
+            "{why}: {err}"
+        );
+    }
+
+    let gw = TestGateway::start_with(Builder {
+        extra: format!(
+            "[throttle]\nauth_per_minute = 0\n[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\nca_file = \"{}\"\n",
+            ca.display()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let s = gw.signup("tls@example.com").await;
+    assert_eq!(gw.get("/", Some(&s.access)).await.status, 200);
+
+    let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s
+             JOIN pg_stat_activity a USING (pid) WHERE a.datname = $1",
+            &[&db],
+        )
+        .await
+        .unwrap();
+    let (encrypted, all): (i64, i64) = (row.get(0), row.get(1));
+    assert!(all > 0, "the gateway holds connections to {db}");
+    assert_eq!(encrypted, all, "every connection is encrypted");
+    drop(client);
+    let _ = conn.await;
+}

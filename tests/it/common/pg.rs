@@ -19,13 +19,29 @@ use std::time::{Duration, Instant};
 pub struct Cluster {
     pub port: u16,
     dir: PathBuf,
+    /// For a cluster that speaks TLS: its (self-signed) certificate, which
+    /// clients must trust.
+    pub ca_file: Option<PathBuf>,
 }
 
 static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+static TLS_CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
 
 /// The cluster, started on first use; `Err` says why there is none.
 pub fn cluster() -> Result<&'static Cluster, &'static str> {
-    CLUSTER.get_or_init(start).as_ref().map_err(String::as_str)
+    CLUSTER
+        .get_or_init(|| start(false))
+        .as_ref()
+        .map_err(String::as_str)
+}
+
+/// A second cluster that also offers TLS (`ssl = on`) with a certificate
+/// for `localhost` and `127.0.0.1`, self-signed: see [`Cluster::ca_file`].
+pub fn tls_cluster() -> Result<&'static Cluster, &'static str> {
+    TLS_CLUSTER
+        .get_or_init(|| start(true))
+        .as_ref()
+        .map_err(String::as_str)
 }
 
 fn pg_bin() -> Result<PathBuf, String> {
@@ -62,7 +78,7 @@ fn as_postgres(program: &str) -> Command {
     }
 }
 
-fn start() -> Result<Cluster, String> {
+fn start(tls: bool) -> Result<Cluster, String> {
     let bin = pg_bin()?;
     let dir = std::env::temp_dir().join(format!(
         "portcullis-pg-{}-{}",
@@ -93,6 +109,7 @@ fn start() -> Result<Cluster, String> {
             String::from_utf8_lossy(&initdb.stderr)
         ));
     }
+    let ca_file = if tls { Some(enable_tls(&dir)?) } else { None };
     let port = super::free_port();
     // The server runs under a watcher that stops it (and removes the
     // directory) once this process is gone.
@@ -126,7 +143,47 @@ rm -rf "$2"
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(Cluster { port, dir })
+    Ok(Cluster { port, dir, ca_file })
+}
+
+/// Give the cluster in `dir` a certificate and turn TLS on; the path of
+/// the certificate (to trust).
+fn enable_tls(dir: &std::path::Path) -> Result<PathBuf, String> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .map_err(|e| format!("a test certificate: {e}"))?;
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    let trusted = dir.join("trusted.crt");
+    for (path, pem) in [
+        (&cert, ck.cert.pem()),
+        (&key, ck.key_pair.serialize_pem()),
+        (&trusted, ck.cert.pem()),
+    ] {
+        std::fs::write(path, pem).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod {}: {e}", key.display()))?;
+    if is_root() {
+        let owner = Command::new("chown")
+            .arg("postgres:")
+            .arg(&cert)
+            .arg(&key)
+            .status()
+            .map_err(|e| format!("chown: {e}"))?;
+        if !owner.success() {
+            return Err("chown of the test certificate failed".into());
+        }
+    }
+    let conf = dir.join("data/postgresql.conf");
+    let mut text =
+        std::fs::read_to_string(&conf).map_err(|e| format!("{}: {e}", conf.display()))?;
+    text.push_str(&format!(
+        "\nssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+        cert.display(),
+        key.display()
+    ));
+    std::fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
+    Ok(trusted)
 }
 
 impl Cluster {
