@@ -57,6 +57,7 @@ impl ServeHttp for AdminApp {
                     .await
                     .ok()
                     .map(|all| all.iter().filter(|m| !m.failed).count() as i64);
+                self.auth.metrics.observe_store(&self.auth.store.stats());
                 reply(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -66,6 +67,13 @@ impl ServeHttp for AdminApp {
             ("GET", "/healthz") => json(200, serde_json::json!({ "status": "ok" })),
             ("GET", "/readyz") => match self.auth.store.ping().await {
                 Ok(_) => json(200, serde_json::json!({ "status": "ready" })),
+                // A backend that refuses writes (a failed flush, a full
+                // disk) says why: an I/O error names no secret.
+                Err(e) if !self.auth.store.stats().writable => err(
+                    503,
+                    "not_ready",
+                    &format!("Store writes are failing and being retried: {e}."),
+                ),
                 Err(_) => err(503, "not_ready", "The store is not available."),
             },
             ("POST", "/admin/users") => self.admin(s).await,
