@@ -13,12 +13,15 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::admin::{AdminCommand, AdminError};
 use crate::auth::AuthService;
+use crate::proxy::conn_limit::ConnLimit;
 
 pub const TOKEN_FILE: &str = "admin.token";
 
 pub struct AdminApp {
     pub auth: Arc<AuthService>,
     pub token: Vec<u8>,
+    /// The public listeners' connection cap, for its metrics.
+    pub connections: Arc<ConnLimit>,
 }
 
 fn reply(status: u16, ctype: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -58,6 +61,9 @@ impl ServeHttp for AdminApp {
                     .ok()
                     .map(|all| all.iter().filter(|m| !m.failed).count() as i64);
                 self.auth.metrics.observe_store(&self.auth.store.stats());
+                self.auth
+                    .metrics
+                    .observe_connections(self.connections.open(), self.connections.refused());
                 reply(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",

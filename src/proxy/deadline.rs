@@ -43,22 +43,26 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::conn_limit::ConnLimit;
 use super::tunnel::TunnelSwitch;
 
 /// Pingora's default idle time between keep-alive requests, kept as is.
 const KEEPALIVE_SECS: u64 = 60;
 
 /// Wraps an HTTP application (the Pingora proxy) with a whole-header deadline.
+/// Also holds each connection's permit from `limits.max_connections`.
 pub struct HeaderDeadline<A> {
     inner: Arc<A>,
     timeout: Duration,
+    connections: Arc<ConnLimit>,
 }
 
 impl<A> HeaderDeadline<A> {
-    pub fn new(inner: A, timeout: Duration) -> Self {
+    pub fn new(inner: A, timeout: Duration, connections: Arc<ConnLimit>) -> Self {
         Self {
             inner: Arc::new(inner),
             timeout,
+            connections,
         }
     }
 }
@@ -73,6 +77,8 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // Over the cap: dropping the stream closes the connection.
+        let _permit = self.connections.try_acquire()?;
         let opts = self.inner.server_options();
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
             || opts.is_some_and(|o| o.h2c || o.force_custom)

@@ -13,6 +13,7 @@
 //! 6. `logging`: metrics.
 
 pub mod client_ip;
+pub mod conn_limit;
 pub mod deadline;
 pub mod headers;
 pub mod inflight;

@@ -765,7 +765,10 @@ async fn disk_full_fails_closed_and_recovers_without_restart() {
         .await
         .unwrap()
         .text();
-    assert!(metrics.contains("portcullis_store_writable 1"), "writable again");
+    assert!(
+        metrics.contains("portcullis_store_writable 1"),
+        "writable again"
+    );
     assert!(
         metrics.contains("portcullis_store_recoveries_total 1"),
         "one recovery counted"
