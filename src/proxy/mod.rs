@@ -285,6 +285,17 @@ fn downstream_tunnel_switch(session: &Session) -> Option<Arc<tunnel::TunnelSwitc
         .map(|d| d.tunnel().clone())
 }
 
+/// Tell the HTTP/1 connection's stream that this request reached our hooks
+/// (see `deadline`: Pingora's own error answers are rewritten otherwise).
+fn mark_handled(session: &Session) {
+    if let Some(stream) = session.as_downstream().stream() {
+        let stream: &dyn pingora::protocols::IO = stream.as_ref();
+        if let Some(d) = stream.as_any().downcast_ref::<deadline::DeadlineStream>() {
+            d.mark_handled();
+        }
+    }
+}
+
 fn is_local(path: &str) -> bool {
     path == "/auth" || path.starts_with("/auth/") || path.starts_with("/.well-known/")
 }
@@ -308,6 +319,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        mark_handled(session);
         ctx.started = Some(Instant::now());
         ctx.request_id = uuid::Uuid::new_v4().to_string();
         let peer = session
