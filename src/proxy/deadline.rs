@@ -469,6 +469,32 @@ impl Peek for DeadlineStream {
 
 #[cfg(test)]
 mod tests {
+    use super::own_error_response;
+
+    #[test]
+    fn pingoras_empty_4xx_becomes_the_json_error() {
+        let head = b"HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\nContent-Length: 0\r\n\r\n";
+        let out = String::from_utf8(own_error_response(head).unwrap()).unwrap();
+        let (h, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(h.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{h}");
+        assert!(
+            h.contains(&format!("content-length: {}", body.len())),
+            "{h}"
+        );
+        assert!(h.contains("connection: close"), "{h}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"], "bad_request");
+        let out = own_error_response(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n").unwrap();
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("method_not_allowed"));
+        // Anything else is left alone.
+        assert!(own_error_response(b"HTTP/1.1 200 OK\r\n\r\n").is_none());
+        assert!(own_error_response(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").is_none());
+        assert!(own_error_response(b"{\"a\":1}").is_none());
+        assert!(own_error_response(b"HTTP/1.1 4").is_none());
+    }
+
     use super::HeaderEnd;
 
     fn ends(chunks: &[&[u8]]) -> bool {
