@@ -13,12 +13,15 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::admin::{AdminCommand, AdminError};
 use crate::auth::AuthService;
+use crate::proxy::conn_limit::ConnLimit;
 
 pub const TOKEN_FILE: &str = "admin.token";
 
 pub struct AdminApp {
     pub auth: Arc<AuthService>,
     pub token: Vec<u8>,
+    /// The public listeners' connection cap, for its metrics.
+    pub connections: Arc<ConnLimit>,
 }
 
 fn reply(status: u16, ctype: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -57,6 +60,10 @@ impl ServeHttp for AdminApp {
                     .await
                     .ok()
                     .map(|all| all.iter().filter(|m| !m.failed).count() as i64);
+                self.auth.metrics.observe_store(&self.auth.store.stats());
+                self.auth
+                    .metrics
+                    .observe_connections(self.connections.open(), self.connections.refused());
                 reply(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -66,6 +73,13 @@ impl ServeHttp for AdminApp {
             ("GET", "/healthz") => json(200, serde_json::json!({ "status": "ok" })),
             ("GET", "/readyz") => match self.auth.store.ping().await {
                 Ok(_) => json(200, serde_json::json!({ "status": "ready" })),
+                // A backend that refuses writes (a failed flush, a full
+                // disk) says why: an I/O error names no secret.
+                Err(e) if !self.auth.store.stats().writable => err(
+                    503,
+                    "not_ready",
+                    &format!("Store writes are failing and being retried: {e}."),
+                ),
                 Err(_) => err(503, "not_ready", "The store is not available."),
             },
             ("POST", "/admin/users") => self.admin(s).await,

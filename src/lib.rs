@@ -30,6 +30,7 @@ pub use server::{start, GatewayHandle};
 
 /// Run the gateway until SIGTERM/SIGINT, with the real clock.
 pub fn run(config: Config) -> Result<(), String> {
+    raise_file_limit(config.limits.max_connections);
     let handle = server::start(config, Arc::new(clock::SystemClock), true)?;
     tracing::info!(
         listen = ?handle.listen,
@@ -39,4 +40,37 @@ pub fn run(config: Config) -> Result<(), String> {
     );
     handle.wait();
     Ok(())
+}
+
+/// Raise this process's soft `RLIMIT_NOFILE` to its hard limit (as nginx's
+/// `worker_rlimit_nofile` or Go's runtime do): the soft limit is often 1024,
+/// far below `limits.max_connections`. Warns when even the hard limit
+/// leaves too few descriptors for the cap (one per client connection,
+/// with room for upstream connections, the store and logs).
+pub fn raise_file_limit(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let now = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(soft, hard, cause = %e, "could not raise the open-file limit");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    let needed = (max_connections as u64).saturating_add(1024);
+    if now < needed {
+        tracing::warn!(
+            nofile = now,
+            max_connections,
+            "the open-file limit is below what limits.max_connections needs (one per connection, plus 1024); raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower the cap"
+        );
+    } else {
+        tracing::debug!(nofile = now, "open-file limit");
+    }
 }

@@ -43,6 +43,31 @@ pub struct Metrics {
     emails_pending: IntGauge,
     pub hash_queue_rejected: IntCounter,
     swept: IntCounterVec,
+    store_writable: IntGauge,
+    store_write_failures: IntCounter,
+    store_recoveries: IntCounter,
+    connections_open: IntGauge,
+    connections_refused: IntCounter,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registers once");
+    g
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registers once");
+    c
+}
+
+/// Bring a counter mirrored from elsewhere up to `total`.
+fn catch_up(c: &IntCounter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
+    }
 }
 
 /// The bearer check's counters, one per result.
@@ -195,7 +220,38 @@ impl Metrics {
             "Expired records removed by the maintenance sweep, by kind.",
             &["kind"],
         );
+        let store_writable = gauge(
+            &r,
+            "portcullis_store_writable",
+            "1 while the store accepts writes; 0 from a failed write (a full disk) until it has recovered.",
+        );
+        store_writable.set(1);
+        let store_write_failures = counter(
+            &r,
+            "portcullis_store_write_failures_total",
+            "Store commits that failed (every operation in them answered 503).",
+        );
+        let store_recoveries = counter(
+            &r,
+            "portcullis_store_recoveries_total",
+            "Recoveries from a failed store write without a restart.",
+        );
+        let connections_open = gauge(
+            &r,
+            "portcullis_connections_open",
+            "Client connections open on the public listeners (after the TLS handshake).",
+        );
+        let connections_refused = counter(
+            &r,
+            "portcullis_connections_refused_total",
+            "Client connections closed at once because limits.max_connections were open.",
+        );
         let m = Self {
+            store_writable,
+            store_write_failures,
+            store_recoveries,
+            connections_open,
+            connections_refused,
             throttled_ip: throttled_vec.with_label_values(&["ip"]),
             throttled_account: throttled_vec.with_label_values(&["account"]),
             throttled_route: throttled_vec.with_label_values(&["route"]),
@@ -263,6 +319,19 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         buf
+    }
+
+    /// Mirror the store's health into the registry (at scrape time).
+    pub fn observe_store(&self, s: &crate::store::StoreStats) {
+        self.store_writable.set(i64::from(s.writable));
+        catch_up(&self.store_write_failures, s.write_failures);
+        catch_up(&self.store_recoveries, s.recoveries);
+    }
+
+    /// Mirror the connection limiter into the registry (at scrape time).
+    pub fn observe_connections(&self, open: usize, refused: u64) {
+        self.connections_open.set(open as i64);
+        catch_up(&self.connections_refused, refused);
     }
 
     /// The throttled counter for a scope by name (not on the hot path).

@@ -23,6 +23,7 @@ use crate::config::Storage;
 use crate::demo::EchoApp;
 use crate::executor::AuthExecutor;
 use crate::mail::outbox::OutboxWorker;
+use crate::proxy::conn_limit::ConnLimit;
 use crate::proxy::deadline::HeaderDeadline;
 use crate::proxy::inflight::InFlight;
 use crate::proxy::Gateway;
@@ -387,7 +388,7 @@ fn proxy_app(
     inflight: &Arc<InFlight>,
     conf: &Arc<ServerConf>,
     tls: bool,
-    header_timeout: Duration,
+    connections: &Arc<ConnLimit>,
 ) -> Result<HeaderDeadline<pingora::proxy::HttpProxy<Gateway>>, String> {
     let gw = Gateway::new(cfg.clone(), auth.clone(), executor.clone(), tls)
         .map_err(|e| e.to_string())?
@@ -396,7 +397,13 @@ fn proxy_app(
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2_idle_timeout = Some(Duration::from_secs(cfg.limits.h2_idle_timeout_secs));
     proxy.server_options = Some(options);
-    Ok(HeaderDeadline::new(proxy, header_timeout))
+    // Slowloris: a whole request header must arrive within this time.
+    let header_timeout = Duration::from_secs(cfg.limits.downstream_read_timeout_secs);
+    Ok(HeaderDeadline::new(
+        proxy,
+        header_timeout,
+        connections.clone(),
+    ))
 }
 
 fn check_bindable(addr: SocketAddr, name: &str) -> Result<(), String> {
@@ -455,8 +462,8 @@ pub fn start(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let conf = server.configuration.clone();
-    // Slowloris: a whole request header must arrive within this time.
-    let header_timeout = Duration::from_secs(cfg.limits.downstream_read_timeout_secs);
+    // One cap over both public listeners.
+    let connections = ConnLimit::new(cfg.limits.max_connections);
 
     if let Some(addr) = s.listen {
         let app = proxy_app(
@@ -466,22 +473,14 @@ pub fn start(
             &inflight,
             &conf,
             false,
-            header_timeout,
+            &connections,
         )?;
         let mut svc = Service::new("portcullis http".to_string(), app);
         svc.add_tcp(&addr.to_string());
         server.add_service(svc);
     }
     if let Some(addr) = s.tls_listen {
-        let app = proxy_app(
-            &cfg,
-            &auth,
-            &executor,
-            &inflight,
-            &conf,
-            true,
-            header_timeout,
-        )?;
+        let app = proxy_app(&cfg, &auth, &executor, &inflight, &conf, true, &connections)?;
         let mut svc = Service::new("portcullis https".to_string(), app);
         let mut tls = TlsSettings::intermediate(
             &s.tls_cert.display().to_string(),
@@ -498,6 +497,7 @@ pub fn start(
             AdminApp {
                 auth: auth.clone(),
                 token: admin_token,
+                connections: connections.clone(),
             },
         );
         svc.add_tcp(&addr.to_string());

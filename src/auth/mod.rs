@@ -44,7 +44,7 @@ pub struct AuthService {
     pub store: Arc<dyn Store>,
     pub tokens: TokenService,
     pub refresh: RefreshKeys,
-    pub revocations: Revocations,
+    pub revocations: Arc<Revocations>,
     /// How far the in-memory revocations follow a shared backend.
     pub revocation_seq: std::sync::atomic::AtomicI64,
     pub hasher: Hasher,
@@ -95,8 +95,15 @@ impl AuthService {
                 (revoked, seq)
             })?
         };
-        let revocations =
-            Revocations::new(&revoked.map_err(|e| format!("loading revocations: {e}"))?);
+        let revocations = Arc::new(Revocations::new(
+            &revoked.map_err(|e| format!("loading revocations: {e}"))?,
+        ));
+        {
+            // A write whose outcome is unknown counts its revocations as
+            // done (see `Store::set_revocation_sink`).
+            let revocations = revocations.clone();
+            store.set_revocation_sink(Arc::new(move |r| revocations.apply(r)));
+        }
         let throttle = Throttle::new(store.clone(), clock.clone());
         let hasher = Hasher::new(&cfg.passwords)
             .map_err(|e| e.to_string())?

@@ -179,6 +179,8 @@ pub struct LimitsFile {
     pub h2_idle_timeout_secs: u64,
     pub max_header_count: usize,
     pub max_header_bytes: usize,
+    /// Client connections open at once over the public listeners.
+    pub max_connections: usize,
 }
 
 impl Default for LimitsFile {
@@ -191,6 +193,7 @@ impl Default for LimitsFile {
             h2_idle_timeout_secs: 60,
             max_header_count: 100,
             max_header_bytes: 16 * 1024,
+            max_connections: 10_000,
         }
     }
 }

@@ -160,6 +160,7 @@ pub struct LimitsConfig {
     pub h2_idle_timeout_secs: u64,
     pub max_header_count: usize,
     pub max_header_bytes: usize,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -575,6 +576,9 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
     if l.max_header_bytes < 1024 {
         p.push("limits.max_header_bytes: must be at least 1024".into());
     }
+    if l.max_connections < 10 || l.max_connections > 1_000_000 {
+        p.push("limits.max_connections: must be between 10 and 1000000".into());
+    }
 
     // --- passwords
     let pw = &f.passwords;
@@ -772,6 +776,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             h2_idle_timeout_secs: l.h2_idle_timeout_secs,
             max_header_count: l.max_header_count,
             max_header_bytes: l.max_header_bytes,
+            max_connections: l.max_connections,
         },
         passwords: PasswordConfig {
             argon2_memory_kib: pw.argon2_memory_kib,

@@ -22,6 +22,17 @@
 //!
 //! The stream also carries the connection's [`TunnelSwitch`], which closes
 //! an upgraded connection whose session has ended (see [`super::tunnel`]).
+//!
+//! **Pingora's own error answers.** When Pingora rejects a request before
+//! any hook of ours runs (a header it cannot parse, an ambiguous authority,
+//! a header block over its size limit, `CONNECT`), it writes a 4xx with an
+//! empty body itself (`pingora-proxy` 0.9.1 `src/lib.rs`,
+//! `handle_new_request`: `respond_error(400)` / `respond_error(405)`), with
+//! no hook in between. The gateway's `request_filter` marks each request it
+//! sees ([`DeadlineStream::mark_handled`]); a response that begins while
+//! the current request is unmarked can only be such an answer, and is
+//! replaced, on its way out, by the same status with the contract's JSON
+//! error body ([`own_error_response`]).
 
 use std::future::Future;
 use std::io;
@@ -43,22 +54,26 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::conn_limit::ConnLimit;
 use super::tunnel::TunnelSwitch;
 
 /// Pingora's default idle time between keep-alive requests, kept as is.
 const KEEPALIVE_SECS: u64 = 60;
 
 /// Wraps an HTTP application (the Pingora proxy) with a whole-header deadline.
+/// Also holds each connection's permit from `limits.max_connections`.
 pub struct HeaderDeadline<A> {
     inner: Arc<A>,
     timeout: Duration,
+    connections: Arc<ConnLimit>,
 }
 
 impl<A> HeaderDeadline<A> {
-    pub fn new(inner: A, timeout: Duration) -> Self {
+    pub fn new(inner: A, timeout: Duration, connections: Arc<ConnLimit>) -> Self {
         Self {
             inner: Arc::new(inner),
             timeout,
+            connections,
         }
     }
 }
@@ -73,6 +88,8 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // Over the cap: dropping the stream closes the connection.
+        let _permit = self.connections.try_acquire()?;
         let opts = self.inner.server_options();
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
             || opts.is_some_and(|o| o.h2c || o.force_custom)
@@ -158,6 +175,45 @@ pub struct DeadlineStream {
     rearm: Arc<AtomicBool>,
     sleep: Option<Pin<Box<Sleep>>>,
     tunnel: Arc<TunnelSwitch>,
+    /// The current request reached the gateway's hooks.
+    handled: AtomicBool,
+    /// A replacement for Pingora's own error answer, and how much of it
+    /// has been written.
+    pending: Option<(Vec<u8>, usize)>,
+    /// Pingora's answer was replaced: drop whatever else it writes for it.
+    replaced: bool,
+}
+
+/// The JSON error answer that replaces Pingora's own `head` (a 4xx with an
+/// empty body), or `None` when `head` is not one.
+pub fn own_error_response(head: &[u8]) -> Option<Vec<u8>> {
+    if head.len() < 12 || !head.starts_with(b"HTTP/1.") || &head[8..10] != b" 4" {
+        return None;
+    }
+    let status: u16 = std::str::from_utf8(&head[9..12]).ok()?.parse().ok()?;
+    let (code, message) = match status {
+        405 => ("method_not_allowed", "Method not allowed."),
+        408 => ("request_timeout", "The request was not received in time."),
+        413 => ("payload_too_large", "The request body is too large."),
+        431 => (
+            "request_header_fields_too_large",
+            "The request headers are too large.",
+        ),
+        _ => ("bad_request", "The request could not be parsed."),
+    };
+    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    let line_end = head.windows(2).position(|w| w == b"\r\n")?;
+    let mut out = head[..line_end].to_vec();
+    out.extend_from_slice(
+        format!(
+            "\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             cache-control: no-store\r\nx-content-type-options: nosniff\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    Some(out)
 }
 
 impl DeadlineStream {
@@ -170,7 +226,33 @@ impl DeadlineStream {
             rearm,
             sleep: None,
             tunnel: Arc::default(),
+            handled: AtomicBool::new(false),
+            pending: None,
+            replaced: false,
         }
+    }
+
+    /// The gateway's hooks have seen the current request: whatever is
+    /// written for it is the gateway's own.
+    pub fn mark_handled(&self) {
+        self.handled.store(true, Ordering::Relaxed);
+    }
+
+    /// Write out a replacement answer.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((buf, off)) = &mut self.pending {
+            if *off >= buf.len() {
+                self.pending = None;
+                break;
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &buf[*off..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *off += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// The switch that closes this connection once it is a tunnel.
@@ -207,6 +289,8 @@ impl AsyncRead for DeadlineStream {
             return Poll::Ready(Err(e));
         }
         if this.rearm.swap(false, Ordering::AcqRel) {
+            this.handled.store(false, Ordering::Relaxed);
+            this.replaced = false;
             this.phase = Phase::Pending;
             this.scan = HeaderEnd::default();
             this.sleep = None;
@@ -253,6 +337,23 @@ impl AsyncWrite for DeadlineStream {
         if let Err(e) = this.tunnel.check(cx) {
             return Poll::Ready(Err(e));
         }
+        if !this.handled.load(Ordering::Relaxed) {
+            if this.replaced {
+                return Poll::Ready(Ok(buf.len()));
+            }
+            if let Some(answer) = own_error_response(buf) {
+                this.replaced = true;
+                this.pending = Some((answer, 0));
+                // The rest goes out on flush/shutdown if it does not now.
+                if let Poll::Ready(Err(e)) = this.poll_pending(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                return Poll::Ready(Ok(buf.len()));
+            }
+        }
+        if this.pending.is_some() {
+            std::task::ready!(this.poll_pending(cx))?;
+        }
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
@@ -261,11 +362,14 @@ impl AsyncWrite for DeadlineStream {
         if let Err(e) = this.tunnel.check(cx) {
             return Poll::Ready(Err(e));
         }
+        std::task::ready!(this.poll_pending(cx))?;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_pending(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -273,6 +377,14 @@ impl AsyncWrite for DeadlineStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if !self.handled.load(Ordering::Relaxed) || self.pending.is_some() {
+            // Pingora's own answer is written whole; see `poll_write`.
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            return self.poll_write(cx, first);
+        }
         let this = self.get_mut();
         if let Err(e) = this.tunnel.check(cx) {
             return Poll::Ready(Err(e));
@@ -288,6 +400,8 @@ impl AsyncWrite for DeadlineStream {
 #[async_trait]
 impl Shutdown for DeadlineStream {
     async fn shutdown(&mut self) {
+        // A replacement answer still unwritten goes first.
+        let _ = std::future::poll_fn(|cx| self.poll_pending(cx)).await;
         self.inner.shutdown().await
     }
 }
@@ -355,6 +469,32 @@ impl Peek for DeadlineStream {
 
 #[cfg(test)]
 mod tests {
+    use super::own_error_response;
+
+    #[test]
+    fn pingoras_empty_4xx_becomes_the_json_error() {
+        let head = b"HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\nContent-Length: 0\r\n\r\n";
+        let out = String::from_utf8(own_error_response(head).unwrap()).unwrap();
+        let (h, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(h.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{h}");
+        assert!(
+            h.contains(&format!("content-length: {}", body.len())),
+            "{h}"
+        );
+        assert!(h.contains("connection: close"), "{h}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"], "bad_request");
+        let out = own_error_response(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n").unwrap();
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("method_not_allowed"));
+        // Anything else is left alone.
+        assert!(own_error_response(b"HTTP/1.1 200 OK\r\n\r\n").is_none());
+        assert!(own_error_response(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").is_none());
+        assert!(own_error_response(b"{\"a\":1}").is_none());
+        assert!(own_error_response(b"HTTP/1.1 4").is_none());
+    }
+
     use super::HeaderEnd;
 
     fn ends(chunks: &[&[u8]]) -> bool {

@@ -13,6 +13,7 @@
 //! 6. `logging`: metrics.
 
 pub mod client_ip;
+pub mod conn_limit;
 pub mod deadline;
 pub mod headers;
 pub mod inflight;
@@ -283,6 +284,17 @@ fn downstream_tunnel_switch(session: &Session) -> Option<Arc<tunnel::TunnelSwitc
         .map(|d| d.tunnel().clone())
 }
 
+/// Tell the HTTP/1 connection's stream that this request reached our hooks
+/// (see `deadline`: Pingora's own error answers are rewritten otherwise).
+fn mark_handled(session: &Session) {
+    if let Some(stream) = session.as_downstream().stream() {
+        let stream: &dyn pingora::protocols::IO = stream.as_ref();
+        if let Some(d) = stream.as_any().downcast_ref::<deadline::DeadlineStream>() {
+            d.mark_handled();
+        }
+    }
+}
+
 fn is_local(path: &str) -> bool {
     path == "/auth" || path.starts_with("/auth/") || path.starts_with("/.well-known/")
 }
@@ -306,6 +318,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        mark_handled(session);
         ctx.started = Some(Instant::now());
         ctx.request_id = uuid::Uuid::new_v4().to_string();
         let peer = session

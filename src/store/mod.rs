@@ -370,7 +370,19 @@ pub struct StoreStats {
     pub max_batch: u64,
     /// The most write operations ever in flight at once.
     pub max_in_flight: u64,
+    /// Writes are being accepted (false from a failed write until the
+    /// backend has recovered; see `sled_store`).
+    pub writable: bool,
+    /// Batches whose write or flush failed.
+    pub write_failures: u64,
+    /// Recoveries from such a failure without a restart.
+    pub recoveries: u64,
 }
+
+/// Where a backend puts revocations whose commit outcome is unknown (a
+/// failed flush): the gateway's in-memory revocation set, so a token the
+/// disk may yet call revoked is refused at once (fail closed).
+pub type RevocationSink = std::sync::Arc<dyn Fn(&[Revocation]) + Send + Sync>;
 
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -548,6 +560,13 @@ pub trait Store: Send + Sync + 'static {
     /// lost). `None` for a backend with one gateway.
     fn revocation_events(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
+    }
+
+    /// Hand the backend the gateway's in-memory revocation set (see
+    /// [`RevocationSink`]); a backend that never leaves an outcome unknown
+    /// while it keeps running ignores it.
+    fn set_revocation_sink(&self, sink: RevocationSink) {
+        let _ = sink;
     }
 }
 

@@ -1330,6 +1330,11 @@ impl Store for PgStore {
             ops: self.ops.load(Ordering::Relaxed),
             max_batch: 1,
             max_in_flight: self.max_in_flight.load(Ordering::Relaxed),
+            // Each write is its own transaction: a failure leaves nothing
+            // behind, and the next one tries again.
+            writable: true,
+            write_failures: 0,
+            recoveries: 0,
         }
     }
 }

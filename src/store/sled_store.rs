@@ -28,9 +28,12 @@
 //! that matters is taken inside the writer, against the current record.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
 
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -478,7 +481,7 @@ impl<'a> Tx<'a> {
     }
 
     /// Write the batch: intent first, then the writes, then one flush.
-    fn commit(self) -> Result<(), String> {
+    fn commit(&self) -> Result<(), String> {
         if self.batch.is_empty() {
             return Ok(());
         }
@@ -488,6 +491,25 @@ impl<'a> Tx<'a> {
             .map_err(|e| e.to_string())?;
         apply_writes(t, &self.batch).map_err(|e| e.to_string())?;
         t.db.flush().map(drop).map_err(|e| e.to_string())
+    }
+
+    /// The revocations this batch writes (for a batch whose outcome is
+    /// unknown: they are mirrored in memory anyway, failing closed).
+    fn batch_revocations(&self) -> Vec<Revocation> {
+        let mut out = Vec::new();
+        for w in &self.batch {
+            let Some(v) = &w.value else { continue };
+            if w.tree == T::Revoked as u8 {
+                if let Ok(r) = parse_revoked(&w.key, v) {
+                    out.push(r);
+                }
+            } else if w.tree == T::Cutoffs as u8 {
+                if let (Ok(u), Ok(at)) = (decode_uuid(&w.key), decode_i64(v, "cutoff")) {
+                    out.push(Revocation::Cutoff(u, at));
+                }
+            }
+        }
+        out
     }
 
     // ----- shared pieces of operations
@@ -619,7 +641,9 @@ impl<'a> Tx<'a> {
 }
 
 type Reply = Box<dyn FnOnce(&Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&mut Tx<'_>) -> Reply + Send>;
+/// An operation for the writer: run against the batch (`Some`), or refused
+/// without running (`None`, while writes are failing).
+type Job = Box<dyn FnOnce(Option<&mut Tx<'_>>) -> Reply + Send>;
 
 #[derive(Default)]
 struct Counters {
@@ -628,17 +652,83 @@ struct Counters {
     max_batch: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
+    write_failures: AtomicU64,
+    recoveries: AtomicU64,
 }
 
-fn writer_loop(trees: Arc<Trees>, mut rx: mpsc::Receiver<Job>, counters: Arc<Counters>) {
-    while let Some(first) = rx.blocking_recv() {
+/// The first wait between two recovery attempts after a failed write,
+/// doubled after each failed attempt up to [`RECOVERY_MAX_WAIT`].
+const RECOVERY_FIRST_WAIT: Duration = Duration::from_millis(100);
+const RECOVERY_MAX_WAIT: Duration = Duration::from_secs(5);
+/// How much free space a recovery attempt proves (written and synced in a
+/// scratch file, then removed) before writes resume: a sled segment and
+/// then some, so the first batch after recovery does not fail at once.
+const RECOVERY_PROBE_BYTES: usize = 2 << 20;
+const PROBE_FILE: &str = "space-probe";
+
+/// What the store's handle, its readers and its writer share.
+struct Shared {
+    path: PathBuf,
+    /// The open database; `None` while it is being reopened after a failed
+    /// write (reads then fail, closed).
+    current: RwLock<Option<Arc<Trees>>>,
+    /// False from a failed write until the database has been reopened from
+    /// disk and free space proven: writes are refused at once meanwhile.
+    writable: AtomicBool,
+    /// Why writes are refused (for `/readyz` and the log).
+    failure: Mutex<Option<String>>,
+    /// Where the revocations of a batch with an unknown outcome go (the
+    /// gateway's in-memory revocation set).
+    sink: OnceLock<RevocationSink>,
+    counters: Counters,
+}
+
+impl Shared {
+    fn trees(&self) -> StoreResult<Arc<Trees>> {
+        self.current.read().clone().ok_or_else(|| {
+            StoreError::Backend("the database is being reopened after a write failure".into())
+        })
+    }
+
+    fn refused(&self) -> StoreError {
+        StoreError::Backend(match &*self.failure.lock() {
+            Some(cause) => format!(
+                "writes are failing ({}); recovering",
+                cause.trim_start_matches("storage backend: ")
+            ),
+            None => "writes are failing; recovering".into(),
+        })
+    }
+}
+
+/// Refuse a job without running it.
+fn refuse(job: Job, why: &str) {
+    job(None)(&Err(why.to_string()));
+}
+
+fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
+    let counters = &shared.counters;
+    loop {
+        if !shared.writable.load(Ordering::Acquire) && !recover(&shared, &mut rx) {
+            break;
+        }
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        let trees = match shared.trees() {
+            Ok(t) => t,
+            Err(e) => {
+                refuse(first, &e.to_string());
+                continue;
+            }
+        };
         let mut tx = Tx::new(&trees);
         let mut replies: Vec<Reply> = Vec::new();
         let mut next = Some(first);
         while let Some(job) = next.take() {
             // A panicking operation loses only itself (its caller gets an
             // error when its reply is dropped); the writer goes on.
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut tx)));
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(&mut tx))));
             match ran {
                 Ok(reply) => replies.push(reply),
                 Err(_) => {
@@ -653,8 +743,23 @@ fn writer_loop(trees: Arc<Trees>, mut rx: mpsc::Receiver<Job>, counters: Arc<Cou
         }
         let result = tx.commit();
         if let Err(e) = &result {
-            tracing::error!(cause = %e, "store: writing a batch failed");
+            // The batch's outcome is unknown (its intent may or may not be
+            // on disk), and sled keeps the error for the life of this Db.
+            // Before anyone is answered: refuse further writes, take the
+            // Db (and the batch's writes in its memory) away from readers,
+            // and count its revocations as done (fail closed).
+            tracing::error!(cause = %e, "store: writing a batch failed; writes are refused until the database is reopened");
+            *shared.failure.lock() = Some(e.clone());
+            shared.writable.store(false, Ordering::Release);
+            shared.current.write().take();
+            counters.write_failures.fetch_add(1, Ordering::Relaxed);
+            let revs = tx.batch_revocations();
+            if let (Some(sink), false) = (shared.sink.get(), revs.is_empty()) {
+                sink(&revs);
+            }
         }
+        drop(tx);
+        drop(trees);
         let n = replies.len() as u64;
         counters.commits.fetch_add(1, Ordering::Relaxed);
         counters.ops.fetch_add(n, Ordering::Relaxed);
@@ -664,14 +769,112 @@ fn writer_loop(trees: Arc<Trees>, mut rx: mpsc::Receiver<Job>, counters: Arc<Cou
         }
     }
     // Every sender is gone: make sure nothing is left unflushed.
-    let _ = trees.db.flush();
+    if let Ok(t) = shared.trees() {
+        let _ = t.db.flush();
+    }
+}
+
+/// After a failed write: drop the poisoned Db, reopen the database from
+/// disk (which yields exactly the durable state, a cut-short batch
+/// completed from its intent), prove there is free space, then let writes
+/// resume. Jobs arriving meanwhile are refused at once. Retries with
+/// backoff; false once every sender is gone.
+fn recover(shared: &Shared, rx: &mut mpsc::Receiver<Job>) -> bool {
+    let started = Instant::now();
+    let mut wait = RECOVERY_FIRST_WAIT;
+    loop {
+        // Refuse what queued up; stop when the store is being dropped.
+        loop {
+            match rx.try_recv() {
+                Ok(job) => refuse(job, &shared.refused().to_string()),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
+        }
+        match try_reopen(shared) {
+            Ok(()) => {
+                *shared.failure.lock() = None;
+                shared.writable.store(true, Ordering::Release);
+                shared.counters.recoveries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    after_ms = started.elapsed().as_millis() as u64,
+                    "store: the database was reopened from disk; writes resume"
+                );
+                return true;
+            }
+            Err(e) => {
+                tracing::debug!(cause = %e, "store: not recovered yet");
+                *shared.failure.lock() = Some(e);
+            }
+        }
+        // Sleep in slices, so queued jobs are refused promptly.
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            match rx.try_recv() {
+                Ok(job) => refuse(job, &shared.refused().to_string()),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
+        }
+        wait = (wait * 2).min(RECOVERY_MAX_WAIT);
+    }
+}
+
+fn try_reopen(shared: &Shared) -> Result<(), String> {
+    if shared.current.read().is_none() {
+        // A sled Db holds a lock on its directory until its last handle
+        // (a read in flight may hold one) is gone; the open fails until
+        // then, and is retried.
+        let trees = open_trees(&shared.path).map_err(|e| e.to_string())?;
+        *shared.current.write() = Some(Arc::new(trees));
+    }
+    probe_space(&shared.path)
+}
+
+/// Write, sync and remove a scratch file next to the database.
+fn probe_space(dir: &Path) -> Result<(), String> {
+    use std::io::Write as _;
+    let path = dir.join(PROBE_FILE);
+    let result = (|| {
+        let mut f = std::fs::File::create(&path)?;
+        f.write_all(&vec![0u8; RECOVERY_PROBE_BYTES])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&path);
+    result.map_err(|e| format!("no free space yet: {e}"))
+}
+
+/// Open the database and finish a batch a crash (or a failed write) cut
+/// short: its writes are applied again from the intent record, and flushed.
+fn open_trees(path: &Path) -> StoreResult<Trees> {
+    let db = sled::Config::new()
+        .path(path)
+        .mode(sled::Mode::HighThroughput)
+        .flush_every_ms(None)
+        .open()
+        .map_err(backend)?;
+    let trees = TREES
+        .iter()
+        .map(|(_, name)| db.open_tree(name).map_err(backend))
+        .collect::<StoreResult<Vec<_>>>()?;
+    let trees = Trees {
+        meta: db.open_tree("meta").map_err(backend)?,
+        trees,
+        db,
+    };
+    if let Some(intent) = trees.meta.get(INTENT).map_err(backend)? {
+        apply_writes(&trees, &decode_intent(&intent)?)?;
+        trees.db.flush().map_err(backend)?;
+    }
+    Ok(trees)
 }
 
 pub struct SledStore {
-    trees: Arc<Trees>,
+    shared: Arc<Shared>,
     /// This process's instance: claims on mail by any other are void.
     instance: Uuid,
-    counters: Arc<Counters>,
     /// Throttle and lockout counters: kept in memory, written out by
     /// [`Store::checkpoint`] (losing at most a second of counting to a
     /// crash, never an account's lock for longer than that).
@@ -691,45 +894,32 @@ impl SledStore {
     /// starts from it) at niceness `writer_nice`, like the rest of the auth
     /// work (see `crate::executor`).
     pub fn open_with(path: &Path, writer_nice: u8) -> StoreResult<Self> {
-        let db = sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(None)
-            .open()
-            .map_err(backend)?;
-        let trees = TREES
-            .iter()
-            .map(|(_, name)| db.open_tree(name).map_err(backend))
-            .collect::<StoreResult<Vec<_>>>()?;
-        let trees = Arc::new(Trees {
-            meta: db.open_tree("meta").map_err(backend)?,
-            trees,
-            db,
-        });
-        if let Some(intent) = trees.meta.get(INTENT).map_err(backend)? {
-            apply_writes(&trees, &decode_intent(&intent)?)?;
-            trees.db.flush().map_err(backend)?;
-        }
+        let trees = open_trees(path)?;
         let mut saved = Vec::new();
         for kv in trees.tree(T::Counters).iter() {
             let (k, v) = kv.map_err(backend)?;
             saved.push((String::from_utf8_lossy(&k).into_owned(), dec(&v)?));
         }
+        let shared = Arc::new(Shared {
+            path: path.to_path_buf(),
+            current: RwLock::new(Some(Arc::new(trees))),
+            writable: AtomicBool::new(true),
+            failure: Mutex::new(None),
+            sink: OnceLock::new(),
+            counters: Counters::default(),
+        });
         let (tx, rx) = mpsc::channel(QUEUE);
-        let for_writer = trees.clone();
-        let counters = Arc::new(Counters::default());
-        let for_stats = counters.clone();
+        let for_writer = shared.clone();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
                 crate::executor::lower_priority(writer_nice);
-                writer_loop(for_writer, rx, for_stats)
+                writer_loop(for_writer, rx)
             })
             .map_err(|e| StoreError::Backend(format!("starting the writer: {e}")))?;
         Ok(Self {
-            trees,
+            shared,
             instance: Uuid::new_v4(),
-            counters,
             throttle: MemCounters::new(saved),
             jobs: Some(tx),
             writer: Some(writer),
@@ -740,7 +930,8 @@ impl SledStore {
     /// `server::open_store`); `None` for a new (or wiped) database.
     pub fn stamp(&self) -> StoreResult<Option<String>> {
         Ok(self
-            .trees
+            .shared
+            .trees()?
             .meta
             .get(STAMP)
             .map_err(backend)?
@@ -749,11 +940,9 @@ impl SledStore {
 
     /// Stamp a new database, durably. Only at open, before any operation.
     pub fn set_stamp(&self, id: &str) -> StoreResult<()> {
-        self.trees
-            .meta
-            .insert(STAMP, id.as_bytes())
-            .map_err(backend)?;
-        self.trees.db.flush().map_err(backend)?;
+        let trees = self.shared.trees()?;
+        trees.meta.insert(STAMP, id.as_bytes()).map_err(backend)?;
+        trees.db.flush().map_err(backend)?;
         Ok(())
     }
 
@@ -762,14 +951,20 @@ impl SledStore {
         &self,
         op: impl FnOnce(&mut Tx<'_>) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
+        if !self.shared.writable.load(Ordering::Acquire) {
+            return Err(self.shared.refused());
+        }
         let (tx, rx) = oneshot::channel::<StoreResult<R>>();
-        let job: Job = Box::new(move |t: &mut Tx<'_>| {
-            let result = t.run(op);
+        let job: Job = Box::new(move |t: Option<&mut Tx<'_>>| {
+            let result = match t {
+                Some(t) => t.run(op),
+                None => Err(StoreError::Conflict),
+            };
             Box::new(move |flushed: &Result<(), String>| {
                 let answer = match (result, flushed) {
                     (Ok(v), Ok(())) => Ok(v),
-                    (Ok(_), Err(e)) => Err(StoreError::Backend(e.clone())),
-                    (Err(e), _) => Err(e),
+                    (_, Err(e)) => Err(StoreError::Backend(e.clone())),
+                    (Err(e), Ok(())) => Err(e),
                 };
                 let _ = tx.send(answer);
             })
@@ -778,7 +973,7 @@ impl SledStore {
             .jobs
             .as_ref()
             .ok_or_else(|| StoreError::Backend("the store is closed".into()))?;
-        let c = &self.counters;
+        let c = &self.shared.counters;
         let now = c.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         c.max_in_flight.fetch_max(now, Ordering::Relaxed);
         let answer = match jobs.send(job).await {
@@ -796,7 +991,7 @@ impl SledStore {
         &self,
         f: impl FnOnce(&Trees) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
-        let trees = self.trees.clone();
+        let trees = self.shared.trees()?;
         tokio::task::spawn_blocking(move || f(&trees))
             .await
             .map_err(|e| StoreError::Backend(format!("read task: {e}")))?
@@ -1323,18 +1518,28 @@ impl Store for SledStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
+        if !self.shared.writable.load(Ordering::Acquire) {
+            return Err(self.shared.refused());
+        }
         self.read(|t| t.meta.get(INTENT).map(drop).map_err(backend))
             .await
     }
 
     fn stats(&self) -> StoreStats {
-        let c = &self.counters;
+        let c = &self.shared.counters;
         StoreStats {
             commits: c.commits.load(Ordering::Relaxed),
             ops: c.ops.load(Ordering::Relaxed),
             max_batch: c.max_batch.load(Ordering::Relaxed),
             max_in_flight: c.max_in_flight.load(Ordering::Relaxed),
+            writable: self.shared.writable.load(Ordering::Acquire),
+            write_failures: c.write_failures.load(Ordering::Relaxed),
+            recoveries: c.recoveries.load(Ordering::Relaxed),
         }
+    }
+
+    fn set_revocation_sink(&self, sink: RevocationSink) {
+        let _ = self.shared.sink.set(sink);
     }
 }
 

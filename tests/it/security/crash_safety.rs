@@ -22,6 +22,8 @@ struct Proc {
     log: PathBuf,
     addr: SocketAddr,
     admin: SocketAddr,
+    /// What a tmpfs data dir starts with (see [`Proc::spawn_in`]).
+    seed: Option<PathBuf>,
 }
 
 impl Proc {
@@ -72,6 +74,7 @@ auth = "required"
             log: dir.join("gateway.log"),
             addr,
             admin,
+            seed: None,
         }
     }
 
@@ -81,6 +84,8 @@ auth = "required"
 
     /// Spawn, optionally inside a private mount namespace with a tmpfs of
     /// `size` mounted over `mount` (the data dir), so the disk can fill up.
+    /// The tmpfs lives as long as the child; with `self.seed`, it starts as
+    /// a copy of that directory (what an earlier child left).
     fn spawn_in(&mut self, tmpfs: Option<(&Path, &str)>) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -91,11 +96,14 @@ auth = "required"
             None => Command::new(env!("CARGO_BIN_EXE_portcullis")),
             Some((mount, size)) => {
                 let mut c = Command::new("unshare");
+                let seed = self.seed.clone().unwrap_or_default();
                 c.args(["-m", "sh", "-c"])
                     .arg(format!(
-                        "mount -t tmpfs -o size={size},mode=0700 tmpfs \"$0\" && exec \"$@\""
+                        "mount -t tmpfs -o size={size},mode=0700 tmpfs \"$0\" && \
+                         {{ [ -z \"$1\" ] || cp -a \"$1\"/. \"$0\"/; }} && shift && exec \"$@\""
                     ))
                     .arg(mount)
+                    .arg(seed)
                     .arg(env!("CARGO_BIN_EXE_portcullis"));
                 c
             }
@@ -603,15 +611,15 @@ fn copy_dir(from: &Path, to: &Path) {
 /// tmpfs in a private mount namespace (`unshare -m`; skipped, saying so,
 /// where that is not permitted). With the disk filled, every write answers
 /// 503 `service_unavailable` with `Retry-After` (nothing acknowledged that
-/// was not written), token checks never fail open (a valid token still
-/// passes, a revoked one is still refused, a logout that could not be
-/// written answers 503, never "done", and turns out whole or not at all),
-/// and once space returns a restart on the same data dir
-/// brings writes back with every acknowledged write (and revocation)
-/// intact. Not covered: recovery without a restart (sled 0.34 keeps an I/O
-/// error for the life of the process; see docs/security.md).
+/// was not written), `/readyz` answers 503 `not_ready` saying that writes
+/// are failing and `portcullis_store_writable` is 0, token checks never
+/// fail open (a valid token still passes, a revoked one is still refused).
+/// Once space returns, the same process recovers by itself (it reopens
+/// the database from disk): `/readyz` is 200 again, writes succeed, and
+/// every write acknowledged before, during and after the full disk is
+/// there; a restart then finds the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disk_full_fails_closed_and_recovers_after_restart() {
+async fn disk_full_fails_closed_and_recovers_without_restart() {
     let probe = Command::new("unshare")
         .args(["-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"])
         .status();
@@ -632,6 +640,8 @@ async fn disk_full_fails_closed_and_recovers_after_restart() {
     assert!(inside.join("db").exists(), "the database is on the tmpfs");
 
     let reg = |email: &str| json!({"email": email, "password": PW, "password_confirm": PW});
+    // Every address whose registration was acknowledged.
+    let mut acknowledged: Vec<String> = Vec::new();
     assert_eq!(
         try_post(gw.addr, "/auth/register", reg("a@example.com"))
             .await
@@ -639,6 +649,7 @@ async fn disk_full_fails_closed_and_recovers_after_restart() {
             .status,
         201
     );
+    acknowledged.push("a@example.com".into());
     let login = try_post(
         gw.addr,
         "/auth/login",
@@ -685,14 +696,11 @@ async fn disk_full_fails_closed_and_recovers_after_restart() {
         let _ = f.sync_all();
     }
     let mut unavailable = 0;
-    for i in 0..5 {
-        let r = try_post(
-            gw.addr,
-            "/auth/register",
-            reg(&format!("full{i}@example.com")),
-        )
-        .await
-        .unwrap();
+    for i in 0..20 {
+        let email = format!("full{i}@example.com");
+        let r = try_post(gw.addr, "/auth/register", reg(&email))
+            .await
+            .unwrap();
         if r.status == 503 {
             assert_error(&r, 503, "service_unavailable");
             assert!(r.header("retry-after").is_some(), "{r:?}");
@@ -700,6 +708,7 @@ async fn disk_full_fails_closed_and_recovers_after_restart() {
         } else {
             // sled may still have room in a preallocated segment.
             assert_eq!(r.status, 201, "{r:?}");
+            acknowledged.push(email);
         }
     }
     assert!(unavailable > 0, "no write failed on a full disk");
@@ -712,45 +721,85 @@ async fn disk_full_fails_closed_and_recovers_after_restart() {
         .await
         .unwrap();
     assert_error(&r, 503, "service_unavailable");
-
+    // A supervisor sees it: /readyz says why, the gauge is 0.
     let ready = http::request(gw.admin, "GET", "/readyz", &[], None)
         .await
         .unwrap();
-    eprintln!("disk full: /readyz answers {}", ready.status);
-
-    // Space returns. sled 0.34 keeps an I/O error for the life of the
-    // process, so writes stay 503 until the gateway is restarted; after
-    // the restart,
-    // on the same data dir, everything acknowledged is there.
-    std::fs::remove_file(&filler).unwrap();
-    let r = try_post(gw.addr, "/auth/register", reg("still@example.com"))
+    assert_error(&ready, 503, "not_ready");
+    let why = ready.json()["message"].as_str().unwrap_or("").to_string();
+    eprintln!("disk full: /readyz 503: {why}");
+    assert!(why.contains("writes are failing"), "{why}");
+    let metrics = http::request(gw.admin, "GET", "/metrics", &[], None)
         .await
-        .unwrap();
-    eprintln!(
-        "disk full: after space returned, without a restart: {}",
-        r.status
+        .unwrap()
+        .text();
+    assert!(
+        metrics.contains("portcullis_store_writable 0"),
+        "store_writable while the disk is full"
     );
-    assert!(r.status == 201 || r.status == 503, "{r:?}");
-    // /readyz only reads, so it stays 200 (logged above): a supervisor
-    // cannot see this state yet (docs/security.md, open items).
-    gw.kill();
-    gw.start_in(Some((&data, "16m"))).await;
+
+    // Space returns: the same process recovers by itself.
+    std::fs::remove_file(&filler).unwrap();
+    let freed = Instant::now();
+    loop {
+        let r = http::request(gw.admin, "GET", "/readyz", &[], None)
+            .await
+            .unwrap();
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            freed.elapsed() < Duration::from_secs(30),
+            "not ready 30 s after space returned: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recovered_in = freed.elapsed();
+    eprintln!("disk full: ready again {recovered_in:?} after space returned, without a restart");
     let r = try_post(gw.addr, "/auth/register", reg("back@example.com"))
         .await
         .unwrap();
-    assert_eq!(r.status, 201, "{r:?}");
-    let r = http::get(gw.addr, "/x", Some(&revoked_access)).await;
-    assert_error(&r, 401, "unauthorized");
-    // The logout answered 503: its outcome is unknown to the client (it
-    // may have reached the disk before the error), but it is whole either
-    // way: the session's refresh token and its access token are both
-    // still good, or both refused.
+    assert_eq!(r.status, 201, "a write after recovery: {r:?}");
+    acknowledged.push("back@example.com".into());
+    let metrics = http::request(gw.admin, "GET", "/metrics", &[], None)
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        metrics.contains("portcullis_store_writable 1"),
+        "writable again"
+    );
+    assert!(
+        metrics.contains("portcullis_store_recoveries_total 1"),
+        "one recovery counted"
+    );
+    // Everything acknowledged is there, in this very process, and every
+    // revoked token stays refused.
+    let check = |addr| {
+        let acknowledged = acknowledged.clone();
+        let revoked_access = revoked_access.clone();
+        async move {
+            for email in &acknowledged {
+                let r = try_post(addr, "/auth/login", json!({"email": email, "password": PW}))
+                    .await
+                    .unwrap();
+                assert_eq!(r.status, 200, "acknowledged {email}: {r:?}");
+            }
+            let r = http::get(addr, "/x", Some(&revoked_access)).await;
+            assert_error(&r, 401, "unauthorized");
+        }
+    };
+    check(gw.addr).await;
+    // The logout answered 503: its outcome is unknown to the client (here
+    // it was refused before it ran), and it is whole either way: the
+    // session's refresh token and its access token are both still good,
+    // or both refused.
     let r = try_post(gw.addr, "/auth/refresh", json!({"refresh_token": refresh}))
         .await
         .unwrap();
     let access_now = http::get(gw.addr, "/x", Some(&access)).await;
     eprintln!(
-        "disk full: the 503 logout, after the restart: refresh {}, access {}",
+        "disk full: the 503 logout, after recovery: refresh {}, access {}",
         r.status, access_now.status
     );
     match r.status {
@@ -760,5 +809,19 @@ async fn disk_full_fails_closed_and_recovers_after_restart() {
             assert_error(&access_now, 401, "unauthorized");
         }
     }
+    // And a restart on the same data dir finds the same. The tmpfs ends
+    // with its process, so its files are copied out first, with nothing
+    // in flight: what is on the disk now, as a crash would leave it.
+    let saved = dir.path().join("saved");
+    std::fs::create_dir_all(&saved).unwrap();
+    copy_dir(&inside, &saved);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&saved, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    gw.seed = Some(saved);
+    gw.kill();
+    gw.start_in(Some((&data, "16m"))).await;
+    check(gw.addr).await;
     gw.kill();
 }

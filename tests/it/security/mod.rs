@@ -13,6 +13,7 @@ mod identity_spoofing;
 mod ipv6_throttle;
 mod jwt_attacks;
 mod log_scrub;
+mod malformed;
 mod path_attacks;
 mod path_params;
 mod resources;
