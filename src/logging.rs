@@ -33,9 +33,9 @@ pub fn init(cfg: &LogConfig) -> Result<(), String> {
     // the spec names them explicitly.
     let default = spec
         .split(',')
+        .rev()
         .filter(|d| !d.contains('='))
-        .filter_map(|d| d.trim().parse::<LevelFilter>().ok())
-        .last()
+        .find_map(|d| d.trim().parse::<LevelFilter>().ok())
         .unwrap_or(LevelFilter::ERROR);
     let cap = default.min(LevelFilter::INFO);
     for (target, module) in [

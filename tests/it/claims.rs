@@ -655,3 +655,44 @@ async fn the_refresh_key_comes_from_the_environment() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(out.stderr.contains("PORTCULLIS_REFRESH_SECRET"), "{out:?}");
 }
+
+/// README, `server.listen` and `server.tls_listen`: "`""` disables". The
+/// real binary with both empty runs no public listener at all: no thread
+/// of the plain or TLS service ("portcullis http", "portcullis https": the
+/// kernel keeps 15 bytes of either name), while its admin listener serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_listen_addresses_disable_the_public_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"\"\ntls_listen = \"\"\nadmin_listen = \"{admin}\"\ndata_dir = \"{}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = bin::command(&["serve", "--config"]);
+    cmd.arg(&path);
+    let served = Served::spawn(cmd, dir.path().join("stderr"), admin).await;
+    let pid = served.child.id();
+    // The admin listener's threads are there (the control)…
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while threads_named(pid, "portcullis admi") == 0 {
+        assert!(Instant::now() < deadline, "no admin threads");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // …and no public listener's.
+    assert_eq!(
+        threads_named(pid, "portcullis http"),
+        0,
+        "{}",
+        served.stderr()
+    );
+    assert!(
+        !served.stderr().contains("portcullis http"),
+        "{}",
+        served.stderr()
+    );
+}
