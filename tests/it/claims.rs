@@ -657,42 +657,63 @@ async fn the_refresh_key_comes_from_the_environment() {
 }
 
 /// README, `server.listen` and `server.tls_listen`: "`""` disables". The
-/// real binary with both empty runs no public listener at all: no thread
-/// of the plain or TLS service ("portcullis http", "portcullis https": the
-/// kernel keeps 15 bytes of either name), while its admin listener serves.
+/// real binary with one of them empty runs the other public service only
+/// (Pingora lists the services it starts: "portcullis http" is the plain
+/// listener, "portcullis https" the TLS one), and the other address
+/// accepts connections. Both empty is refused, naming the key (a gateway
+/// with nothing to serve).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_listen_addresses_disable_the_public_listeners() {
-    let dir = tempfile::tempdir().unwrap();
-    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"\"\ntls_listen = \"\"\nadmin_listen = \"{admin}\"\ndata_dir = \"{}\"\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let mut cmd = bin::command(&["serve", "--config"]);
-    cmd.arg(&path);
-    let served = Served::spawn(cmd, dir.path().join("stderr"), admin).await;
-    let pid = served.child.id();
-    // The admin listener's threads are there (the control)…
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while threads_named(pid, "portcullis admi") == 0 {
-        assert!(Instant::now() < deadline, "no admin threads");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for plain_off in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let port = free_port();
+        let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (listen, tls) = if plain_off {
+            (String::new(), format!("127.0.0.1:{port}"))
+        } else {
+            (format!("127.0.0.1:{port}"), String::new())
+        };
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nlisten = \"{listen}\"\ntls_listen = \"{tls}\"\nadmin_listen = \"{admin}\"\ndata_dir = \"{d}/data\"\ntls_cert = \"{d}/cert.pem\"\ntls_key = \"{d}/key.pem\"\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = bin::command(&["serve", "--config"]);
+        cmd.arg(&path).env("NO_COLOR", "1");
+        let served = Served::spawn(cmd, dir.path().join("stderr"), admin).await;
+        let log = served.stderr();
+        let started = log
+            .lines()
+            .find(|l| l.contains("Starting services in dependency order"))
+            .unwrap_or_else(|| panic!("no service list:\n{log}"));
+        let (on, off) = if plain_off {
+            ("\"portcullis https\"", "\"portcullis http\"")
+        } else {
+            ("\"portcullis http\"", "\"portcullis https\"")
+        };
+        assert!(started.contains(on), "{on} not started: {started}");
+        assert!(!started.contains(off), "{off} started: {started}");
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(Instant::now() < deadline, "{on} does not accept on {addr}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
-    // …and no public listener's.
-    assert_eq!(
-        threads_named(pid, "portcullis http"),
-        0,
-        "{}",
-        served.stderr()
-    );
-    assert!(
-        !served.stderr().contains("portcullis http"),
-        "{}",
-        served.stderr()
-    );
+    // Both empty: nothing to serve, refused by name.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = bin::write_config(dir.path(), "http://127.0.0.1:9", "");
+    let text = std::fs::read_to_string(&cfg.path)
+        .unwrap()
+        .replace(&format!("listen = \"{}\"", cfg.listen), "listen = \"\"");
+    std::fs::write(&cfg.path, text).unwrap();
+    let mut cmd = bin::command(&["check-config", "--config"]);
+    cmd.arg(&cfg.path);
+    let out = bin::run_async(cmd, None, bin::CLI_LIMIT).await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains("server.listen"), "{out:?}");
 }
