@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use tracing_log::{AsLog, LogTracer};
 
-use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::filter::{filter_fn, EnvFilter, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::Layer;
 
@@ -29,14 +29,22 @@ pub fn init(cfg: &LogConfig) -> Result<(), String> {
     let mut filter = EnvFilter::try_new(&spec).map_err(|e| format!("log.level: {e}"))?;
     // Below info, Pingora dumps whole request headers (Authorization
     // included) and lettre whole SMTP exchanges (mail links with tokens).
-    // Keep them at info unless the spec names them explicitly.
-    for (target, directive) in [
-        ("pingora", "pingora_proxy=info"),
-        ("pingora", "pingora_core=info"),
-        ("lettre", "lettre=info"),
+    // Keep them at the spec's default level but never below info, unless
+    // the spec names them explicitly.
+    let default = spec
+        .split(',')
+        .rev()
+        .filter(|d| !d.contains('='))
+        .find_map(|d| d.trim().parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::ERROR);
+    let cap = default.min(LevelFilter::INFO);
+    for (target, module) in [
+        ("pingora", "pingora_proxy"),
+        ("pingora", "pingora_core"),
+        ("lettre", "lettre"),
     ] {
         if !spec.contains(target) {
-            if let Ok(d) = directive.parse() {
+            if let Ok(d) = format!("{module}={cap}").parse() {
                 filter = filter.add_directive(d);
             }
         }

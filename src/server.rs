@@ -489,6 +489,10 @@ pub fn start(
         .map_err(|e| format!("TLS settings: {e}"))?;
         tls.enable_h2();
         svc.add_tls_with_settings(&addr.to_string(), None, tls);
+        svc.endpoints()
+            .set_pre_tls_callback(Arc::new(crate::tls::ClientHelloDeadline {
+                timeout: Duration::from_secs(cfg.limits.downstream_read_timeout_secs),
+            }));
         server.add_service(svc);
     }
     if let Some(addr) = s.admin_listen {

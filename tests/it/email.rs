@@ -1435,3 +1435,135 @@ async fn reset_requests_take_the_same_time_for_known_and_unknown_addresses() {
         "median known {k:?} vs unknown {u:?}"
     );
 }
+
+/// README, `accounts.reset_token_ttl_secs`: the reset link's lifetime is the
+/// setting, not the 30-minute default. At 120 s a link works at 119 s and
+/// is refused at 121 s (with the default both would work).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_token_ttl_follows_the_setting() {
+    let gw = gateway(&format!(
+        "{NO_IP_THROTTLE}[accounts]\nreset_token_ttl_secs = 120\n"
+    ))
+    .await;
+    assert_eq!(gw.register("ttl@example.com", PASSWORD).await.status, 201);
+
+    assert_eq!(request_reset(&gw, "ttl@example.com").await.status, 202);
+    let t1 = wait_token(gw.smtp(), "ttl@example.com", RESET_LINK, 1).await;
+    gw.clock.advance(119);
+    assert_eq!(
+        confirm_reset(&gw, &t1, NEW_PASSWORD).await.status,
+        204,
+        "valid one second before the configured expiry"
+    );
+
+    assert_eq!(request_reset(&gw, "ttl@example.com").await.status, 202);
+    let t2 = wait_token(gw.smtp(), "ttl@example.com", RESET_LINK, 2).await;
+    gw.clock.advance(121);
+    assert_error(
+        &confirm_reset(&gw, &t2, "an expired attempt 123").await,
+        400,
+        "invalid_token",
+    );
+    gw.signin("ttl@example.com", NEW_PASSWORD).await;
+}
+
+/// README "Lockout": "A password reset lifts the lock." An account locked
+/// by wrong guesses (the right password gets 429) logs in with its new
+/// password at once after a reset, long before `lockout_secs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_reset_lifts_the_lock() {
+    let gw = gateway(&format!(
+        "{NO_IP_THROTTLE}max_failed_logins = 3\nlockout_secs = 3600\n"
+    ))
+    .await;
+    assert_eq!(
+        gw.register("locked@example.com", PASSWORD).await.status,
+        201
+    );
+    for i in 0..3 {
+        let r = gw.login("locked@example.com", "wrong guess 123").await;
+        assert_error(&r, 401, "invalid_credentials");
+        assert_eq!(r.status, 401, "guess {i}");
+    }
+    assert_error(
+        &gw.login("locked@example.com", PASSWORD).await,
+        429,
+        "too_many_requests",
+    );
+
+    assert_eq!(request_reset(&gw, "locked@example.com").await.status, 202);
+    let token = wait_token(gw.smtp(), "locked@example.com", RESET_LINK, 1).await;
+    assert_eq!(confirm_reset(&gw, &token, NEW_PASSWORD).await.status, 204);
+    // No clock movement: the lock is gone because of the reset.
+    gw.signin("locked@example.com", NEW_PASSWORD).await;
+}
+
+/// README, `mail.from`: the sender is the setting (only the default was
+/// checked before): envelope sender and `From` header both carry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_from_sets_the_sender() {
+    let gw = TestGateway::start_with(Builder {
+        with_smtp: true,
+        extra: NO_IP_THROTTLE.into(),
+        mail_extra: "from = \"Team Gate <team@gate.example>\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        gw.register("sender@example.com", PASSWORD).await.status,
+        201
+    );
+    let mails = wait_mails_to(gw.smtp(), "sender@example.com", 1).await;
+    let m = &mails[0];
+    assert_eq!(m.from, "team@gate.example", "{m:?}");
+    let from = m.header("from").unwrap();
+    assert!(
+        from.contains("Team Gate") && from.contains("team@gate.example"),
+        "{from}"
+    );
+}
+
+/// README, `mail.smtp_timeout_secs`: "per-send timeout". Against a server
+/// that accepts and never speaks, a 1 s setting records the failed attempt
+/// after about a second (not at once, and well before the default 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smtp_timeout_is_the_setting() {
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hole.local_addr().unwrap().port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let gw = TestGateway::start_with(Builder {
+        smtp_target: Some(("127.0.0.1".into(), port)),
+        mail_extra: "smtp_timeout_secs = 1".into(),
+        extra: NO_IP_THROTTLE.into(),
+        ..Default::default()
+    })
+    .await;
+    let t = Instant::now();
+    assert_eq!(gw.register("slow@example.com", PASSWORD).await.status, 201);
+    let deadline = t + Duration::from_secs(6);
+    loop {
+        let msgs = outbox(&gw).await;
+        if msgs
+            .iter()
+            .any(|m| m.to == "slow@example.com" && m.attempts >= 1)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no timed-out attempt within 6 s: {msgs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "the attempt failed before the timeout: {:?}",
+        t.elapsed()
+    );
+    holder.abort();
+}

@@ -11,26 +11,11 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::http::{self, Response};
+use crate::common::http::{self, post_with, Response};
 use crate::common::*;
 
 const THROTTLE_3: &str = "[throttle]\nauth_per_minute = 3\n";
 const TRUST_LOOPBACK: &str = "trusted_proxies = [\"127.0.0.1/32\"]";
-
-/// POST a JSON body with extra headers.
-async fn post_with(
-    addr: SocketAddr,
-    path: &str,
-    body: &Value,
-    headers: &[(&str, &str)],
-) -> Response {
-    let mut h: Vec<(&str, &str)> = vec![("Content-Type", "application/json")];
-    h.extend_from_slice(headers);
-    let raw = body.to_string();
-    http::request(addr, "POST", path, &h, Some(raw.as_bytes()))
-        .await
-        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
-}
 
 /// A cheap throttled request: introspection of a junk token (no hashing).
 async fn cheap_post(gw: &TestGateway, headers: &[(&str, &str)]) -> Response {

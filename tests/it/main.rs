@@ -4,6 +4,7 @@
 mod common;
 
 mod accounts;
+mod claims;
 mod core_proxy;
 mod documented;
 mod durability;

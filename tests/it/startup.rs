@@ -3,23 +3,14 @@
 //! upstream) logs no error. It used to log one for the TLS handshake its
 //! own start-up probe abandons.
 
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::common::bin::{self, Served};
 use crate::common::free_port;
 
-/// Stops the child this test started (by its handle) however the test ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[test]
-fn a_default_start_logs_no_error() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_start_logs_no_error() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     let (http, tls, admin, echo) = (free_port(), free_port(), free_port(), free_port());
@@ -45,17 +36,10 @@ auth = "required"
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, config).unwrap();
     let log = dir.path().join("stderr.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .expect("start the binary");
-    let _guard = Guard(child);
+    let mut cmd = bin::command(&["serve", "--config"]);
+    cmd.arg(&path).env("NO_COLOR", "1");
+    // Stopped (by its own handle) however the test ends.
+    let _served = Served::spawn(cmd, log.clone(), SocketAddr::from(([127, 0, 0, 1], admin))).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -63,10 +47,10 @@ auth = "required"
             break;
         }
         assert!(Instant::now() < deadline, "did not start:\n{text}");
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Let anything the start-up caused be logged.
-    std::thread::sleep(Duration::from_millis(500));
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         !text.contains("ERROR"),

@@ -167,6 +167,17 @@ impl Served {
         Self::spawn(cmd, stderr_path, cfg.admin).await
     }
 
+    /// Take charge of `child`, a gateway the test spawned (and waits for)
+    /// itself, writing its log to `stderr_path`, with its admin listener on
+    /// `admin`: from now on it is killed when the returned value is dropped.
+    pub fn adopt(child: Child, stderr_path: PathBuf, admin: SocketAddr) -> Served {
+        Served {
+            child,
+            stderr_path,
+            admin,
+        }
+    }
+
     /// Spawn `cmd` (a `serve` command line) and wait until `admin` answers
     /// `/healthz`, bounded by [`START_LIMIT`].
     pub async fn spawn(mut cmd: Command, stderr_path: PathBuf, admin: SocketAddr) -> Served {
@@ -176,11 +187,7 @@ impl Served {
             .stderr(std::fs::File::create(&stderr_path).unwrap())
             .spawn()
             .expect("start the portcullis binary");
-        let mut served = Served {
-            child,
-            stderr_path,
-            admin,
-        };
+        let mut served = Served::adopt(child, stderr_path, admin);
         let deadline = Instant::now() + START_LIMIT;
         loop {
             if let Ok(r) = http::request(admin, "GET", "/healthz", &[], None).await {

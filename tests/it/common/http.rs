@@ -178,6 +178,23 @@ pub async fn post_json(
     send_json(addr, "POST", path, Some(body), bearer).await
 }
 
+/// `POST path` with a JSON body (`Content-Type: application/json` first)
+/// and the extra `headers` after it, as given. Panics on I/O errors (not on
+/// error statuses).
+pub async fn post_with(
+    addr: SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+    headers: &[(&str, &str)],
+) -> Response {
+    let mut h: Vec<(&str, &str)> = vec![("Content-Type", "application/json")];
+    h.extend_from_slice(headers);
+    let raw = body.to_string();
+    request(addr, "POST", path, &h, Some(raw.as_bytes()))
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
+
 /// Any method with an optional JSON body (`Content-Type: application/json`)
 /// and optional bearer token. Panics on I/O errors (not on error statuses).
 pub async fn send_json(

@@ -15,9 +15,11 @@ use rand::Rng;
 use serde_json::json;
 
 use super::*;
+use crate::common::bin::Served;
 
 struct Proc {
-    child: Option<Child>,
+    /// The running child, killed (by its own handle) when dropped.
+    child: Option<Served>,
     config: PathBuf,
     log: PathBuf,
     addr: SocketAddr,
@@ -128,10 +130,10 @@ auth = "required"
     }
 
     async fn start_in(&mut self, tmpfs: Option<(&Path, &str)>) {
-        let mut child = self.spawn_in(tmpfs);
+        let mut child = Served::adopt(self.spawn_in(tmpfs), self.log.clone(), self.admin);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(status) = child.try_wait().unwrap() {
+            if let Some(status) = child.child.try_wait().unwrap() {
                 panic!(
                     "the gateway exited ({status}) at start:\n{}",
                     std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -156,15 +158,8 @@ auth = "required"
 
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.crash();
         }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -454,26 +449,24 @@ async fn sigkill_loop_loses_no_acknowledged_write() {
 /// nothing listening, and the log saying why. Returns the log.
 async fn assert_refuses_to_start(gw: &mut Proc, what: &str) -> String {
     let _ = std::fs::write(&gw.log, "");
-    let mut child = gw.spawn();
+    let mut child = Served::adopt(gw.spawn(), gw.log.clone(), gw.admin);
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = child.child.try_wait().unwrap() {
             break s;
         }
         if http::request(gw.addr, "GET", "/auth/me", &[], None)
             .await
             .is_ok()
         {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.crash();
             panic!(
                 "{what}: the gateway serves requests:\n{}",
                 std::fs::read_to_string(&gw.log).unwrap_or_default()
             );
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.crash();
             panic!("{what}: the gateway neither served nor exited");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -634,7 +627,7 @@ async fn disk_full_fails_closed_and_recovers_without_restart() {
     let up = upstream::start().await;
     let mut gw = Proc::with_upstream(dir.path(), smtp.addr.port(), "", &up.url());
     gw.start_in(Some((&data, "16m"))).await;
-    let pid = gw.child.as_ref().unwrap().id();
+    let pid = gw.child.as_ref().unwrap().child.id();
     // The child's view of its data dir (its mount namespace).
     let inside = PathBuf::from(format!("/proc/{pid}/root")).join(data.strip_prefix("/").unwrap());
     assert!(inside.join("db").exists(), "the database is on the tmpfs");

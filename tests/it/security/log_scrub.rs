@@ -1,33 +1,24 @@
 //! Tokens in query strings never reach the log, even from Pingora's own
 //! lines. This runs the real binary and reads what it writes to stderr.
 
-use std::fs::File;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::common::bin::{self, Served};
 use crate::common::upstream;
 
-/// Stops the gateway child this test started (by its handle) however the
-/// test ends.
-struct Gateway(Child);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(dir: &Path, listen: SocketAddr, up: &str, dead: u16) -> Gateway {
+/// The real binary with Pingora at trace level, stopped (by its own handle)
+/// when the returned value is dropped; ready once `listen` accepts.
+async fn start(dir: &Path, listen: SocketAddr, up: &str, dead: u16) -> Served {
     let d = dir.display();
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = format!(
         r#"
 [server]
 listen = "{listen}"
 tls_listen = ""
-admin_listen = ""
+admin_listen = "{admin}"
 data_dir = "{d}/data"
 grace_period_secs = 1
 
@@ -48,30 +39,17 @@ auth = "public"
     );
     let path = dir.join("gateway.toml");
     std::fs::write(&path, config).unwrap();
-    let log = File::create(dir.join("stderr.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("start the portcullis binary");
-    let mut gw = Gateway(child);
+    let mut cmd = bin::command(&["serve", "--config"]);
+    cmd.arg(&path).env("NO_COLOR", "1");
+    let gw = Served::spawn(cmd, dir.join("stderr.log"), admin).await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(listen).is_err() {
-        if let Ok(Some(status)) = gw.0.try_wait() {
-            panic!("gateway exited ({status}): {}", read_log(dir));
-        }
+    while tokio::net::TcpStream::connect(listen).await.is_err() {
         assert!(
             Instant::now() < deadline,
             "gateway did not start: {}",
             read_log(dir)
         );
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     gw
 }
@@ -108,7 +86,7 @@ async fn tokens_in_query_strings_never_reach_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let up = upstream::start().await;
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let _gw = start(dir.path(), listen, &up.url(), free_port());
+    let _gw = start(dir.path(), listen, &up.url(), free_port()).await;
     let secrets = [
         "S3cretDeadUpstream0000000000000001",
         "S3cretProxied000000000000000000002",

@@ -24,27 +24,13 @@ use std::net::SocketAddr;
 
 use serde_json::{json, Value};
 
-use crate::common::http::{self, Response};
+use crate::common::http::{self, post_with, Response};
 use crate::common::*;
 
 async fn get_with(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> Response {
     http::request(gw.addr, "GET", path, headers, None)
         .await
         .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-}
-
-async fn post_with(
-    addr: SocketAddr,
-    path: &str,
-    body: &Value,
-    headers: &[(&str, &str)],
-) -> Response {
-    let mut h: Vec<(&str, &str)> = vec![("Content-Type", "application/json")];
-    h.extend_from_slice(headers);
-    let raw = body.to_string();
-    http::request(addr, "POST", path, &h, Some(raw.as_bytes()))
-        .await
-        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
 }
 
 /// A cheap per-IP-throttled request: introspection of a junk token (401).
