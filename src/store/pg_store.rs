@@ -216,29 +216,36 @@ async fn put_mail(tx: &Transaction<'_>, m: &OutboxMessage) -> StoreResult<()> {
     Ok(())
 }
 
-/// Write revocations with fresh sequence numbers and announce them.
+/// Write revocations with fresh sequence numbers and announce them, in one
+/// statement: the lock that orders the sequences (see [`REVOCATION_LOCK`])
+/// is then held for that statement and the commit only, not for a round
+/// trip per entry.
 async fn write_revocations(tx: &Transaction<'_>, revs: &[Revocation]) -> StoreResult<()> {
     if revs.is_empty() {
         return Ok(());
     }
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&REVOCATION_LOCK])
-        .await
-        .map_err(pg)?;
-    for r in revs {
-        let (kind, id, at) = kind_code(r);
-        tx.execute(
-            "INSERT INTO revocations (kind, id, at, seq)
-             VALUES ($1, $2, $3, nextval('revocation_seq'))
-             ON CONFLICT (kind, id) DO UPDATE
-             SET at = GREATEST(revocations.at, EXCLUDED.at), seq = EXCLUDED.seq",
-            &[&kind, &id, &at],
-        )
-        .await
-        .map_err(pg)?;
-    }
-    tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL])
-        .await
-        .map_err(pg)?;
+    // One row per key (an upsert may not touch a row twice), the latest.
+    let mut rows: Vec<(i8, Uuid, i64)> = revs.iter().map(kind_code).collect();
+    rows.sort_unstable_by(|a, b| (a.0, a.1, b.2).cmp(&(b.0, b.1, a.2)));
+    rows.dedup_by_key(|r| (r.0, r.1));
+    let kinds: Vec<i8> = rows.iter().map(|r| r.0).collect();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.1).collect();
+    let ats: Vec<i64> = rows.iter().map(|r| r.2).collect();
+    // Every row joins the lock, so it is taken before any sequence is drawn.
+    tx.execute(
+        r#"WITH ordered AS (SELECT pg_advisory_xact_lock($1)),
+                written AS (
+                    INSERT INTO revocations (kind, id, at, seq)
+                    SELECT r.kind, r.id, r.at, nextval('revocation_seq')
+                    FROM ordered, unnest($2::"char"[], $3::uuid[], $4::bigint[]) AS r(kind, id, at)
+                    ON CONFLICT (kind, id) DO UPDATE
+                    SET at = GREATEST(revocations.at, EXCLUDED.at), seq = EXCLUDED.seq
+                    RETURNING 1)
+           SELECT pg_notify($5, '') WHERE EXISTS (SELECT 1 FROM written)"#,
+        &[&REVOCATION_LOCK, &kinds, &ids, &ats, &CHANNEL],
+    )
+    .await
+    .map_err(pg)?;
     Ok(())
 }
 
