@@ -13,7 +13,8 @@
 //!   request is due, it watches the bytes read for the end of the header (an
 //!   empty line) and fails the read with `TimedOut` once the deadline passes
 //!   first. On a fresh connection the clock starts at accept (after the TLS
-//!   handshake); on a reused keep-alive connection it starts at the first
+//!   handshake, whose ClientHello has a deadline of its own:
+//!   `crate::tls::ClientHelloDeadline`); on a reused keep-alive connection it starts at the first
 //!   byte of the next request, so idle keep-alive time stays governed by
 //!   Pingora's keep-alive timeout.
 //!
