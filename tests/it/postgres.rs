@@ -243,6 +243,51 @@ async fn races_across_instances_have_one_winner() {
         17,
         "{statuses:?}"
     );
+
+    // An admin's role grant through gateway A while the user edits the
+    // profile through B and C, all at once: every change lands.
+    let s = gws[1].signin("race@example.com", PASSWORD).await;
+    let token = std::fs::read_to_string(gws[0].data_dir().join("admin.token")).unwrap();
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(17));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let (addr, access, barrier) = (addrs[1 + i % 2], s.access.clone(), barrier.clone());
+        set.spawn(async move {
+            barrier.wait().await;
+            let body = json!({ "username": format!("name{i}") });
+            crate::common::http::send_json(addr, "PATCH", "/auth/me", Some(&body), Some(&access))
+                .await
+                .status
+        });
+    }
+    let admin = gws[0].admin_addr;
+    set.spawn(async move {
+        barrier.wait().await;
+        let body = json!({ "op": "role_add", "email": "race@example.com", "role": "ops" });
+        let auth = format!("Bearer {}", token.trim());
+        crate::common::http::request(
+            admin,
+            "POST",
+            "/admin/users",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            Some(body.to_string().as_bytes()),
+        )
+        .await
+        .unwrap()
+        .status
+    });
+    let mut statuses = Vec::new();
+    while let Some(s) = set.join_next().await {
+        statuses.push(s.unwrap());
+    }
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let me = gws[2].get("/auth/me", Some(&s.access)).await.json();
+    assert_eq!(me["user"]["roles"], json!(["ops"]), "{me}");
+    let name = me["user"]["username"].as_str().unwrap_or_default();
+    assert!(name.starts_with("name"), "{me}");
 }
 
 /// The outbox is shared, and each message is sent exactly once although
