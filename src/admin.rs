@@ -83,13 +83,15 @@ impl ServeHttp for AdminApp {
                 Err(_) => err(503, "not_ready", "The store is not available."),
             },
             ("POST", "/admin/users") => self.admin(s).await,
+            ("GET", "/admin/backup") => self.backup(s).await,
             _ => err(404, "not_found", "Not found."),
         }
     }
 }
 
 impl AdminApp {
-    async fn admin(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+    /// The admin token, compared in constant time.
+    fn authorized(&self, s: &ServerSession) -> bool {
         let presented = s
             .req_header()
             .headers
@@ -99,9 +101,37 @@ impl AdminApp {
             .unwrap_or("")
             .as_bytes()
             .to_vec();
-        let ok: bool =
-            presented.len() == self.token.len() && bool::from(presented.ct_eq(&self.token));
-        if !ok {
+        presented.len() == self.token.len() && bool::from(presented.ct_eq(&self.token))
+    }
+
+    /// A consistent copy of the whole store (see `store::copy`), for
+    /// `portcullis backup` while the gateway runs.
+    async fn backup(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        if !self.authorized(s) {
+            return err(401, "unauthorized", "The admin token is required.");
+        }
+        let records = match self.auth.store.snapshot().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(cause = %e, "backup snapshot");
+                return err(503, "service_unavailable", "The store could not be read.");
+            }
+        };
+        let mut out = Vec::new();
+        match crate::store::copy::write_backup(&records, self.auth.clock.now(), &mut out) {
+            Ok(()) => {
+                tracing::info!(target: "audit", event = "backup", records = records.len());
+                reply(200, "application/x-ndjson", out)
+            }
+            Err(e) => {
+                tracing::error!(cause = %e, "writing a backup");
+                err(500, "internal_error", "The backup could not be written.")
+            }
+        }
+    }
+
+    async fn admin(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        if !self.authorized(s) {
             return err(401, "unauthorized", "The admin token is required.");
         }
         let mut body = Vec::new();

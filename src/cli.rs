@@ -37,6 +37,24 @@ pub enum Command {
     Serve(ConfigArg),
     /// Validate the config: exit 0, or print every problem and exit 2.
     CheckConfig(ConfigArg),
+    /// Write a consistent copy of the store to a file (through the running
+    /// gateway's admin listener, or directly when no gateway holds it).
+    Backup {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The file to write (0600); it must not exist yet.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Put a backup into the configured store, which must be empty (stop a
+    /// gateway that uses sled first).
+    Restore {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A file written by `portcullis backup`.
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// Move the store between backends.
     Storage {
         #[command(subcommand)]
@@ -182,32 +200,9 @@ pub fn user_command(cfg: Config, cmd: UserCommand) -> Result<(), String> {
 
 /// Send an admin command to the running gateway.
 fn via_admin_listener(cfg: &Config, cmd: &AdminCommand) -> Result<serde_json::Value, String> {
-    let addr = cfg
-        .server
-        .admin_listen
-        .ok_or("the database is in use and server.admin_listen is disabled")?;
-    let token = crate::server::admin_token(cfg)?;
     let body = serde_json::to_vec(cmd).map_err(|e| e.to_string())?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| format!("connecting to the admin listener {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    let head = format!(
-        "POST /admin/users HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        String::from_utf8_lossy(&token),
-        body.len()
-    );
-    s.write_all(head.as_bytes())
-        .and_then(|_| s.write_all(&body))
-        .map_err(|e| format!("admin listener: {e}"))?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)
-        .map_err(|e| format!("admin listener: {e}"))?;
-    let text = String::from_utf8_lossy(&resp);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or("admin listener: bad response")?;
-    let ok = head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200");
-    let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::Null);
+    let (ok, body) = admin_call(cfg, "POST", "/admin/users", &body)?;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     if ok {
         Ok(v)
     } else {
@@ -215,6 +210,165 @@ fn via_admin_listener(cfg: &Config, cmd: &AdminCommand) -> Result<serde_json::Va
             .as_str()
             .unwrap_or("admin command failed")
             .to_string())
+    }
+}
+
+/// One request to the running gateway's admin listener, with the admin
+/// token; whether it answered 200, and the body.
+fn admin_call(
+    cfg: &Config,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<(bool, Vec<u8>), String> {
+    let addr = cfg
+        .server
+        .admin_listen
+        .ok_or("the database is in use and server.admin_listen is disabled")?;
+    let token = crate::server::admin_token(cfg)?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connecting to the admin listener {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(300))).ok();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        String::from_utf8_lossy(&token),
+        body.len()
+    );
+    s.write_all(head.as_bytes())
+        .and_then(|_| s.write_all(body))
+        .map_err(|e| format!("admin listener: {e}"))?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)
+        .map_err(|e| format!("admin listener: {e}"))?;
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("admin listener: bad response")?;
+    let head = String::from_utf8_lossy(&resp[..split]);
+    let ok = head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200");
+    Ok((ok, resp[split + 4..].to_vec()))
+}
+
+/// `portcullis backup --out PATH`.
+pub fn backup_command(cfg: Config, out: &std::path::Path) -> Result<(), String> {
+    use crate::store::copy;
+    if out.exists() {
+        return Err(format!("'{}' exists: choose a new file", out.display()));
+    }
+    let bytes = match crate::server::open_store(&cfg) {
+        Ok(store) => {
+            let records = crate::store::block_on(async move { store.snapshot().await })?
+                .map_err(|e| format!("reading the store: {e}"))?;
+            let mut buf = Vec::new();
+            let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+            copy::write_backup(&records, now, &mut buf).map_err(|e| e.to_string())?;
+            buf
+        }
+        Err(e) if e.contains("in use") => {
+            let (ok, body) = admin_call(&cfg, "GET", "/admin/backup", b"")?;
+            if !ok {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                return Err(v["message"].as_str().unwrap_or("backup failed").to_string());
+            }
+            body
+        }
+        Err(e) => return Err(e),
+    };
+    // Checked whole before it is kept: a cut connection is no backup.
+    let (header, _) = copy::read_backup(bytes.as_slice())?;
+    let tmp = out.with_extension("partial");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| format!("creating '{}': {e}", tmp.display()))?;
+        f.write_all(&bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| format!("writing '{}': {e}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, out).map_err(|e| format!("writing '{}': {e}", out.display()))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "out": out.display().to_string(),
+            "created_at": header.created_at,
+            "counts": header.counts,
+        }))
+        .unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// `portcullis restore --from PATH`.
+pub fn restore_command(cfg: Config, from: &std::path::Path) -> Result<(), String> {
+    use crate::store::{copy, RecordKind};
+    let file =
+        std::fs::File::open(from).map_err(|e| format!("opening '{}': {e}", from.display()))?;
+    let (_, records) = copy::read_backup(std::io::BufReader::new(file))
+        .map_err(|e| format!("'{}': {e}", from.display()))?;
+    let store = crate::server::open_store_for_restore(&cfg).map_err(|e| {
+        if e.contains("in use") {
+            "the database is in use: stop the gateway first".to_string()
+        } else {
+            e
+        }
+    })?;
+    let tallies = crate::store::block_on(async move {
+        for kind in RecordKind::ALL {
+            let n = store.count(kind).await.map_err(|e| e.to_string())?;
+            if n > 0 {
+                return Err(format!(
+                    "the store is not empty ({n} {}): restore into an empty one",
+                    kind.name()
+                ));
+            }
+        }
+        copy::restore(records, &*store)
+            .await
+            .map_err(|e| e.to_string())
+    })??;
+    print_tallies(&tallies)
+}
+
+/// Print what each side holds; an error if any kind differs.
+fn print_tallies(tallies: &[crate::store::copy::Tally]) -> Result<(), String> {
+    let report: serde_json::Map<String, serde_json::Value> = tallies
+        .iter()
+        .map(|t| {
+            (
+                t.kind.name().to_string(),
+                serde_json::json!({ "copied": t.copied, "source": t.source, "target": t.target }),
+            )
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    let short: Vec<String> = tallies
+        .iter()
+        .filter(|t| t.target != t.source)
+        .map(|t| {
+            format!(
+                "{} (source {}, target {})",
+                t.kind.name(),
+                t.source,
+                t.target
+            )
+        })
+        .collect();
+    if short.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the counts differ after the copy: {}; a target that held records of its own \
+             counts more",
+            short.join(", ")
+        ))
     }
 }
 
@@ -278,38 +432,5 @@ pub fn storage_command(cmd: StorageCommand) -> Result<(), String> {
             },
         ))
         .map_err(|e| e.to_string())?;
-    let report: serde_json::Map<String, serde_json::Value> = tallies
-        .iter()
-        .map(|t| {
-            (
-                t.kind.name().to_string(),
-                serde_json::json!({ "copied": t.copied, "source": t.source, "target": t.target }),
-            )
-        })
-        .collect();
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&report).unwrap_or_default()
-    );
-    let short: Vec<String> = tallies
-        .iter()
-        .filter(|t| t.target != t.source)
-        .map(|t| {
-            format!(
-                "{} (source {}, target {})",
-                t.kind.name(),
-                t.source,
-                t.target
-            )
-        })
-        .collect();
-    if short.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "the counts differ after the copy: {}; a target that held records of its own \
-             counts more",
-            short.join(", ")
-        ))
-    }
+    print_tallies(&tallies)
 }

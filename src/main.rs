@@ -44,6 +44,12 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Backup { config, out } => {
+            with_config(&config, |cfg| cli::backup_command(cfg, &out))
+        }
+        Command::Restore { config, from } => {
+            with_config(&config, |cfg| cli::restore_command(cfg, &from))
+        }
         Command::Storage { command } => match cli::storage_command(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -68,6 +74,29 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Load the config (exit 2 on problems), then run `f` (exit 1 on error).
+fn with_config(
+    arg: &ConfigArg,
+    f: impl FnOnce(portcullis::Config) -> Result<(), String>,
+) -> ExitCode {
+    let cfg = match cli::load_config(arg) {
+        Ok(c) => c,
+        Err(errors) => {
+            for p in &errors.0 {
+                eprintln!("{p}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    match f(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            ExitCode::FAILURE
         }
     }
 }

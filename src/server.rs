@@ -40,7 +40,7 @@ pub const STORE_ID_FILE: &str = "store.id";
 /// (connecting and running the migrations).
 pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, String> {
     match &cfg.storage {
-        Storage::Sled { path } => Ok(open_sled_checked(cfg, path)?),
+        Storage::Sled { path } => Ok(open_sled_checked(cfg, path, false)?),
         Storage::Postgres { url, ca_file } => {
             let (url, ca) = (url.0.clone(), ca_file.clone());
             let store =
@@ -53,11 +53,29 @@ pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, String> {
     }
 }
 
+/// [`open_store`] for `portcullis restore`: a sled database that is empty
+/// where the data dir held one (lost, the case a restore is for) is
+/// accepted, and becomes the data dir's database once stamped. Whether it
+/// is empty is the restore's to check.
+pub fn open_store_for_restore(cfg: &Config) -> Result<Arc<dyn Store>, String> {
+    match &cfg.storage {
+        Storage::Sled { path } => Ok(open_sled_checked(cfg, path, true)?),
+        Storage::Postgres { .. } => open_store(cfg),
+    }
+}
+
 /// A sled database that opens empty where this data dir has held one (its
 /// `store.id` exists, the database has no stamp) was deleted, truncated or
 /// replaced: sled would start afresh and the gateway would run with an
 /// empty revocation list and no accounts. That is refused.
-fn open_sled_checked(cfg: &Config, path: &std::path::Path) -> Result<Arc<SledStore>, String> {
+///
+/// With `adopt` (a restore, which fills an empty database), an empty one is
+/// stamped afresh and becomes this data dir's database.
+fn open_sled_checked(
+    cfg: &Config,
+    path: &std::path::Path,
+    adopt: bool,
+) -> Result<Arc<SledStore>, String> {
     create_private_dir(&cfg.server.data_dir)?;
     let store = open_sled(path, cfg.server.auth_nice)?;
     let id_file = cfg.server.data_dir.join(STORE_ID_FILE);
@@ -79,7 +97,7 @@ fn open_sled_checked(cfg: &Config, path: &std::path::Path) -> Result<Arc<SledSto
                 id_file.display()
             ))
         }
-        (None, Some(_)) => {
+        (None, Some(_)) if !adopt => {
             return Err(format!(
                 "the database at '{}' is empty, but this data dir held one ('{}' exists): \
                  it was deleted or corrupted; refusing to start without its revocations. \
@@ -89,7 +107,7 @@ fn open_sled_checked(cfg: &Config, path: &std::path::Path) -> Result<Arc<SledSto
             ))
         }
         (Some(s), None) => write_secret_file(&id_file, &s)?,
-        (None, None) => {
+        (None, _) => {
             let id = uuid::Uuid::new_v4().to_string();
             store
                 .set_stamp(&id)

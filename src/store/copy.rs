@@ -3,7 +3,12 @@
 //! atomic [`Store::import`] that replaces records with the same key, so a
 //! copy cut short is simply run again.
 
-use super::{RecordKind, Store, StoreError};
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Record, RecordKind, Store, StoreError};
 
 /// Records per page (one import transaction each).
 pub const PAGE: usize = 500;
@@ -69,6 +74,131 @@ pub async fn copy_all(
             copied,
             source: from.count(kind).await.map_err(src)?,
             target: to.count(kind).await.map_err(dst)?,
+        });
+    }
+    Ok(out)
+}
+
+impl Record {
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            Record::User(_) => RecordKind::Users,
+            Record::Session(_) => RecordKind::Sessions,
+            Record::Revocation(_) => RecordKind::Revocations,
+            Record::OneTimeToken { .. } => RecordKind::OneTimeTokens,
+            Record::OneTimeSeq { .. } => RecordKind::OneTimeSeqs,
+            Record::Counter { .. } => RecordKind::Counters,
+            Record::Mail(_) => RecordKind::Mail,
+        }
+    }
+}
+
+/// The format of a backup file: this header as the first line, then one
+/// [`Record`] per line (JSON Lines).
+pub const BACKUP_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupHeader {
+    pub portcullis_backup: u32,
+    /// When it was taken (unix seconds, the gateway's clock).
+    pub created_at: i64,
+    /// Records per kind ([`RecordKind::name`]): a restore checks them.
+    pub counts: BTreeMap<String, u64>,
+}
+
+fn counts(records: &[Record]) -> BTreeMap<String, u64> {
+    let mut out: BTreeMap<String, u64> = RecordKind::ALL
+        .iter()
+        .map(|k| (k.name().to_string(), 0))
+        .collect();
+    for r in records {
+        *out.entry(r.kind().name().to_string()).or_default() += 1;
+    }
+    out
+}
+
+/// Write `records` as a backup file.
+pub fn write_backup(
+    records: &[Record],
+    created_at: i64,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    let header = BackupHeader {
+        portcullis_backup: BACKUP_FORMAT,
+        created_at,
+        counts: counts(records),
+    };
+    serde_json::to_writer(&mut *out, &header)?;
+    out.write_all(b"\n")?;
+    for r in records {
+        serde_json::to_writer(&mut *out, r)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
+/// Read a backup file whole, checking its format and that it holds what
+/// its header counts (a truncated file is refused).
+pub fn read_backup(input: impl BufRead) -> Result<(BackupHeader, Vec<Record>), String> {
+    let mut lines = input.lines();
+    let first = lines
+        .next()
+        .ok_or("the file is empty")?
+        .map_err(|e| format!("reading: {e}"))?;
+    let header: BackupHeader =
+        serde_json::from_str(&first).map_err(|_| "not a Portcullis backup (bad header line)")?;
+    if header.portcullis_backup != BACKUP_FORMAT {
+        return Err(format!(
+            "backup format {} is not one this version reads ({BACKUP_FORMAT})",
+            header.portcullis_backup
+        ));
+    }
+    let mut records = Vec::new();
+    for (i, line) in lines.enumerate() {
+        let line = line.map_err(|e| format!("reading: {e}"))?;
+        if line.is_empty() {
+            continue;
+        }
+        records.push(serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", i + 2))?);
+    }
+    let found = counts(&records);
+    if found != header.counts {
+        return Err(format!(
+            "the file holds {found:?} but its header says {:?}: truncated or edited",
+            header.counts
+        ));
+    }
+    Ok((header, records))
+}
+
+/// Put a backup's records into an empty store, page by page; the tallies
+/// compare what the backup held with what the store holds after.
+pub async fn restore(records: Vec<Record>, to: &dyn Store) -> Result<Vec<Tally>, CopyError> {
+    let held = counts(&records);
+    let mut copied: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut page = Vec::with_capacity(PAGE);
+    let mut records = records.into_iter().peekable();
+    while records.peek().is_some() {
+        page.extend(records.by_ref().take(PAGE));
+        for r in &page {
+            *copied.entry(r.kind().name()).or_default() += 1;
+        }
+        let kind = page[0].kind().name();
+        to.import(std::mem::take(&mut page))
+            .await
+            .map_err(|cause| CopyError::Target { kind, cause })?;
+    }
+    let mut out = Vec::new();
+    for kind in RecordKind::ALL {
+        out.push(Tally {
+            kind,
+            copied: copied.get(kind.name()).copied().unwrap_or(0),
+            source: held.get(kind.name()).copied().unwrap_or(0),
+            target: to.count(kind).await.map_err(|cause| CopyError::Target {
+                kind: kind.name(),
+                cause,
+            })?,
         });
     }
     Ok(out)

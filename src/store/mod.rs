@@ -536,6 +536,9 @@ pub trait Store: Send + Sync + 'static {
     async fn import(&self, records: Vec<Record>) -> StoreResult<()>;
     /// How many records of `kind` the store holds.
     async fn count(&self, kind: RecordKind) -> StoreResult<u64>;
+    /// Every record, as of one moment (`portcullis backup`, while the
+    /// gateway runs): no write lands half inside it.
+    async fn snapshot(&self) -> StoreResult<Vec<Record>>;
 
     // --- upkeep
     /// Remove what has expired (see [`Retention`]). Each removal is

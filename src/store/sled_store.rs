@@ -1517,6 +1517,24 @@ impl Store for SledStore {
             .await
     }
 
+    async fn snapshot(&self) -> StoreResult<Vec<Record>> {
+        self.checkpoint().await?;
+        // Read by the writer, between two operations: no write is half in
+        // it, and it is answered only once everything it saw is on disk.
+        self.write(|tx| {
+            let mut out = Vec::new();
+            for kind in RecordKind::ALL {
+                for &tree in trees_of(kind) {
+                    for (k, v) in tx.scan_prefix(tree, &[])? {
+                        out.push(record_from(tree, &k, &v)?);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         if !self.shared.writable.load(Ordering::Acquire) {
             return Err(self.shared.refused());

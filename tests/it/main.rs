@@ -4,6 +4,7 @@
 mod common;
 
 mod accounts;
+mod backup;
 mod claims;
 mod core_proxy;
 mod documented;

@@ -667,6 +667,16 @@ pub async fn every_record_survives_a_copy(s: Arc<dyn Store>) {
         assert_eq!(n(RecordKind::Counters), 1);
         assert_eq!(n(RecordKind::Mail), 2);
     }
+    // A snapshot (a backup) holds the same records as the paged export.
+    let snap = s.snapshot().await.unwrap();
+    for kind in RecordKind::ALL {
+        assert_eq!(
+            snap.iter().filter(|r| r.kind() == kind).count() as u64,
+            s.count(kind).await.unwrap(),
+            "{kind:?}"
+        );
+    }
+    assert!(snap.contains(&Record::User(u.clone())));
     assert_eq!(
         t.find_user_by_email("COPY@example.com").await.unwrap(),
         Some(u.clone())
