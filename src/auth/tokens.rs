@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::keys::{random_bytes, KeyMaterial};
+use super::verified::VerifiedTokens;
 use crate::clock::Clock;
 use crate::config::TokenConfig;
 
@@ -62,6 +63,8 @@ pub struct TokenService {
     validation: Validation,
     cfg: TokenConfig,
     clock: Arc<dyn Clock>,
+    /// Tokens that passed: a repeat check skips the signature.
+    verified: VerifiedTokens,
 }
 
 impl TokenService {
@@ -81,6 +84,7 @@ impl TokenService {
             validation,
             cfg,
             clock,
+            verified: VerifiedTokens::default(),
         }
     }
 
@@ -128,6 +132,13 @@ impl TokenService {
         if token.len() > 8192 {
             return Err(TokenRejection::Invalid);
         }
+        if let Some(c) = self.verified.get(token) {
+            self.check_times(&c)?;
+            return Ok(c);
+        }
+        if !token.bytes().all(is_token_char) {
+            return Err(TokenRejection::Invalid);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Invalid)?;
         if !header.typ.as_deref().is_some_and(|t| {
             t.eq_ignore_ascii_case(ACCESS_TYP) || t.eq_ignore_ascii_case("application/at+jwt")
@@ -158,6 +169,16 @@ impl TokenService {
             jsonwebtoken::decode::<AccessClaims>(token, &self.keys.decoding, &self.validation)
                 .map_err(|_| TokenRejection::Invalid)?;
         let c = data.claims;
+        if Uuid::parse_str(&c.sub).is_err() || Uuid::parse_str(&c.sid).is_err() {
+            return Err(TokenRejection::Invalid);
+        }
+        self.check_times(&c)?;
+        self.verified.insert(token, &c);
+        Ok(c)
+    }
+
+    /// The time claims against the clock, with `leeway_secs`.
+    fn check_times(&self, c: &AccessClaims) -> Result<(), TokenRejection> {
         let now = self.clock.now();
         let leeway = self.cfg.leeway_secs as i64;
         if c.iat > now + leeway {
@@ -169,11 +190,14 @@ impl TokenService {
         if c.exp <= now - leeway {
             return Err(TokenRejection::Expired);
         }
-        if Uuid::parse_str(&c.sub).is_err() || Uuid::parse_str(&c.sid).is_err() {
-            return Err(TokenRejection::Invalid);
-        }
-        Ok(c)
+        Ok(())
     }
+}
+
+/// The characters a bearer token may hold: base64url (with `~`, and the
+/// standard alphabet's `+`, `/` and `=`), per RFC 6750's `b64token`.
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'+' | b'/' | b'=')
 }
 
 /// A fresh opaque token of `bytes` random bytes, URL-safe.

@@ -146,15 +146,27 @@ struct HeaderEnd {
 }
 
 impl HeaderEnd {
-    /// Feed bytes; true once the header is complete.
+    /// Feed bytes; true once the header is complete. Inside a line it
+    /// jumps to the next LF (`memchr`): this sees every header byte.
     fn feed(&mut self, bytes: &[u8]) -> bool {
-        for &b in bytes {
-            if !self.started {
-                if b == b'\r' || b == b'\n' {
-                    continue;
-                }
-                self.started = true;
+        let mut rest = bytes;
+        if !self.started {
+            let Some(i) = rest.iter().position(|&b| b != b'\r' && b != b'\n') else {
+                return false;
+            };
+            rest = &rest[i..];
+            self.started = true;
+        }
+        while let Some((&b, tail)) = rest.split_first() {
+            if self.state == 0 {
+                let Some(i) = memchr::memchr(b'\n', rest) else {
+                    return false;
+                };
+                self.state = 1;
+                rest = &rest[i + 1..];
+                continue;
             }
+            rest = tail;
             self.state = match (self.state, b) {
                 (1 | 2, b'\n') => return true,
                 (_, b'\n') => 1,
@@ -516,6 +528,55 @@ mod tests {
         assert!(ends(&[b"GET / HTTP/1.1\nHost: a\n\n"]));
         assert!(!ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n"]));
         assert!(!ends(&[b"GET / HTTP/1.1\r\nHost: a\r\nX: \r\r\n"]));
+    }
+
+    /// The scanner before it skipped to each LF: one byte at a time.
+    fn ends_bytewise(bytes: &[u8]) -> Option<usize> {
+        let (mut started, mut state) = (false, 0u8);
+        for (i, &b) in bytes.iter().enumerate() {
+            if !started {
+                if b == b'\r' || b == b'\n' {
+                    continue;
+                }
+                started = true;
+            }
+            state = match (state, b) {
+                (1 | 2, b'\n') => return Some(i),
+                (_, b'\n') => 1,
+                (1, b'\r') => 2,
+                _ => 0,
+            };
+        }
+        None
+    }
+
+    #[test]
+    fn skipping_to_each_line_feed_agrees_with_the_bytewise_scan() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..24);
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| [b'a', b'\r', b'\n', b' '][rng.gen_range(0..4)])
+                .collect();
+            // The same bytes in random chunks: done exactly when the
+            // bytewise scan is done within what was fed.
+            let want = ends_bytewise(&bytes);
+            let mut h = HeaderEnd::default();
+            let (mut at, mut got) = (0, None);
+            while at < bytes.len() && got.is_none() {
+                let n = rng.gen_range(1..=bytes.len() - at);
+                if h.feed(&bytes[at..at + n]) {
+                    got = Some(at + n);
+                }
+                at += n;
+            }
+            match (want, got) {
+                (None, None) => {}
+                (Some(i), Some(end)) => assert!(i < end, "{bytes:?}"),
+                _ => panic!("{bytes:?}: bytewise {want:?}, chunked {got:?}"),
+            }
+        }
     }
 
     #[test]

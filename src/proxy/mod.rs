@@ -45,6 +45,9 @@ use inflight::{InFlight, InFlightGuard};
 pub struct RouteRuntime {
     pub route: Route,
     lb: LoadBalancer<RoundRobin>,
+    /// One prebuilt peer per upstream (with the route's timeouts), cloned
+    /// per request.
+    peers: Vec<HttpPeer>,
     metrics: RouteMetrics,
 }
 
@@ -93,9 +96,11 @@ impl Gateway {
             .iter()
             .map(|r| {
                 let lb = LoadBalancer::try_from_iter(r.upstreams.iter().map(|u| u.addr))?;
+                let peers = r.upstreams.iter().map(|u| upstream_peer(u, &cfg)).collect();
                 Ok(RouteRuntime {
                     route: r.clone(),
                     lb,
+                    peers,
                     metrics: auth.metrics.route(&r.prefix),
                 })
             })
@@ -254,11 +259,12 @@ impl Gateway {
         Ok(true)
     }
 
-    fn pick_upstream(&self, idx: usize, key: &[u8]) -> Option<&Upstream> {
+    fn pick_upstream(&self, idx: usize, key: &[u8]) -> Option<&HttpPeer> {
         let r = &self.routes[idx];
         let backend = r.lb.select(key, 256)?;
         let addr = backend.addr.as_inet()?;
-        r.route.upstreams.iter().find(|u| &u.addr == addr)
+        let i = r.route.upstreams.iter().position(|u| &u.addr == addr)?;
+        r.peers.get(i)
     }
 }
 
@@ -293,6 +299,18 @@ fn mark_handled(session: &Session) {
             d.mark_handled();
         }
     }
+}
+
+/// The peer for one upstream, with the configured timeouts.
+fn upstream_peer(up: &Upstream, cfg: &Config) -> HttpPeer {
+    let mut peer = HttpPeer::new(up.addr, up.tls, up.sni.clone());
+    let l = &cfg.limits;
+    peer.options.connection_timeout = Some(Duration::from_secs(l.upstream_connect_timeout_secs));
+    peer.options.total_connection_timeout =
+        Some(Duration::from_secs(l.upstream_connect_timeout_secs * 2));
+    peer.options.read_timeout = Some(Duration::from_secs(l.upstream_read_timeout_secs));
+    peer.options.write_timeout = Some(Duration::from_secs(l.upstream_read_timeout_secs));
+    peer
 }
 
 fn is_local(path: &str) -> bool {
@@ -393,9 +411,8 @@ impl ProxyHttp for Gateway {
         };
         let route = &self.routes[idx].route;
         ctx.route = Some(idx);
-        let query = session.req_header().uri.query().map(str::to_string);
         if route.auth != AuthMode::Public {
-            let verdict = if query_has_token(query.as_deref()) {
+            let verdict = if query_has_token(session.req_header().uri.query()) {
                 Err(TokenRejection::Invalid)
             } else {
                 self.auth.authenticate(&session.req_header().headers)
@@ -441,10 +458,21 @@ impl ProxyHttp for Gateway {
                     .await;
             }
         }
-        ctx.path_and_query = Some(match query {
-            Some(q) => format!("{normalized}?{q}"),
-            None => normalized,
-        });
+        // The upstream gets exactly the path that was checked: the target
+        // is rewritten unless it is already that path (plus the query), as
+        // received (Pingora sends an absolute-form target verbatim).
+        let req = session.req_header();
+        let unchanged = req.raw_path_is_utf8()
+            && req
+                .raw_path()
+                .strip_prefix(normalized.as_bytes())
+                .is_some_and(|rest| rest.is_empty() || rest[0] == b'?');
+        if !unchanged {
+            ctx.path_and_query = Some(match req.uri.query() {
+                Some(q) => format!("{normalized}?{q}"),
+                None => normalized,
+            });
+        }
         Ok(false)
     }
 
@@ -453,18 +481,10 @@ impl ProxyHttp for Gateway {
             .route
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
         // Round-robin ignores the selection key.
-        let up = self
+        let peer = self
             .pick_upstream(idx, b"")
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no upstream"))?;
-        let mut peer = HttpPeer::new(up.addr, up.tls, up.sni.clone());
-        let l = &self.cfg.limits;
-        peer.options.connection_timeout =
-            Some(Duration::from_secs(l.upstream_connect_timeout_secs));
-        peer.options.total_connection_timeout =
-            Some(Duration::from_secs(l.upstream_connect_timeout_secs * 2));
-        peer.options.read_timeout = Some(Duration::from_secs(l.upstream_read_timeout_secs));
-        peer.options.write_timeout = Some(Duration::from_secs(l.upstream_read_timeout_secs));
-        Ok(Box::new(peer))
+        Ok(Box::new(peer.clone()))
     }
 
     async fn upstream_request_filter(
@@ -473,21 +493,12 @@ impl ProxyHttp for Gateway {
         up: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        headers::strip_identity(up);
-        for name in headers::PATH_OVERRIDE {
-            while up.remove_header(name).is_some() {}
-        }
-        let forward_authorization = ctx
-            .route
-            .is_none_or(|i| self.routes[i].route.forward_authorization);
-        if !forward_authorization {
-            while up.remove_header("authorization").is_some() {}
-        }
         let (peer_ip, trusted_peer) = (ctx.peer, ctx.peer_trusted);
         // The received chain is extended only when it is the one header the
         // trusted proxy vouches for; otherwise the upstream gets the client.
         let extends_xff = trusted_peer
             && self.cfg.server.client_ip_header == crate::config::ClientIpHeader::XForwardedFor;
+        let client = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
         let xff = match (
             extends_xff,
             up.headers
@@ -500,21 +511,17 @@ impl ProxyHttp for Gateway {
                     peer_ip.map(|i| i.to_string()).unwrap_or_default()
                 )
             }
-            _ => ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+            _ => client.clone(),
         };
-        while up.remove_header("x-forwarded-for").is_some() {}
-        while up.remove_header("forwarded").is_some() {}
-        while up.remove_header("x-real-ip").is_some() {}
-        if !trusted_peer {
-            // Only a trusted proxy may speak for the original host and port;
-            // from anyone else these would steer an upstream's links.
-            for name in headers::FORWARDED_ORIGIN {
-                while up.remove_header(name).is_some() {}
-            }
-        }
+        let forward_authorization = ctx
+            .route
+            .is_none_or(|i| self.routes[i].route.forward_authorization);
+        // Only a trusted proxy may speak for the original host and port;
+        // from anyone else those would steer an upstream's links.
+        headers::strip_for_upstream(up, forward_authorization, trusted_peer);
         up.insert_header("x-forwarded-for", xff)?;
-        if let Some(ip) = ctx.client_ip {
-            up.insert_header("x-real-ip", ip.to_string())?;
+        if ctx.client_ip.is_some() {
+            up.insert_header("x-real-ip", client)?;
         }
         up.insert_header("x-forwarded-proto", if self.tls { "https" } else { "http" })?;
         up.insert_header("x-request-id", ctx.request_id.as_str())?;

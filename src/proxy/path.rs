@@ -88,6 +88,12 @@ pub fn normalize_request(raw: &str) -> Result<Normalized, PathError> {
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
+    if is_plain(bytes) {
+        return Ok(Normalized {
+            path: raw.to_string(),
+            had_params: false,
+        });
+    }
     // 1. Decode unreserved escapes, validate the rest.
     let mut decoded = String::with_capacity(raw.len());
     let mut i = 0;
@@ -172,6 +178,27 @@ pub fn normalize_request(raw: &str) -> Result<Normalized, PathError> {
     Ok(Normalized { path, had_params })
 }
 
+/// A path that normalizing leaves as it is (most of them): unreserved
+/// characters and `/` only, no empty segment but a trailing one, no `.` or
+/// `..` segment. `bytes` starts with `/`.
+fn is_plain(bytes: &[u8]) -> bool {
+    let mut start = 1;
+    for i in 1..=bytes.len() {
+        if i < bytes.len() && bytes[i] != b'/' {
+            if !is_unreserved(bytes[i]) {
+                return false;
+            }
+            continue;
+        }
+        let seg = &bytes[start..i];
+        if (seg.is_empty() && i < bytes.len()) || seg == b"." || seg == b".." {
+            return false;
+        }
+        start = i + 1;
+    }
+    true
+}
+
 fn utf8_len(first: u8) -> usize {
     match first {
         0xF0..=0xFF => 4,
@@ -195,6 +222,31 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plain_path_shortcut_agrees_with_full_normalization() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let parts = ["/", "a", ".", "..", "-", "~", "_", "%41", ";", "%2e", "B9"];
+        for _ in 0..50_000 {
+            let n = rng.gen_range(0..8);
+            let mut p = String::from("/");
+            for _ in 0..n {
+                p.push_str(parts[rng.gen_range(0..parts.len())]);
+            }
+            let fast = is_plain(p.as_bytes());
+            // With the shortcut off: what the full algorithm makes of it.
+            let full = {
+                let mut q = p.clone();
+                q.push('%');
+                q.push_str("41");
+                normalize_request(&q).map(|n| n.path.strip_suffix('A').map(str::to_string))
+            };
+            if fast {
+                assert_eq!(full, Ok(Some(p.clone())), "{p}");
+            }
+        }
+    }
 
     #[test]
     fn resolves_dots_and_slashes() {

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Portcullis against bare Pingora, nginx and nginx auth_request, side by side
+# in one run (issue 9). Builds the gateway and the benchmark tools, installs
+# nginx and wrk from apt when missing, then runs benches/compare.py, which
+# prints the table and writes it to docs/benchmarks.md.
+#
+#   bash benches/compare.sh            # 3 rounds of 5 s per variant
+#   COMPARE_ROUNDS=5 COMPARE_SECS=10 bash benches/compare.sh
+#   COMPARE_WRITE=0 bash benches/compare.sh   # print only
+#
+# Needs 2 cores (the proxy under test on core 0, the upstream and the load
+# generator on core 1). Every process it starts listens on an ephemeral
+# loopback port and is stopped by its pid.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash .ci/deps --bench
+cargo build --release --bin portcullis --example bare_proxy --example seed --example openloop
+exec python3 benches/compare.py
