@@ -573,3 +573,37 @@ async fn a_short_operator_secret_is_used_not_refused() {
         401
     );
 }
+
+/// Tokens that passed are remembered (`auth::verified`), so a repeat check
+/// skips the signature: a token that differs from a remembered one in any
+/// way is still checked in full, and the remembered one still expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_token_vouches_for_nothing_but_itself() {
+    let gw = hs_gateway().await;
+    let s = gw.signup("cache@example.com").await;
+    for _ in 0..3 {
+        assert_eq!(call(&gw, "/x", &s.access).await.status, 200);
+    }
+    let (head, sig) = s.access.rsplit_once('.').unwrap();
+    let mut altered = Vec::new();
+    // Every signature character changed in turn, a payload character
+    // changed, and the token cut short or extended.
+    for i in 0..sig.len() {
+        let mut b = sig.as_bytes().to_vec();
+        b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+        altered.push(format!("{head}.{}", String::from_utf8(b).unwrap()));
+    }
+    altered.push(format!("{head}x.{sig}"));
+    altered.push(s.access[..s.access.len() - 1].to_string());
+    altered.push(format!("{}A", s.access));
+    altered.push(s.access.to_ascii_uppercase());
+    for t in &altered {
+        if t == &s.access {
+            continue;
+        }
+        assert_rejected(&call(&gw, "/x", t).await, "altered remembered token");
+    }
+    assert_eq!(call(&gw, "/x", &s.access).await.status, 200);
+    gw.clock.advance(900 + LEEWAY + 1);
+    assert_rejected(&call(&gw, "/x", &s.access).await, "remembered, then expired");
+}
