@@ -40,7 +40,7 @@ pub const STORE_ID_FILE: &str = "store.id";
 /// (connecting and running the migrations).
 pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, String> {
     match &cfg.storage {
-        Storage::Sled { path } => Ok(open_sled_checked(cfg, path, false)?),
+        Storage::Sled { path, cache_bytes } => Ok(open_sled_checked(cfg, path, *cache_bytes, false)?),
         Storage::Postgres { url, ca_file } => {
             let (url, ca) = (url.0.clone(), ca_file.clone());
             let store =
@@ -59,7 +59,7 @@ pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, String> {
 /// is empty is the restore's to check.
 pub fn open_store_for_restore(cfg: &Config) -> Result<Arc<dyn Store>, String> {
     match &cfg.storage {
-        Storage::Sled { path } => Ok(open_sled_checked(cfg, path, true)?),
+        Storage::Sled { path, cache_bytes } => Ok(open_sled_checked(cfg, path, *cache_bytes, true)?),
         Storage::Postgres { .. } => open_store(cfg),
     }
 }
@@ -74,10 +74,11 @@ pub fn open_store_for_restore(cfg: &Config) -> Result<Arc<dyn Store>, String> {
 fn open_sled_checked(
     cfg: &Config,
     path: &std::path::Path,
+    cache_bytes: u64,
     adopt: bool,
 ) -> Result<Arc<SledStore>, String> {
     create_private_dir(&cfg.server.data_dir)?;
-    let store = open_sled(path, cfg.server.auth_nice)?;
+    let store = open_sled(path, cfg.server.auth_nice, cache_bytes)?;
     let id_file = cfg.server.data_dir.join(STORE_ID_FILE);
     let remembered = match std::fs::read_to_string(&id_file) {
         Ok(s) => Some(s.trim().to_string()),
@@ -137,11 +138,15 @@ fn write_secret_file(path: &std::path::Path, text: &str) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(|e| format!("writing '{}': {e}", path.display()))
 }
 
-fn open_sled(path: &std::path::Path, nice: u8) -> Result<Arc<SledStore>, String> {
+fn open_sled(
+    path: &std::path::Path,
+    nice: u8,
+    cache_bytes: u64,
+) -> Result<Arc<SledStore>, String> {
     if let Some(parent) = path.parent() {
         create_private_dir(parent)?;
     }
-    match SledStore::open_with(path, nice) {
+    match SledStore::open_with(path, nice, cache_bytes) {
         Ok(s) => Ok(Arc::new(s)),
         Err(e) => {
             let s = e.to_string();

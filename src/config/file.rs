@@ -251,6 +251,8 @@ pub struct StorageFile {
     /// PEM file of the CA(s) that sign the database server's certificate,
     /// besides the public web roots.
     pub ca_file: String,
+    /// sled's page cache, in MiB (sled's own default is 1 GiB).
+    pub cache_mb: u64,
 }
 
 impl Default for StorageFile {
@@ -259,6 +261,7 @@ impl Default for StorageFile {
             backend: "sled".into(),
             url: String::new(),
             ca_file: String::new(),
+            cache_mb: 64,
         }
     }
 }

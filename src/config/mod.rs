@@ -225,6 +225,8 @@ pub struct ConfigErrors(pub Vec<String>);
 pub enum Storage {
     Sled {
         path: PathBuf,
+        /// sled's page cache (`storage.cache_mb`).
+        cache_bytes: u64,
     },
     Postgres {
         url: Secret,
@@ -906,19 +908,29 @@ fn storage(
     if !f.ca_file.is_empty() {
         p.push("storage.ca_file: only the postgres backend uses it".into());
     }
+    if !(1..=1 << 20).contains(&f.cache_mb) {
+        p.push(format!(
+            "storage.cache_mb: {} is not between 1 and 1048576 (MiB)",
+            f.cache_mb
+        ));
+    }
+    let cache_bytes = f.cache_mb.clamp(1, 1 << 20) << 20;
     if url.is_empty() {
         return Storage::Sled {
             path: data_dir.join("db"),
+            cache_bytes,
         };
     }
     match sled_path {
         Some(path) if !path.is_empty() && f.backend != "postgres" => Storage::Sled {
             path: PathBuf::from(path),
+            cache_bytes,
         },
         _ => {
             p.push(format!("{key}: expected postgres://… or sled:PATH"));
             Storage::Sled {
                 path: data_dir.join("db"),
+                cache_bytes,
             }
         }
     }
@@ -1024,9 +1036,18 @@ mod tests {
                 Path::new("."),
             )
         };
+        // sled's cache: 64 MiB unless configured; 0 or absurd sizes refused.
+        assert!(matches!(load("").unwrap().storage,
+            Storage::Sled { cache_bytes, .. } if cache_bytes == 64 << 20));
+        assert!(matches!(load("[storage]\ncache_mb = 16\n").unwrap().storage,
+            Storage::Sled { cache_bytes, .. } if cache_bytes == 16 << 20));
+        for bad in ["0", "2000000"] {
+            let e = load(&format!("[storage]\ncache_mb = {bad}\n")).unwrap_err();
+            assert!(e.to_string().contains("storage.cache_mb"), "{e}");
+        }
         // The default: sled under data_dir.
         assert!(matches!(load("").unwrap().storage,
-            Storage::Sled { ref path } if path == Path::new("data/db")));
+            Storage::Sled { ref path, .. } if path == Path::new("data/db")));
         // postgres with its url; the url is a secret (it may hold a password).
         let pg =
             load("[storage]\nbackend = \"postgres\"\nurl = \"postgres://u:pw@db/x\"\n").unwrap();
@@ -1047,7 +1068,7 @@ mod tests {
         assert!(matches!(c.storage, Storage::Postgres { ref url, .. } if url.0.contains("env@")));
         let c = with_env("", "sled:/var/lib/p/db").unwrap();
         assert!(
-            matches!(c.storage, Storage::Sled { ref path } if path == Path::new("/var/lib/p/db"))
+            matches!(c.storage, Storage::Sled { ref path, .. } if path == Path::new("/var/lib/p/db"))
         );
         // Every inconsistency names its key.
         for (text, key) in [

@@ -669,6 +669,8 @@ const PROBE_FILE: &str = "space-probe";
 /// What the store's handle, its readers and its writer share.
 struct Shared {
     path: PathBuf,
+    /// sled's page cache, in bytes.
+    cache_bytes: u64,
     /// The open database; `None` while it is being reopened after a failed
     /// write (reads then fail, closed).
     current: RwLock<Option<Arc<Trees>>>,
@@ -827,7 +829,7 @@ fn try_reopen(shared: &Shared) -> Result<(), String> {
         // A sled Db holds a lock on its directory until its last handle
         // (a read in flight may hold one) is gone; the open fails until
         // then, and is retried.
-        let trees = open_trees(&shared.path).map_err(|e| e.to_string())?;
+        let trees = open_trees(&shared.path, shared.cache_bytes).map_err(|e| e.to_string())?;
         *shared.current.write() = Some(Arc::new(trees));
     }
     probe_space(&shared.path)
@@ -848,9 +850,10 @@ fn probe_space(dir: &Path) -> Result<(), String> {
 
 /// Open the database and finish a batch a crash (or a failed write) cut
 /// short: its writes are applied again from the intent record, and flushed.
-fn open_trees(path: &Path) -> StoreResult<Trees> {
+fn open_trees(path: &Path, cache_bytes: u64) -> StoreResult<Trees> {
     let db = sled::Config::new()
         .path(path)
+        .cache_capacity(cache_bytes)
         .mode(sled::Mode::HighThroughput)
         .flush_every_ms(None)
         .open()
@@ -871,6 +874,9 @@ fn open_trees(path: &Path) -> StoreResult<Trees> {
     Ok(trees)
 }
 
+/// sled's page cache when no config says otherwise (`storage.cache_mb`).
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
 pub struct SledStore {
     shared: Arc<Shared>,
     /// This process's instance: claims on mail by any other are void.
@@ -887,14 +893,14 @@ impl SledStore {
     /// Open (or create) the database, finish a batch a crash cut short,
     /// and start the writer.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        Self::open_with(path, 0)
+        Self::open_with(path, 0, DEFAULT_CACHE_BYTES)
     }
 
     /// [`SledStore::open`], with the writer thread (and the I/O threads sled
     /// starts from it) at niceness `writer_nice`, like the rest of the auth
     /// work (see `crate::executor`).
-    pub fn open_with(path: &Path, writer_nice: u8) -> StoreResult<Self> {
-        let trees = open_trees(path)?;
+    pub fn open_with(path: &Path, writer_nice: u8, cache_bytes: u64) -> StoreResult<Self> {
+        let trees = open_trees(path, cache_bytes)?;
         let mut saved = Vec::new();
         for kv in trees.tree(T::Counters).iter() {
             let (k, v) = kv.map_err(backend)?;
@@ -902,6 +908,7 @@ impl SledStore {
         }
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
+            cache_bytes,
             current: RwLock::new(Some(Arc::new(trees))),
             writable: AtomicBool::new(true),
             failure: Mutex::new(None),
