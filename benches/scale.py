@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Portcullis on a large data dir (issue 9, "Memory and scale").
+
+Run it through `benches/scale.sh`, which builds the binaries first.
+
+- Seeds `SCALE_USERS` users, `SCALE_SESSIONS` sessions and
+  `SCALE_REVOCATIONS` revoked token ids (default 1M each) into a fresh sled
+  data dir with `examples/seed.rs` (through `Store::import`).
+- Starts the real binary on that data dir, `SCALE_STARTS` times (default 3),
+  and reports the time from exec to the first answered `/healthz`.
+- Reports the resident size (VmRSS, and the peak VmHWM) after start, then
+  after `SCALE_LOGINS` sequential logins of random seeded users (default
+  200), with the logins' p50 and p99, and a proxied request per login.
+
+Every process listens on ephemeral loopback ports and is stopped by pid.
+"""
+
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
+USERS = int(os.environ.get("SCALE_USERS", "1000000"))
+SESSIONS = int(os.environ.get("SCALE_SESSIONS", "1000000"))
+REVOCATIONS = int(os.environ.get("SCALE_REVOCATIONS", "1000000"))
+STARTS = int(os.environ.get("SCALE_STARTS", "3"))
+LOGINS = int(os.environ.get("SCALE_LOGINS", "200"))
+PASSWORD = "Vx9-quartz-Lantern-47"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def status_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def mib(kib):
+    return f"{kib / 1024:.0f} MiB"
+
+
+def du(path):
+    total = 0
+    for d, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(d, f))
+            except OSError:
+                pass
+    return total
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="portcullis-scale-")
+    try:
+        run(work)
+    finally:
+        if os.environ.get("SCALE_KEEP") != "1":
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work):
+    port, admin, echo = free_port(), free_port(), free_port()
+    conf = os.path.join(work, "gateway.toml")
+    with open(conf, "w") as f:
+        f.write(f"""[server]
+listen = "127.0.0.1:{port}"
+tls_listen = ""
+admin_listen = "127.0.0.1:{admin}"
+data_dir = "{work}/data"
+
+[throttle]
+auth_per_minute = 0
+max_failed_logins = 0
+
+[demo]
+echo_listen = "127.0.0.1:{echo}"
+
+[[routes]]
+prefix = "/"
+upstream = "http://127.0.0.1:{echo}"
+auth = "required"
+""")
+    t0 = time.time()
+    out = subprocess.run([f"{REL}/examples/seed", conf, str(USERS), str(SESSIONS), str(REVOCATIONS), PASSWORD],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"seeding: {out.stderr}")
+    print(out.stdout.strip(), f"(wall {time.time() - t0:.0f} s); data dir {du(work) / 2**20:.0f} MiB", flush=True)
+
+    starts = []
+    for i in range(STARTS):
+        t = time.time()
+        p = subprocess.Popen([f"{REL}/portcullis", "serve", "--config", conf],
+                             stdout=open(f"{work}/gw{i}.log", "wb"), stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="warn"))
+        try:
+            while True:
+                if p.poll() is not None:
+                    sys.exit(f"the gateway exited ({p.returncode}); see {work}/gw{i}.log (SCALE_KEEP=1)")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except (urllib.error.URLError, ConnectionError, OSError):
+                    time.sleep(0.01)
+            starts.append(time.time() - t)
+            rss, hwm = status_kib(p.pid, "VmRSS"), status_kib(p.pid, "VmHWM")
+            print(f"start {i + 1}: {starts[-1]:.2f} s to /healthz; RSS {mib(rss)} (peak {mib(hwm)})", flush=True)
+            if i == STARTS - 1:
+                measure_logins(p, port)
+        finally:
+            p.terminate()
+            p.wait(timeout=30)
+    print(f"start-up, median of {STARTS}: {statistics.median(starts):.2f} s")
+
+
+def measure_logins(p, port):
+    lat = []
+    for _ in range(LOGINS):
+        email = f"seed{random.randrange(USERS)}@example.com"
+        body = json.dumps({"email": email, "password": PASSWORD}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/auth/login", data=body,
+                                     headers={"content-type": "application/json"}, method="POST")
+        t = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=30) as r:
+            token = json.load(r)["access_token"]
+        lat.append((time.perf_counter() - t) * 1000)
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/x", headers={"authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200
+    lat.sort()
+    rss, hwm = status_kib(p.pid, "VmRSS"), status_kib(p.pid, "VmHWM")
+    print(f"{LOGINS} logins of random users: p50 {lat[len(lat) // 2]:.1f} ms, "
+          f"p99 {lat[int(len(lat) * 0.99) - 1]:.1f} ms; then RSS {mib(rss)} (peak {mib(hwm)})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
