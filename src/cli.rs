@@ -55,6 +55,10 @@ pub enum Command {
         #[arg(long)]
         from: PathBuf,
     },
+    /// Make the running gateway read its config file again and apply it
+    /// without dropping a connection (as SIGHUP does); prints the outcome,
+    /// and exits non-zero when the gateway refused it.
+    Reload(ConfigArg),
     /// Move the store between backends.
     Storage {
         #[command(subcommand)]
@@ -247,6 +251,34 @@ fn admin_call(
     let head = String::from_utf8_lossy(&resp[..split]);
     let ok = head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200");
     Ok((ok, resp[split + 4..].to_vec()))
+}
+
+/// `portcullis reload`: ask the running gateway (through its admin
+/// listener, with the admin token) to read its config again. The gateway
+/// judges the file it was started with; this config only says where its
+/// admin listener and data dir are.
+pub fn reload_command(cfg: Config) -> Result<(), String> {
+    let (ok, body) = admin_call(&cfg, "POST", "/admin/reload", b"").map_err(|e| {
+        format!("{e} (is the gateway running with this server.admin_listen and data_dir?)")
+    })?;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    if ok {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    match v["problems"].as_array() {
+        Some(problems) => {
+            let list: Vec<&str> = problems.iter().filter_map(|p| p.as_str()).collect();
+            Err(format!(
+                "the gateway refused the reload; the previous config stays in force:\n  {}",
+                list.join("\n  ")
+            ))
+        }
+        None => Err(v["message"]
+            .as_str()
+            .unwrap_or("the reload failed")
+            .to_string()),
+    }
 }
 
 /// `portcullis backup --out PATH`.

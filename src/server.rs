@@ -22,14 +22,17 @@ use crate::config::Config;
 use crate::config::Storage;
 use crate::demo::EchoApp;
 use crate::executor::AuthExecutor;
+use crate::mail::outbox::MailRuntime;
 use crate::mail::outbox::OutboxWorker;
 use crate::proxy::conn_limit::ConnLimit;
 use crate::proxy::deadline::HeaderDeadline;
 use crate::proxy::inflight::InFlight;
-use crate::proxy::Gateway;
+use crate::proxy::{Gateway, LiveProxy, ProxyConfig};
+use crate::reload::{ConfigSource, Reloader};
 use crate::store::pg_store::PgStore;
 use crate::store::sled_store::SledStore;
 use crate::store::{Store, StoreError};
+use arc_swap::ArcSwap;
 
 /// The file in `data_dir` that remembers which database this data dir
 /// holds (the same id is stamped into the database when it is created).
@@ -208,13 +211,14 @@ impl Maintenance {
     async fn sweep(&self) {
         let a = &self.auth;
         let now = a.clock.now();
-        let horizon = now - a.cfg.tokens.access_ttl_secs as i64 - a.cfg.tokens.leeway_secs as i64;
+        let cfg = a.cfg();
+        let horizon = now - cfg.tokens.access_ttl_secs as i64 - cfg.tokens.leeway_secs as i64;
         let retention = crate::store::Retention {
             now,
-            idle_secs: a.cfg.tokens.refresh_idle_secs,
-            failed_mail_secs: a.cfg.mail.failed_retention_secs,
+            idle_secs: cfg.tokens.refresh_idle_secs,
+            failed_mail_secs: cfg.mail.failed_retention_secs,
             cutoff_horizon: horizon,
-            counter_idle_secs: a.cfg.throttle.failure_window_secs.max(3600),
+            counter_idle_secs: cfg.throttle.failure_window_secs.max(3600),
         };
         match a.store.sweep(retention).await {
             Ok(r) => {
@@ -303,6 +307,8 @@ impl BackgroundService for RevocationFeed {
 struct Shutdown {
     rx: watch::Receiver<bool>,
     signals: bool,
+    /// SIGHUP reloads the config (only where `signals`).
+    reloader: Arc<Reloader>,
     inflight: Arc<InFlight>,
     grace: Duration,
 }
@@ -323,8 +329,9 @@ impl Shutdown {
     }
 }
 
-/// Logged once SIGTERM and SIGINT are handled (tests wait for it).
-pub const SIGNALS_HANDLED: &str = "SIGTERM and SIGINT now shut down gracefully";
+/// Logged once SIGTERM, SIGINT and SIGHUP are handled (tests wait for it).
+pub const SIGNALS_HANDLED: &str =
+    "SIGTERM and SIGINT now shut down gracefully; SIGHUP reloads the config";
 
 #[async_trait]
 impl ShutdownSignalWatch for Shutdown {
@@ -332,9 +339,10 @@ impl ShutdownSignalWatch for Shutdown {
         let mut rx = self.rx.clone();
         if self.signals {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
+            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
                 signal(SignalKind::terminate()),
                 signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
             ) else {
                 let _ = rx.wait_for(|v| *v).await;
                 return self.drain().await;
@@ -342,10 +350,25 @@ impl ShutdownSignalWatch for Shutdown {
             // Until now a signal had its default action (or none, where
             // the parent ignored it): say when it is handled.
             tracing::info!("{SIGNALS_HANDLED}");
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: shutting down gracefully"),
-                _ = int.recv() => tracing::info!("SIGINT: shutting down gracefully"),
-                _ = rx.wait_for(|v| *v) => {}
+            loop {
+                let reload = tokio::select! {
+                    _ = term.recv() => {
+                        tracing::info!("SIGTERM: shutting down gracefully");
+                        false
+                    }
+                    _ = int.recv() => {
+                        tracing::info!("SIGINT: shutting down gracefully");
+                        false
+                    }
+                    _ = hup.recv() => true,
+                    _ = rx.wait_for(|v| *v) => false,
+                };
+                if !reload {
+                    break;
+                }
+                let reloader = self.reloader.clone();
+                // Outcome logged and counted by the reloader.
+                let _ = tokio::task::spawn_blocking(move || reloader.reload("SIGHUP")).await;
             }
         } else {
             let _ = rx.wait_for(|v| *v).await;
@@ -357,6 +380,8 @@ impl ShutdownSignalWatch for Shutdown {
 /// A running gateway.
 pub struct GatewayHandle {
     pub auth: Arc<AuthService>,
+    /// Applies a new config (and the data dir's signing keys) in place.
+    pub reloader: Arc<Reloader>,
     /// Where `/auth/*` handlers run.
     pub executor: Arc<AuthExecutor>,
     /// Maintenance sweeps completed (see [`SWEEP_EVERY`]).
@@ -369,6 +394,11 @@ pub struct GatewayHandle {
 }
 
 impl GatewayHandle {
+    /// Read the config source again and apply it, as SIGHUP does.
+    pub fn reload(&self) -> Result<crate::reload::Applied, crate::reload::Refused> {
+        self.reloader.reload("api")
+    }
+
     /// Graceful stop; returns when every service has exited and the store
     /// is flushed and closed.
     pub fn stop(mut self) {
@@ -399,8 +429,10 @@ impl Drop for GatewayHandle {
 /// The proxy application for one public listener: the Pingora hooks, with
 /// the whole-header deadline in front (HTTP/1) and an idle timeout on
 /// HTTP/2 connections.
+#[allow(clippy::too_many_arguments)]
 fn proxy_app(
     cfg: &Arc<Config>,
+    live: &Arc<LiveProxy>,
     auth: &Arc<AuthService>,
     executor: &Arc<AuthExecutor>,
     inflight: &Arc<InFlight>,
@@ -408,8 +440,7 @@ fn proxy_app(
     tls: bool,
     connections: &Arc<ConnLimit>,
 ) -> Result<HeaderDeadline<pingora::proxy::HttpProxy<Gateway>>, String> {
-    let gw = Gateway::new(cfg.clone(), auth.clone(), executor.clone(), tls)
-        .map_err(|e| e.to_string())?
+    let gw = Gateway::new(live.clone(), auth.clone(), executor.clone(), tls)
         .with_inflight(inflight.clone());
     let mut proxy = pingora::proxy::http_proxy(conf, gw);
     let mut options = pingora::apps::HttpServerOptions::default();
@@ -455,9 +486,22 @@ fn warn_if_links_are_logged(cfg: &Config) {
     }
 }
 
-/// Build and start every service; returns once the listeners accept.
+/// Build and start every service; returns once the listeners accept. A
+/// gateway started this way has no config file to reload from: see
+/// [`start_with_source`].
 pub fn start(
     cfg: Config,
+    clock: Arc<dyn Clock>,
+    handle_signals: bool,
+) -> Result<GatewayHandle, String> {
+    start_with_source(cfg, None, clock, handle_signals)
+}
+
+/// [`start`], with where a reload (SIGHUP, `POST /admin/reload`,
+/// [`GatewayHandle::reload`]) reads the config again.
+pub fn start_with_source(
+    cfg: Config,
+    source: Option<ConfigSource>,
     clock: Arc<dyn Clock>,
     handle_signals: bool,
 ) -> Result<GatewayHandle, String> {
@@ -489,7 +533,16 @@ pub fn start(
         clock.clone(),
         metrics.clone(),
     )?);
-    let transport = crate::mail::transport_for(&cfg.mail)?;
+    let mail = Arc::new(ArcSwap::from_pointee(MailRuntime::build(&cfg.mail)?));
+    let live: Arc<LiveProxy> = Arc::new(ArcSwap::from_pointee(
+        ProxyConfig::build(cfg.clone(), &auth.metrics).map_err(|e| format!("routes: {e}"))?,
+    ));
+    let reloader = Arc::new(Reloader::new(
+        source,
+        auth.clone(),
+        live.clone(),
+        mail.clone(),
+    ));
 
     let inflight = Arc::new(InFlight::default());
     let executor = Arc::new(AuthExecutor::new(s.auth_threads, s.auth_nice)?);
@@ -512,6 +565,7 @@ pub fn start(
     if let Some(addr) = s.listen {
         let app = proxy_app(
             &cfg,
+            &live,
             &auth,
             &executor,
             &inflight,
@@ -524,7 +578,16 @@ pub fn start(
         server.add_service(svc);
     }
     if let Some(addr) = s.tls_listen {
-        let app = proxy_app(&cfg, &auth, &executor, &inflight, &conf, true, &connections)?;
+        let app = proxy_app(
+            &cfg,
+            &live,
+            &auth,
+            &executor,
+            &inflight,
+            &conf,
+            true,
+            &connections,
+        )?;
         let mut svc = Service::new("portcullis https".to_string(), app);
         let mut tls = TlsSettings::intermediate(
             &s.tls_cert.display().to_string(),
@@ -546,6 +609,7 @@ pub fn start(
                 auth: auth.clone(),
                 token: admin_token,
                 connections: connections.clone(),
+                reloader: reloader.clone(),
             },
         );
         svc.add_tcp(&addr.to_string());
@@ -560,11 +624,9 @@ pub fn start(
         "outbox",
         OutboxWorker {
             store: store.clone(),
-            transport,
+            mail,
             clock: clock.clone(),
             wake: auth.mail_wake.clone(),
-            max_attempts: cfg.mail.max_attempts,
-            retry_base_secs: cfg.mail.retry_base_secs,
             metrics,
         },
     ));
@@ -585,6 +647,7 @@ pub fn start(
     let (tx, rx) = watch::channel(false);
     let grace_secs = s.grace_period_secs;
     let last_store = auth.store.clone();
+    let thread_reloader = reloader.clone();
     let thread = std::thread::Builder::new()
         .name("portcullis".into())
         .spawn(move || {
@@ -592,6 +655,7 @@ pub fn start(
                 shutdown_signal: Box::new(Shutdown {
                     rx,
                     signals: handle_signals,
+                    reloader: thread_reloader,
                     inflight,
                     grace: Duration::from_secs(grace_secs),
                 }),
@@ -608,6 +672,7 @@ pub fn start(
 
     let handle = GatewayHandle {
         auth,
+        reloader,
         executor,
         sweeps,
         stop: tx,

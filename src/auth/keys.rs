@@ -57,7 +57,7 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     v
 }
 
-pub fn load(cfg: &TokenConfig, data_dir: &Path) -> Result<KeyMaterial, String> {
+pub fn load(cfg: &TokenConfig, data_dir: &Path, _now: i64) -> Result<KeyMaterial, String> {
     match cfg.algorithm {
         TokenAlgorithm::Hs256 => {
             let secret = match &cfg.jwt_secret {

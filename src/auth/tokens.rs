@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Header, Validation};
@@ -58,16 +59,22 @@ impl TokenRejection {
 }
 
 pub struct TokenService {
-    keys: KeyMaterial,
-    validation: Validation,
-    cfg: TokenConfig,
+    keys: ArcSwap<KeyMaterial>,
+    /// The token settings in force, swapped whole by a reload.
+    settings: ArcSwap<Settings>,
     clock: Arc<dyn Clock>,
 }
 
-impl TokenService {
-    pub fn new(keys: KeyMaterial, cfg: TokenConfig, clock: Arc<dyn Clock>) -> Self {
-        let mut validation = Validation::new(keys.algorithm);
-        validation.algorithms = vec![keys.algorithm];
+/// The `[tokens]` settings and the validation built from them.
+struct Settings {
+    cfg: TokenConfig,
+    validation: Validation,
+}
+
+impl Settings {
+    fn new(algorithm: jsonwebtoken::Algorithm, cfg: TokenConfig) -> Self {
+        let mut validation = Validation::new(algorithm);
+        validation.algorithms = vec![algorithm];
         // Time claims are checked against the injected clock below.
         validation.validate_exp = false;
         validation.validate_nbf = false;
@@ -76,20 +83,43 @@ impl TokenService {
         validation.set_audience(&[cfg.audience.as_str()]);
         validation.required_spec_claims =
             HashSet::from(["exp", "iat", "iss", "aud", "sub"].map(String::from));
+        Self { cfg, validation }
+    }
+}
+
+impl TokenService {
+    pub fn new(keys: KeyMaterial, cfg: TokenConfig, clock: Arc<dyn Clock>) -> Self {
+        let settings = ArcSwap::from_pointee(Settings::new(keys.algorithm, cfg));
         Self {
-            keys,
-            validation,
-            cfg,
+            keys: ArcSwap::from_pointee(keys),
+            settings,
             clock,
         }
     }
 
-    pub fn jwks(&self) -> &serde_json::Value {
-        &self.keys.jwks
+    /// Put reloaded `[tokens]` settings in force (issuer, audience,
+    /// lifetimes, leeway); the algorithm is fixed at start.
+    pub fn reconfigure(&self, cfg: TokenConfig) {
+        let algorithm = self.keys.load().algorithm;
+        self.settings.store(Arc::new(Settings::new(algorithm, cfg)));
+    }
+
+    /// Put a reloaded key set in force.
+    pub fn set_keys(&self, keys: KeyMaterial) {
+        self.keys.store(Arc::new(keys));
+    }
+
+    /// The signing key's id, and how many keys verify.
+    pub fn key_summary(&self) -> (Option<String>, usize) {
+        (self.keys.load().kid.clone(), 1)
+    }
+
+    pub fn jwks(&self) -> serde_json::Value {
+        self.keys.load().jwks.clone()
     }
 
     pub fn access_ttl(&self) -> u64 {
-        self.cfg.access_ttl_secs
+        self.settings.load().cfg.access_ttl_secs
     }
 
     /// Sign an access token for a user and session.
@@ -101,11 +131,13 @@ impl TokenService {
         sid: &Uuid,
     ) -> Result<(String, AccessClaims), jsonwebtoken::errors::Error> {
         let now = self.clock.now();
+        let settings = self.settings.load();
+        let cfg = &settings.cfg;
         let claims = AccessClaims {
-            iss: self.cfg.issuer.clone(),
-            aud: self.cfg.audience.clone(),
+            iss: cfg.issuer.clone(),
+            aud: cfg.audience.clone(),
             sub: user_id.to_string(),
-            exp: now + self.cfg.access_ttl_secs as i64,
+            exp: now + cfg.access_ttl_secs as i64,
             iat: now,
             nbf: None,
             jti: Uuid::new_v4().to_string(),
@@ -113,10 +145,11 @@ impl TokenService {
             email: email.to_string(),
             roles: roles.to_vec(),
         };
-        let mut header = Header::new(self.keys.algorithm);
+        let keys = self.keys.load();
+        let mut header = Header::new(keys.algorithm);
         header.typ = Some(ACCESS_TYP.into());
-        header.kid = self.keys.kid.clone();
-        let token = jsonwebtoken::encode(&header, &claims, &self.keys.encoding)?;
+        header.kid = keys.kid.clone();
+        let token = jsonwebtoken::encode(&header, &claims, &keys.encoding)?;
         Ok((token, claims))
     }
 
@@ -134,7 +167,8 @@ impl TokenService {
         }) {
             return Err(TokenRejection::Invalid);
         }
-        if header.alg != self.keys.algorithm {
+        let keys = self.keys.load();
+        if header.alg != keys.algorithm {
             return Err(TokenRejection::Invalid);
         }
         // A token never chooses its own key (RFC 8725 §3.10): our tokens
@@ -149,17 +183,18 @@ impl TokenService {
         {
             return Err(TokenRejection::Invalid);
         }
-        if let Some(kid) = &self.keys.kid {
+        if let Some(kid) = &keys.kid {
             if header.kid.as_deref() != Some(kid.as_str()) {
                 return Err(TokenRejection::Invalid);
             }
         }
+        let settings = self.settings.load();
         let data =
-            jsonwebtoken::decode::<AccessClaims>(token, &self.keys.decoding, &self.validation)
+            jsonwebtoken::decode::<AccessClaims>(token, &keys.decoding, &settings.validation)
                 .map_err(|_| TokenRejection::Invalid)?;
         let c = data.claims;
         let now = self.clock.now();
-        let leeway = self.cfg.leeway_secs as i64;
+        let leeway = settings.cfg.leeway_secs as i64;
         if c.iat > now + leeway {
             return Err(TokenRejection::Invalid);
         }

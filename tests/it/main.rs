@@ -14,6 +14,7 @@ mod limits;
 mod passthrough;
 mod postgres;
 mod races;
+mod reload;
 mod security;
 mod startup;
 mod store;

@@ -192,11 +192,46 @@ retry_base_secs = 30
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"))
     }
 
+    /// Where the gateway's config file is (a reload reads it again).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
+    }
+
     fn boot(&mut self) {
         let clock: Arc<dyn Clock> = self.clock.clone();
-        let handle = portcullis::start(self.config(), clock, false)
-            .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
+        std::fs::write(self.config_path(), &self.toml).unwrap();
+        // A reload reads the file again, with the same environment.
+        let (path, env) = (self.config_path(), self.env.clone());
+        let source: portcullis::reload::ConfigSource = Arc::new(move || {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let env = env.clone();
+            Config::from_toml(&text, &move |k| env.get(k).cloned(), Path::new("."))
+        });
+        let handle =
+            portcullis::server::start_with_source(self.config(), Some(source), clock, false)
+                .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
         self.handle = Some(handle);
+    }
+
+    /// Replace the config file (`{UP}` is the upstream URL); the running
+    /// gateway reads it at its next reload, a restart at once.
+    pub fn write_toml(&mut self, toml: &str) {
+        self.toml = toml.replace("{UP}", &self.upstream.url());
+        std::fs::write(self.config_path(), &self.toml).unwrap();
+    }
+
+    /// `POST /admin/reload` with the admin token, as `portcullis reload`.
+    pub async fn admin_reload(&self) -> http::Response {
+        let token = std::fs::read_to_string(self.data_dir().join("admin.token")).unwrap();
+        http::request(
+            self.admin_addr,
+            "POST",
+            "/admin/reload",
+            &[("authorization", &format!("Bearer {}", token.trim()))],
+            Some(b""),
+        )
+        .await
+        .unwrap()
     }
 
     /// Stop (gracefully, flushing the store) and start again on the same
