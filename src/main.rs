@@ -53,6 +53,9 @@ fn main() -> ExitCode {
             with_config(&config, |cfg| cli::restore_command(cfg, &from))
         }
         Command::Reload(config) => with_config(&config, cli::reload_command),
+        Command::Keys { config, command } => {
+            with_config(&config, |cfg| cli::keys_command(cfg, command))
+        }
         Command::Storage { command } => match cli::storage_command(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

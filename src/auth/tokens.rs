@@ -1,7 +1,8 @@
 //! Access tokens (RFC 9068 shaped JWTs) and opaque random tokens.
 //!
+//! Every token names its signing key in `kid` ([`super::keys`]).
 //! Verification allows exactly the configured algorithm, requires
-//! `typ: at+jwt`, and checks `iss`, `aud`, `exp`, `nbf` and `iat` against the
+//! `typ: at+jwt` and a `kid` naming a live key, and checks `iss`, `aud`, `exp`, `nbf` and `iat` against the
 //! injected clock with `leeway_secs`. Refresh, reset and verification tokens
 //! are opaque random strings, so they can never pass as bearer tokens.
 
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::keys::{random_bytes, KeyMaterial};
+use super::keys::{random_bytes, KeySet};
 use crate::clock::Clock;
 use crate::config::TokenConfig;
 
@@ -59,7 +60,8 @@ impl TokenRejection {
 }
 
 pub struct TokenService {
-    keys: ArcSwap<KeyMaterial>,
+    /// The signing and verification keys, swapped whole by a reload.
+    keys: ArcSwap<KeySet>,
     /// The token settings in force, swapped whole by a reload.
     settings: ArcSwap<Settings>,
     clock: Arc<dyn Clock>,
@@ -88,7 +90,7 @@ impl Settings {
 }
 
 impl TokenService {
-    pub fn new(keys: KeyMaterial, cfg: TokenConfig, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(keys: KeySet, cfg: TokenConfig, clock: Arc<dyn Clock>) -> Self {
         let settings = ArcSwap::from_pointee(Settings::new(keys.algorithm, cfg));
         Self {
             keys: ArcSwap::from_pointee(keys),
@@ -105,17 +107,20 @@ impl TokenService {
     }
 
     /// Put a reloaded key set in force.
-    pub fn set_keys(&self, keys: KeyMaterial) {
+    pub fn set_keys(&self, keys: KeySet) {
         self.keys.store(Arc::new(keys));
     }
 
-    /// The signing key's id, and how many keys verify.
+    /// The signing key's id now, and how many keys verify.
     pub fn key_summary(&self) -> (Option<String>, usize) {
-        (self.keys.load().kid.clone(), 1)
+        let keys = self.keys.load();
+        let now = self.clock.now();
+        (Some(keys.signing(now).kid.clone()), keys.live_count(now))
     }
 
+    /// Every live public key (`{"keys":[]}` under HS256).
     pub fn jwks(&self) -> serde_json::Value {
-        self.keys.load().jwks.clone()
+        self.keys.load().jwks(self.clock.now())
     }
 
     pub fn access_ttl(&self) -> u64 {
@@ -146,10 +151,11 @@ impl TokenService {
             roles: roles.to_vec(),
         };
         let keys = self.keys.load();
+        let key = keys.signing(now);
         let mut header = Header::new(keys.algorithm);
         header.typ = Some(ACCESS_TYP.into());
-        header.kid = keys.kid.clone();
-        let token = jsonwebtoken::encode(&header, &claims, &keys.encoding)?;
+        header.kid = Some(key.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, key.encoding())?;
         Ok((token, claims))
     }
 
@@ -172,8 +178,9 @@ impl TokenService {
             return Err(TokenRejection::Invalid);
         }
         // A token never chooses its own key (RFC 8725 §3.10): our tokens
-        // carry no key or key URL, so one that does is forged. With a `kid`
-        // (EdDSA) it must name our key exactly.
+        // carry no key or key URL, so one that does is forged. Its `kid`
+        // must name one of our live keys; without one it is refused, unless
+        // the one key is PORTCULLIS_JWT_SECRET (see `keys`).
         if header.jwk.is_some()
             || header.jku.is_some()
             || header.x5u.is_some()
@@ -183,17 +190,14 @@ impl TokenService {
         {
             return Err(TokenRejection::Invalid);
         }
-        if let Some(kid) = &keys.kid {
-            if header.kid.as_deref() != Some(kid.as_str()) {
-                return Err(TokenRejection::Invalid);
-            }
-        }
-        let settings = self.settings.load();
-        let data =
-            jsonwebtoken::decode::<AccessClaims>(token, &keys.decoding, &settings.validation)
-                .map_err(|_| TokenRejection::Invalid)?;
-        let c = data.claims;
         let now = self.clock.now();
+        let key = keys
+            .verifying(header.kid.as_deref(), now)
+            .ok_or(TokenRejection::Invalid)?;
+        let settings = self.settings.load();
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &settings.validation)
+            .map_err(|_| TokenRejection::Invalid)?;
+        let c = data.claims;
         let leeway = settings.cfg.leeway_secs as i64;
         if c.iat > now + leeway {
             return Err(TokenRejection::Invalid);

@@ -10,6 +10,7 @@ mod core_proxy;
 mod documented;
 mod durability;
 mod email;
+mod key_rotation;
 mod limits;
 mod passthrough;
 mod postgres;

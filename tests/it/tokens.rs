@@ -382,7 +382,7 @@ async fn jwks_is_empty_under_hs256() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_hs256_secret_is_private_and_survives_a_restart() {
     let mut gw = TestGateway::start().await;
-    let key = gw.data_dir().join("jwt-hs256.key");
+    let key = gw.data_dir().join("jwt-keys-hs256.json");
     assert!(key.exists(), "no generated secret in data_dir");
     #[cfg(unix)]
     {

@@ -359,6 +359,28 @@ impl Drop for TestGateway {
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// The signing keys in a data dir's key-set file, as stored: `(kid,
+/// secret)` in file order, where the secret is the HS256 key (base64url) or
+/// the Ed25519 PKCS#8 PEM. `alg` is "HS256" or "EdDSA".
+pub fn stored_keys(data_dir: &Path, alg: &str) -> Vec<(String, String)> {
+    let name = match alg {
+        "HS256" => "jwt-keys-hs256.json",
+        _ => "jwt-keys-ed25519.json",
+    };
+    let v: Value = serde_json::from_slice(&std::fs::read(data_dir.join(name)).unwrap()).unwrap();
+    v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["kid"].as_str().unwrap().to_string(),
+                k["secret"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 pub struct Session {
     pub access: String,
     pub refresh: String,
