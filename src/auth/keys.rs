@@ -267,9 +267,41 @@ fn write_key_file(path: &Path, file: &KeyFile) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(|e| format!("writing '{}': {e}", path.display()))
 }
 
+/// An exclusive lock over the data dir's key-set files, held while one is
+/// created or rotated (read, change, write), so two `keys rotate` at once
+/// cannot lose a key. Released when dropped.
+fn lock_keys(data_dir: &Path) -> Result<std::fs::File, String> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("creating '{}': {e}", data_dir.display()))?;
+    let path = data_dir.join("jwt-keys.lock");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let f = opts
+        .open(&path)
+        .map_err(|e| format!("opening '{}': {e}", path.display()))?;
+    f.lock()
+        .map_err(|e| format!("locking '{}': {e}", path.display()))?;
+    Ok(f)
+}
+
 /// Read the configured algorithm's key-set file, creating it (first start,
 /// or upgrade) when it is missing.
 pub fn read_or_create(cfg: &TokenConfig, data_dir: &Path, now: i64) -> Result<KeyFile, String> {
+    let path = key_file_path(cfg, data_dir);
+    if path.exists() {
+        return read_locked(cfg, data_dir, now);
+    }
+    let _lock = lock_keys(data_dir)?;
+    read_locked(cfg, data_dir, now)
+}
+
+/// [`read_or_create`], the caller holding the lock where it may create.
+fn read_locked(cfg: &TokenConfig, data_dir: &Path, now: i64) -> Result<KeyFile, String> {
     let path = key_file_path(cfg, data_dir);
     match std::fs::read(&path) {
         Ok(raw) => {
@@ -404,7 +436,8 @@ pub fn rotate(
                 .into(),
         );
     }
-    let mut file = read_or_create(cfg, data_dir, now)?;
+    let _lock = lock_keys(data_dir)?;
+    let mut file = read_locked(cfg, data_dir, now)?;
     let signs_from = now + activate_in as i64;
     let until = signs_from + cfg.access_ttl_secs as i64 + cfg.leeway_secs as i64;
     let mut dropped = Vec::new();

@@ -293,3 +293,37 @@ async fn portcullis_keys_rotate_on_a_running_gateway() {
     assert!(!out.ok(), "{out:?}");
     assert!(out.stderr.contains("PORTCULLIS_JWT_SECRET"), "{out:?}");
 }
+
+/// Sixteen rotations at once (threads released together) lose no key:
+/// the key set is changed under a lock, each on the current file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_rotations_at_once_lose_no_key() {
+    let gw = gateway("HS256").await;
+    let cfg = gw.config();
+    let now = gw.clock.now();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(16));
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let (tokens, dir, barrier) = (cfg.tokens.clone(), gw.data_dir(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                portcullis::auth::keys::rotate(&tokens, &dir, now, 0)
+                    .unwrap()
+                    .kid
+            })
+        })
+        .collect();
+    let mut made: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    made.sort();
+    let stored: Vec<String> = stored_keys(&gw.data_dir(), "HS256")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(stored.len(), 17, "{stored:?}");
+    for kid in &made {
+        assert!(stored.contains(kid), "{kid} lost");
+    }
+    let r = gw.admin_reload().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["verification_keys"], 17);
+}

@@ -396,3 +396,39 @@ async fn sighup_and_portcullis_reload_on_the_real_binary() {
     assert_eq!(reloads(&m, "applied"), 2.0);
     assert_eq!(reloads(&m, "refused"), 2.0);
 }
+
+/// Sixteen reloads at once are applied one at a time (the reloader's
+/// lock): every one answers 200, all are counted, the gateway serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_reloads_at_once_are_each_applied() {
+    let gw = TestGateway::start_with(Builder {
+        routes: ROUTES.into(),
+        ..Default::default()
+    })
+    .await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (barrier, admin) = (barrier.clone(), gw.admin_addr);
+        let token = std::fs::read_to_string(gw.data_dir().join("admin.token")).unwrap();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            http::request(
+                admin,
+                "POST",
+                "/admin/reload",
+                &[("authorization", &format!("Bearer {}", token.trim()))],
+                Some(b""),
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let m = gw.metrics().await;
+    assert_eq!(reloads(&m, "applied"), 16.0);
+    assert_eq!(gw.get("/open/x", None).await.status, 200);
+}
