@@ -280,6 +280,11 @@ fn admin_call(
 /// judges the file it was started with; this config only says where its
 /// admin listener and data dir are.
 pub fn reload_command(cfg: Config) -> Result<(), String> {
+    if cfg.server.admin_listen.is_none() {
+        return Err(
+            "server.admin_listen is disabled: send SIGHUP to the gateway instead".to_string(),
+        );
+    }
     let (ok, body) = admin_call(&cfg, "POST", "/admin/reload", b"").map_err(|e| {
         format!("{e} (is the gateway running with this server.admin_listen and data_dir?)")
     })?;
