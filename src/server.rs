@@ -463,9 +463,9 @@ fn check_bindable(addr: SocketAddr, name: &str) -> Result<(), String> {
 
 /// The log transport writes every reset and verification link to the log;
 /// with a public listener beyond loopback, whoever reads the log can take
-/// over accounts. Said loudly at start (issue 12); a development set-up on
-/// loopback stays quiet.
-fn warn_if_links_are_logged(cfg: &Config) {
+/// over accounts. Said loudly at start and on a reload (issue 12); a
+/// development set-up on loopback stays quiet.
+pub(crate) fn warn_if_links_are_logged(cfg: &Config) {
     if cfg.mail.transport != crate::config::MailTransportKind::Log {
         return;
     }
