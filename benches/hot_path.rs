@@ -193,8 +193,8 @@ fn bench_headers(c: &mut Criterion) {
 fn bench_tokens_and_revocation(c: &mut Criterion) {
     let cfg = default_config();
     let dir = tempfile::tempdir().unwrap();
-    let keys = portcullis::auth::keys::load(&cfg.tokens, dir.path()).unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let keys = portcullis::auth::keys::load(&cfg.tokens, dir.path(), clock.now()).unwrap();
     let tokens = TokenService::new(keys, cfg.tokens.clone(), clock.clone());
     let user = Uuid::new_v4();
     let sid = Uuid::new_v4();

@@ -22,6 +22,8 @@ pub struct AdminApp {
     pub token: Vec<u8>,
     /// The public listeners' connection cap, for its metrics.
     pub connections: Arc<ConnLimit>,
+    /// `POST /admin/reload`.
+    pub reloader: Arc<crate::reload::Reloader>,
 }
 
 fn reply(status: u16, ctype: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -84,6 +86,7 @@ impl ServeHttp for AdminApp {
             },
             ("POST", "/admin/users") => self.admin(s).await,
             ("GET", "/admin/backup") => self.backup(s).await,
+            ("POST", "/admin/reload") => self.reload(s).await,
             _ => err(404, "not_found", "Not found."),
         }
     }
@@ -102,6 +105,37 @@ impl AdminApp {
             .as_bytes()
             .to_vec();
         presented.len() == self.token.len() && bool::from(presented.ct_eq(&self.token))
+    }
+
+    /// Read the config file again and apply it (`portcullis reload`, and
+    /// `portcullis keys rotate` to pick up the new key): 200 with what
+    /// changed, or 409 `reload_refused` with every problem, each naming its
+    /// key (the old config stays in force).
+    async fn reload(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        if !self.authorized(s) {
+            return err(401, "unauthorized", "The admin token is required.");
+        }
+        let reloader = self.reloader.clone();
+        match tokio::task::spawn_blocking(move || reloader.reload("admin")).await {
+            Ok(Ok(a)) => json(
+                200,
+                serde_json::json!({
+                    "reloaded": true,
+                    "changed": a.changed,
+                    "signing_kid": a.signing_kid,
+                    "verification_keys": a.verification_keys,
+                }),
+            ),
+            Ok(Err(r)) => json(
+                409,
+                serde_json::json!({
+                    "error": "reload_refused",
+                    "message": format!("The reload was refused; the previous config stays in force: {r}"),
+                    "problems": r.problems,
+                }),
+            ),
+            Err(_) => err(500, "internal", "An internal error occurred."),
+        }
     }
 
     /// A consistent copy of the whole store (see `store::copy`), for

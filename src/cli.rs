@@ -55,6 +55,17 @@ pub enum Command {
         #[arg(long)]
         from: PathBuf,
     },
+    /// Make the running gateway read its config file again and apply it
+    /// without dropping a connection (as SIGHUP does); prints the outcome,
+    /// and exits non-zero when the gateway refused it.
+    Reload(ConfigArg),
+    /// Signing keys.
+    Keys {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Move the store between backends.
     Storage {
         #[command(subcommand)]
@@ -89,6 +100,21 @@ pub enum UserCommand {
     Role {
         #[command(subcommand)]
         command: RoleCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Add a new signing key to the data dir's key set; older keys keep
+    /// verifying until every token they signed has expired. A running
+    /// gateway is asked to reload, and signs with the new key from then on
+    /// (or from --activate-in seconds later).
+    Rotate {
+        /// Seconds before the new key starts signing: with several gateways,
+        /// long enough to copy the key file to every one and reload each,
+        /// so all of them accept the new key before any signs with it.
+        #[arg(long, default_value_t = 0)]
+        activate_in: u64,
     },
 }
 
@@ -247,6 +273,83 @@ fn admin_call(
     let head = String::from_utf8_lossy(&resp[..split]);
     let ok = head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200");
     Ok((ok, resp[split + 4..].to_vec()))
+}
+
+/// `portcullis reload`: ask the running gateway (through its admin
+/// listener, with the admin token) to read its config again. The gateway
+/// judges the file it was started with; this config only says where its
+/// admin listener and data dir are.
+pub fn reload_command(cfg: Config) -> Result<(), String> {
+    if cfg.server.admin_listen.is_none() {
+        return Err(
+            "server.admin_listen is disabled: send SIGHUP to the gateway instead".to_string(),
+        );
+    }
+    let (ok, body) = admin_call(&cfg, "POST", "/admin/reload", b"").map_err(|e| {
+        format!("{e} (is the gateway running with this server.admin_listen and data_dir?)")
+    })?;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    if ok {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    match v["problems"].as_array() {
+        Some(problems) => {
+            let list: Vec<&str> = problems.iter().filter_map(|p| p.as_str()).collect();
+            Err(format!(
+                "the gateway refused the reload; the previous config stays in force:\n  {}",
+                list.join("\n  ")
+            ))
+        }
+        None => Err(v["message"]
+            .as_str()
+            .unwrap_or("the reload failed")
+            .to_string()),
+    }
+}
+
+/// `portcullis keys rotate`: a new key in the data dir's key set, then a
+/// reload of the running gateway (if one answers on the admin listener).
+pub fn keys_command(cfg: Config, cmd: KeysCommand) -> Result<(), String> {
+    let KeysCommand::Rotate { activate_in } = cmd;
+    crate::server::create_private_dir(&cfg.server.data_dir)?;
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let r = crate::auth::keys::rotate(&cfg.tokens, &cfg.server.data_dir, now, activate_in)?;
+    tracing::info!(target: "audit", event = "keys_rotate", kid = %r.kid);
+    let gateway = match cfg.server.admin_listen {
+        None => "no admin listener: reload the gateway (SIGHUP) to use the new key".to_string(),
+        Some(addr) => match admin_call(&cfg, "POST", "/admin/reload", b"") {
+            Ok((true, _)) => "reloaded".to_string(),
+            Ok((false, body)) => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                return Err(format!(
+                    "the new key {} is in '{}', but the running gateway refused the reload \
+                     (so it does not use it yet): {}; fix the config and run `portcullis reload`",
+                    r.kid,
+                    crate::auth::keys::key_file_path(&cfg.tokens, &cfg.server.data_dir).display(),
+                    v["message"].as_str().unwrap_or("reload failed")
+                ));
+            }
+            Err(_) => format!("no gateway answers on {addr}: it uses the new key when it starts"),
+        },
+    };
+    let rfc = crate::clock::rfc3339;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "kid": r.kid,
+            "signs_from": rfc(r.signs_from),
+            "previous": r.previous.iter().map(|(kid, until)| serde_json::json!({
+                "kid": kid, "verifies_until": rfc(*until)
+            })).collect::<Vec<_>>(),
+            "dropped": r.dropped,
+            "key_file": crate::auth::keys::key_file_path(&cfg.tokens, &cfg.server.data_dir).display().to_string(),
+            "gateway": gateway,
+        }))
+        .unwrap_or_default()
+    );
+    Ok(())
 }
 
 /// `portcullis backup --out PATH`.

@@ -19,6 +19,7 @@ pub mod mail;
 pub mod metrics;
 pub mod net;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod store;
 pub mod tls;
@@ -28,10 +29,11 @@ use std::sync::Arc;
 pub use config::Config;
 pub use server::{start, GatewayHandle};
 
-/// Run the gateway until SIGTERM/SIGINT, with the real clock.
-pub fn run(config: Config) -> Result<(), String> {
+/// Run the gateway until SIGTERM/SIGINT, with the real clock; SIGHUP reads
+/// the config from `source` again (see [`reload`]).
+pub fn run(config: Config, source: Option<reload::ConfigSource>) -> Result<(), String> {
     raise_file_limit(config.limits.max_connections);
-    let handle = server::start(config, Arc::new(clock::SystemClock), true)?;
+    let handle = server::start_with_source(config, source, Arc::new(clock::SystemClock), true)?;
     tracing::info!(
         listen = ?handle.listen,
         tls_listen = ?handle.tls_listen,

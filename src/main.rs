@@ -35,7 +35,9 @@ fn main() -> ExitCode {
                 eprintln!("{e}");
                 return ExitCode::from(2);
             }
-            match portcullis::run(cfg) {
+            let (path, must_exist) = portcullis::config::resolve_path(arg.config.as_deref());
+            let source = portcullis::reload::file_source(path, must_exist);
+            match portcullis::run(cfg, Some(source)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -49,6 +51,10 @@ fn main() -> ExitCode {
         }
         Command::Restore { config, from } => {
             with_config(&config, |cfg| cli::restore_command(cfg, &from))
+        }
+        Command::Reload(config) => with_config(&config, cli::reload_command),
+        Command::Keys { config, command } => {
+            with_config(&config, |cfg| cli::keys_command(cfg, command))
         }
         Command::Storage { command } => match cli::storage_command(command) {
             Ok(()) => ExitCode::SUCCESS,

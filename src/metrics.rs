@@ -48,6 +48,8 @@ pub struct Metrics {
     store_recoveries: IntCounter,
     connections_open: IntGauge,
     connections_refused: IntCounter,
+    /// `portcullis_config_reloads_total{result}`: applied, refused.
+    pub config_reloads: IntCounterVec,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -236,6 +238,15 @@ impl Metrics {
             "portcullis_store_recoveries_total",
             "Recoveries from a failed store write without a restart.",
         );
+        let config_reloads = counter_vec(
+            &r,
+            "portcullis_config_reloads_total",
+            "Config reloads (SIGHUP, portcullis reload, portcullis keys rotate) by result: applied or refused.",
+            &["result"],
+        );
+        for result in ["applied", "refused"] {
+            config_reloads.with_label_values(&[result]);
+        }
         let connections_open = gauge(
             &r,
             "portcullis_connections_open",
@@ -252,6 +263,7 @@ impl Metrics {
             store_recoveries,
             connections_open,
             connections_refused,
+            config_reloads,
             throttled_ip: throttled_vec.with_label_values(&["ip"]),
             throttled_account: throttled_vec.with_label_values(&["account"]),
             throttled_route: throttled_vec.with_label_values(&["route"]),

@@ -22,14 +22,17 @@ use crate::config::Config;
 use crate::config::Storage;
 use crate::demo::EchoApp;
 use crate::executor::AuthExecutor;
+use crate::mail::outbox::MailRuntime;
 use crate::mail::outbox::OutboxWorker;
 use crate::proxy::conn_limit::ConnLimit;
 use crate::proxy::deadline::HeaderDeadline;
 use crate::proxy::inflight::InFlight;
-use crate::proxy::Gateway;
+use crate::proxy::{Gateway, LiveProxy, ProxyConfig};
+use crate::reload::{ConfigSource, Reloader};
 use crate::store::pg_store::PgStore;
 use crate::store::sled_store::SledStore;
 use crate::store::{Store, StoreError};
+use arc_swap::ArcSwap;
 
 /// The file in `data_dir` that remembers which database this data dir
 /// holds (the same id is stamped into the database when it is created).
@@ -40,7 +43,9 @@ pub const STORE_ID_FILE: &str = "store.id";
 /// (connecting and running the migrations).
 pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, String> {
     match &cfg.storage {
-        Storage::Sled { path, cache_bytes } => Ok(open_sled_checked(cfg, path, *cache_bytes, false)?),
+        Storage::Sled { path, cache_bytes } => {
+            Ok(open_sled_checked(cfg, path, *cache_bytes, false)?)
+        }
         Storage::Postgres { url, ca_file } => {
             let (url, ca) = (url.0.clone(), ca_file.clone());
             let store =
@@ -59,7 +64,9 @@ pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, String> {
 /// is empty is the restore's to check.
 pub fn open_store_for_restore(cfg: &Config) -> Result<Arc<dyn Store>, String> {
     match &cfg.storage {
-        Storage::Sled { path, cache_bytes } => Ok(open_sled_checked(cfg, path, *cache_bytes, true)?),
+        Storage::Sled { path, cache_bytes } => {
+            Ok(open_sled_checked(cfg, path, *cache_bytes, true)?)
+        }
         Storage::Postgres { .. } => open_store(cfg),
     }
 }
@@ -138,11 +145,7 @@ fn write_secret_file(path: &std::path::Path, text: &str) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(|e| format!("writing '{}': {e}", path.display()))
 }
 
-fn open_sled(
-    path: &std::path::Path,
-    nice: u8,
-    cache_bytes: u64,
-) -> Result<Arc<SledStore>, String> {
+fn open_sled(path: &std::path::Path, nice: u8, cache_bytes: u64) -> Result<Arc<SledStore>, String> {
     if let Some(parent) = path.parent() {
         create_private_dir(parent)?;
     }
@@ -213,13 +216,14 @@ impl Maintenance {
     async fn sweep(&self) {
         let a = &self.auth;
         let now = a.clock.now();
-        let horizon = now - a.cfg.tokens.access_ttl_secs as i64 - a.cfg.tokens.leeway_secs as i64;
+        let cfg = a.cfg();
+        let horizon = now - cfg.tokens.access_ttl_secs as i64 - cfg.tokens.leeway_secs as i64;
         let retention = crate::store::Retention {
             now,
-            idle_secs: a.cfg.tokens.refresh_idle_secs,
-            failed_mail_secs: a.cfg.mail.failed_retention_secs,
+            idle_secs: cfg.tokens.refresh_idle_secs,
+            failed_mail_secs: cfg.mail.failed_retention_secs,
             cutoff_horizon: horizon,
-            counter_idle_secs: a.cfg.throttle.failure_window_secs.max(3600),
+            counter_idle_secs: cfg.throttle.failure_window_secs.max(3600),
         };
         match a.store.sweep(retention).await {
             Ok(r) => {
@@ -308,6 +312,8 @@ impl BackgroundService for RevocationFeed {
 struct Shutdown {
     rx: watch::Receiver<bool>,
     signals: bool,
+    /// SIGHUP reloads the config (only where `signals`).
+    reloader: Arc<Reloader>,
     inflight: Arc<InFlight>,
     grace: Duration,
 }
@@ -328,8 +334,9 @@ impl Shutdown {
     }
 }
 
-/// Logged once SIGTERM and SIGINT are handled (tests wait for it).
-pub const SIGNALS_HANDLED: &str = "SIGTERM and SIGINT now shut down gracefully";
+/// Logged once SIGTERM, SIGINT and SIGHUP are handled (tests wait for it).
+pub const SIGNALS_HANDLED: &str =
+    "SIGTERM and SIGINT now shut down gracefully; SIGHUP reloads the config";
 
 #[async_trait]
 impl ShutdownSignalWatch for Shutdown {
@@ -337,9 +344,10 @@ impl ShutdownSignalWatch for Shutdown {
         let mut rx = self.rx.clone();
         if self.signals {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
+            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
                 signal(SignalKind::terminate()),
                 signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
             ) else {
                 let _ = rx.wait_for(|v| *v).await;
                 return self.drain().await;
@@ -347,10 +355,25 @@ impl ShutdownSignalWatch for Shutdown {
             // Until now a signal had its default action (or none, where
             // the parent ignored it): say when it is handled.
             tracing::info!("{SIGNALS_HANDLED}");
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: shutting down gracefully"),
-                _ = int.recv() => tracing::info!("SIGINT: shutting down gracefully"),
-                _ = rx.wait_for(|v| *v) => {}
+            loop {
+                let reload = tokio::select! {
+                    _ = term.recv() => {
+                        tracing::info!("SIGTERM: shutting down gracefully");
+                        false
+                    }
+                    _ = int.recv() => {
+                        tracing::info!("SIGINT: shutting down gracefully");
+                        false
+                    }
+                    _ = hup.recv() => true,
+                    _ = rx.wait_for(|v| *v) => false,
+                };
+                if !reload {
+                    break;
+                }
+                let reloader = self.reloader.clone();
+                // Outcome logged and counted by the reloader.
+                let _ = tokio::task::spawn_blocking(move || reloader.reload("SIGHUP")).await;
             }
         } else {
             let _ = rx.wait_for(|v| *v).await;
@@ -362,6 +385,8 @@ impl ShutdownSignalWatch for Shutdown {
 /// A running gateway.
 pub struct GatewayHandle {
     pub auth: Arc<AuthService>,
+    /// Applies a new config (and the data dir's signing keys) in place.
+    pub reloader: Arc<Reloader>,
     /// Where `/auth/*` handlers run.
     pub executor: Arc<AuthExecutor>,
     /// Maintenance sweeps completed (see [`SWEEP_EVERY`]).
@@ -374,6 +399,11 @@ pub struct GatewayHandle {
 }
 
 impl GatewayHandle {
+    /// Read the config source again and apply it, as SIGHUP does.
+    pub fn reload(&self) -> Result<crate::reload::Applied, crate::reload::Refused> {
+        self.reloader.reload("api")
+    }
+
     /// Graceful stop; returns when every service has exited and the store
     /// is flushed and closed.
     pub fn stop(mut self) {
@@ -404,8 +434,10 @@ impl Drop for GatewayHandle {
 /// The proxy application for one public listener: the Pingora hooks, with
 /// the whole-header deadline in front (HTTP/1) and an idle timeout on
 /// HTTP/2 connections.
+#[allow(clippy::too_many_arguments)]
 fn proxy_app(
     cfg: &Arc<Config>,
+    live: &Arc<LiveProxy>,
     auth: &Arc<AuthService>,
     executor: &Arc<AuthExecutor>,
     inflight: &Arc<InFlight>,
@@ -413,8 +445,7 @@ fn proxy_app(
     tls: bool,
     connections: &Arc<ConnLimit>,
 ) -> Result<HeaderDeadline<pingora::proxy::HttpProxy<Gateway>>, String> {
-    let gw = Gateway::new(cfg.clone(), auth.clone(), executor.clone(), tls)
-        .map_err(|e| e.to_string())?
+    let gw = Gateway::new(live.clone(), auth.clone(), executor.clone(), tls)
         .with_inflight(inflight.clone());
     let mut proxy = pingora::proxy::http_proxy(conf, gw);
     let mut options = pingora::apps::HttpServerOptions::default();
@@ -437,9 +468,9 @@ fn check_bindable(addr: SocketAddr, name: &str) -> Result<(), String> {
 
 /// The log transport writes every reset and verification link to the log;
 /// with a public listener beyond loopback, whoever reads the log can take
-/// over accounts. Said loudly at start (issue 12); a development set-up on
-/// loopback stays quiet.
-fn warn_if_links_are_logged(cfg: &Config) {
+/// over accounts. Said loudly at start and on a reload (issue 12); a
+/// development set-up on loopback stays quiet.
+pub(crate) fn warn_if_links_are_logged(cfg: &Config) {
     if cfg.mail.transport != crate::config::MailTransportKind::Log {
         return;
     }
@@ -460,9 +491,22 @@ fn warn_if_links_are_logged(cfg: &Config) {
     }
 }
 
-/// Build and start every service; returns once the listeners accept.
+/// Build and start every service; returns once the listeners accept. A
+/// gateway started this way has no config file to reload from: see
+/// [`start_with_source`].
 pub fn start(
     cfg: Config,
+    clock: Arc<dyn Clock>,
+    handle_signals: bool,
+) -> Result<GatewayHandle, String> {
+    start_with_source(cfg, None, clock, handle_signals)
+}
+
+/// [`start`], with where a reload (SIGHUP, `POST /admin/reload`,
+/// [`GatewayHandle::reload`]) reads the config again.
+pub fn start_with_source(
+    cfg: Config,
+    source: Option<ConfigSource>,
     clock: Arc<dyn Clock>,
     handle_signals: bool,
 ) -> Result<GatewayHandle, String> {
@@ -494,7 +538,16 @@ pub fn start(
         clock.clone(),
         metrics.clone(),
     )?);
-    let transport = crate::mail::transport_for(&cfg.mail)?;
+    let mail = Arc::new(ArcSwap::from_pointee(MailRuntime::build(&cfg.mail)?));
+    let live: Arc<LiveProxy> = Arc::new(ArcSwap::from_pointee(
+        ProxyConfig::build(cfg.clone(), &auth.metrics).map_err(|e| format!("routes: {e}"))?,
+    ));
+    let reloader = Arc::new(Reloader::new(
+        source,
+        auth.clone(),
+        live.clone(),
+        mail.clone(),
+    ));
 
     let inflight = Arc::new(InFlight::default());
     let executor = Arc::new(AuthExecutor::new(s.auth_threads, s.auth_nice)?);
@@ -517,6 +570,7 @@ pub fn start(
     if let Some(addr) = s.listen {
         let app = proxy_app(
             &cfg,
+            &live,
             &auth,
             &executor,
             &inflight,
@@ -529,7 +583,16 @@ pub fn start(
         server.add_service(svc);
     }
     if let Some(addr) = s.tls_listen {
-        let app = proxy_app(&cfg, &auth, &executor, &inflight, &conf, true, &connections)?;
+        let app = proxy_app(
+            &cfg,
+            &live,
+            &auth,
+            &executor,
+            &inflight,
+            &conf,
+            true,
+            &connections,
+        )?;
         let mut svc = Service::new("portcullis https".to_string(), app);
         let mut tls = TlsSettings::intermediate(
             &s.tls_cert.display().to_string(),
@@ -551,6 +614,7 @@ pub fn start(
                 auth: auth.clone(),
                 token: admin_token,
                 connections: connections.clone(),
+                reloader: reloader.clone(),
             },
         );
         svc.add_tcp(&addr.to_string());
@@ -565,11 +629,9 @@ pub fn start(
         "outbox",
         OutboxWorker {
             store: store.clone(),
-            transport,
+            mail,
             clock: clock.clone(),
             wake: auth.mail_wake.clone(),
-            max_attempts: cfg.mail.max_attempts,
-            retry_base_secs: cfg.mail.retry_base_secs,
             metrics,
         },
     ));
@@ -590,6 +652,7 @@ pub fn start(
     let (tx, rx) = watch::channel(false);
     let grace_secs = s.grace_period_secs;
     let last_store = auth.store.clone();
+    let thread_reloader = reloader.clone();
     let thread = std::thread::Builder::new()
         .name("portcullis".into())
         .spawn(move || {
@@ -597,6 +660,7 @@ pub fn start(
                 shutdown_signal: Box::new(Shutdown {
                     rx,
                     signals: handle_signals,
+                    reloader: thread_reloader,
                     inflight,
                     grace: Duration::from_secs(grace_secs),
                 }),
@@ -613,6 +677,7 @@ pub fn start(
 
     let handle = GatewayHandle {
         auth,
+        reloader,
         executor,
         sweeps,
         stop: tx,

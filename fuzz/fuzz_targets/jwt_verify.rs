@@ -10,7 +10,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use libfuzzer_sys::fuzz_target;
 use portcullis::auth::{keys, tokens::TokenService};
-use portcullis::clock::ManualClock;
+use portcullis::clock::{Clock, ManualClock};
 
 const SECRET: &str = "fuzz-secret-0123456789-0123456789-abcdef";
 
@@ -21,8 +21,8 @@ fn service() -> &'static TokenService {
         let toml = format!("[server]\ndata_dir = \"{}\"\n", dir.path().display());
         let env = |k: &str| (k == "PORTCULLIS_JWT_SECRET").then(|| SECRET.to_string());
         let cfg = portcullis::Config::from_toml(&toml, &env, std::path::Path::new(".")).unwrap();
-        let keys = keys::load(&cfg.tokens, &cfg.server.data_dir).unwrap();
         let clock = Arc::new(ManualClock::starting_now());
+        let keys = keys::load(&cfg.tokens, &cfg.server.data_dir, clock.now()).unwrap();
         (TokenService::new(keys, cfg.tokens.clone(), clock), dir)
     })
     .0

@@ -43,7 +43,7 @@ impl AuthService {
         let path = req.path.as_str();
         if path == "/.well-known/jwks.json" {
             return match req.method {
-                Method::GET | Method::HEAD => Ok(ApiResponse::json(200, self.tokens.jwks())),
+                Method::GET | Method::HEAD => Ok(ApiResponse::json(200, &self.tokens.jwks())),
                 _ => Err(ApiError::MethodNotAllowed),
             };
         }
@@ -109,13 +109,17 @@ impl AuthService {
     }
 
     async fn ip_throttle(&self, req: &ApiRequest) -> Result<(), ApiError> {
-        let limit = self.cfg.throttle.auth_per_minute;
+        let limit = self.cfg().throttle.auth_per_minute;
         if limit == 0 {
             return Ok(());
         }
         match self
             .throttle
-            .hit(&format!("ip:{}", req.ip_throttle_key(&self.cfg)), limit, 60)
+            .hit(
+                &format!("ip:{}", req.ip_throttle_key(&self.cfg())),
+                limit,
+                60,
+            )
             .await?
         {
             super::throttle::Verdict::Allowed => Ok(()),
@@ -240,11 +244,11 @@ impl AuthService {
             Ok(()) => {}
             Err(StoreError::Conflict) => {
                 self.metrics.auth_event("register", "failure");
-                if self.cfg.accounts.require_email_verification {
+                if self.cfg().accounts.require_email_verification {
                     // Answer exactly as a new registration; tell the owner.
-                    let base = &self.cfg.mail.link_base_url;
+                    let base = self.cfg().mail.link_base_url.clone();
                     self.store
-                        .enqueue_mail(mail::account_exists_mail(base, &email, now))
+                        .enqueue_mail(mail::account_exists_mail(&base, &email, now))
                         .await?;
                     self.mail_wake.notify_one();
                     audit::event(&actx, "register", "existing_email", None);
@@ -275,10 +279,10 @@ impl AuthService {
             user_id: user.id,
             email: user.email.clone(),
             password_version: user.password_version,
-            expires_at: now + self.cfg.accounts.verify_token_ttl_secs as i64,
+            expires_at: now + self.cfg().accounts.verify_token_ttl_secs as i64,
             issued_seq: 0,
         };
-        let m = mail::verification_mail(&self.cfg.mail.link_base_url, &user.email, &token, now);
+        let m = mail::verification_mail(&self.cfg().mail.link_base_url, &user.email, &token, now);
         self.store
             .issue_one_time(token_hash(&token), rec, m)
             .await?;
@@ -347,7 +351,7 @@ impl AuthService {
             return Err(fail(uid.as_deref()));
         }
         let uid = user.id.to_string();
-        if self.cfg.accounts.require_email_verification && !user.email_verified {
+        if self.cfg().accounts.require_email_verification && !user.email_verified {
             self.metrics.auth_event("login", "failure");
             audit::event(&actx, "login", "email_not_verified", Some(&uid));
             return Err(ApiError::EmailNotVerified);
@@ -382,7 +386,7 @@ impl AuthService {
         let live = self.refresh.is_authentic(&p, &s)
             && s.user_id == user.id
             && p.generation == s.generation
-            && domain::session_is_live(&s, self.clock.now(), self.cfg.tokens.refresh_idle_secs);
+            && domain::session_is_live(&s, self.clock.now(), self.cfg().tokens.refresh_idle_secs);
         Ok(live.then_some(s))
     }
 
@@ -398,7 +402,7 @@ impl AuthService {
             rotated_at: now,
             created_at: now,
             last_used_at: now,
-            expires_at: now + self.cfg.tokens.refresh_ttl_secs as i64,
+            expires_at: now + self.cfg().tokens.refresh_ttl_secs as i64,
             ip: req.client_ip.to_string(),
             user_agent: req.user_agent(),
         };
@@ -455,8 +459,8 @@ impl AuthService {
                 p.generation,
                 RefreshPolicy {
                     now: stamp.now,
-                    grace_secs: self.cfg.tokens.refresh_reuse_grace_secs,
-                    idle_secs: self.cfg.tokens.refresh_idle_secs,
+                    grace_secs: self.cfg().tokens.refresh_reuse_grace_secs,
+                    idle_secs: self.cfg().tokens.refresh_idle_secs,
                     revoke_until: stamp.revoke_until,
                 },
             )
@@ -698,7 +702,7 @@ impl AuthService {
         }
         let token = opaque_token(32);
         let now = self.clock.now();
-        let ttl = self.cfg.accounts.reset_token_ttl_secs;
+        let ttl = self.cfg().accounts.reset_token_ttl_secs;
         let rec = OneTimeToken {
             kind: OneTimeKind::PasswordReset,
             user_id: user.id,
@@ -707,7 +711,13 @@ impl AuthService {
             expires_at: now + ttl as i64,
             issued_seq: 0,
         };
-        let m = mail::reset_mail(&self.cfg.mail.link_base_url, &user.email, &token, ttl, now);
+        let m = mail::reset_mail(
+            &self.cfg().mail.link_base_url,
+            &user.email,
+            &token,
+            ttl,
+            now,
+        );
         self.store
             .issue_one_time(token_hash(&token), rec, m)
             .await?;
@@ -905,7 +915,7 @@ impl AuthService {
         let claims = self.require_bearer(req)?;
         let user = self.current_user(&claims).await?;
         let now = self.clock.now();
-        let idle = self.cfg.tokens.refresh_idle_secs;
+        let idle = self.cfg().tokens.refresh_idle_secs;
         let list: Vec<Value> = self
             .store
             .list_sessions(user.id)

@@ -16,6 +16,7 @@ pub mod verified;
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use http::HeaderMap;
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -41,7 +42,9 @@ pub fn valid_role(r: &str) -> bool {
 }
 
 pub struct AuthService {
-    pub cfg: Arc<Config>,
+    /// The config in force; swapped whole by a reload ([`crate::reload`]).
+    /// Read it through [`AuthService::cfg`].
+    live_cfg: ArcSwap<Config>,
     pub store: Arc<dyn Store>,
     pub tokens: TokenService,
     pub refresh: RefreshKeys,
@@ -75,7 +78,7 @@ impl AuthService {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
-        let keys = keys::load(&cfg.tokens, &cfg.server.data_dir)?;
+        let keys = keys::load(&cfg.tokens, &cfg.server.data_dir, clock.now())?;
         let tokens = TokenService::new(keys, cfg.tokens.clone(), clock.clone());
         let refresh = match &cfg.tokens.refresh_secret {
             Some(secret) => RefreshKeys::from_secret(secret.0.as_bytes()),
@@ -110,7 +113,7 @@ impl AuthService {
             .map_err(|e| e.to_string())?
             .count_rejections_in(metrics.hash_queue_rejected.clone());
         Ok(Self {
-            cfg,
+            live_cfg: ArcSwap::new(cfg),
             store,
             tokens,
             refresh,
@@ -123,6 +126,19 @@ impl AuthService {
             mail_wake: Arc::new(Notify::new()),
             metrics,
         })
+    }
+
+    /// The config in force (one atomic load; a reload swaps it whole, so
+    /// what one call returns is one consistent config).
+    pub fn cfg(&self) -> Arc<Config> {
+        self.live_cfg.load_full()
+    }
+
+    /// Put a reloaded config in force (see [`crate::reload`]): what is
+    /// derived from it inside this service (the token settings) follows.
+    pub fn swap_config(&self, cfg: Arc<Config>) {
+        self.tokens.reconfigure(cfg.tokens.clone());
+        self.live_cfg.store(cfg);
     }
 
     /// The bearer check used by proxied routes and `/auth/*` alike.
@@ -144,17 +160,17 @@ impl AuthService {
     /// access token issued so far has expired.
     pub fn stamp(&self) -> Stamp {
         let now = self.clock.now();
+        let t = &self.cfg().tokens;
         Stamp {
             now,
-            revoke_until: now
-                + self.cfg.tokens.access_ttl_secs as i64
-                + self.cfg.tokens.leeway_secs as i64,
+            revoke_until: now + t.access_ttl_secs as i64 + t.leeway_secs as i64,
         }
     }
 
     /// The account lockout policy (also applied to `current_password`).
     pub fn lockout(&self) -> LockoutPolicy {
-        let t = &self.cfg.throttle;
+        let cfg = self.cfg();
+        let t = &cfg.throttle;
         LockoutPolicy {
             max_failures: t.max_failed_logins,
             window_secs: t.failure_window_secs,

@@ -1,13 +1,15 @@
 //! Access tokens (RFC 9068 shaped JWTs) and opaque random tokens.
 //!
+//! Every token names its signing key in `kid` ([`super::keys`]).
 //! Verification allows exactly the configured algorithm, requires
-//! `typ: at+jwt`, and checks `iss`, `aud`, `exp`, `nbf` and `iat` against the
+//! `typ: at+jwt` and a `kid` naming a live key, and checks `iss`, `aud`, `exp`, `nbf` and `iat` against the
 //! injected clock with `leeway_secs`. Refresh, reset and verification tokens
 //! are opaque random strings, so they can never pass as bearer tokens.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Header, Validation};
@@ -15,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::keys::{random_bytes, KeyMaterial};
-use super::verified::VerifiedTokens;
+use super::keys::{random_bytes, KeySet};
+use super::verified::{Verified, VerifiedTokens};
 use crate::clock::Clock;
 use crate::config::TokenConfig;
 
@@ -59,18 +61,25 @@ impl TokenRejection {
 }
 
 pub struct TokenService {
-    keys: KeyMaterial,
-    validation: Validation,
-    cfg: TokenConfig,
+    /// The signing and verification keys, swapped whole by a reload.
+    keys: ArcSwap<KeySet>,
+    /// The token settings in force, swapped whole by a reload.
+    settings: ArcSwap<Settings>,
     clock: Arc<dyn Clock>,
     /// Tokens that passed: a repeat check skips the signature.
     verified: VerifiedTokens,
 }
 
-impl TokenService {
-    pub fn new(keys: KeyMaterial, cfg: TokenConfig, clock: Arc<dyn Clock>) -> Self {
-        let mut validation = Validation::new(keys.algorithm);
-        validation.algorithms = vec![keys.algorithm];
+/// The `[tokens]` settings and the validation built from them.
+struct Settings {
+    cfg: TokenConfig,
+    validation: Validation,
+}
+
+impl Settings {
+    fn new(algorithm: jsonwebtoken::Algorithm, cfg: TokenConfig) -> Self {
+        let mut validation = Validation::new(algorithm);
+        validation.algorithms = vec![algorithm];
         // Time claims are checked against the injected clock below.
         validation.validate_exp = false;
         validation.validate_nbf = false;
@@ -79,21 +88,49 @@ impl TokenService {
         validation.set_audience(&[cfg.audience.as_str()]);
         validation.required_spec_claims =
             HashSet::from(["exp", "iat", "iss", "aud", "sub"].map(String::from));
+        Self { cfg, validation }
+    }
+}
+
+impl TokenService {
+    pub fn new(keys: KeySet, cfg: TokenConfig, clock: Arc<dyn Clock>) -> Self {
+        let settings = ArcSwap::from_pointee(Settings::new(keys.algorithm, cfg));
         Self {
-            keys,
-            validation,
-            cfg,
+            keys: ArcSwap::from_pointee(keys),
+            settings,
             clock,
             verified: VerifiedTokens::default(),
         }
     }
 
-    pub fn jwks(&self) -> &serde_json::Value {
-        &self.keys.jwks
+    /// Put reloaded `[tokens]` settings in force (issuer, audience,
+    /// lifetimes, leeway); the algorithm is fixed at start.
+    pub fn reconfigure(&self, cfg: TokenConfig) {
+        let algorithm = self.keys.load().algorithm;
+        self.settings.store(Arc::new(Settings::new(algorithm, cfg)));
+        self.verified.invalidate();
+    }
+
+    /// Put a reloaded key set in force.
+    pub fn set_keys(&self, keys: KeySet) {
+        self.keys.store(Arc::new(keys));
+        self.verified.invalidate();
+    }
+
+    /// The signing key's id now, and how many keys verify.
+    pub fn key_summary(&self) -> (Option<String>, usize) {
+        let keys = self.keys.load();
+        let now = self.clock.now();
+        (Some(keys.signing(now).kid.clone()), keys.live_count(now))
+    }
+
+    /// Every live public key (`{"keys":[]}` under HS256).
+    pub fn jwks(&self) -> serde_json::Value {
+        self.keys.load().jwks(self.clock.now())
     }
 
     pub fn access_ttl(&self) -> u64 {
-        self.cfg.access_ttl_secs
+        self.settings.load().cfg.access_ttl_secs
     }
 
     /// Sign an access token for a user and session.
@@ -105,11 +142,13 @@ impl TokenService {
         sid: &Uuid,
     ) -> Result<(String, AccessClaims), jsonwebtoken::errors::Error> {
         let now = self.clock.now();
+        let settings = self.settings.load();
+        let cfg = &settings.cfg;
         let claims = AccessClaims {
-            iss: self.cfg.issuer.clone(),
-            aud: self.cfg.audience.clone(),
+            iss: cfg.issuer.clone(),
+            aud: cfg.audience.clone(),
             sub: user_id.to_string(),
-            exp: now + self.cfg.access_ttl_secs as i64,
+            exp: now + cfg.access_ttl_secs as i64,
             iat: now,
             nbf: None,
             jti: Uuid::new_v4().to_string(),
@@ -117,10 +156,12 @@ impl TokenService {
             email: email.to_string(),
             roles: roles.to_vec(),
         };
-        let mut header = Header::new(self.keys.algorithm);
+        let keys = self.keys.load();
+        let key = keys.signing(now);
+        let mut header = Header::new(keys.algorithm);
         header.typ = Some(ACCESS_TYP.into());
-        header.kid = self.keys.kid.clone();
-        let token = jsonwebtoken::encode(&header, &claims, &self.keys.encoding)?;
+        header.kid = Some(key.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, key.encoding())?;
         Ok((token, claims))
     }
 
@@ -132,9 +173,17 @@ impl TokenService {
         if token.len() > 8192 {
             return Err(TokenRejection::Invalid);
         }
-        if let Some(c) = self.verified.get(token) {
-            self.check_times(&c)?;
-            return Ok(c);
+        // Read before the keys and settings: an entry made under ones that
+        // have since been replaced is never found.
+        let generation = self.verified.generation();
+        let now = self.clock.now();
+        if let Some(v) = self.verified.get(token, generation) {
+            if !v.key_verifies_until.is_none_or(|t| now < t) {
+                return Err(TokenRejection::Invalid);
+            }
+            let leeway = self.settings.load().cfg.leeway_secs as i64;
+            check_times(&v.claims, now, leeway)?;
+            return Ok(v.claims);
         }
         if !token.bytes().all(is_token_char) {
             return Err(TokenRejection::Invalid);
@@ -145,12 +194,14 @@ impl TokenService {
         }) {
             return Err(TokenRejection::Invalid);
         }
-        if header.alg != self.keys.algorithm {
+        let keys = self.keys.load();
+        if header.alg != keys.algorithm {
             return Err(TokenRejection::Invalid);
         }
         // A token never chooses its own key (RFC 8725 §3.10): our tokens
-        // carry no key or key URL, so one that does is forged. With a `kid`
-        // (EdDSA) it must name our key exactly.
+        // carry no key or key URL, so one that does is forged. Its `kid`
+        // must name one of our live keys; without one it is refused, unless
+        // the one key is PORTCULLIS_JWT_SECRET (see `keys`).
         if header.jwk.is_some()
             || header.jku.is_some()
             || header.x5u.is_some()
@@ -160,38 +211,41 @@ impl TokenService {
         {
             return Err(TokenRejection::Invalid);
         }
-        if let Some(kid) = &self.keys.kid {
-            if header.kid.as_deref() != Some(kid.as_str()) {
-                return Err(TokenRejection::Invalid);
-            }
-        }
-        let data =
-            jsonwebtoken::decode::<AccessClaims>(token, &self.keys.decoding, &self.validation)
-                .map_err(|_| TokenRejection::Invalid)?;
+        let key = keys
+            .verifying(header.kid.as_deref(), now)
+            .ok_or(TokenRejection::Invalid)?;
+        let settings = self.settings.load();
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &settings.validation)
+            .map_err(|_| TokenRejection::Invalid)?;
         let c = data.claims;
         if Uuid::parse_str(&c.sub).is_err() || Uuid::parse_str(&c.sid).is_err() {
             return Err(TokenRejection::Invalid);
         }
-        self.check_times(&c)?;
-        self.verified.insert(token, &c);
+        check_times(&c, now, settings.cfg.leeway_secs as i64)?;
+        self.verified.insert(
+            token,
+            Verified {
+                claims: c.clone(),
+                key_verifies_until: key.verifies_until,
+                generation,
+            },
+        );
         Ok(c)
     }
+}
 
-    /// The time claims against the clock, with `leeway_secs`.
-    fn check_times(&self, c: &AccessClaims) -> Result<(), TokenRejection> {
-        let now = self.clock.now();
-        let leeway = self.cfg.leeway_secs as i64;
-        if c.iat > now + leeway {
-            return Err(TokenRejection::Invalid);
-        }
-        if c.nbf.is_some_and(|nbf| nbf > now + leeway) {
-            return Err(TokenRejection::Invalid);
-        }
-        if c.exp <= now - leeway {
-            return Err(TokenRejection::Expired);
-        }
-        Ok(())
+/// The time claims against `now`, with `leeway` seconds.
+fn check_times(c: &AccessClaims, now: i64, leeway: i64) -> Result<(), TokenRejection> {
+    if c.iat > now + leeway {
+        return Err(TokenRejection::Invalid);
     }
+    if c.nbf.is_some_and(|nbf| nbf > now + leeway) {
+        return Err(TokenRejection::Invalid);
+    }
+    if c.exp <= now - leeway {
+        return Err(TokenRejection::Expired);
+    }
+    Ok(())
 }
 
 /// The characters a bearer token may hold: base64url (with `~`, and the

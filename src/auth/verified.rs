@@ -5,15 +5,18 @@
 //! route (an HMAC or an Ed25519 verification, base64 and JSON). Remembering
 //! the claims of each token that passed makes the repeat check a hash-map
 //! lookup. What can change is still checked on every request: the time
-//! claims against the clock, and revocation.
+//! claims against the clock, the end of its key's verification time, and
+//! revocation.
 //!
 //! Only tokens that passed every check are remembered, under their full
-//! text, so nothing can be looked up that the signing key did not sign. The
-//! map is bounded: when it is full it is emptied and refills with the
-//! tokens in use. It belongs to one [`super::tokens::TokenService`], so a
-//! new key set starts with an empty one.
+//! text, so nothing can be looked up that a live key did not sign. A new
+//! key set or new token settings (a reload, a rotation) start a new
+//! generation, and entries of an older one are never found. The map is
+//! bounded: when it is full it is emptied and refills with the tokens in
+//! use.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
@@ -22,8 +25,19 @@ use super::tokens::AccessClaims;
 /// How many tokens are remembered (about 1 KiB each).
 pub const CAPACITY: usize = 8192;
 
+/// What a check established about one token.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub claims: AccessClaims,
+    /// Its key stops verifying then (`None`: the newest key).
+    pub key_verifies_until: Option<i64>,
+    /// The generation of keys and settings it was checked under.
+    pub generation: u64,
+}
+
 pub struct VerifiedTokens {
-    map: RwLock<HashMap<Box<str>, AccessClaims>>,
+    map: RwLock<HashMap<Box<str>, Verified>>,
+    generation: AtomicU64,
     capacity: usize,
 }
 
@@ -37,22 +51,40 @@ impl VerifiedTokens {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             map: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
             capacity,
         }
     }
 
-    /// The claims of a token that passed before.
-    pub fn get(&self, token: &str) -> Option<AccessClaims> {
-        self.map.read().get(token).cloned()
+    /// The current generation: read it before loading the keys and
+    /// settings a check uses, and stamp the entry with it.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Call after new keys or settings are in force: nothing checked
+    /// before is found again.
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.map.write().clear();
+    }
+
+    /// What a check of this exact token established, in `generation`.
+    pub fn get(&self, token: &str, generation: u64) -> Option<Verified> {
+        self.map
+            .read()
+            .get(token)
+            .filter(|v| v.generation == generation)
+            .cloned()
     }
 
     /// Remember a token that passed every check.
-    pub fn insert(&self, token: &str, claims: &AccessClaims) {
+    pub fn insert(&self, token: &str, v: Verified) {
         let mut map = self.map.write();
         if map.len() >= self.capacity {
             map.clear();
         }
-        map.insert(token.into(), claims.clone());
+        map.insert(token.into(), v);
     }
 
     pub fn len(&self) -> usize {
@@ -68,31 +100,49 @@ impl VerifiedTokens {
 mod tests {
     use super::*;
 
-    fn claims(sub: &str) -> AccessClaims {
-        AccessClaims {
-            iss: "i".into(),
-            aud: "a".into(),
-            sub: sub.into(),
-            exp: 10,
-            iat: 0,
-            nbf: None,
-            jti: "j".into(),
-            sid: "s".into(),
-            email: "e@example.com".into(),
-            roles: vec![],
+    fn verified(sub: &str, generation: u64) -> Verified {
+        Verified {
+            claims: AccessClaims {
+                iss: "i".into(),
+                aud: "a".into(),
+                sub: sub.into(),
+                exp: 10,
+                iat: 0,
+                nbf: None,
+                jti: "j".into(),
+                sid: "s".into(),
+                email: "e@example.com".into(),
+                roles: vec![],
+            },
+            key_verifies_until: None,
+            generation,
         }
     }
 
     #[test]
     fn remembers_exact_tokens_only_and_stays_bounded() {
         let v = VerifiedTokens::with_capacity(2);
-        v.insert("a.b.c", &claims("1"));
-        assert_eq!(v.get("a.b.c").map(|c| c.sub), Some("1".into()));
-        assert!(v.get("a.b.C").is_none());
-        assert!(v.get("a.b.c ").is_none());
-        v.insert("d.e.f", &claims("2"));
-        v.insert("g.h.i", &claims("3"));
+        v.insert("a.b.c", verified("1", 0));
+        assert_eq!(v.get("a.b.c", 0).map(|c| c.claims.sub), Some("1".into()));
+        assert!(v.get("a.b.C", 0).is_none());
+        assert!(v.get("a.b.c ", 0).is_none());
+        v.insert("d.e.f", verified("2", 0));
+        v.insert("g.h.i", verified("3", 0));
         assert!(v.len() <= 2);
-        assert_eq!(v.get("g.h.i").map(|c| c.sub), Some("3".into()));
+        assert_eq!(v.get("g.h.i", 0).map(|c| c.claims.sub), Some("3".into()));
+    }
+
+    #[test]
+    fn a_new_generation_forgets_what_an_older_one_checked() {
+        let v = VerifiedTokens::default();
+        let g = v.generation();
+        v.invalidate();
+        // A check that began before the new keys finishes after them.
+        v.insert("a.b.c", verified("1", g));
+        assert!(v.get("a.b.c", v.generation()).is_none());
+        v.insert("a.b.c", verified("1", v.generation()));
+        assert!(v.get("a.b.c", v.generation()).is_some());
+        v.invalidate();
+        assert!(v.is_empty());
     }
 }

@@ -1039,8 +1039,10 @@ mod tests {
         // sled's cache: 64 MiB unless configured; 0 or absurd sizes refused.
         assert!(matches!(load("").unwrap().storage,
             Storage::Sled { cache_bytes, .. } if cache_bytes == 64 << 20));
-        assert!(matches!(load("[storage]\ncache_mb = 16\n").unwrap().storage,
-            Storage::Sled { cache_bytes, .. } if cache_bytes == 16 << 20));
+        assert!(
+            matches!(load("[storage]\ncache_mb = 16\n").unwrap().storage,
+            Storage::Sled { cache_bytes, .. } if cache_bytes == 16 << 20)
+        );
         for bad in ["0", "2000000"] {
             let e = load(&format!("[storage]\ncache_mb = {bad}\n")).unwrap_err();
             assert!(e.to_string().contains("storage.cache_mb"), "{e}");

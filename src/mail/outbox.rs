@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -23,15 +24,30 @@ const CLAIM_BATCH: usize = 64;
 
 pub struct OutboxWorker {
     pub store: Arc<dyn Store>,
-    pub transport: Arc<dyn Transport>,
+    /// The transport and retry policy in force (a reload swaps them).
+    pub mail: Arc<ArcSwap<MailRuntime>>,
     pub clock: Arc<dyn Clock>,
     pub wake: Arc<Notify>,
-    pub max_attempts: u32,
-    pub retry_base_secs: u64,
     pub metrics: Arc<Metrics>,
 }
 
-impl OutboxWorker {
+/// What the worker derives from `[mail]`: built at start and by each
+/// reload, loaded once per delivery pass.
+pub struct MailRuntime {
+    pub transport: Arc<dyn Transport>,
+    pub max_attempts: u32,
+    pub retry_base_secs: u64,
+}
+
+impl MailRuntime {
+    pub fn build(cfg: &crate::config::MailConfig) -> Result<Self, String> {
+        Ok(Self {
+            transport: super::transport_for(cfg)?,
+            max_attempts: cfg.max_attempts,
+            retry_base_secs: cfg.retry_base_secs,
+        })
+    }
+
     /// The backoff before attempt `attempts + 1`: doubling from the base,
     /// capped at an hour.
     pub fn backoff(&self, attempts: u32) -> u64 {
@@ -39,11 +55,14 @@ impl OutboxWorker {
             .saturating_mul(1u64 << attempts.saturating_sub(1).min(10))
             .min(3600)
     }
+}
 
+impl OutboxWorker {
     /// One pass over the due messages. Each attempt is recorded on the
     /// current message (durably) before the next one is sent.
     pub async fn deliver_due(&self) {
         let now = self.clock.now();
+        let mail = self.mail.load_full();
         // Claimed messages are leased to this sender: another gateway on
         // the same database does not send them too.
         let due = match self
@@ -58,7 +77,7 @@ impl OutboxWorker {
             }
         };
         for msg in due {
-            let sent = tokio::time::timeout(Duration::from_secs(60), self.transport.send(&msg))
+            let sent = tokio::time::timeout(Duration::from_secs(60), mail.transport.send(&msg))
                 .await
                 .unwrap_or_else(|_| Err("send timed out".into()));
             let delivery = match sent {
@@ -69,8 +88,8 @@ impl OutboxWorker {
                 }
                 Err(err) => {
                     let attempts = msg.attempts + 1;
-                    let give_up = attempts >= self.max_attempts;
-                    let backoff = self.backoff(attempts);
+                    let give_up = attempts >= mail.max_attempts;
+                    let backoff = mail.backoff(attempts);
                     if give_up {
                         self.metrics.email(&msg.kind, "failed");
                         tracing::error!(kind = %msg.kind, id = %msg.id, attempts, cause = %err, "mail delivery failed for good; kept in the outbox");

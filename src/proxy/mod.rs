@@ -24,6 +24,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -45,18 +46,66 @@ use inflight::{InFlight, InFlightGuard};
 pub struct RouteRuntime {
     pub route: Route,
     lb: LoadBalancer<RoundRobin>,
-    /// One prebuilt peer per upstream (with the route's timeouts), cloned
-    /// per request.
+    /// One prebuilt peer per upstream (with the configured timeouts),
+    /// cloned per request.
     peers: Vec<HttpPeer>,
     metrics: RouteMetrics,
 }
 
-pub struct Gateway {
+/// What the proxy derives from one config: the config itself and the route
+/// table with its upstream balancers and metric handles. A reload builds a
+/// new one and swaps it in whole ([`LiveProxy`]); each request loads it
+/// once (in `new_ctx`), so a request sees one consistent config from its
+/// first hook to its last, and requests already running finish on theirs.
+pub struct ProxyConfig {
     pub cfg: Arc<Config>,
+    routes: Vec<RouteRuntime>,
+}
+
+/// The proxy state in force, shared by the plain and TLS listeners.
+pub type LiveProxy = ArcSwap<ProxyConfig>;
+
+impl ProxyConfig {
+    pub fn build(cfg: Arc<Config>, metrics: &crate::metrics::Metrics) -> std::io::Result<Self> {
+        let routes = cfg
+            .routes
+            .iter()
+            .map(|r| {
+                let lb = LoadBalancer::try_from_iter(r.upstreams.iter().map(|u| u.addr))?;
+                let peers = r.upstreams.iter().map(|u| upstream_peer(u, &cfg)).collect();
+                Ok(RouteRuntime {
+                    route: r.clone(),
+                    lb,
+                    peers,
+                    metrics: metrics.route(&r.prefix),
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Self { cfg, routes })
+    }
+
+    fn match_route(&self, path: &str) -> Option<usize> {
+        // Routes are sorted longest prefix first.
+        self.routes
+            .iter()
+            .position(|r| path::prefix_matches(&r.route.prefix, path))
+    }
+
+    fn pick_upstream(&self, idx: usize, key: &[u8]) -> Option<&HttpPeer> {
+        let r = self.routes.get(idx)?;
+        let backend = r.lb.select(key, 256)?;
+        let addr = backend.addr.as_inet()?;
+        let i = r.route.upstreams.iter().position(|u| &u.addr == addr)?;
+        r.peers.get(i)
+    }
+}
+
+pub struct Gateway {
+    /// The config and routes in force (swapped by a reload).
+    pub live: Arc<LiveProxy>,
     pub auth: Arc<AuthService>,
     /// Where `/auth/*` handlers run (at a lower OS priority).
     executor: Arc<AuthExecutor>,
-    routes: Vec<RouteRuntime>,
     /// Whether this instance serves the TLS listener.
     tls: bool,
     inflight: Arc<InFlight>,
@@ -65,8 +114,9 @@ pub struct Gateway {
     unrouted_metrics: RouteMetrics,
 }
 
-#[derive(Default)]
 pub struct Ctx {
+    /// The config and routes this request runs on (loaded once).
+    live: Arc<ProxyConfig>,
     request_id: String,
     client_ip: Option<IpAddr>,
     route: Option<usize>,
@@ -86,48 +136,26 @@ pub struct Ctx {
 
 impl Gateway {
     pub fn new(
-        cfg: Arc<Config>,
+        live: Arc<LiveProxy>,
         auth: Arc<AuthService>,
         executor: Arc<AuthExecutor>,
         tls: bool,
-    ) -> std::io::Result<Self> {
-        let routes = cfg
-            .routes
-            .iter()
-            .map(|r| {
-                let lb = LoadBalancer::try_from_iter(r.upstreams.iter().map(|u| u.addr))?;
-                let peers = r.upstreams.iter().map(|u| upstream_peer(u, &cfg)).collect();
-                Ok(RouteRuntime {
-                    route: r.clone(),
-                    lb,
-                    peers,
-                    metrics: auth.metrics.route(&r.prefix),
-                })
-            })
-            .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             auth_metrics: auth.metrics.route("auth"),
             unrouted_metrics: auth.metrics.route("none"),
-            cfg,
+            live,
             auth,
             executor,
-            routes,
             tls,
             inflight: Arc::default(),
-        })
+        }
     }
 
     /// Share the in-flight request count that a graceful shutdown waits on.
     pub fn with_inflight(mut self, inflight: Arc<InFlight>) -> Self {
         self.inflight = inflight;
         self
-    }
-
-    fn match_route(&self, path: &str) -> Option<usize> {
-        // Routes are sorted longest prefix first.
-        self.routes
-            .iter()
-            .position(|r| path::prefix_matches(&r.route.prefix, path))
     }
 
     async fn respond(&self, session: &mut Session, ctx: &Ctx, resp: ApiResponse) -> Result<()> {
@@ -154,8 +182,11 @@ impl Gateway {
     }
 
     /// Read a local request's body, bounded by `limits.max_body_bytes`.
-    async fn read_body(&self, session: &mut Session) -> std::result::Result<Bytes, ApiError> {
-        let limit = self.cfg.limits.max_body_bytes;
+    async fn read_body(
+        &self,
+        session: &mut Session,
+        limit: usize,
+    ) -> std::result::Result<Bytes, ApiError> {
         if let Some(len) = session
             .req_header()
             .headers
@@ -195,8 +226,10 @@ impl Gateway {
         Ok(buf.freeze())
     }
 
-    fn check_header_limits(&self, req: &RequestHeader) -> std::result::Result<(), ApiError> {
-        let l = &self.cfg.limits;
+    fn check_header_limits(
+        l: &crate::config::LimitsConfig,
+        req: &RequestHeader,
+    ) -> std::result::Result<(), ApiError> {
         if req.headers.len() > l.max_header_count {
             return Err(ApiError::HeadersTooLarge);
         }
@@ -220,18 +253,20 @@ impl Gateway {
         ctx.local = true;
         // A whole-body deadline: a per-read timeout alone lets a client
         // trickle a body one byte at a time.
-        let deadline = Duration::from_secs(self.cfg.limits.downstream_read_timeout_secs);
-        let body = match tokio::time::timeout(deadline, self.read_body(session))
-            .await
-            .unwrap_or(Err(ApiError::RequestTimeout))
-        {
-            Ok(b) => b,
-            Err(e) => {
-                // The rest of the body is unread: do not reuse the connection.
-                session.set_keepalive(None);
-                return self.respond_error(session, ctx, e).await;
-            }
-        };
+        let limits = &ctx.live.cfg.limits;
+        let deadline = Duration::from_secs(limits.downstream_read_timeout_secs);
+        let body =
+            match tokio::time::timeout(deadline, self.read_body(session, limits.max_body_bytes))
+                .await
+                .unwrap_or(Err(ApiError::RequestTimeout))
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    // The rest of the body is unread: do not reuse the connection.
+                    session.set_keepalive(None);
+                    return self.respond_error(session, ctx, e).await;
+                }
+            };
         let req = session.req_header();
         let api = ApiRequest {
             method: req.method.clone(),
@@ -258,22 +293,14 @@ impl Gateway {
         self.respond(session, ctx, resp).await?;
         Ok(true)
     }
-
-    fn pick_upstream(&self, idx: usize, key: &[u8]) -> Option<&HttpPeer> {
-        let r = &self.routes[idx];
-        let backend = r.lb.select(key, 256)?;
-        let addr = backend.addr.as_inet()?;
-        let i = r.route.upstreams.iter().position(|u| &u.addr == addr)?;
-        r.peers.get(i)
-    }
 }
 
 impl Gateway {
     /// The request metrics of the `route` label: a configured prefix,
     /// "auth", or "none".
-    fn route_metrics(&self, ctx: &Ctx) -> &RouteMetrics {
-        match ctx.route {
-            Some(i) => &self.routes[i].metrics,
+    fn route_metrics<'a>(&'a self, ctx: &'a Ctx) -> &'a RouteMetrics {
+        match ctx.route.and_then(|i| ctx.live.routes.get(i)) {
+            Some(r) => &r.metrics,
             None if ctx.local => &self.auth_metrics,
             None => &self.unrouted_metrics,
         }
@@ -330,8 +357,19 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            live: self.live.load_full(),
+            request_id: String::new(),
+            client_ip: None,
+            route: None,
+            claims: None,
+            path_and_query: None,
+            started: None,
+            upstream_started: None,
+            local: false,
+            peer: None,
+            peer_trusted: false,
+            tunnel: None,
             _inflight: Some(self.inflight.enter()),
-            ..Ctx::default()
         }
     }
 
@@ -344,19 +382,21 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let trusted = &self.cfg.server.trusted_proxies;
+        let live = ctx.live.clone();
+        let cfg = &live.cfg;
+        let trusted = &cfg.server.trusted_proxies;
         ctx.peer_trusted = trusted.iter().any(|n| n.contains(&peer));
         ctx.peer = Some(peer);
         ctx.client_ip = Some(client_ip::client_ip(
             peer,
             &session.req_header().headers,
             trusted,
-            self.cfg.server.client_ip_header,
+            cfg.server.client_ip_header,
         ));
         session.set_read_timeout(Some(Duration::from_secs(
-            self.cfg.limits.downstream_read_timeout_secs,
+            cfg.limits.downstream_read_timeout_secs,
         )));
-        if let Err(e) = self.check_header_limits(session.req_header()) {
+        if let Err(e) = Self::check_header_limits(&cfg.limits, session.req_header()) {
             session.set_keepalive(None);
             return self.respond_error(session, ctx, e).await;
         }
@@ -391,9 +431,9 @@ impl ProxyHttp for Gateway {
         let idx = if is_local(&normalized) {
             None
         } else {
-            self.match_route(&normalized)
+            live.match_route(&normalized)
         };
-        if had_params && !idx.is_some_and(|i| self.routes[i].route.strip_path_params) {
+        if had_params && !idx.is_some_and(|i| live.routes[i].route.strip_path_params) {
             tracing::debug!("rejected path parameters");
             return self
                 .respond_error(
@@ -409,7 +449,7 @@ impl ProxyHttp for Gateway {
         let Some(idx) = idx else {
             return self.respond_error(session, ctx, ApiError::NotFound).await;
         };
-        let route = &self.routes[idx].route;
+        let route = &live.routes[idx].route;
         ctx.route = Some(idx);
         if route.auth != AuthMode::Public {
             let verdict = if query_has_token(session.req_header().uri.query()) {
@@ -443,7 +483,7 @@ impl ProxyHttp for Gateway {
                     route.prefix,
                     crate::net::throttle_key(
                         ctx.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-                        self.cfg.throttle.ipv6_prefix_len,
+                        cfg.throttle.ipv6_prefix_len,
                     )
                 ),
             };
@@ -481,7 +521,8 @@ impl ProxyHttp for Gateway {
             .route
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
         // Round-robin ignores the selection key.
-        let peer = self
+        let peer = ctx
+            .live
             .pick_upstream(idx, b"")
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no upstream"))?;
         Ok(Box::new(peer.clone()))
@@ -497,7 +538,7 @@ impl ProxyHttp for Gateway {
         // The received chain is extended only when it is the one header the
         // trusted proxy vouches for; otherwise the upstream gets the client.
         let extends_xff = trusted_peer
-            && self.cfg.server.client_ip_header == crate::config::ClientIpHeader::XForwardedFor;
+            && ctx.live.cfg.server.client_ip_header == crate::config::ClientIpHeader::XForwardedFor;
         let client = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
         let xff = match (
             extends_xff,
@@ -515,7 +556,7 @@ impl ProxyHttp for Gateway {
         };
         let forward_authorization = ctx
             .route
-            .is_none_or(|i| self.routes[i].route.forward_authorization);
+            .is_none_or(|i| ctx.live.routes[i].route.forward_authorization);
         // Only a trusted proxy may speak for the original host and port;
         // from anyone else those would steer an upstream's links.
         headers::strip_for_upstream(up, forward_authorization, trusted_peer);
@@ -561,7 +602,7 @@ impl ProxyHttp for Gateway {
             &switch,
             self.auth.clone(),
             claims.clone(),
-            self.cfg.tokens.tunnel_leeway_secs,
+            ctx.live.cfg.tokens.tunnel_leeway_secs,
             ctx.request_id.clone(),
         );
         ctx.tunnel = Some(switch);

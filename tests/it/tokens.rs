@@ -382,7 +382,7 @@ async fn jwks_is_empty_under_hs256() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_hs256_secret_is_private_and_survives_a_restart() {
     let mut gw = TestGateway::start().await;
-    let key = gw.data_dir().join("jwt-hs256.key");
+    let key = gw.data_dir().join("jwt-keys-hs256.json");
     assert!(key.exists(), "no generated secret in data_dir");
     #[cfg(unix)]
     {
@@ -605,5 +605,8 @@ async fn a_remembered_token_vouches_for_nothing_but_itself() {
     }
     assert_eq!(call(&gw, "/x", &s.access).await.status, 200);
     gw.clock.advance(900 + LEEWAY + 1);
-    assert_rejected(&call(&gw, "/x", &s.access).await, "remembered, then expired");
+    assert_rejected(
+        &call(&gw, "/x", &s.access).await,
+        "remembered, then expired",
+    );
 }

@@ -192,11 +192,46 @@ retry_base_secs = 30
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"))
     }
 
+    /// Where the gateway's config file is (a reload reads it again).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
+    }
+
     fn boot(&mut self) {
         let clock: Arc<dyn Clock> = self.clock.clone();
-        let handle = portcullis::start(self.config(), clock, false)
-            .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
+        std::fs::write(self.config_path(), &self.toml).unwrap();
+        // A reload reads the file again, with the same environment.
+        let (path, env) = (self.config_path(), self.env.clone());
+        let source: portcullis::reload::ConfigSource = Arc::new(move || {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let env = env.clone();
+            Config::from_toml(&text, &move |k| env.get(k).cloned(), Path::new("."))
+        });
+        let handle =
+            portcullis::server::start_with_source(self.config(), Some(source), clock, false)
+                .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
         self.handle = Some(handle);
+    }
+
+    /// Replace the config file (`{UP}` is the upstream URL); the running
+    /// gateway reads it at its next reload, a restart at once.
+    pub fn write_toml(&mut self, toml: &str) {
+        self.toml = toml.replace("{UP}", &self.upstream.url());
+        std::fs::write(self.config_path(), &self.toml).unwrap();
+    }
+
+    /// `POST /admin/reload` with the admin token, as `portcullis reload`.
+    pub async fn admin_reload(&self) -> http::Response {
+        let token = std::fs::read_to_string(self.data_dir().join("admin.token")).unwrap();
+        http::request(
+            self.admin_addr,
+            "POST",
+            "/admin/reload",
+            &[("authorization", &format!("Bearer {}", token.trim()))],
+            Some(b""),
+        )
+        .await
+        .unwrap()
     }
 
     /// Stop (gracefully, flushing the store) and start again on the same
@@ -323,6 +358,28 @@ impl Drop for TestGateway {
 }
 
 pub const PASSWORD: &str = "correct horse battery staple";
+
+/// The signing keys in a data dir's key-set file, as stored: `(kid,
+/// secret)` in file order, where the secret is the HS256 key (base64url) or
+/// the Ed25519 PKCS#8 PEM. `alg` is "HS256" or "EdDSA".
+pub fn stored_keys(data_dir: &Path, alg: &str) -> Vec<(String, String)> {
+    let name = match alg {
+        "HS256" => "jwt-keys-hs256.json",
+        _ => "jwt-keys-ed25519.json",
+    };
+    let v: Value = serde_json::from_slice(&std::fs::read(data_dir.join(name)).unwrap()).unwrap();
+    v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["kid"].as_str().unwrap().to_string(),
+                k["secret"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
 
 pub struct Session {
     pub access: String,

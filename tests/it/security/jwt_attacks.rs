@@ -215,8 +215,9 @@ async fn eddsa_real_key_under_an_unknown_kid_is_401() {
     let gw = gateway("EdDSA").await;
     let jwks = gw.get("/.well-known/jwks.json", None).await.json();
     let kid = jwks["keys"][0]["kid"].as_str().unwrap().to_string();
-    let pem = std::fs::read(gw.data_dir().join("jwt-ed25519.pem")).unwrap();
-    let key = EncodingKey::from_ed_pem(&pem).unwrap();
+    let (stored_kid, pem) = crate::common::stored_keys(&gw.data_dir(), "EdDSA").remove(0);
+    assert_eq!(stored_kid, kid);
+    let key = EncodingKey::from_ed_pem(pem.as_bytes()).unwrap();
     let mut c = claims(gw.clock.now());
     c["roles"] = json!([]);
     let mint = |kid: Option<&str>| {
