@@ -11,6 +11,7 @@ mod documented;
 mod durability;
 mod email;
 mod limits;
+mod openapi;
 mod passthrough;
 mod postgres;
 mod races;
