@@ -7,6 +7,7 @@ mod accounts;
 mod backup;
 mod claims;
 mod core_proxy;
+mod deploy;
 mod documented;
 mod durability;
 mod email;
