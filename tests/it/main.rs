@@ -8,6 +8,7 @@ mod backup;
 mod claims;
 mod core_proxy;
 mod deploy;
+mod docs;
 mod documented;
 mod durability;
 mod email;
