@@ -437,7 +437,9 @@ fn run_schemathesis(
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis/schemathesis.toml");
     let report = tempfile::tempdir().unwrap();
     let mut cmd = std::process::Command::new(st);
-    cmd.arg("--config-file")
+    // Its cache and reports go to a temporary directory, not the repository.
+    cmd.current_dir(report.path())
+        .arg("--config-file")
         .arg(&config)
         .args(["--no-color", "run"])
         .arg(doc)
