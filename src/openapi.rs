@@ -255,7 +255,13 @@ impl Modify for CommonResponses {
                 let Some(op) = op else { continue };
                 let local = path.starts_with("/auth/");
                 let has_body = op.request_body.is_some();
-                let secured = op.security.is_some();
+                // Bearer required (not optional, as on logout: `{}` among
+                // the alternatives).
+                let secured = serde_json::to_value(&op.security).is_ok_and(|v| {
+                    v.as_array().is_some_and(|alts| {
+                        !alts.is_empty() && alts.iter().all(|a| a != &serde_json::json!({}))
+                    })
+                });
                 let mut add = |status: &str| {
                     op.responses
                         .responses
@@ -596,5 +602,12 @@ mod tests {
                 "{method} {path}: no 400"
             );
         }
+        // Logout's bearer is optional: it never answers 401.
+        assert!(doc["paths"]["/auth/logout"]["post"]["responses"]
+            .get("401")
+            .is_none());
+        assert!(doc["paths"]["/auth/me"]["get"]["responses"]
+            .get("401")
+            .is_some());
     }
 }
