@@ -63,6 +63,23 @@ impl ApiResponse {
         }
     }
 
+    /// A JSON body from a wire type (see [`crate::wire`]).
+    pub fn serialized<T: serde::Serialize>(status: u16, value: &T) -> Self {
+        Self::json_bytes(
+            status,
+            Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+        )
+    }
+
+    /// A JSON body already serialized.
+    pub fn json_bytes(status: u16, body: Bytes) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type", "application/json".into())],
+            body,
+        }
+    }
+
     pub fn empty(status: u16) -> Self {
         Self {
             status,

@@ -18,11 +18,13 @@ pub mod logging;
 pub mod mail;
 pub mod metrics;
 pub mod net;
+pub mod openapi;
 pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod wire;
 
 use std::sync::Arc;
 

@@ -22,6 +22,7 @@ use crate::store::{
     domain, OneTimeKind, OneTimeToken, Redeem, RefreshPolicy, Revocation, RotateOutcome,
     SessionRecord, Sessions, StoreError, User, UserChange,
 };
+use crate::wire;
 
 type ApiResult = Result<ApiResponse, ApiError>;
 
@@ -35,6 +36,13 @@ impl AuthService {
     pub async fn handle(&self, req: ApiRequest) -> ApiResponse {
         match self.dispatch(&req).await {
             Ok(r) => r,
+            Err(e @ ApiError::MethodNotAllowed) => {
+                let r = e.into_response();
+                match crate::openapi::allow(&req.path) {
+                    Some(allow) => r.with_header("allow", allow),
+                    None => r,
+                }
+            }
             Err(e) => e.into_response(),
         }
     }
@@ -52,6 +60,9 @@ impl AuthService {
         }
         let m = &req.method;
         match path {
+            "/auth/openapi.json" if *m == Method::GET || *m == Method::HEAD => {
+                Ok(ApiResponse::json_bytes(200, crate::openapi::document()))
+            }
             "/auth/register" if *m == Method::POST => self.register(req).await,
             "/auth/login" if *m == Method::POST => self.login(req).await,
             "/auth/refresh" if *m == Method::POST => self.refresh(req).await,
@@ -95,7 +106,8 @@ impl AuthService {
             | "/auth/password/reset/confirm"
             | "/auth/password/change"
             | "/auth/me"
-            | "/auth/sessions" => Err(ApiError::MethodNotAllowed),
+            | "/auth/sessions"
+            | "/auth/openapi.json" => Err(ApiError::MethodNotAllowed),
             _ => Err(ApiError::NotFound),
         }
     }
@@ -418,15 +430,15 @@ impl AuthService {
             .tokens
             .issue(&user.id, &user.email, &user.roles, &session.id)
             .map_err(ApiError::internal)?;
-        Ok(ApiResponse::json(
+        Ok(ApiResponse::serialized(
             200,
-            &json!({
-                "access_token": access,
-                "refresh_token": self.refresh.token(session),
-                "token_type": "Bearer",
-                "expires_in": self.tokens.access_ttl(),
-                "user": AuthService::user_json(user),
-            }),
+            &wire::TokenResponse {
+                access_token: access,
+                refresh_token: self.refresh.token(session),
+                token_type: "Bearer".into(),
+                expires_in: self.tokens.access_ttl(),
+                user: AuthService::user_view(user),
+            },
         ))
     }
 
@@ -916,24 +928,25 @@ impl AuthService {
         let user = self.current_user(&claims).await?;
         let now = self.clock.now();
         let idle = self.cfg().tokens.refresh_idle_secs;
-        let list: Vec<Value> = self
+        let sessions = self
             .store
             .list_sessions(user.id)
             .await?
             .into_iter()
             .filter(|s| domain::session_is_live(s, now, idle))
-            .map(|s| {
-                json!({
-                    "id": s.id.to_string(),
-                    "created_at": crate::clock::rfc3339(s.created_at),
-                    "last_used_at": crate::clock::rfc3339(s.last_used_at),
-                    "ip": s.ip,
-                    "user_agent": s.user_agent,
-                    "current": s.id.to_string() == claims.sid,
-                })
+            .map(|s| wire::SessionView {
+                id: s.id.to_string(),
+                created_at: crate::clock::rfc3339(s.created_at),
+                last_used_at: crate::clock::rfc3339(s.last_used_at),
+                current: s.id.to_string() == claims.sid,
+                ip: s.ip,
+                user_agent: s.user_agent,
             })
             .collect();
-        Ok(ApiResponse::json(200, &json!({ "sessions": list })))
+        Ok(ApiResponse::serialized(
+            200,
+            &wire::SessionList { sessions },
+        ))
     }
 
     async fn delete_session(&self, req: &ApiRequest, id: &str) -> ApiResult {

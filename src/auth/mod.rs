@@ -219,14 +219,18 @@ impl AuthService {
     }
 
     pub fn user_json(u: &User) -> serde_json::Value {
-        serde_json::json!({
-            "id": u.id.to_string(),
-            "email": u.email,
-            "username": u.username,
-            "email_verified": u.email_verified,
-            "roles": u.roles,
-            "created_at": crate::clock::rfc3339(u.created_at),
-        })
+        serde_json::to_value(Self::user_view(u)).unwrap_or_default()
+    }
+
+    pub fn user_view(u: &User) -> crate::wire::UserView {
+        crate::wire::UserView {
+            id: u.id.to_string(),
+            email: u.email.clone(),
+            username: u.username.clone(),
+            email_verified: u.email_verified,
+            roles: u.roles.clone(),
+            created_at: crate::clock::rfc3339(u.created_at),
+        }
     }
 }
 

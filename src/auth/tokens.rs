@@ -24,7 +24,8 @@ use crate::config::TokenConfig;
 
 pub const ACCESS_TYP: &str = "at+jwt";
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// The claims of an access token (also the `claims` of `POST /auth/verify`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct AccessClaims {
     pub iss: String,
     pub aud: String,

@@ -1,0 +1,525 @@
+//! The OpenAPI document (`GET /auth/openapi.json`) against a live gateway.
+//!
+//! `every_operation_answers_as_documented` walks the document: it calls
+//! every operation it lists with valid input (and with the usual wrong
+//! inputs), and checks each answer against the document: the status is
+//! documented for that operation, the content type is the documented one,
+//! the JSON body validates against the documented schema, and documented
+//! integer headers parse. An operation in the document without a case here
+//! fails the test, so a new endpoint needs one.
+//!
+//! `schemathesis_finds_no_server_error_or_schema_violation` runs Python
+//! schemathesis (installed from PyPI into the target dir on first use) with
+//! every check against the same kind of gateway.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::bin::{self, Output};
+use crate::common::http::{self, Response};
+use crate::common::{Builder, TestGateway, PASSWORD};
+
+/// The document, and the operations the walk has answered.
+struct Spec {
+    doc: Value,
+    /// (METHOD, template) of every checked call, and of those that were 2xx.
+    called: BTreeSet<(String, String)>,
+    succeeded: BTreeSet<(String, String)>,
+}
+
+impl Spec {
+    fn operations(&self) -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        for (path, item) in self.doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                out.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+        out
+    }
+
+    fn resolve<'a>(&'a self, v: &'a Value) -> &'a Value {
+        match v.get("$ref").and_then(Value::as_str) {
+            Some(r) => self
+                .doc
+                .pointer(r.trim_start_matches('#'))
+                .unwrap_or_else(|| panic!("dangling {r}")),
+            None => v,
+        }
+    }
+
+    /// Check one answer to `method template` against the document.
+    fn check(&mut self, method: &str, template: &str, r: &Response) {
+        let what = format!("{method} {template} answered {}", r.status);
+        let op = &self.doc["paths"][template][method.to_lowercase()];
+        assert!(op.is_object(), "{method} {template} is not in the document");
+        let responses = &op["responses"];
+        let documented = responses
+            .get(r.status.to_string())
+            .or_else(|| responses.get("default"))
+            .unwrap_or_else(|| panic!("{what}, which is not documented: {r:?}"));
+        let documented = self.resolve(documented).clone();
+        let content = documented["content"].as_object();
+        match content {
+            None => assert!(r.body.is_empty(), "{what} with a body: {r:?}"),
+            Some(content) => {
+                let ct = r.header("content-type").unwrap_or("");
+                let mime = ct.split(';').next().unwrap().trim();
+                let media = content
+                    .get(mime)
+                    .unwrap_or_else(|| panic!("{what} as {ct:?}, not documented: {r:?}"));
+                if mime == "application/json" {
+                    let mut schema = media["schema"].clone();
+                    schema["components"] = self.doc["components"].clone();
+                    let validator = jsonschema::options()
+                        .with_draft(jsonschema::Draft::Draft202012)
+                        .should_validate_formats(true)
+                        .build(&schema)
+                        .unwrap_or_else(|e| panic!("{what}: schema does not compile: {e}"));
+                    let body = r.json();
+                    let errors: Vec<String> = validator
+                        .iter_errors(&body)
+                        .map(|e| format!("{} at {}", e, e.instance_path))
+                        .collect();
+                    assert!(errors.is_empty(), "{what}: {errors:?} in {body}");
+                }
+            }
+        }
+        if let Some(headers) = documented["headers"].as_object() {
+            for (name, h) in headers {
+                if self.resolve(&h["schema"])["type"] == "integer" {
+                    if let Some(v) = r.header(name) {
+                        assert!(v.parse::<u64>().is_ok(), "{what}: {name}: {v:?}");
+                    }
+                }
+            }
+        }
+        let key = (method.to_string(), template.to_string());
+        if (200..300).contains(&r.status) {
+            self.succeeded.insert(key.clone());
+        }
+        self.called.insert(key);
+    }
+}
+
+fn gateway_builder() -> Builder {
+    Builder {
+        with_smtp: true,
+        // The walk makes more POSTs than the per-IP budget allows a minute.
+        extra: "[throttle]\nauth_per_minute = 0\n".into(),
+        ..Builder::default()
+    }
+}
+
+async fn send(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    bearer: Option<&str>,
+) -> Response {
+    http::send_json(gw.addr, method, path, body.as_ref(), bearer).await
+}
+
+async fn wait_token(gw: &TestGateway, to: &str, link: &str, n: usize) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let tokens: Vec<String> = gw
+            .smtp()
+            .messages()
+            .iter()
+            .filter(|m| m.to.iter().any(|t| t.contains(to)))
+            .filter_map(|m| m.token_from_link(link))
+            .collect();
+        if tokens.len() >= n {
+            return tokens[n - 1].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no mail #{n} to {to} with {link}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_operation_answers_as_documented() {
+    let gw = TestGateway::start_with(gateway_builder()).await;
+    let r = gw.get("/auth/openapi.json", None).await;
+    assert_eq!(r.status, 200);
+    let doc = r.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1."));
+    // Served from the bytes built once.
+    assert_eq!(gw.get("/auth/openapi.json", None).await.body, r.body);
+    let mut spec = Spec {
+        doc,
+        called: BTreeSet::new(),
+        succeeded: BTreeSet::new(),
+    };
+    spec.check("GET", "/auth/openapi.json", &r);
+    let r = gw.get("/.well-known/jwks.json", None).await;
+    spec.check("GET", "/.well-known/jwks.json", &r);
+
+    // ----- accounts
+    let email = "walker@example.com";
+    let reg = json!({ "email": email, "password": PASSWORD, "password_confirm": PASSWORD, "username": "walker" });
+    let r = send(&gw, "POST", "/auth/register", Some(reg.clone()), None).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    spec.check("POST", "/auth/register", &r);
+    for body in [
+        reg.clone(),
+        json!({}),
+        json!({ "email": 5, "password": "short" }),
+    ] {
+        let r = send(&gw, "POST", "/auth/register", Some(body), None).await;
+        assert!(r.status == 409 || r.status == 400, "{r:?}");
+        spec.check("POST", "/auth/register", &r);
+    }
+    let r = http::request(
+        gw.addr,
+        "POST",
+        "/auth/register",
+        &[("content-type", "text/plain")],
+        Some(b"hello"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 415);
+    spec.check("POST", "/auth/register", &r);
+    let big = "x".repeat(70 * 1024);
+    let r = send(
+        &gw,
+        "POST",
+        "/auth/register",
+        Some(json!({ "email": big })),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 413);
+    spec.check("POST", "/auth/register", &r);
+
+    let token = wait_token(&gw, email, "/auth/email/verify", 1).await;
+    let r = gw.get("/auth/email/verify?token=abc", None).await;
+    spec.check("GET", "/auth/email/verify", &r);
+    for t in [token.as_str(), "not-a-token"] {
+        let r = send(
+            &gw,
+            "POST",
+            "/auth/email/verify",
+            Some(json!({ "token": t })),
+            None,
+        )
+        .await;
+        spec.check("POST", "/auth/email/verify", &r);
+    }
+    // Three per address, then 429 with Retry-After.
+    for i in 0..4 {
+        let r = send(
+            &gw,
+            "POST",
+            "/auth/email/resend",
+            Some(json!({ "email": email })),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, if i < 3 { 202 } else { 429 }, "{r:?}");
+        spec.check("POST", "/auth/email/resend", &r);
+    }
+
+    // ----- tokens
+    let login = json!({ "email": email, "password": PASSWORD });
+    let r = send(&gw, "POST", "/auth/login", Some(login.clone()), None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    spec.check("POST", "/auth/login", &r);
+    let v = r.json();
+    let (access, refresh) = (
+        v["access_token"].as_str().unwrap().to_string(),
+        v["refresh_token"].as_str().unwrap().to_string(),
+    );
+    let wrong = json!({ "email": email, "password": "not the password" });
+    let r = send(&gw, "POST", "/auth/login", Some(wrong), None).await;
+    assert_eq!(r.status, 401);
+    spec.check("POST", "/auth/login", &r);
+
+    let r = send(
+        &gw,
+        "POST",
+        "/auth/refresh",
+        Some(json!({ "refresh_token": refresh })),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    spec.check("POST", "/auth/refresh", &r);
+    let r = send(
+        &gw,
+        "POST",
+        "/auth/refresh",
+        Some(json!({ "refresh_token": "garbage" })),
+        None,
+    )
+    .await;
+    spec.check("POST", "/auth/refresh", &r);
+
+    for t in [access.as_str(), "garbage"] {
+        let r = send(
+            &gw,
+            "POST",
+            "/auth/verify",
+            Some(json!({ "token": t })),
+            None,
+        )
+        .await;
+        spec.check("POST", "/auth/verify", &r);
+    }
+    let r = gw.get("/auth/verify", Some(&access)).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("x-user-id").is_some());
+    spec.check("GET", "/auth/verify", &r);
+    let r = gw.get("/auth/verify", None).await;
+    assert_eq!(r.status, 401);
+    spec.check("GET", "/auth/verify", &r);
+
+    // ----- profile and sessions
+    for bearer in [Some(access.as_str()), None] {
+        let r = gw.get("/auth/me", bearer).await;
+        spec.check("GET", "/auth/me", &r);
+        let r = gw.get("/auth/sessions", bearer).await;
+        spec.check("GET", "/auth/sessions", &r);
+    }
+    for body in [
+        json!({ "username": "walker2" }),
+        json!({ "username": null }),
+        json!({ "email": "x@example.com" }),
+    ] {
+        let r = send(&gw, "PATCH", "/auth/me", Some(body), Some(&access)).await;
+        spec.check("PATCH", "/auth/me", &r);
+    }
+    // A second session to end.
+    let r = send(&gw, "POST", "/auth/login", Some(login.clone()), None).await;
+    let second = r.json()["access_token"].as_str().unwrap().to_string();
+    let list = gw.get("/auth/sessions", Some(&access)).await.json();
+    let other = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] == false)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for id in [other.as_str(), "00000000-0000-4000-8000-000000000000", "x"] {
+        let r = send(
+            &gw,
+            "DELETE",
+            &format!("/auth/sessions/{id}"),
+            None,
+            Some(&access),
+        )
+        .await;
+        spec.check("DELETE", "/auth/sessions/{id}", &r);
+    }
+    assert_eq!(gw.get("/auth/me", Some(&second)).await.status, 401);
+
+    // ----- passwords
+    let new_pw = "a different long passphrase";
+    for (current, status) in [("wrong password!", 401), (PASSWORD, 204)] {
+        let r = send(
+            &gw,
+            "POST",
+            "/auth/password/change",
+            Some(json!({ "current_password": current, "new_password": new_pw, "new_password_confirm": new_pw })),
+            Some(&access),
+        )
+        .await;
+        assert_eq!(r.status, status, "{r:?}");
+        spec.check("POST", "/auth/password/change", &r);
+    }
+    let r = gw.get("/auth/password/reset?token=abc", None).await;
+    spec.check("GET", "/auth/password/reset", &r);
+    let r = send(
+        &gw,
+        "POST",
+        "/auth/password/reset",
+        Some(json!({ "email": email })),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    spec.check("POST", "/auth/password/reset", &r);
+    let reset = wait_token(&gw, email, "/auth/password/reset", 1).await;
+    for (t, pw2) in [
+        ("not-a-token", PASSWORD),
+        (reset.as_str(), "short"),
+        (reset.as_str(), PASSWORD),
+    ] {
+        let r = send(
+            &gw,
+            "POST",
+            "/auth/password/reset/confirm",
+            Some(json!({ "token": t, "new_password": pw2, "new_password_confirm": pw2 })),
+            None,
+        )
+        .await;
+        spec.check("POST", "/auth/password/reset/confirm", &r);
+    }
+
+    // ----- logout
+    let r = send(&gw, "POST", "/auth/login", Some(login.clone()), None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let v = r.json();
+    let (access, refresh) = (
+        v["access_token"].as_str().unwrap().to_string(),
+        v["refresh_token"].as_str().unwrap().to_string(),
+    );
+    let r = send(
+        &gw,
+        "POST",
+        "/auth/logout",
+        Some(json!({ "refresh_token": refresh })),
+        Some(&access),
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    spec.check("POST", "/auth/logout", &r);
+    let r = send(&gw, "POST", "/auth/login", Some(login), None).await;
+    let access = r.json()["access_token"].as_str().unwrap().to_string();
+    for bearer in [Some(access.as_str()), None] {
+        let r = send(&gw, "POST", "/auth/logout-all", None, bearer).await;
+        spec.check("POST", "/auth/logout-all", &r);
+    }
+
+    // A method the path does not serve: 405 with the document's methods.
+    let r = send(&gw, "PUT", "/auth/me", None, None).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD, PATCH"));
+
+    let all = spec.operations();
+    let uncalled: Vec<_> = all.difference(&spec.called).collect();
+    assert!(uncalled.is_empty(), "no case calls {uncalled:?}");
+    let unproven: Vec<_> = all.difference(&spec.succeeded).collect();
+    assert!(unproven.is_empty(), "no successful call of {unproven:?}");
+}
+
+/// The schemathesis CLI, installed into `target/tmp` on first use (pinned).
+fn schemathesis() -> PathBuf {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("schemathesis-venv");
+    let st = venv.join("bin/st");
+    if st.exists() {
+        return st;
+    }
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-m", "venv"]).arg(&venv);
+    let out = bin::run(cmd, None, Duration::from_secs(120));
+    assert!(
+        out.ok(),
+        "python3 -m venv failed (run .ci/deps --test): {out:?}"
+    );
+    let mut cmd = std::process::Command::new(venv.join("bin/pip"));
+    cmd.args(["install", "-q", "schemathesis==4.32.5"]);
+    let out = bin::run(cmd, None, Duration::from_secs(600));
+    assert!(out.ok(), "pip install schemathesis failed: {out:?}");
+    st
+}
+
+/// Runs schemathesis on the document the gateway served (`doc`, a file:
+/// loaded from a URL, schemathesis leaves out the operation serving it).
+fn run_schemathesis(
+    st: &Path,
+    gw: &TestGateway,
+    doc: &Path,
+    bearer: &str,
+    filter: &[&str],
+) -> Output {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis/schemathesis.toml");
+    let report = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(st);
+    // Its cache and reports go to a temporary directory, not the repository.
+    cmd.current_dir(report.path())
+        .arg("--config-file")
+        .arg(&config)
+        .args(["--no-color", "run"])
+        .arg(doc)
+        .arg("--url")
+        .arg(format!("http://{}", gw.addr))
+        .args(["--checks", "all", "--max-examples", "25", "--seed", "12"])
+        .args(["--workers", "2", "--request-timeout", "10"])
+        .arg("--header")
+        .arg(format!("Authorization: Bearer {bearer}"))
+        .arg("--report-dir")
+        .arg(report.path())
+        .args(filter);
+    bin::run(cmd, None, Duration::from_secs(300))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_finds_no_server_error_or_schema_violation() {
+    let st = schemathesis();
+    let gw = TestGateway::start_with(gateway_builder()).await;
+    let s = gw.signup("fuzz@example.com").await;
+    let served = gw.get("/auth/openapi.json", None).await;
+    assert_eq!(served.status, 200);
+    let doc_file = gw.dir.path().join("openapi.json");
+    std::fs::write(&doc_file, &served.body).unwrap();
+    // Logging out revokes the token the other operations are fuzzed with,
+    // so the logout operations run second, each with the same token.
+    let first = run_schemathesis(
+        &st,
+        &gw,
+        &doc_file,
+        &s.access,
+        &["--exclude-path-regex", "^/auth/logout"],
+    );
+    let second = run_schemathesis(
+        &st,
+        &gw,
+        &doc_file,
+        &s.access,
+        &["--include-path-regex", "^/auth/logout"],
+    );
+    for (name, out) in [("all but logout", &first), ("logout", &second)] {
+        assert!(
+            out.ok(),
+            "schemathesis ({name}) failed:\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            out.stdout.contains("Test cases:") && out.stdout.contains(" passed"),
+            "schemathesis ({name}) ran nothing:\n{}",
+            out.stdout
+        );
+        // The summary's sections: none for failures or errors.
+        assert!(
+            !out.stdout
+                .lines()
+                .any(|l| l == "Failures:" || l == "Errors:"),
+            "{}",
+            out.stdout
+        );
+    }
+    let tested = |out: &Output| -> usize {
+        out.stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Tested: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let doc = served.json();
+    let operations: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|item| item.as_object().unwrap().len())
+        .sum();
+    assert_eq!(
+        tested(&first) + tested(&second),
+        operations,
+        "every operation is fuzzed:\n{}\n{}",
+        first.stdout,
+        second.stdout
+    );
+}
