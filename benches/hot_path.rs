@@ -200,7 +200,13 @@ fn bench_tokens_and_revocation(c: &mut Criterion) {
     let sid = Uuid::new_v4();
     let roles = vec!["user".to_string(), "ops".to_string()];
     let (token, claims) = tokens
-        .issue(&user, "alice@example.com", &roles, &sid)
+        .issue(
+            &user,
+            "alice@example.com",
+            &roles,
+            &sid,
+            &["pwd".to_string()],
+        )
         .unwrap();
     let mut tampered = token.clone().into_bytes();
     let last = tampered.len() - 2;
@@ -214,7 +220,7 @@ fn bench_tokens_and_revocation(c: &mut Criterion) {
     g.bench_function("issue_hs256", |b| {
         b.iter(|| {
             tokens
-                .issue(black_box(&user), "alice@example.com", &roles, &sid)
+                .issue(black_box(&user), "alice@example.com", &roles, &sid, &[])
                 .unwrap()
         })
     });

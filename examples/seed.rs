@@ -75,6 +75,10 @@ fn run() -> Result<(), String> {
             created_at: now - DAY,
             disabled: false,
             password_version: 0,
+            totp: None,
+            recovery_codes: Vec::new(),
+            api_keys: Vec::new(),
+            keys_version: 0,
         }));
         if page.len() == PAGE {
             flush(&mut page)?;
@@ -95,6 +99,7 @@ fn run() -> Result<(), String> {
             expires_at: now + 30 * DAY,
             ip: "127.0.0.1".into(),
             user_agent: "seed".into(),
+            amr: vec!["pwd".into()],
         }));
         if page.len() == PAGE {
             flush(&mut page)?;

@@ -22,3 +22,19 @@ pub fn event(ctx: &AuditCtx<'_>, event: &str, outcome: &str, user_id: Option<&st
         "audit"
     );
 }
+
+/// An API key event (created, used, revoked): names the key by its id,
+/// never the key itself.
+pub fn key_event(ctx: &AuditCtx<'_>, event: &str, key_id: &str, user_id: &str) {
+    tracing::info!(
+        target: "audit",
+        event,
+        outcome = "success",
+        api_key_id = key_id,
+        user_id,
+        client_ip = %ctx.ip,
+        user_agent = ctx.user_agent,
+        request_id = ctx.request_id,
+        "audit"
+    );
+}

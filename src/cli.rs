@@ -101,6 +101,27 @@ pub enum UserCommand {
         #[command(subcommand)]
         command: RoleCommand,
     },
+    /// A user's API keys: list them, or revoke one.
+    Keys {
+        #[command(subcommand)]
+        command: UserKeysCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserKeysCommand {
+    /// List a user's API keys (ids, names, scopes, dates; never the keys).
+    List {
+        #[arg(long)]
+        email: String,
+    },
+    /// Revoke one of a user's API keys by its id.
+    Revoke {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -198,6 +219,12 @@ pub fn user_command(cfg: Config, cmd: UserCommand) -> Result<(), String> {
         UserCommand::Role {
             command: RoleCommand::Remove { email, role },
         } => AdminCommand::RoleRemove { email, role },
+        UserCommand::Keys {
+            command: UserKeysCommand::List { email },
+        } => AdminCommand::KeyList { email },
+        UserCommand::Keys {
+            command: UserKeysCommand::Revoke { email, id },
+        } => AdminCommand::KeyRevoke { email, id },
     };
     let out = match crate::server::open_store(&cfg) {
         Ok(store) => {

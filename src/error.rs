@@ -33,6 +33,14 @@ pub enum ApiError {
     BadGateway,
     /// The record changed under the request (a concurrent change won).
     Conflict,
+    /// A wrong, malformed or already used second-factor code.
+    InvalidCode,
+    /// The route needs a second factor the token does not carry.
+    MfaRequired,
+    /// TOTP is already on for this account.
+    AlreadyEnrolled,
+    /// An API key without any of the route's scopes.
+    InsufficientScope,
     /// Temporarily unable to serve (the hash queue is full, the store
     /// cannot write); the cause is logged, the client is told when to retry.
     Unavailable {
@@ -70,6 +78,9 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => 429,
             ApiError::BadGateway => 502,
             ApiError::Conflict => 409,
+            ApiError::InvalidCode => 400,
+            ApiError::MfaRequired | ApiError::InsufficientScope => 403,
+            ApiError::AlreadyEnrolled => 409,
             ApiError::Unavailable { .. } => 503,
             ApiError::Internal(_) => 500,
         }
@@ -94,6 +105,10 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::BadGateway => "bad_gateway",
             ApiError::Conflict => "conflict",
+            ApiError::InvalidCode => "invalid_code",
+            ApiError::MfaRequired => "mfa_required",
+            ApiError::AlreadyEnrolled => "already_enrolled",
+            ApiError::InsufficientScope => "forbidden",
             ApiError::Unavailable { .. } => "service_unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -118,6 +133,14 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => "Too many requests; try again later.",
             ApiError::BadGateway => "The upstream service is unavailable.",
             ApiError::Conflict => "The resource was changed by another request; try again.",
+            ApiError::InvalidCode => "The code is invalid or was already used.",
+            ApiError::MfaRequired => "This resource needs a second factor; sign in again with it.",
+            ApiError::AlreadyEnrolled => {
+                "Two-factor authentication is already on; turn it off first."
+            }
+            ApiError::InsufficientScope => {
+                "This API key has none of the scopes this resource needs."
+            }
             ApiError::Unavailable { .. } => "The service is busy; try again shortly.",
             ApiError::Internal(_) => "An internal error occurred.",
         }

@@ -79,9 +79,24 @@ pub struct TokenChecks {
     invalid: IntCounter,
     expired: IntCounter,
     revoked: IntCounter,
+    api_key_valid: IntCounter,
+    api_key_invalid: IntCounter,
+    api_key_expired: IntCounter,
 }
 
 impl TokenChecks {
+    /// Count one API key check (`result`: `api_key_valid`,
+    /// `api_key_invalid`, `api_key_expired`).
+    pub fn count_key(&self, rejection: Option<crate::auth::apikeys::KeyRejection>) {
+        use crate::auth::apikeys::KeyRejection;
+        match rejection {
+            None => &self.api_key_valid,
+            Some(KeyRejection::Invalid) => &self.api_key_invalid,
+            Some(KeyRejection::Expired) => &self.api_key_expired,
+        }
+        .inc();
+    }
+
     /// Count one check: `None` = valid.
     pub fn count(&self, rejection: Option<TokenRejection>) {
         match rejection {
@@ -165,6 +180,9 @@ impl Metrics {
             invalid: checks.with_label_values(&["invalid"]),
             expired: checks.with_label_values(&["expired"]),
             revoked: checks.with_label_values(&["revoked"]),
+            api_key_valid: checks.with_label_values(&["api_key_valid"]),
+            api_key_invalid: checks.with_label_values(&["api_key_invalid"]),
+            api_key_expired: checks.with_label_values(&["api_key_expired"]),
         };
         let throttled_vec = counter_vec(
             &r,

@@ -253,6 +253,7 @@ impl Maintenance {
 impl BackgroundService for Maintenance {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut next_sweep = self.auth.clock.now();
+        let mut ticks: u64 = 0;
         loop {
             if self.auth.clock.now() >= next_sweep {
                 self.sweep().await;
@@ -263,7 +264,12 @@ impl BackgroundService for Maintenance {
                 _ = shutdown.changed() => break,
             }
             self.checkpoint().await;
+            ticks += 1;
+            if ticks.is_multiple_of(crate::auth::apikeys::USE_FLUSH_SECS) {
+                self.auth.flush_key_uses().await;
+            }
         }
+        self.auth.flush_key_uses().await;
         self.checkpoint().await;
     }
 }
@@ -294,7 +300,29 @@ impl BackgroundService for RevocationFeed {
             match self.auth.store.revocations_since(seq).await {
                 Ok(Some((revs, last))) => {
                     self.auth.revocations.apply(&revs);
-                    self.auth.revocation_seq.store(last, Ordering::SeqCst);
+                    // API keys of users whose keys, roles or state changed
+                    // on any gateway: reloaded from the store. A failed
+                    // reload leaves the keys out and the sequence unmoved,
+                    // so the next round tries again.
+                    let mut users: Vec<uuid::Uuid> = revs
+                        .iter()
+                        .filter_map(|r| match r {
+                            crate::store::Revocation::Keys(u, _) => Some(*u),
+                            _ => None,
+                        })
+                        .collect();
+                    users.sort_unstable();
+                    users.dedup();
+                    let mut reloaded = true;
+                    for u in users {
+                        if let Err(e) = self.auth.reload_keys(u).await {
+                            tracing::warn!(cause = %e, "revocation feed: cannot reload API keys");
+                            reloaded = false;
+                        }
+                    }
+                    if reloaded {
+                        self.auth.revocation_seq.store(last, Ordering::SeqCst);
+                    }
                 }
                 Ok(None) => return,
                 // The database is away: tokens keep being checked against

@@ -28,6 +28,15 @@ pub enum AdminCommand {
         email: String,
         role: String,
     },
+    /// A user's API keys (never the keys themselves).
+    KeyList {
+        email: String,
+    },
+    /// Revoke one of a user's API keys, on every gateway at once.
+    KeyRevoke {
+        email: String,
+        id: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +59,8 @@ impl AdminCommand {
             AdminCommand::Disable { .. } => "user_disable",
             AdminCommand::RoleAdd { .. } => "role_add",
             AdminCommand::RoleRemove { .. } => "role_remove",
+            AdminCommand::KeyList { .. } => "api_key_list",
+            AdminCommand::KeyRevoke { .. } => "api_key_revoke",
         }
     }
 }
@@ -141,6 +152,10 @@ impl AuthService {
                     created_at: self.clock.now(),
                     disabled: false,
                     password_version: 0,
+                    totp: None,
+                    recovery_codes: vec![],
+                    api_keys: vec![],
+                    keys_version: 0,
                 };
                 match self.store.create_user(user.clone(), None).await {
                     Ok(()) => {}
@@ -172,6 +187,58 @@ impl AuthService {
             // Tokens carry roles: the removal ends sessions and tokens.
             AdminCommand::RoleRemove { email: raw, role } => {
                 change(raw, UserChange::RemoveRole(role)).await?
+            }
+            AdminCommand::KeyList { email: raw } => {
+                let e = email::normalize(&raw)
+                    .ok_or_else(|| AdminError::Invalid("invalid email".into()))?;
+                let user = self
+                    .store
+                    .find_user_by_email(&e)
+                    .await
+                    .map_err(internal)?
+                    .ok_or(AdminError::NoSuchUser)?;
+                let keys: Vec<Value> = user
+                    .api_keys
+                    .iter()
+                    .map(|k| {
+                        serde_json::json!({
+                            "id": k.id.to_string(),
+                            "name": k.name,
+                            "scopes": k.scopes,
+                            "created_at": crate::clock::rfc3339(k.created_at),
+                            "expires_at": k.expires_at.map(crate::clock::rfc3339),
+                            "last_used_at": k.last_used_at.map(crate::clock::rfc3339),
+                            "rate_per_minute": k.rate_per_minute,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({ "id": user.id.to_string(), "api_keys": keys })
+            }
+            AdminCommand::KeyRevoke { email: raw, id } => {
+                let id = Uuid::parse_str(id.trim())
+                    .map_err(|_| AdminError::Invalid("invalid key id".into()))?;
+                let e = email::normalize(&raw)
+                    .ok_or_else(|| AdminError::Invalid("invalid email".into()))?;
+                let user = self
+                    .store
+                    .find_user_by_email(&e)
+                    .await
+                    .map_err(internal)?
+                    .ok_or(AdminError::NoSuchUser)?;
+                match self
+                    .change_user(user.id, UserChange::RemoveApiKey(id), None)
+                    .await
+                {
+                    Ok(_) => {
+                        serde_json::json!({ "id": user.id.to_string(), "revoked": id.to_string() })
+                    }
+                    Err(StoreError::Conflict) => {
+                        return Err(AdminError::Invalid(
+                            "the user has no API key with that id".into(),
+                        ))
+                    }
+                    Err(e) => return Err(internal(e)),
+                }
             }
         })
     }

@@ -94,6 +94,16 @@ impl AuthService {
                 self.delete_session(req, &p["/auth/sessions/".len()..])
                     .await
             }
+            "/auth/mfa/totp/enroll" if *m == Method::POST => self.totp_enroll(req).await,
+            "/auth/mfa/totp/confirm" if *m == Method::POST => self.totp_confirm(req).await,
+            "/auth/mfa/totp" if *m == Method::DELETE => self.totp_disable(req).await,
+            "/auth/mfa/verify" if *m == Method::POST => self.mfa_verify(req).await,
+            "/auth/api-keys" if *m == Method::POST => self.api_key_create(req).await,
+            "/auth/api-keys" if *m == Method::GET => self.api_key_list(req).await,
+            p if p.starts_with("/auth/api-keys/") && *m == Method::DELETE => {
+                self.api_key_delete(req, &p["/auth/api-keys/".len()..])
+                    .await
+            }
             "/auth/register"
             | "/auth/login"
             | "/auth/refresh"
@@ -107,12 +117,17 @@ impl AuthService {
             | "/auth/password/change"
             | "/auth/me"
             | "/auth/sessions"
-            | "/auth/openapi.json" => Err(ApiError::MethodNotAllowed),
+            | "/auth/openapi.json"
+            | "/auth/mfa/totp/enroll"
+            | "/auth/mfa/totp/confirm"
+            | "/auth/mfa/totp"
+            | "/auth/mfa/verify"
+            | "/auth/api-keys" => Err(ApiError::MethodNotAllowed),
             _ => Err(ApiError::NotFound),
         }
     }
 
-    fn audit_ctx<'a>(&self, req: &'a ApiRequest, ua: &'a str) -> AuditCtx<'a> {
+    pub(super) fn audit_ctx<'a>(&self, req: &'a ApiRequest, ua: &'a str) -> AuditCtx<'a> {
         AuditCtx {
             ip: req.client_ip,
             user_agent: ua,
@@ -147,12 +162,12 @@ impl AuthService {
         }
     }
 
-    fn require_bearer(&self, req: &ApiRequest) -> Result<AccessClaims, ApiError> {
+    pub(super) fn require_bearer(&self, req: &ApiRequest) -> Result<AccessClaims, ApiError> {
         self.authenticate(&req.headers)
             .map_err(|_| ApiError::Unauthorized)
     }
 
-    async fn current_user(&self, claims: &AccessClaims) -> Result<User, ApiError> {
+    pub(super) async fn current_user(&self, claims: &AccessClaims) -> Result<User, ApiError> {
         let id = Uuid::parse_str(&claims.sub).map_err(|_| ApiError::Unauthorized)?;
         match self.store.find_user(id).await? {
             Some(u) if !u.disabled => Ok(u),
@@ -162,7 +177,7 @@ impl AuthService {
 
     /// Reserve a guess at `key`'s password before hashing (429 when the
     /// account is locked or its budget is in flight).
-    async fn reserve_guess(
+    pub(super) async fn reserve_guess(
         &self,
         key: &str,
         actx: &AuditCtx<'_>,
@@ -186,7 +201,7 @@ impl AuthService {
     /// Settle a reserved guess that turned out wrong. A failure that
     /// cannot be counted is not answered (503): the guess's outcome stays
     /// unknown to the guesser.
-    async fn guess_failed(
+    pub(super) async fn guess_failed(
         &self,
         r: Reservation,
         actx: &AuditCtx<'_>,
@@ -251,6 +266,10 @@ impl AuthService {
             created_at: now,
             disabled: false,
             password_version: 0,
+            totp: None,
+            recovery_codes: vec![],
+            api_keys: vec![],
+            keys_version: 0,
         };
         match self.store.create_user(user.clone(), None).await {
             Ok(()) => {}
@@ -296,7 +315,7 @@ impl AuthService {
         };
         let m = mail::verification_mail(&self.cfg().mail.link_base_url, &user.email, &token, now);
         self.store
-            .issue_one_time(token_hash(&token), rec, m)
+            .issue_one_time(token_hash(&token), rec, Some(m))
             .await?;
         self.mail_wake.notify_one();
         Ok(())
@@ -368,9 +387,15 @@ impl AuthService {
             audit::event(&actx, "login", "email_not_verified", Some(&uid));
             return Err(ApiError::EmailNotVerified);
         }
+        if user.totp.as_ref().is_some_and(|t| t.confirmed) {
+            // No tokens yet: the second factor completes this login.
+            let resp = self.mfa_challenge(&user).await?;
+            audit::event(&actx, "login", "mfa_required", Some(&uid));
+            return Ok(resp);
+        }
         // The session starts only if the account is as it was when the
         // password was checked (not disabled, password not changed since).
-        let resp = match self.start_session(&user, req).await {
+        let resp = match self.start_session(&user, req, &["pwd"]).await {
             Err(ApiError::Conflict) => {
                 audit::event(&actx, "login", "changed_meanwhile", Some(&uid));
                 return Err(fail(Some(&uid)));
@@ -404,7 +429,12 @@ impl AuthService {
 
     /// Create a session for a user whose password was just checked; its
     /// tokens carry the user as the store has it now.
-    async fn start_session(&self, user: &User, req: &ApiRequest) -> ApiResult {
+    pub(super) async fn start_session(
+        &self,
+        user: &User,
+        req: &ApiRequest,
+        amr: &[&str],
+    ) -> ApiResult {
         let now = self.clock.now();
         let session = SessionRecord {
             id: Uuid::new_v4(),
@@ -417,6 +447,7 @@ impl AuthService {
             expires_at: now + self.cfg().tokens.refresh_ttl_secs as i64,
             ip: req.client_ip.to_string(),
             user_agent: req.user_agent(),
+            amr: amr.iter().map(|m| m.to_string()).collect(),
         };
         let current = self
             .store
@@ -426,9 +457,16 @@ impl AuthService {
     }
 
     fn token_response(&self, user: &User, session: &SessionRecord) -> ApiResult {
+        // Sessions from before `amr` was recorded were password logins.
+        let pwd = ["pwd".to_string()];
+        let amr = if session.amr.is_empty() {
+            &pwd[..]
+        } else {
+            &session.amr[..]
+        };
         let (access, _) = self
             .tokens
-            .issue(&user.id, &user.email, &user.roles, &session.id)
+            .issue(&user.id, &user.email, &user.roles, &session.id, amr)
             .map_err(ApiError::internal)?;
         Ok(ApiResponse::serialized(
             200,
@@ -731,7 +769,7 @@ impl AuthService {
             now,
         );
         self.store
-            .issue_one_time(token_hash(&token), rec, m)
+            .issue_one_time(token_hash(&token), rec, Some(m))
             .await?;
         self.mail_wake.notify_one();
         self.metrics.auth_event("password_reset", "success");
@@ -981,7 +1019,7 @@ fn check_new_password(pw: &str, confirm: &str, email: &str) -> Result<(), ApiErr
 }
 
 /// The throttle key of an account's failed-login counter.
-fn lock_key(email: &str) -> String {
+pub(super) fn lock_key(email: &str) -> String {
     let e: String = email.trim().to_lowercase().chars().take(254).collect();
     format!("lock:{e}")
 }
@@ -998,7 +1036,7 @@ pub fn identity_headers(c: &AccessClaims) -> [(&'static str, String); 3] {
 fn event_for_path(path: &str) -> Option<&'static str> {
     Some(match path {
         "/auth/register" => "register",
-        "/auth/login" => "login",
+        "/auth/login" | "/auth/mfa/verify" => "login",
         "/auth/refresh" => "refresh",
         "/auth/logout" | "/auth/logout-all" => "logout",
         "/auth/password/reset" | "/auth/password/reset/confirm" => "password_reset",
@@ -1018,7 +1056,7 @@ fn check_username(u: &str) -> Result<(), &'static str> {
 }
 
 /// Parse a JSON request body: right content type, valid UTF-8 JSON object.
-fn json_body(req: &ApiRequest) -> Result<Value, ApiError> {
+pub(super) fn json_body(req: &ApiRequest) -> Result<Value, ApiError> {
     let ct = req.header("content-type").unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case("application/json") {
@@ -1037,10 +1075,10 @@ fn json_body(req: &ApiRequest) -> Result<Value, ApiError> {
 
 /// Collects per-field problems for `validation_failed`.
 #[derive(Default)]
-struct FieldErrors(std::collections::BTreeMap<String, Vec<String>>);
+pub(super) struct FieldErrors(std::collections::BTreeMap<String, Vec<String>>);
 
 impl FieldErrors {
-    fn add(&mut self, field: &str, problem: impl Into<String>) {
+    pub(super) fn add(&mut self, field: &str, problem: impl Into<String>) {
         self.0
             .entry(field.to_string())
             .or_default()
@@ -1048,7 +1086,7 @@ impl FieldErrors {
     }
 
     /// A string field; records "is required" or "must be a string".
-    fn string(&mut self, body: &Value, field: &str, required: bool) -> Option<String> {
+    pub(super) fn string(&mut self, body: &Value, field: &str, required: bool) -> Option<String> {
         match body.get(field) {
             Some(Value::String(s)) => Some(s.clone()),
             None | Some(Value::Null) => {
@@ -1064,7 +1102,7 @@ impl FieldErrors {
         }
     }
 
-    fn finish(self) -> Result<(), ApiError> {
+    pub(super) fn finish(self) -> Result<(), ApiError> {
         if self.0.is_empty() {
             Ok(())
         } else {

@@ -4,9 +4,13 @@
 //! [`crate::api::ApiResponse`].
 
 pub mod admin;
+pub mod apikey_api;
+pub mod apikeys;
 pub mod email;
 pub mod handlers;
 pub mod keys;
+pub mod mfa;
+pub mod mfa_api;
 pub mod password;
 pub mod refresh;
 pub mod revocation;
@@ -60,6 +64,10 @@ pub struct AuthService {
     pub mail_wake: Arc<Notify>,
     /// This gateway's metrics (its own registry).
     pub metrics: Arc<Metrics>,
+    /// Seals TOTP secrets at rest.
+    pub mfa_key: mfa::SealKey,
+    /// Every usable API key, for the proxy's in-memory check.
+    pub api_keys: apikeys::KeyIndex,
 }
 
 impl AuthService {
@@ -108,6 +116,17 @@ impl AuthService {
             let revocations = revocations.clone();
             store.set_revocation_sink(Arc::new(move |r| revocations.apply(r)));
         }
+        let mfa_key = mfa::SealKey::load(
+            cfg.tokens.mfa_key.as_ref().map(|s| s.0.as_str()),
+            &cfg.server.data_dir,
+        )?;
+        let users = {
+            let store = store.clone();
+            store::block_on(async move { store.list_users().await })?
+                .map_err(|e| format!("loading API keys: {e}"))?
+        };
+        let api_keys = apikeys::KeyIndex::new(&users);
+        drop(users);
         let throttle = Throttle::new(store.clone(), clock.clone());
         let hasher = Hasher::new(&cfg.passwords)
             .map_err(|e| e.to_string())?
@@ -125,6 +144,8 @@ impl AuthService {
             clock,
             mail_wake: Arc::new(Notify::new()),
             metrics,
+            mfa_key,
+            api_keys,
         })
     }
 
@@ -141,6 +162,36 @@ impl AuthService {
         self.live_cfg.store(cfg);
     }
 
+    /// Reload a user's API keys after another gateway changed them (or
+    /// what they depend on): replaced in one step by what the store holds
+    /// now, so the user's other keys never fail meanwhile; a failed read
+    /// drops them all (fail closed) until a later round reloads them.
+    pub async fn reload_keys(&self, user: Uuid) -> Result<(), StoreError> {
+        match self.store.find_user(user).await {
+            Ok(Some(u)) => self.api_keys.load_user(&u),
+            Ok(None) => self.api_keys.forget_user(user),
+            Err(e) => {
+                self.api_keys.forget_user(user);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the API key uses noted in memory (`last_used_at`).
+    pub async fn flush_key_uses(&self) {
+        for (user, uses) in self.api_keys.take_uses() {
+            match self
+                .store
+                .change_user(user, UserChange::ApiKeysUsed(uses), None, self.stamp())
+                .await
+            {
+                Ok(_) | Err(StoreError::Conflict) => {}
+                Err(e) => tracing::warn!(cause = %e, "writing API key uses"),
+            }
+        }
+    }
+
     /// The bearer check used by proxied routes and `/auth/*` alike.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<AccessClaims, TokenRejection> {
         let result = bearer(headers).and_then(|t| {
@@ -154,6 +205,18 @@ impl AuthService {
             .token_checks()
             .count(result.as_ref().err().copied());
         result
+    }
+
+    /// The API key check of proxied routes: an in-memory lookup.
+    pub fn authenticate_key(
+        &self,
+        key: &str,
+    ) -> Result<Arc<apikeys::KeyEntry>, apikeys::KeyRejection> {
+        let r = self.api_keys.check(key, self.clock.now());
+        self.metrics
+            .token_checks()
+            .count_key(r.as_ref().err().copied());
+        r
     }
 
     /// Now, and how long a revocation written now must last: until every
@@ -212,6 +275,13 @@ impl AuthService {
             .change_user(id, change, mail, self.stamp())
             .await?;
         self.revocations.apply(&changed.revoked);
+        if changed
+            .revoked
+            .iter()
+            .any(|r| matches!(r, store::Revocation::Keys(..)))
+        {
+            self.api_keys.load_user(&changed.user);
+        }
         if has_mail {
             self.mail_wake.notify_one();
         }

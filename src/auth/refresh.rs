@@ -137,6 +137,7 @@ mod tests {
             expires_at: 10,
             ip: String::new(),
             user_agent: String::new(),
+            amr: vec![],
         }
     }
 

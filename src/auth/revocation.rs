@@ -58,6 +58,8 @@ impl Revocations {
                 Revocation::Token(id, until) => keep_max(&mut s.tokens, id, until),
                 Revocation::Session(id, until) => keep_max(&mut s.sessions, id, until),
                 Revocation::Cutoff(id, at) => keep_max(&mut s.cutoffs, id, at),
+                // Voids no token: the API key index reloads the user.
+                Revocation::Keys(..) => {}
             }
         }
     }

@@ -38,6 +38,17 @@ pub struct AccessClaims {
     pub sid: String,
     pub email: String,
     pub roles: Vec<String>,
+    /// How the session was authenticated (RFC 8176): `pwd`, `otp`,
+    /// `webauthn`. Tokens issued before the claim existed read as empty.
+    #[serde(default)]
+    pub amr: Vec<String>,
+}
+
+impl AccessClaims {
+    /// Does the token carry a second factor?
+    pub fn has_second_factor(&self) -> bool {
+        self.amr.iter().any(|m| m == "otp" || m == "webauthn")
+    }
 }
 
 /// Why a token was refused; also the `result` label of
@@ -141,6 +152,7 @@ impl TokenService {
         email: &str,
         roles: &[String],
         sid: &Uuid,
+        amr: &[String],
     ) -> Result<(String, AccessClaims), jsonwebtoken::errors::Error> {
         let now = self.clock.now();
         let settings = self.settings.load();
@@ -156,6 +168,7 @@ impl TokenService {
             sid: sid.to_string(),
             email: email.to_string(),
             roles: roles.to_vec(),
+            amr: amr.to_vec(),
         };
         let keys = self.keys.load();
         let key = keys.signing(now);
@@ -179,7 +192,7 @@ impl TokenService {
         let generation = self.verified.generation();
         let now = self.clock.now();
         if let Some(v) = self.verified.get(token, generation) {
-            if !v.key_verifies_until.is_none_or(|t| now < t) {
+            if v.key_verifies_until.is_some_and(|t| now >= t) {
                 return Err(TokenRejection::Invalid);
             }
             let leeway = self.settings.load().cfg.leeway_secs as i64;

@@ -113,6 +113,7 @@ mod tests {
                 sid: "s".into(),
                 email: "e@example.com".into(),
                 roles: vec![],
+                amr: vec![],
             },
             key_verifies_until: None,
             generation,

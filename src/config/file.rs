@@ -292,6 +292,12 @@ pub struct RouteFile {
     /// public routes, true elsewhere.
     #[serde(default)]
     pub forward_authorization: Option<bool>,
+    /// Tokens need a second factor (`amr` "otp" or "webauthn").
+    #[serde(default)]
+    pub mfa: bool,
+    /// API keys need one of these scopes on this route.
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 fn default_auth() -> String {

@@ -100,6 +100,10 @@ pub struct TokenConfig {
     /// From `PORTCULLIS_REFRESH_SECRET`: the refresh-token MAC key, which
     /// gateways sharing one database must share (else `data_dir/refresh.key`).
     pub refresh_secret: Option<Secret>,
+    /// From `PORTCULLIS_MFA_KEY`: the key TOTP secrets are sealed with,
+    /// which gateways sharing one database must share (else
+    /// `data_dir/mfa.key`).
+    pub mfa_key: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +218,12 @@ pub struct Route {
     pub strip_path_params: bool,
     /// Pass the caller's `Authorization` header upstream.
     pub forward_authorization: bool,
+    /// The access token must carry a second factor (`amr` "otp" or
+    /// "webauthn"), else 403 `mfa_required`.
+    pub mfa: bool,
+    /// API keys holding one of these scopes may pass; none = API keys are
+    /// refused on this route.
+    pub scopes: Vec<String>,
 }
 
 /// Every problem found in one config, each naming its key.
@@ -468,6 +478,10 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
     // would leave a gateway that will not start on a working key.
     let jwt_secret = env("PORTCULLIS_JWT_SECRET").filter(|v| !v.is_empty());
     let refresh_secret = env("PORTCULLIS_REFRESH_SECRET").filter(|v| !v.is_empty());
+    let mfa_key = env("PORTCULLIS_MFA_KEY").filter(|v| !v.is_empty());
+    if mfa_key.as_ref().is_some_and(|v| v.len() < 32) {
+        p.push("PORTCULLIS_MFA_KEY: must be at least 32 bytes".into());
+    }
     if refresh_secret.as_ref().is_some_and(|v| v.len() < 32) {
         p.push("PORTCULLIS_REFRESH_SECRET: must be at least 32 bytes".into());
     }
@@ -633,6 +647,8 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             rate_per_minute: 0,
             strip_path_params: false,
             forward_authorization: None,
+            mfa: false,
+            scopes: vec![],
         }]
     });
     let mut routes: Vec<Route> = Vec::new();
@@ -690,7 +706,16 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
                 Err(e) => p.push(format!("{key}.upstream[{j}]: {e}")),
             }
         }
+        for (j, scope) in r.scopes.iter().enumerate() {
+            if !crate::auth::apikeys::valid_scope(scope) {
+                p.push(format!(
+                    "{key}.scopes[{j}]: '{scope}' is not a valid scope name"
+                ));
+            }
+        }
         routes.push(Route {
+            mfa: r.mfa,
+            scopes: r.scopes,
             prefix: r.prefix,
             upstreams,
             auth,
@@ -738,6 +763,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             tunnel_leeway_secs: t.tunnel_leeway_secs,
             jwt_secret: jwt_secret.map(Secret),
             refresh_secret: refresh_secret.map(Secret),
+            mfa_key: mfa_key.map(Secret),
         },
         accounts: AccountsConfig {
             require_email_verification: a.require_email_verification,

@@ -121,6 +121,11 @@ pub struct Ctx {
     client_ip: Option<IpAddr>,
     route: Option<usize>,
     claims: Option<AccessClaims>,
+    /// The API key the request was authenticated with (instead of a token).
+    api_key: Option<Arc<crate::auth::apikeys::KeyEntry>>,
+    /// The request presented an API key (valid or not): it never goes
+    /// upstream, whatever `forward_authorization` says.
+    key_presented: bool,
     path_and_query: Option<String>,
     started: Option<Instant>,
     upstream_started: Option<Instant>,
@@ -293,6 +298,39 @@ impl Gateway {
         self.respond(session, ctx, resp).await?;
         Ok(true)
     }
+
+    /// May this (valid) key pass this route? Its scopes, its owner's
+    /// roles, no second factor needed, and its own rate limit.
+    fn admit_key(
+        &self,
+        route: &Route,
+        e: &crate::auth::apikeys::KeyEntry,
+        actx: &crate::audit::AuditCtx<'_>,
+    ) -> std::result::Result<(), ApiError> {
+        if !route.scopes.iter().any(|s| e.scopes.contains(s)) {
+            return Err(ApiError::InsufficientScope);
+        }
+        if !route.roles.is_empty() && !e.roles.iter().any(|r| route.roles.contains(r)) {
+            return Err(ApiError::Forbidden);
+        }
+        // A key is one factor, however it is used.
+        if route.mfa {
+            return Err(ApiError::MfaRequired);
+        }
+        let now = self.auth.clock.now();
+        if e.rate_per_minute > 0 {
+            let key = format!("apikey:{}", e.id_str);
+            if let Err(retry_after) = self.auth.route_limits.hit(&key, e.rate_per_minute, 60, now) {
+                self.auth.metrics.throttled_route.inc();
+                return Err(ApiError::TooManyRequests { retry_after });
+            }
+        }
+        if self.auth.api_keys.record_use(e, now) {
+            // Sampled: the first use of each key per write interval.
+            crate::audit::key_event(actx, "api_key_used", &e.id_str, &e.user_id_str);
+        }
+        Ok(())
+    }
 }
 
 impl Gateway {
@@ -344,6 +382,26 @@ fn is_local(path: &str) -> bool {
     path == "/auth" || path.starts_with("/auth/") || path.starts_with("/.well-known/")
 }
 
+/// The API key a request presents, if any: `X-API-Key`, or a bearer that
+/// is not JWT-shaped (no `.`). A key sent both ways, or `X-API-Key` beside
+/// any `Authorization`, or twice, is ambiguous: 400.
+fn api_key_presented(headers: &http::HeaderMap) -> std::result::Result<Option<&str>, ApiError> {
+    let mut x = headers.get_all("x-api-key").iter();
+    let Some(first) = x.next() else {
+        return Ok(match crate::auth::bearer(headers) {
+            Ok(t) if !t.contains('.') => Some(t),
+            _ => None,
+        });
+    };
+    if x.next().is_some() || headers.contains_key(http::header::AUTHORIZATION) {
+        return Err(ApiError::BadRequest(
+            "Send an API key in one header only: X-API-Key or Authorization.",
+        ));
+    }
+    // Not a visible string: an invalid key (the lookup refuses it).
+    Ok(Some(first.to_str().unwrap_or("").trim()))
+}
+
 fn query_has_token(query: Option<&str>) -> bool {
     query.is_some_and(|q| {
         url::form_urlencoded::parse(q.as_bytes())
@@ -362,6 +420,8 @@ impl ProxyHttp for Gateway {
             client_ip: None,
             route: None,
             claims: None,
+            api_key: None,
+            key_presented: false,
             path_and_query: None,
             started: None,
             upstream_started: None,
@@ -452,18 +512,60 @@ impl ProxyHttp for Gateway {
         let route = &live.routes[idx].route;
         ctx.route = Some(idx);
         if route.auth != AuthMode::Public {
-            let verdict = if query_has_token(session.req_header().uri.query()) {
+            let headers = &session.req_header().headers;
+            // The API key path runs only for an `X-API-Key` header or a
+            // bearer that is not JWT-shaped: the token path is unchanged.
+            let key = match api_key_presented(headers) {
+                Ok(k) => k,
+                Err(e) => return self.respond_error(session, ctx, e).await,
+            };
+            if let Some(key) = key {
+                ctx.key_presented = true;
+                let verdict = self.auth.authenticate_key(key);
+                match (verdict, route.auth) {
+                    (Ok(e), _) => {
+                        let ua = headers
+                            .get(http::header::USER_AGENT)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        let actx = crate::audit::AuditCtx {
+                            ip: ctx.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                            user_agent: ua,
+                            request_id: &ctx.request_id,
+                        };
+                        if let Err(err) = self.admit_key(route, &e, &actx) {
+                            return self.respond_error(session, ctx, err).await;
+                        }
+                        ctx.api_key = Some(e);
+                    }
+                    (Err(_), AuthMode::Required) => {
+                        return self
+                            .respond_error(session, ctx, ApiError::Unauthorized)
+                            .await;
+                    }
+                    (Err(_), _) => {}
+                }
+            }
+            let verdict = if ctx.api_key.is_some() || key.is_some() {
+                Err(TokenRejection::Missing)
+            } else if query_has_token(session.req_header().uri.query()) {
                 Err(TokenRejection::Invalid)
             } else {
-                self.auth.authenticate(&session.req_header().headers)
+                self.auth.authenticate(headers)
             };
             match (verdict, route.auth) {
                 (Ok(c), _) => {
                     if !route.roles.is_empty() && !c.roles.iter().any(|r| route.roles.contains(r)) {
                         return self.respond_error(session, ctx, ApiError::Forbidden).await;
                     }
+                    if route.mfa && !c.has_second_factor() {
+                        return self
+                            .respond_error(session, ctx, ApiError::MfaRequired)
+                            .await;
+                    }
                     ctx.claims = Some(c);
                 }
+                (Err(_), _) if ctx.api_key.is_some() => {}
                 (Err(_), AuthMode::Required) => {
                     return self
                         .respond_error(session, ctx, ApiError::Unauthorized)
@@ -476,9 +578,10 @@ impl ProxyHttp for Gateway {
             // Keyed on the verified identity when there is one, so a user
             // cannot spread over addresses and users behind one NAT do not
             // share a budget; anonymous traffic is keyed on the client IP.
-            let key = match &ctx.claims {
-                Some(c) => format!("route:{}:sub:{}", route.prefix, c.sub),
-                None => format!(
+            let key = match (&ctx.claims, &ctx.api_key) {
+                (Some(c), _) => format!("route:{}:sub:{}", route.prefix, c.sub),
+                (None, Some(k)) => format!("route:{}:sub:{}", route.prefix, k.user_id_str),
+                (None, None) => format!(
                     "route:{}:ip:{}",
                     route.prefix,
                     crate::net::throttle_key(
@@ -559,7 +662,15 @@ impl ProxyHttp for Gateway {
             .is_none_or(|i| ctx.live.routes[i].route.forward_authorization);
         // Only a trusted proxy may speak for the original host and port;
         // from anyone else those would steer an upstream's links.
-        headers::strip_for_upstream(up, forward_authorization, trusted_peer);
+        // A presented API key never goes upstream, nor its Authorization.
+        headers::strip_for_upstream(
+            up,
+            forward_authorization && !ctx.key_presented,
+            trusted_peer,
+        );
+        if ctx.key_presented {
+            while up.remove_header("x-api-key").is_some() {}
+        }
         up.insert_header("x-forwarded-for", xff)?;
         if ctx.client_ip.is_some() {
             up.insert_header("x-real-ip", client)?;
@@ -570,6 +681,13 @@ impl ProxyHttp for Gateway {
             for (k, v) in identity_headers(c) {
                 up.insert_header(k, v)?;
             }
+            up.insert_header("x-user-auth-method", "jwt")?;
+        } else if let Some(k) = &ctx.api_key {
+            up.insert_header("x-user-id", k.user_id_str.as_str())?;
+            up.insert_header("x-user-email", k.email.as_str())?;
+            up.insert_header("x-user-roles", k.roles.join(","))?;
+            up.insert_header("x-user-auth-method", "api_key")?;
+            up.insert_header("x-user-api-key-id", k.id_str.as_str())?;
         }
         if let Some(pq) = &ctx.path_and_query {
             let uri = pq

@@ -6,9 +6,14 @@
 use uuid::Uuid;
 
 use super::{
-    Counter, Delivery, OneTimeKind, OneTimeToken, OutboxMessage, Redeem, RefreshPolicy, Retention,
-    Revocation, RotateOutcome, SessionRecord, Sessions, Stamp, StoreError, User, UserChange,
+    Counter, Delivery, MfaProof, OneTimeKind, OneTimeToken, OutboxMessage, Redeem, RefreshPolicy,
+    Retention, Revocation, RotateOutcome, SessionRecord, Sessions, Stamp, StoreError, Totp, User,
+    UserChange,
 };
+
+/// How long a [`Revocation::Keys`] entry is kept: a gateway that was cut
+/// off from the database for less than this still catches up on it.
+pub const KEYS_NOTICE_SECS: i64 = 86_400;
 
 /// What a user change does besides the record itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,17 +22,59 @@ pub struct Cascade {
     pub end: Option<Sessions>,
     /// Void every token issued until now.
     pub cutoff: bool,
+    /// Tell every gateway to reload the user's API keys
+    /// ([`Revocation::Keys`]).
+    pub keys: bool,
 }
 
 impl Cascade {
     const NONE: Cascade = Cascade {
         end: None,
         cutoff: false,
+        keys: false,
     };
     const EVERYTHING: Cascade = Cascade {
         end: Some(Sessions::All),
         cutoff: true,
+        keys: false,
     };
+
+    /// This cascade, and the user's keys reloaded everywhere when the
+    /// change touched what a key check reads.
+    fn with_keys(mut self, u: &mut User, touched: bool) -> Cascade {
+        if touched {
+            u.keys_version += 1;
+            self.keys = true;
+        }
+        self
+    }
+}
+
+/// Use a second factor on `u`: the TOTP secret must still be `secret`; a
+/// code's step must be newer than the last one used; a recovery code is
+/// removed. `Conflict` otherwise.
+pub fn use_mfa(u: &mut User, secret: &str, proof: &MfaProof) -> Result<(), StoreError> {
+    let t = match &mut u.totp {
+        Some(t) if t.confirmed && t.secret == secret => t,
+        _ => return Err(StoreError::Conflict),
+    };
+    match proof {
+        MfaProof::Step(step) => {
+            if *step <= t.last_step {
+                return Err(StoreError::Conflict);
+            }
+            t.last_step = *step;
+        }
+        MfaProof::Recovery(hash) => {
+            let at = u
+                .recovery_codes
+                .iter()
+                .position(|h| h == hash)
+                .ok_or(StoreError::Conflict)?;
+            u.recovery_codes.remove(at);
+        }
+    }
+    Ok(())
 }
 
 /// Apply `change` to `current`. `Conflict` when its precondition fails.
@@ -50,27 +97,88 @@ pub fn apply_user_change(
                 Some(sid) => Cascade {
                     end: Some(Sessions::AllBut(*sid)),
                     cutoff: false,
+                    keys: false,
                 },
                 None => Cascade::EVERYTHING,
             }
         }
         UserChange::Disable => {
+            let touched = !u.disabled && !u.api_keys.is_empty();
             u.disabled = true;
-            Cascade::EVERYTHING
+            Cascade::EVERYTHING.with_keys(&mut u, touched)
         }
         UserChange::AddRole(r) => {
+            let touched = !u.roles.contains(r) && !u.api_keys.is_empty();
             if !u.roles.contains(r) {
                 u.roles.push(r.clone());
             }
-            Cascade::NONE
+            Cascade::NONE.with_keys(&mut u, touched)
         }
         UserChange::RemoveRole(r) => {
+            let touched = u.roles.contains(r) && !u.api_keys.is_empty();
             u.roles.retain(|x| x != r);
-            Cascade::EVERYTHING
+            Cascade::EVERYTHING.with_keys(&mut u, touched)
         }
         UserChange::Profile { username } => {
             if let Some(name) = username {
                 u.username = name.clone();
+            }
+            Cascade::NONE
+        }
+        UserChange::TotpEnroll { secret } => {
+            if u.disabled || u.totp.as_ref().is_some_and(|t| t.confirmed) {
+                return Err(StoreError::Conflict);
+            }
+            u.totp = Some(Totp {
+                secret: secret.clone(),
+                confirmed: false,
+                last_step: 0,
+            });
+            Cascade::NONE
+        }
+        UserChange::TotpConfirm {
+            secret,
+            step,
+            recovery,
+        } => {
+            match &mut u.totp {
+                Some(t) if !t.confirmed && t.secret == *secret && !u.disabled => {
+                    t.confirmed = true;
+                    t.last_step = *step;
+                }
+                _ => return Err(StoreError::Conflict),
+            }
+            u.recovery_codes = recovery.clone();
+            Cascade::NONE
+        }
+        UserChange::TotpDisable { secret, proof } => {
+            use_mfa(&mut u, secret, proof)?;
+            u.totp = None;
+            u.recovery_codes.clear();
+            Cascade::NONE
+        }
+        UserChange::AddApiKey { key, max } => {
+            if u.disabled || u.api_keys.len() >= *max || u.api_keys.iter().any(|k| k.id == key.id) {
+                return Err(StoreError::Conflict);
+            }
+            u.api_keys.push(key.clone());
+            Cascade::NONE.with_keys(&mut u, true)
+        }
+        UserChange::RemoveApiKey(id) => {
+            let before = u.api_keys.len();
+            u.api_keys.retain(|k| k.id != *id);
+            if u.api_keys.len() == before {
+                return Err(StoreError::Conflict);
+            }
+            Cascade::NONE.with_keys(&mut u, true)
+        }
+        UserChange::ApiKeysUsed(uses) => {
+            for (id, at) in uses {
+                if let Some(k) = u.api_keys.iter_mut().find(|k| k.id == *id) {
+                    if k.last_used_at.is_none_or(|t| t < *at) {
+                        k.last_used_at = Some(*at);
+                    }
+                }
             }
             Cascade::NONE
         }
@@ -167,6 +275,7 @@ pub fn check_redeem(
     let kind = match redeem {
         Redeem::VerifyEmail => OneTimeKind::EmailVerify,
         Redeem::ResetPassword { .. } => OneTimeKind::PasswordReset,
+        Redeem::Mfa { .. } => OneTimeKind::MfaLogin,
     };
     let good = t.kind == kind
         && t.expires_at > now
@@ -179,6 +288,9 @@ pub fn check_redeem(
             OneTimeKind::PasswordReset => {
                 t.issued_seq == newest_seq && t.password_version == user.password_version
             }
+            // Bound to the login it continues: the password checked then
+            // is still the password.
+            OneTimeKind::MfaLogin => t.password_version == user.password_version,
         };
     if good {
         Ok(())
@@ -187,10 +299,12 @@ pub fn check_redeem(
     }
 }
 
-/// Apply a redeemed token to the user.
-pub fn apply_redeem(current: &User, redeem: &Redeem) -> (User, Cascade) {
+/// Apply a redeemed token to the user; `Conflict` when what it grants no
+/// longer holds (a second factor already used), and then nothing is
+/// consumed.
+pub fn apply_redeem(current: &User, redeem: &Redeem) -> Result<(User, Cascade), StoreError> {
     let mut u = current.clone();
-    match redeem {
+    Ok(match redeem {
         Redeem::VerifyEmail => {
             u.email_verified = true;
             (u, Cascade::NONE)
@@ -199,7 +313,18 @@ pub fn apply_redeem(current: &User, redeem: &Redeem) -> (User, Cascade) {
             set_password(&mut u, hash);
             (u, Cascade::EVERYTHING)
         }
-    }
+        Redeem::Mfa { secret, proof } => {
+            use_mfa(&mut u, secret, proof)?;
+            (u, Cascade::NONE)
+        }
+    })
+}
+
+/// The revocations a cascade writes besides ending sessions.
+pub fn keys_notice(user_id: Uuid, cascade: Cascade, stamp: Stamp) -> Option<Revocation> {
+    cascade
+        .keys
+        .then(|| Revocation::Keys(user_id, stamp.now.saturating_add(KEYS_NOTICE_SECS)))
 }
 
 /// Apply a delivery attempt to the current message: `None` = remove it.
@@ -266,7 +391,9 @@ pub fn one_time_is_dead(t: &OneTimeToken, r: &Retention) -> bool {
 
 pub fn revocation_is_dead(rev: &Revocation, r: &Retention) -> bool {
     match *rev {
-        Revocation::Token(_, until) | Revocation::Session(_, until) => until <= r.now,
+        Revocation::Token(_, until)
+        | Revocation::Session(_, until)
+        | Revocation::Keys(_, until) => until <= r.now,
         Revocation::Cutoff(_, at) => at < r.cutoff_horizon,
     }
 }
@@ -372,6 +499,10 @@ mod tests {
             created_at: 0,
             disabled: false,
             password_version: 3,
+            totp: None,
+            recovery_codes: vec![],
+            api_keys: vec![],
+            keys_version: 0,
         }
     }
 
@@ -387,6 +518,7 @@ mod tests {
             expires_at: 1000,
             ip: String::new(),
             user_agent: String::new(),
+            amr: vec![],
         }
     }
 
@@ -545,7 +677,7 @@ mod tests {
             check_redeem(&t, &Redeem::VerifyEmail, &u, 2, 50).is_err(),
             "wrong kind"
         );
-        let (changed, _) = apply_redeem(&u, &reset);
+        let (changed, _) = apply_redeem(&u, &reset).unwrap();
         assert!(
             check_redeem(&t, &reset, &changed, 2, 50).is_err(),
             "password changed since"

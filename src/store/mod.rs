@@ -52,6 +52,58 @@ pub struct User {
     /// Bumped on every password change; reset tokens and in-flight logins
     /// carry the version they were decided on.
     pub password_version: u64,
+    /// The TOTP second factor, once enrolment has started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<Totp>,
+    /// SHA-256 (hex) of each unused recovery code.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recovery_codes: Vec<String>,
+    /// The user's API keys (hashes only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<ApiKey>,
+    /// Bumped whenever something an API key check depends on changes (a
+    /// key, the roles, the account being disabled), so an in-memory key
+    /// index never replaces newer entries with older ones.
+    #[serde(default)]
+    pub keys_version: u64,
+}
+
+/// A TOTP secret and its use.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Totp {
+    /// The 160-bit secret, sealed with the gateway's MFA key (`auth::mfa`).
+    pub secret: String,
+    /// Enrolment confirmed with a valid code: logins need a second factor.
+    pub confirmed: bool,
+    /// The newest 30-second step a code was accepted for; a code for this
+    /// step or an older one is refused (no replay).
+    pub last_step: u64,
+}
+
+/// An API key: only its hash is stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApiKey {
+    pub id: Uuid,
+    /// SHA-256 (hex) of the whole key.
+    pub hash: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    /// Requests per minute this key may make (0 = no limit of its own).
+    #[serde(default)]
+    pub rate_per_minute: u32,
+    /// Written in batches (see `auth::apikeys`), so it may lag.
+    #[serde(default)]
+    pub last_used_at: Option<i64>,
+}
+
+/// The second factor offered with a change that needs one: a TOTP code
+/// (as the step it matched) or a recovery code (its hash).
+#[derive(Debug, Clone, PartialEq)]
+pub enum MfaProof {
+    Step(u64),
+    Recovery(String),
 }
 
 /// A refresh session. Its refresh token is derived from `(id, generation,
@@ -75,6 +127,10 @@ pub struct SessionRecord {
     pub expires_at: i64,
     pub ip: String,
     pub user_agent: String,
+    /// How the session was authenticated (`amr` of its access tokens);
+    /// empty in sessions older than the field: read as `["pwd"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
 }
 
 /// What presenting generation `g` of a session's refresh token led to.
@@ -112,6 +168,10 @@ pub enum Revocation {
     Session(Uuid, i64),
     /// Every access token of a user issued before this time.
     Cutoff(Uuid, i64),
+    /// The API keys of a user (or what they depend on: roles, disabled)
+    /// changed at this time: every gateway reloads that user's keys. Kept
+    /// for a day, so a gateway that missed the notification catches up.
+    Keys(Uuid, i64),
 }
 
 /// A change to one user, applied to the current record by
@@ -135,6 +195,32 @@ pub enum UserChange {
     Profile {
         username: Option<Option<String>>,
     },
+    /// Start (or restart) TOTP enrolment with a sealed secret; `Conflict`
+    /// when TOTP is already on.
+    TotpEnroll {
+        secret: String,
+    },
+    /// Turn TOTP on: the pending secret must still be `secret`, and the
+    /// code matched `step`. Stores the recovery code hashes.
+    TotpConfirm {
+        secret: String,
+        step: u64,
+        recovery: Vec<String>,
+    },
+    /// Turn TOTP off, with a second factor for the current secret.
+    TotpDisable {
+        secret: String,
+        proof: MfaProof,
+    },
+    /// Add an API key; `Conflict` when the user already has `max`.
+    AddApiKey {
+        key: ApiKey,
+        max: usize,
+    },
+    /// Remove an API key; `Conflict` when the user has no such key.
+    RemoveApiKey(Uuid),
+    /// Record when keys were last used (only ever moves forward).
+    ApiKeysUsed(Vec<(Uuid, i64)>),
 }
 
 /// The sessions a call ends.
@@ -165,6 +251,8 @@ pub struct Changed {
 pub enum OneTimeKind {
     EmailVerify,
     PasswordReset,
+    /// The `mfa_token` of a login waiting for its second factor.
+    MfaLogin,
 }
 
 /// A single-use emailed token (verification or reset), stored under its hash.
@@ -188,6 +276,12 @@ pub enum Redeem {
     /// Set this password hash; ends every session and token.
     ResetPassword {
         hash: String,
+    },
+    /// Complete a login with its second factor: the user's TOTP secret
+    /// must still be `secret`, and the proof must be good now.
+    Mfa {
+        secret: String,
+        proof: MfaProof,
     },
 }
 
@@ -439,12 +533,13 @@ pub trait Store: Send + Sync + 'static {
     async fn list_revocations(&self) -> StoreResult<Vec<Revocation>>;
 
     // --- one-time emailed tokens
-    /// Store a token and queue its mail atomically; returns the issue sequence.
+    /// Store a token and queue its mail (if any) atomically; returns the
+    /// issue sequence.
     async fn issue_one_time(
         &self,
         hash: String,
         token: OneTimeToken,
-        mail: OutboxMessage,
+        mail: Option<OutboxMessage>,
     ) -> StoreResult<u64>;
     async fn find_one_time(&self, hash: &str) -> StoreResult<Option<OneTimeToken>>;
     /// The newest issue sequence for a user and kind.

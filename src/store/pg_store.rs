@@ -182,6 +182,7 @@ fn kind_code(r: &Revocation) -> (i8, Uuid, i64) {
         Revocation::Token(id, at) => (b't' as i8, id, at),
         Revocation::Session(id, at) => (b's' as i8, id, at),
         Revocation::Cutoff(id, at) => (b'c' as i8, id, at),
+        Revocation::Keys(id, at) => (b'k' as i8, id, at),
     }
 }
 
@@ -190,6 +191,7 @@ fn revocation_from(kind: i8, id: Uuid, at: i64) -> StoreResult<Revocation> {
         b't' => Ok(Revocation::Token(id, at)),
         b's' => Ok(Revocation::Session(id, at)),
         b'c' => Ok(Revocation::Cutoff(id, at)),
+        b'k' => Ok(Revocation::Keys(id, at)),
         k => Err(StoreError::Corrupt(format!("revocation kind {k}"))),
     }
 }
@@ -299,15 +301,20 @@ async fn apply_cascade(
     cascade: domain::Cascade,
     stamp: Stamp,
 ) -> StoreResult<Vec<Revocation>> {
-    match cascade.end {
-        Some(which) => end_sessions_tx(tx, user.id, which, cascade.cutoff, stamp).await,
+    let mut revs = match cascade.end {
+        Some(which) => end_sessions_tx(tx, user.id, which, cascade.cutoff, stamp).await?,
         None if cascade.cutoff => {
             let revs = domain::revocations_for(user.id, &[], true, stamp);
             write_revocations(tx, &revs).await?;
-            Ok(revs)
+            revs
         }
-        None => Ok(Vec::new()),
+        None => Vec::new(),
+    };
+    if let Some(notice) = domain::keys_notice(user.id, cascade, stamp) {
+        write_revocations(tx, &[notice]).await?;
+        revs.push(notice);
     }
+    Ok(revs)
 }
 
 async fn newest_seq(c: &impl GenericClient, user: Uuid, kind: OneTimeKind) -> StoreResult<u64> {
@@ -482,6 +489,7 @@ async fn export_page(
                 let kind = match code {
                     0 => OneTimeKind::EmailVerify,
                     1 => OneTimeKind::PasswordReset,
+                    2 => OneTimeKind::MfaLogin,
                     _ => return Err(StoreError::Corrupt(format!("one-time kind {code}"))),
                 };
                 records.push(Record::OneTimeSeq {
@@ -906,7 +914,7 @@ impl Store for PgStore {
         &self,
         hash: String,
         token: OneTimeToken,
-        mail: OutboxMessage,
+        mail: Option<OutboxMessage>,
     ) -> StoreResult<u64> {
         self.write(tx!(|tx| {
             let row = tx
@@ -930,7 +938,9 @@ impl Store for PgStore {
             )
             .await
             .map_err(pg)?;
-            put_mail(tx, &mail).await?;
+            if let Some(m) = &mail {
+                put_mail(tx, m).await?;
+            }
             Ok(next)
         }))
         .await
@@ -975,10 +985,10 @@ impl Store for PgStore {
             .ok_or(StoreError::Conflict)?;
             let newest = newest_seq(tx, token.user_id, token.kind).await?;
             domain::check_redeem(&token, &redeem, &current, newest, stamp.now)?;
+            let (user, cascade) = domain::apply_redeem(&current, &redeem)?;
             tx.execute("DELETE FROM one_time WHERE hash = $1", &[&hash])
                 .await
                 .map_err(pg)?;
-            let (user, cascade) = domain::apply_redeem(&current, &redeem);
             tx.execute(
                 "UPDATE users SET record = $2 WHERE id = $1",
                 &[&user.id, &enc(&user)],

@@ -155,6 +155,7 @@ fn revocation_entry(r: &Revocation) -> (T, Vec<u8>, i64) {
     match *r {
         Revocation::Token(jti, until) => (T::Revoked, format!("jti:{jti}").into_bytes(), until),
         Revocation::Session(sid, until) => (T::Revoked, format!("sid:{sid}").into_bytes(), until),
+        Revocation::Keys(user, until) => (T::Revoked, format!("keys:{user}").into_bytes(), until),
         Revocation::Cutoff(user, at) => (T::Cutoffs, user.as_bytes().to_vec(), at),
     }
 }
@@ -168,6 +169,7 @@ fn parse_revoked(k: &[u8], v: &[u8]) -> StoreResult<Revocation> {
     match k.split_once(':') {
         Some(("jti", s)) => Ok(Revocation::Token(id(s)?, until)),
         Some(("sid", s)) => Ok(Revocation::Session(id(s)?, until)),
+        Some(("keys", s)) => Ok(Revocation::Keys(id(s)?, until)),
         _ => Err(StoreError::Corrupt(format!("revocation key {k}"))),
     }
 }
@@ -208,6 +210,7 @@ fn record_from(t: T, k: &[u8], v: &[u8]) -> StoreResult<Record> {
             let kind = match k.get(16) {
                 Some(0) => OneTimeKind::EmailVerify,
                 Some(1) => OneTimeKind::PasswordReset,
+                Some(2) => OneTimeKind::MfaLogin,
                 _ => return Err(StoreError::Corrupt("one-time sequence key".into())),
             };
             Record::OneTimeSeq {
@@ -621,15 +624,20 @@ impl<'a> Tx<'a> {
         cascade: domain::Cascade,
         stamp: Stamp,
     ) -> StoreResult<Vec<Revocation>> {
-        match cascade.end {
-            Some(which) => self.end_sessions(user.id, which, cascade.cutoff, stamp),
+        let mut revs = match cascade.end {
+            Some(which) => self.end_sessions(user.id, which, cascade.cutoff, stamp)?,
             None if cascade.cutoff => {
                 let revs = domain::revocations_for(user.id, &[], true, stamp);
                 self.write_revocations(&revs)?;
-                Ok(revs)
+                revs
             }
-            None => Ok(Vec::new()),
+            None => Vec::new(),
+        };
+        if let Some(notice) = domain::keys_notice(user.id, cascade, stamp) {
+            self.write_revocations(&[notice])?;
+            revs.push(notice);
         }
+        Ok(revs)
     }
 
     fn newest_seq(&self, user: &Uuid, kind: OneTimeKind) -> StoreResult<u64> {
@@ -1183,7 +1191,7 @@ impl Store for SledStore {
         &self,
         hash: String,
         token: OneTimeToken,
-        mail: OutboxMessage,
+        mail: Option<OutboxMessage>,
     ) -> StoreResult<u64> {
         self.write(move |tx| {
             let next = tx.newest_seq(&token.user_id, token.kind)? + 1;
@@ -1197,7 +1205,9 @@ impl Store for SledStore {
                 ..token
             };
             tx.put_json(T::OneTime, hash.into_bytes(), &t);
-            tx.put_json(T::Outbox, mail.id.as_bytes().to_vec(), &mail);
+            if let Some(mail) = mail {
+                tx.put_json(T::Outbox, mail.id.as_bytes().to_vec(), &mail);
+            }
             Ok(next)
         })
         .await
@@ -1239,8 +1249,8 @@ impl Store for SledStore {
                 .ok_or(StoreError::Conflict)?;
             let newest = tx.newest_seq(&token.user_id, token.kind)?;
             domain::check_redeem(&token, &redeem, &current, newest, stamp.now)?;
+            let (user, cascade) = domain::apply_redeem(&current, &redeem)?;
             tx.remove(T::OneTime, key);
-            let (user, cascade) = domain::apply_redeem(&current, &redeem);
             tx.put_json(T::Users, user.id.as_bytes().to_vec(), &user);
             let revoked = tx.apply_cascade(&user, cascade, stamp)?;
             if let Some(m) = mail {

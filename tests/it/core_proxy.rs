@@ -467,6 +467,7 @@ async fn client_identity_headers_are_stripped_on_every_route() {
         assert_eq!(
             got,
             vec![
+                ("x-user-auth-method".to_string(), "jwt".to_string()),
                 ("x-user-email".to_string(), "dave@example.com".to_string()),
                 ("x-user-id".to_string(), id.clone()),
                 ("x-user-roles".to_string(), String::new()),
@@ -482,7 +483,8 @@ async fn client_identity_headers_are_stripped_on_every_route() {
         assert!(identity_family(&r).is_empty(), "{name} survived: {r:?}");
         let r = get_with(&gw, "/x", &[(name, value), ("Authorization", &auth)]).await;
         assert_eq!(r.status, 200, "{name}");
-        assert_eq!(identity_family(&r).len(), 3, "{name}: {r:?}");
+        // Id, email, roles and the auth method (CONTRACT section 7).
+        assert_eq!(identity_family(&r).len(), 4, "{name}: {r:?}");
         assert_eq!(echoed(&r, "x-user-id"), vec![id.clone()], "{name}");
     }
 }

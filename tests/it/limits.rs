@@ -926,6 +926,7 @@ audit_file = "{audit}"
 prefix = "/"
 upstream = "{up}"
 auth = "required"
+scopes = ["read"]
 "#,
         smtp_port = smtp.addr.port(),
         audit = audit_path.display(),
@@ -1026,6 +1027,40 @@ auth = "required"
     // A proxied request with the token.
     let r = http::get(listen, "/app/data", Some(&access2)).await;
     assert_eq!(r.status, 200, "{}", r.text());
+    // An API key: created, used, revoked (issue 13); never logged.
+    let r = call(
+        "/auth/api-keys",
+        json!({ "name": "audited key", "scopes": ["read"] }),
+        Some(access2.clone()),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let key = r.json()["key"].as_str().unwrap().to_string();
+    let key_id = r.json()["id"].as_str().unwrap().to_string();
+    secrets.push(key.clone());
+    for _ in 0..2 {
+        let r = http::request(
+            listen,
+            "GET",
+            "/app/data",
+            &[("X-API-Key", &key), ("User-Agent", UA)],
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let auth = format!("Bearer {access2}");
+    let r = http::request(
+        listen,
+        "DELETE",
+        &format!("/auth/api-keys/{key_id}"),
+        &[("Authorization", &auth), ("User-Agent", UA)],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 204, "{}", r.text());
     let r = call(
         "/auth/logout",
         json!({ "refresh_token": refresh2 }),
@@ -1159,6 +1194,10 @@ auth = "required"
         ("logout", "success", 1),
         ("password_reset_requested", "accepted", 1),
         ("password_reset", "success", 1),
+        ("api_key_created", "success", 1),
+        // Sampled: the first use per key and write interval.
+        ("api_key_used", "success", 1),
+        ("api_key_revoked", "success", 1),
     ] {
         let found = find(event, outcome);
         assert_eq!(found.len(), n, "audit events {event}/{outcome}: {audit}");

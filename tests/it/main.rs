@@ -4,6 +4,7 @@
 mod common;
 
 mod accounts;
+mod api_keys;
 mod backup;
 mod claims;
 mod core_proxy;
@@ -14,6 +15,7 @@ mod durability;
 mod email;
 mod key_rotation;
 mod limits;
+mod mfa;
 mod openapi;
 mod passthrough;
 mod postgres;

@@ -182,6 +182,158 @@ async fn revocations_reach_every_instance() {
     }
 }
 
+/// Issue 13: an API key created on one gateway passes on the others, and
+/// deleting it, or disabling its owner, on one gateway fails it on every
+/// gateway within the feed's delay (notified; at most a second's poll).
+/// TOTP works across gateways that share `PORTCULLIS_MFA_KEY`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_and_their_revocation_reach_every_instance() {
+    let cluster = match pg::cluster() {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("PostgreSQL test skipped: {why}");
+            return;
+        }
+    };
+    let url = cluster.database().await;
+    let mut gws = Vec::new();
+    for _ in 0..3 {
+        gws.push(
+            TestGateway::start_with(Builder {
+                extra: format!(
+                    "[throttle]\nauth_per_minute = 0\n[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n"
+                ),
+                routes: crate::api_keys::KEY_ROUTES.into(),
+                env: [
+                    ("PORTCULLIS_JWT_SECRET".to_string(), JWT_SECRET.to_string()),
+                    ("PORTCULLIS_REFRESH_SECRET".to_string(), REFRESH_SECRET.to_string()),
+                    (
+                        "PORTCULLIS_MFA_KEY".to_string(),
+                        "a shared MFA sealing key, 32 bytes or more".to_string(),
+                    ),
+                ]
+                .into(),
+                ..Default::default()
+            })
+            .await,
+        );
+    }
+    let limit = std::time::Duration::from_secs(5);
+    let s = gws[0].signup("keys@example.com").await;
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        let v = crate::api_keys::create(
+            &gws[0],
+            &s.access,
+            json!({ "name": "k", "scopes": ["read"] }),
+        )
+        .await;
+        keys.push((
+            v["key"].as_str().unwrap().to_string(),
+            v["id"].as_str().unwrap().to_string(),
+        ));
+    }
+    for gw in &gws {
+        within(limit, || async {
+            crate::api_keys::with_key_header(gw, "/read/x", &keys[0].0)
+                .await
+                .status
+                == 200
+        })
+        .await;
+    }
+    // Deleted on B: refused by A and C.
+    let r = crate::common::http::send_json(
+        gws[1].addr,
+        "DELETE",
+        &format!("/auth/api-keys/{}", keys[0].1),
+        None,
+        Some(&s.access),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(
+        crate::api_keys::with_key_header(&gws[1], "/read/x", &keys[0].0)
+            .await
+            .status,
+        401
+    );
+    for gw in [&gws[0], &gws[2]] {
+        within(limit, || async {
+            crate::api_keys::with_key_header(gw, "/read/x", &keys[0].0)
+                .await
+                .status
+                == 401
+        })
+        .await;
+        assert_eq!(
+            crate::api_keys::with_key_header(gw, "/read/x", &keys[1].0)
+                .await
+                .status,
+            200
+        );
+    }
+    // The owner disabled on C: the other key fails everywhere.
+    let token = std::fs::read_to_string(gws[2].data_dir().join("admin.token")).unwrap();
+    let r = crate::common::http::request(
+        gws[2].admin_addr,
+        "POST",
+        "/admin/users",
+        &[
+            ("authorization", &format!("Bearer {}", token.trim())),
+            ("content-type", "application/json"),
+        ],
+        Some(
+            json!({"op": "disable", "email": "keys@example.com"})
+                .to_string()
+                .as_bytes(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    for gw in &gws {
+        within(limit, || async {
+            crate::api_keys::with_key_header(gw, "/read/x", &keys[1].0)
+                .await
+                .status
+                == 401
+        })
+        .await;
+    }
+
+    // TOTP enrolled through A, a login finished through B.
+    let t = gws[0].signup("totp-pg@example.com").await;
+    let r = gws[0]
+        .post("/auth/mfa/totp/enroll", json!({}), Some(&t.access))
+        .await;
+    let secret = crate::common::totp::base32_decode(r.json()["secret"].as_str().unwrap());
+    use portcullis::clock::Clock;
+    let code = crate::common::totp::code_at(&secret, gws[0].clock.now());
+    let r = gws[0]
+        .post(
+            "/auth/mfa/totp/confirm",
+            json!({ "code": code }),
+            Some(&t.access),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    for gw in &gws {
+        gw.clock.advance(30);
+    }
+    let r = gws[2].login("totp-pg@example.com", PASSWORD).await;
+    let mfa_token = r.json()["mfa_token"].as_str().unwrap().to_string();
+    let code = crate::common::totp::code_at(&secret, gws[1].clock.now());
+    let r = gws[1]
+        .post(
+            "/auth/mfa/verify",
+            json!({ "mfa_token": mfa_token, "code": code }),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
 /// Cross-instance races: one account per email when registrations of one
 /// address hit three gateways at once; exactly one winner when one refresh
 /// token is presented to three gateways at once; and an admin's role grant

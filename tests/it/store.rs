@@ -26,6 +26,10 @@ pub fn user(email: &str) -> User {
         created_at: 1,
         disabled: false,
         password_version: 0,
+        totp: None,
+        recovery_codes: vec![],
+        api_keys: vec![],
+        keys_version: 0,
     }
 }
 
@@ -41,6 +45,7 @@ pub fn session(user: &User, now: i64) -> SessionRecord {
         expires_at: now + TTL,
         ip: "127.0.0.1".into(),
         user_agent: "test".into(),
+        amr: vec!["pwd".into()],
     }
 }
 
@@ -306,7 +311,7 @@ pub async fn a_one_time_token_is_redeemed_once(s: Arc<dyn Store>) {
         issued_seq: 0,
     };
     let seq = s
-        .issue_one_time("h".into(), token.clone(), mail("ott@example.com"))
+        .issue_one_time("h".into(), token.clone(), Some(mail("ott@example.com")))
         .await
         .unwrap();
     assert_eq!(seq, 1);
@@ -353,7 +358,7 @@ pub async fn issue_sequences_are_distinct(s: Arc<dyn Store>) {
             issued_seq: 0,
         };
         async move {
-            s.issue_one_time(format!("h{i}"), t, mail("seq@example.com"))
+            s.issue_one_time(format!("h{i}"), t, Some(mail("seq@example.com")))
                 .await
                 .unwrap()
         }
@@ -653,7 +658,7 @@ pub async fn every_record_survives_a_copy(s: Arc<dyn Store>) {
         expires_at: 5000,
         issued_seq: 0,
     };
-    s.issue_one_time("h1".into(), token, mail("copy@example.com"))
+    s.issue_one_time("h1".into(), token, Some(mail("copy@example.com")))
         .await
         .unwrap();
     s.hit_counter("ip:9", 5, 60, 1000).await.unwrap().unwrap();
@@ -738,6 +743,417 @@ pub async fn every_record_survives_a_copy(s: Arc<dyn Store>) {
     assert!(back.iter().all(|x| x.source == x.target), "{back:?}");
 }
 
+// ----- second factor and API keys (issue 13)
+
+const SEALED: &str = "sealed-secret";
+
+/// A user with TOTP on (last step 100) and two recovery codes.
+async fn mfa_user(s: &Arc<dyn Store>, email: &str) -> User {
+    let u = user(email);
+    s.create_user(u.clone(), None).await.unwrap();
+    s.change_user(
+        u.id,
+        UserChange::TotpEnroll {
+            secret: SEALED.into(),
+        },
+        None,
+        stamp(1),
+    )
+    .await
+    .unwrap();
+    let c = s
+        .change_user(
+            u.id,
+            UserChange::TotpConfirm {
+                secret: SEALED.into(),
+                step: 100,
+                recovery: vec!["r1".into(), "r2".into()],
+            },
+            None,
+            stamp(1),
+        )
+        .await
+        .unwrap();
+    assert!(c.user.totp.as_ref().is_some_and(|t| t.confirmed));
+    // Enrolling again while it is on is refused.
+    let again = s
+        .change_user(
+            u.id,
+            UserChange::TotpEnroll {
+                secret: "other".into(),
+            },
+            None,
+            stamp(1),
+        )
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict)));
+    c.user
+}
+
+/// 16 racing uses of one step: exactly one is accepted, and older steps
+/// stay refused after it.
+pub async fn a_totp_step_is_used_once(s: Arc<dyn Store>) {
+    let u = mfa_user(&s, "step@example.com").await;
+    let rs = race(|_| {
+        let s = s.clone();
+        async move {
+            s.change_user(
+                u.id,
+                UserChange::TotpDisable {
+                    secret: SEALED.into(),
+                    proof: MfaProof::Step(101),
+                },
+                None,
+                stamp(2),
+            )
+            .await
+        }
+    })
+    .await;
+    assert_eq!(rs.iter().filter(|r| r.is_ok()).count(), 1);
+    assert_eq!(conflicts(&rs), N - 1);
+    let now = s.find_user(u.id).await.unwrap().unwrap();
+    assert!(now.totp.is_none() && now.recovery_codes.is_empty());
+
+    // Through redeem (a login's second factor): one step, one winner.
+    let u = mfa_user(&s, "step2@example.com").await;
+    for i in 0..N {
+        let t = OneTimeToken {
+            kind: OneTimeKind::MfaLogin,
+            user_id: u.id,
+            email: u.email.clone(),
+            password_version: 0,
+            expires_at: 1000,
+            issued_seq: 0,
+        };
+        s.issue_one_time(format!("mfa-step-{i}"), t, None)
+            .await
+            .unwrap();
+    }
+    let rs = race(|i| {
+        let s = s.clone();
+        async move {
+            s.redeem(
+                format!("mfa-step-{i}"),
+                Redeem::Mfa {
+                    secret: SEALED.into(),
+                    proof: MfaProof::Step(105),
+                },
+                None,
+                stamp(2),
+            )
+            .await
+        }
+    })
+    .await;
+    assert_eq!(rs.iter().filter(|r| r.is_ok()).count(), 1);
+    let after = s.find_user(u.id).await.unwrap().unwrap();
+    assert_eq!(after.totp.unwrap().last_step, 105);
+    // A refused use consumed nothing: the losers' tokens are still there.
+    for (i, r) in rs.iter().enumerate() {
+        let present = s
+            .find_one_time(&format!("mfa-step-{i}"))
+            .await
+            .unwrap()
+            .is_some();
+        assert_eq!(present, r.is_err(), "token {i}");
+    }
+    // With a token still good, an older step and the same step stay refused.
+    let loser = rs.iter().position(|r| r.is_err()).unwrap();
+    for step in [104, 105] {
+        let r = s
+            .redeem(
+                format!("mfa-step-{loser}"),
+                Redeem::Mfa {
+                    secret: SEALED.into(),
+                    proof: MfaProof::Step(step),
+                },
+                None,
+                stamp(3),
+            )
+            .await;
+        assert!(matches!(r, Err(StoreError::Conflict)), "step {step}: {r:?}");
+    }
+    // A newer one passes; a wrong secret never does.
+    let r = s
+        .redeem(
+            format!("mfa-step-{loser}"),
+            Redeem::Mfa {
+                secret: "another secret".into(),
+                proof: MfaProof::Step(106),
+            },
+            None,
+            stamp(3),
+        )
+        .await;
+    assert!(matches!(r, Err(StoreError::Conflict)));
+    s.redeem(
+        format!("mfa-step-{loser}"),
+        Redeem::Mfa {
+            secret: SEALED.into(),
+            proof: MfaProof::Step(106),
+        },
+        None,
+        stamp(3),
+    )
+    .await
+    .unwrap();
+}
+
+/// 16 racing uses of one recovery code: one winner, the code is gone, the
+/// other code is untouched.
+pub async fn a_recovery_code_is_used_once(s: Arc<dyn Store>) {
+    let u = mfa_user(&s, "recovery@example.com").await;
+    for i in 0..N {
+        let t = OneTimeToken {
+            kind: OneTimeKind::MfaLogin,
+            user_id: u.id,
+            email: u.email.clone(),
+            password_version: 0,
+            expires_at: 1000,
+            issued_seq: 0,
+        };
+        s.issue_one_time(format!("mfa-rec-{i}"), t, None)
+            .await
+            .unwrap();
+    }
+    let rs = race(|i| {
+        let s = s.clone();
+        async move {
+            s.redeem(
+                format!("mfa-rec-{i}"),
+                Redeem::Mfa {
+                    secret: SEALED.into(),
+                    proof: MfaProof::Recovery("r1".into()),
+                },
+                None,
+                stamp(2),
+            )
+            .await
+        }
+    })
+    .await;
+    assert_eq!(rs.iter().filter(|r| r.is_ok()).count(), 1);
+    assert_eq!(conflicts(&rs), N - 1);
+    let after = s.find_user(u.id).await.unwrap().unwrap();
+    assert_eq!(after.recovery_codes, ["r2"]);
+}
+
+/// The mfa_token itself is single use, expires, and is bound to the
+/// password it was issued under.
+pub async fn an_mfa_token_is_redeemed_once_with_a_good_code(s: Arc<dyn Store>) {
+    let u = mfa_user(&s, "token@example.com").await;
+    let t = OneTimeToken {
+        kind: OneTimeKind::MfaLogin,
+        user_id: u.id,
+        email: u.email.clone(),
+        password_version: 0,
+        expires_at: 50,
+        issued_seq: 0,
+    };
+    s.issue_one_time("tok".into(), t.clone(), None)
+        .await
+        .unwrap();
+    let rs = race(|i| {
+        let s = s.clone();
+        async move {
+            s.redeem(
+                "tok".into(),
+                Redeem::Mfa {
+                    secret: SEALED.into(),
+                    proof: MfaProof::Step(200 + i as u64),
+                },
+                None,
+                stamp(2),
+            )
+            .await
+        }
+    })
+    .await;
+    assert_eq!(rs.iter().filter(|r| r.is_ok()).count(), 1, "single use");
+    s.issue_one_time("late".into(), t.clone(), None)
+        .await
+        .unwrap();
+    let late = s
+        .redeem(
+            "late".into(),
+            Redeem::Mfa {
+                secret: SEALED.into(),
+                proof: MfaProof::Step(1000),
+            },
+            None,
+            stamp(50),
+        )
+        .await;
+    assert!(matches!(late, Err(StoreError::Conflict)), "expired");
+    // Not for an email verification, and not after a password change.
+    assert!(matches!(
+        s.redeem("late".into(), Redeem::VerifyEmail, None, stamp(2))
+            .await,
+        Err(StoreError::Conflict)
+    ));
+    s.change_user(
+        u.id,
+        UserChange::SetPassword {
+            hash: "h".into(),
+            expect_version: 0,
+            keep: None,
+        },
+        None,
+        stamp(3),
+    )
+    .await
+    .unwrap();
+    let stale = s
+        .redeem(
+            "late".into(),
+            Redeem::Mfa {
+                secret: SEALED.into(),
+                proof: MfaProof::Step(1001),
+            },
+            None,
+            stamp(4),
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict)),
+        "password changed"
+    );
+}
+
+fn api_key(id: u128) -> ApiKey {
+    ApiKey {
+        id: Uuid::from_u128(id),
+        hash: format!("{id:064x}"),
+        name: format!("key {id}"),
+        scopes: vec!["read".into()],
+        created_at: 1,
+        expires_at: None,
+        rate_per_minute: 0,
+        last_used_at: None,
+    }
+}
+
+/// Key changes land on the current record (16 racing adds are all kept),
+/// bump the keys version, and write a `Keys` entry that the other gateways
+/// read from the feed; last-use times only move forward; keys travel with
+/// their user in a copy.
+pub async fn api_key_changes_notify_every_gateway(s: Arc<dyn Store>) {
+    let u = user("keys@example.com");
+    s.create_user(u.clone(), None).await.unwrap();
+    let feed_from = s.revocations_since(0).await.unwrap().map(|(_, seq)| seq);
+    let rs = race(|i| {
+        let s = s.clone();
+        async move {
+            s.change_user(
+                u.id,
+                UserChange::AddApiKey {
+                    key: api_key(i as u128 + 1),
+                    max: 50,
+                },
+                None,
+                stamp(2),
+            )
+            .await
+        }
+    })
+    .await;
+    assert!(rs.iter().all(|r| r.is_ok()), "{rs:?}");
+    assert!(rs
+        .iter()
+        .all(|r| r.as_ref().unwrap().revoked.contains(&Revocation::Keys(
+            u.id,
+            2 + portcullis::store::domain::KEYS_NOTICE_SECS
+        ))));
+    let now = s.find_user(u.id).await.unwrap().unwrap();
+    assert_eq!(now.api_keys.len(), N);
+    assert_eq!(now.keys_version, N as u64);
+    // The cap holds.
+    let full = s
+        .change_user(
+            u.id,
+            UserChange::AddApiKey {
+                key: api_key(999),
+                max: N,
+            },
+            None,
+            stamp(2),
+        )
+        .await;
+    assert!(matches!(full, Err(StoreError::Conflict)));
+    // Remove one: gone; again: Conflict.
+    s.change_user(
+        u.id,
+        UserChange::RemoveApiKey(Uuid::from_u128(1)),
+        None,
+        stamp(3),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.change_user(
+            u.id,
+            UserChange::RemoveApiKey(Uuid::from_u128(1)),
+            None,
+            stamp(3)
+        )
+        .await,
+        Err(StoreError::Conflict)
+    ));
+    // Uses: the newest time wins, whatever order they land in.
+    let key = Uuid::from_u128(2);
+    let rs = race(|i| {
+        let s = s.clone();
+        async move {
+            s.change_user(
+                u.id,
+                UserChange::ApiKeysUsed(vec![(key, 100 + i as i64)]),
+                None,
+                stamp(4),
+            )
+            .await
+        }
+    })
+    .await;
+    assert!(rs.iter().all(|r| r.is_ok()));
+    let now = s.find_user(u.id).await.unwrap().unwrap();
+    let k = now.api_keys.iter().find(|k| k.id == key).unwrap();
+    assert_eq!(k.last_used_at, Some(100 + N as i64 - 1));
+    assert_eq!(now.keys_version, N as u64 + 1, "a use changes no key check");
+    // Disabling the owner tells every gateway too.
+    let c = s
+        .change_user(u.id, UserChange::Disable, None, stamp(5))
+        .await
+        .unwrap();
+    assert!(c
+        .revoked
+        .iter()
+        .any(|r| matches!(r, Revocation::Keys(id, _) if *id == u.id)));
+    if let Some(from) = feed_from {
+        let (revs, _) = s.revocations_since(from).await.unwrap().unwrap();
+        assert!(revs
+            .iter()
+            .any(|r| matches!(r, Revocation::Keys(id, _) if *id == u.id)));
+    }
+    // The keys (and TOTP state) travel with the user in a copy.
+    let page = s.export(RecordKind::Users, None, 100).await.unwrap();
+    let copied = page
+        .records
+        .iter()
+        .find_map(|r| match r {
+            Record::User(x) if x.id == u.id => Some(x.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(copied.api_keys.len(), N - 1);
+    assert_eq!(copied, s.find_user(u.id).await.unwrap().unwrap());
+    let revs = s.export(RecordKind::Revocations, None, 1000).await.unwrap();
+    assert!(revs
+        .records
+        .iter()
+        .any(|r| matches!(r, Record::Revocation(Revocation::Keys(id, _)) if *id == u.id)));
+}
+
 /// Instantiate the suite for one backend: `$make` is an expression (it may
 /// `.await`) giving `Option<(Arc<dyn Store>, guard)>`, `None` when the
 /// backend cannot run here (it says why); the guard lives as long as the
@@ -762,6 +1178,10 @@ macro_rules! conformance {
                 racing_attempts_share_one_lockout_budget,
                 racing_hits_share_one_rate_budget,
                 every_record_survives_a_copy,
+                a_totp_step_is_used_once,
+                a_recovery_code_is_used_once,
+                an_mfa_token_is_redeemed_once_with_a_good_code,
+                api_key_changes_notify_every_gateway,
             );
         }
     };

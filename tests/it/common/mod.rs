@@ -7,6 +7,7 @@ pub mod bin;
 pub mod http;
 pub mod pg;
 pub mod smtp;
+pub mod totp;
 pub mod upstream;
 
 use std::collections::HashMap;
