@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use portcullis::cli::{self, Cli, Command, ConfigArg};
 
+/// mimalloc instead of glibc's malloc: about a tenth of the proxy path's
+/// CPU was glibc malloc/free (perf, benches/compare.sh), mostly Pingora's
+/// own per-request header maps and buffers.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve(ConfigArg::default())) {

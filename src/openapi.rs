@@ -103,6 +103,13 @@ pub fn allow(path: &str) -> Option<&'static str> {
         delete_session,
         jwks,
         openapi_json,
+        totp_enroll,
+        totp_confirm,
+        totp_disable,
+        mfa_verify,
+        api_key_create,
+        api_key_list,
+        api_key_delete,
     ),
     components(schemas(
         UserView,
@@ -125,12 +132,25 @@ pub fn allow(path: &str) -> Option<&'static str> {
         ResetConfirmRequest,
         PasswordChangeRequest,
         UpdateMeRequest,
+        LoginResponse,
+        MfaChallenge,
+        EnrollResponse,
+        ConfirmResponse,
+        CreatedApiKey,
+        ApiKeyView,
+        ApiKeyList,
+        CodeRequest,
+        TotpDisableRequest,
+        MfaVerifyRequest,
+        ApiKeyCreateRequest,
     )),
     modifiers(&CommonResponses),
     tags(
         (name = "accounts", description = "Registration, email verification, passwords, profile"),
         (name = "tokens", description = "Login, refresh, logout, verification"),
         (name = "sessions", description = "The caller's sessions"),
+        (name = "mfa", description = "The TOTP second factor"),
+        (name = "api-keys", description = "The caller's API keys for proxied routes"),
         (name = "meta", description = "Keys and this document"),
     ),
 )]
@@ -396,11 +416,12 @@ fn update_me() {}
 
 // ----- tokens
 
-/// Log in with email and password.
+/// Log in with email and password. With TOTP on, the answer holds no
+/// tokens but an `mfa_token` for `POST /auth/mfa/verify`.
 #[utoipa::path(post, path = "/auth/login", tag = "tokens",
     request_body = LoginRequest,
     responses(
-        (status = 200, description = "A new session", body = TokenResponse),
+        (status = 200, description = "A new session, or `{mfa_required, mfa_token}`", body = LoginResponse),
         (status = 401, description = "`invalid_credentials`", body = ErrorBody),
         (status = 403, description = "`email_not_verified`", body = ErrorBody),
     ))]
@@ -480,6 +501,79 @@ fn jwks() {}
 #[utoipa::path(get, path = "/auth/openapi.json", tag = "meta",
     responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
 fn openapi_json() {}
+
+// ----- mfa
+
+/// Start TOTP enrolment: a new secret, in force once confirmed. Starting
+/// again before confirming replaces the secret.
+#[utoipa::path(post, path = "/auth/mfa/totp/enroll", tag = "mfa",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The secret and its URI", body = EnrollResponse),
+        (status = 409, description = "`already_enrolled`: TOTP is already on", body = ErrorBody),
+    ))]
+fn totp_enroll() {}
+
+/// Confirm enrolment with a code from the authenticator: TOTP is on from
+/// now, and the ten recovery codes are shown once.
+#[utoipa::path(post, path = "/auth/mfa/totp/confirm", tag = "mfa",
+    request_body = CodeRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "TOTP is on", body = ConfirmResponse),
+        (status = 400, description = "`invalid_code` (also with no enrolment started), `validation_failed` or `bad_request`", body = ErrorBody),
+    ))]
+fn totp_confirm() {}
+
+/// Turn TOTP off: the password and a TOTP or recovery code are needed.
+#[utoipa::path(delete, path = "/auth/mfa/totp", tag = "mfa",
+    request_body = TotpDisableRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "TOTP is off"),
+        (status = 400, description = "`invalid_code`, `validation_failed` or `bad_request`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`, or `invalid_credentials` (wrong password)", body = ErrorBody),
+    ))]
+fn totp_disable() {}
+
+/// Complete a login that answered `mfa_required`, with a TOTP code or a
+/// recovery code. Wrong codes count toward the account lockout.
+#[utoipa::path(post, path = "/auth/mfa/verify", tag = "mfa",
+    request_body = MfaVerifyRequest,
+    responses(
+        (status = 200, description = "A new session", body = TokenResponse),
+        (status = 400, description = "`invalid_code`, `validation_failed` or `bad_request`", body = ErrorBody),
+        (status = 401, description = "`invalid_token`: the mfa_token is unknown, used or expired", body = ErrorBody),
+    ))]
+fn mfa_verify() {}
+
+// ----- api keys
+
+/// Create an API key. The key is in this answer only.
+#[utoipa::path(post, path = "/auth/api-keys", tag = "api-keys",
+    request_body = ApiKeyCreateRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = CreatedApiKey),
+        (status = 400, description = "`validation_failed` with `fields`, or `bad_request`", body = ErrorBody),
+    ))]
+fn api_key_create() {}
+
+/// The caller's API keys, without the keys themselves.
+#[utoipa::path(get, path = "/auth/api-keys", tag = "api-keys",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The keys", body = ApiKeyList)))]
+fn api_key_list() {}
+
+/// Delete one of the caller's API keys: it fails at once, on every gateway.
+#[utoipa::path(delete, path = "/auth/api-keys/{id}", tag = "api-keys",
+    params(("id" = String, Path, description = "A key id (UUID) of the caller's")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`not_found`: no such key of the caller's", body = ErrorBody),
+    ))]
+fn api_key_delete() {}
 
 #[cfg(test)]
 mod tests {

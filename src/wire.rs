@@ -125,6 +125,80 @@ pub struct ErrorBody {
     pub fields: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
+/// `POST /auth/mfa/totp/enroll`: the new secret, not yet in force.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EnrollResponse {
+    /// The 160-bit secret in base32 (no padding), as in the URI.
+    pub secret: String,
+    /// `otpauth://totp/…` with the issuer, SHA1, 6 digits and a 30 s period.
+    pub otpauth_uri: String,
+}
+
+/// `POST /auth/mfa/totp/confirm`: TOTP is on.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ConfirmResponse {
+    /// Ten single-use recovery codes, shown once.
+    pub recovery_codes: Vec<String>,
+}
+
+/// `POST /auth/login` with TOTP on: no tokens yet, a second step first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MfaChallenge {
+    /// Always `true`.
+    pub mfa_required: bool,
+    /// Opaque, single use, valid 5 minutes: send it to `/auth/mfa/verify`.
+    pub mfa_token: String,
+}
+
+/// `POST /auth/login`: a token pair, or with TOTP on, a second step first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum LoginResponse {
+    Tokens(TokenResponse),
+    Mfa(MfaChallenge),
+}
+
+/// `POST /auth/api-keys`: the new key; `key` is never shown again.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CreatedApiKey {
+    #[schema(format = Uuid)]
+    pub id: String,
+    /// `pk_` and 43 base64url characters (256 random bits).
+    pub key: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// `null`: the key does not expire.
+    #[schema(required = true, format = DateTime)]
+    pub expires_at: Option<String>,
+    /// Requests per minute allowed with this key; 0 = no limit of its own.
+    pub rate_per_minute: u32,
+}
+
+/// One key in `GET /auth/api-keys` (never the key itself).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ApiKeyView {
+    #[schema(format = Uuid)]
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(required = true, format = DateTime)]
+    pub expires_at: Option<String>,
+    /// `null` until first used; written at most every 10 s.
+    #[schema(required = true, format = DateTime)]
+    pub last_used_at: Option<String>,
+    pub rate_per_minute: u32,
+}
+
+/// `GET /auth/api-keys`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ApiKeyList {
+    pub api_keys: Vec<ApiKeyView>,
+}
+
 // ----- requests (described; the handlers parse them field by field)
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -204,4 +278,40 @@ pub struct UpdateMeRequest {
     /// no control characters.
     #[schema(max_length = 64, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     pub username: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct CodeRequest {
+    /// A 6-digit TOTP code.
+    pub code: String,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct TotpDisableRequest {
+    pub password: String,
+    /// A TOTP code or a recovery code.
+    pub code: String,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct MfaVerifyRequest {
+    /// From the login's `{mfa_required, mfa_token}` answer.
+    pub mfa_token: String,
+    /// A TOTP code or a recovery code.
+    pub code: String,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ApiKeyCreateRequest {
+    /// 1 to 100 characters, no control characters.
+    #[schema(min_length = 1, max_length = 100)]
+    pub name: String,
+    /// At least one; a route's `scopes` decide where the key passes.
+    pub scopes: Vec<String>,
+    /// Seconds until the key stops working (at most ten years).
+    #[schema(minimum = 1, maximum = 315360000)]
+    pub expires_in_secs: Option<u64>,
+    /// A per-key limit in requests per minute (0 or absent: none).
+    #[schema(maximum = 1000000)]
+    pub rate_per_minute: Option<u32>,
 }

@@ -14,40 +14,12 @@ use crate::audit;
 use crate::clock::rfc3339;
 use crate::error::ApiError;
 use crate::store::{ApiKey, StoreError, UserChange};
+use crate::wire::{ApiKeyList, ApiKeyView, CreatedApiKey};
 
 type ApiResult = Result<ApiResponse, ApiError>;
 
 /// Ten years: the longest expiry a key may be given.
 const MAX_EXPIRY_SECS: u64 = 10 * 365 * 86_400;
-
-/// `POST /auth/api-keys` answers this; `key` is never shown again.
-#[derive(Debug, Serialize)]
-pub struct CreatedApiKey {
-    pub id: String,
-    pub key: String,
-    pub name: String,
-    pub scopes: Vec<String>,
-    pub created_at: String,
-    pub expires_at: Option<String>,
-    pub rate_per_minute: u32,
-}
-
-/// One key in `GET /auth/api-keys`.
-#[derive(Debug, Serialize)]
-pub struct ApiKeyView {
-    pub id: String,
-    pub name: String,
-    pub scopes: Vec<String>,
-    pub created_at: String,
-    pub expires_at: Option<String>,
-    pub last_used_at: Option<String>,
-    pub rate_per_minute: u32,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ApiKeyList {
-    pub api_keys: Vec<ApiKeyView>,
-}
 
 fn to_json<T: Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or_default()

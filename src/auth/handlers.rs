@@ -4,6 +4,7 @@
 //! current record (never a copy read earlier) and is durable when the store
 //! call returns, so before the response is written.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Method;
@@ -162,7 +163,7 @@ impl AuthService {
         }
     }
 
-    pub(super) fn require_bearer(&self, req: &ApiRequest) -> Result<AccessClaims, ApiError> {
+    pub(super) fn require_bearer(&self, req: &ApiRequest) -> Result<Arc<AccessClaims>, ApiError> {
         self.authenticate(&req.headers)
             .map_err(|_| ApiError::Unauthorized)
     }
@@ -627,7 +628,7 @@ impl AuthService {
         match result {
             Ok(c) => Ok(ApiResponse::json(
                 200,
-                &json!({ "valid": true, "claims": c }),
+                &json!({ "valid": true, "claims": *c }),
             )),
             Err(_) => Err(ApiError::InvalidToken(401)),
         }

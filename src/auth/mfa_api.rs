@@ -17,30 +17,9 @@ use crate::api::{ApiRequest, ApiResponse};
 use crate::audit;
 use crate::error::ApiError;
 use crate::store::{MfaProof, OneTimeKind, OneTimeToken, Redeem, StoreError, User, UserChange};
+use crate::wire::{ConfirmResponse, EnrollResponse, MfaChallenge};
 
 type ApiResult = Result<ApiResponse, ApiError>;
-
-/// `POST /auth/mfa/totp/enroll` answers this.
-#[derive(Debug, Serialize)]
-pub struct EnrollResponse {
-    /// The secret in base32, as in the URI.
-    pub secret: String,
-    pub otpauth_uri: String,
-}
-
-/// `POST /auth/mfa/totp/confirm` answers this.
-#[derive(Debug, Serialize)]
-pub struct ConfirmResponse {
-    /// Ten single-use codes, shown once.
-    pub recovery_codes: Vec<String>,
-}
-
-/// `POST /auth/login` answers this when the account has TOTP on.
-#[derive(Debug, Serialize)]
-pub struct MfaChallenge {
-    pub mfa_required: bool,
-    pub mfa_token: String,
-}
 
 fn to_json<T: Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or_default()

@@ -120,13 +120,7 @@ impl AuthService {
             cfg.tokens.mfa_key.as_ref().map(|s| s.0.as_str()),
             &cfg.server.data_dir,
         )?;
-        let users = {
-            let store = store.clone();
-            store::block_on(async move { store.list_users().await })?
-                .map_err(|e| format!("loading API keys: {e}"))?
-        };
-        let api_keys = apikeys::KeyIndex::new(&users);
-        drop(users);
+        let api_keys = load_api_keys(&store)?;
         let throttle = Throttle::new(store.clone(), clock.clone());
         let hasher = Hasher::new(&cfg.passwords)
             .map_err(|e| e.to_string())?
@@ -193,7 +187,7 @@ impl AuthService {
     }
 
     /// The bearer check used by proxied routes and `/auth/*` alike.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<AccessClaims, TokenRejection> {
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<AccessClaims>, TokenRejection> {
         let result = bearer(headers).and_then(|t| {
             let c = self.tokens.verify(t)?;
             if self.revocations.is_revoked(&c) {
@@ -326,3 +320,33 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, TokenRejection> {
     }
     Ok(token)
 }
+
+/// The API key index, read page by page: only the users who hold keys (or
+/// held them) stay in memory, never every account at once.
+fn load_api_keys(store: &Arc<dyn Store>) -> Result<apikeys::KeyIndex, String> {
+    let index = apikeys::KeyIndex::default();
+    let mut cursor = None;
+    loop {
+        let page = {
+            let store = store.clone();
+            store::block_on(async move {
+                store
+                    .export(store::RecordKind::Users, cursor, API_KEY_PAGE)
+                    .await
+            })?
+            .map_err(|e| format!("loading API keys: {e}"))?
+        };
+        for record in &page.records {
+            if let store::Record::User(u) = record {
+                index.load_user(u);
+            }
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(index),
+        }
+    }
+}
+
+/// Users read per page while loading the API key index.
+const API_KEY_PAGE: usize = 2000;

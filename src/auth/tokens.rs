@@ -180,7 +180,7 @@ impl TokenService {
     }
 
     /// Verify signature, type and claims. Revocation is checked separately.
-    pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenRejection> {
+    pub fn verify(&self, token: &str) -> Result<Arc<AccessClaims>, TokenRejection> {
         if token.is_empty() {
             return Err(TokenRejection::Missing);
         }
@@ -231,7 +231,7 @@ impl TokenService {
         let settings = self.settings.load();
         let data = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &settings.validation)
             .map_err(|_| TokenRejection::Invalid)?;
-        let c = data.claims;
+        let c = Arc::new(data.claims);
         if Uuid::parse_str(&c.sub).is_err() || Uuid::parse_str(&c.sid).is_err() {
             return Err(TokenRejection::Invalid);
         }

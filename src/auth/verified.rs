@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 
@@ -28,7 +29,8 @@ pub const CAPACITY: usize = 8192;
 /// What a check established about one token.
 #[derive(Debug, Clone)]
 pub struct Verified {
-    pub claims: AccessClaims,
+    /// Shared, so a hit costs a reference count, not a copy of every claim.
+    pub claims: Arc<AccessClaims>,
     /// Its key stops verifying then (`None`: the newest key).
     pub key_verifies_until: Option<i64>,
     /// The generation of keys and settings it was checked under.
@@ -102,7 +104,7 @@ mod tests {
 
     fn verified(sub: &str, generation: u64) -> Verified {
         Verified {
-            claims: AccessClaims {
+            claims: Arc::new(AccessClaims {
                 iss: "i".into(),
                 aud: "a".into(),
                 sub: sub.into(),
@@ -114,7 +116,7 @@ mod tests {
                 email: "e@example.com".into(),
                 roles: vec![],
                 amr: vec![],
-            },
+            }),
             key_verifies_until: None,
             generation,
         }
@@ -124,13 +126,19 @@ mod tests {
     fn remembers_exact_tokens_only_and_stays_bounded() {
         let v = VerifiedTokens::with_capacity(2);
         v.insert("a.b.c", verified("1", 0));
-        assert_eq!(v.get("a.b.c", 0).map(|c| c.claims.sub), Some("1".into()));
+        assert_eq!(
+            v.get("a.b.c", 0).map(|c| c.claims.sub.clone()),
+            Some("1".into())
+        );
         assert!(v.get("a.b.C", 0).is_none());
         assert!(v.get("a.b.c ", 0).is_none());
         v.insert("d.e.f", verified("2", 0));
         v.insert("g.h.i", verified("3", 0));
         assert!(v.len() <= 2);
-        assert_eq!(v.get("g.h.i", 0).map(|c| c.claims.sub), Some("3".into()));
+        assert_eq!(
+            v.get("g.h.i", 0).map(|c| c.claims.sub.clone()),
+            Some("3".into())
+        );
     }
 
     #[test]

@@ -20,7 +20,9 @@ use serde_json::{json, Value};
 
 use crate::common::bin::{self, Output};
 use crate::common::http::{self, Response};
+use crate::common::totp::{base32_decode, code_at};
 use crate::common::{Builder, TestGateway, PASSWORD};
+use portcullis::clock::Clock;
 
 /// The document, and the operations the walk has answered.
 struct Spec {
@@ -365,6 +367,105 @@ async fn every_operation_answers_as_documented() {
         )
         .await;
         spec.check("POST", "/auth/password/reset/confirm", &r);
+    }
+
+    // ----- mfa (a user of its own, so the walk's user keeps logging in
+    // with the password alone)
+    let m = gw.signup("mfa-walker@example.com").await;
+    let r = send(&gw, "POST", "/auth/mfa/totp/enroll", None, Some(&m.access)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    spec.check("POST", "/auth/mfa/totp/enroll", &r);
+    let secret = base32_decode(r.json()["secret"].as_str().unwrap());
+    let r = send(&gw, "POST", "/auth/mfa/totp/enroll", None, None).await;
+    spec.check("POST", "/auth/mfa/totp/enroll", &r);
+    for body in [json!({ "code": "000000x" }), json!({})] {
+        let r = send(
+            &gw,
+            "POST",
+            "/auth/mfa/totp/confirm",
+            Some(body),
+            Some(&m.access),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{r:?}");
+        spec.check("POST", "/auth/mfa/totp/confirm", &r);
+    }
+    let now = gw.clock.now();
+    let r = send(
+        &gw,
+        "POST",
+        "/auth/mfa/totp/confirm",
+        Some(json!({ "code": code_at(&secret, now) })),
+        Some(&m.access),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    spec.check("POST", "/auth/mfa/totp/confirm", &r);
+    let recovery: Vec<String> = r.json()["recovery_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    let r = send(&gw, "POST", "/auth/mfa/totp/enroll", None, Some(&m.access)).await;
+    assert_eq!(r.status, 409, "{r:?}");
+    spec.check("POST", "/auth/mfa/totp/enroll", &r);
+    let m_login = json!({ "email": "mfa-walker@example.com", "password": PASSWORD });
+    let r = send(&gw, "POST", "/auth/login", Some(m_login), None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    spec.check("POST", "/auth/login", &r);
+    let mfa_token = r.json()["mfa_token"].as_str().unwrap().to_string();
+    for (body, status) in [
+        (json!({ "mfa_token": mfa_token, "code": "12" }), 400),
+        (json!({ "mfa_token": "nope", "code": recovery[0] }), 401),
+        (json!({ "mfa_token": mfa_token, "code": recovery[0] }), 200),
+    ] {
+        let r = send(&gw, "POST", "/auth/mfa/verify", Some(body), None).await;
+        assert_eq!(r.status, status, "{r:?}");
+        spec.check("POST", "/auth/mfa/verify", &r);
+    }
+    for (body, status) in [
+        (
+            json!({ "password": "not the password", "code": recovery[1] }),
+            401,
+        ),
+        (json!({ "password": PASSWORD, "code": "nope" }), 400),
+        (json!({ "password": PASSWORD, "code": recovery[1] }), 204),
+    ] {
+        let r = send(&gw, "DELETE", "/auth/mfa/totp", Some(body), Some(&m.access)).await;
+        assert_eq!(r.status, status, "{r:?}");
+        spec.check("DELETE", "/auth/mfa/totp", &r);
+    }
+
+    // ----- api keys
+    let create = json!({ "name": "ci", "scopes": ["read"], "expires_in_secs": 3600 });
+    let r = send(
+        &gw,
+        "POST",
+        "/auth/api-keys",
+        Some(create.clone()),
+        Some(&m.access),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    spec.check("POST", "/auth/api-keys", &r);
+    let key_id = r.json()["id"].as_str().unwrap().to_string();
+    for (body, bearer) in [
+        (json!({ "name": "", "scopes": [] }), Some(m.access.as_str())),
+        (create, None),
+    ] {
+        let r = send(&gw, "POST", "/auth/api-keys", Some(body), bearer).await;
+        spec.check("POST", "/auth/api-keys", &r);
+    }
+    for bearer in [Some(m.access.as_str()), None] {
+        let r = send(&gw, "GET", "/auth/api-keys", None, bearer).await;
+        spec.check("GET", "/auth/api-keys", &r);
+    }
+    for status in [204, 404] {
+        let path = format!("/auth/api-keys/{key_id}");
+        let r = send(&gw, "DELETE", &path, None, Some(&m.access)).await;
+        assert_eq!(r.status, status, "{r:?}");
+        spec.check("DELETE", "/auth/api-keys/{id}", &r);
     }
 
     // ----- logout
