@@ -40,6 +40,7 @@ pub const FIXED: &[&str] = &[
     "server.admin_listen",
     "server.data_dir",
     "server.threads",
+    "server.work_stealing",
     "server.auth_threads",
     "server.auth_nice",
     "server.grace_period_secs",
@@ -84,7 +85,7 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ) => a != b || ca != cb,
         _ => true,
     };
-    let checks: [(&'static str, bool); 20] = [
+    let checks: [(&'static str, bool); 21] = [
         ("server.listen", o.listen != n.listen),
         ("server.tls_listen", o.tls_listen != n.tls_listen),
         ("server.tls_cert", o.tls_cert != n.tls_cert),
@@ -92,6 +93,7 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("server.admin_listen", o.admin_listen != n.admin_listen),
         ("server.data_dir", o.data_dir != n.data_dir),
         ("server.threads", o.threads != n.threads),
+        ("server.work_stealing", o.work_stealing != n.work_stealing),
         ("server.auth_threads", o.auth_threads != n.auth_threads),
         ("server.auth_nice", o.auth_nice != n.auth_nice),
         (

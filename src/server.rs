@@ -585,11 +585,11 @@ pub fn start_with_source(
         // long as requests are in flight; Pingora's is a fixed sleep.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(5),
-        // One single-threaded runtime per thread, connections spread over
-        // them: no cross-thread wakeups or stealing on the proxy path
-        // (+10% for bare Pingora in benches/compare.sh). The auth handlers
-        // run on their own executor, so nothing slow shares these threads.
-        work_stealing: false,
+        // Off by default: one single-threaded runtime per thread,
+        // connections spread over them, no cross-thread wakeups or stealing
+        // on the proxy path (benches/compare.sh). The auth handlers run on
+        // their own executor, so nothing slow shares these threads.
+        work_stealing: s.work_stealing,
         ..Default::default()
     };
     conf.pid_file = s.data_dir.join("portcullis.pid").display().to_string();

@@ -33,6 +33,8 @@ pub struct ServerFile {
     /// The one header read from `trusted_proxies` for the client IP.
     pub client_ip_header: String,
     pub threads: usize,
+    /// Pingora's work stealing between the proxy threads; off by default.
+    pub work_stealing: bool,
     pub grace_period_secs: u64,
     /// Threads of the auth executor (`/auth/*` handlers); 0 = one per core.
     pub auth_threads: usize,
@@ -52,6 +54,7 @@ impl Default for ServerFile {
             trusted_proxies: vec![],
             client_ip_header: "x-forwarded-for".into(),
             threads: 2,
+            work_stealing: false,
             grace_period_secs: 5,
             auth_threads: 0,
             auth_nice: 10,

@@ -52,6 +52,7 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     pub client_ip_header: ClientIpHeader,
     pub threads: usize,
+    pub work_stealing: bool,
     pub grace_period_secs: u64,
     pub auth_threads: usize,
     pub auth_nice: u8,
@@ -743,6 +744,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             trusted_proxies,
             client_ip_header,
             threads: s.threads,
+            work_stealing: s.work_stealing,
             grace_period_secs: s.grace_period_secs,
             auth_threads: if s.auth_threads == 0 {
                 std::thread::available_parallelism().map_or(2, |n| n.get())

@@ -152,6 +152,10 @@ tls_cert = "{d}/certs/cert.pem"
 tls_key = "{d}/certs/key.pem"
 data_dir = "{d}/data"
 grace_period_secs = {grace}
+# Many gateways start and stop in this one test process: Pingora's
+# no-steal runtimes keep their handles in a thread-local whose slots
+# outlive a stopped server and are reused by new threads.
+work_stealing = true
 {server_extra}
 
 [mail]
