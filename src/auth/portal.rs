@@ -290,6 +290,19 @@ fn input(
     )
 }
 
+/// An RFC 3339 time as `<time>`, shown as `2026-01-02 03:04 UTC`.
+fn time_el(rfc3339: &str) -> String {
+    let shown = match rfc3339.get(..16) {
+        Some(s) if rfc3339.ends_with('Z') => format!("{} UTC", s.replace('T', " ")),
+        _ => rfc3339.to_string(),
+    };
+    format!(
+        r#"<time datetime="{}">{}</time>"#,
+        esc(rfc3339),
+        esc(&shown)
+    )
+}
+
 fn hidden(name: &str, value: &str) -> String {
     format!(
         r#"<input type="hidden" name="{name}" value="{}">"#,
@@ -597,19 +610,19 @@ impl AuthService {
                 )
             };
             rows.push_str(&format!(
-                "<tr><td>{ua}</td><td>{ip}</td><td><time>{created}</time></td><td><time>{used}</time></td><td>{action}</td></tr>\n",
+                "<tr><td>{ua}</td><td>{ip}</td><td>{created}</td><td>{used}</td><td>{action}</td></tr>\n",
                 ua = esc(s["user_agent"].as_str().unwrap_or("")),
                 ip = esc(s["ip"].as_str().unwrap_or("")),
-                created = esc(s["created_at"].as_str().unwrap_or("")),
-                used = esc(s["last_used_at"].as_str().unwrap_or("")),
+                created = time_el(s["created_at"].as_str().unwrap_or("")),
+                used = time_el(s["last_used_at"].as_str().unwrap_or("")),
             ));
         }
         let mut keys = String::new();
         for p in &user.passkeys {
             keys.push_str(&format!(
-                "<li>{name} <small>added <time>{at}</time></small> {remove}</li>\n",
+                "<li>{name} <small>added {at}</small> {remove}</li>\n",
                 name = esc(&p.name),
-                at = esc(&crate::clock::rfc3339(p.created_at)),
+                at = time_el(&crate::clock::rfc3339(p.created_at)),
                 remove = form(
                     "/auth/ui/passkeys/remove",
                     &page,

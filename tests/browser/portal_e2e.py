@@ -31,6 +31,10 @@ from selenium.webdriver.common.virtual_authenticator import (  # noqa: E402
     Transport,
     VirtualAuthenticatorOptions,
 )
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CFG = json.loads(sys.argv[1])
@@ -113,7 +117,10 @@ driver = webdriver.Chrome(
     service=Service(executable_path=CFG.get("chromedriver", "/usr/bin/chromedriver")),
     options=opts,
 )
-wait = WebDriverWait(driver, WAIT)
+# A page may be replaced while it is read (a form submits, a script
+# navigates): waits read again instead of failing.
+RACY = (StaleElementReferenceException, NoSuchElementException)
+wait = WebDriverWait(driver, WAIT, ignored_exceptions=RACY)
 
 
 def shot(name, height=820):
@@ -148,7 +155,13 @@ def submit(text):
 
 
 def page():
-    return driver.find_element(By.TAG_NAME, "body").text
+    """The text of the page now shown (read again if it was replaced)."""
+    for _ in range(50):
+        try:
+            return driver.find_element(By.TAG_NAME, "body").text
+        except RACY:
+            time.sleep(0.1)
+    raise AssertionError("no stable page to read")
 
 
 try:

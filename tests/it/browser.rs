@@ -1077,3 +1077,75 @@ async fn chromium_signs_in_refreshes_signs_out_and_uses_a_passkey() {
         .iter()
         .all(|c| !c.contains("__Host-portcullis"))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_totp_account_signs_in_on_the_portal_with_its_second_factor() {
+    use crate::common::totp::{base32_decode, code_at};
+    use portcullis::clock::Clock;
+    let gw = TestGateway::start_with(builder()).await;
+    let s = gw.signup("totp@example.com").await;
+    let r = gw
+        .post("/auth/mfa/totp/enroll", json!({}), Some(&s.access))
+        .await;
+    let secret = base32_decode(r.json()["secret"].as_str().unwrap());
+    let code = code_at(&secret, gw.clock.now());
+    let r = gw
+        .post(
+            "/auth/mfa/totp/confirm",
+            json!({ "code": code }),
+            Some(&s.access),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    gw.clock.advance(30);
+    // The password alone gives the second-factor page, and no cookie.
+    let r = post_form(
+        &gw,
+        "/auth/ui/login",
+        &[
+            ("email", "totp@example.com"),
+            ("password", PASSWORD),
+            ("rd", "/app/2fa"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(set_cookie(&r, "__Host-portcullis").is_none());
+    let page = r.text();
+    let token = page
+        .split(r#"name="mfa_token" value=""#)
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the mfa_token field")
+        .to_string();
+    // A wrong code: the API's message, the page again.
+    let r = post_form(
+        &gw,
+        "/auth/ui/mfa",
+        &[
+            ("mfa_token", &token),
+            ("code", "000000"),
+            ("rd", "/app/2fa"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r
+        .text()
+        .contains("The code is invalid or was already used."));
+    let code = code_at(&secret, gw.clock.now());
+    let r = post_form(
+        &gw,
+        "/auth/ui/mfa",
+        &[("mfa_token", &token), ("code", &code), ("rd", "/app/2fa")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(r.header("location"), Some("/app/2fa"));
+    let cookie = set_cookie(&r, "__Host-portcullis").unwrap().to_string();
+    let page = browse(&gw, "/auth/ui/sessions", &cookie).await.text();
+    assert!(page.contains(r#"<span id="amr">pwd, otp</span>"#), "{page}");
+}
