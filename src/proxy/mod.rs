@@ -831,8 +831,13 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        for c in ctx.set_cookies.drain(..) {
-            resp.append_header("set-cookie", c)?;
+        if !ctx.set_cookies.is_empty() {
+            // It carries a credential: no shared cache may keep it,
+            // whatever the upstream said about its own content.
+            resp.insert_header("cache-control", "no-store")?;
+            for c in ctx.set_cookies.drain(..) {
+                resp.append_header("set-cookie", c)?;
+            }
         }
         if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
             return Ok(());

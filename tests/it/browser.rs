@@ -398,6 +398,9 @@ async fn sixteen_parallel_requests_share_one_cookie_rotation_and_an_old_cookie_i
         );
     }
     assert_eq!(news.len(), 1, "one rotation: {news:?}");
+    // A response that sets the cookie is never stored by a shared cache.
+    let r = browse(&gw, "/app/x", &c0).await;
+    assert_eq!(r.header("cache-control"), Some("no-store"));
     let c1 = news.into_iter().next().unwrap();
     assert_ne!(c1, c0);
     let r = browse(&gw, "/app/x", &c1).await;
