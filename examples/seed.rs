@@ -79,6 +79,7 @@ fn run() -> Result<(), String> {
             recovery_codes: Vec::new(),
             api_keys: Vec::new(),
             keys_version: 0,
+            passkeys: vec![],
         }));
         if page.len() == PAGE {
             flush(&mut page)?;

@@ -114,7 +114,7 @@ impl ApiError {
         }
     }
 
-    fn message(&self) -> &'static str {
+    pub fn message(&self) -> &'static str {
         match self {
             ApiError::BadRequest(m) => m,
             ApiError::Validation(_) => "Some fields are invalid.",

@@ -156,6 +156,7 @@ impl AuthService {
                     recovery_codes: vec![],
                     api_keys: vec![],
                     keys_version: 0,
+                    passkeys: vec![],
                 };
                 match self.store.create_user(user.clone(), None).await {
                     Ok(()) => {}

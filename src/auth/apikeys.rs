@@ -256,6 +256,7 @@ mod tests {
             recovery_codes: vec![],
             api_keys: keys,
             keys_version: version,
+            passkeys: vec![],
         }
     }
 

@@ -35,7 +35,17 @@ const PER_ADDRESS_WINDOW: u64 = 900;
 impl AuthService {
     /// Serve one local request.
     pub async fn handle(&self, req: ApiRequest) -> ApiResponse {
-        match self.dispatch(&req).await {
+        let cfg = self.cfg();
+        if let Some(r) = super::browser::preflight(&req, &cfg) {
+            return r;
+        }
+        let mut resp = self.handle_inner(&req).await;
+        super::browser::add_cors(&req, &cfg, &mut resp);
+        resp
+    }
+
+    async fn handle_inner(&self, req: &ApiRequest) -> ApiResponse {
+        match self.dispatch(req).await {
             Ok(r) => r,
             Err(e @ ApiError::MethodNotAllowed) => {
                 let r = e.into_response();
@@ -59,6 +69,10 @@ impl AuthService {
         if req.method == Method::POST && path.starts_with("/auth/") {
             self.ip_throttle(req).await?;
         }
+        if path == "/auth/ui" || path.starts_with("/auth/ui/") {
+            return self.portal(req).await;
+        }
+        let browser = self.cfg().browser.enabled;
         let m = &req.method;
         match path {
             "/auth/openapi.json" if *m == Method::GET || *m == Method::HEAD => {
@@ -72,6 +86,9 @@ impl AuthService {
             "/auth/verify" if *m == Method::POST => self.introspect(req),
             "/auth/verify" if *m == Method::GET || *m == Method::HEAD => self.forward_auth(req),
             "/auth/email/verify" if *m == Method::POST => self.email_verify(req).await,
+            "/auth/email/verify" if *m == Method::GET && browser => {
+                Ok(portal_link(req, "/auth/ui/verify"))
+            }
             "/auth/email/verify" if *m == Method::GET => Ok(confirm_page(
                 "Confirm your email",
                 "Confirm my email address",
@@ -80,6 +97,9 @@ impl AuthService {
             )),
             "/auth/email/resend" if *m == Method::POST => self.email_resend(req).await,
             "/auth/password/reset" if *m == Method::POST => self.reset_request(req).await,
+            "/auth/password/reset" if *m == Method::GET && browser => {
+                Ok(portal_link(req, "/auth/ui/reset"))
+            }
             "/auth/password/reset" if *m == Method::GET => Ok(confirm_page(
                 "Choose a new password",
                 "Set password",
@@ -217,7 +237,7 @@ impl AuthService {
 
     // ----- register
 
-    async fn register(&self, req: &ApiRequest) -> ApiResult {
+    pub(super) async fn register(&self, req: &ApiRequest) -> ApiResult {
         let body = json_body(req)?;
         let mut errs = FieldErrors::default();
         let raw_email = errs.string(&body, "email", true);
@@ -271,6 +291,7 @@ impl AuthService {
             recovery_codes: vec![],
             api_keys: vec![],
             keys_version: 0,
+            passkeys: vec![],
         };
         match self.store.create_user(user.clone(), None).await {
             Ok(()) => {}
@@ -324,7 +345,7 @@ impl AuthService {
 
     // ----- login, refresh, logout
 
-    async fn login(&self, req: &ApiRequest) -> ApiResult {
+    pub(super) async fn login(&self, req: &ApiRequest) -> ApiResult {
         let body = json_body(req)?;
         let mut errs = FieldErrors::default();
         let raw_email = errs.string(&body, "email", true);
@@ -481,7 +502,7 @@ impl AuthService {
         ))
     }
 
-    async fn refresh(&self, req: &ApiRequest) -> ApiResult {
+    pub(super) async fn refresh(&self, req: &ApiRequest) -> ApiResult {
         let body = json_body(req)?;
         let mut errs = FieldErrors::default();
         let presented = errs.string(&body, "refresh_token", true);
@@ -547,7 +568,7 @@ impl AuthService {
         Ok(resp)
     }
 
-    async fn logout(&self, req: &ApiRequest) -> ApiResult {
+    pub(super) async fn logout(&self, req: &ApiRequest) -> ApiResult {
         let body = if req.body.is_empty() {
             Value::Object(Map::new())
         } else {
@@ -592,7 +613,7 @@ impl AuthService {
         Ok(ApiResponse::empty(204))
     }
 
-    async fn logout_all(&self, req: &ApiRequest) -> ApiResult {
+    pub(super) async fn logout_all(&self, req: &ApiRequest) -> ApiResult {
         let claims = self.require_bearer(req)?;
         let user = self.current_user(&claims).await?;
         self.end_sessions(user.id, Sessions::All, true).await?;
@@ -645,7 +666,7 @@ impl AuthService {
 
     // ----- email verification
 
-    async fn email_verify(&self, req: &ApiRequest) -> ApiResult {
+    pub(super) async fn email_verify(&self, req: &ApiRequest) -> ApiResult {
         let body = json_body(req)?;
         let mut errs = FieldErrors::default();
         let token = errs.string(&body, "token", true);
@@ -718,7 +739,7 @@ impl AuthService {
 
     // ----- password reset and change
 
-    async fn reset_request(&self, req: &ApiRequest) -> ApiResult {
+    pub(super) async fn reset_request(&self, req: &ApiRequest) -> ApiResult {
         let started = Instant::now();
         let body = json_body(req)?;
         let mut errs = FieldErrors::default();
@@ -777,7 +798,7 @@ impl AuthService {
         Ok(())
     }
 
-    async fn reset_confirm(&self, req: &ApiRequest) -> ApiResult {
+    pub(super) async fn reset_confirm(&self, req: &ApiRequest) -> ApiResult {
         let body = json_body(req)?;
         let mut errs = FieldErrors::default();
         let token = errs.string(&body, "token", true);
@@ -853,7 +874,7 @@ impl AuthService {
         Ok(ApiResponse::empty(204))
     }
 
-    async fn password_change(&self, req: &ApiRequest) -> ApiResult {
+    pub(super) async fn password_change(&self, req: &ApiRequest) -> ApiResult {
         let claims = self.require_bearer(req)?;
         let user = self.current_user(&claims).await?;
         let body = json_body(req)?;
@@ -962,7 +983,7 @@ impl AuthService {
         ))
     }
 
-    async fn sessions(&self, req: &ApiRequest) -> ApiResult {
+    pub(super) async fn sessions(&self, req: &ApiRequest) -> ApiResult {
         let claims = self.require_bearer(req)?;
         let user = self.current_user(&claims).await?;
         let now = self.clock.now();
@@ -988,7 +1009,7 @@ impl AuthService {
         ))
     }
 
-    async fn delete_session(&self, req: &ApiRequest, id: &str) -> ApiResult {
+    pub(super) async fn delete_session(&self, req: &ApiRequest, id: &str) -> ApiResult {
         let claims = self.require_bearer(req)?;
         let user = self.current_user(&claims).await?;
         let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
@@ -1005,6 +1026,14 @@ impl AuthService {
         );
         Ok(ApiResponse::empty(204))
     }
+}
+
+/// An email link's page, on the portal: the same query (the token) on the
+/// portal's page for it.
+fn portal_link(req: &ApiRequest, to: &str) -> ApiResponse {
+    let token = req.query_param("token").unwrap_or_default();
+    let enc: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
+    ApiResponse::empty(302).with_header("location", format!("{to}?token={enc}"))
 }
 
 /// Policy and confirmation checks for a new password.

@@ -6,12 +6,15 @@
 pub mod admin;
 pub mod apikey_api;
 pub mod apikeys;
+pub mod browser;
 pub mod email;
 pub mod handlers;
 pub mod keys;
 pub mod mfa;
 pub mod mfa_api;
+pub mod passkeys;
 pub mod password;
+pub mod portal;
 pub mod refresh;
 pub mod revocation;
 pub mod throttle;
@@ -68,6 +71,10 @@ pub struct AuthService {
     pub mfa_key: mfa::SealKey,
     /// Every usable API key, for the proxy's in-memory check.
     pub api_keys: apikeys::KeyIndex,
+    /// Browser sessions: the access token issued per session cookie.
+    pub cookies: browser::CookieSessions,
+    /// Passkey ceremonies in flight.
+    pub ceremonies: passkeys::Ceremonies,
 }
 
 impl AuthService {
@@ -140,6 +147,8 @@ impl AuthService {
             metrics,
             mfa_key,
             api_keys,
+            cookies: browser::CookieSessions::default(),
+            ceremonies: passkeys::Ceremonies::default(),
         })
     }
 

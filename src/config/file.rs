@@ -17,6 +17,7 @@ pub struct FileConfig {
     pub log: LogFile,
     pub demo: DemoFile,
     pub storage: StorageFile,
+    pub browser: BrowserFile,
     pub routes: Option<Vec<RouteFile>>,
 }
 
@@ -265,6 +266,33 @@ impl Default for StorageFile {
             url: String::new(),
             ca_file: String::new(),
             cache_mb: 64,
+        }
+    }
+}
+
+/// Browser users: the login portal, cookie sessions, CSRF and CORS.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct BrowserFile {
+    /// Cookie sessions, the portal under `/auth/ui/` and the redirect of
+    /// unauthenticated browser requests to it.
+    pub enabled: bool,
+    /// Exact origins (`https://app.example.com`) trusted for CORS on
+    /// `/auth/*` and for the CSRF Origin check, besides the gateway's own.
+    pub allowed_origins: Vec<String>,
+    /// Name of the session cookie (always `__Host-` prefixed).
+    pub cookie_name: String,
+    /// How long a passkey ceremony may take, in seconds.
+    pub passkey_timeout_secs: u64,
+}
+
+impl Default for BrowserFile {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            allowed_origins: vec![],
+            cookie_name: "__Host-portcullis".into(),
+            passkey_timeout_secs: 300,
         }
     }
 }

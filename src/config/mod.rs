@@ -39,6 +39,17 @@ pub struct Config {
     /// Where the state lives (`data_dir/db` in sled unless `[storage]` or
     /// `PORTCULLIS_DATABASE_URL` say otherwise).
     pub storage: Storage,
+    pub browser: BrowserConfig,
+}
+
+/// `[browser]`: cookie sessions and the portal (see `auth::browser`).
+#[derive(Debug, Clone)]
+pub struct BrowserConfig {
+    pub enabled: bool,
+    /// Exact serialized origins (`scheme://host[:port]`), no trailing slash.
+    pub allowed_origins: Vec<String>,
+    pub cookie_name: String,
+    pub passkey_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -732,6 +743,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
 
     let data_dir = PathBuf::from(&s.data_dir);
     let storage = storage(&f.storage, env("PORTCULLIS_DATABASE_URL"), &data_dir, p);
+    let browser = validate_browser(&f.browser, p);
 
     Config {
         server: ServerConfig {
@@ -823,6 +835,48 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
         demo_echo,
         routes,
         storage,
+        browser,
+    }
+}
+
+/// `[browser]`: every allowed origin must be exactly an origin.
+fn validate_browser(b: &file::BrowserFile, p: &mut Vec<String>) -> BrowserConfig {
+    let mut allowed_origins = Vec::new();
+    for o in &b.allowed_origins {
+        match url::Url::parse(o) {
+            Ok(u)
+                if (u.scheme() == "https" || u.scheme() == "http")
+                    && u.host().is_some()
+                    && u.origin().ascii_serialization() == *o =>
+            {
+                allowed_origins.push(o.clone())
+            }
+            _ => p.push(format!(
+                "browser.allowed_origins: '{}' is not an exact origin (scheme://host[:port], no path or trailing slash)",
+                o.escape_debug()
+            )),
+        }
+    }
+    let name_ok = b.cookie_name.starts_with("__Host-")
+        && b.cookie_name.len() <= 64
+        && b.cookie_name.len() > "__Host-".len()
+        && b.cookie_name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'));
+    if !name_ok {
+        p.push(format!(
+            "browser.cookie_name: '{}' must start with __Host- and use only letters, digits, '-' and '_'",
+            b.cookie_name.escape_debug()
+        ));
+    }
+    if b.passkey_timeout_secs == 0 || b.passkey_timeout_secs > 3600 {
+        p.push("browser.passkey_timeout_secs: must be between 1 and 3600".into());
+    }
+    BrowserConfig {
+        enabled: b.enabled,
+        allowed_origins,
+        cookie_name: b.cookie_name.clone(),
+        passkey_timeout_secs: b.passkey_timeout_secs,
     }
 }
 

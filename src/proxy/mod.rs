@@ -34,6 +34,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::api::{ApiRequest, ApiResponse};
+use crate::auth::browser;
 use crate::auth::handlers::identity_headers;
 use crate::auth::tokens::{AccessClaims, TokenRejection};
 use crate::auth::AuthService;
@@ -135,6 +136,11 @@ pub struct Ctx {
     peer_trusted: bool,
     /// The connection's switch, once this request became a supervised tunnel.
     tunnel: Option<Arc<tunnel::TunnelSwitch>>,
+    /// `Set-Cookie` values for the response (a rotated or ended browser
+    /// session).
+    set_cookies: Vec<String>,
+    /// `[browser]` is on: the gateway's own cookies never go upstream.
+    strip_own_cookies: bool,
     /// Counts this request as in flight until the context is dropped.
     _inflight: Option<InFlightGuard>,
 }
@@ -273,11 +279,23 @@ impl Gateway {
                 }
             };
         let req = session.req_header();
+        let mut headers = req.headers.clone();
+        // HTTP/2 names the host in `:authority`; the handlers (the CSRF
+        // Origin check) read `Host`.
+        if !headers.contains_key(http::header::HOST) {
+            if let Some(v) = req
+                .uri
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+            {
+                headers.insert(http::header::HOST, v);
+            }
+        }
         let api = ApiRequest {
             method: req.method.clone(),
             path,
             query: req.uri.query().map(str::to_string),
-            headers: req.headers.clone(),
+            headers,
             body,
             client_ip: ctx.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             request_id: ctx.request_id.clone(),
@@ -443,6 +461,8 @@ impl ProxyHttp for Gateway {
             peer: None,
             peer_trusted: false,
             tunnel: None,
+            set_cookies: Vec::new(),
+            strip_own_cookies: false,
             _inflight: Some(self.inflight.enter()),
         }
     }
@@ -560,13 +580,80 @@ impl ProxyHttp for Gateway {
                     (Err(_), _) => {}
                 }
             }
-            let verdict = if ctx.api_key.is_some() || key.is_some() {
+            let mut verdict = if ctx.api_key.is_some() || key.is_some() {
                 Err(TokenRejection::Missing)
             } else if query_has_token(session.req_header().uri.query()) {
                 Err(TokenRejection::Invalid)
             } else {
                 self.auth.authenticate(headers)
             };
+            // No credential at all (no Authorization header, no API key):
+            // perhaps a browser, with the session cookie (`auth::browser`).
+            let anonymous = key.is_none() && matches!(verdict, Err(TokenRejection::Missing));
+            let cookie = if cfg.browser.enabled && anonymous {
+                browser::cookie_value(headers, &cfg.browser.cookie_name).map(str::to_string)
+            } else {
+                None
+            };
+            if let Some(cookie) = cookie {
+                let req = session.req_header();
+                // CSRF: a state-changing request riding on the cookie must
+                // come from a trusted origin; checked before anything else,
+                // so a cross-site POST never reaches the upstream.
+                if !browser::is_safe_method(&req.method)
+                    && !browser::origin_allowed_for(
+                        &req.headers,
+                        req.uri.authority().map(|a| a.as_str()),
+                        cfg,
+                    )
+                {
+                    tracing::debug!(request_id = %ctx.request_id, "cross-site request refused");
+                    return self.respond_error(session, ctx, ApiError::Forbidden).await;
+                }
+                let ua = req
+                    .headers
+                    .get(http::header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(256)
+                    .collect::<String>();
+                let (auth, ip, rid) = (
+                    self.auth.clone(),
+                    ctx.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                    ctx.request_id.clone(),
+                );
+                let resolved = self
+                    .executor
+                    .run(async move { auth.cookie_session(&cookie, ip, &ua, &rid).await })
+                    .await;
+                match resolved {
+                    Some(Ok(id)) => {
+                        if let Some(new) = &id.rotated {
+                            ctx.set_cookies.push(browser::session_cookie(
+                                &cfg.browser,
+                                new,
+                                cfg.tokens.refresh_ttl_secs,
+                            ));
+                        }
+                        verdict = Ok(id.claims);
+                    }
+                    Some(Err(ApiError::Unauthorized)) => {
+                        ctx.set_cookies
+                            .push(browser::clear_session_cookie(&cfg.browser));
+                    }
+                    Some(Err(e)) => return self.respond_error(session, ctx, e).await,
+                    None => {
+                        let e = ApiError::Unavailable {
+                            retry_after: 1,
+                            cause: "the auth executor is stopping".into(),
+                        };
+                        return self.respond_error(session, ctx, e).await;
+                    }
+                }
+            }
+            let headers = &session.req_header().headers;
             match (verdict, route.auth) {
                 (Ok(c), _) => {
                     if !route.roles.is_empty() && !c.roles.iter().any(|r| route.roles.contains(r)) {
@@ -580,6 +667,33 @@ impl ProxyHttp for Gateway {
                     ctx.claims = Some(c);
                 }
                 (Err(_), _) if ctx.api_key.is_some() => {}
+                (Err(_), AuthMode::Required)
+                    if cfg.browser.enabled
+                        && anonymous
+                        && browser::is_browser_navigation(
+                            &session.req_header().method,
+                            headers,
+                        ) =>
+                {
+                    // A browser goes to the portal, to come back here.
+                    let rd = match session.req_header().uri.query() {
+                        Some(q) => format!("{normalized}?{q}"),
+                        None => normalized.clone(),
+                    };
+                    let mut resp = ApiResponse {
+                        status: 302,
+                        headers: vec![
+                            ("location", browser::login_location(&rd)),
+                            ("content-type", "text/plain; charset=utf-8".into()),
+                        ],
+                        body: Bytes::from_static(b"Sign in to continue.\n"),
+                    };
+                    for c in ctx.set_cookies.drain(..) {
+                        resp.headers.push(("set-cookie", c));
+                    }
+                    self.respond(session, ctx, resp).await?;
+                    return Ok(true);
+                }
                 (Err(_), AuthMode::Required) => {
                     return self
                         .respond_error(session, ctx, ApiError::Unauthorized)
@@ -588,6 +702,7 @@ impl ProxyHttp for Gateway {
                 (Err(_), _) => {}
             }
         }
+        ctx.strip_own_cookies = cfg.browser.enabled;
         if route.rate_per_minute > 0 {
             // Keyed on the verified identity when there is one, so a user
             // cannot spread over addresses and users behind one NAT do not
@@ -685,6 +800,17 @@ impl ProxyHttp for Gateway {
         if ctx.key_presented {
             while up.remove_header("x-api-key").is_some() {}
         }
+        if ctx.strip_own_cookies {
+            // The session reference (and the CSRF token) stay here.
+            let b = &ctx.live.cfg.browser;
+            if browser::has_own_cookie(&up.headers, b) {
+                let rest = browser::cookies_without_own(&up.headers, b);
+                while up.remove_header("cookie").is_some() {}
+                if let Some(rest) = rest {
+                    up.insert_header("cookie", rest)?;
+                }
+            }
+        }
         up.insert_header("x-forwarded-for", xff)?;
         if ctx.client_ip.is_some() {
             up.insert_header("x-real-ip", client)?;
@@ -719,6 +845,14 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if !ctx.set_cookies.is_empty() {
+            // It carries a credential: no shared cache may keep it,
+            // whatever the upstream said about its own content.
+            resp.insert_header("cache-control", "no-store")?;
+            for c in ctx.set_cookies.drain(..) {
+                resp.append_header("set-cookie", c)?;
+            }
+        }
         if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
             return Ok(());
         }

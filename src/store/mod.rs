@@ -66,6 +66,27 @@ pub struct User {
     /// index never replaces newer entries with older ones.
     #[serde(default)]
     pub keys_version: u64,
+    /// The user's passkeys (WebAuthn credentials: public keys only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passkeys: Vec<StoredPasskey>,
+}
+
+/// A registered passkey. `credential` is the WebAuthn library's own record
+/// (public key, counter, flags) as JSON, so the store needs no WebAuthn types.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredPasskey {
+    pub id: Uuid,
+    /// The credential id, base64url: what an assertion names.
+    pub cred_id: String,
+    pub name: String,
+    pub created_at: i64,
+    #[serde(default)]
+    pub last_used_at: Option<i64>,
+    /// The authenticator's signature counter as last accepted (0 = the
+    /// authenticator keeps none).
+    #[serde(default)]
+    pub counter: u32,
+    pub credential: serde_json::Value,
 }
 
 /// A TOTP secret and its use.
@@ -221,6 +242,24 @@ pub enum UserChange {
     RemoveApiKey(Uuid),
     /// Record when keys were last used (only ever moves forward).
     ApiKeysUsed(Vec<(Uuid, i64)>),
+    /// Register a passkey; `Conflict` when its credential id is already
+    /// this user's, the user has `max`, or the account is disabled.
+    AddPasskey {
+        passkey: StoredPasskey,
+        max: usize,
+    },
+    /// Remove a passkey; `Conflict` when the user has no such passkey.
+    RemovePasskey(Uuid),
+    /// A sign-in with the passkey `cred_id` whose assertion carried
+    /// `counter`: `Conflict` when the passkey is gone, the account is
+    /// disabled, or the counter does not move past the stored one (a
+    /// replayed or cloned authenticator; 0 = the authenticator keeps none).
+    UsePasskey {
+        cred_id: String,
+        counter: u32,
+        credential: serde_json::Value,
+        at: i64,
+    },
 }
 
 /// The sessions a call ends.

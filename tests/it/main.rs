@@ -6,6 +6,7 @@ mod common;
 mod accounts;
 mod api_keys;
 mod backup;
+mod browser;
 mod claims;
 mod core_proxy;
 mod deploy;

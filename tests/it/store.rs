@@ -30,6 +30,7 @@ pub fn user(email: &str) -> User {
         recovery_codes: vec![],
         api_keys: vec![],
         keys_version: 0,
+        passkeys: vec![],
     }
 }
 
@@ -1158,6 +1159,94 @@ pub async fn api_key_changes_notify_every_gateway(s: Arc<dyn Store>) {
 /// `.await`) giving `Option<(Arc<dyn Store>, guard)>`, `None` when the
 /// backend cannot run here (it says why); the guard lives as long as the
 /// test.
+/// Sixteen sign-ins with one passkey assertion (one counter value): one
+/// is accepted, the rest are refused; an older counter is refused after a
+/// newer one; a counterless authenticator (always 0) is not refused; and
+/// a registered credential id is refused a second time.
+pub async fn a_passkey_assertion_signs_in_once(s: Arc<dyn Store>) {
+    let u = user("passkey@example.com");
+    s.create_user(u.clone(), None).await.unwrap();
+    let key = |cred: &str, counter: u32| StoredPasskey {
+        id: Uuid::new_v4(),
+        cred_id: cred.into(),
+        name: "key".into(),
+        created_at: 1,
+        last_used_at: None,
+        counter,
+        credential: serde_json::json!({ "cred": cred }),
+    };
+    for (cred, counter) in [("counted", 4), ("counterless", 0)] {
+        s.change_user(
+            u.id,
+            UserChange::AddPasskey {
+                passkey: key(cred, counter),
+                max: 10,
+            },
+            None,
+            stamp(1),
+        )
+        .await
+        .unwrap();
+    }
+    let again = s
+        .change_user(
+            u.id,
+            UserChange::AddPasskey {
+                passkey: key("counted", 0),
+                max: 10,
+            },
+            None,
+            stamp(1),
+        )
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict)), "{again:?}");
+    let use_key = |cred: &'static str, counter: u32| {
+        let s = s.clone();
+        async move {
+            s.change_user(
+                u.id,
+                UserChange::UsePasskey {
+                    cred_id: cred.into(),
+                    counter,
+                    credential: serde_json::json!({ "cred": cred, "counter": counter }),
+                    at: 2,
+                },
+                None,
+                stamp(2),
+            )
+            .await
+        }
+    };
+    let rs = race(|_| use_key("counted", 5)).await;
+    assert_eq!(rs.iter().filter(|r| r.is_ok()).count(), 1);
+    assert_eq!(conflicts(&rs), N - 1);
+    assert!(matches!(
+        use_key("counted", 3).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(use_key("counted", 6).await.is_ok());
+    let rs = race(|_| use_key("counterless", 0)).await;
+    assert_eq!(rs.iter().filter(|r| r.is_ok()).count(), N);
+    let now = s.find_user(u.id).await.unwrap().unwrap();
+    let counted = now
+        .passkeys
+        .iter()
+        .find(|p| p.cred_id == "counted")
+        .unwrap();
+    assert_eq!(counted.counter, 6);
+    assert_eq!(counted.credential["counter"], 6);
+    assert_eq!(counted.last_used_at, Some(2));
+    // Removed: no more sign-ins with it.
+    let id = counted.id;
+    s.change_user(u.id, UserChange::RemovePasskey(id), None, stamp(3))
+        .await
+        .unwrap();
+    assert!(matches!(
+        use_key("counted", 7).await,
+        Err(StoreError::Conflict)
+    ));
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -1182,6 +1271,7 @@ macro_rules! conformance {
                 a_recovery_code_is_used_once,
                 an_mfa_token_is_redeemed_once_with_a_good_code,
                 api_key_changes_notify_every_gateway,
+                a_passkey_assertion_signs_in_once,
             );
         }
     };

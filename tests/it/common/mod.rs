@@ -58,6 +58,9 @@ pub struct Builder {
     pub smtp_target: Option<(String, u16)>,
     /// `server.grace_period_secs`.
     pub grace_period_secs: u64,
+    /// `mail.link_base_url`; `{TLS_PORT}` is replaced with the TLS
+    /// listener's port (a browser test's own origin).
+    pub link_base_url: String,
 }
 
 impl Default for Builder {
@@ -71,6 +74,7 @@ impl Default for Builder {
             mail_extra: String::new(),
             smtp_target: None,
             grace_period_secs: 5,
+            link_base_url: "https://gateway.test".into(),
         }
     }
 }
@@ -162,7 +166,7 @@ work_stealing = true
 transport = "{mail_transport}"
 smtp_host = "{smtp_host}"
 smtp_port = {smtp_port}
-link_base_url = "https://gateway.test"
+link_base_url = "{link_base_url}"
 retry_base_secs = 30
 {mail_extra}
 
@@ -173,6 +177,9 @@ retry_base_secs = 30
             grace = b.grace_period_secs,
             mail_extra = b.mail_extra,
             extra = b.extra,
+            link_base_url = b
+                .link_base_url
+                .replace("{TLS_PORT}", &tls_addr.port().to_string()),
         );
         let clock = Arc::new(ManualClock::starting_now());
         let mut gw = TestGateway {

@@ -1,0 +1,586 @@
+//! Browser users (issue 14): cookie sessions, the redirect target check,
+//! the CSRF Origin check and CORS on `/auth/*`.
+//!
+//! A browser session is a `__Host-` cookie holding the session's refresh
+//! token (opaque; never the JWT). The gateway keeps, in memory, the access
+//! token it last issued for each cookie, and checks that token exactly as a
+//! bearer one (signature, expiry, revocations). When it is missing, expired
+//! or revoked, the cookie is rotated through the same store operation as
+//! `POST /auth/refresh` (generation check, reuse detection), and the new
+//! cookie goes out with the response. Concurrent requests carrying one
+//! cookie share one rotation (a browser sends its requests in parallel,
+//! and a second rotation of the same token would read as reuse); its result
+//! is kept for [`ROTATION_WINDOW`] seconds for requests sent before the
+//! browser saw the new cookie. Ending a session (logout, logout-all,
+//! disable, password change) revokes its id, so both the cached token and
+//! the next rotation fail.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use http::{HeaderMap, HeaderValue, Method};
+use parking_lot::Mutex;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::tokens::{AccessClaims, TokenRejection};
+use super::AuthService;
+use crate::api::{ApiRequest, ApiResponse};
+use crate::config::{BrowserConfig, Config};
+use crate::error::ApiError;
+
+/// How long a cookie rotation's outcome is handed to requests that still
+/// carry the cookie it replaced (seconds).
+pub const ROTATION_WINDOW: i64 = 10;
+/// At most this many cached access tokens and rotations; beyond, the
+/// expired ones are dropped (and then all: they are only a cache).
+const MAX_ENTRIES: usize = 100_000;
+/// The longest `rd` accepted.
+const MAX_RD: usize = 2048;
+
+type Digest32 = [u8; 32];
+
+fn digest(s: &str) -> Digest32 {
+    Sha256::digest(s.as_bytes()).into()
+}
+
+/// A browser request authenticated by its session cookie.
+#[derive(Debug, Clone)]
+pub struct CookieIdentity {
+    pub claims: Arc<AccessClaims>,
+    /// The access token the claims come from (for the portal's own calls).
+    pub access: String,
+    /// A new cookie value to send back, when the cookie was rotated.
+    pub rotated: Option<String>,
+}
+
+type RotationResult = Result<(String, String), u16>;
+
+struct Rotation {
+    cell: tokio::sync::OnceCell<RotationResult>,
+    started: i64,
+}
+
+/// The in-memory side of cookie sessions (see the module docs).
+#[derive(Default)]
+pub struct CookieSessions {
+    /// cookie digest → (access token, its exp)
+    access: Mutex<HashMap<Digest32, (String, i64)>>,
+    /// cookie digest → the rotation replacing it
+    rotations: Mutex<HashMap<Digest32, Arc<Rotation>>>,
+}
+
+impl CookieSessions {
+    pub fn remember(&self, cookie: &str, access: &str, exp: i64, now: i64) {
+        let mut m = self.access.lock();
+        if m.len() >= MAX_ENTRIES {
+            m.retain(|_, (_, e)| *e > now);
+            if m.len() >= MAX_ENTRIES {
+                m.clear();
+            }
+        }
+        m.insert(digest(cookie), (access.to_string(), exp));
+    }
+
+    pub fn forget(&self, cookie: &str) {
+        let d = digest(cookie);
+        self.access.lock().remove(&d);
+        self.rotations.lock().remove(&d);
+    }
+
+    fn cached(&self, d: &Digest32) -> Option<String> {
+        self.access.lock().get(d).map(|(a, _)| a.clone())
+    }
+
+    fn rotation(&self, d: Digest32, now: i64) -> Arc<Rotation> {
+        let mut m = self.rotations.lock();
+        m.retain(|_, r| r.started + ROTATION_WINDOW >= now || !r.cell.initialized());
+        if m.len() >= MAX_ENTRIES {
+            m.clear();
+        }
+        m.entry(d)
+            .or_insert_with(|| {
+                Arc::new(Rotation {
+                    cell: tokio::sync::OnceCell::new(),
+                    started: now,
+                })
+            })
+            .clone()
+    }
+
+    fn drop_rotation(&self, d: &Digest32, r: &Arc<Rotation>) {
+        let mut m = self.rotations.lock();
+        if m.get(d).is_some_and(|x| Arc::ptr_eq(x, r)) {
+            m.remove(d);
+        }
+    }
+}
+
+impl AuthService {
+    /// Check a token the gateway issued itself, as the bearer check does.
+    fn check_access(&self, token: &str) -> Result<Arc<AccessClaims>, TokenRejection> {
+        let r = self.tokens.verify(token).and_then(|c| {
+            if self.revocations.is_revoked(&c) {
+                Err(TokenRejection::Revoked)
+            } else {
+                Ok(c)
+            }
+        });
+        self.metrics.token_checks().count(r.as_ref().err().copied());
+        r
+    }
+
+    /// The identity of a session cookie, rotating it when its access token
+    /// is gone (see the module docs). `Unauthorized` when the session is
+    /// not (or no longer) valid.
+    pub async fn cookie_session(
+        &self,
+        cookie: &str,
+        client_ip: IpAddr,
+        user_agent: &str,
+        request_id: &str,
+    ) -> Result<CookieIdentity, ApiError> {
+        let d = digest(cookie);
+        if let Some(access) = self.cookies.cached(&d) {
+            if let Ok(claims) = self.check_access(&access) {
+                return Ok(CookieIdentity {
+                    claims,
+                    access,
+                    rotated: None,
+                });
+            }
+            self.cookies.access.lock().remove(&d);
+        }
+        let now = self.clock.now();
+        let rotation = self.cookies.rotation(d, now);
+        let result = rotation
+            .cell
+            .get_or_init(|| self.rotate_cookie(cookie, client_ip, user_agent, request_id))
+            .await
+            .clone();
+        match result {
+            Ok((access, refresh)) => match self.check_access(&access) {
+                Ok(claims) => Ok(CookieIdentity {
+                    claims,
+                    access,
+                    rotated: Some(refresh),
+                }),
+                Err(_) => Err(ApiError::Unauthorized),
+            },
+            Err(status) => {
+                if status >= 500 {
+                    // Nothing was decided: the next request tries again.
+                    self.cookies.drop_rotation(&d, &rotation);
+                    return Err(ApiError::Unavailable {
+                        retry_after: 1,
+                        cause: "cookie session refresh failed".into(),
+                    });
+                }
+                Err(ApiError::Unauthorized)
+            }
+        }
+    }
+
+    /// One rotation of a cookie's refresh token, through the refresh
+    /// endpoint's own logic (reuse detection included).
+    async fn rotate_cookie(
+        &self,
+        cookie: &str,
+        client_ip: IpAddr,
+        user_agent: &str,
+        request_id: &str,
+    ) -> RotationResult {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Ok(v) = HeaderValue::from_str(user_agent) {
+            headers.insert(http::header::USER_AGENT, v);
+        }
+        let req = ApiRequest {
+            method: Method::POST,
+            path: "/auth/refresh".into(),
+            query: None,
+            headers,
+            body: json!({ "refresh_token": cookie }).to_string().into(),
+            client_ip,
+            request_id: request_id.to_string(),
+        };
+        let resp = self.refresh(&req).await.map_err(|e| e.status())?;
+        let (access, refresh) = tokens_of(&resp).ok_or(500u16)?;
+        if let Ok(c) = self.tokens.verify(&access) {
+            self.cookies
+                .remember(&refresh, &access, c.exp, self.clock.now());
+        }
+        self.cookies.access.lock().remove(&digest(cookie));
+        Ok((access, refresh))
+    }
+}
+
+/// `(access_token, refresh_token)` of a token response.
+pub fn tokens_of(resp: &ApiResponse) -> Option<(String, String)> {
+    if resp.status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&resp.body).ok()?;
+    Some((
+        v["access_token"].as_str()?.to_string(),
+        v["refresh_token"].as_str()?.to_string(),
+    ))
+}
+
+/// Every `name=value` pair of the request's `Cookie` headers.
+fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|p| {
+            let (k, v) = p.trim().split_once('=')?;
+            Some((k.trim(), v.trim().trim_matches('"')))
+        })
+}
+
+/// The value of cookie `name`, when it is there exactly once and looks
+/// like a value we issue (base64url, bounded); anything else is no cookie.
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let mut found = cookies(headers).filter(|(k, _)| *k == name).map(|(_, v)| v);
+    let v = found.next()?;
+    if found.next().is_some() {
+        return None;
+    }
+    let ok = !v.is_empty()
+        && v.len() <= 256
+        && v.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+    ok.then_some(v)
+}
+
+/// Any cookie of ours (the session and CSRF cookies) in the request?
+pub fn has_own_cookie(headers: &HeaderMap, b: &BrowserConfig) -> bool {
+    cookies(headers).any(|(k, _)| k.starts_with(b.cookie_name.as_str()))
+}
+
+/// The `Cookie` header without our cookies (the upstream never sees the
+/// session reference); `None` when nothing else is left.
+pub fn cookies_without_own(headers: &HeaderMap, b: &BrowserConfig) -> Option<String> {
+    let rest: Vec<String> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let name = p.split('=').next().unwrap_or("").trim();
+            !name.starts_with(b.cookie_name.as_str())
+        })
+        .map(str::to_string)
+        .collect();
+    (!rest.is_empty()).then(|| rest.join("; "))
+}
+
+pub fn csrf_cookie_name(b: &BrowserConfig) -> String {
+    format!("{}-csrf", b.cookie_name)
+}
+
+/// `Set-Cookie` for the session cookie.
+pub fn session_cookie(b: &BrowserConfig, value: &str, max_age: u64) -> String {
+    format!(
+        "{}={value}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}",
+        b.cookie_name
+    )
+}
+
+/// `Set-Cookie` that removes the session cookie.
+pub fn clear_session_cookie(b: &BrowserConfig) -> String {
+    format!(
+        "{}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0",
+        b.cookie_name
+    )
+}
+
+/// `Set-Cookie` for the CSRF (double-submit) cookie.
+pub fn csrf_cookie(b: &BrowserConfig, value: &str) -> String {
+    format!(
+        "{}={value}; Path=/; Secure; HttpOnly; SameSite=Strict",
+        csrf_cookie_name(b)
+    )
+}
+
+/// A fresh CSRF token (256 bits, base64url).
+pub fn new_csrf_token() -> String {
+    URL_SAFE_NO_PAD.encode(super::keys::random_bytes(32))
+}
+
+/// Does the form's token equal the cookie's? Constant-time.
+pub fn csrf_matches(cookie: Option<&str>, presented: Option<&str>) -> bool {
+    match (cookie, presented) {
+        (Some(c), Some(p)) if c.len() >= 32 => c.as_bytes().ct_eq(p.as_bytes()).into(),
+        _ => false,
+    }
+}
+
+pub fn is_safe_method(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// A top-level browser navigation: GET or HEAD that accepts HTML.
+pub fn is_browser_navigation(m: &Method, headers: &HeaderMap) -> bool {
+    (*m == Method::GET || *m == Method::HEAD)
+        && headers
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains("text/html"))
+}
+
+/// The origin of `mail.link_base_url`: the deployment's own.
+pub fn own_origin(cfg: &Config) -> Option<String> {
+    url::Url::parse(&cfg.mail.link_base_url)
+        .ok()
+        .map(|u| u.origin().ascii_serialization())
+        .filter(|o| o != "null")
+}
+
+/// Is this `Origin` value one the deployment trusts: its own (the link
+/// base, or this very host), or one of `browser.allowed_origins`?
+pub fn trusted_origin(origin: &str, host: Option<&str>, cfg: &Config) -> bool {
+    if origin == "null" || origin.is_empty() {
+        return false;
+    }
+    if own_origin(cfg).as_deref() == Some(origin)
+        || cfg.browser.allowed_origins.iter().any(|o| o == origin)
+    {
+        return true;
+    }
+    host.is_some_and(|h| origin == format!("https://{h}") || origin == format!("http://{h}"))
+}
+
+/// The CSRF Origin check of a state-changing request: its one `Origin`
+/// header (else the origin of its `Referer`) must be trusted. No origin
+/// at all fails (closed).
+pub fn origin_allowed(headers: &HeaderMap, cfg: &Config) -> bool {
+    origin_allowed_for(headers, None, cfg)
+}
+
+/// [`origin_allowed`], with the request's `:authority` (HTTP/2) standing in
+/// for a missing `Host`.
+pub fn origin_allowed_for(headers: &HeaderMap, authority: Option<&str>, cfg: &Config) -> bool {
+    let host = one_header(headers, "host").or(authority);
+    let origin = match headers.get_all(http::header::ORIGIN).iter().count() {
+        0 => one_header(headers, "referer")
+            .and_then(|r| url::Url::parse(r).ok())
+            .map(|u| u.origin().ascii_serialization()),
+        1 => one_header(headers, "origin").map(str::to_string),
+        _ => None,
+    };
+    origin.is_some_and(|o| trusted_origin(&o, host, cfg))
+}
+
+fn one_header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let mut all = headers.get_all(name).iter();
+    let v = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    v.to_str().ok()
+}
+
+/// `rd` as a redirect target: only ever a same-origin relative path.
+/// Refused: anything not starting with exactly one `/` (`//evil`,
+/// `https:`, `/\evil`), backslashes, control characters and spaces,
+/// non-ASCII, and whatever is refused after up to three more
+/// percent-decodings (`/%2F%2Fevil`, `/%252F%252Fevil`, `%0d%0a`).
+pub fn safe_redirect(rd: &str) -> Option<String> {
+    fn plain_ok(s: &str) -> bool {
+        let b = s.as_bytes();
+        b.first() == Some(&b'/')
+            && b.get(1) != Some(&b'/')
+            && b.get(1) != Some(&b'\\')
+            && b.iter().all(|&c| c.is_ascii_graphic() && c != b'\\')
+    }
+    if rd.is_empty() || rd.len() > MAX_RD || !plain_ok(rd) {
+        return None;
+    }
+    // Each further decoding must still be a plain path (however many
+    // times a later hop decodes it).
+    let mut decoded = rd.to_string();
+    for _ in 0..3 {
+        decoded = String::from_utf8(percent_decode(&decoded)).ok()?;
+        if !plain_ok(&decoded) {
+            return None;
+        }
+    }
+    // The auth API is no place to land a browser; the portal is.
+    if rd.starts_with("/auth/") && !rd.starts_with("/auth/ui/") {
+        return None;
+    }
+    Some(rd.to_string())
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The portal's sign-in page, to come back to `rd` afterwards.
+pub fn login_location(rd: &str) -> String {
+    let rd = safe_redirect(rd).unwrap_or_else(|| "/".into());
+    let enc: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
+    format!("/auth/ui/login?rd={enc}")
+}
+
+// ----- CORS on the /auth/* API
+
+fn cors_applies(path: &str) -> bool {
+    path.starts_with("/auth/") && !path.starts_with("/auth/ui/")
+}
+
+const CORS_METHODS: &str = "GET, HEAD, POST, PATCH, DELETE";
+const CORS_HEADERS: [&str; 3] = ["authorization", "content-type", "x-api-key"];
+
+/// The answer to a CORS preflight on `/auth/*`: allowlisted exact origins
+/// get credentials; any other origin gets 403 and no CORS headers.
+pub fn preflight(req: &ApiRequest, cfg: &Config) -> Option<ApiResponse> {
+    if req.method != Method::OPTIONS || !cors_applies(&req.path) {
+        return None;
+    }
+    let origin = req.header("origin")?;
+    let wanted = req.header("access-control-request-method")?;
+    let vary = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers";
+    let allowed = cfg.browser.allowed_origins.iter().any(|o| o == origin);
+    let method_ok = CORS_METHODS.split(", ").any(|m| m == wanted);
+    let headers_ok = req
+        .header("access-control-request-headers")
+        .unwrap_or("")
+        .split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .all(|h| h.is_empty() || CORS_HEADERS.contains(&h.as_str()));
+    if !(allowed && method_ok && headers_ok) {
+        return Some(
+            ApiError::Forbidden
+                .into_response()
+                .with_header("vary", vary),
+        );
+    }
+    Some(
+        ApiResponse::empty(204)
+            .with_header("access-control-allow-origin", origin)
+            .with_header("access-control-allow-credentials", "true")
+            .with_header("access-control-allow-methods", CORS_METHODS)
+            .with_header("access-control-allow-headers", CORS_HEADERS.join(", "))
+            .with_header("access-control-max-age", "600")
+            .with_header("vary", vary),
+    )
+}
+
+/// CORS headers of an `/auth/*` answer: `Vary: Origin` always; the origin
+/// and credentials only for an allowlisted origin (never `*`).
+pub fn add_cors(req: &ApiRequest, cfg: &Config, resp: &mut ApiResponse) {
+    if !cors_applies(&req.path) {
+        return;
+    }
+    resp.headers.push(("vary", "Origin".into()));
+    let Some(origin) = req.header("origin") else {
+        return;
+    };
+    if cfg.browser.allowed_origins.iter().any(|o| o == origin) {
+        resp.headers
+            .push(("access-control-allow-origin", origin.to_string()));
+        resp.headers
+            .push(("access-control-allow-credentials", "true".into()));
+        resp.headers.push((
+            "access-control-expose-headers",
+            "retry-after, www-authenticate".into(),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_targets() {
+        for ok in [
+            "/",
+            "/app",
+            "/app/x?y=1&z=%2F",
+            "/auth/ui/sessions",
+            "/a/b/../c",
+        ] {
+            assert_eq!(safe_redirect(ok).as_deref(), Some(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "//evil.com",
+            "/\\evil.com",
+            "\\\\evil.com",
+            "https://evil.com",
+            "https:evil.com",
+            "javascript:alert(1)",
+            "evil.com",
+            "/%2F%2Fevil.com",
+            "/%252F%252Fevil.com",
+            "/%2fevil.com",
+            "/%5Cevil.com",
+            "/%5cevil.com",
+            "/a\r\nSet-Cookie: x=1",
+            "/a%0d%0aSet-Cookie:x",
+            "/a%0aLocation:x",
+            "/ a",
+            "/a\tb",
+            "/é",
+            "/auth/refresh",
+            "%2F%2Fevil.com",
+        ] {
+            assert_eq!(safe_redirect(bad), None, "{bad:?}");
+        }
+        assert_eq!(safe_redirect(&format!("/{}", "a".repeat(3000))), None);
+    }
+
+    #[test]
+    fn cookie_parsing() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "cookie",
+            HeaderValue::from_static("a=1; __Host-p=abc_-9; b=2"),
+        );
+        assert_eq!(cookie_value(&h, "__Host-p"), Some("abc_-9"));
+        h.append("cookie", HeaderValue::from_static("__Host-p=other"));
+        assert_eq!(cookie_value(&h, "__Host-p"), None, "twice is none");
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("__Host-p=a.b"));
+        assert_eq!(cookie_value(&h, "__Host-p"), None);
+    }
+
+    #[test]
+    fn csrf_compare() {
+        let t = new_csrf_token();
+        assert!(csrf_matches(Some(&t), Some(&t)));
+        assert!(!csrf_matches(Some(&t), Some("x")));
+        assert!(!csrf_matches(None, Some(&t)));
+        assert!(!csrf_matches(Some("short"), Some("short")));
+    }
+}
