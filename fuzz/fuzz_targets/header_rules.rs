@@ -1,12 +1,14 @@
 //! Header rules: `is_identity_header` matches its definition (case-
 //! insensitive, `_` read as `-`, prefix `x-user-`), and after
-//! `strip_identity` no identity-family header is left, whatever the names.
+//! `strip_for_upstream` no identity-family header is left, whatever the
+//! names and whatever the route's settings.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use pingora::http::RequestHeader;
-use portcullis::proxy::headers::{is_h2c_upgrade, is_identity_header, strip_identity};
+use portcullis::proxy::headers::{is_h2c_upgrade, is_identity_header, strip_for_upstream};
 
 fuzz_target!(|data: &[u8]| {
+    let flags = data.first().copied().unwrap_or(0);
     let text = String::from_utf8_lossy(data);
     let mut req = RequestHeader::build("GET", b"/", None).unwrap();
     for line in text.split('\n') {
@@ -19,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = req.append_header(name.to_string(), value.trim());
     }
     let _ = is_h2c_upgrade(&req);
-    strip_identity(&mut req);
+    strip_for_upstream(&mut req, flags & 1 == 1, flags & 2 == 2);
     for (k, _) in req.headers.iter() {
         assert!(!is_identity_header(k.as_str()), "{k:?} survived");
     }
