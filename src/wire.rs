@@ -193,6 +193,23 @@ pub struct ApiKeyView {
     pub rate_per_minute: u32,
 }
 
+impl ApiKeyView {
+    /// The view of a stored key, last used at `last_used_at` (the record's,
+    /// or a newer use this gateway has not written yet).
+    pub fn new(k: &crate::store::ApiKey, last_used_at: Option<i64>) -> Self {
+        use crate::clock::rfc3339;
+        Self {
+            id: k.id.to_string(),
+            name: k.name.clone(),
+            scopes: k.scopes.clone(),
+            created_at: rfc3339(k.created_at),
+            expires_at: k.expires_at.map(rfc3339),
+            last_used_at: last_used_at.map(rfc3339),
+            rate_per_minute: k.rate_per_minute,
+        }
+    }
+}
+
 /// `GET /auth/api-keys`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ApiKeyList {

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::{email, password, valid_role, AuthService};
 use crate::store::{StoreError, User, UserChange};
+use crate::wire::ApiKeyView;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -93,19 +94,22 @@ impl AuthService {
         result
     }
 
+    /// The current record of the user an admin command names by email.
+    async fn user_by_email(&self, raw: &str) -> Result<User, AdminError> {
+        let e = email::normalize(raw).ok_or_else(|| AdminError::Invalid("invalid email".into()))?;
+        self.store
+            .find_user_by_email(&e)
+            .await
+            .map_err(|e| AdminError::Internal(e.to_string()))?
+            .ok_or(AdminError::NoSuchUser)
+    }
+
     async fn admin_inner(&self, cmd: AdminCommand) -> Result<Value, AdminError> {
         let internal = |e: StoreError| AdminError::Internal(e.to_string());
         // Admin changes name the user by email and apply to the current
         // record, so they compose with concurrent user requests.
         let change = |raw: String, change: UserChange| async move {
-            let e = email::normalize(&raw)
-                .ok_or_else(|| AdminError::Invalid("invalid email".into()))?;
-            let user = self
-                .store
-                .find_user_by_email(&e)
-                .await
-                .map_err(internal)?
-                .ok_or(AdminError::NoSuchUser)?;
+            let user = self.user_by_email(&raw).await?;
             match self.change_user(user.id, change, None).await {
                 Ok(u) => Ok(AuthService::user_json(&u)),
                 Err(StoreError::Conflict) => Err(AdminError::NoSuchUser),
@@ -190,42 +194,19 @@ impl AuthService {
                 change(raw, UserChange::RemoveRole(role)).await?
             }
             AdminCommand::KeyList { email: raw } => {
-                let e = email::normalize(&raw)
-                    .ok_or_else(|| AdminError::Invalid("invalid email".into()))?;
-                let user = self
-                    .store
-                    .find_user_by_email(&e)
-                    .await
-                    .map_err(internal)?
-                    .ok_or(AdminError::NoSuchUser)?;
+                let user = self.user_by_email(&raw).await?;
                 let keys: Vec<Value> = user
                     .api_keys
                     .iter()
-                    .map(|k| {
-                        serde_json::json!({
-                            "id": k.id.to_string(),
-                            "name": k.name,
-                            "scopes": k.scopes,
-                            "created_at": crate::clock::rfc3339(k.created_at),
-                            "expires_at": k.expires_at.map(crate::clock::rfc3339),
-                            "last_used_at": k.last_used_at.map(crate::clock::rfc3339),
-                            "rate_per_minute": k.rate_per_minute,
-                        })
-                    })
-                    .collect();
+                    .map(|k| serde_json::to_value(ApiKeyView::new(k, k.last_used_at)))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| AdminError::Internal(e.to_string()))?;
                 serde_json::json!({ "id": user.id.to_string(), "api_keys": keys })
             }
             AdminCommand::KeyRevoke { email: raw, id } => {
                 let id = Uuid::parse_str(id.trim())
                     .map_err(|_| AdminError::Invalid("invalid key id".into()))?;
-                let e = email::normalize(&raw)
-                    .ok_or_else(|| AdminError::Invalid("invalid email".into()))?;
-                let user = self
-                    .store
-                    .find_user_by_email(&e)
-                    .await
-                    .map_err(internal)?
-                    .ok_or(AdminError::NoSuchUser)?;
+                let user = self.user_by_email(&raw).await?;
                 match self
                     .change_user(user.id, UserChange::RemoveApiKey(id), None)
                     .await

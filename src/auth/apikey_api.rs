@@ -152,15 +152,7 @@ impl AuthService {
                     (Some(a), Some(b)) => Some(a.max(*b)),
                     (a, b) => a.or(b.copied()),
                 };
-                ApiKeyView {
-                    id: k.id.to_string(),
-                    name: k.name.clone(),
-                    scopes: k.scopes.clone(),
-                    created_at: rfc3339(k.created_at),
-                    expires_at: k.expires_at.map(rfc3339),
-                    last_used_at: used.map(rfc3339),
-                    rate_per_minute: k.rate_per_minute,
-                }
+                ApiKeyView::new(k, used)
             })
             .collect();
         Ok(ApiResponse::json(200, &to_json(&ApiKeyList { api_keys })))

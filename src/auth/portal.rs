@@ -186,6 +186,15 @@ impl<'a> Page<'a> {
 
 /// The message shown for an API error: the API's own generic text, with
 /// each field's problems for a validation failure.
+/// A refused form's status and message for the page; a server fault
+/// (internal, unavailable) is no form error and is answered as such.
+fn shown(e: ApiError) -> Result<(u16, String), ApiError> {
+    match e {
+        ApiError::Internal(_) | ApiError::Unavailable { .. } => Err(e),
+        e => Ok((e.status(), error_text(&e))),
+    }
+}
+
 fn error_text(e: &ApiError) -> String {
     match e {
         ApiError::Validation(fields) => {
@@ -430,15 +439,9 @@ impl AuthService {
                 }
                 Ok(self.signed_in(page, &resp, &rd))
             }
-            Err(e @ ApiError::Internal(_)) | Err(e @ ApiError::Unavailable { .. }) => Err(e),
             Err(e) => {
-                let status = e.status();
-                Ok(login_form(
-                    page,
-                    Some((status, &error_text(&e))),
-                    &email,
-                    &rd,
-                ))
+                let (status, text) = shown(e)?;
+                Ok(login_form(page, Some((status, &text)), &email, &rd))
             }
         }
     }
@@ -487,10 +490,9 @@ impl AuthService {
                 let body = format!(r#"{check}<p><a href="/auth/ui/login">Sign in</a></p>"#);
                 Ok(page.html(201, "Account created", None, &body))
             }
-            Err(e @ ApiError::Internal(_)) | Err(e @ ApiError::Unavailable { .. }) => Err(e),
             Err(e) => {
-                let status = e.status();
-                Ok(register_page(page, Some((status, &error_text(&e))), &email))
+                let (status, text) = shown(e)?;
+                Ok(register_page(page, Some((status, &text)), &email))
             }
         }
     }
@@ -504,10 +506,9 @@ impl AuthService {
 <p><a href="/auth/ui/login">Back to sign in</a></p>"#;
                 Ok(page.html(202, "Check your email", None, body))
             }
-            Err(e @ ApiError::Internal(_)) | Err(e @ ApiError::Unavailable { .. }) => Err(e),
             Err(e) => {
-                let status = e.status();
-                Ok(forgot_page(page, Some((status, &error_text(&e)))))
+                let (status, text) = shown(e)?;
+                Ok(forgot_page(page, Some((status, &text))))
             }
         }
     }
@@ -526,10 +527,9 @@ impl AuthService {
 <p><a href="/auth/ui/login">Sign in</a></p>"#;
                 Ok(page.html(200, "Password changed", None, body))
             }
-            Err(e @ ApiError::Internal(_)) | Err(e @ ApiError::Unavailable { .. }) => Err(e),
             Err(e) => {
-                let status = e.status();
-                Ok(reset_page(page, Some((status, &error_text(&e))), &token))
+                let (status, text) = shown(e)?;
+                Ok(reset_page(page, Some((status, &text)), &token))
             }
         }
     }
