@@ -97,6 +97,8 @@ pub struct KeyEntry {
     pub scopes: Vec<String>,
     pub expires_at: Option<i64>,
     pub rate_per_minute: u32,
+    /// The key's SHA-256 (its place in the index).
+    hash: [u8; 32],
 }
 
 /// Why a presented key was refused (the `result` label of
@@ -161,6 +163,7 @@ impl KeyIndex {
                         scopes: k.scopes.clone(),
                         expires_at: k.expires_at,
                         rate_per_minute: k.rate_per_minute,
+                        hash: h,
                     }),
                 );
                 hashes.push(h);
@@ -199,6 +202,20 @@ impl KeyIndex {
             return Err(KeyRejection::Expired);
         }
         Ok(e)
+    }
+
+    /// Is the key `e` was checked as still usable at `now`: not deleted,
+    /// its owner not disabled (both take it out of the index, on every
+    /// gateway: the revocation feed reloads a user's keys on a shared
+    /// database), and not expired? Supervised tunnels ask once a tick.
+    pub fn is_current(&self, e: &KeyEntry, now: i64) -> bool {
+        let live = self
+            .inner
+            .read()
+            .by_hash
+            .get(&e.hash)
+            .is_some_and(|x| x.id == e.id && x.user_id == e.user_id);
+        live && !e.expires_at.is_some_and(|t| t <= now)
     }
 
     /// Note a use; true when it is this key's first since the last write
@@ -282,16 +299,22 @@ mod tests {
         let idx = KeyIndex::new(&[user(vec![api_key(&k1, None), api_key(&k2, Some(100))], 2)]);
         assert_eq!(idx.check(&k1, 0).unwrap().roles, ["r"]);
         assert!(idx.check(&k2, 99).is_ok());
+        let e1 = idx.check(&k1, 0).unwrap();
+        assert!(idx.is_current(&e1, 0));
         assert_eq!(idx.check(&k2, 100).err(), Some(KeyRejection::Expired));
         // An older record never replaces a newer one.
         idx.load_user(&user(vec![], 1));
         assert!(idx.check(&k1, 0).is_ok());
         idx.load_user(&user(vec![api_key(&k2, None)], 3));
         assert_eq!(idx.check(&k1, 0).err(), Some(KeyRejection::Invalid));
+        assert!(!idx.is_current(&e1, 0), "deleted");
+        let e2 = idx.check(&k2, 0).unwrap();
+        assert!(idx.is_current(&e2, 0));
         let mut off = user(vec![api_key(&k2, None)], 4);
         off.disabled = true;
         idx.load_user(&off);
         assert!(idx.is_empty());
+        assert!(!idx.is_current(&e2, 0), "owner disabled");
         idx.forget_user(off.id);
         idx.load_user(&user(vec![api_key(&k2, None)], 3));
         assert!(idx.is_empty(), "version 4 was seen");

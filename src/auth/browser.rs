@@ -36,9 +36,14 @@ use crate::error::ApiError;
 /// How long a cookie rotation's outcome is handed to requests that still
 /// carry the cookie it replaced (seconds).
 pub const ROTATION_WINDOW: i64 = 10;
-/// At most this many cached access tokens and rotations; beyond, the
-/// expired ones are dropped (and then all: they are only a cache).
+/// At most this many cached access tokens; beyond, the expired ones are
+/// dropped (and then all: they are only a cache, and a cookie whose token
+/// is forgotten is simply rotated). The rotation map is bounded otherwise
+/// (see [`CookieSessions::rotation`]) and never emptied.
 const MAX_ENTRIES: usize = 100_000;
+/// The rotation map is swept of ended hand-overs each time it grows by
+/// this many entries.
+const SWEEP_ROTATIONS: usize = 1024;
 /// The longest `rd` accepted.
 const MAX_RD: usize = 2048;
 
@@ -96,20 +101,41 @@ impl CookieSessions {
         self.access.lock().get(d).map(|(a, _)| a.clone())
     }
 
+    /// The rotation of cookie `d`: the one under way or handed over, else
+    /// a new one.
+    ///
+    /// Bounded without forgetting live hand-overs: an entry stays only while
+    /// its rotation runs (at most one per request in flight, and so bounded
+    /// by `limits.max_connections`) or after it SUCCEEDED, i.e. after the
+    /// store proved the cookie a valid refresh token, until its hand-over
+    /// window is over. A failed rotation (a made-up cookie, a replay) is
+    /// removed as soon as it is decided ([`Self::drop_rotation`]), so
+    /// requests with random cookie values cannot fill the map, and nothing
+    /// is ever evicted while its window is open: emptying the map would
+    /// split one browser's rotation in two, and the second would read as
+    /// refresh-token reuse and end the session.
     fn rotation(&self, d: Digest32, now: i64) -> Arc<Rotation> {
+        let live = |r: &Rotation| r.started + ROTATION_WINDOW >= now || !r.cell.initialized();
         let mut m = self.rotations.lock();
-        m.retain(|_, r| r.started + ROTATION_WINDOW >= now || !r.cell.initialized());
-        if m.len() >= MAX_ENTRIES {
-            m.clear();
+        if let Some(r) = m.get(&d).filter(|r| live(r)) {
+            return r.clone();
         }
-        m.entry(d)
-            .or_insert_with(|| {
-                Arc::new(Rotation {
-                    cell: tokio::sync::OnceCell::new(),
-                    started: now,
-                })
-            })
-            .clone()
+        // Ended hand-overs are swept once per SWEEP_ROTATIONS entries
+        // (amortized O(1) per rotation); live ones are never dropped.
+        if !m.is_empty() && m.len() % SWEEP_ROTATIONS == 0 {
+            m.retain(|_, r| live(r));
+        }
+        let r = Arc::new(Rotation {
+            cell: tokio::sync::OnceCell::new(),
+            started: now,
+        });
+        m.insert(d, r.clone());
+        r
+    }
+
+    /// Rotations held (under way, or handed over within their window).
+    pub fn rotations_held(&self) -> usize {
+        self.rotations.lock().len()
     }
 
     fn drop_rotation(&self, d: &Digest32, r: &Arc<Rotation>) {
@@ -172,9 +198,12 @@ impl AuthService {
                 Err(_) => Err(ApiError::Unauthorized),
             },
             Err(status) => {
+                // Only proven refresh tokens keep an entry (see
+                // `CookieSessions::rotation`); whoever waited on this one
+                // holds it and shares its outcome.
+                self.cookies.drop_rotation(&d, &rotation);
                 if status >= 500 {
                     // Nothing was decided: the next request tries again.
-                    self.cookies.drop_rotation(&d, &rotation);
                     return Err(ApiError::Unavailable {
                         retry_after: 1,
                         cause: "cookie session refresh failed".into(),
@@ -234,56 +263,97 @@ pub fn tokens_of(resp: &ApiResponse) -> Option<(String, String)> {
     ))
 }
 
-/// Every `name=value` pair of the request's `Cookie` headers.
-fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+/// Every cookie name the gateway sets starts with this:
+/// `browser.cookie_name` must (the config refuses any other name), and the
+/// CSRF cookie is that name plus `-csrf`. Cookies under it are stripped from
+/// every proxied request whatever `[browser]` says now, so a browser still
+/// holding them after `[browser]` is turned off or `cookie_name` renamed
+/// (a live refresh credential for up to `tokens.refresh_ttl_secs`) never
+/// hands them to an upstream. The namespace is the gateway's: an upstream
+/// app must not set cookies under it.
+pub const OWN_COOKIE_PREFIX: &str = "__Host-portcullis";
+/// The same namespace under `__Secure-` (a cookie shared by several hosts
+/// cannot be `__Host-`): stripped as well.
+const OWN_COOKIE_PREFIX_SECURE: &str = "__Secure-portcullis";
+
+/// Every `;`-separated piece of the request's `Cookie` headers, trimmed,
+/// as bytes: a `Cookie` line is not always visible ASCII (another app on
+/// the host may set `pref=café`), and one such cookie must not hide the
+/// others from the gateway. The one cookie parser of the crate.
+fn cookie_pieces(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|p| {
-            let (k, v) = p.trim().split_once('=')?;
-            Some((k.trim(), v.trim().trim_matches('"')))
-        })
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty())
+}
+
+/// A piece's `(name, value)`, both trimmed, the value without its quotes; a
+/// piece without `=` is all name.
+fn cookie_pair(piece: &[u8]) -> (&[u8], &[u8]) {
+    match piece.iter().position(|b| *b == b'=') {
+        Some(i) => {
+            let v = piece[i + 1..].trim_ascii();
+            let v = v.strip_prefix(b"\"").unwrap_or(v);
+            let v = v.strip_suffix(b"\"").unwrap_or(v);
+            (piece[..i].trim_ascii(), v)
+        }
+        None => (piece, &[]),
+    }
 }
 
 /// The value of cookie `name`, when it is there exactly once and looks
 /// like a value we issue (base64url, bounded); anything else is no cookie.
 pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    let mut found = cookies(headers).filter(|(k, _)| *k == name).map(|(_, v)| v);
+    let mut found = cookie_pieces(headers)
+        .map(cookie_pair)
+        .filter(|(k, _)| *k == name.as_bytes())
+        .map(|(_, v)| v);
     let v = found.next()?;
     if found.next().is_some() {
         return None;
     }
     let ok = !v.is_empty()
         && v.len() <= 256
-        && v.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
-    ok.then_some(v)
+        && v.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_');
+    if !ok {
+        return None;
+    }
+    std::str::from_utf8(v).ok()
 }
 
-/// Any cookie of ours (the session and CSRF cookies) in the request?
-pub fn has_own_cookie(headers: &HeaderMap, b: &BrowserConfig) -> bool {
-    cookies(headers).any(|(k, _)| k.starts_with(b.cookie_name.as_str()))
+/// Is this cookie name in the gateway's namespace? (ASCII case ignored:
+/// browsers match the `__Host-` prefix that way.)
+fn is_own_cookie_name(name: &[u8]) -> bool {
+    [OWN_COOKIE_PREFIX, OWN_COOKIE_PREFIX_SECURE]
+        .iter()
+        .any(|p| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p.as_bytes()))
+}
+
+/// Any cookie of ours (the session and CSRF cookies, under any name the
+/// gateway may have used) in the request?
+pub fn has_own_cookie(headers: &HeaderMap) -> bool {
+    cookie_pieces(headers).any(|p| is_own_cookie_name(cookie_pair(p).0))
 }
 
 /// The `Cookie` header without our cookies (the upstream never sees the
-/// session reference); `None` when nothing else is left.
-pub fn cookies_without_own(headers: &HeaderMap, b: &BrowserConfig) -> Option<String> {
-    let rest: Vec<String> = headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .filter(|p| {
-            let name = p.split('=').next().unwrap_or("").trim();
-            !name.starts_with(b.cookie_name.as_str())
-        })
-        .map(str::to_string)
-        .collect();
-    (!rest.is_empty()).then(|| rest.join("; "))
+/// session reference), byte for byte otherwise; `None` when nothing else
+/// is left.
+pub fn cookies_without_own(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut rest: Vec<u8> = Vec::new();
+    for piece in cookie_pieces(headers).filter(|p| !is_own_cookie_name(cookie_pair(p).0)) {
+        if !rest.is_empty() {
+            rest.extend_from_slice(b"; ");
+        }
+        rest.extend_from_slice(piece);
+    }
+    // Every piece came from a valid header value, so this one is valid;
+    // if it were not, nothing goes (closed).
+    HeaderValue::from_bytes(&rest)
+        .ok()
+        .filter(|v| !v.is_empty())
 }
 
 pub fn csrf_cookie_name(b: &BrowserConfig) -> String {
@@ -349,9 +419,17 @@ pub fn own_origin(cfg: &Config) -> Option<String> {
         .filter(|o| o != "null")
 }
 
+/// Does the request ask to switch protocols (`Upgrade`, e.g. a WebSocket
+/// handshake)? Such a GET still needs the CSRF Origin check.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::UPGRADE)
+}
+
 /// Is this `Origin` value one the deployment trusts: its own (the link
-/// base, or this very host), or one of `browser.allowed_origins`?
-pub fn trusted_origin(origin: &str, host: Option<&str>, cfg: &Config) -> bool {
+/// base, or this very host), or one of `browser.allowed_origins`? A
+/// request that came over TLS trusts only the `https` origin of its host:
+/// `http://{host}` is another origin, one a network attacker can speak for.
+pub fn trusted_origin(origin: &str, host: Option<&str>, tls: bool, cfg: &Config) -> bool {
     if origin == "null" || origin.is_empty() {
         return false;
     }
@@ -360,19 +438,28 @@ pub fn trusted_origin(origin: &str, host: Option<&str>, cfg: &Config) -> bool {
     {
         return true;
     }
-    host.is_some_and(|h| origin == format!("https://{h}") || origin == format!("http://{h}"))
+    host.is_some_and(|h| {
+        origin.strip_prefix("https://") == Some(h)
+            || (!tls && origin.strip_prefix("http://") == Some(h))
+    })
 }
 
 /// The CSRF Origin check of a state-changing request: its one `Origin`
 /// header (else the origin of its `Referer`) must be trusted. No origin
 /// at all fails (closed).
 pub fn origin_allowed(headers: &HeaderMap, cfg: &Config) -> bool {
-    origin_allowed_for(headers, None, cfg)
+    origin_allowed_for(headers, None, false, cfg)
 }
 
 /// [`origin_allowed`], with the request's `:authority` (HTTP/2) standing in
-/// for a missing `Host`.
-pub fn origin_allowed_for(headers: &HeaderMap, authority: Option<&str>, cfg: &Config) -> bool {
+/// for a missing `Host`, and knowing whether the request came over TLS
+/// (see [`trusted_origin`]).
+pub fn origin_allowed_for(
+    headers: &HeaderMap,
+    authority: Option<&str>,
+    tls: bool,
+    cfg: &Config,
+) -> bool {
     let host = one_header(headers, "host").or(authority);
     let origin = match headers.get_all(http::header::ORIGIN).iter().count() {
         0 => one_header(headers, "referer")
@@ -381,7 +468,7 @@ pub fn origin_allowed_for(headers: &HeaderMap, authority: Option<&str>, cfg: &Co
         1 => one_header(headers, "origin").map(str::to_string),
         _ => None,
     };
-    origin.is_some_and(|o| trusted_origin(&o, host, cfg))
+    origin.is_some_and(|o| trusted_origin(&o, host, tls, cfg))
 }
 
 fn one_header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

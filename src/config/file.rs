@@ -185,6 +185,9 @@ pub struct LimitsFile {
     pub max_header_bytes: usize,
     /// Client connections open at once over the public listeners.
     pub max_connections: usize,
+    /// The longest an upgraded connection (WebSocket) opened with an API
+    /// key may stay open.
+    pub max_api_key_tunnel_secs: u64,
 }
 
 impl Default for LimitsFile {
@@ -198,6 +201,7 @@ impl Default for LimitsFile {
             max_header_count: 100,
             max_header_bytes: 16 * 1024,
             max_connections: 10_000,
+            max_api_key_tunnel_secs: 3600,
         }
     }
 }

@@ -177,6 +177,8 @@ pub struct LimitsConfig {
     pub max_header_count: usize,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// The longest an upgraded connection opened with an API key lives.
+    pub max_api_key_tunnel_secs: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -607,6 +609,9 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
     if l.max_connections < 10 || l.max_connections > 1_000_000 {
         p.push("limits.max_connections: must be between 10 and 1000000".into());
     }
+    if l.max_api_key_tunnel_secs == 0 || l.max_api_key_tunnel_secs > 604_800 {
+        p.push("limits.max_api_key_tunnel_secs: must be between 1 and 604800 (one week)".into());
+    }
 
     // --- passwords
     let pw = &f.passwords;
@@ -819,6 +824,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             max_header_count: l.max_header_count,
             max_header_bytes: l.max_header_bytes,
             max_connections: l.max_connections,
+            max_api_key_tunnel_secs: l.max_api_key_tunnel_secs,
         },
         passwords: PasswordConfig {
             argon2_memory_kib: pw.argon2_memory_kib,
@@ -857,16 +863,21 @@ fn validate_browser(b: &file::BrowserFile, p: &mut Vec<String>) -> BrowserConfig
             )),
         }
     }
-    let name_ok = b.cookie_name.starts_with("__Host-")
+    // Every name under one fixed prefix: the proxy strips that namespace
+    // from every request whatever `[browser]` says now, so a renamed or
+    // disabled cookie never reaches an upstream (`browser::OWN_COOKIE_PREFIX`).
+    let name_ok = b
+        .cookie_name
+        .starts_with(crate::auth::browser::OWN_COOKIE_PREFIX)
         && b.cookie_name.len() <= 64
-        && b.cookie_name.len() > "__Host-".len()
         && b.cookie_name
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'));
     if !name_ok {
         p.push(format!(
-            "browser.cookie_name: '{}' must start with __Host- and use only letters, digits, '-' and '_'",
-            b.cookie_name.escape_debug()
+            "browser.cookie_name: '{}' must start with {} and use only letters, digits, '-' and '_'",
+            b.cookie_name.escape_debug(),
+            crate::auth::browser::OWN_COOKIE_PREFIX
         ));
     }
     if b.passkey_timeout_secs == 0 || b.passkey_timeout_secs > 3600 {

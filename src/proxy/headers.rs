@@ -34,10 +34,27 @@ pub const PATH_OVERRIDE: [&str; 5] = [
 /// IP it decided on), so whatever a client sent under them goes.
 pub const CLIENT_ADDRESS: [&str; 3] = ["x-forwarded-for", "forwarded", "x-real-ip"];
 
+/// Whether an `Authorization` value presents one of our API keys: a
+/// bearer (scheme in any case) starting with the key prefix `pk_`, well
+/// formed or not.
+pub fn is_api_key_authorization(v: &[u8]) -> bool {
+    let v = v.trim_ascii();
+    let Some(sp) = v.iter().position(|b| *b == b' ' || *b == b'\t') else {
+        return false;
+    };
+    v[..sp].eq_ignore_ascii_case(b"bearer")
+        && v[sp..]
+            .trim_ascii()
+            .starts_with(crate::auth::apikeys::PREFIX.as_bytes())
+}
+
 /// Remove, from a request on its way upstream, every header the client may
 /// not pass: the identity family, path overrides, client-address headers,
-/// the original-host headers unless the peer is a trusted proxy, and
-/// `Authorization` unless the route forwards it.
+/// the original-host headers unless the peer is a trusted proxy,
+/// `Authorization` unless the route forwards it, and a presented API key
+/// on every route (`X-API-Key`, and an `Authorization` bearer with the key
+/// prefix even where the route forwards `Authorization`: public routes
+/// never check keys, and a key must never reach an upstream).
 ///
 /// One pass over the names received (usually a handful, and usually none
 /// to remove) instead of one lookup per forbidden name: this runs on every
@@ -52,7 +69,14 @@ pub fn strip_for_upstream(req: &mut RequestHeader, keep_authorization: bool, tru
                 || PATH_OVERRIDE.contains(&n)
                 || CLIENT_ADDRESS.contains(&n)
                 || (!trusted_peer && FORWARDED_ORIGIN.contains(&n))
-                || (!keep_authorization && n == "authorization")
+                || n == "x-api-key"
+                || (n == "authorization"
+                    && (!keep_authorization
+                        || req
+                            .headers
+                            .get_all(*name)
+                            .iter()
+                            .any(|v| is_api_key_authorization(v.as_bytes()))))
         })
         .cloned()
         .collect();
@@ -110,6 +134,16 @@ mod tests {
         }
         for n in ["x-userid", "x-use-id", "user-id", "x-request-id"] {
             assert!(!is_identity_header(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn api_key_bearers() {
+        for v in ["Bearer pk_abc", "bearer  pk_", " BEARER\tpk_x "] {
+            assert!(is_api_key_authorization(v.as_bytes()), "{v:?}");
+        }
+        for v in ["Bearer a.b.c", "Basic pk_abc", "Bearerpk_abc", "pk_abc", "Bearer PK_abc"] {
+            assert!(!is_api_key_authorization(v.as_bytes()), "{v:?}");
         }
     }
 }

@@ -139,8 +139,6 @@ pub struct Ctx {
     /// `Set-Cookie` values for the response (a rotated or ended browser
     /// session).
     set_cookies: Vec<String>,
-    /// `[browser]` is on: the gateway's own cookies never go upstream.
-    strip_own_cookies: bool,
     /// Counts this request as in flight until the context is dropped.
     _inflight: Option<InFlightGuard>,
 }
@@ -169,10 +167,22 @@ impl Gateway {
         self
     }
 
-    async fn respond(&self, session: &mut Session, ctx: &Ctx, resp: ApiResponse) -> Result<()> {
-        let mut h = ResponseHeader::build(resp.status, Some(resp.headers.len() + 8))?;
+    /// Write a response the gateway answers itself. Every local answer
+    /// goes through here (and `fail_to_proxy` too), so a cookie session
+    /// rotated during this request always gets its new `Set-Cookie`, whatever
+    /// the answer (403, 429, 502, the 302 to the portal): a browser left
+    /// with the old cookie would replay it after the hand-over window, and
+    /// that reads as refresh-token reuse, ending the session.
+    async fn respond(&self, session: &mut Session, ctx: &mut Ctx, resp: ApiResponse) -> Result<()> {
+        let mut h = ResponseHeader::build(
+            resp.status,
+            Some(resp.headers.len() + ctx.set_cookies.len() + 8),
+        )?;
         for (k, v) in &resp.headers {
             h.append_header(*k, v.as_str())?;
+        }
+        for c in ctx.set_cookies.drain(..) {
+            h.append_header("set-cookie", c)?;
         }
         h.insert_header("content-length", resp.body.len().to_string())?;
         h.insert_header("x-request-id", ctx.request_id.as_str())?;
@@ -187,7 +197,7 @@ impl Gateway {
         Ok(())
     }
 
-    async fn respond_error(&self, session: &mut Session, ctx: &Ctx, e: ApiError) -> Result<bool> {
+    async fn respond_error(&self, session: &mut Session, ctx: &mut Ctx, e: ApiError) -> Result<bool> {
         self.respond(session, ctx, e.into_response()).await?;
         Ok(true)
     }
@@ -462,7 +472,6 @@ impl ProxyHttp for Gateway {
             peer_trusted: false,
             tunnel: None,
             set_cookies: Vec::new(),
-            strip_own_cookies: false,
             _inflight: Some(self.inflight.enter()),
         }
     }
@@ -599,11 +608,14 @@ impl ProxyHttp for Gateway {
                 let req = session.req_header();
                 // CSRF: a state-changing request riding on the cookie must
                 // come from a trusted origin; checked before anything else,
-                // so a cross-site POST never reaches the upstream.
-                if !browser::is_safe_method(&req.method)
+                // so a cross-site POST never reaches the upstream. So must
+                // an upgrade (a WebSocket handshake is a GET, and a
+                // cross-site page may open one: CSWSH).
+                if (!browser::is_safe_method(&req.method) || browser::is_upgrade(&req.headers))
                     && !browser::origin_allowed_for(
                         &req.headers,
                         req.uri.authority().map(|a| a.as_str()),
+                        self.tls,
                         cfg,
                     )
                 {
@@ -680,7 +692,7 @@ impl ProxyHttp for Gateway {
                         Some(q) => format!("{normalized}?{q}"),
                         None => normalized.clone(),
                     };
-                    let mut resp = ApiResponse {
+                    let resp = ApiResponse {
                         status: 302,
                         headers: vec![
                             ("location", browser::login_location(&rd)),
@@ -688,9 +700,6 @@ impl ProxyHttp for Gateway {
                         ],
                         body: Bytes::from_static(b"Sign in to continue.\n"),
                     };
-                    for c in ctx.set_cookies.drain(..) {
-                        resp.headers.push(("set-cookie", c));
-                    }
                     self.respond(session, ctx, resp).await?;
                     return Ok(true);
                 }
@@ -702,7 +711,6 @@ impl ProxyHttp for Gateway {
                 (Err(_), _) => {}
             }
         }
-        ctx.strip_own_cookies = cfg.browser.enabled;
         if route.rate_per_minute > 0 {
             // Keyed on the verified identity when there is one, so a user
             // cannot spread over addresses and users behind one NAT do not
@@ -791,24 +799,21 @@ impl ProxyHttp for Gateway {
             .is_none_or(|i| ctx.live.routes[i].route.forward_authorization);
         // Only a trusted proxy may speak for the original host and port;
         // from anyone else those would steer an upstream's links.
-        // A presented API key never goes upstream, nor its Authorization.
+        // A presented API key never goes upstream, nor its Authorization
+        // (`X-API-Key` and a `pk_` bearer go on every route, too).
         headers::strip_for_upstream(
             up,
             forward_authorization && !ctx.key_presented,
             trusted_peer,
         );
-        if ctx.key_presented {
-            while up.remove_header("x-api-key").is_some() {}
-        }
-        if ctx.strip_own_cookies {
-            // The session reference (and the CSRF token) stay here.
-            let b = &ctx.live.cfg.browser;
-            if browser::has_own_cookie(&up.headers, b) {
-                let rest = browser::cookies_without_own(&up.headers, b);
-                while up.remove_header("cookie").is_some() {}
-                if let Some(rest) = rest {
-                    up.insert_header("cookie", rest)?;
-                }
+        // The session reference (and the CSRF token) stay here, on every
+        // route and whatever `[browser]` says now (see
+        // `browser::OWN_COOKIE_PREFIX`), whatever bytes the line holds.
+        if browser::has_own_cookie(&up.headers) {
+            let rest = browser::cookies_without_own(&up.headers);
+            while up.remove_header("cookie").is_some() {}
+            if let Some(rest) = rest {
+                up.insert_header("cookie", rest)?;
             }
         }
         up.insert_header("x-forwarded-for", xff)?;
@@ -856,21 +861,27 @@ impl ProxyHttp for Gateway {
         if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
             return Ok(());
         }
-        // Anonymous tunnels have no session to end; token-bearing ones are
-        // closed when it ends, or refused if they cannot be watched.
-        let Some(claims) = &ctx.claims else {
-            return Ok(());
+        // Anonymous tunnels have no session to end; token- and key-bearing
+        // ones are closed when it ends (or the key goes, or its time is
+        // up), or refused if they cannot be watched.
+        let opener = match (&ctx.claims, &ctx.api_key) {
+            (Some(claims), _) => tunnel::Opener::Token {
+                claims: AccessClaims::clone(claims),
+                leeway_secs: ctx.live.cfg.tokens.tunnel_leeway_secs,
+            },
+            (None, Some(key)) => tunnel::Opener::ApiKey {
+                key: key.clone(),
+                until: self.auth.clock.now().saturating_add(
+                    i64::try_from(ctx.live.cfg.limits.max_api_key_tunnel_secs)
+                        .unwrap_or(i64::MAX),
+                ),
+            },
+            (None, None) => return Ok(()),
         };
         let Some(switch) = downstream_tunnel_switch(session) else {
             return Error::e_explain(ErrorType::InternalError, "upgrade cannot be supervised");
         };
-        tunnel::supervise(
-            &switch,
-            self.auth.clone(),
-            AccessClaims::clone(claims),
-            ctx.live.cfg.tokens.tunnel_leeway_secs,
-            ctx.request_id.clone(),
-        );
+        tunnel::supervise(&switch, self.auth.clone(), opener, ctx.request_id.clone());
         ctx.tunnel = Some(switch);
         Ok(())
     }

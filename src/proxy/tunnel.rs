@@ -14,6 +14,12 @@
 //!   revoked (the same in-memory check as every request) and that the
 //!   [`Clock`](crate::clock::Clock) is before `exp` plus
 //!   `tokens.tunnel_leeway_secs`;
+//! - a request upgraded with an API key is supervised the same way: its
+//!   key must still be in the [`KeyIndex`](crate::auth::apikeys::KeyIndex)
+//!   (deleting the key or disabling its owner takes it out, on every
+//!   gateway: on a shared database the revocation feed reloads the owner's
+//!   keys), unexpired, and the tunnel lives at most
+//!   `limits.max_api_key_tunnel_secs` on the clock;
 //! - closing the switch fails the stream's next read and write and wakes
 //!   the task polling it, so Pingora tears down both halves of the tunnel
 //!   even when it is idle.
@@ -28,6 +34,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::auth::apikeys::KeyEntry;
 use crate::auth::tokens::AccessClaims;
 use crate::auth::AuthService;
 
@@ -87,18 +94,44 @@ impl TunnelSwitch {
     }
 }
 
+/// What opened a supervised tunnel, and so what ends it.
+pub enum Opener {
+    /// An access token (bearer or cookie session), with
+    /// `tokens.tunnel_leeway_secs`.
+    Token {
+        claims: AccessClaims,
+        leeway_secs: u64,
+    },
+    /// An API key, and the clock time the tunnel must be closed by
+    /// (upgrade + `limits.max_api_key_tunnel_secs`).
+    ApiKey { key: Arc<KeyEntry>, until: i64 },
+}
+
 /// Why a supervised tunnel is closed, if it must be now.
-pub fn verdict(
-    auth: &AuthService,
-    claims: &AccessClaims,
-    leeway_secs: u64,
-) -> Option<&'static str> {
-    if auth.revocations.is_revoked(claims) {
-        Some("session revoked")
-    } else if auth.clock.now() >= claims.exp.saturating_add(leeway_secs as i64) {
-        Some("token expired")
-    } else {
-        None
+pub fn verdict(auth: &AuthService, opener: &Opener) -> Option<&'static str> {
+    let now = auth.clock.now();
+    match opener {
+        Opener::Token {
+            claims,
+            leeway_secs,
+        } => {
+            if auth.revocations.is_revoked(claims) {
+                Some("session revoked")
+            } else if now >= claims.exp.saturating_add(*leeway_secs as i64) {
+                Some("token expired")
+            } else {
+                None
+            }
+        }
+        Opener::ApiKey { key, until } => {
+            if !auth.api_keys.is_current(key, now) {
+                Some("api key revoked, expired or its owner disabled")
+            } else if now >= *until {
+                Some("api key tunnel lifetime over")
+            } else {
+                None
+            }
+        }
     }
 }
 
@@ -107,8 +140,7 @@ pub fn verdict(
 pub fn supervise(
     switch: &Arc<TunnelSwitch>,
     auth: Arc<AuthService>,
-    claims: AccessClaims,
-    leeway_secs: u64,
+    opener: Opener,
     request_id: String,
 ) {
     switch.arm();
@@ -122,7 +154,7 @@ pub fn supervise(
             if switch.is_closed() {
                 return;
             }
-            if let Some(reason) = verdict(&auth, &claims, leeway_secs) {
+            if let Some(reason) = verdict(&auth, &opener) {
                 tracing::info!(request_id = %request_id, reason, "closing upgraded connection");
                 switch.close();
                 return;

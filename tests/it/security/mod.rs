@@ -19,6 +19,7 @@ mod path_params;
 mod resources;
 mod smuggling;
 mod tunnels;
+mod upstream_leaks;
 
 use std::net::SocketAddr;
 
