@@ -142,7 +142,13 @@ mod tests {
         for v in ["Bearer pk_abc", "bearer  pk_", " BEARER\tpk_x "] {
             assert!(is_api_key_authorization(v.as_bytes()), "{v:?}");
         }
-        for v in ["Bearer a.b.c", "Basic pk_abc", "Bearerpk_abc", "pk_abc", "Bearer PK_abc"] {
+        for v in [
+            "Bearer a.b.c",
+            "Basic pk_abc",
+            "Bearerpk_abc",
+            "pk_abc",
+            "Bearer PK_abc",
+        ] {
             assert!(!is_api_key_authorization(v.as_bytes()), "{v:?}");
         }
     }

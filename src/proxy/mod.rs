@@ -197,7 +197,12 @@ impl Gateway {
         Ok(())
     }
 
-    async fn respond_error(&self, session: &mut Session, ctx: &mut Ctx, e: ApiError) -> Result<bool> {
+    async fn respond_error(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        e: ApiError,
+    ) -> Result<bool> {
         self.respond(session, ctx, e.into_response()).await?;
         Ok(true)
     }
@@ -872,8 +877,7 @@ impl ProxyHttp for Gateway {
             (None, Some(key)) => tunnel::Opener::ApiKey {
                 key: key.clone(),
                 until: self.auth.clock.now().saturating_add(
-                    i64::try_from(ctx.live.cfg.limits.max_api_key_tunnel_secs)
-                        .unwrap_or(i64::MAX),
+                    i64::try_from(ctx.live.cfg.limits.max_api_key_tunnel_secs).unwrap_or(i64::MAX),
                 ),
             },
             (None, None) => return Ok(()),

@@ -239,7 +239,11 @@ async fn a_cookie_websocket_from_another_site_is_refused() {
         let r = get_with(&gw, "/ws/chat", &h).await;
         assert_error(&r, 403, "forbidden");
     }
-    assert_eq!(up.seen.load(Ordering::SeqCst), 0, "nothing reached the upstream");
+    assert_eq!(
+        up.seen.load(Ordering::SeqCst),
+        0,
+        "nothing reached the upstream"
+    );
     // From the gateway's own origin, or an allowed one, it opens.
     let own = format!("http://{}", gw.addr);
     for o in [own.as_str(), crate::browser::ALLOWED] {
@@ -252,7 +256,9 @@ async fn key_gateway(up: &TunnelUpstream, extra: &str) -> TestGateway {
     let routes = route("/ws", "required", "scopes = [\"ws\"]");
     TestGateway::start_with(Builder {
         routes: routes.replace("{UP}", &format!("http://{}", up.addr)),
-        extra: format!("[throttle]\nauth_per_minute = 0\n[limits]\nmax_api_key_tunnel_secs = 120\n{extra}"),
+        extra: format!(
+            "[throttle]\nauth_per_minute = 0\n[limits]\nmax_api_key_tunnel_secs = 120\n{extra}"
+        ),
         ..Default::default()
     })
     .await
@@ -268,7 +274,14 @@ async fn ws_key(gw: &TestGateway, access: &str) -> (String, String) {
 }
 
 async fn delete_key(gw: &TestGateway, access: &str, id: &str) {
-    let r = http::send_json(gw.addr, "DELETE", &format!("/auth/api-keys/{id}"), None, Some(access)).await;
+    let r = http::send_json(
+        gw.addr,
+        "DELETE",
+        &format!("/auth/api-keys/{id}"),
+        None,
+        Some(access),
+    )
+    .await;
     assert_eq!(r.status, 204, "{r:?}");
 }
 
@@ -310,7 +323,11 @@ async fn api_key_tunnels_close_on_revocation_disable_and_their_lifetime() {
             ("authorization", &format!("Bearer {}", token.trim())),
             ("content-type", "application/json"),
         ],
-        Some(json!({ "op": "disable", "email": "keyws@example.com" }).to_string().as_bytes()),
+        Some(
+            json!({ "op": "disable", "email": "keyws@example.com" })
+                .to_string()
+                .as_bytes(),
+        ),
     )
     .await
     .unwrap();
@@ -340,7 +357,10 @@ async fn api_key_tunnels_close_on_every_gateway_on_postgres() {
     // The key reaches B through the feed.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while b.handle().auth.api_keys.check(&k, 0).is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "the key never reached B");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the key never reached B"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut on_b = open_tunnel(&b, "/ws", Some(&k)).await;

@@ -221,7 +221,8 @@ async fn a_rotated_cookie_reaches_the_browser_on_every_local_answer() {
         rotated.push(new.to_string());
     }
     // After the hand-over window every new cookie is still a session.
-    gw.clock.advance(portcullis::auth::browser::ROTATION_WINDOW + 1);
+    gw.clock
+        .advance(portcullis::auth::browser::ROTATION_WINDOW + 1);
     for c in &rotated {
         let r = b::browse(&gw, "/app/x", c).await;
         assert_eq!(r.status, 200, "{r:?}");
