@@ -215,7 +215,7 @@ impl KeyIndex {
             .by_hash
             .get(&e.hash)
             .is_some_and(|x| x.id == e.id && x.user_id == e.user_id);
-        live && !e.expires_at.is_some_and(|t| t <= now)
+        live && e.expires_at.is_none_or(|t| t > now)
     }
 
     /// Note a use; true when it is this key's first since the last write

@@ -122,7 +122,7 @@ impl CookieSessions {
         }
         // Ended hand-overs are swept once per SWEEP_ROTATIONS entries
         // (amortized O(1) per rotation); live ones are never dropped.
-        if !m.is_empty() && m.len() % SWEEP_ROTATIONS == 0 {
+        if !m.is_empty() && m.len().is_multiple_of(SWEEP_ROTATIONS) {
             m.retain(|_, r| live(r));
         }
         let r = Arc::new(Rotation {

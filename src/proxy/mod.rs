@@ -871,7 +871,7 @@ impl ProxyHttp for Gateway {
         // up), or refused if they cannot be watched.
         let opener = match (&ctx.claims, &ctx.api_key) {
             (Some(claims), _) => tunnel::Opener::Token {
-                claims: AccessClaims::clone(claims),
+                claims: claims.clone(),
                 leeway_secs: ctx.live.cfg.tokens.tunnel_leeway_secs,
             },
             (None, Some(key)) => tunnel::Opener::ApiKey {

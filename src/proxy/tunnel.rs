@@ -99,7 +99,7 @@ pub enum Opener {
     /// An access token (bearer or cookie session), with
     /// `tokens.tunnel_leeway_secs`.
     Token {
-        claims: AccessClaims,
+        claims: Arc<AccessClaims>,
         leeway_secs: u64,
     },
     /// An API key, and the clock time the tunnel must be closed by
