@@ -19,6 +19,7 @@ pub mod headers;
 pub mod inflight;
 pub mod path;
 pub mod tunnel;
+pub mod upgrade;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -761,7 +762,7 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let idx = ctx
             .route
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
@@ -770,7 +771,17 @@ impl ProxyHttp for Gateway {
             .live
             .pick_upstream(idx, b"")
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no upstream"))?;
-        Ok(Box::new(peer.clone()))
+        let mut peer = Box::new(peer.clone());
+        if session.as_downstream().is_upgrade_req() {
+            // See `upgrade`: a connection Pingora cannot tear down at birth.
+            let timeout = peer
+                .options
+                .connection_timeout
+                .unwrap_or(Duration::from_secs(5));
+            peer.group_key = upgrade::UPGRADE_GROUP;
+            peer.options.custom_l4 = Some(Arc::new(upgrade::UpgradeConnector { timeout }));
+        }
+        Ok(peer)
     }
 
     async fn upstream_request_filter(

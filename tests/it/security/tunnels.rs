@@ -26,6 +26,12 @@ impl Drop for TunnelUpstream {
 }
 
 async fn tunnel_upstream() -> TunnelUpstream {
+    tunnel_upstream_answering(false).await
+}
+
+/// With `eager`, the 101 is written as soon as a connection is accepted,
+/// before the request arrives: the fastest upstream there can be.
+async fn tunnel_upstream_answering(eager: bool) -> TunnelUpstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let open = Arc::new(AtomicUsize::new(0));
@@ -38,6 +44,11 @@ async fn tunnel_upstream() -> TunnelUpstream {
             let count = count.clone();
             conns.spawn(async move {
                 count.fetch_add(1, Ordering::SeqCst);
+                const SWITCH: &[u8] =
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+                if eager {
+                    let _ = s.write_all(SWITCH).await;
+                }
                 let mut head = Vec::new();
                 let mut b = [0u8; 4096];
                 while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -49,9 +60,9 @@ async fn tunnel_upstream() -> TunnelUpstream {
                         Ok(n) => head.extend_from_slice(&b[..n]),
                     }
                 }
-                let _ = s
-                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-                    .await;
+                if !eager {
+                    let _ = s.write_all(SWITCH).await;
+                }
                 loop {
                     match s.read(&mut b).await {
                         Ok(0) | Err(_) => break,
@@ -366,4 +377,23 @@ async fn api_key_tunnels_close_on_every_gateway_on_postgres() {
     let mut on_b = open_tunnel(&b, "/ws", Some(&k)).await;
     delete_key(&a, &s.access, &id).await;
     assert_closed(&mut on_b, "on B, after the key was deleted on A").await;
+}
+
+/// Pingora 0.9 tears an upgrade down at birth when it reads the upstream's
+/// 101 before the upgrade request's (empty) end of body (its issue #946):
+/// the client got 101 and then EOF, at random, more often the faster the
+/// upstream. An upstream whose 101 is already on the wire when the request
+/// is sent loses that race about every second time without
+/// `proxy::upgrade`; every one of these tunnels must carry bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_survive_an_upstream_that_answers_at_once() {
+    let up = tunnel_upstream_answering(true).await;
+    let gw = gateway(&up).await;
+    let s = gw.signup("eager@example.com").await;
+    for _ in 0..24 {
+        let mut t = open_tunnel(&gw, "/ws", Some(&s.access)).await;
+        assert_alive(&mut t).await;
+        let mut anon = open_tunnel(&gw, "/public/ws", None).await;
+        assert_alive(&mut anon).await;
+    }
 }
