@@ -189,10 +189,7 @@ impl AuthService {
     /// are pruned by. Read afresh, so a longer lifetime another gateway
     /// on a shared store has recorded counts.
     pub async fn read_token_horizon(&self) -> Result<u64, StoreError> {
-        let secs = self
-            .store
-            .token_horizon(horizon_secs(&self.cfg()))
-            .await?;
+        let secs = self.store.token_horizon(horizon_secs(&self.cfg())).await?;
         let old = self
             .token_horizon
             .fetch_max(secs, std::sync::atomic::Ordering::SeqCst);

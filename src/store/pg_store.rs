@@ -1298,9 +1298,12 @@ impl Store for PgStore {
         )
         .await?;
         self.write(tx!(|tx| {
-            tx.execute("DELETE FROM counter_leases WHERE until <= $1::bigint", &[&r.now])
-                .await
-                .map_err(pg)?;
+            tx.execute(
+                "DELETE FROM counter_leases WHERE until <= $1::bigint",
+                &[&r.now],
+            )
+            .await
+            .map_err(pg)?;
             Ok(())
         }))
         .await?;

@@ -193,7 +193,10 @@ fn sweep_scan(
     is_dead: &dyn Fn(&[u8], &[u8]) -> StoreResult<bool>,
 ) -> StoreResult<Vec<Vec<u8>>> {
     use std::ops::Bound;
-    let name = TREES.iter().find(|(x, _)| *x == tree).map_or("", |(_, n)| n);
+    let name = TREES
+        .iter()
+        .find(|(x, _)| *x == tree)
+        .map_or("", |(_, n)| n);
     let cursor_key = format!("{SWEEP_CURSOR}{name}").into_bytes();
     let cursor = t.meta.get(&cursor_key).map_err(backend)?;
     let records = t.tree(tree);

@@ -870,10 +870,16 @@ async fn a_gateway_with_a_shorter_lifetime_sweeps_no_revocation_early() {
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let r = b
-        .post("/auth/logout", json!({ "refresh_token": ended.refresh }), None)
+        .post(
+            "/auth/logout",
+            json!({ "refresh_token": ended.refresh }),
+            None,
+        )
         .await;
     assert_eq!(r.status, 204);
-    let r = b.post("/auth/logout-all", json!({}), Some(&all.access)).await;
+    let r = b
+        .post("/auth/logout-all", json!({}), Some(&all.access))
+        .await;
     assert_eq!(r.status, 204);
     let revoked = [
         ("disabled user", &disabled),

@@ -613,7 +613,11 @@ pub async fn the_sweep_reaches_every_expired_record(s: Arc<dyn Store>) {
         RecordKind::Counters,
     ];
     for kind in kinds {
-        assert_eq!(s.count(kind).await.unwrap(), (LIVE + DEAD) as u64, "{kind:?}");
+        assert_eq!(
+            s.count(kind).await.unwrap(),
+            (LIVE + DEAD) as u64,
+            "{kind:?}"
+        );
     }
     let r = Retention {
         now: NOW,
