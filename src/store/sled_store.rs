@@ -180,18 +180,16 @@ fn parse_revoked(k: &[u8], v: &[u8]) -> StoreResult<Revocation> {
     }
 }
 
+/// Judges a stored record (key, value) for the sweep.
+type IsDead<'a> = &'a dyn Fn(&[u8], &[u8]) -> StoreResult<bool>;
+
 /// Up to `budget` records of `tree`, starting after the key the previous
 /// sweep of that tree stopped at and wrapping around at the end, judged by
 /// `is_dead`; returns the keys of the dead ones and remembers where it
 /// stopped. Every record is looked at within `len / budget + 1` sweeps,
 /// however the tree grows (a restart resumes at the remembered key too).
 /// Only finds candidates: the writer re-checks each before removing it.
-fn sweep_scan(
-    t: &Trees,
-    tree: T,
-    budget: usize,
-    is_dead: &dyn Fn(&[u8], &[u8]) -> StoreResult<bool>,
-) -> StoreResult<Vec<Vec<u8>>> {
+fn sweep_scan(t: &Trees, tree: T, budget: usize, is_dead: IsDead<'_>) -> StoreResult<Vec<Vec<u8>>> {
     use std::ops::Bound;
     let name = TREES
         .iter()
@@ -1460,9 +1458,7 @@ impl Store for SledStore {
         // scan), then remove each one that is still dead.
         let candidates = self
             .read(move |t| {
-                let dead = |tree: T, is_dead: &dyn Fn(&[u8], &[u8]) -> StoreResult<bool>| {
-                    sweep_scan(t, tree, SWEEP_SCAN, is_dead)
-                };
+                let dead = |tree: T, is_dead: IsDead<'_>| sweep_scan(t, tree, SWEEP_SCAN, is_dead);
                 Ok((
                     dead(T::Sessions, &|_, v| {
                         Ok(domain::session_is_dead(&dec(v)?, &r))
