@@ -260,6 +260,13 @@ impl Reloader {
         else {
             return Err(Refused { problems });
         };
+        // Record the new token lifetime in the store before any token is
+        // signed under it (revocations are kept by the longest ever).
+        if let Err(e) = self.auth.raise_token_horizon(&new) {
+            return Err(Refused {
+                problems: vec![format!("tokens: {e}")],
+            });
+        }
         let changed = changed_sections(&old, &new);
         self.auth.tokens.set_keys(keys);
         self.mail.store(Arc::new(mail));

@@ -217,12 +217,23 @@ impl Maintenance {
         let a = &self.auth;
         let now = a.clock.now();
         let cfg = a.cfg();
-        let horizon = now - cfg.tokens.access_ttl_secs as i64 - cfg.tokens.leeway_secs as i64;
+        // Revocations are kept by the store's token horizon (the longest
+        // lifetime plus leeway ever in force on it), read afresh; without
+        // it nothing is swept this round (fail closed).
+        let horizon = match a.read_token_horizon().await {
+            Ok(secs) => now - secs as i64,
+            Err(e) => {
+                tracing::error!(cause = %e, "maintenance sweep: reading the token horizon");
+                self.sweeps
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                return;
+            }
+        };
         let retention = crate::store::Retention {
             now,
             idle_secs: cfg.tokens.refresh_idle_secs,
             failed_mail_secs: cfg.mail.failed_retention_secs,
-            cutoff_horizon: horizon,
+            revocation_horizon: horizon,
             counter_idle_secs: cfg.throttle.failure_window_secs.max(3600),
         };
         match a.store.sweep(retention).await {
@@ -242,7 +253,7 @@ impl Maintenance {
             }
             Err(e) => tracing::error!(cause = %e, "maintenance sweep"),
         }
-        a.revocations.prune(now, horizon);
+        a.revocations.prune(horizon);
         a.route_limits.forget_idle(now, 60);
         self.sweeps
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);

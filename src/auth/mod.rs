@@ -58,6 +58,10 @@ pub struct AuthService {
     pub revocations: Arc<Revocations>,
     /// How far the in-memory revocations follow a shared backend.
     pub revocation_seq: std::sync::atomic::AtomicI64,
+    /// The store's token horizon as last read or raised by this gateway
+    /// (see [`Store::token_horizon`]): the longest access-token lifetime
+    /// plus leeway ever in force on the store, in seconds.
+    token_horizon: std::sync::atomic::AtomicU64,
     pub hasher: Hasher,
     pub throttle: Throttle,
     /// The per-route rate limits: on the proxy's hot path, so in memory and
@@ -99,6 +103,15 @@ impl AuthService {
             Some(secret) => RefreshKeys::from_secret(secret.0.as_bytes()),
             None => RefreshKeys::load(&cfg.server.data_dir)?,
         };
+        // The token horizon is raised to this config's lifetime before any
+        // token is signed or accepted under it, so no sweep (here or on
+        // another gateway) forgets a revocation too early.
+        let horizon = {
+            let store = store.clone();
+            let at_least = horizon_secs(&cfg);
+            store::block_on(async move { store.token_horizon(at_least).await })?
+                .map_err(|e| format!("recording the token lifetime in the store: {e}"))?
+        };
         // Never run with an empty blacklist: a store that cannot be read
         // stops the start.
         let (revoked, seq) = {
@@ -139,6 +152,7 @@ impl AuthService {
             refresh,
             revocations,
             revocation_seq: std::sync::atomic::AtomicI64::new(seq),
+            token_horizon: std::sync::atomic::AtomicU64::new(horizon),
             hasher,
             throttle,
             route_limits: MemCounters::default(),
@@ -156,6 +170,38 @@ impl AuthService {
     /// what one call returns is one consistent config).
     pub fn cfg(&self) -> Arc<Config> {
         self.live_cfg.load_full()
+    }
+
+    /// Raise the store's token horizon to `cfg`'s token lifetime plus
+    /// leeway; a reload calls it before it puts `cfg` in force (blocking:
+    /// a reload is synchronous).
+    pub fn raise_token_horizon(&self, cfg: &Config) -> Result<(), String> {
+        let (store, at_least) = (self.store.clone(), horizon_secs(cfg));
+        let secs = store::block_on(async move { store.token_horizon(at_least).await })?
+            .map_err(|e| format!("recording the token lifetime in the store: {e}"))?;
+        self.token_horizon
+            .fetch_max(secs, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The store's token horizon now (raised to the config in force
+    /// first), for a sweep: what the store and the in-memory revocations
+    /// are pruned by. Read afresh, so a longer lifetime another gateway
+    /// on a shared store has recorded counts.
+    pub async fn read_token_horizon(&self) -> Result<u64, StoreError> {
+        let secs = self.store.token_horizon(horizon_secs(&self.cfg())).await?;
+        let old = self
+            .token_horizon
+            .fetch_max(secs, std::sync::atomic::Ordering::SeqCst);
+        Ok(secs.max(old))
+    }
+
+    /// The token horizon as this gateway knows it (never below the config
+    /// in force).
+    pub fn token_horizon(&self) -> u64 {
+        self.token_horizon
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .max(horizon_secs(&self.cfg()))
     }
 
     /// Put a reloaded config in force (see [`crate::reload`]): what is
@@ -222,14 +268,17 @@ impl AuthService {
         r
     }
 
-    /// Now, and how long a revocation written now must last: until every
-    /// access token issued so far has expired.
+    /// Now, and the time a session revocation written now carries: now
+    /// plus the token horizon (the longest lifetime plus leeway ever in
+    /// force, not the current one). The sweep keeps it a horizon beyond
+    /// that (see `store::domain::revocation_is_dead`); a gateway of an
+    /// older version, which drops it at that time, still keeps it as long
+    /// as it ever did.
     pub fn stamp(&self) -> Stamp {
         let now = self.clock.now();
-        let t = &self.cfg().tokens;
         Stamp {
             now,
-            revoke_until: now + t.access_ttl_secs as i64 + t.leeway_secs as i64,
+            revoke_until: now + self.token_horizon() as i64,
         }
     }
 
@@ -305,6 +354,12 @@ impl AuthService {
             created_at: crate::clock::rfc3339(u.created_at),
         }
     }
+}
+
+/// The longest a token signed under `cfg` is accepted after it was signed:
+/// its lifetime plus the leeway.
+pub fn horizon_secs(cfg: &Config) -> u64 {
+    cfg.tokens.access_ttl_secs + cfg.tokens.leeway_secs
 }
 
 /// The bearer token from exactly one `Authorization: Bearer <token>` header.

@@ -64,15 +64,16 @@ impl Revocations {
         }
     }
 
-    /// Drop entries whose tokens have expired anyway: revocations past
-    /// their time, and cutoffs older than `cutoff_horizon` (every token
-    /// they void has expired).
-    pub fn prune(&self, now: i64, cutoff_horizon: i64) -> usize {
+    /// Drop entries whose tokens are refused anyway: those older than
+    /// `horizon` (now minus the store's token horizon), the very rule the
+    /// store's sweep applies (`domain::revocation_is_dead`), so memory
+    /// never lets go of an entry the store still keeps.
+    pub fn prune(&self, horizon: i64) -> usize {
         let mut s = self.sets.write();
         let before = s.tokens.len() + s.sessions.len() + s.cutoffs.len();
-        s.tokens.retain(|_, until| *until > now);
-        s.sessions.retain(|_, until| *until > now);
-        s.cutoffs.retain(|_, at| *at >= cutoff_horizon);
+        s.tokens.retain(|_, at| *at >= horizon);
+        s.sessions.retain(|_, at| *at >= horizon);
+        s.cutoffs.retain(|_, at| *at >= horizon);
         before - (s.tokens.len() + s.sessions.len() + s.cutoffs.len())
     }
 

@@ -431,12 +431,23 @@ pub fn one_time_is_dead(t: &OneTimeToken, r: &Retention) -> bool {
     t.expires_at <= r.now
 }
 
+/// A revocation may go once every token it covers is refused anyway. A
+/// `Token` entry holds the token's `exp`, a `Cutoff` the time before which
+/// tokens are void, a `Session` entry a time no earlier than the session's
+/// end (and so than any of its tokens' signing): each covers only tokens
+/// that expire at most `lifetime` after that time and are accepted for
+/// `leeway` more, both bounded by the store's token horizon, whatever the
+/// config in force now. Older than `revocation_horizon` (now minus that
+/// horizon), an entry covers nothing that is still accepted. (A `Session`
+/// entry's time is itself now plus the horizon when written, so it is kept
+/// about twice the horizon: the price of not trusting that time to carry
+/// every other gateway's lifetime. A `Keys` notice is kept until its time.)
 pub fn revocation_is_dead(rev: &Revocation, r: &Retention) -> bool {
     match *rev {
-        Revocation::Token(_, until)
-        | Revocation::Session(_, until)
-        | Revocation::Keys(_, until) => until <= r.now,
-        Revocation::Cutoff(_, at) => at < r.cutoff_horizon,
+        Revocation::Token(_, at) | Revocation::Session(_, at) | Revocation::Cutoff(_, at) => {
+            at < r.revocation_horizon
+        }
+        Revocation::Keys(_, until) => until <= r.now,
     }
 }
 
@@ -826,15 +837,19 @@ mod tests {
             now: 1000,
             idle_secs: 500,
             failed_mail_secs: 100,
-            cutoff_horizon: 900,
+            revocation_horizon: 900,
             counter_idle_secs: 3600,
         };
         assert!(session_is_dead(&session(0), &r));
         let id = Uuid::new_v4();
-        assert!(revocation_is_dead(&Revocation::Token(id, 1000), &r));
-        assert!(!revocation_is_dead(&Revocation::Session(id, 1001), &r));
-        assert!(revocation_is_dead(&Revocation::Cutoff(id, 899), &r));
-        assert!(!revocation_is_dead(&Revocation::Cutoff(id, 900), &r));
+        // Kept while not older than the horizon, whatever `now` is.
+        for rev in [Revocation::Token, Revocation::Session, Revocation::Cutoff] {
+            assert!(revocation_is_dead(&rev(id, 899), &r));
+            assert!(!revocation_is_dead(&rev(id, 900), &r));
+            assert!(!revocation_is_dead(&rev(id, 1000), &r));
+        }
+        assert!(revocation_is_dead(&Revocation::Keys(id, 1000), &r));
+        assert!(!revocation_is_dead(&Revocation::Keys(id, 1001), &r));
         let mut m = OutboxMessage {
             id,
             kind: "k".into(),

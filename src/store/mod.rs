@@ -181,11 +181,19 @@ pub struct RefreshPolicy {
 
 /// Something that voids access tokens, persisted and mirrored in memory
 /// (`auth::revocation`).
+///
+/// How long an entry is kept: a `Token`, `Session` or `Cutoff` entry goes
+/// only once its time is older than the *revocation horizon* (see
+/// [`Retention::revocation_horizon`]): now minus the longest access-token
+/// lifetime plus leeway ever configured on this store ([`Store::token_horizon`]),
+/// never the lifetime in force now, which a reload, a restart or another
+/// gateway may have shortened since the covered tokens were signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Revocation {
-    /// One access token, by `jti` (a UUID), until its expiry.
+    /// One access token, by `jti` (a UUID), and that token's `exp`.
     Token(Uuid, i64),
-    /// Every access token of a session, until the last one has expired.
+    /// Every access token of a session; the time is the revocation's
+    /// [`Stamp::revoke_until`] (never earlier than the revocation itself).
     Session(Uuid, i64),
     /// Every access token of a user issued before this time.
     Cutoff(Uuid, i64),
@@ -270,8 +278,9 @@ pub enum Sessions {
     One(Uuid),
 }
 
-/// Time stamps an operation needs: now, and how long revocations it writes
-/// must last (the access-token lifetime plus leeway from now).
+/// Time stamps an operation needs: now, and the time session revocations
+/// it writes carry (now plus the token horizon; the sweep keeps them a
+/// horizon past that, see [`Revocation`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Stamp {
     pub now: i64,
@@ -458,8 +467,12 @@ pub struct Retention {
     pub idle_secs: u64,
     /// Mail that failed for good is kept this long.
     pub failed_mail_secs: u64,
-    /// Cutoffs older than this void no token that has not expired anyway.
-    pub cutoff_horizon: i64,
+    /// `now` minus the token horizon ([`Store::token_horizon`]): a
+    /// `Token`, `Session` or `Cutoff` revocation whose time is older than
+    /// this covers no token that is still accepted (every token it covers
+    /// was signed before that time, or expired at it, with a lifetime plus
+    /// leeway of at most the horizon).
+    pub revocation_horizon: i64,
     /// Throttle and lockout counters untouched this long (and holding no
     /// lock) count nothing any more.
     pub counter_idle_secs: u64,
@@ -677,8 +690,18 @@ pub trait Store: Send + Sync + 'static {
     // --- upkeep
     /// Remove what has expired (see [`Retention`]). Each removal is
     /// re-checked against the current record, so a sweep never removes
-    /// something that came back to life meanwhile.
+    /// something that came back to life meanwhile. Every record is looked
+    /// at within a bounded number of sweeps, however many there are
+    /// (sled: a cursor per kind that resumes where the last sweep stopped;
+    /// PostgreSQL: deletes by indexed expiry, in small batches).
     async fn sweep(&self, retention: Retention) -> StoreResult<SweepReport>;
+    /// The token horizon: the longest `access_ttl_secs + leeway_secs` any
+    /// gateway has ever run with on this store, durably raised to at least
+    /// `at_least` first (a gateway calls it before it signs or accepts
+    /// tokens under a config, and before every sweep). Only ever grows, so
+    /// no reload, restart or other gateway can shorten how long a
+    /// revocation is kept.
+    async fn token_horizon(&self, at_least: u64) -> StoreResult<u64>;
     /// Can the backend read? (`/readyz`)
     async fn ping(&self) -> StoreResult<()>;
     fn stats(&self) -> StoreStats;

@@ -29,8 +29,9 @@ use super::*;
 
 /// The channel revocations are announced on.
 pub const CHANNEL: &str = "portcullis_revocations";
-/// Rows one sweep looks at per kind of record.
-const SWEEP_SCAN: i64 = 20_000;
+/// Rows one sweep transaction deletes at most (each batch commits on its
+/// own, so no row stays locked for long).
+const SWEEP_BATCH: i64 = 1000;
 
 /// Forward-only, idempotent migrations, applied in order at start under an
 /// advisory lock (so instances starting together do not race).
@@ -91,7 +92,27 @@ CREATE TABLE counter_leases (
 CREATE INDEX counter_leases_by_key ON counter_leases (key);
 "#,
     ),
+    (
+        3,
+        r#"
+CREATE TABLE token_horizon (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    secs bigint NOT NULL
+);
+CREATE INDEX revocations_by_at ON revocations (at);
+CREATE INDEX sessions_by_expiry ON sessions (((record->>'expires_at')::bigint));
+CREATE INDEX sessions_by_last_use ON sessions (((record->>'last_used_at')::bigint));
+CREATE INDEX one_time_by_expiry ON one_time (((record->>'expires_at')::bigint));
+CREATE INDEX outbox_failed_by_time ON outbox ((COALESCE((record->>'failed_at')::bigint, created_at)))
+    WHERE (record->>'failed')::boolean;
+CREATE INDEX counters_by_window ON counters (((record->>'window_start')::bigint));
+"#,
+    ),
 ];
+
+/// Batches one sweep runs per table at most (the rest waits for the next
+/// sweep, which takes the oldest first again).
+const SWEEP_MAX_BATCHES: usize = 1000;
 
 /// Arbitrary, fixed: the advisory lock migrations run under.
 const MIGRATION_LOCK: i64 = 0x706f_7274_6375_6c6c;
@@ -351,42 +372,6 @@ async fn save_counter(tx: &Transaction<'_>, key: &str, c: &Counter) -> StoreResu
     .await
     .map_err(pg)?;
     Ok(())
-}
-
-/// Delete the rows of `table` (keyed by `key`, a JSON `record` column)
-/// whose record `is_dead` judges dead; rows locked by another transaction
-/// are left for the next sweep. `table` and `key` are our own constants.
-async fn sweep_table<K, V>(
-    tx: &Transaction<'_>,
-    table: &str,
-    key: &str,
-    is_dead: impl Fn(&V) -> bool,
-) -> StoreResult<usize>
-where
-    K: tokio_postgres::types::ToSql + for<'a> tokio_postgres::types::FromSql<'a> + Sync,
-    V: DeserializeOwned,
-{
-    let rows = tx
-        .query(
-            &format!("SELECT {key}, record FROM {table} LIMIT $1 FOR UPDATE SKIP LOCKED"),
-            &[&SWEEP_SCAN],
-        )
-        .await
-        .map_err(pg)?;
-    let mut dead: Vec<K> = Vec::new();
-    for row in rows {
-        if is_dead(&dec(row.get(1))?) {
-            dead.push(row.get(0));
-        }
-    }
-    let n = tx
-        .execute(
-            &format!("DELETE FROM {table} WHERE {key} = ANY($1)"),
-            &[&dead],
-        )
-        .await
-        .map_err(pg)?;
-    Ok(n as usize)
 }
 
 /// A page of `kind` (see [`Store::export`]), on any client or transaction.
@@ -677,6 +662,69 @@ macro_rules! tx {
     (|$tx:ident| $body:expr) => {
         move |$tx: &Transaction<'_>| Box::pin(async move { $body })
     };
+}
+
+/// Delete, in batches of [`SWEEP_BATCH`] rows each committed on its own,
+/// every row of `table` for which `cond` holds: the rule of [`domain`]
+/// written over the expressions migration 3 indexes, so only expired rows
+/// are ever read or locked (never the live ones a refresh may be waiting
+/// for), and every expired row is reached whatever the table's size. Rows
+/// locked by another transaction are skipped (the next sweep gets them).
+/// `cond` is evaluated again on each locked row as it is deleted, and each
+/// deleted row is judged once more by `judge` (`None`: not dead by the
+/// domain rule, and the batch is rolled back: the SQL and the rule must
+/// agree); `Some(i)` counts it in `counts[i]`. `table`, `cond` and
+/// `returning` are our own constants.
+async fn sweep_rows(
+    store: &PgStore,
+    table: &'static str,
+    cond: &'static str,
+    returning: &'static str,
+    params: &[i64],
+    r: Retention,
+    judge: fn(&tokio_postgres::Row, &Retention) -> StoreResult<Option<usize>>,
+) -> StoreResult<[usize; 2]> {
+    let sql = format!(
+        "DELETE FROM {table} WHERE ctid = ANY(ARRAY(
+             SELECT ctid FROM {table} WHERE {cond} LIMIT {SWEEP_BATCH} FOR UPDATE SKIP LOCKED))
+         AND ({cond}) RETURNING {returning}"
+    );
+    let params: Vec<i64> = params.to_vec();
+    let mut counts = [0usize; 2];
+    for _ in 0..SWEEP_MAX_BATCHES {
+        let (sql, params) = (sql.clone(), params.clone());
+        let (deleted, batch) = store
+            .write(tx!(|tx| {
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                    params.iter().map(|p| p as _).collect();
+                let rows = tx.query(&sql, &refs).await.map_err(pg)?;
+                let mut batch = [0usize; 2];
+                for row in &rows {
+                    match judge(row, &r)? {
+                        Some(i) => batch[i] += 1,
+                        None => {
+                            return Err(StoreError::Corrupt(format!(
+                                "the sweep of {table} selected a row its rule keeps"
+                            )))
+                        }
+                    }
+                }
+                Ok((rows.len(), batch))
+            }))
+            .await?;
+        counts[0] += batch[0];
+        counts[1] += batch[1];
+        if (deleted as i64) < SWEEP_BATCH {
+            break;
+        }
+    }
+    Ok(counts)
+}
+
+/// A row the sweep deleted, judged by the domain rule: counted in the
+/// first bucket when dead.
+fn judged(dead: bool) -> StoreResult<Option<usize>> {
+    Ok(dead.then_some(0))
 }
 
 #[async_trait::async_trait]
@@ -1191,57 +1239,104 @@ impl Store for PgStore {
     }
 
     async fn sweep(&self, r: Retention) -> StoreResult<SweepReport> {
-        // Rows another instance is changing right now are skipped; the
-        // next sweep gets them.
-        self.write(tx!(|tx| {
-            let mut report = SweepReport {
-                sessions: sweep_table::<Uuid, SessionRecord>(tx, "sessions", "id", |s| {
-                    domain::session_is_dead(s, &r)
-                })
-                .await?,
-                one_time: sweep_table::<String, OneTimeToken>(tx, "one_time", "hash", |t| {
-                    domain::one_time_is_dead(t, &r)
-                })
-                .await?,
-                mail: sweep_table::<Uuid, OutboxMessage>(tx, "outbox", "id", |m| {
-                    domain::mail_is_dead(m, &r)
-                })
-                .await?,
-                counters: sweep_table::<String, Counter>(tx, "counters", "key", |c| {
-                    c.is_idle(r.now, r.counter_idle_secs)
-                })
-                .await?,
-                ..SweepReport::default()
-            };
-            tx.execute("DELETE FROM counter_leases WHERE until <= $1", &[&r.now])
-                .await
-                .map_err(pg)?;
-            let rows = tx
-                .query(
-                    "SELECT kind, id, at FROM revocations LIMIT $1 FOR UPDATE SKIP LOCKED",
-                    &[&SWEEP_SCAN],
-                )
-                .await
-                .map_err(pg)?;
-            for row in rows {
+        let [sessions, _] = sweep_rows(
+            self,
+            "sessions",
+            "(record->>'expires_at')::bigint <= $1::bigint OR (record->>'last_used_at')::bigint <= $1::bigint - $2::bigint",
+            "record",
+            &[r.now, r.idle_secs as i64],
+            r,
+            |row, r| judged(domain::session_is_dead(&dec(row.get(0))?, r)),
+        )
+        .await?;
+        let [one_time, _] = sweep_rows(
+            self,
+            "one_time",
+            "(record->>'expires_at')::bigint <= $1::bigint",
+            "record",
+            &[r.now],
+            r,
+            |row, r| judged(domain::one_time_is_dead(&dec(row.get(0))?, r)),
+        )
+        .await?;
+        let [mail, _] = sweep_rows(
+            self,
+            "outbox",
+            "(record->>'failed')::boolean
+             AND COALESCE((record->>'failed_at')::bigint, created_at) <= $1::bigint - $2::bigint",
+            "record",
+            &[r.now, r.failed_mail_secs as i64],
+            r,
+            |row, r| judged(domain::mail_is_dead(&dec(row.get(0))?, r)),
+        )
+        .await?;
+        let [counters, _] = sweep_rows(
+            self,
+            "counters",
+            "(record->>'window_start')::bigint <= $1::bigint - $2::bigint
+             AND (record->>'locked_until')::bigint <= $1::bigint",
+            "record",
+            &[r.now, r.counter_idle_secs as i64],
+            r,
+            |row, r| judged(dec::<Counter>(row.get(0))?.is_idle(r.now, r.counter_idle_secs)),
+        )
+        .await?;
+        // Keys notices go at their time; the rest once older than the
+        // revocation horizon (which is before now).
+        let [revocations, cutoffs] = sweep_rows(
+            self,
+            "revocations",
+            "at < $2::bigint OR (kind = 'k' AND at <= $1::bigint)",
+            "kind, id, at",
+            &[r.now, r.revocation_horizon],
+            r,
+            |row, r| {
                 let rev = revocation_from(row.get(0), row.get(1), row.get(2))?;
-                if domain::revocation_is_dead(&rev, &r) {
-                    let (kind, id, _) = kind_code(&rev);
-                    tx.execute(
-                        "DELETE FROM revocations WHERE kind = $1 AND id = $2",
-                        &[&kind, &id],
-                    )
-                    .await
-                    .map_err(pg)?;
-                    match rev {
-                        Revocation::Cutoff(..) => report.cutoffs += 1,
-                        _ => report.revocations += 1,
-                    }
-                }
-            }
-            Ok(report)
+                Ok(domain::revocation_is_dead(&rev, r)
+                    .then_some(usize::from(matches!(rev, Revocation::Cutoff(..)))))
+            },
+        )
+        .await?;
+        self.write(tx!(|tx| {
+            tx.execute(
+                "DELETE FROM counter_leases WHERE until <= $1::bigint",
+                &[&r.now],
+            )
+            .await
+            .map_err(pg)?;
+            Ok(())
         }))
-        .await
+        .await?;
+        Ok(SweepReport {
+            sessions,
+            one_time,
+            revocations,
+            cutoffs,
+            mail,
+            counters,
+        })
+    }
+
+    async fn token_horizon(&self, at_least: u64) -> StoreResult<u64> {
+        // Raised only when it grows (no write otherwise); autocommit, so
+        // durable when this returns.
+        let c = self.client().await?;
+        let at_least = i64::try_from(at_least).unwrap_or(i64::MAX);
+        let row = c
+            .query_one(
+                "WITH raised AS (
+                     INSERT INTO token_horizon (one, secs) VALUES (true, $1)
+                     ON CONFLICT (one) DO UPDATE SET secs = EXCLUDED.secs
+                     WHERE token_horizon.secs < EXCLUDED.secs
+                     RETURNING secs)
+                 SELECT secs FROM raised
+                 UNION ALL
+                 SELECT secs FROM token_horizon WHERE NOT EXISTS (SELECT 1 FROM raised)",
+                &[&at_least],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
     }
 
     async fn export(

@@ -47,11 +47,17 @@ use super::*;
 const MAX_BATCH: usize = 512;
 /// Operations waiting for the writer, at most (senders wait beyond it).
 const QUEUE: usize = 4096;
-/// Candidates one sweep looks at per kind of record.
+/// Candidates one sweep looks at per kind of record; the next sweep
+/// resumes after the last one (see [`sweep_scan`]).
 const SWEEP_SCAN: usize = 20_000;
 
 const INTENT: &[u8] = b"intent";
 const STAMP: &[u8] = b"stamp";
+/// The token horizon (see [`Store::token_horizon`]): u64, big-endian.
+const TOKEN_HORIZON: &[u8] = b"token_horizon";
+/// Where the sweep of each tree resumes (`sweep:<tree>`, the last key it
+/// looked at): a hint, written without a flush.
+const SWEEP_CURSOR: &str = "sweep:";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -172,6 +178,48 @@ fn parse_revoked(k: &[u8], v: &[u8]) -> StoreResult<Revocation> {
         Some(("keys", s)) => Ok(Revocation::Keys(id(s)?, until)),
         _ => Err(StoreError::Corrupt(format!("revocation key {k}"))),
     }
+}
+
+/// Judges a stored record (key, value) for the sweep.
+type IsDead<'a> = &'a dyn Fn(&[u8], &[u8]) -> StoreResult<bool>;
+
+/// Up to `budget` records of `tree`, starting after the key the previous
+/// sweep of that tree stopped at and wrapping around at the end, judged by
+/// `is_dead`; returns the keys of the dead ones and remembers where it
+/// stopped. Every record is looked at within `len / budget + 1` sweeps,
+/// however the tree grows (a restart resumes at the remembered key too).
+/// Only finds candidates: the writer re-checks each before removing it.
+fn sweep_scan(t: &Trees, tree: T, budget: usize, is_dead: IsDead<'_>) -> StoreResult<Vec<Vec<u8>>> {
+    use std::ops::Bound;
+    let name = TREES
+        .iter()
+        .find(|(x, _)| *x == tree)
+        .map_or("", |(_, n)| n);
+    let cursor_key = format!("{SWEEP_CURSOR}{name}").into_bytes();
+    let cursor = t.meta.get(&cursor_key).map_err(backend)?;
+    let records = t.tree(tree);
+    let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match &cursor {
+        None => Box::new(records.iter()),
+        Some(c) => Box::new(
+            records
+                .range::<sled::IVec, _>((Bound::Excluded(c.clone()), Bound::Unbounded))
+                .chain(records.range::<sled::IVec, _>(..=c.clone())),
+        ),
+    };
+    let mut out = Vec::new();
+    let mut last = None;
+    for kv in iter.take(budget) {
+        let (k, v) = kv.map_err(backend)?;
+        if is_dead(&k, &v)? {
+            out.push(k.to_vec());
+        }
+        last = Some(k);
+    }
+    match last {
+        Some(k) => t.meta.insert(&cursor_key, k).map_err(backend)?,
+        None => t.meta.remove(&cursor_key).map_err(backend)?,
+    };
+    Ok(out)
 }
 
 // ----------------------------------------------------------- bulk copies
@@ -1410,16 +1458,7 @@ impl Store for SledStore {
         // scan), then remove each one that is still dead.
         let candidates = self
             .read(move |t| {
-                let dead = |tree: T, is_dead: &dyn Fn(&[u8], &[u8]) -> StoreResult<bool>| {
-                    let mut out = Vec::new();
-                    for kv in t.tree(tree).iter().take(SWEEP_SCAN) {
-                        let (k, v) = kv.map_err(backend)?;
-                        if is_dead(&k, &v)? {
-                            out.push(k.to_vec());
-                        }
-                    }
-                    Ok::<_, StoreError>(out)
-                };
+                let dead = |tree: T, is_dead: IsDead<'_>| sweep_scan(t, tree, SWEEP_SCAN, is_dead);
                 Ok((
                     dead(T::Sessions, &|_, v| {
                         Ok(domain::session_is_dead(&dec(v)?, &r))
@@ -1492,6 +1531,39 @@ impl Store for SledStore {
                 }
             }
             Ok(report)
+        })
+        .await
+    }
+
+    async fn token_horizon(&self, at_least: u64) -> StoreResult<u64> {
+        if !self.shared.writable.load(Ordering::Acquire) {
+            return Err(self.shared.refused());
+        }
+        // One key of the meta tree, raised with a compare-and-swap and
+        // flushed (sled takes no global lock for either); only ever grows.
+        self.read(move |t| {
+            let decode = |v: Option<&[u8]>| -> StoreResult<u64> {
+                v.map_or(Ok(0), |b| {
+                    <[u8; 8]>::try_from(b)
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| StoreError::Corrupt("token horizon".into()))
+                })
+            };
+            let stored = decode(t.meta.get(TOKEN_HORIZON).map_err(backend)?.as_deref())?;
+            if stored >= at_least {
+                return Ok(stored);
+            }
+            let before = t
+                .meta
+                .fetch_and_update(TOKEN_HORIZON, |v| {
+                    let old = v
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map_or(0, u64::from_be_bytes);
+                    Some(old.max(at_least).to_be_bytes().to_vec())
+                })
+                .map_err(backend)?;
+            t.db.flush().map_err(backend)?;
+            Ok(decode(before.as_deref())?.max(at_least))
         })
         .await
     }

@@ -22,6 +22,7 @@ mod passthrough;
 mod postgres;
 mod races;
 mod reload;
+mod revocation;
 mod security;
 mod startup;
 mod store;

@@ -806,3 +806,103 @@ async fn tls_to_the_database_is_verified() {
     drop(client);
     let _ = conn.await;
 }
+
+/// Issue 20, hole 7, across gateways: A signs tokens for 3600 s, B runs
+/// with 5 s on the same database. B disables a user, ends a session and
+/// takes a logout-all; every gateway refuses those tokens. B's sweeps
+/// (120 s of its clock: long past its own 5 s + leeway) must not delete
+/// the entries: B itself, A, and A restarted (loading them from the
+/// database) still refuse the tokens, while A's token of an unrevoked user
+/// still passes. Revocations are kept by the longest lifetime any gateway
+/// ever recorded in the store, not the sweeping gateway's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_a_shorter_lifetime_sweeps_no_revocation_early() {
+    let cluster = match pg::cluster() {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("PostgreSQL test skipped: {why}");
+            return;
+        }
+    };
+    let url = cluster.database().await;
+    let start = |ttl: u64| {
+        let url = url.clone();
+        async move {
+            TestGateway::start_with(Builder {
+                extra: format!(
+                    "[throttle]\nauth_per_minute = 0\n[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n[tokens]\naccess_ttl_secs = {ttl}\n"
+                ),
+                env: [
+                    ("PORTCULLIS_JWT_SECRET".to_string(), JWT_SECRET.to_string()),
+                    (
+                        "PORTCULLIS_REFRESH_SECRET".to_string(),
+                        REFRESH_SECRET.to_string(),
+                    ),
+                ]
+                .into(),
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    let mut a = start(3600).await;
+    let b = start(5).await;
+    let control = a.signup("control@example.com").await;
+    let disabled = a.signup("disabled@example.com").await;
+    let ended = a.signup("ended@example.com").await;
+    let all = a.signup("all@example.com").await;
+    let token = std::fs::read_to_string(b.data_dir().join("admin.token")).unwrap();
+    let r = crate::common::http::request(
+        b.admin_addr,
+        "POST",
+        "/admin/users",
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &format!("Bearer {}", token.trim())),
+        ],
+        Some(
+            json!({ "op": "disable", "email": "disabled@example.com" })
+                .to_string()
+                .as_bytes(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = b
+        .post(
+            "/auth/logout",
+            json!({ "refresh_token": ended.refresh }),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let r = b
+        .post("/auth/logout-all", json!({}), Some(&all.access))
+        .await;
+    assert_eq!(r.status, 204);
+    let revoked = [
+        ("disabled user", &disabled),
+        ("ended session", &ended),
+        ("logout-all", &all),
+    ];
+    for (what, s) in revoked {
+        within(std::time::Duration::from_secs(5), || async {
+            a.get("/", Some(&s.access)).await.status == 401
+        })
+        .await;
+        assert_eq!(b.get("/", Some(&s.access)).await.status, 401, "{what}");
+    }
+    b.sweep().await;
+    b.sweep().await;
+    a.restart();
+    assert_eq!(a.get("/", Some(&control.access)).await.status, 200);
+    for (what, s) in revoked {
+        assert_eq!(b.get("/", Some(&s.access)).await.status, 401, "{what} on B");
+        assert_eq!(
+            a.get("/", Some(&s.access)).await.status,
+            401,
+            "{what} on A after its restart"
+        );
+    }
+}

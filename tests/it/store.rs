@@ -500,7 +500,7 @@ pub async fn the_sweep_removes_only_what_is_still_dead(s: Arc<dyn Store>) {
     s.create_session(young.clone(), 0).await.unwrap();
     let jti = Uuid::new_v4();
     s.revoke(vec![
-        Revocation::Token(jti, 1000),
+        Revocation::Token(jti, 40),
         Revocation::Token(Uuid::new_v4(), 2000),
         Revocation::Cutoff(u.id, 10),
     ])
@@ -517,7 +517,7 @@ pub async fn the_sweep_removes_only_what_is_still_dead(s: Arc<dyn Store>) {
         now: 1000,
         idle_secs: 500,
         failed_mail_secs: 500,
-        cutoff_horizon: 50,
+        revocation_horizon: 50,
         counter_idle_secs: 500,
     };
     // A refresh that lands before the sweep keeps a session alive.
@@ -549,6 +549,125 @@ pub async fn the_sweep_removes_only_what_is_still_dead(s: Arc<dyn Store>) {
         Err(500)
     );
     assert_eq!(s.sweep(r).await.unwrap(), SweepReport::default());
+}
+
+/// Issue 20, hole 10: the sweep reaches every expired record however many
+/// live ones there are (it used to look at the first 20,000 of each kind
+/// only: sled in key order, PostgreSQL in no order, which is the heap's).
+/// 40,000 live and 4,000 expired records of each kind, the expired ones
+/// written last; within three sweeps every expired one is gone and every
+/// live one is still there.
+pub async fn the_sweep_reaches_every_expired_record(s: Arc<dyn Store>) {
+    const LIVE: usize = 40_000;
+    const DEAD: usize = 4_000;
+    const NOW: i64 = 1_000_000;
+    let u = user("bulk@example.com");
+    s.create_user(u.clone(), None).await.unwrap();
+    let mut records = Vec::new();
+    for i in 0..LIVE + DEAD {
+        let dead = i >= LIVE;
+        let mut se = session(&u, NOW);
+        if dead {
+            se.expires_at = NOW - 1;
+        }
+        records.push(Record::Session(se));
+        records.push(Record::OneTimeToken {
+            hash: format!("{:032x}", Uuid::new_v4().as_u128()),
+            token: OneTimeToken {
+                kind: OneTimeKind::EmailVerify,
+                user_id: u.id,
+                email: u.email.clone(),
+                password_version: 0,
+                expires_at: if dead { NOW } else { NOW + 1 },
+                issued_seq: 1,
+            },
+        });
+        // Kept while not older than the horizon (NOW - 100).
+        records.push(Record::Revocation(Revocation::Token(
+            Uuid::new_v4(),
+            if dead { NOW - 101 } else { NOW - 100 },
+        )));
+        let mut m = mail("bulk@example.com");
+        if dead {
+            m.failed = true;
+            m.failed_at = Some(NOW - 500);
+        }
+        records.push(Record::Mail(m));
+        records.push(Record::Counter {
+            key: format!("bulk:{i}"),
+            counter: Counter {
+                window_start: if dead { NOW - 500 } else { NOW - 499 },
+                count: 1,
+                ..Counter::default()
+            },
+        });
+    }
+    for chunk in records.chunks(10_000) {
+        s.import(chunk.to_vec()).await.unwrap();
+    }
+    let kinds = [
+        RecordKind::Sessions,
+        RecordKind::OneTimeTokens,
+        RecordKind::Revocations,
+        RecordKind::Mail,
+        RecordKind::Counters,
+    ];
+    for kind in kinds {
+        assert_eq!(
+            s.count(kind).await.unwrap(),
+            (LIVE + DEAD) as u64,
+            "{kind:?}"
+        );
+    }
+    let r = Retention {
+        now: NOW,
+        idle_secs: 500,
+        failed_mail_secs: 500,
+        revocation_horizon: NOW - 100,
+        counter_idle_secs: 500,
+    };
+    let mut swept = SweepReport::default();
+    for _ in 0..3 {
+        let one = s.sweep(r).await.unwrap();
+        swept.sessions += one.sessions;
+        swept.one_time += one.one_time;
+        swept.revocations += one.revocations;
+        swept.mail += one.mail;
+        swept.counters += one.counters;
+    }
+    for kind in kinds {
+        assert_eq!(
+            s.count(kind).await.unwrap(),
+            LIVE as u64,
+            "{kind:?}: every expired record goes, every live one stays"
+        );
+    }
+    assert_eq!(
+        swept,
+        SweepReport {
+            sessions: DEAD,
+            one_time: DEAD,
+            revocations: DEAD,
+            cutoffs: 0,
+            mail: DEAD,
+            counters: DEAD,
+        }
+    );
+    // Nothing left to do, and nothing live touched by more sweeps.
+    for _ in 0..3 {
+        assert_eq!(s.sweep(r).await.unwrap(), SweepReport::default());
+    }
+    assert_eq!(s.count(RecordKind::Sessions).await.unwrap(), LIVE as u64);
+}
+
+/// Issue 20, hole 7: the token horizon (the longest lifetime plus leeway
+/// ever configured on the store) only grows: a gateway with a shorter
+/// lifetime cannot lower it.
+pub async fn the_token_horizon_only_grows(s: Arc<dyn Store>) {
+    assert_eq!(s.token_horizon(35).await.unwrap(), 35);
+    assert_eq!(s.token_horizon(3630).await.unwrap(), 3630);
+    assert_eq!(s.token_horizon(35).await.unwrap(), 3630);
+    assert_eq!(s.token_horizon(0).await.unwrap(), 3630);
 }
 
 fn lockout(max_failures: u32) -> LockoutPolicy {
@@ -1264,6 +1383,8 @@ macro_rules! conformance {
                 delivery_attempts_apply_to_the_current_message,
                 each_due_message_is_claimed_by_one_sender,
                 the_sweep_removes_only_what_is_still_dead,
+                the_sweep_reaches_every_expired_record,
+                the_token_horizon_only_grows,
                 racing_attempts_share_one_lockout_budget,
                 racing_hits_share_one_rate_budget,
                 every_record_survives_a_copy,
