@@ -254,10 +254,7 @@ fn kubernetes_sample_probes_readyz_and_healthz_on_the_admin_listener() {
                 .unwrap_or_else(|| panic!("no port {p:?}")),
         }
     };
-    for (probe, path) in [
-        ("readinessProbe", "/readyz"),
-        ("livenessProbe", "/healthz"),
-    ] {
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
         let get = &c[probe]["httpGet"];
         assert_eq!(get["path"].as_str(), Some(path), "{probe}");
         assert_eq!(resolve(&get["port"]), admin_port, "{probe} port");

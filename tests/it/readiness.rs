@@ -17,7 +17,9 @@ use crate::common::{http, upstream, Builder, TestGateway};
 
 /// `GET /readyz`: status and JSON body, `None` while nothing answers.
 async fn readyz(admin: std::net::SocketAddr) -> Option<(u16, Value)> {
-    let r = http::request(admin, "GET", "/readyz", &[], None).await.ok()?;
+    let r = http::request(admin, "GET", "/readyz", &[], None)
+        .await
+        .ok()?;
     Some((r.status, r.json()))
 }
 
@@ -160,7 +162,11 @@ async fn readyz_is_503_as_soon_as_a_graceful_shutdown_drains() {
     })
     .await;
     let (st, body) = readyz(gw.admin_addr).await.unwrap();
-    assert_eq!((st, &body["status"]), (200, &Value::from("ready")), "{body}");
+    assert_eq!(
+        (st, &body["status"]),
+        (200, &Value::from("ready")),
+        "{body}"
+    );
     // A reload changes nothing about readiness.
     assert_eq!(gw.admin_reload().await.status, 200);
     assert_eq!(readyz(gw.admin_addr).await.unwrap().0, 200);

@@ -36,8 +36,7 @@ pub const READY_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 pub fn readyz_blocking(admin: SocketAddr) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     use std::time::Duration;
-    let mut s =
-        std::net::TcpStream::connect_timeout(&admin, Duration::from_millis(500)).ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     s.write_all(b"GET /readyz HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
         .ok()?;

@@ -136,6 +136,25 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A lock shared by every test process on the machine, taken (waiting)
+/// under `name` and held until the returned file is dropped: for the few
+/// tests that must use fixed ports (the built-in defaults 8080, 8443,
+/// 9100), so two suites never race for them.
+pub fn machine_lock(name: &str) -> File {
+    let dir = lock_dir();
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let path = dir.join(format!("{name}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    file.lock()
+        .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+    file
+}
+
 #[test]
 fn blocks_lie_outside_the_ephemeral_range() {
     let (lo, hi) = ephemeral_range();
