@@ -245,41 +245,6 @@ fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proc_net_addresses_parse() {
-        if cfg!(target_endian = "little") {
-            assert_eq!(
-                parse_proc_addr("0100007F:1F90"),
-                Some("127.0.0.1:8080".parse().unwrap())
-            );
-            assert_eq!(
-                parse_proc_addr("00000000:20FB"),
-                Some("0.0.0.0:8443".parse().unwrap())
-            );
-            assert_eq!(
-                parse_proc_addr("00000000000000000000000001000000:0050"),
-                Some("[::1]:80".parse().unwrap())
-            );
-        }
-        assert_eq!(parse_proc_addr("zz"), None);
-    }
-
-    /// A listener this process holds is seen; a port another process
-    /// listens on is not ours.
-    #[test]
-    fn own_listeners_are_told_from_others() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        assert_eq!(own_listener(addr), Some(true));
-        drop(l);
-        assert_eq!(own_listener(addr), Some(false));
-    }
-}
-
 /// The self-probe as a background service: probes until every listener
 /// has been seen accepting (a bind Pingora retries comes up late; one that
 /// never does leaves `/readyz` at 503 naming it).
@@ -499,5 +464,40 @@ impl AdminApp {
                 err(500, "internal", "An internal error occurred.")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_addresses_parse() {
+        if cfg!(target_endian = "little") {
+            assert_eq!(
+                parse_proc_addr("0100007F:1F90"),
+                Some("127.0.0.1:8080".parse().unwrap())
+            );
+            assert_eq!(
+                parse_proc_addr("00000000:20FB"),
+                Some("0.0.0.0:8443".parse().unwrap())
+            );
+            assert_eq!(
+                parse_proc_addr("00000000000000000000000001000000:0050"),
+                Some("[::1]:80".parse().unwrap())
+            );
+        }
+        assert_eq!(parse_proc_addr("zz"), None);
+    }
+
+    /// A listener this process holds is seen; a port another process
+    /// listens on is not ours.
+    #[test]
+    fn own_listeners_are_told_from_others() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        assert_eq!(own_listener(addr), Some(true));
+        drop(l);
+        assert_eq!(own_listener(addr), Some(false));
     }
 }
