@@ -3,7 +3,10 @@
 //! The admin API needs the secret token from `data_dir/admin.token` even on
 //! loopback, so an SSRF in an upstream app cannot create an admin.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use http::Response;
@@ -24,6 +27,242 @@ pub struct AdminApp {
     pub connections: Arc<ConnLimit>,
     /// `POST /admin/reload`.
     pub reloader: Arc<crate::reload::Reloader>,
+    /// What `/readyz` reports besides the store.
+    pub readiness: Arc<Readiness>,
+}
+
+/// One listener the gateway was configured with, and whether it has been
+/// seen accepting connections.
+#[derive(Debug)]
+struct Probe {
+    /// The config key (`server.listen`, …), so `/readyz` names it.
+    name: &'static str,
+    addr: SocketAddr,
+    /// Part of readiness (the admin listener is not: it answers `/readyz`
+    /// itself; start-up still waits for it).
+    reported: bool,
+    accepting: AtomicBool,
+}
+
+/// What "ready" means beyond the store answering: every configured
+/// listener accepts connections (a self-probe sees it: Pingora has no bind
+/// callback, and a bind that fails panics inside its service task, so a
+/// listener that never came up stays "not accepting"), the start-up work is
+/// done (key set, revocations, API key index loaded), and no graceful
+/// shutdown has begun (503 from its first moment, so a balancer stops
+/// sending while requests in flight finish).
+#[derive(Debug)]
+pub struct Readiness {
+    probes: Vec<Probe>,
+    started: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    /// `listeners`: `(config key, address, part of readiness)`.
+    pub fn new(listeners: Vec<(&'static str, SocketAddr, bool)>) -> Self {
+        Readiness {
+            probes: listeners
+                .into_iter()
+                .map(|(name, addr, reported)| Probe {
+                    name,
+                    addr,
+                    reported,
+                    accepting: AtomicBool::new(false),
+                })
+                .collect(),
+            started: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// The start-up work (key set, revocations, API key index) is done.
+    pub fn mark_started(&self) {
+        self.started.store(true, Ordering::SeqCst);
+    }
+
+    /// A graceful shutdown began: not ready from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Every listener (the admin one too) has been seen accepting.
+    pub fn all_accepting(&self) -> bool {
+        self.probes
+            .iter()
+            .all(|p| p.accepting.load(Ordering::SeqCst))
+    }
+
+    /// The listeners not (yet) seen accepting, as `key (addr)`.
+    pub fn not_accepting(&self) -> Vec<String> {
+        self.probes
+            .iter()
+            .filter(|p| !p.accepting.load(Ordering::SeqCst))
+            .map(|p| format!("{} ({})", p.name, p.addr))
+            .collect()
+    }
+
+    /// Why the gateway is not ready, the store aside; empty when it is.
+    pub fn reasons(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if self.draining() {
+            why.push("shutting down: draining the requests in flight".to_string());
+        }
+        if !self.started.load(Ordering::SeqCst) {
+            why.push("start-up is not finished (key set, revocations, API keys)".to_string());
+        }
+        for p in self.probes.iter().filter(|p| p.reported) {
+            if !p.accepting.load(Ordering::SeqCst) {
+                why.push(format!(
+                    "{} ({}) is not accepting connections",
+                    p.name, p.addr
+                ));
+            }
+        }
+        why
+    }
+
+    /// One round of the self-probe, for each listener not yet seen
+    /// accepting: this process holds a listening socket on its address
+    /// (Linux: `/proc/net/tcp*` against our own descriptors, so another
+    /// program listening on a port our bind failed to take is not mistaken
+    /// for us), and a TCP connect to it succeeds (an unspecified address
+    /// through loopback). Returns whether every listener has now been seen
+    /// accepting.
+    pub async fn probe(&self) -> bool {
+        let pending: Vec<SocketAddr> = self
+            .probes
+            .iter()
+            .filter(|p| !p.accepting.load(Ordering::SeqCst))
+            .map(|p| p.addr)
+            .collect();
+        if pending.is_empty() {
+            return true;
+        }
+        let owned = tokio::task::spawn_blocking(move || {
+            pending
+                .into_iter()
+                .map(|a| (a, own_listener(a)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for p in &self.probes {
+            if p.accepting.load(Ordering::SeqCst) {
+                continue;
+            }
+            let ours = owned
+                .iter()
+                .find(|(a, _)| *a == p.addr)
+                .and_then(|(_, o)| *o);
+            if ours == Some(false) {
+                continue;
+            }
+            let target = match p.addr.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => {
+                    SocketAddr::new(Ipv4Addr::LOCALHOST.into(), p.addr.port())
+                }
+                IpAddr::V6(ip) if ip.is_unspecified() => {
+                    SocketAddr::new(Ipv6Addr::LOCALHOST.into(), p.addr.port())
+                }
+                _ => p.addr,
+            };
+            let connect = tokio::net::TcpStream::connect(target);
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), connect).await {
+                p.accepting.store(true, Ordering::SeqCst);
+            }
+        }
+        self.all_accepting()
+    }
+}
+
+/// Does this process hold a listening TCP socket on `addr`? `None` where
+/// that cannot be known (no `/proc`); then the connect alone decides.
+fn own_listener(addr: SocketAddr) -> Option<bool> {
+    let ours: std::collections::HashSet<u64> = std::fs::read_dir("/proc/self/fd")
+        .ok()?
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let mut seen = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        seen = true;
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            if f.len() < 10 || f[3] != "0A" {
+                continue;
+            }
+            if parse_proc_addr(f[1]) == Some(addr)
+                && f[9].parse::<u64>().is_ok_and(|i| ours.contains(&i))
+            {
+                return Some(true);
+            }
+        }
+    }
+    seen.then_some(false)
+}
+
+/// `0100007F:1F90` (IPv4) or 32 hex digits and a port (IPv6), as the
+/// kernel prints them: each 32-bit word in host byte order.
+fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
+    let (ip, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<[u8; 4]> = (0..ip.len() / 8)
+        .map(|i| u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok())
+        .collect::<Option<Vec<u32>>>()?
+        .into_iter()
+        .map(u32::to_ne_bytes)
+        .collect();
+    let ip: IpAddr = match (ip.len(), words.as_slice()) {
+        (8, [w]) => Ipv4Addr::from(*w).into(),
+        (32, [a, b, c, d]) => {
+            let mut o = [0u8; 16];
+            for (i, w) in [a, b, c, d].into_iter().enumerate() {
+                o[i * 4..i * 4 + 4].copy_from_slice(w);
+            }
+            let v6 = Ipv6Addr::from(o);
+            // A v4 listener never shows in tcp6; a mapped address is the
+            // v4 one.
+            v6.to_ipv4_mapped().map_or(v6.into(), IpAddr::V4)
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// The self-probe as a background service: probes until every listener
+/// has been seen accepting (a bind Pingora retries comes up late; one that
+/// never does leaves `/readyz` at 503 naming it).
+pub struct ReadinessProbe(pub Arc<Readiness>);
+
+#[async_trait]
+impl pingora::services::background::BackgroundService for ReadinessProbe {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        loop {
+            if self.0.probe().await {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
 }
 
 fn reply(status: u16, ctype: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -73,17 +312,7 @@ impl ServeHttp for AdminApp {
                 )
             }
             ("GET", "/healthz") => json(200, serde_json::json!({ "status": "ok" })),
-            ("GET", "/readyz") => match self.auth.store.ping().await {
-                Ok(_) => json(200, serde_json::json!({ "status": "ready" })),
-                // A backend that refuses writes (a failed flush, a full
-                // disk) says why: an I/O error names no secret.
-                Err(e) if !self.auth.store.stats().writable => err(
-                    503,
-                    "not_ready",
-                    &format!("Store writes are failing and being retried: {e}."),
-                ),
-                Err(_) => err(503, "not_ready", "The store is not available."),
-            },
+            ("GET", "/readyz") => self.readyz().await,
             ("POST", "/admin/users") => self.admin(s).await,
             ("GET", "/admin/backup") => self.backup(s).await,
             ("POST", "/admin/reload") => self.reload(s).await,
@@ -93,6 +322,33 @@ impl ServeHttp for AdminApp {
 }
 
 impl AdminApp {
+    /// 200 only when the listeners accept, start-up is done, no shutdown
+    /// is draining and the store answers; else 503 `not_ready` saying why
+    /// (`message`, and each cause in `reasons`).
+    async fn readyz(&self) -> Response<Vec<u8>> {
+        let mut why = self.readiness.reasons();
+        match self.auth.store.ping().await {
+            Ok(_) => {}
+            // A backend that refuses writes (a failed flush, a full
+            // disk) says why: an I/O error names no secret.
+            Err(e) if !self.auth.store.stats().writable => {
+                why.push(format!("Store writes are failing and being retried: {e}."))
+            }
+            Err(_) => why.push("The store is not available.".to_string()),
+        }
+        if why.is_empty() {
+            return json(200, serde_json::json!({ "status": "ready" }));
+        }
+        json(
+            503,
+            serde_json::json!({
+                "error": "not_ready",
+                "message": why.join("; "),
+                "reasons": why,
+            }),
+        )
+    }
+
     /// The admin token, compared in constant time.
     fn authorized(&self, s: &ServerSession) -> bool {
         let presented = s
@@ -208,5 +464,40 @@ impl AdminApp {
                 err(500, "internal", "An internal error occurred.")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_addresses_parse() {
+        if cfg!(target_endian = "little") {
+            assert_eq!(
+                parse_proc_addr("0100007F:1F90"),
+                Some("127.0.0.1:8080".parse().unwrap())
+            );
+            assert_eq!(
+                parse_proc_addr("00000000:20FB"),
+                Some("0.0.0.0:8443".parse().unwrap())
+            );
+            assert_eq!(
+                parse_proc_addr("00000000000000000000000001000000:0050"),
+                Some("[::1]:80".parse().unwrap())
+            );
+        }
+        assert_eq!(parse_proc_addr("zz"), None);
+    }
+
+    /// A listener this process holds is seen; a port another process
+    /// listens on is not ours.
+    #[test]
+    fn own_listeners_are_told_from_others() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        assert_eq!(own_listener(addr), Some(true));
+        drop(l);
+        assert_eq!(own_listener(addr), Some(false));
     }
 }

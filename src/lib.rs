@@ -42,8 +42,37 @@ pub fn run(config: Config, source: Option<reload::ConfigSource>) -> Result<(), S
         admin_listen = ?handle.admin_listen,
         "portcullis is running"
     );
+    // Every listener accepts (`start` waited for the readiness probe):
+    // tell a `Type=notify` systemd unit.
+    sd_notify("READY=1");
     handle.wait();
     Ok(())
+}
+
+/// Send `state` (`READY=1`, `STOPPING=1`) to the service manager's
+/// notification socket (`$NOTIFY_SOCKET`, systemd's `Type=notify`); does
+/// nothing without one. A failure is logged, never fatal.
+pub fn sd_notify(state: &str) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::UnixDatagram;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = UnixDatagram::unbound().and_then(|sock| {
+        let bytes = path.as_bytes();
+        match bytes.strip_prefix(b"@") {
+            #[cfg(target_os = "linux")]
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                sock.send_to_addr(state.as_bytes(), &addr)
+            }
+            _ => sock.send_to(state.as_bytes(), &path),
+        }
+    });
+    if let Err(e) = sent {
+        tracing::warn!(cause = %e, state, "could not notify the service manager");
+    }
 }
 
 /// Raise this process's soft `RLIMIT_NOFILE` to its hard limit (as nginx's

@@ -2,7 +2,7 @@
 //! one Pingora server. The binary and the integration tests both come
 //! through [`start`], so tests boot exactly what the binary runs.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use tokio::sync::watch;
 
-use crate::admin::{AdminApp, TOKEN_FILE};
+use crate::admin::{AdminApp, Readiness, ReadinessProbe, TOKEN_FILE};
 use crate::auth::keys::{load_or_create_secret, random_bytes};
 use crate::auth::AuthService;
 use crate::clock::Clock;
@@ -355,10 +355,19 @@ struct Shutdown {
     reloader: Arc<Reloader>,
     inflight: Arc<InFlight>,
     grace: Duration,
+    /// Not ready from the first moment of a shutdown.
+    readiness: Arc<Readiness>,
 }
 
 impl Shutdown {
     async fn drain(&self) -> ShutdownSignal {
+        // `/readyz` answers 503 from now on, so a balancer stops sending
+        // while the requests in flight finish.
+        self.readiness.start_draining();
+        if self.signals {
+            crate::sd_notify("STOPPING=1");
+        }
+        tracing::info!("draining: /readyz now answers 503");
         let n = self.inflight.count();
         if n > 0 {
             tracing::info!(in_flight = n, "waiting for requests in flight");
@@ -430,6 +439,8 @@ pub struct GatewayHandle {
     pub executor: Arc<AuthExecutor>,
     /// Maintenance sweeps completed (see [`SWEEP_EVERY`]).
     pub sweeps: Arc<std::sync::atomic::AtomicU64>,
+    /// What `/readyz` reports besides the store.
+    pub readiness: Arc<Readiness>,
     stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
     pub listen: Option<SocketAddr>,
@@ -447,6 +458,13 @@ impl GatewayHandle {
     /// is flushed and closed.
     pub fn stop(mut self) {
         self.shutdown_and_join();
+    }
+
+    /// Begin a graceful shutdown without waiting for it: `/readyz` turns
+    /// 503 at once, requests in flight finish; [`GatewayHandle::stop`] or
+    /// dropping the handle waits for the end.
+    pub fn begin_stop(&self) {
+        let _ = self.stop.send(true);
     }
 
     /// Block until the server exits (signal).
@@ -587,6 +605,22 @@ pub fn start_with_source(
         live.clone(),
         mail.clone(),
     ));
+    // Every listener, probed until seen accepting (the admin one only for
+    // start-up: it answers `/readyz` itself).
+    let readiness = Arc::new(Readiness::new(
+        [
+            (s.listen, "server.listen", true),
+            (s.tls_listen, "server.tls_listen", true),
+            (cfg.demo_echo, "demo.echo_listen", true),
+            (s.admin_listen, "server.admin_listen", false),
+        ]
+        .into_iter()
+        .filter_map(|(addr, name, reported)| addr.map(|a| (name, a, reported)))
+        .collect(),
+    ));
+    // The key set, revocations and API key index were loaded above
+    // (`AuthService::with_metrics`), the routes and mail runtime built.
+    readiness.mark_started();
 
     let inflight = Arc::new(InFlight::default());
     let executor = Arc::new(AuthExecutor::new(s.auth_threads, s.auth_nice)?);
@@ -659,6 +693,7 @@ pub fn start_with_source(
                 token: admin_token,
                 connections: connections.clone(),
                 reloader: reloader.clone(),
+                readiness: readiness.clone(),
             },
         );
         svc.add_tcp(&addr.to_string());
@@ -683,6 +718,10 @@ pub fn start_with_source(
         "revocation feed",
         RevocationFeed { auth: auth.clone() },
     ));
+    server.add_service(background_service(
+        "readiness probe",
+        ReadinessProbe(readiness.clone()),
+    ));
     let sweeps = Arc::new(std::sync::atomic::AtomicU64::new(0));
     server.add_service(background_service(
         "maintenance",
@@ -697,6 +736,7 @@ pub fn start_with_source(
     let grace_secs = s.grace_period_secs;
     let last_store = auth.store.clone();
     let thread_reloader = reloader.clone();
+    let thread_readiness = readiness.clone();
     let thread = std::thread::Builder::new()
         .name("portcullis".into())
         .spawn(move || {
@@ -707,6 +747,7 @@ pub fn start_with_source(
                     reloader: thread_reloader,
                     inflight,
                     grace: Duration::from_secs(grace_secs),
+                    readiness: thread_readiness,
                 }),
             });
             // The services' runtimes are gone, and with them maybe the
@@ -724,33 +765,29 @@ pub fn start_with_source(
         reloader,
         executor,
         sweeps,
+        readiness,
         stop: tx,
         thread: Some(thread),
         listen: s.listen,
         tls_listen: s.tls_listen,
         admin_listen: s.admin_listen,
     };
+    // The readiness probe (a background service) marks each listener once
+    // it accepts; wait for all of them.
     let deadline = Instant::now() + Duration::from_secs(20);
-    for addr in [s.listen, s.tls_listen, s.admin_listen, cfg.demo_echo]
-        .into_iter()
-        .flatten()
-    {
-        let target = if addr.ip().is_unspecified() {
-            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
-        } else {
-            addr
-        };
-        while TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_err() {
-            // Stopped (e.g. by a signal) before every listener was seen
-            // accepting: nothing left to wait for.
-            if handle.thread.as_ref().is_some_and(|t| t.is_finished()) {
-                return Ok(handle);
-            }
-            if Instant::now() > deadline {
-                return Err(format!("{addr} did not start accepting connections"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    while !handle.readiness.all_accepting() {
+        // Stopped (e.g. by a signal) before every listener was seen
+        // accepting: nothing left to wait for.
+        if handle.thread.as_ref().is_some_and(|t| t.is_finished()) {
+            return Ok(handle);
         }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "not accepting connections: {}",
+                handle.readiness.not_accepting().join(", ")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
     Ok(handle)
 }

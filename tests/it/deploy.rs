@@ -142,6 +142,7 @@ fn systemd_unit_verifies_and_is_hardened() {
         "AmbientCapabilities=CAP_NET_BIND_SERVICE",
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
         "ExecReload=/bin/kill -HUP $MAINPID",
+        "Type=notify",
     ] {
         assert!(
             unit.lines().any(|l| l.trim() == directive),
@@ -196,5 +197,76 @@ fn dockerfile_is_multi_stage_and_runs_as_non_root() {
         for src in &parts[1..parts.len() - 1] {
             assert!(repo(src).exists(), "Dockerfile copies missing {src}");
         }
+    }
+}
+
+/// The Kubernetes sample (issue 27): it parses; its embedded gateway.toml
+/// passes `check-config`; the readiness probe asks `/readyz` and the
+/// liveness probe `/healthz`, both on the admin listener's port; the
+/// Service does not publish the admin port; the pod's termination grace
+/// outlasts the gateway's drain.
+#[test]
+fn kubernetes_sample_probes_readyz_and_healthz_on_the_admin_listener() {
+    let text = std::fs::read_to_string(repo("deploy/kubernetes/portcullis.yaml")).unwrap();
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML"))
+        .collect();
+    let kind = |k: &str| {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(k))
+            .unwrap_or_else(|| panic!("no {k}"))
+            .clone()
+    };
+    let toml = kind("ConfigMap")["data"]["gateway.toml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let out = bin::run(
+        bin::command(&["check-config", "--config", path.to_str().unwrap()]),
+        None,
+        CLI_LIMIT,
+    );
+    assert!(out.ok(), "{out:?}");
+    let cfg: toml::Value = toml::from_str(&toml).unwrap();
+    let port_of = |key: &str| -> u64 {
+        let a = cfg["server"][key].as_str().unwrap();
+        a.rsplit(':').next().unwrap().parse().unwrap()
+    };
+    let admin_port = port_of("admin_listen");
+    let grace = cfg["server"]["grace_period_secs"].as_integer().unwrap() as u64;
+
+    let deployment = kind("Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    // A named port resolves through the container's ports.
+    let resolve = |p: &serde_yaml::Value| -> u64 {
+        match p.as_u64() {
+            Some(n) => n,
+            None => c["ports"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|q| q["name"] == *p)
+                .and_then(|q| q["containerPort"].as_u64())
+                .unwrap_or_else(|| panic!("no port {p:?}")),
+        }
+    };
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let get = &c[probe]["httpGet"];
+        assert_eq!(get["path"].as_str(), Some(path), "{probe}");
+        assert_eq!(resolve(&get["port"]), admin_port, "{probe} port");
+    }
+    assert!(
+        pod["terminationGracePeriodSeconds"].as_u64().unwrap() > grace,
+        "the pod is killed before the drain ends"
+    );
+    let public = port_of("listen");
+    for p in kind("Service")["spec"]["ports"].as_sequence().unwrap() {
+        let target = resolve(&p["targetPort"]);
+        assert_ne!(target, admin_port, "the Service publishes the admin port");
+        assert_eq!(target, public);
     }
 }

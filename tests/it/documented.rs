@@ -106,6 +106,12 @@ async fn without_any_config_file_the_built_in_defaults_apply() {
     // is taken (by something of someone else's), the defaults show in the
     // refusal instead: the gateway names the default address it could not
     // bind.
+    // Another test process (a second suite) may serve them at this very
+    // moment: one at a time on this machine.
+    let _defaults =
+        tokio::task::spawn_blocking(|| crate::common::ports::machine_lock("default-ports"))
+            .await
+            .unwrap();
     let defaults: [SocketAddr; 3] = [
         "127.0.0.1:8080".parse().unwrap(),
         "0.0.0.0:8443".parse().unwrap(),

@@ -21,6 +21,7 @@ mod openapi;
 mod passthrough;
 mod postgres;
 mod races;
+mod readiness;
 mod reload;
 mod revocation;
 mod security;

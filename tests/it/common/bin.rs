@@ -153,17 +153,20 @@ pub struct Served {
     pub admin: SocketAddr,
 }
 
-/// How long the binary may take to answer `/healthz` after it starts.
+/// How long the binary may take to be ready (`/readyz` 200) after it
+/// starts.
 pub const START_LIMIT: Duration = Duration::from_secs(30);
 
 impl Served {
-    /// `portcullis serve --config <cfg.path>`, ready once its admin listener
-    /// answers `/healthz`. stderr goes to `stderr_path` (read it with
-    /// [`Served::stderr`]).
+    /// `portcullis serve --config <cfg.path>`, returned once its admin
+    /// listener answers `/readyz` with 200 (every listener accepts).
+    /// stderr goes to `stderr_path` (read it with [`Served::stderr`]).
     pub async fn start(cfg: &BinConfig) -> Served {
         let mut cmd = command(&["serve", "--config"]);
         cmd.arg(&cfg.path);
-        let stderr_path = cfg.path.with_extension(format!("stderr.{}", free_port()));
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let stderr_path = cfg.path.with_extension(format!("stderr.{n}"));
         Self::spawn(cmd, stderr_path, cfg.admin).await
     }
 
@@ -179,7 +182,8 @@ impl Served {
     }
 
     /// Spawn `cmd` (a `serve` command line) and wait until `admin` answers
-    /// `/healthz`, bounded by [`START_LIMIT`].
+    /// `/readyz` with 200, bounded by [`START_LIMIT`]: `/healthz` only says
+    /// the admin listener runs, not that the public ones accept (issue 27).
     pub async fn spawn(mut cmd: Command, stderr_path: PathBuf, admin: SocketAddr) -> Served {
         let child = cmd
             .stdin(Stdio::null())
@@ -190,17 +194,17 @@ impl Served {
         let mut served = Served::adopt(child, stderr_path, admin);
         let deadline = Instant::now() + START_LIMIT;
         loop {
-            if let Ok(r) = http::request(admin, "GET", "/healthz", &[], None).await {
-                if r.status == 200 {
-                    return served;
-                }
+            let answer = http::request(admin, "GET", "/readyz", &[], None).await;
+            if answer.as_ref().is_ok_and(|r| r.status == 200) {
+                return served;
             }
             if let Some(st) = served.child.try_wait().unwrap() {
                 panic!("the binary exited with {st}: {}", served.stderr());
             }
             assert!(
                 Instant::now() < deadline,
-                "the binary did not start within {START_LIMIT:?}: {}",
+                "the binary was not ready within {START_LIMIT:?} ({:?}): {}",
+                answer.map(|r| r.text()),
                 served.stderr()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;

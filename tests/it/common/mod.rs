@@ -1,17 +1,24 @@
 //! Shared test support: boots the real gateway (the same `portcullis::start`
-//! the binary runs) on ephemeral loopback ports with a temp data dir, a real
-//! upstream HTTP app and, when asked, a real SMTP receiver.
+//! the binary runs) on loopback ports from [`ports::free_port`] (outside the
+//! ephemeral range, owned by this test process: see [`ports`]) with a temp
+//! data dir, a real upstream HTTP app and, when asked, a real SMTP receiver.
+//!
+//! No test connects to a gateway before its admin listener answers
+//! `/readyz` with 200 (every listener accepts, start-up is done, the store
+//! answers): [`TestGateway`]'s boot and restart wait for it
+//! ([`wait_ready`]), and so does [`bin::Served`] for the real binary.
 #![allow(dead_code)]
 
 pub mod bin;
 pub mod http;
 pub mod pg;
+pub mod ports;
 pub mod smtp;
 pub mod totp;
 pub mod upstream;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,23 +26,44 @@ use portcullis::clock::{Clock, ManualClock};
 use portcullis::{Config, GatewayHandle};
 use serde_json::{json, Value};
 
-/// A free loopback port (bound, then released for the gateway to take).
-/// Ports are never handed out twice in one test process: the kernel picks
-/// `:0` ports at random, and hundreds of reservations would otherwise
-/// collide now and then.
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+pub use ports::free_port;
+
+/// How long a gateway may take to become ready.
+pub const READY_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `GET /readyz` on `admin` over a plain blocking socket: the status and
+/// body, or `None` when nothing answers.
+pub fn readyz_blocking(admin: SocketAddr) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /readyz HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// Wait (bounded by `limit`) until the admin listener answers `/readyz`
+/// with 200; `alive` says whether the gateway still runs (a stopped one
+/// fails at once). Panics with the last answer otherwise.
+pub fn wait_ready(admin: SocketAddr, limit: std::time::Duration, alive: &mut dyn FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    let mut last = None;
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
+        match readyz_blocking(admin) {
+            Some((200, _)) => return,
+            other => last = other.or(last),
         }
+        assert!(alive(), "the gateway stopped before it was ready: {last:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready within {limit:?}: {last:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
@@ -223,6 +251,8 @@ retry_base_secs = 30
             portcullis::server::start_with_source(self.config(), Some(source), clock, false)
                 .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
         self.handle = Some(handle);
+        // No test connects before the gateway says it is ready.
+        wait_ready(self.admin_addr, READY_LIMIT, &mut || true);
     }
 
     /// Replace the config file (`{UP}` is the upstream URL); the running
@@ -257,6 +287,19 @@ retry_base_secs = 30
         if let Some(h) = self.handle.take() {
             h.stop();
         }
+    }
+
+    /// Begin a graceful shutdown and return at once (see
+    /// [`GatewayHandle::begin_stop`]); [`TestGateway::stop`] waits for it.
+    pub fn begin_stop(&self) {
+        self.handle().begin_stop();
+    }
+
+    /// Stop in the background: the returned thread ends when the gateway
+    /// has stopped.
+    pub fn stop_in_background(&mut self) -> std::thread::JoinHandle<()> {
+        let h = self.handle.take().expect("gateway is running");
+        std::thread::spawn(move || h.stop())
     }
 
     pub fn handle(&self) -> &GatewayHandle {

@@ -266,6 +266,14 @@ async fn client_op(
             }
             let before = smtp.messages().len();
             let r = try_post(addr, "/auth/password/reset", json!({"email": email})).await?;
+            // The per-address mail budget (3 per 15 min) is spent when this
+            // address drew resets before whose mail came too late for the
+            // 2 s wait below (a loaded machine, a kill before delivery):
+            // 429 sends nothing and changes nothing, so there is nothing
+            // to record (issue 27's flake hunt: a second suite at once).
+            if r.status == 429 && r.header("retry-after").is_some() {
+                return Some(());
+            }
             assert_eq!(r.status, 202, "{r:?}");
             let deadline = Instant::now() + Duration::from_secs(2);
             let token = loop {
