@@ -206,7 +206,7 @@ const LIST_PAGE: usize = 500;
 /// it), or through the running gateway's admin listener.
 enum AdminTarget {
     Direct {
-        auth: crate::auth::AuthService,
+        auth: Box<crate::auth::AuthService>,
         rt: tokio::runtime::Runtime,
     },
     Listener,
@@ -221,11 +221,11 @@ impl AdminTarget {
                     .build()
                     .map_err(|e| e.to_string())?;
                 // Loads nothing up front: a command reads what it needs.
-                let auth = crate::auth::AuthService::for_admin(
+                let auth = Box::new(crate::auth::AuthService::for_admin(
                     cfg.clone(),
                     store,
                     Arc::new(crate::clock::SystemClock),
-                )?;
+                )?);
                 Ok(AdminTarget::Direct { auth, rt })
             }
             Err(e) if e.contains("in use") => Ok(AdminTarget::Listener),

@@ -131,7 +131,13 @@ impl MemCounters {
     pub fn reserve(&self, key: &str, policy: &LockoutPolicy, now: i64) -> Result<(), u64> {
         let mut g = self.inner.lock();
         let e = g
-            .entry(key, Kind::Attempts, policy.window_secs, now, self.max_entries)
+            .entry(
+                key,
+                Kind::Attempts,
+                policy.window_secs,
+                now,
+                self.max_entries,
+            )
             .ok_or(REFUSED_RETRY_SECS)?;
         e.c.reserve(now, policy)?;
         // In flight only: nothing to write out until it is settled.
@@ -145,7 +151,7 @@ impl MemCounters {
         // A reservation in flight keeps its counter: it is there (the
         // capacity is not asked again).
         let e = g.entry(key, Kind::Attempts, policy.window_secs, now, usize::MAX);
-        let locked = e.map_or(false, |e| e.c.settle(now, policy, failed));
+        let locked = e.is_some_and(|e| e.c.settle(now, policy, failed));
         g.mark(key);
         locked
     }

@@ -856,7 +856,10 @@ mod tests {
         // Right before each send: renewed only while the claim is a's,
         // even after its lease ran out, as long as nobody took it.
         let renewed = renew_mail_claim(&claimed, 200, 120, a).unwrap();
-        assert_eq!(renewed.claim, Some(crate::store::Claim { by: a, until: 320 }));
+        assert_eq!(
+            renewed.claim,
+            Some(crate::store::Claim { by: a, until: 320 })
+        );
         assert!(claim_mail(&renewed, 200, 120, b, false).is_none());
         let taken = claim_mail(&claimed, 130, 120, b, false).unwrap();
         assert!(renew_mail_claim(&taken, 131, 120, a).is_none(), "b has it");

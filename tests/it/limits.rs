@@ -1367,7 +1367,12 @@ async fn a_flood_of_other_addresses_does_not_reset_the_lockout() {
             gw.clock.advance(1);
         }
         let now = gw.clock.now();
-        let ip = format!("ip:10.{}.{}.{}/32", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+        let ip = format!(
+            "ip:10.{}.{}.{}/32",
+            (i >> 16) & 255,
+            (i >> 8) & 255,
+            i & 255
+        );
         let by_ip = store.hit_counter(&ip, 20, 60, now).await.unwrap();
         let by_address = store
             .hit_counter(&format!("resend:flood{i}@example.com"), 3, 900, now)
