@@ -6,7 +6,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{email, password, valid_role, AuthService};
-use crate::store::{StoreError, User, UserChange};
+use crate::store::{Record, RecordKind, StoreError, User, UserChange};
 use crate::wire::ApiKeyView;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -17,7 +17,15 @@ pub enum AdminCommand {
         roles: Vec<String>,
         password: Option<String>,
     },
-    List,
+    /// Every user, as an array; with `limit`, one page of them in store
+    /// order, `{"users": […], "next": cursor}`, continued with `after` set
+    /// to that cursor (`next` is null on the last page).
+    List {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+    },
     Disable {
         email: String,
     },
@@ -56,7 +64,7 @@ impl AdminCommand {
     fn name(&self) -> &'static str {
         match self {
             AdminCommand::Add { .. } => "user_add",
-            AdminCommand::List => "user_list",
+            AdminCommand::List { .. } => "user_list",
             AdminCommand::Disable { .. } => "user_disable",
             AdminCommand::RoleAdd { .. } => "role_add",
             AdminCommand::RoleRemove { .. } => "role_remove",
@@ -75,6 +83,16 @@ impl AdminError {
             AdminError::Internal(_) => "error",
         }
     }
+}
+
+/// The most users one page of `List` holds.
+const MAX_PAGE: usize = 1000;
+
+/// A user as the admin listing shows it.
+fn listed(u: &User) -> Value {
+    let mut v = AuthService::user_json(u);
+    v["disabled"] = Value::Bool(u.disabled);
+    v
 }
 
 impl AuthService {
@@ -169,18 +187,34 @@ impl AuthService {
                 }
                 AuthService::user_json(&user)
             }
-            AdminCommand::List => {
+            AdminCommand::List {
+                after,
+                limit: Some(limit),
+            } => {
+                let resumed = after.is_some();
+                let page = self
+                    .store
+                    .export(RecordKind::Users, after, limit.clamp(1, MAX_PAGE))
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::Corrupt(_) if resumed => {
+                            AdminError::Invalid("invalid list cursor".into())
+                        }
+                        e => internal(e),
+                    })?;
+                let users: Vec<Value> = page
+                    .records
+                    .iter()
+                    .filter_map(|r| match r {
+                        Record::User(u) => Some(listed(u)),
+                        _ => None,
+                    })
+                    .collect();
+                serde_json::json!({ "users": users, "next": page.next })
+            }
+            AdminCommand::List { .. } => {
                 let users = self.store.list_users().await.map_err(internal)?;
-                Value::Array(
-                    users
-                        .iter()
-                        .map(|u| {
-                            let mut v = AuthService::user_json(u);
-                            v["disabled"] = Value::Bool(u.disabled);
-                            v
-                        })
-                        .collect(),
-                )
+                Value::Array(users.iter().map(listed).collect())
             }
             AdminCommand::Disable { email: raw } => change(raw, UserChange::Disable).await?,
             AdminCommand::RoleAdd { email: raw, role } => {

@@ -97,6 +97,29 @@ impl AuthService {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
+        Self::build(cfg, store, clock, metrics, true)
+    }
+
+    /// For one admin command on the database itself (`portcullis user …`):
+    /// nothing is preloaded. The revocation list and the API key index
+    /// serve the token and key checks of a running gateway; a command
+    /// reads the one user it names (or a page of users), and what it
+    /// revokes is written to the store as always.
+    pub fn for_admin(
+        cfg: Arc<Config>,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
+        Self::build(cfg, store, clock, Arc::new(Metrics::new()), false)
+    }
+
+    fn build(
+        cfg: Arc<Config>,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        preload: bool,
+    ) -> Result<Self, String> {
         let keys = keys::load(&cfg.tokens, &cfg.server.data_dir, clock.now())?;
         let tokens = TokenService::new(keys, cfg.tokens.clone(), clock.clone());
         let refresh = match &cfg.tokens.refresh_secret {
@@ -114,7 +137,9 @@ impl AuthService {
         };
         // Never run with an empty blacklist: a store that cannot be read
         // stops the start.
-        let (revoked, seq) = {
+        let (revoked, seq) = if !preload {
+            (Ok(Vec::new()), 0)
+        } else {
             let store = store.clone();
             store::block_on(async move {
                 // A shared backend also says how far this snapshot goes, so
@@ -140,7 +165,11 @@ impl AuthService {
             cfg.tokens.mfa_key.as_ref().map(|s| s.0.as_str()),
             &cfg.server.data_dir,
         )?;
-        let api_keys = load_api_keys(&store)?;
+        let api_keys = if preload {
+            load_api_keys(&store)?
+        } else {
+            apikeys::KeyIndex::default()
+        };
         let throttle = Throttle::new(store.clone(), clock.clone());
         let hasher = Hasher::new(&cfg.passwords)
             .map_err(|e| e.to_string())?

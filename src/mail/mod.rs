@@ -82,6 +82,39 @@ pub fn account_exists_mail(base: &str, to: &str, now: i64) -> OutboxMessage {
     )
 }
 
+/// The `Message-ID` of an outbox message: derived from its id, so every
+/// attempt at one message carries the same one (a receiver that already
+/// has it, because the answer to an earlier attempt was lost, can drop
+/// the copy), on the host of `mail.from` (else of `mail.link_base_url`).
+pub fn message_id(msg: &OutboxMessage, host: &str) -> String {
+    format!("<{}@{host}>", msg.id)
+}
+
+/// The host `Message-ID`s are on: `mail.from`'s domain, else the host of
+/// `mail.link_base_url`, else "localhost".
+pub fn message_id_host(cfg: &MailConfig) -> String {
+    let from_domain = cfg
+        .from
+        .parse::<Mailbox>()
+        .ok()
+        .map(|m| m.email.domain().trim_matches(['[', ']']).to_string())
+        .filter(|d| !d.is_empty());
+    from_domain
+        .or_else(|| {
+            url::Url::parse(&cfg.link_base_url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+        })
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// The `Date` of an outbox message: when it was composed (RFC 5322: when
+/// it was complete and ready to enter the mail system), the same on every
+/// attempt.
+fn message_date(msg: &OutboxMessage) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_secs(msg.created_at.max(0) as u64)
+}
+
 /// Writes the whole message to the log (development).
 pub struct LogTransport;
 
@@ -93,6 +126,7 @@ impl Transport for LogTransport {
             to = %msg.to,
             subject = %msg.subject,
             kind = %msg.kind,
+            message_id = %msg.id,
             "mail (log transport):\n{}",
             msg.body
         );
@@ -103,6 +137,8 @@ impl Transport for LogTransport {
 pub struct SmtpTransport {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
+    /// The host of every `Message-ID` (see [`message_id`]).
+    id_host: String,
     /// Bound on one whole delivery: lettre's async client applies its own
     /// timeout only to connecting, so a server that accepts and then stalls
     /// would otherwise hold the outbox worker indefinitely.
@@ -136,6 +172,7 @@ impl SmtpTransport {
         Ok(Self {
             transport: b.build(),
             from,
+            id_host: message_id_host(cfg),
             timeout: Duration::from_secs(cfg.smtp_timeout_secs),
         })
     }
@@ -152,6 +189,8 @@ impl Transport for SmtpTransport {
             .from(self.from.clone())
             .to(to)
             .subject(msg.subject.clone())
+            .message_id(Some(message_id(msg, &self.id_host)))
+            .date(message_date(msg))
             .header(ContentType::TEXT_PLAIN)
             .body(msg.body.clone())
             .map_err(|e| format!("building message: {e}"))?;

@@ -16,11 +16,17 @@ use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::store::{Delivery, Store};
 
-/// How long a claimed message is this sender's: longer than a send may
-/// take (each is bounded at 60 s), after which another sender may retry.
+/// How long a claim is this sender's: longer than one send may take
+/// ([`SEND_TIMEOUT`]), after which another sender may retry. A batch is
+/// claimed under one lease, but each message's claim is renewed on the
+/// current record right before it is sent (and skipped when another sender
+/// took it meanwhile), so however long the batch takes, the lease always
+/// covers the one send in progress.
 const CLAIM_LEASE_SECS: u64 = 120;
 /// Messages claimed per pass.
 const CLAIM_BATCH: usize = 64;
+/// The bound on one send.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct OutboxWorker {
     pub store: Arc<dyn Store>,
@@ -76,8 +82,26 @@ impl OutboxWorker {
                 return;
             }
         };
-        for msg in due {
-            let sent = tokio::time::timeout(Duration::from_secs(60), mail.transport.send(&msg))
+        for claimed in due {
+            // The batch may have outlasted its lease: send only what is
+            // still this sender's, under a lease renewed for this send.
+            let now = self.clock.now();
+            let msg = match self
+                .store
+                .renew_mail_claim(claimed.id, now, CLAIM_LEASE_SECS)
+                .await
+            {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    tracing::debug!(id = %claimed.id, "outbox: another sender has this message now");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(cause = %e, "outbox: cannot renew a claim; not sending");
+                    continue;
+                }
+            };
+            let sent = tokio::time::timeout(SEND_TIMEOUT, mail.transport.send(&msg))
                 .await
                 .unwrap_or_else(|_| Err("send timed out".into()));
             let delivery = match sent {

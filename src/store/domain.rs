@@ -421,6 +421,40 @@ pub fn claim_mail(
     Some(m)
 }
 
+/// Renew sender `me`'s claim on a message right before it sends it, for
+/// `lease_secs` from `now` (one send). Only a claim that is still `me`'s
+/// is renewed, lapsed or not: once its lease ran out another sender may
+/// have claimed the message (or sent it, or recorded a failure that
+/// released it), and then `me` must not send it. `None`: skip it.
+pub fn renew_mail_claim(
+    m: &OutboxMessage,
+    now: i64,
+    lease_secs: u64,
+    me: Uuid,
+) -> Option<OutboxMessage> {
+    match m.claim {
+        Some(c) if c.by == me && !m.failed => {
+            let mut m = m.clone();
+            m.claim = Some(super::Claim {
+                by: me,
+                until: now.saturating_add(lease_secs as i64),
+            });
+            Some(m)
+        }
+        _ => None,
+    }
+}
+
+/// Whether sender `me` may record `d` on the current message: a sent
+/// message is gone whoever sent it; a failure is `me`'s to record only
+/// while no other sender holds the message (it would release their claim).
+pub fn delivery_applies(m: &OutboxMessage, d: &Delivery, me: Uuid) -> bool {
+    match d {
+        Delivery::Sent => true,
+        Delivery::Failed { .. } => m.claim.is_none_or(|c| c.by == me),
+    }
+}
+
 // ----- what the sweep may remove
 
 pub fn session_is_dead(s: &SessionRecord, r: &Retention) -> bool {
@@ -829,6 +863,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!((failed.claim, failed.next_attempt_at), (None, 40));
+
+        // Right before each send: renewed only while the claim is a's,
+        // even after its lease ran out, as long as nobody took it.
+        let renewed = renew_mail_claim(&claimed, 200, 120, a).unwrap();
+        assert_eq!(
+            renewed.claim,
+            Some(crate::store::Claim { by: a, until: 320 })
+        );
+        assert!(claim_mail(&renewed, 200, 120, b, false).is_none());
+        let taken = claim_mail(&claimed, 130, 120, b, false).unwrap();
+        assert!(renew_mail_claim(&taken, 131, 120, a).is_none(), "b has it");
+        assert!(renew_mail_claim(&failed, 41, 120, a).is_none(), "released");
+        // a's failure does not release b's claim; a sent message is gone.
+        let fail = Delivery::Failed {
+            error: "e".into(),
+            retry_at: 40,
+            give_up: false,
+            now: 131,
+        };
+        assert!(!delivery_applies(&taken, &fail, a));
+        assert!(delivery_applies(&taken, &fail, b));
+        assert!(delivery_applies(&m, &fail, a), "unclaimed");
+        assert!(delivery_applies(&taken, &Delivery::Sent, a));
     }
 
     #[test]

@@ -663,8 +663,21 @@ pub trait Store: Send + Sync + 'static {
         lease_secs: u64,
         limit: usize,
     ) -> StoreResult<Vec<OutboxMessage>>;
+    /// Right before sending a claimed message: renew this instance's claim
+    /// on the current record for `lease_secs` from `now` (one send), and
+    /// return the message as it is now; `None` when the claim is no longer
+    /// this instance's (its lease ran out and another sender took the
+    /// message, sent it, or released it): then it must not be sent. So a
+    /// batch that outlasts its lease never sends a message twice.
+    async fn renew_mail_claim(
+        &self,
+        id: Uuid,
+        now: i64,
+        lease_secs: u64,
+    ) -> StoreResult<Option<OutboxMessage>>;
     /// Record a delivery attempt on the current message (a sent one is
-    /// removed).
+    /// removed). A failure is not recorded on a message another sender
+    /// holds now (see [`domain::delivery_applies`]).
     async fn record_delivery(&self, id: Uuid, delivery: Delivery) -> StoreResult<()>;
 
     // --- bulk copies (`portcullis storage migrate`)

@@ -1207,7 +1207,39 @@ impl Store for PgStore {
         .await
     }
 
+    async fn renew_mail_claim(
+        &self,
+        id: Uuid,
+        now: i64,
+        lease_secs: u64,
+    ) -> StoreResult<Option<OutboxMessage>> {
+        let me = self.instance;
+        self.write(tx!(|tx| {
+            let Some(current) = one::<OutboxMessage>(
+                tx,
+                "SELECT record FROM outbox WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await?
+            else {
+                return Ok(None);
+            };
+            let renewed = domain::renew_mail_claim(&current, now, lease_secs, me);
+            if let Some(m) = &renewed {
+                tx.execute(
+                    "UPDATE outbox SET record = $2 WHERE id = $1",
+                    &[&id, &enc(m)],
+                )
+                .await
+                .map_err(pg)?;
+            }
+            Ok(renewed)
+        }))
+        .await
+    }
+
     async fn record_delivery(&self, id: Uuid, delivery: Delivery) -> StoreResult<()> {
+        let me = self.instance;
         self.write(tx!(|tx| {
             let Some(current) = one::<OutboxMessage>(
                 tx,
@@ -1218,6 +1250,9 @@ impl Store for PgStore {
             else {
                 return Ok(());
             };
+            if !domain::delivery_applies(&current, &delivery, me) {
+                return Ok(());
+            }
             match domain::apply_delivery(&current, &delivery) {
                 Some(m) => {
                     tx.execute(

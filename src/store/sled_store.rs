@@ -1436,12 +1436,37 @@ impl Store for SledStore {
         Ok(claimed)
     }
 
+    async fn renew_mail_claim(
+        &self,
+        id: Uuid,
+        now: i64,
+        lease_secs: u64,
+    ) -> StoreResult<Option<OutboxMessage>> {
+        let me = self.instance;
+        self.write(move |tx| {
+            let key = id.as_bytes().to_vec();
+            let Some(current) = tx.get_json::<OutboxMessage>(T::Outbox, &key)? else {
+                return Ok(None);
+            };
+            let renewed = domain::renew_mail_claim(&current, now, lease_secs, me);
+            if let Some(m) = &renewed {
+                tx.put_json(T::Outbox, key, m);
+            }
+            Ok(renewed)
+        })
+        .await
+    }
+
     async fn record_delivery(&self, id: Uuid, delivery: Delivery) -> StoreResult<()> {
+        let me = self.instance;
         self.write(move |tx| {
             let key = id.as_bytes().to_vec();
             let Some(current) = tx.get_json::<OutboxMessage>(T::Outbox, &key)? else {
                 return Ok(());
             };
+            if !domain::delivery_applies(&current, &delivery, me) {
+                return Ok(());
+            }
             match domain::apply_delivery(&current, &delivery) {
                 Some(m) => tx.put_json(T::Outbox, key, &m),
                 None => tx.remove(T::Outbox, key),

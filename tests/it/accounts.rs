@@ -2303,3 +2303,128 @@ async fn nginx_auth_request_uses_forward_auth() {
     assert_eq!(gw.upstream.hits(), 1);
     drop(nginx);
 }
+
+/// Issue 20: every `user` command loaded every user and every revocation
+/// before it ran. Now a command loads what it needs: `user disable`,
+/// `user role add` and `user keys list` read one user by email, and `user
+/// list` reads the users page by page. Shown on a stopped gateway's data
+/// dir that also holds an unreadable revocation record and an unreadable
+/// record of another user, which a full load trips over (the commands
+/// failed with "loading revocations"); the changes made are in effect
+/// when the gateway is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_commands_load_only_the_user_they_name() {
+    let mut gw = gateway("").await;
+    let cfg = write_config(&gw);
+    let bob = gw.signup("bob@example.com").await;
+    // More users than one page of `user list` holds (written as records:
+    // bob's password hash, no hashing).
+    const USERS: usize = 1234;
+    let store = gw.handle().auth.store.clone();
+    let template = store
+        .find_user_by_email("bob@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    let users: Vec<portcullis::store::Record> = (0..USERS)
+        .map(|i| {
+            let mut u = template.clone();
+            u.id = uuid::Uuid::new_v4();
+            u.email = format!("u{i}@example.com");
+            portcullis::store::Record::User(u)
+        })
+        .collect();
+    store.import(users).await.unwrap();
+    drop(store);
+    gw.signin("u7@example.com", PASSWORD).await;
+    gw.stop();
+    let out = cli(&cfg, &["user", "list"], None).await;
+    assert!(out.ok, "list: {}", out.stderr);
+    let list = out.json();
+    let mut emails: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["email"].as_str().unwrap())
+        .collect();
+    emails.sort();
+    let before = emails.len();
+    emails.dedup();
+    assert_eq!((before, emails.len()), (USERS + 1, USERS + 1), "each once");
+    assert!(emails.contains(&"bob@example.com"));
+    {
+        // A revocation record and another user's record that do not decode.
+        let db = sled::open(gw.data_dir().join("db")).unwrap();
+        db.open_tree("revoked")
+            .unwrap()
+            .insert(b"garbage", b"x".to_vec())
+            .unwrap();
+        db.open_tree("users")
+            .unwrap()
+            .insert(uuid::Uuid::nil().as_bytes(), b"{not json".to_vec())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let out = cli(
+        &cfg,
+        &[
+            "user",
+            "role",
+            "add",
+            "--email",
+            "bob@example.com",
+            "--role",
+            "ops",
+        ],
+        None,
+    )
+    .await;
+    assert!(out.ok, "role add: {}", out.stderr);
+    assert_eq!(out.json()["roles"], json!(["ops"]));
+    let out = cli(
+        &cfg,
+        &["user", "keys", "list", "--email", "bob@example.com"],
+        None,
+    )
+    .await;
+    assert!(out.ok, "keys list: {}", out.stderr);
+    assert_eq!(out.json()["api_keys"], json!([]));
+    let out = cli(
+        &cfg,
+        &["user", "disable", "--email", "u7@example.com"],
+        None,
+    )
+    .await;
+    assert!(out.ok, "disable: {}", out.stderr);
+    let out = cli(
+        &cfg,
+        &["user", "disable", "--email", "nobody@example.com"],
+        None,
+    )
+    .await;
+    assert!(!out.ok, "disabling an unknown user succeeded");
+    // A full listing does meet the bad record, and says so.
+    let out = cli(&cfg, &["user", "list"], None).await;
+    assert!(!out.ok, "listing read an unreadable user: {}", out.stdout);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    {
+        let db = sled::open(gw.data_dir().join("db")).unwrap();
+        db.open_tree("revoked").unwrap().remove(b"garbage").unwrap();
+        db.open_tree("users")
+            .unwrap()
+            .remove(uuid::Uuid::nil().as_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    gw.clock.set(portcullis::clock::SystemClock.now() + 2);
+    gw.restart();
+    let b = gw.signin("bob@example.com", PASSWORD).await;
+    assert_eq!(b.user["roles"], json!(["ops"]));
+    assert_eq!(gw.get("/ops", Some(&b.access)).await.status, 200);
+    assert_eq!(gw.get("/ops", Some(&bob.access)).await.status, 403);
+    assert_error(
+        &gw.login("u7@example.com", PASSWORD).await,
+        401,
+        "invalid_credentials",
+    );
+}

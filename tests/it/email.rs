@@ -1567,3 +1567,54 @@ async fn the_smtp_timeout_is_the_setting() {
     );
     holder.abort();
 }
+
+/// Issue 20, hole 11 (the header part): every delivered message carries a
+/// `Date` and a `Message-ID` derived from its outbox id, on the host of
+/// `mail.from`, so it is the same on every attempt: a receiver that already
+/// has the message (the answer to the first attempt was lost) can drop the
+/// second. The first attempt here is read whole and answered `451`; the
+/// retry carries the very same id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mail_has_a_date_and_a_message_id_stable_across_retries() {
+    let gw = gateway(NO_IP_THROTTLE).await;
+    let smtp = gw.smtp();
+    smtp.reject_next_data(1);
+    assert_eq!(gw.register("mid@example.com", PASSWORD).await.status, 201);
+    // The first attempt went over the wire and was refused: still queued.
+    let queued = wait_outbox(&gw, "mid@example.com", "one failed attempt", |m| {
+        m.len() == 1 && m[0].attempts == 1
+    })
+    .await;
+    let id = queued[0].id;
+    let first = smtp.rejected();
+    assert_eq!(first.len(), 1, "{first:?}");
+    // retry_base_secs = 30 (the harness).
+    gw.clock.advance(30);
+    let delivered = wait_mails_to(smtp, "mid@example.com", 1).await;
+    let expected = format!("<{id}@localhost>");
+    for (what, m) in [("first attempt", &first[0]), ("retry", &delivered[0])] {
+        assert_eq!(
+            m.header("message-id").as_deref(),
+            Some(expected.as_str()),
+            "{what}: {}",
+            m.data
+        );
+        let date = m
+            .header("date")
+            .unwrap_or_else(|| panic!("{what}: no Date: {}", m.data));
+        assert!(
+            time::OffsetDateTime::parse(&date, &time::format_description::well_known::Rfc2822)
+                .is_ok(),
+            "{what}: Date is not RFC 5322: {date}"
+        );
+    }
+    // Every other kind of mail carries them too: a reset, a notice.
+    assert_eq!(request_reset(&gw, "mid@example.com").await.status, 202);
+    let mails = wait_mails_to(smtp, "mid@example.com", 2).await;
+    let ids: BTreeSet<String> = mails
+        .iter()
+        .map(|m| m.header("message-id").expect("Message-ID"))
+        .collect();
+    assert_eq!(ids.len(), 2, "one id per message: {ids:?}");
+    assert!(mails.iter().all(|m| m.header("date").is_some()));
+}

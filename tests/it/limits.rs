@@ -1333,3 +1333,65 @@ async fn slowloris_over_tls_is_cut_too() {
     assert!(started.elapsed() >= Duration::from_millis(1500));
     assert_eq!(gw.upstream.hits(), 1);
 }
+
+/// Issue 20, hole 9 (sled): four wrong guesses, then a flood of 112,000
+/// email resends from distinct client addresses (each counts against its
+/// client's IP budget and its address's budget: 224,000 other keys, more
+/// than the in-memory counter map holds), then five more wrong guesses.
+/// The flood must not reset the account's failure count: the fifth guess
+/// in all locks the account and the rest get 429. The flood is counted
+/// through the gateway's own store (as the resend handler counts it: 8 s of
+/// traffic); the guesses and the lockout go through the real login
+/// endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_other_addresses_does_not_reset_the_lockout() {
+    use portcullis::clock::Clock;
+    let gw = TestGateway::start_with(Builder {
+        extra: "[throttle]\nauth_per_minute = 0\nmax_failed_logins = 5\nlockout_secs = 300\n"
+            .into(),
+        ..Default::default()
+    })
+    .await;
+    gw.signup("victim@example.com").await;
+    for i in 0..4 {
+        let r = gw
+            .login("victim@example.com", &format!("wrong guess {i}"))
+            .await;
+        assert_error(&r, 401, "invalid_credentials");
+    }
+    let store = gw.handle().auth.store.clone();
+    const FLOOD: u32 = 112_000;
+    for i in 0..FLOOD {
+        // 14,000 requests a second for 8 s.
+        if i % 14_000 == 0 {
+            gw.clock.advance(1);
+        }
+        let now = gw.clock.now();
+        let ip = format!(
+            "ip:10.{}.{}.{}/32",
+            (i >> 16) & 255,
+            (i >> 8) & 255,
+            i & 255
+        );
+        let by_ip = store.hit_counter(&ip, 20, 60, now).await.unwrap();
+        let by_address = store
+            .hit_counter(&format!("resend:flood{i}@example.com"), 3, 900, now)
+            .await
+            .unwrap();
+        assert!(by_ip.is_ok() && by_address.is_ok(), "request {i} counted");
+    }
+    let mut statuses = Vec::new();
+    for i in 4..9 {
+        let r = gw
+            .login("victim@example.com", &format!("wrong guess {i}"))
+            .await;
+        statuses.push(r.status);
+    }
+    assert_eq!(
+        statuses,
+        [401, 429, 429, 429, 429],
+        "only the fifth guess in all is evaluated"
+    );
+    let r = gw.login("victim@example.com", PASSWORD).await;
+    assert_429(&r, "the right password while locked");
+}

@@ -906,3 +906,134 @@ async fn a_gateway_with_a_shorter_lifetime_sweeps_no_revocation_early() {
         );
     }
 }
+
+/// Issue 20, hole 11: a batch that outlasts its lease. Gateway A claims 18
+/// messages at once (one 120 s lease); the receiver takes 8 s of gateway
+/// time per message, so A's batch outlasts the lease and gateway B, on the
+/// same database, claims what A has not sent yet. Each message still goes
+/// out once: a sender renews its claim on the current record right before
+/// each send and skips a message it no longer holds. Every message carries
+/// a `Message-ID` (one per outbox message) and a `Date`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_outlasts_its_lease_is_not_sent_twice() {
+    use std::time::{Duration, Instant};
+
+    use portcullis::clock::Clock;
+    use portcullis::store::Record;
+
+    const N: usize = 18;
+    let smtp = crate::common::smtp::start().await;
+    smtp.set_hold(true);
+    let cluster = match pg::cluster() {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("PostgreSQL test skipped: {why}");
+            return;
+        }
+    };
+    let url = cluster.database().await;
+    let builder = || Builder {
+        extra: format!(
+            "[throttle]\nauth_per_minute = 0\n[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n"
+        ),
+        smtp_target: Some(("127.0.0.1".to_string(), smtp.addr.port())),
+        ..Default::default()
+    };
+    let a = TestGateway::start_with(builder()).await;
+    // Queued in one write, due a second from now: A claims them together.
+    let due = a.clock.now() + 1;
+    let queued: Vec<Record> = (0..N)
+        .map(|i| {
+            Record::Mail(portcullis::mail::compose(
+                "notice",
+                &format!("lease{i}@example.com"),
+                &format!("Notice {i}"),
+                format!("Hello {i}.\n"),
+                due,
+            ))
+        })
+        .collect();
+    a.handle().auth.store.import(queued).await.unwrap();
+    a.clock.advance(1);
+    let wait = |what: &'static str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        move || assert!(Instant::now() < deadline, "timed out: {what}")
+    };
+    let check = wait("A sends its first message");
+    while smtp.held() == 0 {
+        check();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let outbox = a.handle().auth.store.list_mail().await.unwrap();
+    assert_eq!(outbox.len(), N);
+    let first = outbox[0].claim.expect("claimed");
+    assert!(
+        outbox.iter().all(|m| m.claim == Some(first)),
+        "one batch, one lease: {outbox:?}"
+    );
+    // B starts only now, on A's time.
+    let b = TestGateway::start_with(builder()).await;
+    b.clock.set(a.clock.now());
+    let mut b_claimed = false;
+    // One message at a time: each arrival (held by the receiver) costs 8 s
+    // of gateway time, then gets its answer.
+    let mut arrived = 0;
+    loop {
+        let check = wait("a message reaches the receiver, or the outbox empties");
+        loop {
+            if smtp.messages().len() > arrived {
+                break;
+            }
+            if a.handle().auth.store.list_mail().await.unwrap().is_empty() {
+                break;
+            }
+            check();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if smtp.messages().len() == arrived {
+            break;
+        }
+        arrived += 1;
+        // This message took 8 s.
+        a.clock.advance(8);
+        b.clock.advance(8);
+        if a.clock.now() >= first.until && !b_claimed {
+            // A's lease has run out: let B claim what it can before A goes on.
+            let check = wait("B claims the rest of A's batch");
+            loop {
+                let outbox = a.handle().auth.store.list_mail().await.unwrap();
+                if outbox
+                    .iter()
+                    .any(|m| m.claim.is_some_and(|c| c.by != first.by))
+                {
+                    break;
+                }
+                check();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            b_claimed = true;
+        }
+        smtp.release(1);
+    }
+    assert!(b_claimed, "the batch outlasted its lease");
+    // Anything still on its way (a sender going on with a stale batch)
+    // arrives at once now; every sender polls twice a second.
+    smtp.set_hold(false);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mails = smtp.messages();
+    let mut to: Vec<String> = mails.iter().map(|m| m.to.join(",")).collect();
+    to.sort();
+    let sent = to.len();
+    to.dedup();
+    assert_eq!((sent, to.len()), (N, N), "sent twice: {to:?}");
+    let ids: std::collections::BTreeSet<String> = mails
+        .iter()
+        .map(|m| {
+            assert!(m.header("date").is_some(), "no Date: {}", m.data);
+            m.header("message-id")
+                .unwrap_or_else(|| panic!("no Message-ID: {}", m.data))
+        })
+        .collect();
+    assert_eq!(ids.len(), N, "{ids:?}");
+    assert!(a.handle().auth.store.list_mail().await.unwrap().is_empty());
+}

@@ -10,6 +10,11 @@
 //!
 //! [`SmtpServer::set_down`] simulates an outage: new connections get
 //! `421` and are closed, `MAIL FROM` on open connections gets `451`.
+//! [`SmtpServer::set_hold`] makes it slow at the test's pace: each message
+//! is captured at the end of its DATA, and its `250` waits until the test
+//! [releases](SmtpServer::release) it. [`SmtpServer::reject_next_data`]
+//! answers the next messages' DATA with `451` after reading them (they
+//! are kept in [`SmtpServer::rejected`]): a retry sends them again.
 
 use std::io;
 use std::net::SocketAddr;
@@ -111,7 +116,6 @@ pub struct SmtpServer {
     task: JoinHandle<()>,
 }
 
-#[derive(Default)]
 struct Shared {
     messages: Mutex<Vec<Mail>>,
     auths: Mutex<Vec<(String, String)>>,
@@ -119,6 +123,32 @@ struct Shared {
     reject_auth: AtomicBool,
     connections: AtomicUsize,
     open_conns: AtomicUsize,
+    /// Hold each message's `250` until released (see `set_hold`).
+    hold: AtomicBool,
+    gate: tokio::sync::Semaphore,
+    /// Messages captured and waiting for their `250`.
+    held: AtomicUsize,
+    /// Messages whose DATA still gets `451` (see `reject_next_data`).
+    reject_data: AtomicUsize,
+    rejected: Mutex<Vec<Mail>>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            messages: Mutex::default(),
+            auths: Mutex::default(),
+            down: AtomicBool::default(),
+            reject_auth: AtomicBool::default(),
+            connections: AtomicUsize::default(),
+            open_conns: AtomicUsize::default(),
+            hold: AtomicBool::default(),
+            gate: tokio::sync::Semaphore::new(0),
+            held: AtomicUsize::default(),
+            reject_data: AtomicUsize::default(),
+            rejected: Mutex::default(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -246,6 +276,38 @@ impl SmtpServer {
     /// Every `(username, password)` seen in AUTH, oldest first.
     pub fn auths(&self) -> Vec<(String, String)> {
         lock(&self.shared.auths).clone()
+    }
+
+    /// `true`: every message is captured at the end of its DATA (it shows
+    /// in [`SmtpServer::messages`] at once), and its `250` waits until
+    /// [`SmtpServer::release`] lets it go: a server as slow as the test
+    /// wants. `false`: everything held goes, and no more is held.
+    pub fn set_hold(&self, hold: bool) {
+        self.shared.hold.store(hold, Ordering::SeqCst);
+        if !hold {
+            self.shared.gate.add_permits(1 << 20);
+        }
+    }
+
+    /// Let `n` held messages (or the next ones) have their `250`.
+    pub fn release(&self, n: usize) {
+        self.shared.gate.add_permits(n);
+    }
+
+    /// How many captured messages wait for their `250` now.
+    pub fn held(&self) -> usize {
+        self.shared.held.load(Ordering::SeqCst)
+    }
+
+    /// Answer the next `n` messages' DATA with `451` once they are read
+    /// (a temporary failure after the whole message went over the wire).
+    pub fn reject_next_data(&self, n: usize) {
+        self.shared.reject_data.store(n, Ordering::SeqCst);
+    }
+
+    /// The messages answered `451` by [`SmtpServer::reject_next_data`].
+    pub fn rejected(&self) -> Vec<Mail> {
+        lock(&self.shared.rejected).clone()
     }
 
     /// Number of TCP connections accepted so far (including refused ones
@@ -525,6 +587,21 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     data.extend_from_slice(b"\r\n");
                 }
                 let envelope = std::mem::take(&mut envelope);
+                let reject = shared
+                    .reject_data
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if reject {
+                    lock(&shared.rejected).push(Mail {
+                        from: envelope.from.unwrap_or_default(),
+                        to: envelope.to,
+                        data: String::from_utf8_lossy(&data).into_owned(),
+                        tls,
+                        auth: auth.clone(),
+                    });
+                    reply(&mut s, "451 4.3.0 Try again later").await?;
+                    continue;
+                }
                 let id = {
                     let mut messages = lock(&shared.messages);
                     messages.push(Mail {
@@ -536,6 +613,14 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     });
                     messages.len()
                 };
+                if shared.hold.load(Ordering::SeqCst) {
+                    shared.held.fetch_add(1, Ordering::SeqCst);
+                    let permit = shared.gate.acquire().await;
+                    shared.held.fetch_sub(1, Ordering::SeqCst);
+                    if let Ok(p) = permit {
+                        p.forget();
+                    }
+                }
                 reply(&mut s, &format!("250 2.0.0 OK queued as {id}")).await?;
             }
             "RSET" => {
