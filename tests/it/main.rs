@@ -21,6 +21,7 @@ mod openapi;
 mod passthrough;
 mod postgres;
 mod races;
+mod reauth;
 mod reload;
 mod security;
 mod startup;
