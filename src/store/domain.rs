@@ -702,7 +702,14 @@ mod tests {
         assert_eq!(r.unwrap().auth_time, Some(150));
         // Idle or expired sessions are not revived by it.
         assert!(matches!(
-            rotate(&s, 5, &RefreshPolicy { reauth_at: Some(1000), ..policy(1000, 0) }),
+            rotate(
+                &s,
+                5,
+                &RefreshPolicy {
+                    reauth_at: Some(1000),
+                    ..policy(1000, 0)
+                }
+            ),
             (None, RotateOutcome::Invalid)
         ));
     }
@@ -722,7 +729,10 @@ mod tests {
         };
         assert!(apply_user_change(&u, &step(10)).is_err());
         let (u2, c) = apply_user_change(&u, &step(11)).unwrap();
-        assert_eq!((u2.totp.as_ref().unwrap().last_step, c), (11, Cascade::NONE));
+        assert_eq!(
+            (u2.totp.as_ref().unwrap().last_step, c),
+            (11, Cascade::NONE)
+        );
         assert!(apply_user_change(&u2, &step(11)).is_err());
         let rec = UserChange::UseMfa {
             secret: "s".into(),

@@ -1074,10 +1074,7 @@ async fn chromium_signs_in_refreshes_signs_out_and_uses_a_passkey() {
         if let Some(m) = found {
             break m;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no passkey notice"
-        );
+        assert!(std::time::Instant::now() < deadline, "no passkey notice");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     assert!(notice.body_text().contains("new passkey"));

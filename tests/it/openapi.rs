@@ -329,7 +329,11 @@ async fn every_operation_answers_as_documented() {
     // ----- re-authentication
     for (body, bearer, status) in [
         (json!({ "password": PASSWORD }), Some(access.as_str()), 200),
-        (json!({ "password": "not the password" }), Some(access.as_str()), 401),
+        (
+            json!({ "password": "not the password" }),
+            Some(access.as_str()),
+            401,
+        ),
         (json!({}), Some(access.as_str()), 400),
         (json!({ "password": PASSWORD }), None, 401),
     ] {

@@ -72,7 +72,14 @@ async fn totp_on(gw: &TestGateway, access: &str) -> (Vec<u8>, String, Vec<String
     let shown = r.json()["secret"].as_str().unwrap().to_string();
     let secret = base32_decode(&shown);
     let code = code_at(&secret, gw.clock.now());
-    let r = send(gw, "POST", "/auth/mfa/totp/confirm", json!({ "code": code }), access).await;
+    let r = send(
+        gw,
+        "POST",
+        "/auth/mfa/totp/confirm",
+        json!({ "code": code }),
+        access,
+    )
+    .await;
     assert_eq!(r.status, 200, "{r:?}");
     let codes = r.json()["recovery_codes"]
         .as_array()
@@ -127,8 +134,19 @@ async fn totp_and_api_keys_need_a_recent_sign_in_and_reauth_restores_it() {
     // Wrong or missing password: refused, and nothing changes.
     let r = reauth(&gw, json!({ "password": "not the password" }), &access).await;
     assert_error(&r, 401, "invalid_credentials");
-    assert_error(&reauth(&gw, json!({}), &access).await, 400, "validation_failed");
-    let r = http::send_json(gw.addr, "POST", "/auth/reauth", Some(&json!({ "password": PASSWORD })), None).await;
+    assert_error(
+        &reauth(&gw, json!({}), &access).await,
+        400,
+        "validation_failed",
+    );
+    let r = http::send_json(
+        gw.addr,
+        "POST",
+        "/auth/reauth",
+        Some(&json!({ "password": PASSWORD })),
+        None,
+    )
+    .await;
     assert_error(&r, 401, "unauthorized");
 }
 
@@ -143,7 +161,11 @@ async fn auth_time_survives_refresh_and_only_reauth_renews_it() {
     let v = r.json();
     let access = v["access_token"].as_str().unwrap().to_string();
     let rt = v["refresh_token"].as_str().unwrap().to_string();
-    assert_eq!(claims(&access)["auth_time"], json!(t0), "a refresh is no sign-in");
+    assert_eq!(
+        claims(&access)["auth_time"],
+        json!(t0),
+        "a refresh is no sign-in"
+    );
     gw.clock.advance(200);
     // Refreshed 200 s ago, signed in 400 s ago: not recent.
     let r = refresh(&gw, &rt).await;
@@ -154,7 +176,9 @@ async fn auth_time_survives_refresh_and_only_reauth_renews_it() {
     assert_eq!(claims(&access)["auth_time"], json!(t0));
     assert_error(&enroll(&gw, &access).await, 403, "reauth_required");
     // Introspection shows the claim too.
-    let r = gw.post("/auth/verify", json!({ "token": access }), None).await;
+    let r = gw
+        .post("/auth/verify", json!({ "token": access }), None)
+        .await;
     assert_eq!(r.json()["claims"]["auth_time"], json!(t0), "{r:?}");
 
     let r = reauth(&gw, json!({ "password": PASSWORD }), &access).await;
@@ -166,7 +190,11 @@ async fn auth_time_survives_refresh_and_only_reauth_renews_it() {
     let r = refresh(&gw, &rt2).await;
     assert_eq!(r.status, 200, "{r:?}");
     let access = r.json()["access_token"].as_str().unwrap().to_string();
-    assert_eq!(claims(&access)["auth_time"], json!(t1), "the reauth's time, refreshed on");
+    assert_eq!(
+        claims(&access)["auth_time"],
+        json!(t1),
+        "the reauth's time, refreshed on"
+    );
     assert_eq!(enroll(&gw, &access).await.status, 200);
     // A fresh sign-in is recent too, for its own session only.
     let other = gw.signin("refreshed@example.com", PASSWORD).await;
@@ -187,12 +215,27 @@ async fn reauth_needs_the_code_when_totp_is_on_and_spends_it() {
     let r = reauth(&gw, json!({ "code": code }), &s.access).await;
     assert_error(&r, 400, "validation_failed");
     assert!(r.json()["fields"]["password"].is_array(), "{r:?}");
-    let r = reauth(&gw, json!({ "password": PASSWORD, "code": "000000x" }), &s.access).await;
+    let r = reauth(
+        &gw,
+        json!({ "password": PASSWORD, "code": "000000x" }),
+        &s.access,
+    )
+    .await;
     assert_error(&r, 400, "invalid_code");
     // Wrong password with the right code: the code is not spent.
-    let r = reauth(&gw, json!({ "password": "nope nope nope", "code": code }), &s.access).await;
+    let r = reauth(
+        &gw,
+        json!({ "password": "nope nope nope", "code": code }),
+        &s.access,
+    )
+    .await;
     assert_error(&r, 401, "invalid_credentials");
-    let r = reauth(&gw, json!({ "password": PASSWORD, "code": code }), &s.access).await;
+    let r = reauth(
+        &gw,
+        json!({ "password": PASSWORD, "code": code }),
+        &s.access,
+    )
+    .await;
     assert_eq!(r.status, 200, "{r:?}");
     let access = r.json()["access_token"].as_str().unwrap().to_string();
     // The code worked once.
@@ -261,7 +304,11 @@ async fn wait_mail(gw: &TestGateway, to: &str, subject: &str) -> Mail {
         assert!(
             Instant::now() < deadline,
             "no mail {subject:?} to {to}; got {:?}",
-            gw.smtp().messages().iter().map(Mail::subject).collect::<Vec<_>>()
+            gw.smtp()
+                .messages()
+                .iter()
+                .map(Mail::subject)
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -274,7 +321,11 @@ fn assert_notice(m: &Mail, names: &str, secrets: &[&str]) {
     let body = m.body_text();
     assert!(body.contains(names), "{names:?} not in {body}");
     for s in secrets {
-        assert!(!s.is_empty() && !m.data.contains(s), "a secret in the mail: {}", m.data);
+        assert!(
+            !s.is_empty() && !m.data.contains(s),
+            "a secret in the mail: {}",
+            m.data
+        );
     }
     assert!(!m.data.contains("token="), "{}", m.data);
 }
@@ -312,14 +363,17 @@ async fn each_security_notice_arrives_and_names_its_event_without_a_secret() {
     assert_notice(&m, "password", &[new_pw, PASSWORD, &s.access]);
 
     // A reset: the link mail, then a notice of its own once it is done.
-    let r = gw.post("/auth/password/reset", json!({ "email": to }), None).await;
+    let r = gw
+        .post("/auth/password/reset", json!({ "email": to }), None)
+        .await;
     assert_eq!(r.status, 202, "{r:?}");
     let link = wait_mail(&gw, to, "Reset your password").await;
     let token = link
         .token_from_link("/auth/password/reset")
         .expect("a reset link");
     let reset_pw = "yet another passphrase 7";
-    let body = json!({ "token": token, "new_password": reset_pw, "new_password_confirm": reset_pw });
+    let body =
+        json!({ "token": token, "new_password": reset_pw, "new_password_confirm": reset_pw });
     let r = gw.post("/auth/password/reset/confirm", body, None).await;
     assert_eq!(r.status, 204, "{r:?}");
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -328,7 +382,10 @@ async fn each_security_notice_arrives_and_names_its_event_without_a_secret() {
             .smtp()
             .messages()
             .into_iter()
-            .filter(|m| m.subject().is_some_and(|s| s.contains("Your password was changed")))
+            .filter(|m| {
+                m.subject()
+                    .is_some_and(|s| s.contains("Your password was changed"))
+            })
             .collect();
         if n.len() >= 2 || Instant::now() > deadline {
             break n;
@@ -344,9 +401,7 @@ async fn the_portal_asks_an_old_session_to_confirm_before_adding_a_passkey() {
     let mut b = crate::browser::builder();
     b.with_smtp = true;
     let gw = TestGateway::start_with(b).await;
-    let r = gw
-        .register("portal-reauth@example.com", PASSWORD)
-        .await;
+    let r = gw.register("portal-reauth@example.com", PASSWORD).await;
     assert_eq!(r.status, 201);
     let cookie = portal_login(&gw, "portal-reauth@example.com", "/auth/ui/sessions").await;
     let origin = format!("http://{}", gw.addr);
@@ -393,13 +448,28 @@ async fn the_portal_asks_an_old_session_to_confirm_before_adding_a_passkey() {
     assert!(page.text().contains("Confirm it is you"));
 
     // A wrong password: the form again, with the API's generic message.
-    let r = post_form(&gw, "/auth/ui/reauth", &[("password", "not it at all")], Some(&cookie)).await;
+    let r = post_form(
+        &gw,
+        "/auth/ui/reauth",
+        &[("password", "not it at all")],
+        Some(&cookie),
+    )
+    .await;
     assert_eq!(r.status, 401, "{r:?}");
     assert!(r.text().contains("The email or password is incorrect."));
     // The right one: the session's new cookie, and back to the page.
-    let r = post_form(&gw, "/auth/ui/reauth", &[("password", PASSWORD)], Some(&cookie)).await;
+    let r = post_form(
+        &gw,
+        "/auth/ui/reauth",
+        &[("password", PASSWORD)],
+        Some(&cookie),
+    )
+    .await;
     assert_eq!(r.status, 303, "{r:?}");
-    assert_eq!(r.header("location"), Some("/auth/ui/sessions?notice=reauthed"));
+    assert_eq!(
+        r.header("location"),
+        Some("/auth/ui/sessions?notice=reauthed")
+    );
     let fresh = set_cookie(&r, "__Host-portcullis").unwrap().to_string();
     assert_ne!(fresh, cookie);
     let r = start(fresh.clone()).await;

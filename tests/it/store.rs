@@ -211,7 +211,10 @@ pub async fn a_reauth_sets_auth_time_and_a_refresh_keeps_it(s: Arc<dyn Store>) {
     let mut old = session(&u, 150);
     old.auth_time = None;
     s.create_session(old.clone(), 0).await.unwrap();
-    assert_eq!(s.find_session(old.id).await.unwrap().unwrap().auth_time, None);
+    assert_eq!(
+        s.find_session(old.id).await.unwrap().unwrap().auth_time,
+        None
+    );
 }
 
 pub async fn rotation_grace_and_reuse(s: Arc<dyn Store>) {
