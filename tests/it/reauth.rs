@@ -481,3 +481,14 @@ async fn the_portal_asks_an_old_session_to_confirm_before_adding_a_passkey() {
     assert_eq!(r.status, 303, "{r:?}");
     assert!(r.header("location").unwrap().starts_with("/auth/ui/login"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reauth_secs_follows_the_setting() {
+    let gw = gateway("\n[accounts]\nreauth_secs = 60\n").await;
+    let s = gw.signup("short@example.com").await;
+    gw.clock.advance(60);
+    assert_eq!(create_key(&gw, &s.access).await.status, 201);
+    gw.clock.advance(1);
+    assert_error(&create_key(&gw, &s.access).await, 403, "reauth_required");
+    assert_error(&enroll(&gw, &s.access).await, 403, "reauth_required");
+}
