@@ -101,6 +101,7 @@ fn run() -> Result<(), String> {
             ip: "127.0.0.1".into(),
             user_agent: "seed".into(),
             amr: vec!["pwd".into()],
+            auth_time: Some(now),
         }));
         if page.len() == PAGE {
             flush(&mut page)?;

@@ -41,6 +41,9 @@ pub enum ApiError {
     AlreadyEnrolled,
     /// An API key without any of the route's scopes.
     InsufficientScope,
+    /// A sensitive change needs a sign-in within `accounts.reauth_secs`
+    /// (CONTRACT 8.6): `POST /auth/reauth` first.
+    ReauthRequired,
     /// Temporarily unable to serve (the hash queue is full, the store
     /// cannot write); the cause is logged, the client is told when to retry.
     Unavailable {
@@ -80,6 +83,7 @@ impl ApiError {
             ApiError::Conflict => 409,
             ApiError::InvalidCode => 400,
             ApiError::MfaRequired | ApiError::InsufficientScope => 403,
+            ApiError::ReauthRequired => 403,
             ApiError::AlreadyEnrolled => 409,
             ApiError::Unavailable { .. } => 503,
             ApiError::Internal(_) => 500,
@@ -109,6 +113,7 @@ impl ApiError {
             ApiError::MfaRequired => "mfa_required",
             ApiError::AlreadyEnrolled => "already_enrolled",
             ApiError::InsufficientScope => "forbidden",
+            ApiError::ReauthRequired => "reauth_required",
             ApiError::Unavailable { .. } => "service_unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -140,6 +145,9 @@ impl ApiError {
             }
             ApiError::InsufficientScope => {
                 "This API key has none of the scopes this resource needs."
+            }
+            ApiError::ReauthRequired => {
+                "This change needs a recent sign-in; confirm it is you and try again."
             }
             ApiError::Unavailable { .. } => "The service is busy; try again shortly.",
             ApiError::Internal(_) => "An internal error occurred.",
@@ -248,6 +256,7 @@ mod tests {
                 "service_unavailable",
             ),
             (ApiError::BadGateway, 502, "bad_gateway"),
+            (ApiError::ReauthRequired, 403, "reauth_required"),
         ];
         for (e, status, code) in cases {
             let r = e.into_response();

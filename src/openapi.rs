@@ -97,6 +97,7 @@ pub fn allow(path: &str) -> Option<&'static str> {
         reset_page,
         reset_confirm,
         password_change,
+        reauth,
         me,
         update_me,
         sessions,
@@ -131,6 +132,7 @@ pub fn allow(path: &str) -> Option<&'static str> {
         EmailRequest,
         ResetConfirmRequest,
         PasswordChangeRequest,
+        ReauthRequest,
         UpdateMeRequest,
         LoginResponse,
         MfaChallenge,
@@ -401,6 +403,22 @@ fn reset_confirm() {}
     ))]
 fn password_change() {}
 
+/// Re-authenticate (CONTRACT 8.6): the password, and a TOTP or recovery
+/// code when TOTP is on. Answers a new pair for the SAME session (its
+/// refresh token rotated) whose access token carries a fresh `auth_time`,
+/// so that enrolling TOTP, adding a passkey and creating an API key work
+/// for `accounts.reauth_secs`. Wrong guesses count toward the account
+/// lockout; a locked account gets 429.
+#[utoipa::path(post, path = "/auth/reauth", tag = "accounts",
+    request_body = ReauthRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A new pair for this session, with a fresh `auth_time`", body = TokenResponse),
+        (status = 400, description = "`invalid_code`, `validation_failed` (a missing `password`, or `code` with TOTP on) or `bad_request`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`, or `invalid_credentials` (wrong password)", body = ErrorBody),
+    ))]
+fn reauth() {}
+
 /// The caller's account.
 #[utoipa::path(get, path = "/auth/me", tag = "accounts",
     security(("bearer" = [])),
@@ -510,6 +528,7 @@ fn openapi_json() {}
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The secret and its URI", body = EnrollResponse),
+        (status = 403, description = "`reauth_required`: the sign-in is older than `accounts.reauth_secs`; `POST /auth/reauth` first", body = ErrorBody),
         (status = 409, description = "`already_enrolled`: TOTP is already on", body = ErrorBody),
     ))]
 fn totp_enroll() {}
@@ -556,6 +575,7 @@ fn mfa_verify() {}
     responses(
         (status = 201, description = "Created", body = CreatedApiKey),
         (status = 400, description = "`validation_failed` with `fields`, or `bad_request`", body = ErrorBody),
+        (status = 403, description = "`reauth_required`: the sign-in is older than `accounts.reauth_secs`; `POST /auth/reauth` first", body = ErrorBody),
     ))]
 fn api_key_create() {}
 

@@ -287,6 +287,16 @@ pub struct PasswordChangeRequest {
     pub new_password_confirm: String,
 }
 
+/// `POST /auth/reauth`: the password (every account has one today) and,
+/// when TOTP is on, a TOTP or recovery code as well.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ReauthRequest {
+    /// Required when the account has a password.
+    pub password: Option<String>,
+    /// A TOTP code or a recovery code; required when TOTP is on.
+    pub code: Option<String>,
+}
+
 /// Only `username` can change; any other key is a `validation_failed`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

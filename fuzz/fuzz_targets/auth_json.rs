@@ -24,6 +24,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("POST", "/auth/password/reset"),
     ("POST", "/auth/password/reset/confirm"),
     ("POST", "/auth/password/change"),
+    ("POST", "/auth/reauth"),
     ("GET", "/auth/me"),
     ("PATCH", "/auth/me"),
     ("GET", "/auth/sessions"),

@@ -13,6 +13,7 @@ use crate::api::{ApiRequest, ApiResponse};
 use crate::audit;
 use crate::clock::rfc3339;
 use crate::error::ApiError;
+use crate::mail;
 use crate::store::{ApiKey, StoreError, UserChange};
 use crate::wire::{ApiKeyList, ApiKeyView, CreatedApiKey};
 
@@ -27,7 +28,8 @@ fn to_json<T: Serialize>(v: &T) -> Value {
 
 impl AuthService {
     pub(super) async fn api_key_create(&self, req: &ApiRequest) -> ApiResult {
-        let claims = self.require_bearer(req)?;
+        // A key is a new way in: only from a recent sign-in.
+        let claims = self.require_recent_bearer(req)?;
         let user = self.current_user(&claims).await?;
         let body = json_body(req)?;
         let mut errs = FieldErrors::default();
@@ -107,7 +109,8 @@ impl AuthService {
             key: record.clone(),
             max: MAX_KEYS_PER_USER,
         };
-        match self.change_user(user.id, change, None).await {
+        let notice = mail::api_key_created_mail(&user.email, self.clock.now());
+        match self.change_user(user.id, change, Some(notice)).await {
             Ok(u) if !u.disabled => {}
             Ok(_) => return Err(ApiError::Unauthorized),
             Err(StoreError::Conflict) => {

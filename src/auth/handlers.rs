@@ -108,6 +108,7 @@ impl AuthService {
             )),
             "/auth/password/reset/confirm" if *m == Method::POST => self.reset_confirm(req).await,
             "/auth/password/change" if *m == Method::POST => self.password_change(req).await,
+            "/auth/reauth" if *m == Method::POST => self.reauth(req).await,
             "/auth/me" if *m == Method::GET => self.me(req).await,
             "/auth/me" if *m == Method::PATCH => self.update_me(req).await,
             "/auth/sessions" if *m == Method::GET => self.sessions(req).await,
@@ -136,6 +137,7 @@ impl AuthService {
             | "/auth/password/reset"
             | "/auth/password/reset/confirm"
             | "/auth/password/change"
+            | "/auth/reauth"
             | "/auth/me"
             | "/auth/sessions"
             | "/auth/openapi.json"
@@ -470,6 +472,9 @@ impl AuthService {
             ip: req.client_ip.to_string(),
             user_agent: req.user_agent(),
             amr: amr.iter().map(|m| m.to_string()).collect(),
+            // A sign-in: what every later access token of this session
+            // carries as `auth_time`, refresh after refresh.
+            auth_time: Some(now),
         };
         let current = self
             .store
@@ -478,7 +483,7 @@ impl AuthService {
         self.token_response(&current, &session)
     }
 
-    fn token_response(&self, user: &User, session: &SessionRecord) -> ApiResult {
+    pub(super) fn token_response(&self, user: &User, session: &SessionRecord) -> ApiResult {
         // Sessions from before `amr` was recorded were password logins.
         let pwd = ["pwd".to_string()];
         let amr = if session.amr.is_empty() {
@@ -488,7 +493,14 @@ impl AuthService {
         };
         let (access, _) = self
             .tokens
-            .issue(&user.id, &user.email, &user.roles, &session.id, amr)
+            .issue_for_session(
+                &user.id,
+                &user.email,
+                &user.roles,
+                &session.id,
+                amr,
+                session.auth_time,
+            )
             .map_err(ApiError::internal)?;
         Ok(ApiResponse::serialized(
             200,
@@ -534,6 +546,7 @@ impl AuthService {
                     grace_secs: self.cfg().tokens.refresh_reuse_grace_secs,
                     idle_secs: self.cfg().tokens.refresh_idle_secs,
                     revoke_until: stamp.revoke_until,
+                    reauth_at: None,
                 },
             )
             .await?;

@@ -16,6 +16,7 @@ use super::AuthService;
 use crate::api::{ApiRequest, ApiResponse};
 use crate::audit;
 use crate::error::ApiError;
+use crate::mail;
 use crate::store::{MfaProof, OneTimeKind, OneTimeToken, Redeem, StoreError, User, UserChange};
 use crate::wire::{ConfirmResponse, EnrollResponse, MfaChallenge};
 
@@ -42,7 +43,7 @@ impl AuthService {
     /// What a presented code proves, if anything (not yet whether it was
     /// used before: the store decides that). A recovery code needs no
     /// secret, so it still works if the MFA key was lost.
-    fn proof_of(
+    pub(super) fn proof_of(
         &self,
         user: &User,
         sealed: &str,
@@ -86,7 +87,8 @@ impl AuthService {
     }
 
     pub(super) async fn totp_enroll(&self, req: &ApiRequest) -> ApiResult {
-        let claims = self.require_bearer(req)?;
+        // A new second factor is a new way in: only from a recent sign-in.
+        let claims = self.require_recent_bearer(req)?;
         let user = self.current_user(&claims).await?;
         if user.totp.as_ref().is_some_and(|t| t.confirmed) {
             return Err(ApiError::AlreadyEnrolled);
@@ -140,7 +142,8 @@ impl AuthService {
             step,
             recovery: codes.iter().map(|c| mfa::recovery_hash(c)).collect(),
         };
-        match self.change_user(user.id, change, None).await {
+        let notice = mail::totp_enabled_mail(&user.email, self.clock.now());
+        match self.change_user(user.id, change, Some(notice)).await {
             Ok(_) => {}
             Err(StoreError::Conflict) => return Err(ApiError::InvalidCode),
             Err(e) => return Err(e.into()),
@@ -206,7 +209,8 @@ impl AuthService {
             secret: sealed,
             proof,
         };
-        match self.change_user(user.id, change, None).await {
+        let notice = mail::totp_disabled_mail(&user.email, self.clock.now());
+        match self.change_user(user.id, change, Some(notice)).await {
             Ok(_) => reservation.succeed().await?,
             Err(StoreError::Conflict) => {
                 // A code already used (or TOTP changed meanwhile).

@@ -15,6 +15,7 @@ pub mod mfa_api;
 pub mod passkeys;
 pub mod password;
 pub mod portal;
+pub mod reauth;
 pub mod refresh;
 pub mod revocation;
 pub mod throttle;

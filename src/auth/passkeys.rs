@@ -29,6 +29,7 @@ use crate::api::{ApiRequest, ApiResponse};
 use crate::audit;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::mail;
 use crate::store::{StoreError, StoredPasskey, UserChange};
 
 /// At most this many passkeys per user.
@@ -187,6 +188,11 @@ impl AuthService {
             credential: serde_json::to_value(&passkey).map_err(ApiError::internal)?,
         };
         let view = json!({ "id": stored.id.to_string(), "name": stored.name });
+        let to = match self.store.find_user(user_id).await? {
+            Some(u) => u.email,
+            None => return Err(ApiError::Unauthorized),
+        };
+        let notice = mail::passkey_added_mail(&to, now);
         match self
             .change_user(
                 user_id,
@@ -194,7 +200,7 @@ impl AuthService {
                     passkey: stored,
                     max: MAX_PASSKEYS,
                 },
-                None,
+                Some(notice),
             )
             .await
         {

@@ -1,6 +1,8 @@
 //! The login portal under `/auth/ui/` (issue 14): server-rendered pages for
 //! sign-in (password, second factor, passkey), sign-up, forgotten password
-//! and reset, email verification, sign-out and the sessions page.
+//! and reset, email verification, sign-out, the sessions page, and the
+//! re-authentication a passkey needs when the sign-in is older than
+//! `accounts.reauth_secs` (CONTRACT 8.6).
 //!
 //! Every form posts back here and is handled by the same function as the
 //! JSON endpoint it stands for (`login`, `register`, …): the same checks,
@@ -369,6 +371,8 @@ impl AuthService {
             "/auth/ui/sessions" if get => self.sessions_page(page).await?,
             "/auth/ui/sessions/revoke" if post => self.revoke_submit(page).await?,
             "/auth/ui/passkeys/remove" if post => self.passkey_remove_submit(page).await?,
+            "/auth/ui/reauth" if get => self.reauth_page(page).await?,
+            "/auth/ui/reauth" if post => self.reauth_submit(page).await?,
             p if p.starts_with("/auth/ui/passkeys/") && post => self.passkey_json(page).await?,
             "/auth/ui"
             | "/auth/ui/"
@@ -381,7 +385,8 @@ impl AuthService {
             | "/auth/ui/logout"
             | "/auth/ui/sessions"
             | "/auth/ui/sessions/revoke"
-            | "/auth/ui/passkeys/remove" => return Err(ApiError::MethodNotAllowed),
+            | "/auth/ui/passkeys/remove"
+            | "/auth/ui/reauth" => return Err(ApiError::MethodNotAllowed),
             _ => return Err(ApiError::NotFound),
         };
         Ok(resp)
@@ -638,9 +643,21 @@ impl AuthService {
             Some("passkey-added") => r#"<p class="notice" role="status">Passkey added.</p>"#,
             Some("passkey-removed") => r#"<p class="notice" role="status">Passkey removed.</p>"#,
             Some("session-ended") => r#"<p class="notice" role="status">Session signed out.</p>"#,
+            Some("reauthed") => {
+                r#"<p class="notice" role="status">Thank you: you can add a passkey now.</p>"#
+            }
             _ => "",
         };
         let amr = id.claims.amr.join(", ");
+        // Adding a passkey needs a recent sign-in (CONTRACT 8.6): an older
+        // session is sent to confirm it is the user first.
+        let add_passkey = if self.require_recent(&id.claims).is_ok() {
+            r#"<p><label for="passkey-name">Name for a new passkey</label>
+<input id="passkey-name" name="passkey-name" type="text" maxlength="64" value="My passkey"></p>
+<p><button type="button" id="passkey-register">Add a passkey</button></p>"#
+        } else {
+            r#"<p id="reauth-needed">To add a passkey, first <a href="/auth/ui/reauth">confirm it is you</a>: your sign-in was a while ago.</p>"#
+        };
         let body = format!(
             r#"{notice}<p>Signed in as <strong id="who">{email}</strong>. This session signed in with: <span id="amr">{amr}</span>.</p>
 <section aria-labelledby="sessions-h">
@@ -655,9 +672,7 @@ impl AuthService {
 <h2 id="passkeys-h">Passkeys</h2>
 <ul id="passkeys">
 {keys}</ul>
-<p><label for="passkey-name">Name for a new passkey</label>
-<input id="passkey-name" name="passkey-name" type="text" maxlength="64" value="My passkey"></p>
-<p><button type="button" id="passkey-register">Add a passkey</button></p>
+{add_passkey}
 <p id="passkey-status" role="status" aria-live="polite"></p>
 </section>
 <nav aria-label="Account"><p><a href="/auth/ui/logout">Sign out</a></p></nav>"#,
@@ -694,6 +709,39 @@ impl AuthService {
         }
     }
 
+    /// The re-authentication form (CONTRACT 8.6) for the signed-in user.
+    async fn reauth_page(&self, mut page: Page<'_>) -> ApiResult {
+        let Some(id) = self.require_identity(&mut page).await else {
+            return Ok(page.see_other(&browser::login_location("/auth/ui/reauth")));
+        };
+        let user = self.current_user(&id.claims).await?;
+        let totp = user.totp.as_ref().is_some_and(|t| t.confirmed);
+        Ok(reauth_form(page, None, totp))
+    }
+
+    /// Re-authenticate through `POST /auth/reauth`'s own logic; the
+    /// session's rotated refresh token becomes the cookie.
+    async fn reauth_submit(&self, mut page: Page<'_>) -> ApiResult {
+        let Some(id) = self.require_identity(&mut page).await else {
+            return Ok(page.see_other(&browser::login_location("/auth/ui/reauth")));
+        };
+        let mut body = json!({ "password": page.field("password") });
+        let code = page.field("code");
+        if !code.trim().is_empty() {
+            body["code"] = json!(code.trim());
+        }
+        let api = api_request(page.req, "/auth/reauth", body, Some(&id.access));
+        match self.reauth(&api).await {
+            Ok(resp) => Ok(self.signed_in(page, &resp, "/auth/ui/sessions?notice=reauthed")),
+            Err(e) => {
+                let (status, text) = shown(e)?;
+                let user = self.current_user(&id.claims).await?;
+                let totp = user.totp.as_ref().is_some_and(|t| t.confirmed);
+                Ok(reauth_form(page, Some((status, &text)), totp))
+            }
+        }
+    }
+
     /// The passkey script's JSON calls: `X-CSRF-Token` instead of a field.
     async fn passkey_json(&self, mut page: Page<'_>) -> ApiResult {
         let presented = page.req.header("x-csrf-token").map(str::to_string);
@@ -711,6 +759,8 @@ impl AuthService {
                     return Err(ApiError::Unauthorized);
                 };
                 let user = Uuid::parse_str(&id.claims.sub).map_err(|_| ApiError::Unauthorized)?;
+                // A passkey is a new way in: only from a recent sign-in.
+                self.require_recent(&id.claims)?;
                 if page.req.path.ends_with("/start") {
                     self.passkey_register_start(user).await?
                 } else {
@@ -801,6 +851,35 @@ fn mfa_page(page: Page<'_>, alert: Option<(u16, &str)>, token: &str, rd: &str) -
     );
     let (status, text) = alert.unwrap_or((200, ""));
     page.html(status, "Two-step verification", alert.map(|_| text), &body)
+}
+
+fn reauth_form(page: Page<'_>, alert: Option<(u16, &str)>, totp: bool) -> ApiResponse {
+    let mut fields = input(
+        "password",
+        "Password",
+        "password",
+        "current-password",
+        "",
+        true,
+    );
+    if totp {
+        fields.push_str(&input(
+            "code",
+            "Authentication code or recovery code",
+            "text",
+            "one-time-code",
+            "",
+            true,
+        ));
+    }
+    let body = format!(
+        r#"<p>Some changes (adding a passkey) need a recent sign-in. Confirm it is you to go on.</p>
+{}
+<nav aria-label="Account"><p><a href="/auth/ui/sessions">Back to your sessions</a></p></nav>"#,
+        form("/auth/ui/reauth", &page, &fields, "Confirm")
+    );
+    let (status, text) = alert.unwrap_or((200, ""));
+    page.html(status, "Confirm it is you", alert.map(|_| text), &body)
 }
 
 fn register_page(page: Page<'_>, alert: Option<(u16, &str)>, email: &str) -> ApiResponse {

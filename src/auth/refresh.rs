@@ -138,6 +138,7 @@ mod tests {
             ip: String::new(),
             user_agent: String::new(),
             amr: vec![],
+            auth_time: None,
         }
     }
 

@@ -42,12 +42,25 @@ pub struct AccessClaims {
     /// `webauthn`. Tokens issued before the claim existed read as empty.
     #[serde(default)]
     pub amr: Vec<String>,
+    /// When the user last really authenticated (a sign-in or
+    /// `POST /auth/reauth`, never a refresh): OIDC's `auth_time`, seconds
+    /// since the epoch. Missing in tokens of sessions older than the claim,
+    /// which count as not recent (CONTRACT 8.6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
 }
 
 impl AccessClaims {
     /// Does the token carry a second factor?
     pub fn has_second_factor(&self) -> bool {
         self.amr.iter().any(|m| m == "otp" || m == "webauthn")
+    }
+
+    /// Was the user authenticated within `max_age` seconds of `now`?
+    /// A token without `auth_time` never was.
+    pub fn authenticated_within(&self, now: i64, max_age: u64) -> bool {
+        self.auth_time
+            .is_some_and(|t| t <= now && now - t <= max_age as i64)
     }
 }
 
@@ -145,7 +158,7 @@ impl TokenService {
         self.settings.load().cfg.access_ttl_secs
     }
 
-    /// Sign an access token for a user and session.
+    /// Sign an access token for a user and session (without `auth_time`).
     pub fn issue(
         &self,
         user_id: &Uuid,
@@ -153,6 +166,20 @@ impl TokenService {
         roles: &[String],
         sid: &Uuid,
         amr: &[String],
+    ) -> Result<(String, AccessClaims), jsonwebtoken::errors::Error> {
+        self.issue_for_session(user_id, email, roles, sid, amr, None)
+    }
+
+    /// Sign an access token for a user and session that authenticated at
+    /// `auth_time`.
+    pub fn issue_for_session(
+        &self,
+        user_id: &Uuid,
+        email: &str,
+        roles: &[String],
+        sid: &Uuid,
+        amr: &[String],
+        auth_time: Option<i64>,
     ) -> Result<(String, AccessClaims), jsonwebtoken::errors::Error> {
         let now = self.clock.now();
         let settings = self.settings.load();
@@ -169,6 +196,7 @@ impl TokenService {
             email: email.to_string(),
             roles: roles.to_vec(),
             amr: amr.to_vec(),
+            auth_time,
         };
         let keys = self.keys.load();
         let key = keys.signing(now);

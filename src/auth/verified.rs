@@ -116,6 +116,7 @@ mod tests {
                 email: "e@example.com".into(),
                 roles: vec![],
                 amr: vec![],
+                auth_time: None,
             }),
             key_verifies_until: None,
             generation,

@@ -100,6 +100,8 @@ pub struct AccountsFile {
     pub require_email_verification: bool,
     pub verify_token_ttl_secs: u64,
     pub reset_token_ttl_secs: u64,
+    /// How recent a sign-in must be for sensitive changes (CONTRACT 8.6).
+    pub reauth_secs: u64,
 }
 
 impl Default for AccountsFile {
@@ -108,6 +110,7 @@ impl Default for AccountsFile {
             require_email_verification: false,
             verify_token_ttl_secs: 86_400,
             reset_token_ttl_secs: 1_800,
+            reauth_secs: 300,
         }
     }
 }

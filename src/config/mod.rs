@@ -123,6 +123,8 @@ pub struct AccountsConfig {
     pub require_email_verification: bool,
     pub verify_token_ttl_secs: u64,
     pub reset_token_ttl_secs: u64,
+    /// How recent the sign-in (`auth_time`) must be for sensitive changes.
+    pub reauth_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -504,6 +506,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
     let a = &f.accounts;
     positive("accounts.verify_token_ttl_secs", a.verify_token_ttl_secs, p);
     positive("accounts.reset_token_ttl_secs", a.reset_token_ttl_secs, p);
+    positive("accounts.reauth_secs", a.reauth_secs, p);
 
     // --- mail
     let m = &f.mail;
@@ -788,6 +791,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Str
             require_email_verification: a.require_email_verification,
             verify_token_ttl_secs: a.verify_token_ttl_secs,
             reset_token_ttl_secs: a.reset_token_ttl_secs,
+            reauth_secs: a.reauth_secs,
         },
         mail: MailConfig {
             transport,

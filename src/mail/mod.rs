@@ -115,6 +115,74 @@ fn message_date(msg: &OutboxMessage) -> std::time::SystemTime {
     std::time::UNIX_EPOCH + Duration::from_secs(msg.created_at.max(0) as u64)
 }
 
+// ----- security notices (CONTRACT 8.6): they name the event and when it
+// happened, never a token, key, secret or code.
+
+/// A notice to the account's owner that `what` happened to the account.
+fn security_notice(kind: &str, to: &str, subject: &str, what: &str, now: i64) -> OutboxMessage {
+    compose(
+        kind,
+        to,
+        subject,
+        format!(
+            "Hello,\n\n{what} ({at}).\n\nIf this was you, there is nothing to do. If it was not, reset your password at once and check your account's sessions, passkeys and API keys.\n",
+            at = crate::clock::rfc3339(now),
+        ),
+        now,
+    )
+}
+
+pub fn totp_enabled_mail(to: &str, now: i64) -> OutboxMessage {
+    security_notice(
+        "totp_enabled",
+        to,
+        "Two-step verification was turned on",
+        "two-step verification (an authenticator app) was just turned on for your account",
+        now,
+    )
+}
+
+pub fn totp_disabled_mail(to: &str, now: i64) -> OutboxMessage {
+    security_notice(
+        "totp_disabled",
+        to,
+        "Two-step verification was turned off",
+        "two-step verification was just turned off for your account",
+        now,
+    )
+}
+
+pub fn passkey_added_mail(to: &str, now: i64) -> OutboxMessage {
+    security_notice(
+        "passkey_added",
+        to,
+        "A passkey was added to your account",
+        "a new passkey was just added to your account; it can sign in without your password",
+        now,
+    )
+}
+
+pub fn api_key_created_mail(to: &str, now: i64) -> OutboxMessage {
+    security_notice(
+        "api_key_created",
+        to,
+        "An API key was created for your account",
+        "a new API key was just created for your account",
+        now,
+    )
+}
+
+/// For linking a federated identity (issue 22), named by its provider.
+pub fn identity_linked_mail(to: &str, provider: &str, now: i64) -> OutboxMessage {
+    security_notice(
+        "identity_linked",
+        to,
+        "A sign-in was linked to your account",
+        &format!("a sign-in with {provider} was just linked to your account"),
+        now,
+    )
+}
+
 /// Writes the whole message to the log (development).
 pub struct LogTransport;
 

@@ -157,6 +157,13 @@ pub fn apply_user_change(
             u.recovery_codes.clear();
             Cascade::NONE
         }
+        UserChange::UseMfa { secret, proof } => {
+            if u.disabled {
+                return Err(StoreError::Conflict);
+            }
+            use_mfa(&mut u, secret, proof)?;
+            Cascade::NONE
+        }
         UserChange::AddApiKey { key, max } => {
             if u.disabled || u.api_keys.len() >= *max || u.api_keys.iter().any(|k| k.id == key.id) {
                 return Err(StoreError::Conflict);
@@ -256,6 +263,16 @@ pub fn rotate(
 ) -> (Option<SessionRecord>, RotateOutcome) {
     if !session_is_live(s, p.now, p.idle_secs) {
         return (None, RotateOutcome::Invalid);
+    }
+    if let Some(at) = p.reauth_at {
+        // A re-authentication proves the user, not a refresh token: the
+        // current generation moves on, and the client gets the new pair.
+        let mut next = s.clone();
+        next.generation += 1;
+        next.rotated_at = p.now;
+        next.last_used_at = p.now;
+        next.auth_time = Some(at);
+        return (Some(next.clone()), RotateOutcome::Rotated(next));
     }
     if presented == s.generation {
         let mut next = s.clone();
@@ -607,6 +624,7 @@ mod tests {
             ip: String::new(),
             user_agent: String::new(),
             amr: vec![],
+            auth_time: None,
         }
     }
 
@@ -616,6 +634,7 @@ mod tests {
             grace_secs: grace,
             idle_secs: 500,
             revoke_until: now + 60,
+            reauth_at: None,
         }
     }
 
@@ -709,6 +728,64 @@ mod tests {
             rotate(&w, 9, &policy(201, 0)),
             (None, RotateOutcome::Invalid)
         ));
+    }
+
+    #[test]
+    fn reauth_rotates_the_current_generation_and_keeps_auth_time_across_refresh() {
+        let s = session(5);
+        let p = RefreshPolicy {
+            reauth_at: Some(150),
+            ..policy(150, 0)
+        };
+        // Whatever generation is named: the current one moves on.
+        let (w, o) = rotate(&s, 0, &p);
+        let w = w.unwrap();
+        assert_eq!((w.generation, w.auth_time), (6, Some(150)));
+        assert_eq!(o, RotateOutcome::Rotated(w.clone()));
+        // A refresh carries the time on, never renews it.
+        let (r, _) = rotate(&w, 6, &policy(160, 0));
+        assert_eq!(r.unwrap().auth_time, Some(150));
+        // Idle or expired sessions are not revived by it.
+        assert!(matches!(
+            rotate(
+                &s,
+                5,
+                &RefreshPolicy {
+                    reauth_at: Some(1000),
+                    ..policy(1000, 0)
+                }
+            ),
+            (None, RotateOutcome::Invalid)
+        ));
+    }
+
+    #[test]
+    fn use_mfa_spends_a_code_once() {
+        let mut u = user();
+        u.totp = Some(Totp {
+            secret: "s".into(),
+            confirmed: true,
+            last_step: 10,
+        });
+        u.recovery_codes = vec!["r1".into()];
+        let step = |n| UserChange::UseMfa {
+            secret: "s".into(),
+            proof: MfaProof::Step(n),
+        };
+        assert!(apply_user_change(&u, &step(10)).is_err());
+        let (u2, c) = apply_user_change(&u, &step(11)).unwrap();
+        assert_eq!(
+            (u2.totp.as_ref().unwrap().last_step, c),
+            (11, Cascade::NONE)
+        );
+        assert!(apply_user_change(&u2, &step(11)).is_err());
+        let rec = UserChange::UseMfa {
+            secret: "s".into(),
+            proof: MfaProof::Recovery("r1".into()),
+        };
+        let (u3, _) = apply_user_change(&u2, &rec).unwrap();
+        assert!(u3.recovery_codes.is_empty() && u3.totp.is_some());
+        assert!(apply_user_change(&u3, &rec).is_err());
     }
 
     #[test]

@@ -152,6 +152,12 @@ pub struct SessionRecord {
     /// empty in sessions older than the field: read as `["pwd"]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub amr: Vec<String>,
+    /// When the user last really authenticated in this session (sign-in
+    /// or `POST /auth/reauth`; never a refresh): the `auth_time` of its
+    /// access tokens. `None` in sessions older than the field, which count
+    /// as not recent (CONTRACT 8.6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
 }
 
 /// What presenting generation `g` of a session's refresh token led to.
@@ -177,6 +183,9 @@ pub struct RefreshPolicy {
     pub idle_secs: u64,
     /// Revocations written for a reused session last until then.
     pub revoke_until: i64,
+    /// A re-authentication at this time: the session's current generation
+    /// is rotated (whatever was presented) and its `auth_time` set.
+    pub reauth_at: Option<i64>,
 }
 
 /// Something that voids access tokens, persisted and mirrored in memory
@@ -238,6 +247,12 @@ pub enum UserChange {
     },
     /// Turn TOTP off, with a second factor for the current secret.
     TotpDisable {
+        secret: String,
+        proof: MfaProof,
+    },
+    /// Use a second factor (a re-authentication): the step or recovery
+    /// code is spent on the current record, so it works once.
+    UseMfa {
         secret: String,
         proof: MfaProof,
     },

@@ -261,7 +261,16 @@ try:
             is_user_verified=True,
         )
     )
+    # The sign-in is older than accounts.reauth_secs (the clock moved on):
+    # adding a passkey needs the user to confirm it is them first.
     driver.get(f"{GW}/auth/ui/sessions")
+    assert driver.find_elements(By.ID, "reauth-needed"), page()
+    assert not driver.find_elements(By.ID, "passkey-register"), page()
+    driver.find_element(By.LINK_TEXT, "confirm it is you").click()
+    wait.until(lambda d: "Confirm it is you" in page())
+    fill("password", PASSWORD)
+    submit("Confirm")
+    wait.until(lambda d: "notice=reauthed" in d.current_url)
     fill("passkey-name", "Test key")
     driver.find_element(By.ID, "passkey-register").click()
     wait.until(lambda d: "notice=passkey-added" in d.current_url or "could not" in page())

@@ -1062,6 +1062,23 @@ async fn chromium_signs_in_refreshes_signs_out_and_uses_a_passkey() {
         "the browser test failed ({status}):\n{}\n{stderr}",
         log.join("\n")
     );
+    // The passkey added in the browser was announced to its owner, with
+    // no secret in the notice (CONTRACT 8.6).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let notice = loop {
+        let found = gw.smtp().messages().into_iter().find(|m| {
+            m.to.iter().any(|t| t.contains("browser@example.com"))
+                && m.subject()
+                    .is_some_and(|s| s.contains("A passkey was added"))
+        });
+        if let Some(m) = found {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "no passkey notice");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(notice.body_text().contains("new passkey"));
+    assert!(!notice.data.contains("token=") && !notice.data.contains(PASSWORD));
     // What the upstream saw: identities, and never the cross-site POST.
     let requests = gw.upstream.requests();
     assert!(

@@ -22,6 +22,7 @@ mod passthrough;
 mod postgres;
 mod races;
 mod readiness;
+mod reauth;
 mod reload;
 mod revocation;
 mod security;

@@ -326,6 +326,22 @@ async fn every_operation_answers_as_documented() {
     }
     assert_eq!(gw.get("/auth/me", Some(&second)).await.status, 401);
 
+    // ----- re-authentication
+    for (body, bearer, status) in [
+        (json!({ "password": PASSWORD }), Some(access.as_str()), 200),
+        (
+            json!({ "password": "not the password" }),
+            Some(access.as_str()),
+            401,
+        ),
+        (json!({}), Some(access.as_str()), 400),
+        (json!({ "password": PASSWORD }), None, 401),
+    ] {
+        let r = send(&gw, "POST", "/auth/reauth", Some(body), bearer).await;
+        assert_eq!(r.status, status, "{r:?}");
+        spec.check("POST", "/auth/reauth", &r);
+    }
+
     // ----- passwords
     let new_pw = "a different long passphrase";
     for (current, status) in [("wrong password!", 401), (PASSWORD, 204)] {
@@ -461,6 +477,15 @@ async fn every_operation_answers_as_documented() {
         let r = send(&gw, "GET", "/auth/api-keys", None, bearer).await;
         spec.check("GET", "/auth/api-keys", &r);
     }
+    // A sign-in older than accounts.reauth_secs: 403 reauth_required.
+    gw.clock.advance(301);
+    let create = json!({ "name": "late", "scopes": ["read"] });
+    let r = send(&gw, "POST", "/auth/api-keys", Some(create), Some(&m.access)).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    spec.check("POST", "/auth/api-keys", &r);
+    let r = send(&gw, "POST", "/auth/mfa/totp/enroll", None, Some(&m.access)).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    spec.check("POST", "/auth/mfa/totp/enroll", &r);
     for status in [204, 404] {
         let path = format!("/auth/api-keys/{key_id}");
         let r = send(&gw, "DELETE", &path, None, Some(&m.access)).await;

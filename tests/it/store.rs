@@ -47,6 +47,7 @@ pub fn session(user: &User, now: i64) -> SessionRecord {
         ip: "127.0.0.1".into(),
         user_agent: "test".into(),
         amr: vec!["pwd".into()],
+        auth_time: Some(now),
     }
 }
 
@@ -63,6 +64,7 @@ fn policy(now: i64) -> RefreshPolicy {
         grace_secs: 0,
         idle_secs: 500,
         revoke_until: now + 60,
+        reauth_at: None,
     }
 }
 
@@ -164,6 +166,54 @@ pub async fn one_refresh_generation_has_one_winner(s: Arc<dyn Store>) {
     assert!(
         revs.contains(&Revocation::Session(sess.id, 170)),
         "{revs:?}"
+    );
+}
+
+/// A re-authentication (CONTRACT 8.6) rotates the session's current
+/// generation, whatever was named, and sets `auth_time`; a refresh carries
+/// it on and never renews it; parallel reauths and refreshes of one
+/// session each rotate once, and the time is the newest reauth's.
+pub async fn a_reauth_sets_auth_time_and_a_refresh_keeps_it(s: Arc<dyn Store>) {
+    let u = user("reauth@example.com");
+    s.create_user(u.clone(), None).await.unwrap();
+    let sess = session(&u, 100);
+    s.create_session(sess.clone(), 0).await.unwrap();
+    let reauth = |at: i64| RefreshPolicy {
+        reauth_at: Some(at),
+        ..policy(at)
+    };
+    assert!(matches!(
+        s.rotate_refresh(sess.id, 0, policy(110)).await.unwrap(),
+        RotateOutcome::Rotated(ref r) if r.generation == 1 && r.auth_time == Some(100)
+    ));
+    assert!(matches!(
+        s.rotate_refresh(sess.id, 0, reauth(120)).await.unwrap(),
+        RotateOutcome::Rotated(ref r) if r.generation == 2 && r.auth_time == Some(120)
+    ));
+    let stored = s.find_session(sess.id).await.unwrap().unwrap();
+    assert_eq!((stored.generation, stored.auth_time), (2, Some(120)));
+    assert!(matches!(
+        s.rotate_refresh(sess.id, 2, policy(130)).await.unwrap(),
+        RotateOutcome::Rotated(ref r) if r.generation == 3 && r.auth_time == Some(120)
+    ));
+    // Eight reauths at once: eight rotations, none lost.
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        set.spawn(async move { s.rotate_refresh(sess.id, 0, reauth(140)).await });
+    }
+    while let Some(r) = set.join_next().await {
+        assert!(matches!(r.unwrap().unwrap(), RotateOutcome::Rotated(_)));
+    }
+    let stored = s.find_session(sess.id).await.unwrap().unwrap();
+    assert_eq!((stored.generation, stored.auth_time), (11, Some(140)));
+    // A session without the field (older than it) reads as never.
+    let mut old = session(&u, 150);
+    old.auth_time = None;
+    s.create_session(old.clone(), 0).await.unwrap();
+    assert_eq!(
+        s.find_session(old.id).await.unwrap().unwrap().auth_time,
+        None
     );
 }
 
@@ -1374,6 +1424,7 @@ macro_rules! conformance {
                 unique_email_has_one_winner,
                 one_refresh_generation_has_one_winner,
                 rotation_grace_and_reuse,
+                a_reauth_sets_auth_time_and_a_refresh_keeps_it,
                 password_change_has_one_winner,
                 concurrent_admin_and_profile_changes_are_all_kept,
                 no_session_survives_a_racing_disable,

@@ -43,6 +43,10 @@
   }
 
   function failed(res, fallback) {
+    // A sign-in too old for adding a passkey: confirm it is you first.
+    if (res.body && res.body.error === 'reauth_required') {
+      return location.assign('/auth/ui/reauth');
+    }
     say((res.body && res.body.message) || fallback);
   }
 
