@@ -17,6 +17,9 @@ pub struct ApiRequest {
     pub body: Bytes,
     pub client_ip: IpAddr,
     pub request_id: String,
+    /// Came over the TLS listener: only the `https` origin of its host is
+    /// then its own (the CSRF Origin check).
+    pub tls: bool,
 }
 
 impl ApiRequest {

@@ -53,6 +53,7 @@ fn request(method: &str, path: &str, body: &[u8], bearer: Option<&str>) -> ApiRe
         body: bytes::Bytes::copy_from_slice(body),
         client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         request_id: "fuzz".into(),
+        tls: false,
     }
 }
 

@@ -239,6 +239,8 @@ impl AuthService {
             body: json!({ "refresh_token": cookie }).to_string().into(),
             client_ip,
             request_id: request_id.to_string(),
+            // The refresh logic checks no origin.
+            tls: false,
         };
         let resp = self.refresh(&req).await.map_err(|e| e.status())?;
         let (access, refresh) = tokens_of(&resp).ok_or(500u16)?;
@@ -447,8 +449,8 @@ pub fn trusted_origin(origin: &str, host: Option<&str>, tls: bool, cfg: &Config)
 /// The CSRF Origin check of a state-changing request: its one `Origin`
 /// header (else the origin of its `Referer`) must be trusted. No origin
 /// at all fails (closed).
-pub fn origin_allowed(headers: &HeaderMap, cfg: &Config) -> bool {
-    origin_allowed_for(headers, None, false, cfg)
+pub fn origin_allowed(req: &ApiRequest, cfg: &Config) -> bool {
+    origin_allowed_for(&req.headers, None, req.tls, cfg)
 }
 
 /// [`origin_allowed`], with the request's `:authority` (HTTP/2) standing in

@@ -113,8 +113,7 @@ impl<'a> Page<'a> {
             &self.req.headers,
             &browser::csrf_cookie_name(&self.cfg.browser),
         );
-        browser::origin_allowed(&self.req.headers, &self.cfg)
-            && browser::csrf_matches(cookie, presented)
+        browser::origin_allowed(self.req, &self.cfg) && browser::csrf_matches(cookie, presented)
     }
 
     fn csrf_field(&self) -> String {
@@ -243,6 +242,7 @@ fn api_request(req: &ApiRequest, path: &str, body: Value, bearer: Option<&str>) 
         body: Bytes::from(body.to_string()),
         client_ip: req.client_ip,
         request_id: req.request_id.clone(),
+        tls: req.tls,
     }
 }
 

@@ -315,6 +315,7 @@ impl Gateway {
             body,
             client_ip: ctx.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             request_id: ctx.request_id.clone(),
+            tls: self.tls,
         };
         let auth = self.auth.clone();
         let resp = match self

@@ -1071,10 +1071,12 @@ scopes = ["read"]
 
     let r = call("/auth/password/reset", json!({ "email": email }), None).await;
     assert_eq!(r.status, 202);
-    let mails = smtp.wait_for(2, Duration::from_secs(15)).await;
-    let reset = mails
-        .iter()
-        .find_map(|m| m.token_from_link("/auth/password/reset"))
+    let reset = smtp
+        .wait_for_match(Duration::from_secs(15), |m| {
+            m.token_from_link("/auth/password/reset").is_some()
+        })
+        .await
+        .token_from_link("/auth/password/reset")
         .expect("reset link");
     secrets.push(reset.clone());
     let r = call(
@@ -1095,7 +1097,10 @@ scopes = ["read"]
     let r3 = r.json()["refresh_token"].as_str().unwrap().to_string();
     secrets.extend([a3, r3]);
     // Let the outbox log the "password changed" notice delivery too.
-    smtp.wait_for(3, Duration::from_secs(15)).await;
+    smtp.wait_for_match(Duration::from_secs(15), |m| {
+        m.subject().as_deref() == Some("Your password was changed")
+    })
+    .await;
 
     // SIGTERM: a graceful exit with status 0.
     let pid = child.child.id().to_string();

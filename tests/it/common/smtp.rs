@@ -243,6 +243,27 @@ impl SmtpServer {
         }
     }
 
+    /// Polls until a message matching `pred` has arrived and returns it;
+    /// panics with what did arrive on timeout. (Waiting for a count breaks
+    /// whenever a change adds a mail, such as a security notice.)
+    pub async fn wait_for_match(&self, timeout: Duration, pred: impl Fn(&Mail) -> bool) -> Mail {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(m) = self.messages().into_iter().find(|m| pred(m)) {
+                return m;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let got: Vec<_> = self
+                    .messages()
+                    .iter()
+                    .map(|m| format!("to={:?} subject={:?}", m.to, m.subject()))
+                    .collect();
+                panic!("timed out after {timeout:?} waiting for a matching mail; got {got:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits `d` and panics if any message arrived (e.g. no mail must be
     /// sent for an unknown account).
     pub async fn assert_no_mail_for(&self, d: Duration) {

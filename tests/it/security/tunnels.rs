@@ -63,6 +63,13 @@ async fn tunnel_upstream_answering(eager: bool) -> TunnelUpstream {
                 if !eager {
                     let _ = s.write_all(SWITCH).await;
                 }
+                // Tunnel bytes read along with the head (an eager 101 lets
+                // the client send before the head is read) are echoed too.
+                let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                if end < head.len() && s.write_all(&head[end..]).await.is_err() {
+                    count.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
                 loop {
                     match s.read(&mut b).await {
                         Ok(0) | Err(_) => break,

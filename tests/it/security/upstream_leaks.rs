@@ -268,6 +268,42 @@ async fn over_tls_only_the_https_origin_of_the_host_is_trusted() {
         assert_eq!(r.status, 200, "{ok}: {r:?}");
         assert_eq!(echoed(&r, "x-user-email"), ["tls@example.com"]);
     }
+
+    // The portal's own forms too: a sign-in with the right double-submit
+    // token but `Origin: http://{host}` over TLS is refused.
+    let (csrf_cookie, token) = b::csrf(&gw, "/auth/ui/login").await;
+    let form = b::form(&[
+        ("csrf", &token),
+        ("email", "tls@example.com"),
+        ("password", PASSWORD),
+    ]);
+    let sign_in = |origin: String| {
+        let raw = http::build_request(
+            &host,
+            "POST",
+            "/auth/ui/login",
+            &[
+                ("cookie", &csrf_cookie),
+                ("origin", &origin),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            Some(form.as_bytes()),
+            false,
+        );
+        let (addr, cert) = (gw.tls_addr, gw.cert_path());
+        async move {
+            http::tls_send_raw(addr, "localhost", &cert, &raw, &[])
+                .await
+                .unwrap()
+                .0
+        }
+    };
+    let r = sign_in(format!("http://{host}")).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(set_cookie(&r, SESSION).is_none());
+    let r = sign_in(format!("https://{host}")).await;
+    assert_eq!(r.status, 303, "{r:?}");
+    assert!(set_cookie(&r, SESSION).is_some());
 }
 
 /// Session loss by a flooded cache (CWE-400/770 leading to CWE-613 in
