@@ -280,7 +280,23 @@ async fn request_metrics_count_each_request_once_by_route_and_status() {
     assert_bad_gateway(&gw.get("/__drop", None).await);
     assert_eq!(gw.get("/x", None).await.status, 401);
     assert_eq!(gw.login("nobody@example.com", PASSWORD).await.status, 401);
-    let m1 = gw.metrics().await;
+    // Pingora's `logging` hook records a request after its response is
+    // written, so the client can scrape before the last one is counted:
+    // wait until all six are (bounded), then check each.
+    let total = |m: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with("portcullis_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let m1 = loop {
+        let m = gw.metrics().await;
+        if total(&m) - total(&m0) >= 6.0 || std::time::Instant::now() >= deadline {
+            break m;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let d = |name: &str| metric(&m1, name) - metric(&m0, name);
     let requests = |route: &str, class: &str| {
         d(&format!(
