@@ -228,6 +228,16 @@ async fn one<V: DeserializeOwned>(
     }
 }
 
+/// The outbox message `id`, its row locked for the rest of `tx`.
+async fn lock_mail(tx: &Transaction<'_>, id: Uuid) -> StoreResult<Option<OutboxMessage>> {
+    one(
+        tx,
+        "SELECT record FROM outbox WHERE id = $1 FOR UPDATE",
+        &[&id],
+    )
+    .await
+}
+
 async fn put_mail(tx: &Transaction<'_>, m: &OutboxMessage) -> StoreResult<()> {
     tx.execute(
         "INSERT INTO outbox (id, created_at, record) VALUES ($1, $2, $3)
@@ -1215,13 +1225,7 @@ impl Store for PgStore {
     ) -> StoreResult<Option<OutboxMessage>> {
         let me = self.instance;
         self.write(tx!(|tx| {
-            let Some(current) = one::<OutboxMessage>(
-                tx,
-                "SELECT record FROM outbox WHERE id = $1 FOR UPDATE",
-                &[&id],
-            )
-            .await?
-            else {
+            let Some(current) = lock_mail(tx, id).await? else {
                 return Ok(None);
             };
             let renewed = domain::renew_mail_claim(&current, now, lease_secs, me);
@@ -1241,13 +1245,7 @@ impl Store for PgStore {
     async fn record_delivery(&self, id: Uuid, delivery: Delivery) -> StoreResult<()> {
         let me = self.instance;
         self.write(tx!(|tx| {
-            let Some(current) = one::<OutboxMessage>(
-                tx,
-                "SELECT record FROM outbox WHERE id = $1 FOR UPDATE",
-                &[&id],
-            )
-            .await?
-            else {
+            let Some(current) = lock_mail(tx, id).await? else {
                 return Ok(());
             };
             if !domain::delivery_applies(&current, &delivery, me) {
