@@ -34,6 +34,7 @@ from selenium.webdriver.common.virtual_authenticator import (  # noqa: E402
 from selenium.common.exceptions import (  # noqa: E402
     NoSuchElementException,
     StaleElementReferenceException,
+    WebDriverException,
 )
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -144,24 +145,66 @@ def session_cookie():
     return next((c for c in driver.get_cookies() if c["name"] == "__Host-portcullis"), None)
 
 
+def swapped(e):
+    """True when an element action failed only because the document it was
+    found in was being replaced by a navigation (a form submitted, a
+    redirect landed): chromedriver then reports a stale node, a missing
+    node, or "Node with given id does not belong to the document"."""
+    if isinstance(e, RACY):
+        return True
+    msg = str(e)
+    return "does not belong to the document" in msg or "stale element" in msg
+
+
+def settled(d):
+    try:
+        return d.execute_script("return document.readyState") == "complete"
+    except WebDriverException:
+        return False  # the document went away while asked: not settled yet
+
+
+def act(what, fn):
+    """Runs an element action on the page now shown, again (up to WAIT s)
+    while the page is being swapped; any other failure is raised."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            WebDriverWait(driver, WAIT).until(settled)
+            return fn()
+        except WebDriverException as e:
+            if not swapped(e) or time.monotonic() > deadline:
+                raise AssertionError(f"{what}: {e}") from e
+            time.sleep(0.1)
+
+
 def fill(field, value):
-    el = driver.find_element(By.ID, field)
-    el.clear()
-    el.send_keys(value)
+    def go():
+        el = driver.find_element(By.ID, field)
+        el.clear()
+        el.send_keys(value)
+
+    act(f"fill {field}", go)
 
 
 def submit(text):
-    driver.find_element(By.XPATH, f"//button[normalize-space()='{text}']").click()
+    act(f"submit {text}", lambda: driver.find_element(By.XPATH, f"//button[normalize-space()='{text}']").click())
+
+
+def click(by, sel):
+    act(f"click {sel}", lambda: driver.find_element(by, sel).click())
+
+
+def text_of(by, sel):
+    return act(f"read {sel}", lambda: driver.find_element(by, sel).text)
+
+
+def present(by, sel):
+    return act(f"look for {sel}", lambda: bool(driver.find_elements(by, sel)))
 
 
 def page():
     """The text of the page now shown (read again if it was replaced)."""
-    for _ in range(50):
-        try:
-            return driver.find_element(By.TAG_NAME, "body").text
-        except RACY:
-            time.sleep(0.1)
-    raise AssertionError("no stable page to read")
+    return act("read the page", lambda: driver.find_element(By.TAG_NAME, "body").text)
 
 
 try:
@@ -169,9 +212,9 @@ try:
     step("redirect")
     driver.get(f"{GW}/app/dashboard?tab=1")
     at("/auth/ui/login?rd=%2Fapp%2Fdashboard%3Ftab%3D1")
-    assert driver.find_element(By.CSS_SELECTOR, "label[for=email]").text == "Email"
+    assert text_of(By.CSS_SELECTOR, "label[for=email]") == "Email"
     shot("login")
-    driver.find_element(By.LINK_TEXT, "Create an account").click()
+    click(By.LINK_TEXT, "Create an account")
     at("/auth/ui/register")
     fill("email", EMAIL)
     fill("password", PASSWORD)
@@ -211,7 +254,7 @@ try:
     step("sessions page")
     driver.get(f"{GW}/auth/ui/sessions")
     wait.until(lambda d: "Your sessions" in page())
-    assert driver.find_element(By.ID, "amr").text == "pwd"
+    assert text_of(By.ID, "amr") == "pwd"
     shot("sessions", 1200)
 
     # (2) The access token expires; the next request refreshes by itself.
@@ -264,18 +307,18 @@ try:
     # The sign-in is older than accounts.reauth_secs (the clock moved on):
     # adding a passkey needs the user to confirm it is them first.
     driver.get(f"{GW}/auth/ui/sessions")
-    assert driver.find_elements(By.ID, "reauth-needed"), page()
-    assert not driver.find_elements(By.ID, "passkey-register"), page()
-    driver.find_element(By.LINK_TEXT, "confirm it is you").click()
+    assert present(By.ID, "reauth-needed"), page()
+    assert not present(By.ID, "passkey-register"), page()
+    click(By.LINK_TEXT, "confirm it is you")
     wait.until(lambda d: "Confirm it is you" in page())
     fill("password", PASSWORD)
     submit("Confirm")
     wait.until(lambda d: "notice=reauthed" in d.current_url)
     fill("passkey-name", "Test key")
-    driver.find_element(By.ID, "passkey-register").click()
+    click(By.ID, "passkey-register")
     wait.until(lambda d: "notice=passkey-added" in d.current_url or "could not" in page())
     assert "Passkey added." in page(), page()
-    assert "Test key" in driver.find_element(By.ID, "passkeys").text
+    assert "Test key" in text_of(By.ID, "passkeys")
     shot("sessions-passkey", 1250)
 
     # (3) Sign out: the app is out of reach.
@@ -291,11 +334,11 @@ try:
 
     # (6) Sign in with the passkey alone: no email, no password.
     step("passkey sign-in")
-    driver.find_element(By.ID, "passkey-login").click()
+    click(By.ID, "passkey-login")
     at("/app/dashboard?tab=4")
     assert EMAIL in page(), page()
     driver.get(f"{GW}/auth/ui/sessions")
-    assert driver.find_element(By.ID, "amr").text == "webauthn"
+    assert text_of(By.ID, "amr") == "webauthn"
 
     # The remaining portal pages, for the README.
     step("other pages")
