@@ -48,6 +48,10 @@ ROUNDS = int(os.environ.get("COMPARE_ROUNDS", "3"))
 SECS = int(os.environ.get("COMPARE_SECS", "5"))
 CONNS = 32
 REVOCATIONS = int(os.environ.get("COMPARE_REVOCATIONS", "100000"))
+# A release dir of an earlier build (its `portcullis` and `examples/seed`):
+# its public and required HS256 routes run in the same rounds, so a change
+# is measured before and after in one run (the redesign of issue 21).
+BEFORE = os.environ.get("COMPARE_BEFORE", "")
 PASSWORD = "Vx9-quartz-Lantern-47"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 PROXY_CORE, LOAD_CORE = "0", "1"
@@ -248,7 +252,7 @@ def run(work):
         nginx_conf(work, "upstream", up_port, '        location / { return 200 "ok\\n"; }'),
         LOAD_CORE, f"{work}/upstream.log", "nginx upstream", up_port)
 
-    ports = {k: free_port() for k in ["nginx", "bare", "bare_nosteal", "hs", "ed", "authreq"]}
+    ports = {k: free_port() for k in ["nginx", "bare", "bare_nosteal", "hs", "ed", "authreq", "before"]}
     nginx_proxy = start(
         nginx_conf(work, "nginx", ports["nginx"], f"""        location / {{
             proxy_pass http://up;
@@ -264,15 +268,16 @@ def run(work):
                          ports["bare_nosteal"])
 
     gateways = {}
-    for key, alg in [("hs", "HS256"), ("ed", "EdDSA")]:
+    builds = [("hs", "HS256", REL), ("ed", "EdDSA", REL)] + ([("before", "HS256", BEFORE)] if BEFORE else [])
+    for key, alg, rel in builds:
         conf = gateway_conf(work, key, ports[key], up_port, alg)
-        seeded = subprocess.run([f"{REL}/examples/seed", conf, "1", "0", str(REVOCATIONS), PASSWORD],
+        seeded = subprocess.run([f"{rel}/examples/seed", conf, "1", "0", str(REVOCATIONS), PASSWORD],
                                 capture_output=True, text=True)
         if seeded.returncode != 0:
             sys.exit(f"seeding {key}: {seeded.stderr}")
         print(seeded.stdout.strip(), f"({alg})", flush=True)
         env = dict(os.environ, RUST_LOG="warn")
-        p = subprocess.Popen(["taskset", "-c", PROXY_CORE, f"{REL}/portcullis", "serve", "--config", conf],
+        p = subprocess.Popen(["taskset", "-c", PROXY_CORE, f"{rel}/portcullis", "serve", "--config", conf],
                              stdout=open(f"{work}/{key}.log", "wb"), stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, env=env)
         procs.append(p)
@@ -318,6 +323,14 @@ def run(work):
         ("authreq", "nginx `auth_request` → Portcullis `/auth/verify`", ports["authreq"], "/api/item",
          hs_token, [authreq.pid, gateways["hs"].pid], True),
     ]
+    if BEFORE:
+        before_token = login(ports["before"])
+        variants += [
+            ("public_before", "earlier build, public route", ports["before"], "/pub/item", None,
+             [gateways["before"].pid], True),
+            ("required_before", "earlier build, required route, HS256", ports["before"], "/api/item",
+             before_token, [gateways["before"].pid], True),
+        ]
     results = {v[0]: [] for v in variants}
     cpu = {v[0]: [] for v in variants}
     for r in range(ROUNDS):
@@ -346,6 +359,11 @@ def run(work):
         ("required HS256 / nginx `auth_request` + verify", ratio("required_hs", "authreq"), "≥ 3×"),
         ("bare Pingora / nginx", ratio("bare", "nginx"), "—"),
     ]
+    if BEFORE:
+        ratios += [
+            ("public route, this build / earlier build", ratio("public", "public_before"), "≈ 1.00×"),
+            ("required HS256, this build / earlier build", ratio("required_hs", "required_before"), "≈ 1.00×"),
+        ]
     # Half the bare-Pingora maximum, or half a variant's own maximum where
     # that is lower (nginx auth_request): never latency at saturation.
     rate = int(statistics.median(results["bare"]) / 2)

@@ -7,6 +7,9 @@
 #   bash benches/compare.sh            # 3 rounds of 5 s per variant
 #   COMPARE_ROUNDS=5 COMPARE_SECS=10 bash benches/compare.sh
 #   COMPARE_WRITE=0 bash benches/compare.sh   # print only
+#   COMPARE_BEFORE=/path/to/old/target/release bash benches/compare.sh
+#       # also runs an earlier build's public and required routes in the
+#       # same rounds (needs its portcullis and examples/seed)
 #
 # Needs 2 cores (the proxy under test on core 0, the upstream and the load
 # generator on core 1). Every process it starts listens on an ephemeral
