@@ -5,8 +5,9 @@
 //! gateway at this server, which speaks enough ESMTP for lettre (EHLO, AUTH
 //! PLAIN/LOGIN with any credentials, MAIL, RCPT, DATA, RSET, NOOP, QUIT and
 //! optionally STARTTLS) and captures each message. [`Mail`] helpers decode
-//! the message (quoted-printable/base64, multipart) so tests can pull the
-//! link or token out of the e-mail exactly as a user would.
+//! the message with `mail-parser` (quoted-printable/base64, multipart,
+//! encoded-words) so tests can pull the link or token out of the e-mail
+//! exactly as a user would.
 //!
 //! [`SmtpServer::set_down`] simulates an outage: new connections get
 //! `421` and are closed, `MAIL FROM` on open connections gets `451`.
