@@ -66,20 +66,9 @@ fn run() -> Result<(), String> {
     };
     for (i, id) in user_ids.iter().enumerate() {
         page.push(Record::User(User {
-            id: *id,
-            email: format!("seed{i}@example.com"),
-            username: None,
-            password_hash: hash.clone(),
             email_verified: true,
             roles: vec!["user".into()],
-            created_at: now - DAY,
-            disabled: false,
-            password_version: 0,
-            totp: None,
-            recovery_codes: Vec::new(),
-            api_keys: Vec::new(),
-            keys_version: 0,
-            passkeys: vec![],
+            ..User::new(*id, format!("seed{i}@example.com"), hash.clone(), now - DAY)
         }));
         if page.len() == PAGE {
             flush(&mut page)?;

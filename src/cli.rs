@@ -483,20 +483,13 @@ pub fn backup_command(cfg: Config, out: &std::path::Path) -> Result<(), String> 
     };
     // Checked whole before it is kept: a cut connection is no backup.
     let (header, _) = copy::read_backup(bytes.as_slice())?;
-    let tmp = out.with_extension("partial");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| format!("creating '{}': {e}", tmp.display()))?;
-        f.write_all(&bytes)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| format!("writing '{}': {e}", tmp.display()))?;
-    }
-    std::fs::rename(&tmp, out).map_err(|e| format!("writing '{}': {e}", out.display()))?;
+    use crate::fsutil::{write_atomic, Existing};
+    write_atomic(out, &bytes, 0o600, Existing::Refuse).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            format!("'{}' exists: choose a new file", out.display())
+        }
+        _ => format!("writing '{}': {e}", out.display()),
+    })?;
     println!(
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({

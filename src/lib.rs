@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod executor;
+pub mod fsutil;
 pub mod logging;
 pub mod mail;
 pub mod metrics;

@@ -127,22 +127,9 @@ fn open_sled_checked(
 }
 
 fn write_secret_file(path: &std::path::Path, text: &str) -> Result<(), String> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(&tmp)
-        .map_err(|e| format!("writing '{}': {e}", tmp.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(|e| format!("writing '{}': {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("writing '{}': {e}", path.display()))
+    use crate::fsutil::{write_atomic, Existing};
+    write_atomic(path, text.as_bytes(), 0o600, Existing::Replace)
+        .map_err(|e| format!("writing '{}': {e}", path.display()))
 }
 
 fn open_sled(path: &std::path::Path, nice: u8, cache_bytes: u64) -> Result<Arc<SledStore>, String> {

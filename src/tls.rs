@@ -2,7 +2,6 @@
 //! inside the service), and a self-signed development pair generated when
 //! both files are missing.
 
-use std::io::Write;
 use std::path::Path;
 
 /// Check that `cert` holds at least one certificate and `key` a private key.
@@ -49,20 +48,8 @@ pub fn ensure_dev_pair(cert: &Path, key: &Path) -> Result<bool, String> {
 }
 
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut f = opts
-        .open(path)
-        .map_err(|e| format!("writing '{}': {e}", path.display()))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
+    use crate::fsutil::{write_atomic, Existing};
+    write_atomic(path, data, mode, Existing::Refuse)
         .map_err(|e| format!("writing '{}': {e}", path.display()))
 }
 

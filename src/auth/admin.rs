@@ -165,20 +165,9 @@ impl AuthService {
                 let mut seen = std::collections::HashSet::new();
                 roles.retain(|r| seen.insert(r.clone()));
                 let user = User {
-                    id: Uuid::new_v4(),
-                    email: e,
-                    username: None,
-                    password_hash: hash,
                     email_verified: true,
                     roles,
-                    created_at: self.clock.now(),
-                    disabled: false,
-                    password_version: 0,
-                    totp: None,
-                    recovery_codes: vec![],
-                    api_keys: vec![],
-                    keys_version: 0,
-                    passkeys: vec![],
+                    ..User::new(Uuid::new_v4(), e, hash, self.clock.now())
                 };
                 match self.store.create_user(user.clone(), None).await {
                     Ok(()) => {}

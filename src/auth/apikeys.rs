@@ -71,18 +71,14 @@ fn digest(key: &str) -> [u8; 32] {
 
 /// The stored form of a key.
 pub fn key_hash(key: &str) -> String {
-    digest(key).iter().map(|b| format!("{b:02x}")).collect()
+    data_encoding::HEXLOWER.encode(&digest(key))
 }
 
 fn unhex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    let v = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(s.as_bytes())
+        .ok()?;
+    v.try_into().ok()
 }
 
 /// What the proxy needs of a usable key and its owner.
@@ -260,20 +256,11 @@ mod tests {
 
     fn user(keys: Vec<ApiKey>, version: u64) -> User {
         User {
-            id: Uuid::from_u128(7),
-            email: "a@x.org".into(),
-            username: None,
-            password_hash: String::new(),
             email_verified: true,
             roles: vec!["r".into()],
-            created_at: 0,
-            disabled: false,
-            password_version: 0,
-            totp: None,
-            recovery_codes: vec![],
             api_keys: keys,
             keys_version: version,
-            passkeys: vec![],
+            ..User::new(Uuid::from_u128(7), "a@x.org", "", 0)
         }
     }
 
@@ -288,6 +275,22 @@ mod tests {
             rate_per_minute: 0,
             last_used_at: None,
         }
+    }
+
+    #[test]
+    fn the_stored_hash_is_lower_case_hex_as_before() {
+        // Hashes already in a store were written in this exact form: a
+        // change of case or encoding would orphan every existing key.
+        let h = key_hash("pk_example");
+        assert_eq!(
+            h,
+            "814ac899eaf9c497ac05636e7651ad2a949326263cee0285d61a4fd961a612a8"
+        );
+        assert_eq!(unhex32(&h), Some(digest("pk_example")));
+        assert_eq!(unhex32(&h.to_uppercase()), Some(digest("pk_example")));
+        assert_eq!(unhex32(&h[..62]), None);
+        assert_eq!(unhex32(&format!("{h}00")), None);
+        assert_eq!(unhex32(&h.replacen('8', "g", 1)), None);
     }
 
     #[test]

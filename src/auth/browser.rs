@@ -502,7 +502,10 @@ pub fn safe_redirect(rd: &str) -> Option<String> {
     // times a later hop decodes it).
     let mut decoded = rd.to_string();
     for _ in 0..3 {
-        decoded = String::from_utf8(percent_decode(&decoded)).ok()?;
+        decoded = percent_encoding::percent_decode_str(&decoded)
+            .decode_utf8()
+            .ok()?
+            .into_owned();
         if !plain_ok(&decoded) {
             return None;
         }
@@ -512,25 +515,6 @@ pub fn safe_redirect(rd: &str) -> Option<String> {
         return None;
     }
     Some(rd.to_string())
-}
-
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
 }
 
 /// The portal's sign-in page, to come back to `rd` afterwards.
@@ -618,6 +602,10 @@ mod tests {
             "/app/x?y=1&z=%2F",
             "/auth/ui/sessions",
             "/a/b/../c",
+            // Not escapes: kept as they are, and plain.
+            "/x%",
+            "/x%2",
+            "/x%zz",
         ] {
             assert_eq!(safe_redirect(ok).as_deref(), Some(ok), "{ok}");
         }
@@ -643,6 +631,11 @@ mod tests {
             "/é",
             "/auth/refresh",
             "%2F%2Fevil.com",
+            // An escape at the very end, non-ASCII and non-UTF-8 once decoded.
+            "/%2F",
+            "/%5c",
+            "/a%C3%A9",
+            "/a%FF",
         ] {
             assert_eq!(safe_redirect(bad), None, "{bad:?}");
         }

@@ -280,20 +280,8 @@ impl AuthService {
         let hash = self.hasher.hash(&pw).await?;
         let now = self.clock.now();
         let user = User {
-            id: Uuid::new_v4(),
-            email: email.clone(),
             username: username.filter(|u| !u.is_empty()),
-            password_hash: hash,
-            email_verified: false,
-            roles: vec![],
-            created_at: now,
-            disabled: false,
-            password_version: 0,
-            totp: None,
-            recovery_codes: vec![],
-            api_keys: vec![],
-            keys_version: 0,
-            passkeys: vec![],
+            ..User::new(Uuid::new_v4(), email.clone(), hash, now)
         };
         match self.store.create_user(user.clone(), None).await {
             Ok(()) => {}

@@ -21,7 +21,6 @@
 //! shared secret). Rotating it is the operator's: change the variable and
 //! restart; tokens signed with the old secret stop verifying at once.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -33,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{TokenAlgorithm, TokenConfig};
+use crate::fsutil::{write_atomic, Existing};
 
 /// One key of a [`KeySet`].
 pub struct Key {
@@ -116,16 +116,7 @@ pub fn load_or_create_secret(
                 std::fs::create_dir_all(dir)?;
             }
             let bytes = make();
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                opts.mode(0o600);
-            }
-            let mut f = opts.open(path)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
+            write_atomic(path, &bytes, 0o600, Existing::Refuse)?;
             Ok(bytes)
         }
         Err(e) => Err(e),
@@ -250,21 +241,8 @@ fn write_key_file(path: &Path, file: &KeyFile) -> Result<(), String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating '{}': {e}", dir.display()))?;
     }
-    let tmp = path.with_extension("json.tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(&tmp)
-        .map_err(|e| format!("writing '{}': {e}", tmp.display()))?;
-    f.write_all(&text)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| format!("writing '{}': {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("writing '{}': {e}", path.display()))
+    write_atomic(path, &text, 0o600, Existing::Replace)
+        .map_err(|e| format!("writing '{}': {e}", path.display()))
 }
 
 /// An exclusive lock over the data dir's key-set files, held while one is

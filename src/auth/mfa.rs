@@ -110,7 +110,7 @@ pub fn recovery_hash(code: &str) -> String {
         .flat_map(char::to_lowercase)
         .collect();
     let d = Sha256::digest(format!("portcullis-recovery:{norm}").as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    data_encoding::HEXLOWER.encode(&d)
 }
 
 /// Does `code` look like a recovery code rather than a TOTP code?
@@ -182,6 +182,15 @@ impl SealKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovery_hashes_are_lower_case_hex_as_before() {
+        // Stored hashes of unused codes must still match after an upgrade.
+        assert_eq!(
+            recovery_hash("ABCD-1234"),
+            "a001973d7eaa4ccb9bc6128d88413c5cb1062002e3aacec56720f06a9f006ecf"
+        );
+    }
 
     #[test]
     fn rfc6238_sha1_vectors() {

@@ -65,7 +65,7 @@ impl RefreshKeys {
 
     /// A new random seed for a session.
     pub fn new_seed() -> String {
-        hex(&random_bytes(16))
+        data_encoding::HEXLOWER.encode(&random_bytes(16))
     }
 
     fn mac(&self, sid: &Uuid, generation: u64, seed: &str) -> [u8; MAC_LEN] {
@@ -117,10 +117,6 @@ impl RefreshKeys {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +153,17 @@ mod tests {
         assert!(k.is_authentic(&p, &s));
         // Deterministic: the same generation gives the same token.
         assert_eq!(k.token(&s), t);
+    }
+
+    #[test]
+    fn seeds_are_32_lower_case_hex_digits() {
+        let s = RefreshKeys::new_seed();
+        assert_eq!(s.len(), 32);
+        assert!(
+            s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+            "{s}"
+        );
+        assert_ne!(s, RefreshKeys::new_seed());
     }
 
     #[test]

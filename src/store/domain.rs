@@ -594,20 +594,9 @@ mod tests {
 
     fn user() -> User {
         User {
-            id: Uuid::new_v4(),
-            email: "a@x.org".into(),
-            username: None,
-            password_hash: "h0".into(),
-            email_verified: false,
             roles: vec!["a".into()],
-            created_at: 0,
-            disabled: false,
             password_version: 3,
-            totp: None,
-            recovery_codes: vec![],
-            api_keys: vec![],
-            keys_version: 0,
-            passkeys: vec![],
+            ..User::new(Uuid::new_v4(), "a@x.org", "h0", 0)
         }
     }
 

@@ -71,6 +71,35 @@ pub struct User {
     pub passkeys: Vec<StoredPasskey>,
 }
 
+impl User {
+    /// A new account: enabled, unverified, no roles, no username, nothing
+    /// enrolled and every version at 0. Set the rest with struct update
+    /// syntax (`User { roles, ..User::new(..) }`).
+    pub fn new(
+        id: Uuid,
+        email: impl Into<String>,
+        password_hash: impl Into<String>,
+        created_at: i64,
+    ) -> Self {
+        Self {
+            id,
+            email: email.into(),
+            username: None,
+            password_hash: password_hash.into(),
+            email_verified: false,
+            roles: vec![],
+            created_at,
+            disabled: false,
+            password_version: 0,
+            totp: None,
+            recovery_codes: vec![],
+            api_keys: vec![],
+            keys_version: 0,
+            passkeys: vec![],
+        }
+    }
+}
+
 /// A registered passkey. `credential` is the WebAuthn library's own record
 /// (public key, counter, flags) as JSON, so the store needs no WebAuthn types.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

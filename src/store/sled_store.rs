@@ -294,7 +294,11 @@ fn export_page(
             let (i, key) = c.split_once(':').ok_or_else(bad)?;
             (
                 i.parse::<usize>().map_err(|_| bad())?,
-                Some(unhex(key).ok_or_else(bad)?),
+                Some(
+                    data_encoding::HEXLOWER_PERMISSIVE
+                        .decode(key.as_bytes())
+                        .map_err(|_| bad())?,
+                ),
             )
         }
     };
@@ -319,24 +323,12 @@ fn export_page(
         }
     }
     let next = match last {
-        Some((i, k)) if records.len() == limit => Some(format!("{i}:{}", hex(&k))),
+        Some((i, k)) if records.len() == limit => {
+            Some(format!("{i}:{}", data_encoding::HEXLOWER.encode(&k)))
+        }
         _ => None,
     };
     Ok(Page { records, next })
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 // ---------------------------------------------------------------- writes

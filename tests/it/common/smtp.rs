@@ -5,8 +5,9 @@
 //! gateway at this server, which speaks enough ESMTP for lettre (EHLO, AUTH
 //! PLAIN/LOGIN with any credentials, MAIL, RCPT, DATA, RSET, NOOP, QUIT and
 //! optionally STARTTLS) and captures each message. [`Mail`] helpers decode
-//! the message (quoted-printable/base64, multipart) so tests can pull the
-//! link or token out of the e-mail exactly as a user would.
+//! the message with `mail-parser` (quoted-printable/base64, multipart,
+//! encoded-words) so tests can pull the link or token out of the e-mail
+//! exactly as a user would.
 //!
 //! [`SmtpServer::set_down`] simulates an outage: new connections get
 //! `421` and are closed, `MAIL FROM` on open connections gets `451`.
@@ -23,8 +24,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use mail_parser::{MimeHeaders as _, PartType};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -49,7 +51,7 @@ impl Mail {
     /// All top-level headers, unfolded, in order (values not RFC 2047
     /// decoded).
     pub fn headers(&self) -> Vec<(String, String)> {
-        parse_headers(split_head_body(&self.data).0)
+        raw_headers(&self.data)
     }
 
     /// First top-level header with this name (case-insensitive), unfolded.
@@ -63,7 +65,13 @@ impl Mail {
     /// Like [`Mail::header`] with RFC 2047 encoded-words (`=?utf-8?b?..?=`)
     /// decoded; use for a non-ASCII `Subject`.
     pub fn header_decoded(&self, name: &str) -> Option<String> {
-        self.header(name).map(|v| decode_encoded_words(&v))
+        let message = parse(&self.data);
+        let values = message.header_as(name, mail_parser::HeaderForm::Text);
+        values.into_iter().next().map(|v| match v {
+            mail_parser::HeaderValue::Text(t) => t.into_owned(),
+            mail_parser::HeaderValue::TextList(l) => l.join(", "),
+            _ => String::new(),
+        })
     }
 
     /// `Subject`, decoded.
@@ -73,19 +81,14 @@ impl Mail {
 
     /// Decoded text body: the message itself if single-part, otherwise the
     /// first `text/plain` part (falling back to the first `text/*` part).
-    /// Quoted-printable and base64 are decoded; charset assumed UTF-8.
+    /// Quoted-printable and base64 are decoded, and the charset.
     pub fn body_text(&self) -> String {
-        let (head, body) = split_head_body(&self.data);
-        let headers = parse_headers(head);
-        find_part(&headers, body, "text/plain")
-            .or_else(|| find_part(&headers, body, "text/"))
-            .unwrap_or_default()
+        find_part(&self.data, false, true).unwrap_or_default()
     }
 
     /// Decoded first `text/html` part, if any.
     pub fn body_html(&self) -> Option<String> {
-        let (head, body) = split_head_body(&self.data);
-        find_part(&parse_headers(head), body, "text/html")
+        find_part(&self.data, true, false)
     }
 
     /// Every http(s) URL in the text body, then in the HTML body.
@@ -776,219 +779,52 @@ async fn read_line<S: AsyncRead + Unpin>(
 }
 
 // ---------------------------------------------------------------------------
-// MIME decoding
+// MIME decoding (mail-parser)
 // ---------------------------------------------------------------------------
 
-/// Splits at the first blank line; a leading blank line means no headers.
-fn split_head_body(data: &str) -> (&str, &str) {
-    if let Some(rest) = data
-        .strip_prefix("\r\n")
-        .or_else(|| data.strip_prefix('\n'))
-    {
-        return ("", rest);
-    }
-    match (data.find("\r\n\r\n"), data.find("\n\n")) {
-        (Some(i), Some(j)) if j < i => (&data[..j], &data[j + 2..]),
-        (Some(i), _) => (&data[..i], &data[i + 4..]),
-        (None, Some(j)) => (&data[..j], &data[j + 2..]),
-        (None, None) => (data, ""),
-    }
+fn parse(data: &str) -> mail_parser::Message<'_> {
+    mail_parser::MessageParser::default()
+        .parse(data.as_bytes())
+        .unwrap_or_else(|| panic!("not a mail message: {data:?}"))
 }
 
-/// Parses and unfolds a header block.
-fn parse_headers(head: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for line in head.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.starts_with([' ', '\t']) {
-            if let Some((_, value)) = out.last_mut() {
-                // Unfolding removes only the line break, keeping the WSP.
-                value.push_str(line);
-                continue;
-            }
+/// The top-level headers, raw values unfolded (the line breaks removed,
+/// their white space kept) and trimmed.
+fn raw_headers(data: &str) -> Vec<(String, String)> {
+    parse(data)
+        .headers_raw()
+        .map(|(name, value)| {
+            let unfolded = value.replace("\r\n", "").replace('\n', "");
+            (name.to_string(), unfolded.trim().to_string())
+        })
+        .collect()
+}
+
+/// The decoded first part (depth-first) whose MIME type is `text/plain`
+/// (or `text/html`); with `any_text`, failing that, the first `text/*`.
+fn find_part(data: &str, html: bool, any_text: bool) -> Option<String> {
+    let message = parse(data);
+    let text = |part: &mail_parser::MessagePart<'_>, want_html: bool| match &part.body {
+        PartType::Html(t) if want_html => Some(t.to_string()),
+        PartType::Text(t) if !want_html => {
+            let plain = part
+                .content_type()
+                .is_none_or(|ct| ct.subtype().is_none_or(|s| s.eq_ignore_ascii_case("plain")));
+            plain.then(|| t.to_string())
         }
-        if let Some((name, value)) = line.split_once(':') {
-            out.push((name.trim().to_string(), value.to_string()));
-        }
-    }
-    for (_, value) in &mut out {
-        *value = value.trim().to_string();
-    }
-    out
-}
-
-fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-/// A parameter of a structured header value, e.g. `boundary` of
-/// `multipart/alternative; boundary="x"`.
-fn header_param(value: &str, name: &str) -> Option<String> {
-    value.split(';').skip(1).find_map(|param| {
-        let (k, v) = param.split_once('=')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().trim_matches('"').to_string())
-    })
-}
-
-/// Finds the first (depth-first) part whose MIME type starts with `want` and
-/// returns it decoded.
-fn find_part(headers: &[(String, String)], body: &str, want: &str) -> Option<String> {
-    let content_type = header_value(headers, "content-type").unwrap_or("text/plain");
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    if mime.starts_with("multipart/") {
-        let boundary = header_param(content_type, "boundary")?;
-        split_multipart(body, &boundary)
-            .into_iter()
-            .find_map(|part| {
-                let (head, body) = split_head_body(part);
-                find_part(&parse_headers(head), body, want)
-            })
-    } else if mime.starts_with(want) {
-        Some(decode_transfer(headers, body))
-    } else {
-        None
-    }
-}
-
-/// The body parts of a multipart entity.
-fn split_multipart<'a>(body: &'a str, boundary: &str) -> Vec<&'a str> {
-    let delimiter = format!("--{boundary}");
-    let mut parts = Vec::new();
-    // The first segment is the preamble.
-    for segment in body.split(delimiter.as_str()).skip(1) {
-        if segment.starts_with("--") {
-            break; // close-delimiter
-        }
-        // Drop the rest of the delimiter line.
-        let Some((_, part)) = segment.split_once('\n') else {
-            continue;
-        };
-        // The line break before the next delimiter belongs to it.
-        let part = part
-            .strip_suffix("\r\n")
-            .or_else(|| part.strip_suffix('\n'))
-            .unwrap_or(part);
-        parts.push(part);
-    }
-    parts
-}
-
-fn decode_transfer(headers: &[(String, String)], body: &str) -> String {
-    let encoding = header_value(headers, "content-transfer-encoding")
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    match encoding.as_str() {
-        "quoted-printable" => String::from_utf8_lossy(&decode_qp(body, false)).into_owned(),
-        "base64" => {
-            let compact: String = body.chars().filter(|c| !c.is_whitespace()).collect();
-            let bytes = STANDARD
-                .decode(&compact)
-                .or_else(|_| STANDARD_NO_PAD.decode(compact.trim_end_matches('=')))
-                .unwrap_or_else(|e| panic!("mail part is not valid base64 ({e}): {body:?}"));
-            String::from_utf8_lossy(&bytes).into_owned()
-        }
-        _ => body.to_string(),
-    }
-}
-
-fn hex_val(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
-}
-
-/// Quoted-printable decoding; `header` = RFC 2047 "Q" (`_` is a space).
-fn decode_qp(text: &str, header: bool) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'=' if bytes[i + 1..].starts_with(b"\r\n") => i += 3, // soft break
-            b'=' if bytes[i + 1..].starts_with(b"\n") => i += 2,
-            b'=' => match bytes
-                .get(i + 1..i + 3)
-                .map(|h| (hex_val(h[0]), hex_val(h[1])))
-            {
-                Some((Some(h), Some(l))) => {
-                    out.push(h * 16 + l);
-                    i += 3;
-                }
-                _ => {
-                    out.push(b'=');
-                    i += 1;
-                }
-            },
-            b'_' if header => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
-/// Decodes RFC 2047 encoded-words; whitespace between adjacent encoded words
-/// is dropped. Charset is assumed UTF-8-compatible.
-fn decode_encoded_words(value: &str) -> String {
-    let mut out = String::new();
-    let mut rest = value;
-    let mut after_word = false;
-    while let Some(start) = rest.find("=?") {
-        let (before, tail) = rest.split_at(start);
-        match decode_word(tail) {
-            Some((decoded, len)) => {
-                if !(after_word && before.trim().is_empty()) {
-                    out.push_str(before);
-                }
-                out.push_str(&decoded);
-                rest = &tail[len..];
-                after_word = true;
-            }
-            None => {
-                out.push_str(before);
-                out.push_str("=?");
-                rest = &tail[2..];
-                after_word = false;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Decodes one `=?charset?enc?text?=` at the start of `s`; returns it and
-/// its length.
-fn decode_word(s: &str) -> Option<(String, usize)> {
-    let inner = s.strip_prefix("=?")?;
-    let (_charset, after) = inner.split_once('?')?;
-    let (encoding, after) = after.split_once('?')?;
-    let (text, _) = after.split_once("?=")?;
-    if text.contains(char::is_whitespace) {
-        return None;
-    }
-    let bytes = match encoding.to_ascii_uppercase().as_str() {
-        "B" => STANDARD
-            .decode(text)
-            .or_else(|_| STANDARD_NO_PAD.decode(text.trim_end_matches('=')))
-            .ok()?,
-        "Q" => decode_qp(text, true),
-        _ => return None,
+        _ => None,
     };
-    let len = s.len() - after.len() + text.len() + 2;
-    Some((String::from_utf8_lossy(&bytes).into_owned(), len))
+    let first = message.parts.iter().find_map(|p| text(p, html));
+    first.or_else(|| {
+        any_text
+            .then(|| {
+                message.parts.iter().find_map(|p| match &p.body {
+                    PartType::Text(t) | PartType::Html(t) => Some(t.to_string()),
+                    _ => None,
+                })
+            })
+            .flatten()
+    })
 }
 
 /// Every http(s) URL in `text`, trailing punctuation trimmed.
@@ -1030,22 +866,7 @@ fn url_param(url: &str, key: &str) -> Option<String> {
 }
 
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            if let Some((Some(h), Some(l))) = bytes
-                .get(i + 1..i + 3)
-                .map(|h| (hex_val(h[0]), hex_val(h[1])))
-            {
-                out.push(h * 16 + l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
