@@ -30,8 +30,8 @@ type ApiResult = Result<ApiResponse, ApiError>;
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
-const PASSKEY_JS: &str = include_str!("ui/passkey.js");
-const PORTAL_CSS: &str = include_str!("ui/portal.css");
+const PASSKEY_JS: &str = include_str!("../portal/static/passkey.js");
+const PORTAL_CSS: &str = include_str!("../portal/static/portal.css");
 
 /// HTML-escape text and attribute values.
 fn esc(s: &str) -> String {
