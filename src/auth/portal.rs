@@ -710,7 +710,7 @@ fn notice_page(
     page.render(status, alert, &notice)
 }
 
-fn split<'a>(alert: Option<(u16, &'a str)>) -> (u16, Option<&'a str>) {
+fn split(alert: Option<(u16, &str)>) -> (u16, Option<&str>) {
     match alert {
         Some((status, text)) => (status, Some(text)),
         None => (200, None),

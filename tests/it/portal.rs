@@ -92,7 +92,10 @@ async fn every_portal_page_echoes_hostile_input_as_text() {
         gw.addr,
         "POST",
         "/auth/login",
-        &[("content-type", "application/json"), ("user-agent", HOSTILE)],
+        &[
+            ("content-type", "application/json"),
+            ("user-agent", HOSTILE),
+        ],
         Some(body.as_bytes()),
     )
     .await
