@@ -20,6 +20,7 @@ pub mod mail;
 pub mod metrics;
 pub mod net;
 pub mod openapi;
+pub mod portal;
 pub mod proxy;
 pub mod reload;
 pub mod server;

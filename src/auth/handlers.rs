@@ -1145,31 +1145,23 @@ impl FieldErrors {
 /// A minimal page that reads `token` from its own URL and confirms by POST,
 /// so link-prefetching mail scanners never consume a token.
 fn confirm_page(title: &str, button: &str, action: &str, with_password: bool) -> ApiResponse {
-    let fields = if with_password {
-        r#"<label>New password <input type="password" id="p1" autocomplete="new-password" required></label><br>
-<label>Repeat it <input type="password" id="p2" autocomplete="new-password" required></label><br>"#
-    } else {
-        ""
+    let page = crate::portal::ConfirmPage {
+        title,
+        button,
+        action,
+        with_password,
     };
-    let payload = if with_password {
-        "{token: t, new_password: document.getElementById('p1').value, new_password_confirm: document.getElementById('p2').value}"
-    } else {
-        "{token: t}"
-    };
-    let html = format!(
-        r#"<!doctype html>
-<html><head><meta charset="utf-8"><meta name="referrer" content="no-referrer"><title>{title}</title></head>
-<body><h1>{title}</h1>
-<form id="f">{fields}<button type="submit">{button}</button></form>
-<p id="out"></p>
-<script>
-document.getElementById('f').addEventListener('submit', async (e) => {{
-  e.preventDefault();
-  const t = new URLSearchParams(location.search).get('token') || '';
-  const r = await fetch('{action}', {{method: 'POST', headers: {{'content-type': 'application/json'}}, body: JSON.stringify({payload})}});
-  document.getElementById('out').textContent = r.ok ? 'Done.' : 'This link is invalid or has expired.';
-}});
-</script></body></html>"#
-    );
-    ApiResponse::html(200, html)
+    match crate::portal::confirm_link_page(&page) {
+        Ok(html) => {
+            let mut resp = ApiResponse::html(200, html);
+            // Its one inline script is allowed by hash, not 'unsafe-inline'.
+            for (name, value) in &mut resp.headers {
+                if *name == "content-security-policy" {
+                    *value = crate::portal::CONFIRM_CSP.clone();
+                }
+            }
+            resp
+        }
+        Err(e) => ApiError::internal(format!("confirm page: {e}")).into_response(),
+    }
 }

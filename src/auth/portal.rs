@@ -9,9 +9,10 @@
 //! throttles and generic error messages. A successful sign-in sets the
 //! session cookie ([`super::browser`]). Every POST must come from a trusted
 //! Origin and carry the CSRF token of the double-submit cookie (a hidden
-//! field, or `X-CSRF-Token` from the passkey script). The pages have a
-//! strict CSP: no inline script or style; the passkey script and the style
-//! sheet are static files served from here.
+//! field, or `X-CSRF-Token` from the passkey script). The pages are
+//! rendered from typed models by the templates of [`crate::portal`], which
+//! escape every value; their CSP is strict: no inline script or style; the
+//! passkey script and the style sheet are static files served from here.
 
 use std::sync::Arc;
 
@@ -25,29 +26,9 @@ use super::AuthService;
 use crate::api::{ApiRequest, ApiResponse};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::portal::{self, Frame, View};
 
 type ApiResult = Result<ApiResponse, ApiError>;
-
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
-const PASSKEY_JS: &str = include_str!("ui/passkey.js");
-const PORTAL_CSS: &str = include_str!("ui/portal.css");
-
-/// HTML-escape text and attribute values.
-fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
-}
 
 /// One portal request: its config, form fields and CSRF token.
 struct Page<'a> {
@@ -116,13 +97,6 @@ impl<'a> Page<'a> {
         browser::origin_allowed(self.req, &self.cfg) && browser::csrf_matches(cookie, presented)
     }
 
-    fn csrf_field(&self) -> String {
-        format!(
-            r#"<input type="hidden" name="csrf" value="{}">"#,
-            esc(&self.csrf)
-        )
-    }
-
     fn finish(mut self, mut resp: ApiResponse) -> ApiResponse {
         if self.new_csrf {
             self.set_cookies
@@ -134,43 +108,25 @@ impl<'a> Page<'a> {
         resp
     }
 
-    /// A whole page. `alert` is shown as an error above the content.
-    fn html(self, status: u16, title: &str, alert: Option<&str>, body: &str) -> ApiResponse {
-        let alert = alert
-            .map(|a| format!(r#"<p class="alert" role="alert">{}</p>"#, esc(a)))
-            .unwrap_or_default();
-        let doc = format!(
-            r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="csrf-token" content="{csrf}">
-<title>{title} · Portcullis</title>
-<link rel="stylesheet" href="/auth/ui/static/portal.css">
-</head>
-<body>
-<header><p class="brand">Portcullis</p></header>
-<main>
-<h1>{title}</h1>
-{alert}{body}
-</main>
-<script src="/auth/ui/static/passkey.js"></script>
-</body>
-</html>
-"#,
-            csrf = esc(&self.csrf),
-            title = esc(title),
-        );
-        let resp = ApiResponse {
-            status,
-            headers: vec![
-                ("content-type", "text/html; charset=utf-8".into()),
-                ("content-security-policy", CSP.into()),
-                ("referrer-policy", "same-origin".into()),
-                ("x-frame-options", "DENY".into()),
-            ],
-            body: Bytes::from(doc),
+    /// A whole page rendered from its model; `alert` is shown as an error
+    /// above the content.
+    fn render(self, status: u16, alert: Option<&str>, view: &impl View) -> ApiResponse {
+        let frame = Frame {
+            csrf: &self.csrf,
+            alert,
+        };
+        let resp = match portal::render(&frame, view) {
+            Ok(doc) => ApiResponse {
+                status,
+                headers: vec![
+                    ("content-type", "text/html; charset=utf-8".into()),
+                    ("content-security-policy", portal::CSP.into()),
+                    ("referrer-policy", "same-origin".into()),
+                    ("x-frame-options", "DENY".into()),
+                ],
+                body: Bytes::from(doc),
+            },
+            Err(e) => ApiError::internal(format!("portal page: {e}")).into_response(),
         };
         self.finish(resp)
     }
@@ -273,54 +229,6 @@ async fn identity(auth: &AuthService, page: &mut Page<'_>) -> Option<CookieIdent
     }
 }
 
-fn form(action: &str, page: &Page<'_>, inner: &str, button: &str) -> String {
-    format!(
-        r#"<form method="post" action="{action}">
-{csrf}{inner}<button type="submit">{button}</button>
-</form>"#,
-        csrf = page.csrf_field(),
-        button = esc(button),
-    )
-}
-
-fn input(
-    name: &str,
-    label: &str,
-    kind: &str,
-    autocomplete: &str,
-    value: &str,
-    required: bool,
-) -> String {
-    format!(
-        r#"<p><label for="{name}">{label}</label>
-<input id="{name}" name="{name}" type="{kind}" autocomplete="{autocomplete}" value="{value}"{req}></p>
-"#,
-        label = esc(label),
-        value = esc(value),
-        req = if required { " required" } else { "" },
-    )
-}
-
-/// An RFC 3339 time as `<time>`, shown as `2026-01-02 03:04 UTC`.
-fn time_el(rfc3339: &str) -> String {
-    let shown = match rfc3339.get(..16) {
-        Some(s) if rfc3339.ends_with('Z') => format!("{} UTC", s.replace('T', " ")),
-        _ => rfc3339.to_string(),
-    };
-    format!(
-        r#"<time datetime="{}">{}</time>"#,
-        esc(rfc3339),
-        esc(&shown)
-    )
-}
-
-fn hidden(name: &str, value: &str) -> String {
-    format!(
-        r#"<input type="hidden" name="{name}" value="{}">"#,
-        esc(value)
-    )
-}
-
 impl AuthService {
     /// Serve `/auth/ui/*` (404 unless `browser.enabled`).
     pub(super) async fn portal(&self, req: &ApiRequest) -> ApiResult {
@@ -333,10 +241,13 @@ impl AuthService {
         let post = req.method == Method::POST;
         match path {
             "/auth/ui/static/passkey.js" if get => {
-                return Ok(static_file(PASSKEY_JS, "text/javascript; charset=utf-8"));
+                return Ok(static_file(
+                    portal::PASSKEY_JS,
+                    "text/javascript; charset=utf-8",
+                ));
             }
             "/auth/ui/static/portal.css" if get => {
-                return Ok(static_file(PORTAL_CSS, "text/css; charset=utf-8"));
+                return Ok(static_file(portal::PORTAL_CSS, "text/css; charset=utf-8"));
             }
             _ => {}
         }
@@ -394,14 +305,8 @@ impl AuthService {
 
     fn csrf_refused(&self, page: Page<'_>) -> ApiResponse {
         tracing::debug!(path = %page.req.path, "portal CSRF check failed");
-        let body = r#"<p>This form was sent from another site, or it has expired. Go back, reload the page and try again.</p>
-<p><a href="/auth/ui/login">Sign in</a></p>"#;
-        page.html(
-            403,
-            "Request refused",
-            Some(ApiError::Forbidden.message()),
-            body,
-        )
+        let alert = Some(ApiError::Forbidden.message());
+        notice_page(page, 403, alert, portal::Notice::CsrfRefused)
     }
 
     // ----- sign-in
@@ -417,7 +322,8 @@ impl AuthService {
     /// Set the session cookie from a token response and go to `rd`.
     fn signed_in(&self, mut page: Page<'_>, resp: &ApiResponse, rd: &str) -> ApiResponse {
         let Some((access, refresh)) = browser::tokens_of(resp) else {
-            return page.html(500, "Sign in", Some(ApiError::internal("").message()), "");
+            let alert = Some(ApiError::internal("").message());
+            return notice_page(page, 500, alert, portal::Notice::SignInFailed);
         };
         if let Ok(c) = self.tokens.verify(&access) {
             self.cookies
@@ -487,13 +393,9 @@ impl AuthService {
         let api = api_request(page.req, "/auth/register", body, None);
         match self.register(&api).await {
             Ok(_) => {
-                let check = if page.cfg.accounts.require_email_verification {
-                    "<p>We have sent you an email: follow its link to confirm your address, then sign in.</p>"
-                } else {
-                    "<p>You can sign in now. We have also sent you an email to confirm your address.</p>"
-                };
-                let body = format!(r#"{check}<p><a href="/auth/ui/login">Sign in</a></p>"#);
-                Ok(page.html(201, "Account created", None, &body))
+                let verify_first = page.cfg.accounts.require_email_verification;
+                let notice = portal::Notice::AccountCreated { verify_first };
+                Ok(notice_page(page, 201, None, notice))
             }
             Err(e) => {
                 let (status, text) = shown(e)?;
@@ -506,11 +408,7 @@ impl AuthService {
         let body = json!({ "email": page.field("email") });
         let api = api_request(page.req, "/auth/password/reset", body, None);
         match self.reset_request(&api).await {
-            Ok(_) => {
-                let body = r#"<p>If an account exists for that address, we have sent it a link to choose a new password. The link works once and runs out soon.</p>
-<p><a href="/auth/ui/login">Back to sign in</a></p>"#;
-                Ok(page.html(202, "Check your email", None, body))
-            }
+            Ok(_) => Ok(notice_page(page, 202, None, portal::Notice::ResetLinkSent)),
             Err(e) => {
                 let (status, text) = shown(e)?;
                 Ok(forgot_page(page, Some((status, &text))))
@@ -527,11 +425,12 @@ impl AuthService {
         });
         let api = api_request(page.req, "/auth/password/reset/confirm", body, None);
         match self.reset_confirm(&api).await {
-            Ok(_) => {
-                let body = r#"<p>Your password has been changed, and every session of your account has been signed out.</p>
-<p><a href="/auth/ui/login">Sign in</a></p>"#;
-                Ok(page.html(200, "Password changed", None, body))
-            }
+            Ok(_) => Ok(notice_page(
+                page,
+                200,
+                None,
+                portal::Notice::PasswordChanged,
+            )),
             Err(e) => {
                 let (status, text) = shown(e)?;
                 Ok(reset_page(page, Some((status, &text)), &token))
@@ -543,15 +442,11 @@ impl AuthService {
         let body = json!({ "token": page.field("token") });
         let api = api_request(page.req, "/auth/email/verify", body, None);
         match self.email_verify(&api).await {
-            Ok(_) => {
-                let body = r#"<p>Thank you: your email address is confirmed.</p>
-<p><a href="/auth/ui/login">Sign in</a></p>"#;
-                Ok(page.html(200, "Email verified", None, body))
-            }
+            Ok(_) => Ok(notice_page(page, 200, None, portal::Notice::EmailVerified)),
             Err(e @ ApiError::Internal(_)) | Err(e @ ApiError::Unavailable { .. }) => Err(e),
             Err(e) => {
-                let body = r#"<p><a href="/auth/ui/login">Sign in</a></p>"#;
-                Ok(page.html(e.status(), "Confirm your email", Some(e.message()), body))
+                let notice = portal::Notice::VerifyFailed;
+                Ok(notice_page(page, e.status(), Some(e.message()), notice))
             }
         }
     }
@@ -583,9 +478,7 @@ impl AuthService {
         }
         page.set_cookies
             .push(browser::clear_session_cookie(&page.cfg.browser));
-        let body = r#"<p>You have been signed out.</p>
-<p><a href="/auth/ui/login">Sign in again</a></p>"#;
-        Ok(page.html(200, "Signed out", None, body))
+        Ok(notice_page(page, 200, None, portal::Notice::SignedOut))
     }
 
     async fn require_identity(&self, page: &mut Page<'_>) -> Option<CookieIdentity> {
@@ -600,86 +493,45 @@ impl AuthService {
         let list = self.sessions(&api).await?;
         let v: Value = serde_json::from_slice(&list.body).unwrap_or_default();
         let user = self.current_user(&id.claims).await?;
-        let mut rows = String::new();
-        for s in v["sessions"].as_array().into_iter().flatten() {
-            let sid = s["id"].as_str().unwrap_or("");
-            let current = s["current"].as_bool().unwrap_or(false);
-            let action = if current {
-                "This session".to_string()
-            } else {
-                form(
-                    "/auth/ui/sessions/revoke",
-                    &page,
-                    &hidden("id", sid),
-                    "Sign out",
-                )
-            };
-            rows.push_str(&format!(
-                "<tr><td>{ua}</td><td>{ip}</td><td>{created}</td><td>{used}</td><td>{action}</td></tr>\n",
-                ua = esc(s["user_agent"].as_str().unwrap_or("")),
-                ip = esc(s["ip"].as_str().unwrap_or("")),
-                created = time_el(s["created_at"].as_str().unwrap_or("")),
-                used = time_el(s["last_used_at"].as_str().unwrap_or("")),
-            ));
-        }
-        let mut keys = String::new();
-        for p in &user.passkeys {
-            keys.push_str(&format!(
-                "<li>{name} <small>added {at}</small> {remove}</li>\n",
-                name = esc(&p.name),
-                at = time_el(&crate::clock::rfc3339(p.created_at)),
-                remove = form(
-                    "/auth/ui/passkeys/remove",
-                    &page,
-                    &hidden("id", &p.id.to_string()),
-                    "Remove",
-                ),
-            ));
-        }
-        if keys.is_empty() {
-            keys.push_str("<li>No passkeys yet.</li>\n");
-        }
-        let notice = match page.req.query_param("notice").as_deref() {
-            Some("passkey-added") => r#"<p class="notice" role="status">Passkey added.</p>"#,
-            Some("passkey-removed") => r#"<p class="notice" role="status">Passkey removed.</p>"#,
-            Some("session-ended") => r#"<p class="notice" role="status">Session signed out.</p>"#,
-            Some("reauthed") => {
-                r#"<p class="notice" role="status">Thank you: you can add a passkey now.</p>"#
-            }
-            _ => "",
+        let sessions = v["sessions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                let text = |k: &str| s[k].as_str().unwrap_or("").to_string();
+                portal::SessionRow {
+                    id: text("id"),
+                    user_agent: text("user_agent"),
+                    ip: text("ip"),
+                    created: portal::Time::new(&text("created_at")),
+                    last_used: portal::Time::new(&text("last_used_at")),
+                    current: s["current"].as_bool().unwrap_or(false),
+                }
+            })
+            .collect();
+        let passkeys = user
+            .passkeys
+            .iter()
+            .map(|p| portal::PasskeyRow {
+                id: p.id.to_string(),
+                name: p.name.clone(),
+                created: portal::Time::new(&crate::clock::rfc3339(p.created_at)),
+            })
+            .collect();
+        let model = portal::SessionsPage {
+            email: &user.email,
+            amr: id.claims.amr.join(", "),
+            notice: page
+                .req
+                .query_param("notice")
+                .and_then(|n| portal::SessionsNotice::from_query(&n)),
+            sessions,
+            passkeys,
+            // Adding a passkey needs a recent sign-in (CONTRACT 8.6): an
+            // older session is sent to confirm it is the user first.
+            can_add_passkey: self.require_recent(&id.claims).is_ok(),
         };
-        let amr = id.claims.amr.join(", ");
-        // Adding a passkey needs a recent sign-in (CONTRACT 8.6): an older
-        // session is sent to confirm it is the user first.
-        let add_passkey = if self.require_recent(&id.claims).is_ok() {
-            r#"<p><label for="passkey-name">Name for a new passkey</label>
-<input id="passkey-name" name="passkey-name" type="text" maxlength="64" value="My passkey"></p>
-<p><button type="button" id="passkey-register">Add a passkey</button></p>"#
-        } else {
-            r#"<p id="reauth-needed">To add a passkey, first <a href="/auth/ui/reauth">confirm it is you</a>: your sign-in was a while ago.</p>"#
-        };
-        let body = format!(
-            r#"{notice}<p>Signed in as <strong id="who">{email}</strong>. This session signed in with: <span id="amr">{amr}</span>.</p>
-<section aria-labelledby="sessions-h">
-<h2 id="sessions-h">Sessions</h2>
-<table>
-<thead><tr><th scope="col">Browser or app</th><th scope="col">IP address</th><th scope="col">Started</th><th scope="col">Last used</th><th scope="col"><span class="visually-hidden">Action</span></th></tr></thead>
-<tbody>
-{rows}</tbody>
-</table>
-</section>
-<section aria-labelledby="passkeys-h">
-<h2 id="passkeys-h">Passkeys</h2>
-<ul id="passkeys">
-{keys}</ul>
-{add_passkey}
-<p id="passkey-status" role="status" aria-live="polite"></p>
-</section>
-<nav aria-label="Account"><p><a href="/auth/ui/logout">Sign out</a></p></nav>"#,
-            email = esc(&user.email),
-            amr = esc(&amr),
-        );
-        Ok(page.html(200, "Your sessions", None, &body))
+        Ok(page.render(200, None, &model))
     }
 
     async fn revoke_submit(&self, mut page: Page<'_>) -> ApiResult {
@@ -803,182 +655,64 @@ fn static_file(body: &'static str, content_type: &str) -> ApiResponse {
     }
 }
 
+// The pages the flow answers with: each fills its model in and renders it
+// (src/portal/). `alert` is a refused form's status and message.
+
 fn login_form(page: Page<'_>, alert: Option<(u16, &str)>, email: &str, rd: &str) -> ApiResponse {
-    let fields = format!(
-        "{}{}{}",
-        hidden("rd", rd),
-        input("email", "Email", "email", "username webauthn", email, true),
-        input(
-            "password",
-            "Password",
-            "password",
-            "current-password",
-            "",
-            true
-        ),
-    );
-    let body = format!(
-        r#"{form}
-<section aria-labelledby="passkey-h">
-<h2 id="passkey-h">Or use a passkey</h2>
-<p><button type="button" id="passkey-login">Sign in with a passkey</button></p>
-<p id="passkey-status" role="status" aria-live="polite"></p>
-</section>
-<nav aria-label="Account"><p><a href="/auth/ui/register">Create an account</a> · <a href="/auth/ui/forgot">Forgot your password?</a></p></nav>"#,
-        form = form("/auth/ui/login", &page, &fields, "Sign in"),
-    );
-    let (status, text) = alert.unwrap_or((200, ""));
-    page.html(status, "Sign in", alert.map(|_| text), &body)
+    let (status, text) = split(alert);
+    page.render(status, text, &portal::LoginPage { email, rd })
 }
 
 fn mfa_page(page: Page<'_>, alert: Option<(u16, &str)>, token: &str, rd: &str) -> ApiResponse {
-    let fields = format!(
-        "{}{}{}",
-        hidden("rd", rd),
-        hidden("mfa_token", token),
-        input(
-            "code",
-            "Authentication code or recovery code",
-            "text",
-            "one-time-code",
-            "",
-            true
-        ),
-    );
-    let body = format!(
-        "<p>Enter the code from your authenticator app.</p>\n{}",
-        form("/auth/ui/mfa", &page, &fields, "Verify")
-    );
-    let (status, text) = alert.unwrap_or((200, ""));
-    page.html(status, "Two-step verification", alert.map(|_| text), &body)
+    let (status, text) = split(alert);
+    let model = portal::MfaPage {
+        mfa_token: token,
+        rd,
+    };
+    page.render(status, text, &model)
 }
 
 fn reauth_form(page: Page<'_>, alert: Option<(u16, &str)>, totp: bool) -> ApiResponse {
-    let mut fields = input(
-        "password",
-        "Password",
-        "password",
-        "current-password",
-        "",
-        true,
-    );
-    if totp {
-        fields.push_str(&input(
-            "code",
-            "Authentication code or recovery code",
-            "text",
-            "one-time-code",
-            "",
-            true,
-        ));
-    }
-    let body = format!(
-        r#"<p>Some changes (adding a passkey) need a recent sign-in. Confirm it is you to go on.</p>
-{}
-<nav aria-label="Account"><p><a href="/auth/ui/sessions">Back to your sessions</a></p></nav>"#,
-        form("/auth/ui/reauth", &page, &fields, "Confirm")
-    );
-    let (status, text) = alert.unwrap_or((200, ""));
-    page.html(status, "Confirm it is you", alert.map(|_| text), &body)
+    let (status, text) = split(alert);
+    page.render(status, text, &portal::ReauthPage { totp })
 }
 
 fn register_page(page: Page<'_>, alert: Option<(u16, &str)>, email: &str) -> ApiResponse {
-    let fields = format!(
-        "{}{}{}{}",
-        input("email", "Email", "email", "email", email, true),
-        input("username", "Name (optional)", "text", "name", "", false),
-        input(
-            "password",
-            "Password (at least 8 characters)",
-            "password",
-            "new-password",
-            "",
-            true
-        ),
-        input(
-            "password_confirm",
-            "Repeat the password",
-            "password",
-            "new-password",
-            "",
-            true
-        ),
-    );
-    let body = format!(
-        r#"{}
-<nav aria-label="Account"><p>Already have an account? <a href="/auth/ui/login">Sign in</a></p></nav>"#,
-        form("/auth/ui/register", &page, &fields, "Create account")
-    );
-    let (status, text) = alert.unwrap_or((200, ""));
-    page.html(status, "Create an account", alert.map(|_| text), &body)
+    let (status, text) = split(alert);
+    page.render(status, text, &portal::RegisterPage { email })
 }
 
 fn forgot_page(page: Page<'_>, alert: Option<(u16, &str)>) -> ApiResponse {
-    let fields = input("email", "Email", "email", "email", "", true);
-    let body = format!(
-        r#"<p>Enter your email address and we will send you a link to choose a new password.</p>
-{}
-<nav aria-label="Account"><p><a href="/auth/ui/login">Back to sign in</a></p></nav>"#,
-        form("/auth/ui/forgot", &page, &fields, "Send the link")
-    );
-    let (status, text) = alert.unwrap_or((200, ""));
-    page.html(status, "Forgot your password?", alert.map(|_| text), &body)
+    let (status, text) = split(alert);
+    page.render(status, text, &portal::ForgotPage)
 }
 
 fn reset_page(page: Page<'_>, alert: Option<(u16, &str)>, token: &str) -> ApiResponse {
-    let fields = format!(
-        "{}{}{}",
-        hidden("token", token),
-        input(
-            "new_password",
-            "New password (at least 8 characters)",
-            "password",
-            "new-password",
-            "",
-            true
-        ),
-        input(
-            "new_password_confirm",
-            "Repeat the new password",
-            "password",
-            "new-password",
-            "",
-            true
-        ),
-    );
-    let body = form("/auth/ui/reset", &page, &fields, "Set password");
-    let (status, text) = alert.unwrap_or((200, ""));
-    page.html(status, "Choose a new password", alert.map(|_| text), &body)
+    let (status, text) = split(alert);
+    page.render(status, text, &portal::ResetPage { token })
 }
 
 fn verify_page(page: Page<'_>, token: &str) -> ApiResponse {
-    // A GET never spends the token (mail scanners follow links): the
-    // button does.
-    let body = format!(
-        "<p>Confirm that this email address is yours.</p>\n{}",
-        form(
-            "/auth/ui/verify",
-            &page,
-            &hidden("token", token),
-            "Confirm my email address"
-        )
-    );
-    page.html(200, "Confirm your email", None, &body)
+    page.render(200, None, &portal::VerifyPage { token })
 }
 
 fn logout_page(page: Page<'_>) -> ApiResponse {
-    let one = form("/auth/ui/logout", &page, "", "Sign out");
-    let all = form(
-        "/auth/ui/logout",
-        &page,
-        &hidden("everywhere", "1"),
-        "Sign out everywhere",
-    );
-    let body = format!(
-        r#"<p>Sign out of this browser, or of every browser and app signed in to your account.</p>
-{one}
-{all}
-<nav aria-label="Account"><p><a href="/auth/ui/sessions">Back to your sessions</a></p></nav>"#
-    );
-    page.html(200, "Sign out", None, &body)
+    page.render(200, None, &portal::LogoutPage)
+}
+
+/// A page that only tells how something went.
+fn notice_page(
+    page: Page<'_>,
+    status: u16,
+    alert: Option<&str>,
+    notice: portal::Notice,
+) -> ApiResponse {
+    page.render(status, alert, &notice)
+}
+
+fn split(alert: Option<(u16, &str)>) -> (u16, Option<&str>) {
+    match alert {
+        Some((status, text)) => (status, Some(text)),
+        None => (200, None),
+    }
 }
