@@ -10,14 +10,16 @@
 //! with [`StoreError::Conflict`] when it no longer holds.
 //!
 //! Every call is async and off the event loop. An `Ok` means the change is
-//! durable: [`sled_store::SledStore`] answers only after the batch holding
+//! durable: [`sled::SledStore`] answers only after the batch holding
 //! the change has been flushed to disk (group commit).
 
 pub mod copy;
 pub mod counters;
 pub mod domain;
 pub mod pg_store;
-pub mod sled_store;
+pub mod sled;
+/// The name callers use for [`sled`] (the store was one file before).
+pub use self::sled as sled_store;
 
 pub use domain::LockoutPolicy;
 
