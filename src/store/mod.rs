@@ -601,6 +601,13 @@ pub trait Store: Send + Sync + 'static {
     /// Every live revocation and cutoff (loaded into memory at start).
     async fn list_revocations(&self) -> StoreResult<Vec<Revocation>>;
 
+    /// The users who hold API keys (or once did), for the key index at
+    /// start, when the backend keeps them apart (sled); `None`: the caller
+    /// reads every user.
+    async fn api_key_holders(&self) -> StoreResult<Option<Vec<User>>> {
+        Ok(None)
+    }
+
     // --- one-time emailed tokens
     /// Store a token and queue its mail (if any) atomically; returns the
     /// issue sequence.

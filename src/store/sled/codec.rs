@@ -17,9 +17,13 @@ pub(super) enum T {
     OneTimeSeq,
     Counters,
     Outbox,
+    // Appended (an intent record names trees by their place).
+    RevLog,
+    LogState,
+    KeyHolders,
 }
 
-pub(super) const TREES: [(T, &str); 10] = [
+pub(super) const TREES: [(T, &str); 13] = [
     (T::Users, "users"),
     (T::Emails, "emails"),
     (T::Sessions, "sessions"),
@@ -30,6 +34,13 @@ pub(super) const TREES: [(T, &str); 10] = [
     (T::OneTimeSeq, "one_time_seq"),
     (T::Counters, "counters"),
     (T::Outbox, "outbox"),
+    // Every revocation under a sequence number, until a snapshot holds it
+    // (see `snapshot`), and that log's id, next number and trim point.
+    (T::RevLog, "revocation_log"),
+    (T::LogState, "revocation_log_state"),
+    // The ids of the users who hold API keys (or held them): what the key
+    // index loads at start, instead of every user.
+    (T::KeyHolders, "api_key_holders"),
 ];
 
 pub(super) struct Trees {

@@ -31,12 +31,16 @@
 //! [`scan`] (whole-tree walks: the sweep's cursor, export pages),
 //! [`intent`] (the intent record), [`tx`] (the writer's view of a batch and
 //! the pieces operations share), [`writer`] (the writer thread, group
-//! commit, and recovery after a failed write), and [`store`] (the
-//! [`Store`] operations).
+//! commit, and recovery after a failed write), [`store`] (the [`Store`]
+//! operations), [`snapshot`] (the revocation log and snapshot a start reads
+//! instead of the whole `revoked` tree) and [`holders`] (the index of API
+//! key holders).
 
 mod codec;
+mod holders;
 mod intent;
 mod scan;
+mod snapshot;
 mod store;
 mod tx;
 mod writer;
@@ -56,8 +60,11 @@ use super::domain;
 use super::*;
 
 use self::codec::*;
+use self::holders::*;
 use self::intent::*;
 use self::scan::*;
+use self::snapshot::*;
+pub use self::snapshot::{RevocationLoad, SNAPSHOT_FILE};
 use self::tx::*;
 use self::writer::*;
 
@@ -76,6 +83,8 @@ pub struct SledStore {
     throttle: MemCounters,
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// How the last [`Store::list_revocations`] read them.
+    revocation_load: Mutex<Option<RevocationLoad>>,
 }
 
 impl SledStore {
@@ -119,6 +128,7 @@ impl SledStore {
             throttle: MemCounters::new(saved),
             jobs: Some(tx),
             writer: Some(writer),
+            revocation_load: Mutex::new(None),
         })
     }
 

@@ -104,7 +104,7 @@ pub(super) fn record_from(t: T, k: &[u8], v: &[u8]) -> StoreResult<Record> {
             counter: dec(v)?,
         },
         T::Outbox => Record::Mail(dec(v)?),
-        T::Emails | T::UserSessions => {
+        T::Emails | T::UserSessions | T::RevLog | T::LogState | T::KeyHolders => {
             return Err(StoreError::Corrupt("an index holds no records".into()))
         }
     })

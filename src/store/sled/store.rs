@@ -18,7 +18,7 @@ impl Store for SledStore {
                 return Err(StoreError::Conflict);
             }
             tx.put(T::Emails, key, user.id.as_bytes().to_vec());
-            tx.put_json(T::Users, user.id.as_bytes().to_vec(), &user);
+            tx.put_user(&user);
             if let Some(m) = mail {
                 tx.put_json(T::Outbox, m.id.as_bytes().to_vec(), &m);
             }
@@ -64,7 +64,7 @@ impl Store for SledStore {
                 .get_json(T::Users, id.as_bytes())?
                 .ok_or(StoreError::Conflict)?;
             let (user, cascade) = domain::apply_user_change(&current, &change)?;
-            tx.put_json(T::Users, id.as_bytes().to_vec(), &user);
+            tx.put_user(&user);
             let revoked = tx.apply_cascade(&user, cascade, stamp)?;
             if let Some(m) = mail {
                 tx.put_json(T::Outbox, m.id.as_bytes().to_vec(), &m);
@@ -156,22 +156,11 @@ impl Store for SledStore {
     }
 
     async fn list_revocations(&self) -> StoreResult<Vec<Revocation>> {
-        self.read(|t| {
-            let mut out = Vec::new();
-            for kv in t.tree(T::Revoked).iter() {
-                let (k, v) = kv.map_err(backend)?;
-                out.push(parse_revoked(&k, &v)?);
-            }
-            for kv in t.tree(T::Cutoffs).iter() {
-                let (k, v) = kv.map_err(backend)?;
-                out.push(Revocation::Cutoff(
-                    decode_uuid(&k)?,
-                    decode_i64(&v, "cutoff")?,
-                ));
-            }
-            Ok(out)
-        })
-        .await
+        self.load_revocations().await
+    }
+
+    async fn api_key_holders(&self) -> StoreResult<Option<Vec<User>>> {
+        self.read(|t| key_holders(t).map(Some)).await
     }
 
     async fn issue_one_time(
@@ -238,7 +227,7 @@ impl Store for SledStore {
             domain::check_redeem(&token, &redeem, &current, newest, stamp.now)?;
             let (user, cascade) = domain::apply_redeem(&current, &redeem)?;
             tx.remove(T::OneTime, key);
-            tx.put_json(T::Users, user.id.as_bytes().to_vec(), &user);
+            tx.put_user(&user);
             let revoked = tx.apply_cascade(&user, cascade, stamp)?;
             if let Some(m) = mail {
                 tx.put_json(T::Outbox, m.id.as_bytes().to_vec(), &m);
@@ -416,87 +405,13 @@ impl Store for SledStore {
     }
 
     async fn sweep(&self, r: Retention) -> StoreResult<SweepReport> {
-        // Idle counters go from memory; the next checkpoint deletes them.
-        let counters = self.throttle.forget_idle(r.now, r.counter_idle_secs);
-        // Find candidates with a read (the writer is not held up by the
-        // scan), then remove each one that is still dead.
-        let candidates = self
-            .read(move |t| {
-                let dead = |tree: T, is_dead: IsDead<'_>| sweep_scan(t, tree, SWEEP_SCAN, is_dead);
-                Ok((
-                    dead(T::Sessions, &|_, v| {
-                        Ok(domain::session_is_dead(&dec(v)?, &r))
-                    })?,
-                    dead(T::OneTime, &|_, v| {
-                        Ok(domain::one_time_is_dead(&dec(v)?, &r))
-                    })?,
-                    dead(T::Revoked, &|k, v| {
-                        Ok(domain::revocation_is_dead(&parse_revoked(k, v)?, &r))
-                    })?,
-                    dead(T::Cutoffs, &|k, v| {
-                        let rev = Revocation::Cutoff(decode_uuid(k)?, decode_i64(v, "cutoff")?);
-                        Ok(domain::revocation_is_dead(&rev, &r))
-                    })?,
-                    dead(T::Outbox, &|_, v| Ok(domain::mail_is_dead(&dec(v)?, &r)))?,
-                ))
-            })
-            .await?;
-        let (sessions, one_time, revoked, cutoffs, mail) = candidates;
-        if sessions.len() + one_time.len() + revoked.len() + cutoffs.len() + mail.len() == 0 {
-            return Ok(SweepReport {
-                counters,
-                ..SweepReport::default()
-            });
+        let report = self.sweep_records(r).await?;
+        // The maintenance task's other half: the revocation snapshot a
+        // start reads (a failure leaves the last one, still valid).
+        if let Err(e) = self.refresh_snapshot(r).await {
+            tracing::warn!(cause = %e, "store: writing the revocation snapshot");
         }
-        self.write(move |tx| {
-            let mut report = SweepReport {
-                counters,
-                ..SweepReport::default()
-            };
-            for k in sessions {
-                if let Some(s) = tx.get_json::<SessionRecord>(T::Sessions, &k)? {
-                    if domain::session_is_dead(&s, &r) {
-                        tx.delete_session(&s);
-                        report.sessions += 1;
-                    }
-                }
-            }
-            for k in one_time {
-                if let Some(t) = tx.get_json::<OneTimeToken>(T::OneTime, &k)? {
-                    if domain::one_time_is_dead(&t, &r) {
-                        tx.remove(T::OneTime, k);
-                        report.one_time += 1;
-                    }
-                }
-            }
-            for k in revoked {
-                if let Some(v) = tx.get(T::Revoked, &k)? {
-                    if domain::revocation_is_dead(&parse_revoked(&k, &v)?, &r) {
-                        tx.remove(T::Revoked, k);
-                        report.revocations += 1;
-                    }
-                }
-            }
-            for k in cutoffs {
-                if let Some(v) = tx.get(T::Cutoffs, &k)? {
-                    let rev = Revocation::Cutoff(decode_uuid(&k)?, decode_i64(&v, "cutoff")?);
-                    if domain::revocation_is_dead(&rev, &r) {
-                        tx.remove(T::Cutoffs, k);
-                        report.cutoffs += 1;
-                    }
-                }
-            }
-            for k in mail {
-                if let Some(m) = tx.get_json::<OutboxMessage>(T::Outbox, &k)? {
-                    if domain::mail_is_dead(&m, &r) {
-                        tx.remove(T::Outbox, k);
-                        report.mail += 1;
-                    }
-                }
-            }
-            Ok(report)
-        })
-        .await
+        Ok(report)
     }
 
     async fn token_horizon(&self, at_least: u64) -> StoreResult<u64> {
@@ -611,5 +526,92 @@ impl Store for SledStore {
 
     fn set_revocation_sink(&self, sink: RevocationSink) {
         let _ = self.shared.sink.set(sink);
+    }
+}
+
+impl SledStore {
+    /// Remove what has expired (see [`Store::sweep`]).
+    async fn sweep_records(&self, r: Retention) -> StoreResult<SweepReport> {
+        // Idle counters go from memory; the next checkpoint deletes them.
+        let counters = self.throttle.forget_idle(r.now, r.counter_idle_secs);
+        // Find candidates with a read (the writer is not held up by the
+        // scan), then remove each one that is still dead.
+        let candidates = self
+            .read(move |t| {
+                let dead = |tree: T, is_dead: IsDead<'_>| sweep_scan(t, tree, SWEEP_SCAN, is_dead);
+                Ok((
+                    dead(T::Sessions, &|_, v| {
+                        Ok(domain::session_is_dead(&dec(v)?, &r))
+                    })?,
+                    dead(T::OneTime, &|_, v| {
+                        Ok(domain::one_time_is_dead(&dec(v)?, &r))
+                    })?,
+                    dead(T::Revoked, &|k, v| {
+                        Ok(domain::revocation_is_dead(&parse_revoked(k, v)?, &r))
+                    })?,
+                    dead(T::Cutoffs, &|k, v| {
+                        let rev = Revocation::Cutoff(decode_uuid(k)?, decode_i64(v, "cutoff")?);
+                        Ok(domain::revocation_is_dead(&rev, &r))
+                    })?,
+                    dead(T::Outbox, &|_, v| Ok(domain::mail_is_dead(&dec(v)?, &r)))?,
+                ))
+            })
+            .await?;
+        let (sessions, one_time, revoked, cutoffs, mail) = candidates;
+        if sessions.len() + one_time.len() + revoked.len() + cutoffs.len() + mail.len() == 0 {
+            return Ok(SweepReport {
+                counters,
+                ..SweepReport::default()
+            });
+        }
+        self.write(move |tx| {
+            let mut report = SweepReport {
+                counters,
+                ..SweepReport::default()
+            };
+            for k in sessions {
+                if let Some(s) = tx.get_json::<SessionRecord>(T::Sessions, &k)? {
+                    if domain::session_is_dead(&s, &r) {
+                        tx.delete_session(&s);
+                        report.sessions += 1;
+                    }
+                }
+            }
+            for k in one_time {
+                if let Some(t) = tx.get_json::<OneTimeToken>(T::OneTime, &k)? {
+                    if domain::one_time_is_dead(&t, &r) {
+                        tx.remove(T::OneTime, k);
+                        report.one_time += 1;
+                    }
+                }
+            }
+            for k in revoked {
+                if let Some(v) = tx.get(T::Revoked, &k)? {
+                    if domain::revocation_is_dead(&parse_revoked(&k, &v)?, &r) {
+                        tx.remove(T::Revoked, k);
+                        report.revocations += 1;
+                    }
+                }
+            }
+            for k in cutoffs {
+                if let Some(v) = tx.get(T::Cutoffs, &k)? {
+                    let rev = Revocation::Cutoff(decode_uuid(&k)?, decode_i64(&v, "cutoff")?);
+                    if domain::revocation_is_dead(&rev, &r) {
+                        tx.remove(T::Cutoffs, k);
+                        report.cutoffs += 1;
+                    }
+                }
+            }
+            for k in mail {
+                if let Some(m) = tx.get_json::<OutboxMessage>(T::Outbox, &k)? {
+                    if domain::mail_is_dead(&m, &r) {
+                        tx.remove(T::Outbox, k);
+                        report.mail += 1;
+                    }
+                }
+            }
+            Ok(report)
+        })
+        .await
     }
 }

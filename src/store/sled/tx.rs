@@ -165,6 +165,7 @@ impl<'a> Tx<'a> {
                 _ => at,
             };
             self.put(t, key, keep.to_be_bytes().to_vec());
+            log_revocation(self, r)?;
         }
         Ok(())
     }
@@ -186,7 +187,7 @@ impl<'a> Tx<'a> {
                     }
                 }
                 self.put(T::Emails, key, u.id.as_bytes().to_vec());
-                self.put_json(T::Users, u.id.as_bytes().to_vec(), &u);
+                self.put_user(&u);
             }
             Record::Session(s) => {
                 self.put(

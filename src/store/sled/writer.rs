@@ -239,6 +239,8 @@ pub(super) fn open_trees(path: &Path, cache_bytes: u64) -> StoreResult<Trees> {
         apply_writes(&trees, &decode_intent(&intent)?)?;
         trees.db.flush().map_err(backend)?;
     }
+    ensure_log(&trees)?;
+    ensure_holders(&trees)?;
     Ok(trees)
 }
 
