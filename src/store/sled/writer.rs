@@ -218,6 +218,24 @@ pub(super) fn probe_space(dir: &Path) -> Result<(), String> {
 
 /// Open the database and finish a batch a crash (or a failed write) cut
 /// short: its writes are applied again from the intent record, and flushed.
+///
+/// sled's options for this workload (measured on 1M users, sessions and
+/// revocations, `docs/benchmarks.md`, issue 26):
+/// - `cache_capacity` (`storage.cache_mb`, 64 MiB): bounds the node cache
+///   only. Opening that data dir costs about 260 MiB whatever it is (1, 8
+///   or 64 MiB): sled 0.34 keeps its page table for every page in memory;
+///   what a start avoids is reading trees whole (the revocation snapshot,
+///   the key holders' index), which used to add 200-300 MiB more.
+/// - no periodic flush (`flush_every_ms(None)`): the writer flushes once
+///   per batch, before answering (group commit), so a timer would only add
+///   flushes.
+/// - `segment_size` (sled's 512 KiB) and compression are fixed when a
+///   database is created (sled refuses to open it with others), so
+///   changing them would strand every existing data dir; compression also
+///   needs sled's `zstd` feature.
+/// - `mode` and `snapshot_after_ops` do nothing in sled 0.34.7 (the first
+///   is read nowhere, the second is deprecated as a no-op); `mode` is kept
+///   for when they do.
 pub(super) fn open_trees(path: &Path, cache_bytes: u64) -> StoreResult<Trees> {
     let db = ::sled::Config::new()
         .path(path)
