@@ -455,41 +455,83 @@ pub fn keys_command(cfg: Config, cmd: KeysCommand) -> Result<(), String> {
     Ok(())
 }
 
-/// `portcullis backup --out PATH`.
+/// `portcullis backup --out PATH`. Offline (the database is not in use,
+/// so nothing writes meanwhile) the records are written page by page
+/// straight into the file, with progress on stderr; from a running gateway
+/// the copy comes through its admin listener. Either way the file is
+/// checked whole (read again, streaming) before it takes its name.
 pub fn backup_command(cfg: Config, out: &std::path::Path) -> Result<(), String> {
     use crate::store::copy;
+    use std::os::unix::fs::OpenOptionsExt;
     if out.exists() {
         return Err(format!("'{}' exists: choose a new file", out.display()));
     }
-    let bytes = match crate::server::open_store(&cfg) {
-        Ok(store) => {
-            let records = crate::store::block_on(async move { store.snapshot().await })?
-                .map_err(|e| format!("reading the store: {e}"))?;
-            let mut buf = Vec::new();
-            let now = crate::clock::Clock::now(&crate::clock::SystemClock);
-            copy::write_backup(&records, now, &mut buf).map_err(|e| e.to_string())?;
-            buf
-        }
-        Err(e) if e.contains("in use") => {
+    let store = match crate::server::open_store(&cfg) {
+        Ok(store) => Some(store),
+        Err(e) if e.contains("in use") => None,
+        Err(e) => return Err(e),
+    };
+    let body = match &store {
+        Some(_) => None,
+        None => {
             let (ok, body) = admin_call(&cfg, "GET", "/admin/backup", b"")?;
             if !ok {
                 let v: serde_json::Value =
                     serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
                 return Err(v["message"].as_str().unwrap_or("backup failed").to_string());
             }
-            body
+            Some(body)
         }
-        Err(e) => return Err(e),
     };
-    // Checked whole before it is kept: a cut connection is no backup.
-    let (header, _) = copy::read_backup(bytes.as_slice())?;
-    use crate::fsutil::{write_atomic, Existing};
-    write_atomic(out, &bytes, 0o600, Existing::Refuse).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AlreadyExists => {
-            format!("'{}' exists: choose a new file", out.display())
+    let tmp = out.with_extension("partial");
+    let write = || {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| format!("creating '{}': {e}", tmp.display()))?;
+        let failed = |e: std::io::Error| format!("writing '{}': {e}", tmp.display());
+        match (store, body) {
+            (Some(store), _) => {
+                let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+                let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut f);
+                let mut progress = Progress::new("backing up", None);
+                let done = crate::store::block_on(async {
+                    copy::write_backup_paged(&*store, now, &mut w, |n, total| {
+                        progress.total = Some(total);
+                        progress.set(n)
+                    })
+                    .await
+                })?;
+                progress.finish();
+                done?;
+                w.flush().map_err(failed)?;
+            }
+            (None, Some(body)) => f.write_all(&body).map_err(failed)?,
+            (None, None) => return Err("nothing to back up".into()),
         }
+        f.sync_all().map_err(failed)?;
+        // Checked whole before it is kept: a cut connection is no backup.
+        let file = std::fs::File::open(&tmp).map_err(|e| e.to_string())?;
+        copy::read_backup_with(std::io::BufReader::with_capacity(1 << 20, file), |_| {})
+    };
+    let header = match write() {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    // A hard link never clobbers: a file that appeared at `out` meanwhile
+    // is refused, as at the start.
+    let placed = std::fs::hard_link(&tmp, out);
+    let _ = std::fs::remove_file(&tmp);
+    placed.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => format!("'{}' exists: choose a new file", out.display()),
         _ => format!("writing '{}': {e}", out.display()),
     })?;
+    crate::fsutil::sync_dir(out).map_err(|e| format!("writing '{}': {e}", out.display()))?;
     println!(
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({
@@ -502,13 +544,21 @@ pub fn backup_command(cfg: Config, out: &std::path::Path) -> Result<(), String> 
     Ok(())
 }
 
-/// `portcullis restore --from PATH`.
+/// `portcullis restore --from PATH`: the file is checked whole first (a
+/// truncated or edited one is refused before anything is written), then
+/// read again and imported page by page, with progress on stderr; neither
+/// pass keeps the records in memory.
 pub fn restore_command(cfg: Config, from: &std::path::Path) -> Result<(), String> {
     use crate::store::{copy, RecordKind};
-    let file =
-        std::fs::File::open(from).map_err(|e| format!("opening '{}': {e}", from.display()))?;
-    let (_, records) = copy::read_backup(std::io::BufReader::new(file))
+    let open = || {
+        std::fs::File::open(from)
+            .map(|f| std::io::BufReader::with_capacity(1 << 20, f))
+            .map_err(|e| format!("opening '{}': {e}", from.display()))
+    };
+    let mut checking = Progress::new("checking the backup", None);
+    let header = copy::read_backup_with(open()?, |_| checking.add(1))
         .map_err(|e| format!("'{}': {e}", from.display()))?;
+    checking.finish();
     let store = crate::server::open_store_for_restore(&cfg).map_err(|e| {
         if e.contains("in use") {
             "the database is in use: stop the gateway first".to_string()
@@ -516,6 +566,17 @@ pub fn restore_command(cfg: Config, from: &std::path::Path) -> Result<(), String
             e
         }
     })?;
+    let total: u64 = header.counts.values().sum();
+    let mut lines = open()?
+        .lines()
+        .skip(1)
+        .filter(|l| !matches!(l, Ok(l) if l.is_empty()));
+    let records = std::iter::from_fn(move || {
+        lines.next().map(|l| {
+            l.map_err(|e| e.to_string())
+                .and_then(|l| serde_json::from_str(&l).map_err(|e| e.to_string()))
+        })
+    });
     let tallies = crate::store::block_on(async move {
         for kind in RecordKind::ALL {
             let n = store.count(kind).await.map_err(|e| e.to_string())?;
@@ -526,11 +587,91 @@ pub fn restore_command(cfg: Config, from: &std::path::Path) -> Result<(), String
                 ));
             }
         }
-        copy::restore(records, &*store)
+        let mut progress = Progress::new("restoring", Some(total));
+        let tallies = copy::restore_pages(records, header.counts, &*store, |n| progress.set(n))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string());
+        progress.finish();
+        tallies
     })??;
     print_tallies(&tallies)
+}
+
+/// Progress of a long command on stderr: a bar redrawn in place on a
+/// terminal, else a plain line every few seconds (a log keeps every one).
+struct Progress {
+    what: &'static str,
+    total: Option<u64>,
+    done: u64,
+    tty: bool,
+    started: std::time::Instant,
+    drawn: std::time::Instant,
+}
+
+impl Progress {
+    fn new(what: &'static str, total: Option<u64>) -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            what,
+            total,
+            done: 0,
+            tty: std::io::stderr().is_terminal(),
+            started: now,
+            drawn: now,
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.set(self.done + n);
+    }
+
+    fn set(&mut self, done: u64) {
+        self.done = done;
+        let every = if self.tty {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(5)
+        };
+        if self.drawn.elapsed() >= every {
+            self.draw();
+        }
+    }
+
+    fn draw(&mut self) {
+        self.drawn = std::time::Instant::now();
+        let secs = self.started.elapsed().as_secs_f64();
+        let rate = self.done as f64 / secs.max(0.001);
+        let of = match self.total {
+            Some(t) if t > 0 => {
+                let pct = (self.done as f64 / t as f64 * 100.0).min(100.0);
+                if self.tty {
+                    let filled = (pct / 100.0 * 30.0) as usize;
+                    format!(
+                        " [{}{}] {}/{t} ({pct:.0}%)",
+                        "#".repeat(filled),
+                        "-".repeat(30 - filled),
+                        self.done
+                    )
+                } else {
+                    format!(" {}/{t} records ({pct:.0}%)", self.done)
+                }
+            }
+            _ => format!(" {} records", self.done),
+        };
+        let line = format!("{}:{of}, {rate:.0}/s, {secs:.0} s", self.what);
+        if self.tty {
+            eprint!("\r{line}\x1b[K");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    fn finish(&mut self) {
+        self.draw();
+        if self.tty {
+            eprintln!();
+        }
+    }
 }
 
 /// Print what each side holds; an error if any kind differs.
@@ -622,14 +763,23 @@ pub fn storage_command(cmd: StorageCommand) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    let mut progress = Progress::new("copying", None);
+    let (mut before, mut last_kind) = (0u64, None);
     let tallies = rt
         .block_on(crate::store::copy::copy_all(
             &*source,
             &*target,
             |kind, n| {
-                eprintln!("{}: {n} copied", kind.name());
+                // `n` counts this kind's records; the bar counts them all.
+                if last_kind != Some(kind) {
+                    before = progress.done;
+                    last_kind = Some(kind);
+                }
+                progress.set(before + n);
             },
         ))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string());
+    progress.finish();
+    let tallies = tallies?;
     print_tallies(&tallies)
 }

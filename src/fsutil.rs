@@ -68,7 +68,7 @@ fn write_new(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
 }
 
 /// Make the directory entry itself durable (the rename or link).
-fn sync_dir(path: &Path) -> io::Result<()> {
+pub fn sync_dir(path: &Path) -> io::Result<()> {
     #[cfg(unix)]
     {
         let dir = match path.parent() {

@@ -138,9 +138,82 @@ pub fn write_backup(
     out.flush()
 }
 
+/// Write a backup of a store that nothing else writes meanwhile (the CLI's
+/// own, offline) page by page: the counts first (the header line), then
+/// every record, so memory holds one page, not the copy. `progress` hears
+/// the records written so far and the total. A store that changed under
+/// it (its pages disagree with its counts) is an error.
+pub async fn write_backup_paged(
+    from: &dyn Store,
+    created_at: i64,
+    out: &mut impl Write,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<BackupHeader, String> {
+    let mut held = BTreeMap::new();
+    for kind in RecordKind::ALL {
+        let n = from
+            .count(kind)
+            .await
+            .map_err(|e| format!("reading the store: {e}"))?;
+        held.insert(kind.name().to_string(), n);
+    }
+    let total = held.values().sum();
+    let header = BackupHeader {
+        portcullis_backup: BACKUP_FORMAT,
+        created_at,
+        counts: held,
+    };
+    let failed = |e: std::io::Error| format!("writing the backup: {e}");
+    serde_json::to_writer(&mut *out, &header).map_err(|e| failed(e.into()))?;
+    out.write_all(b"\n").map_err(failed)?;
+    let mut done = 0u64;
+    for kind in RecordKind::ALL {
+        let mut cursor = None;
+        let mut written = 0u64;
+        loop {
+            let page = from
+                .export(kind, cursor, PAGE * 4)
+                .await
+                .map_err(|e| format!("reading the store ({}): {e}", kind.name()))?;
+            for r in &page.records {
+                serde_json::to_writer(&mut *out, r).map_err(|e| failed(e.into()))?;
+                out.write_all(b"\n").map_err(failed)?;
+            }
+            written += page.records.len() as u64;
+            done += page.records.len() as u64;
+            progress(done, total);
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        if Some(&written) != header.counts.get(kind.name()) {
+            return Err(format!(
+                "the store changed during the backup ({}: counted {:?}, read {written})",
+                kind.name(),
+                header.counts.get(kind.name())
+            ));
+        }
+    }
+    out.flush().map_err(failed)?;
+    Ok(header)
+}
+
 /// Read a backup file whole, checking its format and that it holds what
 /// its header counts (a truncated file is refused).
 pub fn read_backup(input: impl BufRead) -> Result<(BackupHeader, Vec<Record>), String> {
+    let mut records = Vec::new();
+    let header = read_backup_with(input, |r| records.push(r))?;
+    Ok((header, records))
+}
+
+/// [`read_backup`] without keeping the records: each goes to `each` as it
+/// is read (a restore reads the file twice: checked whole first, then
+/// imported page by page, so memory does not grow with the backup).
+pub fn read_backup_with(
+    input: impl BufRead,
+    mut each: impl FnMut(Record),
+) -> Result<BackupHeader, String> {
     let mut lines = input.lines();
     let first = lines
         .next()
@@ -154,40 +227,75 @@ pub fn read_backup(input: impl BufRead) -> Result<(BackupHeader, Vec<Record>), S
             header.portcullis_backup
         ));
     }
-    let mut records = Vec::new();
+    let mut found = counts(&[]);
     for (i, line) in lines.enumerate() {
         let line = line.map_err(|e| format!("reading: {e}"))?;
         if line.is_empty() {
             continue;
         }
-        records.push(serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", i + 2))?);
+        let r: Record = serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", i + 2))?;
+        *found.entry(r.kind().name().to_string()).or_default() += 1;
+        each(r);
     }
-    let found = counts(&records);
     if found != header.counts {
         return Err(format!(
             "the file holds {found:?} but its header says {:?}: truncated or edited",
             header.counts
         ));
     }
-    Ok((header, records))
+    Ok(header)
 }
 
 /// Put a backup's records into an empty store, page by page; the tallies
 /// compare what the backup held with what the store holds after.
 pub async fn restore(records: Vec<Record>, to: &dyn Store) -> Result<Vec<Tally>, CopyError> {
     let held = counts(&records);
+    restore_pages(records.into_iter().map(Ok), held, to, |_| {})
+        .await
+        .map_err(|e| match e {
+            RestoreError::Copy(e) => e,
+            RestoreError::Read(e) => CopyError::Source {
+                kind: "backup",
+                cause: StoreError::Corrupt(e),
+            },
+        })
+}
+
+/// Why a streamed restore stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{0}")]
+    Copy(#[from] CopyError),
+    #[error("reading the backup: {0}")]
+    Read(String),
+}
+
+/// Put records read one at a time into a store, [`PAGE`] per import;
+/// `held` is what the backup's header counts; `progress` hears the number
+/// of records imported after each page.
+pub async fn restore_pages(
+    records: impl Iterator<Item = Result<Record, String>>,
+    held: BTreeMap<String, u64>,
+    to: &dyn Store,
+    mut progress: impl FnMut(u64),
+) -> Result<Vec<Tally>, RestoreError> {
     let mut copied: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut page = Vec::with_capacity(PAGE);
-    let mut records = records.into_iter().peekable();
+    let mut done = 0u64;
+    let mut records = records.peekable();
     while records.peek().is_some() {
-        page.extend(records.by_ref().take(PAGE));
+        for r in records.by_ref().take(PAGE) {
+            page.push(r.map_err(RestoreError::Read)?);
+        }
         for r in &page {
             *copied.entry(r.kind().name()).or_default() += 1;
         }
+        done += page.len() as u64;
         let kind = page[0].kind().name();
         to.import(std::mem::take(&mut page))
             .await
             .map_err(|cause| CopyError::Target { kind, cause })?;
+        progress(done);
     }
     let mut out = Vec::new();
     for kind in RecordKind::ALL {

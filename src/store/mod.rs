@@ -10,14 +10,16 @@
 //! with [`StoreError::Conflict`] when it no longer holds.
 //!
 //! Every call is async and off the event loop. An `Ok` means the change is
-//! durable: [`sled_store::SledStore`] answers only after the batch holding
+//! durable: [`sled::SledStore`] answers only after the batch holding
 //! the change has been flushed to disk (group commit).
 
 pub mod copy;
 pub mod counters;
 pub mod domain;
 pub mod pg_store;
-pub mod sled_store;
+pub mod sled;
+/// The name callers use for [`sled`] (the store was one file before).
+pub use self::sled as sled_store;
 
 pub use domain::LockoutPolicy;
 
@@ -627,6 +629,13 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke(&self, entries: Vec<Revocation>) -> StoreResult<()>;
     /// Every live revocation and cutoff (loaded into memory at start).
     async fn list_revocations(&self) -> StoreResult<Vec<Revocation>>;
+
+    /// The users who hold API keys (or once did), for the key index at
+    /// start, when the backend keeps them apart (sled); `None`: the caller
+    /// reads every user.
+    async fn api_key_holders(&self) -> StoreResult<Option<Vec<User>>> {
+        Ok(None)
+    }
 
     // --- one-time emailed tokens
     /// Store a token and queue its mail (if any) atomically; returns the

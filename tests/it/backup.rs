@@ -97,3 +97,59 @@ async fn a_backup_of_a_running_gateway_restores_a_lost_database() {
     assert_eq!(gw.register("a@example.com", PASSWORD).await.status, 409);
     assert_eq!(gw.login("b@example.com", PASSWORD).await.status, 200);
 }
+
+/// An offline backup (written page by page) and a restore (the file read
+/// twice: checked whole, then imported page by page, so memory does not
+/// grow with it) say how far they are on stderr: plain lines when stderr
+/// is not a terminal, the last one at 100% (issue 26).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_reports_its_progress_on_stderr() {
+    let mut gw = TestGateway::start().await;
+    for i in 0..3 {
+        gw.signup(&format!("p{i}@example.com")).await;
+    }
+    let config = gw.dir.path().join("gateway.toml");
+    std::fs::write(&config, &gw.toml).unwrap();
+    let cfg = path(&config);
+    gw.stop();
+    let file = gw.dir.path().join("p.backup");
+    let out = cli(&["backup", "--config", &cfg, "--out", &path(&file)]);
+    assert!(out.ok(), "{out:?}");
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    let total: u64 = report["counts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert!(total >= 6, "{report}");
+    // Offline, the backup is written page by page, with progress too.
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with(&format!("backing up: {total}/{total} records (100%)"))),
+        "{}",
+        out.stderr
+    );
+    std::fs::remove_dir_all(gw.data_dir().join("db")).unwrap();
+    let out = cli(&["restore", "--config", &cfg, "--from", &path(&file)]);
+    assert!(out.ok(), "{out:?}");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("checking the backup: {total} records"))),
+        "{}",
+        out.stderr
+    );
+    let last = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("restoring:"))
+        .unwrap_or_else(|| panic!("no progress line: {}", out.stderr));
+    assert!(
+        last.starts_with(&format!("restoring: {total}/{total} records (100%)")),
+        "{last}"
+    );
+    assert!(!out.stderr.contains('\r'), "no bar when not a terminal");
+}

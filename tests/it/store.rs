@@ -1679,3 +1679,257 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+// ----- the sled revocation snapshot (issue 26)
+
+fn revocation_retention(now: i64) -> Retention {
+    Retention {
+        now,
+        idle_secs: 3_600,
+        failed_mail_secs: 3_600,
+        revocation_horizon: now - 3_600,
+        counter_idle_secs: 3_600,
+    }
+}
+
+fn sorted(mut v: Vec<Revocation>) -> Vec<String> {
+    let mut out: Vec<String> = v.drain(..).map(|r| format!("{r:?}")).collect();
+    out.sort();
+    out
+}
+
+/// A start reads the revocation snapshot the sweep wrote plus the store's
+/// log after it, never the `revoked` tree whole; a snapshot older than the
+/// store is completed from the log, or, once the log after it is trimmed,
+/// ignored; a torn or corrupt one, or one of another database, is ignored
+/// (the trees are read whole). Every start yields every revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_revocation_snapshot_is_completed_from_the_store_and_ignored_when_unusable() {
+    use portcullis::store::sled_store::{RevocationLoad, SledStore, SNAPSHOT_FILE};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let snap = path.join(SNAPSHOT_FILE);
+    let now = 1_000_000;
+    let user = Uuid::new_v4();
+    let first: Vec<Revocation> = (0..50)
+        .map(|_| Revocation::Token(Uuid::new_v4(), now + 600))
+        .chain([Revocation::Cutoff(user, now)])
+        .collect();
+    let later: Vec<Revocation> = (0..5)
+        .map(|_| Revocation::Session(Uuid::new_v4(), now + 600))
+        .chain([Revocation::Cutoff(user, now + 10)])
+        .collect();
+    let dead = Revocation::Token(Uuid::new_v4(), now - 7_200);
+    let reopen = |expect: RevocationLoad| {
+        let path = path.clone();
+        async move {
+            let s = SledStore::open(&path).unwrap();
+            let got = s.list_revocations().await.unwrap();
+            assert_eq!(s.revocation_load(), Some(expect));
+            (s, got)
+        }
+    };
+    {
+        let s = SledStore::open(&path).unwrap();
+        s.revoke(first.clone()).await.unwrap();
+        s.revoke(vec![dead]).await.unwrap();
+        s.sweep(revocation_retention(now)).await.unwrap();
+        assert!(snap.exists(), "the sweep writes the snapshot");
+        s.revoke(later.clone()).await.unwrap();
+    }
+    // The snapshot (50 tokens and the first cutoff; the dead entry is
+    // gone) and the 6 entries logged after it: the later cutoff wins.
+    let old_snapshot = std::fs::read(&snap).unwrap();
+    let (s, got) = reopen(RevocationLoad::Snapshot {
+        entries: 57,
+        from_log: 6,
+    })
+    .await;
+    let mut want: Vec<Revocation> = first[..50].to_vec();
+    want.extend(later.iter().copied());
+    let mut seen = got.clone();
+    seen.retain(|r| !matches!(r, Revocation::Cutoff(..)));
+    want.retain(|r| !matches!(r, Revocation::Cutoff(..)));
+    assert_eq!(sorted(seen), sorted(want.clone()));
+    let cutoff = got
+        .iter()
+        .filter_map(|r| match r {
+            Revocation::Cutoff(u, at) if *u == user => Some(*at),
+            _ => None,
+        })
+        .max();
+    assert_eq!(cutoff, Some(now + 10));
+    // The next sweep takes the log into the snapshot and trims it.
+    s.sweep(revocation_retention(now)).await.unwrap();
+    drop(s);
+    want.push(Revocation::Cutoff(user, now + 10));
+    let (s, got) = reopen(RevocationLoad::Snapshot {
+        entries: 56,
+        from_log: 0,
+    })
+    .await;
+    assert_eq!(sorted(got), sorted(want.clone()));
+    drop(s);
+
+    // The first snapshot again: the entries after it are trimmed from the
+    // log, so it cannot be completed: ignored.
+    std::fs::write(&snap, &old_snapshot).unwrap();
+    let (s, got) = reopen(RevocationLoad::FullScan { entries: 56 }).await;
+    assert_eq!(sorted(got), sorted(want.clone()));
+    s.sweep(revocation_retention(now)).await.unwrap();
+    drop(s);
+    let good = std::fs::read(&snap).unwrap();
+
+    // Torn (cut short), one byte flipped (in an entry, then in the
+    // checksum), and a snapshot of another database: each ignored.
+    let mut flipped = good.clone();
+    flipped[60] ^= 1;
+    let mut bad_sum = good.clone();
+    *bad_sum.last_mut().unwrap() ^= 0x80;
+    for damaged in [good[..good.len() / 2].to_vec(), flipped, bad_sum] {
+        std::fs::write(&snap, &damaged).unwrap();
+        let (s, got) = reopen(RevocationLoad::FullScan { entries: 56 }).await;
+        assert_eq!(sorted(got), sorted(want.clone()));
+        drop(s);
+    }
+    let other = tempfile::tempdir().unwrap();
+    let other_path = other.path().join("db");
+    drop(SledStore::open(&other_path).unwrap());
+    std::fs::write(other_path.join(SNAPSHOT_FILE), &good).unwrap();
+    let s = SledStore::open(&other_path).unwrap();
+    assert_eq!(s.list_revocations().await.unwrap(), vec![]);
+    assert_eq!(
+        s.revocation_load(),
+        Some(RevocationLoad::FullScan { entries: 0 })
+    );
+}
+
+fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+        if p.is_dir() {
+            if let Some(found) = find_file(&p, name) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+/// On the real gateway: a token logged out before the maintenance sweep
+/// wrote the revocation snapshot and one logged out after it both stay
+/// refused across restarts, with the snapshot as written, torn, or
+/// corrupt; a session never revoked still passes, so each 401 is the
+/// revocation and not the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_tokens_stay_refused_across_restarts_whatever_the_snapshot() {
+    use crate::common::{Builder, TestGateway};
+    use portcullis::store::sled_store::SNAPSHOT_FILE;
+    use serde_json::json;
+    let mut gw = TestGateway::start_with(Builder {
+        extra: "[throttle]\nauth_per_minute = 0\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let a = gw.signup("snap-a@example.com").await;
+    let b = gw.signup("snap-b@example.com").await;
+    let kept = gw.signup("snap-kept@example.com").await;
+    let logout = |s: &crate::common::Session| {
+        let (access, refresh) = (s.access.clone(), s.refresh.clone());
+        let gw = &gw;
+        async move {
+            let r = gw
+                .post(
+                    "/auth/logout",
+                    json!({ "refresh_token": refresh }),
+                    Some(&access),
+                )
+                .await;
+            assert_eq!(r.status, 204, "{r:?}");
+        }
+    };
+    logout(&a).await;
+    gw.sweep().await;
+    let snap = find_file(&gw.data_dir(), SNAPSHOT_FILE).expect("the sweep wrote the snapshot");
+    logout(&b).await;
+    let (a, b, kept) = (a.access, b.access, kept.access);
+    for damage in ["none", "torn", "flipped"] {
+        // Stopped first, so no sweep writes the file meanwhile.
+        gw.stop();
+        let bytes = std::fs::read(&snap).unwrap();
+        match damage {
+            "torn" => std::fs::write(&snap, &bytes[..bytes.len() - 10]).unwrap(),
+            "flipped" => {
+                let mut b = bytes.clone();
+                b[45] ^= 0x10;
+                std::fs::write(&snap, b).unwrap();
+            }
+            _ => {}
+        }
+        gw.restart();
+        assert_eq!(gw.get("/", Some(&a)).await.status, 401, "{damage}");
+        assert_eq!(gw.get("/", Some(&b)).await.status, 401, "{damage}");
+        assert_eq!(gw.get("/", Some(&kept)).await.status, 200, "{damage}");
+    }
+}
+
+/// sled keeps the ids of API key holders apart, so a start loads the key
+/// index from them instead of reading every account (issue 26): a user
+/// who gets a key through a change or an import is in it, and stays in it
+/// (with no keys left) after removing it and across a reopen; a user who
+/// never held one is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_lists_the_api_key_holders_and_no_one_else() {
+    use portcullis::store::sled_store::SledStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let (plain, changed, mut imported) = (
+        user("plain@example.com"),
+        user("changed@example.com"),
+        user("imported@example.com"),
+    );
+    imported.api_keys = vec![api_key(7)];
+    imported.keys_version = 1;
+    {
+        let s = SledStore::open(&path).unwrap();
+        assert_eq!(s.api_key_holders().await.unwrap(), Some(vec![]));
+        s.create_user(plain.clone(), None).await.unwrap();
+        s.create_user(changed.clone(), None).await.unwrap();
+        s.import(vec![Record::User(imported.clone())])
+            .await
+            .unwrap();
+        let key = api_key(8);
+        let id = key.id;
+        s.change_user(
+            changed.id,
+            UserChange::AddApiKey { key, max: 5 },
+            None,
+            stamp(2),
+        )
+        .await
+        .unwrap();
+        s.change_user(changed.id, UserChange::RemoveApiKey(id), None, stamp(3))
+            .await
+            .unwrap();
+    }
+    let s = SledStore::open(&path).unwrap();
+    let mut held: Vec<(String, usize)> = s
+        .api_key_holders()
+        .await
+        .unwrap()
+        .expect("sled keeps the holders apart")
+        .into_iter()
+        .map(|u| (u.email, u.api_keys.len()))
+        .collect();
+    held.sort();
+    assert_eq!(
+        held,
+        vec![
+            ("changed@example.com".to_string(), 0),
+            ("imported@example.com".to_string(), 1)
+        ]
+    );
+}
