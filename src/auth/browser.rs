@@ -265,18 +265,7 @@ pub fn tokens_of(resp: &ApiResponse) -> Option<(String, String)> {
     ))
 }
 
-/// Every cookie name the gateway sets starts with this:
-/// `browser.cookie_name` must (the config refuses any other name), and the
-/// CSRF cookie is that name plus `-csrf`. Cookies under it are stripped from
-/// every proxied request whatever `[browser]` says now, so a browser still
-/// holding them after `[browser]` is turned off or `cookie_name` renamed
-/// (a live refresh credential for up to `tokens.refresh_ttl_secs`) never
-/// hands them to an upstream. The namespace is the gateway's: an upstream
-/// app must not set cookies under it.
-pub const OWN_COOKIE_PREFIX: &str = "__Host-portcullis";
-/// The same namespace under `__Secure-` (a cookie shared by several hosts
-/// cannot be `__Host-`): stripped as well.
-const OWN_COOKIE_PREFIX_SECURE: &str = "__Secure-portcullis";
+pub use crate::names::{OWN_COOKIE_PREFIX, OWN_COOKIE_PREFIX_SECURE};
 
 /// Every `;`-separated piece of the request's `Cookie` headers, trimmed,
 /// as bytes: a `Cookie` line is not always visible ASCII (another app on

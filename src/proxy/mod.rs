@@ -17,7 +17,9 @@ pub mod conn_limit;
 pub mod deadline;
 pub mod headers;
 pub mod inflight;
-pub mod path;
+/// Path normalization lives in the leaf [`crate::request_path`] (config
+/// checks route prefixes with it); re-exported under its old name.
+pub use crate::request_path as path;
 pub mod tunnel;
 pub mod upgrade;
 
@@ -36,7 +38,6 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::api::{ApiRequest, ApiResponse};
 use crate::auth::browser;
-use crate::auth::handlers::identity_headers;
 use crate::auth::tokens::{AccessClaims, TokenRejection};
 use crate::auth::AuthService;
 use crate::config::{AuthMode, Config, Route, Upstream};
@@ -840,7 +841,7 @@ impl ProxyHttp for Gateway {
         up.insert_header("x-forwarded-proto", if self.tls { "https" } else { "http" })?;
         up.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let Some(c) = &ctx.claims {
-            for (k, v) in identity_headers(c) {
+            for (k, v) in headers::identity_headers(c) {
                 up.insert_header(k, v)?;
             }
             up.insert_header("x-user-auth-method", "jwt")?;
