@@ -5,6 +5,7 @@
 
 mod file;
 mod routes;
+mod schedule;
 mod validate;
 
 mod warnings;
@@ -16,7 +17,9 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 
 use file::FileConfig;
-pub use warnings::warn_if_links_are_logged;
+pub use routes::{method_allowed, normalize_host, HostPattern, RouteTable};
+pub use schedule::Schedule;
+pub use warnings::{warn_if_links_are_logged, warnings};
 
 /// A secret value whose `Debug` never shows the value.
 #[derive(Clone, PartialEq, Eq)]
@@ -41,6 +44,8 @@ pub struct Config {
     /// The built-in echo upstream, when enabled.
     pub demo_echo: Option<SocketAddr>,
     pub routes: Vec<Route>,
+    /// `routes` compiled for matching (built once, with the config).
+    pub route_table: RouteTable,
     /// Where the state lives (`data_dir/db` in sled unless `[storage]` or
     /// `PORTCULLIS_DATABASE_URL` say otherwise).
     pub storage: Storage,
@@ -55,6 +60,9 @@ pub struct BrowserConfig {
     pub allowed_origins: Vec<String>,
     pub cookie_name: String,
     pub passkey_timeout_secs: u64,
+    /// One sign-in for every host under this domain (lower case, no
+    /// leading dot); `None` keeps the `__Host-` cookie.
+    pub cookie_domain: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -228,6 +236,22 @@ pub struct Upstream {
 
 #[derive(Debug, Clone)]
 pub struct Route {
+    /// Its place in the file (`routes[index]`).
+    pub index: usize,
+    /// The `route` label of its metrics and its rate-limit key: the prefix,
+    /// after the host when the route names one.
+    pub label: String,
+    pub host: HostPattern,
+    /// [] = every method (GET also takes HEAD).
+    pub methods: Vec<http::Method>,
+    /// On a required route: these methods pass without identity.
+    pub public_methods: Vec<http::Method>,
+    /// A client IP outside all of these gets 403; [] = any.
+    pub networks: Vec<IpNet>,
+    /// Every one of these roles is needed.
+    pub roles_all: Vec<String>,
+    /// Outside it, 403.
+    pub schedule: Option<Schedule>,
     pub prefix: String,
     pub upstreams: Vec<Upstream>,
     pub auth: AuthMode,
@@ -291,6 +315,19 @@ pub fn resolve_path(cli: Option<&Path>) -> (PathBuf, bool) {
 }
 
 impl Config {
+    /// The route a request goes to (CONTRACT 8.4), by its host (as sent,
+    /// normalized here), method and normalized path.
+    pub fn match_route(
+        &self,
+        host: Option<&str>,
+        method: &http::Method,
+        path: &str,
+    ) -> Option<usize> {
+        let host = host.and_then(normalize_host);
+        self.route_table
+            .find(&self.routes, host.as_deref(), method, path)
+    }
+
     /// Load and validate from a file, with secrets from the process environment.
     pub fn load(path: &Path, must_exist: bool) -> Result<Config, ConfigErrors> {
         let text = match std::fs::read_to_string(path) {

@@ -1,10 +1,221 @@
-//! `[[routes]]`: each route checked (naming its key) and the upstreams
-//! resolved once, here.
+//! `[[routes]]`: each route checked (naming its key), the upstreams
+//! resolved once, and the table requests are matched in (CONTRACT 8.4):
+//! the routes of the request's host (exact, then one-label wildcard, then
+//! any host) whose `methods` allow the method, longest prefix first.
 
-use std::net::ToSocketAddrs;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::{IpAddr, ToSocketAddrs};
+
+use http::Method;
+use ipnet::IpNet;
 
 use super::file::{self, UpstreamFile};
+use super::schedule::Schedule;
 use super::{AuthMode, Route, Upstream};
+
+/// Which hosts a route serves (`routes[].host`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// `""`: any host.
+    Any,
+    /// `app.example.test` (lower case, no port, no trailing dot).
+    Exact(String),
+    /// `*.example.test`: exactly one label under `example.test` (held here).
+    Wildcard(String),
+}
+
+impl HostPattern {
+    fn parse(raw: &str) -> Result<HostPattern, String> {
+        if raw.is_empty() {
+            return Ok(HostPattern::Any);
+        }
+        let bad = || {
+            format!(
+                "'{}' is not a host name, \"*.\" and a domain, or \"\" (any host); no port, no scheme",
+                raw.escape_debug()
+            )
+        };
+        if let Some(parent) = raw.strip_prefix("*.") {
+            let h = normalize_host(parent).filter(|h| h == parent && !h.starts_with('['));
+            return h
+                .map(|h| HostPattern::Wildcard(h.into_owned()))
+                .ok_or_else(bad);
+        }
+        match normalize_host(raw) {
+            Some(h) if h == raw => Ok(HostPattern::Exact(raw.to_string())),
+            _ => Err(bad()),
+        }
+    }
+
+    /// Does this pattern serve `host` (already normalized)?
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Wildcard(parent) => parent_of(host) == Some(parent.as_str()),
+        }
+    }
+
+    /// As written in the config (`""` for any host).
+    pub fn as_written(&self) -> String {
+        match self {
+            HostPattern::Any => String::new(),
+            HostPattern::Exact(h) => h.clone(),
+            HostPattern::Wildcard(p) => format!("*.{p}"),
+        }
+    }
+}
+
+/// `a.example.test` → `example.test`: what a one-label wildcard matches on.
+fn parent_of(host: &str) -> Option<&str> {
+    if host.starts_with('[') {
+        return None;
+    }
+    host.split_once('.')
+        .map(|(_, rest)| rest)
+        .filter(|r| !r.is_empty())
+}
+
+/// A request's host as routes are matched on it: ASCII lower case, without
+/// its port and without one trailing dot; an IPv6 literal keeps its
+/// brackets (`[::1]`). `None` for anything that is not a host (empty,
+/// spaces, a userinfo `@`, a bad port): such a request matches no host
+/// route. Borrowed when already normal (the common case).
+pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
+    let host = if raw.starts_with('[') {
+        let end = raw.find(']')?;
+        let (lit, rest) = raw.split_at(end + 1);
+        if !(rest.is_empty() || valid_port(rest.strip_prefix(':')?)) {
+            return None;
+        }
+        lit[1..end].parse::<std::net::Ipv6Addr>().ok()?;
+        lit
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, port)) if valid_port(port) => h,
+            Some(_) => return None,
+            None => raw,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && (host.starts_with('[')
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+                && !host.starts_with('.')
+                && !host.contains(".."));
+    if !ok {
+        return None;
+    }
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
+}
+
+fn valid_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Does `route` take requests of `method`? `[]` takes every method, and a
+/// route that takes GET takes HEAD (the same request without a body).
+pub fn method_allowed(list: &[Method], method: &Method) -> bool {
+    list.is_empty()
+        || list.contains(method)
+        || (*method == Method::HEAD && list.contains(&Method::GET))
+}
+
+/// The routes compiled for matching: per exact host, per wildcard parent,
+/// and for any host; each list longest prefix first (indices into
+/// `Config::routes`). Built once per config.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    exact: HashMap<String, Vec<usize>>,
+    wildcard: HashMap<String, Vec<usize>>,
+    any: Vec<usize>,
+    /// Some route names a host: only then is the request's host read.
+    pub by_host: bool,
+}
+
+impl RouteTable {
+    pub(super) fn build(routes: &[Route]) -> RouteTable {
+        let mut t = RouteTable::default();
+        // `routes` are sorted longest prefix first; each list keeps that.
+        for (i, r) in routes.iter().enumerate() {
+            match &r.host {
+                HostPattern::Any => t.any.push(i),
+                HostPattern::Exact(h) => t.exact.entry(h.clone()).or_default().push(i),
+                HostPattern::Wildcard(p) => t.wildcard.entry(p.clone()).or_default().push(i),
+            }
+        }
+        t.by_host = !t.exact.is_empty() || !t.wildcard.is_empty();
+        t
+    }
+
+    /// The route of a request: its normalized `host` (`None`: no usable
+    /// host, so only any-host routes), method and normalized path.
+    pub fn find(
+        &self,
+        routes: &[Route],
+        host: Option<&str>,
+        method: &Method,
+        path: &str,
+    ) -> Option<usize> {
+        let first = |list: &[usize]| {
+            list.iter().copied().find(|&i| {
+                let r = &routes[i];
+                crate::request_path::prefix_matches(&r.prefix, path)
+                    && method_allowed(&r.methods, method)
+            })
+        };
+        if let Some(h) = host.filter(|_| self.by_host) {
+            if let Some(i) = self.exact.get(h).and_then(|l| first(l)) {
+                return Some(i);
+            }
+            if let Some(i) = parent_of(h)
+                .and_then(|p| self.wildcard.get(p))
+                .and_then(|l| first(l))
+            {
+                return Some(i);
+            }
+        }
+        first(&self.any)
+    }
+}
+
+fn parse_methods(key: &str, list: &[String], p: &mut Vec<String>) -> Vec<Method> {
+    let mut out = Vec::new();
+    for (j, m) in list.iter().enumerate() {
+        let token = !m.is_empty() && m.len() <= 32 && m.bytes().all(|b| b.is_ascii_uppercase());
+        match Method::from_bytes(m.as_bytes()) {
+            Ok(method) if token => out.push(method),
+            _ => p.push(format!(
+                "{key}[{j}]: '{}' is not an HTTP method in upper case (GET, POST, …)",
+                m.escape_debug()
+            )),
+        }
+    }
+    out
+}
+
+/// CIDRs or single addresses (`server.trusted_proxies`, `routes[].networks`).
+pub(super) fn parse_networks(key: &str, list: &[String], p: &mut Vec<String>) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for (i, c) in list.iter().enumerate() {
+        match c.parse::<IpNet>() {
+            Ok(n) => out.push(n.trunc()),
+            Err(_) => match c.parse::<IpAddr>() {
+                Ok(a) => out.push(IpNet::from(a)),
+                Err(_) => p.push(format!("{key}[{i}]: '{c}' is not a CIDR or IP address")),
+            },
+        }
+    }
+    out
+}
 
 /// Every `[[routes]]` entry (or the one default route when there is none),
 /// longest prefix first.
@@ -23,6 +234,12 @@ pub(super) fn validate_routes(
             forward_authorization: None,
             mfa: false,
             scopes: vec![],
+            host: String::new(),
+            methods: vec![],
+            public_methods: vec![],
+            networks: vec![],
+            roles_all: vec![],
+            schedule: String::new(),
         }]
     });
     let mut routes: Vec<Route> = Vec::new();
@@ -45,9 +262,39 @@ pub(super) fn validate_routes(
                 r.prefix
             ));
         }
-        if routes.iter().any(|o| o.prefix == r.prefix) {
+        let host = HostPattern::parse(&r.host).unwrap_or_else(|e| {
+            p.push(format!("{key}.host: {e}"));
+            HostPattern::Any
+        });
+        let methods = parse_methods(&format!("{key}.methods"), &r.methods, p);
+        let public_methods = parse_methods(&format!("{key}.public_methods"), &r.public_methods, p);
+        let same_methods = |o: &Route| {
+            let (mut a, mut b) = (o.methods.clone(), methods.clone());
+            a.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+            b.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+            a == b
+        };
+        if routes
+            .iter()
+            .any(|o| o.prefix == r.prefix && o.host == host && same_methods(o))
+        {
             p.push(format!("{key}.prefix: '{}' is defined twice", r.prefix));
         }
+        let networks = parse_networks(&format!("{key}.networks"), &r.networks, p);
+        for (j, role) in r.roles_all.iter().enumerate() {
+            if !crate::names::valid_role(role) {
+                p.push(format!(
+                    "{key}.roles_all[{j}]: '{role}' is not a valid role name"
+                ));
+            }
+        }
+        let schedule = if r.schedule.is_empty() {
+            None
+        } else {
+            Schedule::parse(&r.schedule)
+                .map_err(|e| p.push(format!("{key}.schedule: {e}")))
+                .ok()
+        };
         let auth = match r.auth.as_str() {
             "required" => AuthMode::Required,
             "optional" => AuthMode::Optional,
@@ -88,6 +335,17 @@ pub(super) fn validate_routes(
             }
         }
         routes.push(Route {
+            index: i,
+            label: match &host {
+                HostPattern::Any => r.prefix.clone(),
+                h => format!("{}{}", h.as_written(), r.prefix),
+            },
+            host,
+            methods,
+            public_methods,
+            networks,
+            roles_all: r.roles_all,
+            schedule,
             mfa: r.mfa,
             scopes: r.scopes,
             prefix: r.prefix,

@@ -35,6 +35,7 @@ pub(super) fn validate(
         log: log(&f, p),
         server,
         demo_echo,
+        route_table: super::routes::RouteTable::build(&routes),
         routes,
         storage,
         browser: browser(&f.browser, p),
@@ -505,10 +506,37 @@ fn browser(b: &file::BrowserFile, p: &mut Vec<String>) -> BrowserConfig {
     if b.passkey_timeout_secs == 0 || b.passkey_timeout_secs > 3600 {
         p.push("browser.passkey_timeout_secs: must be between 1 and 3600".into());
     }
+    // One sign-in across subdomains: a cookie with a `Domain` cannot be
+    // `__Host-`, so it becomes `__Secure-` (same namespace after the prefix,
+    // stripped from upstream requests all the same).
+    let cookie_domain = if b.cookie_domain.is_empty() {
+        None
+    } else {
+        let d = b
+            .cookie_domain
+            .strip_prefix('.')
+            .unwrap_or(&b.cookie_domain);
+        let ok = super::normalize_host(d).is_some_and(|h| h == d)
+            && d.contains('.')
+            && !d.starts_with('[')
+            && d.parse::<std::net::IpAddr>().is_err();
+        if !ok {
+            p.push(format!(
+                "browser.cookie_domain: '{}' is not a lower-case domain name such as \"example.test\"",
+                b.cookie_domain.escape_debug()
+            ));
+        }
+        ok.then(|| d.to_string())
+    };
+    let cookie_name = match &cookie_domain {
+        Some(_) => b.cookie_name.replacen("__Host-", "__Secure-", 1),
+        None => b.cookie_name.clone(),
+    };
     BrowserConfig {
         enabled: b.enabled,
         allowed_origins,
-        cookie_name: b.cookie_name.clone(),
+        cookie_domain,
+        cookie_name,
         passkey_timeout_secs: b.passkey_timeout_secs,
     }
 }

@@ -3,14 +3,16 @@
 //! its route, and answers who is asking ([`Identity`]) or what to refuse
 //! ([`Refusal`]: 400, 401, 403, 429, 503, or the 302 to the portal).
 //!
-//! It runs in three steps, each a function of its own:
+//! It runs in four steps, each a function of its own:
+//! 0. [`gate`]: the route's `networks` and `schedule` (no identity needed).
 //! 1. [`credential`]: an API key (`X-API-Key` or a bearer without `.`), a
 //!    bearer token, or the browser's session cookie (with the CSRF Origin
 //!    check on unsafe methods and upgrades, and the cookie's rotation);
 //!    nothing on a required route is 401, or the 302 for a browser
 //!    navigation ([`when_anonymous`]).
-//! 2. [`permits`]: the route's rules on that identity (scopes, roles, a
-//!    second factor). Pure: `policy explain` calls the very same function.
+//! 2. [`permits`]: the route's rules on that identity (scopes, roles,
+//!    `roles_all`, a second factor). Pure, like [`gate`], [`mode_for`] and
+//!    [`when_anonymous`]: `policy explain` calls the very same functions.
 //! 3. the rate limits (per key, per route), which count.
 //!
 //! `request_filter` in [`super`] only turns the request into
@@ -36,6 +38,9 @@ pub struct RequestParts<'a> {
     /// HTTP/2's `:authority` (or an absolute-form target's), standing in
     /// for a missing `Host`.
     pub authority: Option<&'a str>,
+    /// The host the request names (`Host` or `:authority`), as sent; read
+    /// only when some route names a host or `browser.cookie_domain` is set.
+    pub host: Option<&'a str>,
     /// The normalized path the route was matched on.
     pub path: &'a str,
     pub query: Option<&'a str>,
@@ -54,13 +59,34 @@ pub enum Identity {
     ApiKey(Arc<KeyEntry>),
 }
 
+/// What the route rules look at of an identity.
+#[derive(Debug, Clone, Copy)]
+pub enum Who<'a> {
+    Anonymous,
+    /// A user signed in with a token (or a cookie session).
+    User {
+        roles: &'a [String],
+        second_factor: bool,
+    },
+    /// An API key: its owner's roles and its own scopes.
+    Key {
+        roles: &'a [String],
+        scopes: &'a [String],
+    },
+}
+
 impl Identity {
-    /// The roles the identity holds (none when anonymous).
-    pub fn roles(&self) -> &[String] {
+    pub fn who(&self) -> Who<'_> {
         match self {
-            Identity::Anonymous => &[],
-            Identity::Token(c) => &c.roles,
-            Identity::ApiKey(k) => &k.roles,
+            Identity::Anonymous => Who::Anonymous,
+            Identity::Token(c) => Who::User {
+                roles: &c.roles,
+                second_factor: c.has_second_factor(),
+            },
+            Identity::ApiKey(k) => Who::Key {
+                roles: &k.roles,
+                scopes: &k.scopes,
+            },
         }
     }
 }
@@ -123,35 +149,64 @@ pub async fn identify(
     edge: &Edge<'_>,
     carry: &mut Carry,
 ) -> Result<Identity, Refusal> {
+    gate(route, req.client_ip, edge.auth.clock.now())?;
     let id = credential(req, route, edge, carry).await?;
-    permits(route, &id)?;
+    permits(route, id.who())?;
     limit(req, route, &id, edge)?;
     Ok(id)
 }
 
+/// The rules of a route that need no identity: the client IP must be in
+/// one of its `networks`, and `now` (the gateway's clock) inside its
+/// `schedule`.
+pub fn gate(route: &Route, client_ip: IpAddr, now: i64) -> Result<(), Refusal> {
+    if !route.networks.is_empty() && !route.networks.iter().any(|n| n.contains(&client_ip)) {
+        return Err(Refusal::deny(ApiError::Forbidden, "networks"));
+    }
+    if route.schedule.as_ref().is_some_and(|s| !s.allows(now)) {
+        return Err(Refusal::deny(ApiError::Forbidden, "schedule"));
+    }
+    Ok(())
+}
+
+/// How much identity `method` needs on `route`: a required route's
+/// `public_methods` pass without one (identity is still taken when
+/// presented), as on an optional route.
+pub fn mode_for(route: &Route, method: &Method) -> AuthMode {
+    if route.auth == AuthMode::Required
+        && crate::config::method_allowed(&route.public_methods, method)
+        && !route.public_methods.is_empty()
+    {
+        return AuthMode::Optional;
+    }
+    route.auth
+}
+
 /// The route's rules on an identity: an API key needs one of the route's
-/// scopes and is never a second factor; either needs one of `roles`; a
-/// token needs `amr` otp or webauthn on an `mfa` route. Anonymous callers
-/// got here only where the route lets them.
-pub fn permits(route: &Route, id: &Identity) -> Result<(), Refusal> {
-    let roles = match id {
-        Identity::Anonymous => return Ok(()),
-        Identity::Token(_) => id.roles(),
-        Identity::ApiKey(k) => {
-            if !route.scopes.iter().any(|s| k.scopes.contains(s)) {
+/// scopes and is never a second factor; either needs one of `roles` and
+/// every one of `roles_all`; a token needs `amr` otp or webauthn on an
+/// `mfa` route. Anonymous callers got here only where the route lets them.
+pub fn permits(route: &Route, who: Who<'_>) -> Result<(), Refusal> {
+    let (roles, second_factor) = match who {
+        Who::Anonymous => return Ok(()),
+        Who::User {
+            roles,
+            second_factor,
+        } => (roles, second_factor),
+        Who::Key { roles, scopes } => {
+            if !route.scopes.iter().any(|s| scopes.contains(s)) {
                 return Err(Refusal::deny(ApiError::InsufficientScope, "scopes"));
             }
-            id.roles()
+            // A key is one factor, however it is used.
+            (roles, false)
         }
     };
     if !route.roles.is_empty() && !roles.iter().any(|r| route.roles.contains(r)) {
         return Err(Refusal::deny(ApiError::Forbidden, "roles"));
     }
-    let second_factor = match id {
-        Identity::Token(c) => c.has_second_factor(),
-        // A key is one factor, however it is used.
-        _ => false,
-    };
+    if !route.roles_all.iter().all(|r| roles.contains(r)) {
+        return Err(Refusal::deny(ApiError::Forbidden, "roles_all"));
+    }
     if route.mfa && !second_factor {
         return Err(Refusal::deny(ApiError::MfaRequired, "mfa"));
     }
@@ -165,11 +220,12 @@ pub fn when_anonymous(
     mode: AuthMode,
     cfg: &Config,
     navigation: bool,
+    host: Option<&str>,
     rd: impl FnOnce() -> String,
 ) -> Result<Identity, Refusal> {
     match mode {
         AuthMode::Required if cfg.browser.enabled && navigation => Err(Refusal::SignIn {
-            location: browser::login_location(&rd()),
+            location: browser::login_location_for(host, &rd(), cfg),
         }),
         AuthMode::Required => Err(Refusal::deny(ApiError::Unauthorized, "auth")),
         _ => Ok(Identity::Anonymous),
@@ -183,7 +239,7 @@ async fn credential(
     edge: &Edge<'_>,
     carry: &mut Carry,
 ) -> Result<Identity, Refusal> {
-    let mode = route.auth;
+    let mode = mode_for(route, req.method);
     if mode == AuthMode::Public {
         return Ok(Identity::Anonymous);
     }
@@ -222,6 +278,7 @@ async fn credential(
             mode,
             edge.cfg,
             anonymous && browser::is_browser_navigation(req.method, req.headers),
+            req.host,
             || match req.query {
                 Some(q) => format!("{}?{q}", req.path),
                 None => req.path.to_string(),
@@ -335,11 +392,11 @@ fn limit(
     }
     if route.rate_per_minute > 0 {
         let key = match id {
-            Identity::Token(c) => format!("route:{}:sub:{}", route.prefix, c.sub),
-            Identity::ApiKey(k) => format!("route:{}:sub:{}", route.prefix, k.user_id_str),
+            Identity::Token(c) => format!("route:{}:sub:{}", route.label, c.sub),
+            Identity::ApiKey(k) => format!("route:{}:sub:{}", route.label, k.user_id_str),
             Identity::Anonymous => format!(
                 "route:{}:ip:{}",
-                route.prefix,
+                route.label,
                 crate::net::throttle_key(req.client_ip, edge.cfg.throttle.ipv6_prefix_len)
             ),
         };

@@ -15,6 +15,7 @@
 pub mod client_ip;
 pub mod conn_limit;
 pub mod deadline;
+pub mod explain;
 pub mod headers;
 pub mod identity;
 pub mod inflight;
@@ -81,18 +82,11 @@ impl ProxyConfig {
                     route: r.clone(),
                     lb,
                     peers,
-                    metrics: metrics.route(&r.prefix),
+                    metrics: metrics.route(&r.label),
                 })
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Self { cfg, routes })
-    }
-
-    fn match_route(&self, path: &str) -> Option<usize> {
-        // Routes are sorted longest prefix first.
-        self.routes
-            .iter()
-            .position(|r| path::prefix_matches(&r.route.prefix, path))
     }
 
     fn pick_upstream(&self, idx: usize, key: &[u8]) -> Option<&HttpPeer> {
@@ -142,6 +136,8 @@ pub struct Ctx {
     /// `Set-Cookie` values for the response (a rotated or ended browser
     /// session).
     set_cookies: Vec<String>,
+    /// `X-Forwarded-Host` for the upstream of a host route.
+    forwarded_host: Option<String>,
     /// Counts this request as in flight until the context is dropped.
     _inflight: Option<InFlightGuard>,
 }
@@ -291,6 +287,7 @@ impl Gateway {
             identity::Refusal::Deny { error, rule } => {
                 if error.status() == 403 {
                     tracing::info!(request_id = %ctx.request_id, rule, "request refused");
+                    self.auth.metrics.route_denial(rule);
                 }
                 self.respond_error(session, ctx, error).await
             }
@@ -419,8 +416,36 @@ fn upstream_peer(up: &Upstream, cfg: &Config) -> HttpPeer {
     peer
 }
 
-fn is_local(path: &str) -> bool {
+pub(crate) fn is_local(path: &str) -> bool {
     path == "/auth" || path.starts_with("/auth/") || path.starts_with("/.well-known/")
+}
+
+/// The host a request names, for matching host routes: an absolute-form
+/// target's or HTTP/2's `:authority`, else its one `Host` header. Both
+/// present and naming different hosts (or two `Host` headers) is
+/// ambiguous: the upstream might serve the other one, so 400.
+fn request_host(req: &RequestHeader) -> std::result::Result<Option<&str>, ApiError> {
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    let header = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(ApiError::BadRequest("The request names two hosts.")),
+        (Some(v), None) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest("The Host header is not a host."))?,
+        ),
+        _ => None,
+    };
+    let authority = req.uri.authority().map(|a| a.as_str());
+    match (authority, header) {
+        (Some(a), Some(h))
+            if crate::config::normalize_host(a) != crate::config::normalize_host(h) =>
+        {
+            Err(ApiError::BadRequest(
+                "The request target and the Host header name different hosts.",
+            ))
+        }
+        (Some(a), _) => Ok(Some(a)),
+        (None, h) => Ok(h),
+    }
 }
 
 /// The target the upstream gets: exactly the path that was checked, so
@@ -473,6 +498,7 @@ impl ProxyHttp for Gateway {
             peer_trusted: false,
             tunnel: None,
             set_cookies: Vec::new(),
+            forwarded_host: None,
             _inflight: Some(self.inflight.enter()),
         }
     }
@@ -518,10 +544,18 @@ impl ProxyHttp for Gateway {
                 }
             };
         let local = is_local(&normalized);
+        // The host is read only when some route names one.
+        let host = match cfg.route_table.by_host || cfg.browser.cookie_domain.is_some() {
+            true => match request_host(session.req_header()) {
+                Ok(h) => h,
+                Err(e) => return self.respond_error(session, ctx, e).await,
+            },
+            false => None,
+        };
         let idx = if local {
             None
         } else {
-            live.match_route(&normalized)
+            cfg.match_route(host, &session.req_header().method, &normalized)
         };
         if had_params && !idx.is_some_and(|i| live.routes[i].route.strip_path_params) {
             tracing::debug!("rejected path parameters");
@@ -536,11 +570,18 @@ impl ProxyHttp for Gateway {
         };
         let route = &live.routes[idx].route;
         ctx.route = Some(idx);
+        if route.host != crate::config::HostPattern::Any {
+            // A host route's upstream learns the host it was asked for.
+            ctx.forwarded_host = host
+                .and_then(crate::config::normalize_host)
+                .map(|h| h.into_owned());
+        }
         let req = session.req_header();
         let parts = identity::RequestParts {
             method: &req.method,
             headers: &req.headers,
             authority: req.uri.authority().map(|a| a.as_str()),
+            host,
             path: &normalized,
             query: req.uri.query(),
             client_ip,
@@ -642,6 +683,12 @@ impl ProxyHttp for Gateway {
         }
         up.insert_header("x-forwarded-proto", if self.tls { "https" } else { "http" })?;
         up.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(h) = &ctx.forwarded_host {
+            // Checked against the route table (a trusted proxy's own
+            // X-Forwarded-Host, if any, is replaced: this is the one the
+            // route was chosen by).
+            up.insert_header("x-forwarded-host", h.as_str())?;
+        }
         if let Some(c) = &ctx.claims {
             for (k, v) in headers::identity_headers(c) {
                 up.insert_header(k, v)?;
