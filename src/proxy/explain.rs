@@ -188,21 +188,32 @@ pub fn decide(cfg: &Config, q: &Parsed, asked: &Asked, now: i64) -> Answer {
     let Ok(n) = crate::request_path::normalize_request(&q.path) else {
         return answer(None, "400", "path");
     };
-    if super::is_local(&n.path) {
+    let local = super::is_local(&n.path);
+    let idx = if local {
+        None
+    } else {
+        cfg.match_route(q.host.as_deref(), &q.method, &n.path)
+    };
+    let rref = idx.map(|i| {
+        let route = &cfg.routes[i];
+        RouteRef {
+            index: route.index,
+            host: route.host.as_written(),
+            prefix: route.prefix.clone(),
+        }
+    });
+    // The proxy's order: path parameters, then the gateway's own paths,
+    // then no route.
+    if n.had_params && !idx.is_some_and(|i| cfg.routes[i].strip_path_params) {
+        return answer(rref, "400", "path");
+    }
+    if local {
         return answer(None, "allow", "gateway");
     }
-    let Some(idx) = cfg.match_route(q.host.as_deref(), &q.method, &n.path) else {
+    let Some(idx) = idx else {
         return answer(None, "404", "no_route");
     };
     let route = &cfg.routes[idx];
-    let rref = Some(RouteRef {
-        index: route.index,
-        host: route.host.as_written(),
-        prefix: route.prefix.clone(),
-    });
-    if n.had_params && !route.strip_path_params {
-        return answer(rref, "400", "path");
-    }
     let refused = |r: identity::Refusal| answer(rref.clone(), &r.status().to_string(), r.rule());
     if let Err(r) = identity::gate(route, q.ip, now) {
         return refused(r);

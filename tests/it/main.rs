@@ -19,6 +19,7 @@ mod limits;
 mod mfa;
 mod openapi;
 mod passthrough;
+mod policy;
 mod postgres;
 mod races;
 mod readiness;
