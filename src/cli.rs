@@ -705,7 +705,7 @@ pub fn policy_command(cfg: Config, cmd: PolicyCommand) -> Result<bool, ExplainEr
     };
     let bad = |e: crate::proxy::explain::BadQuestion| ExplainError::BadArguments(e.0);
     q.parse().map_err(bad)?;
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
     let answer = if q.email.is_none() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()

@@ -374,6 +374,9 @@ async fn a_schedule_follows_its_zone_across_a_daylight_saving_change() {
     assert_eq!(denials(&m, "schedule") - denials(&m0, "schedule"), 5.0);
 }
 
+/// (method, host, path, email, client IP, time)
+type Case<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, &'a str, &'a str);
+
 #[tokio::test]
 async fn the_explainer_agrees_with_the_proxy_on_a_table_of_cases() {
     let routes = format!(
@@ -405,7 +408,7 @@ scopes = ["read"]
     let fri_open = "2026-03-27T10:00:00Z";
     let sat = "2026-03-28T10:00:00Z";
     // (method, host, path, email, ip, at)
-    let cases: &[(&str, &str, &str, Option<&str>, &str, &str)] = &[
+    let cases: &[Case] = &[
         ("GET", "gw.test", "/anything", None, "10.0.0.1", fri_open),
         ("GET", "gw.test", "/notes/1", None, "10.0.0.1", fri_open),
         ("POST", "gw.test", "/notes/1", None, "10.0.0.1", fri_open),
