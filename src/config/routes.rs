@@ -404,3 +404,57 @@ fn parse_upstream(u: &str) -> Result<Upstream, String> {
         authority,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_normalize_to_one_spelling() {
+        for (raw, want) in [
+            ("app.example.test", Some("app.example.test")),
+            ("APP.Example.Test", Some("app.example.test")),
+            ("app.example.test.", Some("app.example.test")),
+            ("app.example.test:8443", Some("app.example.test")),
+            ("app.example.test.:80", Some("app.example.test")),
+            ("[::1]", Some("[::1]")),
+            ("[::1]:8080", Some("[::1]")),
+            ("127.0.0.1:9", Some("127.0.0.1")),
+            ("", None),
+            ("[::1", None),
+            ("[zz]", None),
+            ("a b", None),
+            ("u@app.example.test", None),
+            ("app.example.test:x", None),
+            ("app..example.test", None),
+            (".app", None),
+        ] {
+            assert_eq!(normalize_host(raw).as_deref(), want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn host_patterns() {
+        assert_eq!(HostPattern::parse("").unwrap(), HostPattern::Any);
+        let w = HostPattern::parse("*.example.test").unwrap();
+        assert!(w.matches("a.example.test"));
+        assert!(!w.matches("a.b.example.test"));
+        assert!(!w.matches("example.test"));
+        assert_eq!(w.as_written(), "*.example.test");
+        for bad in [
+            "*.*.x.test",
+            "x.test:1",
+            "X.test",
+            "*",
+            "*.",
+            "https://x.test",
+            "[::1]:1",
+        ] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad}");
+        }
+        assert!(method_allowed(&[], &Method::DELETE));
+        assert!(method_allowed(&[Method::GET], &Method::HEAD));
+        assert!(!method_allowed(&[Method::HEAD], &Method::GET));
+        assert!(!method_allowed(&[Method::GET], &Method::POST));
+    }
+}

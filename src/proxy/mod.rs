@@ -19,6 +19,7 @@ pub mod explain;
 pub mod headers;
 pub mod identity;
 pub mod inflight;
+pub mod target;
 /// Path normalization lives in the leaf [`crate::request_path`] (config
 /// checks route prefixes with it); re-exported under its old name.
 pub use crate::request_path as path;
@@ -420,49 +421,6 @@ pub(crate) fn is_local(path: &str) -> bool {
     path == "/auth" || path.starts_with("/auth/") || path.starts_with("/.well-known/")
 }
 
-/// The host a request names, for matching host routes: an absolute-form
-/// target's or HTTP/2's `:authority`, else its one `Host` header. Both
-/// present and naming different hosts (or two `Host` headers) is
-/// ambiguous: the upstream might serve the other one, so 400.
-fn request_host(req: &RequestHeader) -> std::result::Result<Option<&str>, ApiError> {
-    let mut hosts = req.headers.get_all(http::header::HOST).iter();
-    let header = match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => return Err(ApiError::BadRequest("The request names two hosts.")),
-        (Some(v), None) => Some(
-            v.to_str()
-                .map_err(|_| ApiError::BadRequest("The Host header is not a host."))?,
-        ),
-        _ => None,
-    };
-    let authority = req.uri.authority().map(|a| a.as_str());
-    match (authority, header) {
-        (Some(a), Some(h))
-            if crate::config::normalize_host(a) != crate::config::normalize_host(h) =>
-        {
-            Err(ApiError::BadRequest(
-                "The request target and the Host header name different hosts.",
-            ))
-        }
-        (Some(a), _) => Ok(Some(a)),
-        (None, h) => Ok(h),
-    }
-}
-
-/// The target the upstream gets: exactly the path that was checked, so
-/// the target is rewritten unless it already is that path (plus the
-/// query), as received (Pingora sends an absolute-form target verbatim).
-fn upstream_target(req: &RequestHeader, normalized: String) -> Option<String> {
-    let unchanged = req.raw_path_is_utf8()
-        && req
-            .raw_path()
-            .strip_prefix(normalized.as_bytes())
-            .is_some_and(|rest| rest.is_empty() || rest[0] == b'?');
-    (!unchanged).then(|| match req.uri.query() {
-        Some(q) => format!("{normalized}?{q}"),
-        None => normalized,
-    })
-}
-
 /// A UUID v4 for `X-Request-Id`, from the thread's userspace CSPRNG (ChaCha,
 /// reseeded from the OS): `Uuid::new_v4` makes a `getrandom` system call
 /// per request, the one syscall the proxy path added to bare Pingora's.
@@ -546,7 +504,7 @@ impl ProxyHttp for Gateway {
         let local = is_local(&normalized);
         // The host is read only when some route names one.
         let host = match cfg.route_table.by_host || cfg.browser.cookie_domain.is_some() {
-            true => match request_host(session.req_header()) {
+            true => match target::request_host(session.req_header()) {
                 Ok(h) => h,
                 Err(e) => return self.respond_error(session, ctx, e).await,
             },
@@ -603,7 +561,7 @@ impl ProxyHttp for Gateway {
             Ok(identity::Identity::Anonymous) => {}
             Err(refusal) => return self.refuse(session, ctx, refusal).await,
         }
-        ctx.path_and_query = upstream_target(session.req_header(), normalized);
+        ctx.path_and_query = target::upstream_target(session.req_header(), normalized);
         Ok(false)
     }
 
