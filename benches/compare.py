@@ -14,8 +14,9 @@ it does (issue 9):
   `COMPARE_SECS` seconds (default 5) each: direct, nginx, bare Pingora
   (and bare Pingora with `work_stealing = false`), Portcullis public,
   required HS256, required EdDSA, required with an API key, the 401 path,
-  and nginx `auth_request`
-  to Portcullis `GET /auth/verify`.
+  nginx `auth_request` to Portcullis `GET /auth/verify`, and a public
+  route on a gateway with 50 routes over 10 hosts (issue 24: host routes
+  matched from a table built once per config).
 - Tokens come from real logins; 100k revoked token ids are seeded into
   each gateway's store first (`examples/seed.rs`).
 - Latency: p50/p99 at half the median bare-Pingora maximum, from an
@@ -139,7 +140,28 @@ http {{
     return [NGINX, "-p", d, "-c", conf, "-e", f"{d}/error.log"]
 
 
-def gateway_conf(work, name, port, up_port, algorithm):
+# The many-apps variant: 10 hosts with 5 routes each; requests name one host.
+MANY_HOSTS = 10
+MANY_HOST = "app7.bench.test"
+HOSTS = {"public_many": MANY_HOST}
+
+
+def many_routes(up_port):
+    out = []
+    for h in range(MANY_HOSTS):
+        for prefix, auth in [("/pub", "public"), ("/api", "required"), ("/a", "required"),
+                             ("/b/c", "optional"), ("/", "required")]:
+            out.append(f"""
+[[routes]]
+host = "app{h}.bench.test"
+prefix = "{prefix}"
+upstream = "http://127.0.0.1:{up_port}"
+auth = "{auth}"
+""")
+    return "".join(out)
+
+
+def gateway_conf(work, name, port, up_port, algorithm, extra_routes=""):
     d = os.path.join(work, name)
     os.makedirs(d, exist_ok=True)
     conf = os.path.join(d, "gateway.toml")
@@ -168,7 +190,7 @@ prefix = "/api"
 upstream = "http://127.0.0.1:{up_port}"
 auth = "required"
 scopes = ["bench"]
-"""
+""" + extra_routes
         )
     return conf
 
@@ -205,8 +227,10 @@ def tampered(token):
     return f"{head}.{sig[:mid]}{c}{sig[mid + 1:]}"
 
 
-def wrk(port, path, token, pids):
+def wrk(port, path, token, pids, host=None):
     cmd = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{CONNS}", f"-d{SECS}s"]
+    if host:
+        cmd += ["-H", f"Host: {host}"]
     if token:
         cmd += ["-H", f"Authorization: Bearer {token}"]
     cmd.append(f"http://127.0.0.1:{port}{path}")
@@ -252,7 +276,7 @@ def run(work):
         nginx_conf(work, "upstream", up_port, '        location / { return 200 "ok\\n"; }'),
         LOAD_CORE, f"{work}/upstream.log", "nginx upstream", up_port)
 
-    ports = {k: free_port() for k in ["nginx", "bare", "bare_nosteal", "hs", "ed", "authreq", "before"]}
+    ports = {k: free_port() for k in ["nginx", "bare", "bare_nosteal", "hs", "ed", "authreq", "before", "many"]}
     nginx_proxy = start(
         nginx_conf(work, "nginx", ports["nginx"], f"""        location / {{
             proxy_pass http://up;
@@ -283,6 +307,12 @@ def run(work):
         procs.append(p)
         wait_port(ports[key], p, f"portcullis {alg}")
         gateways[key] = p
+    many_conf = gateway_conf(work, "many", ports["many"], up_port, "HS256", many_routes(up_port))
+    many = subprocess.Popen(["taskset", "-c", PROXY_CORE, f"{REL}/portcullis", "serve", "--config", many_conf],
+                            stdout=open(f"{work}/many.log", "wb"), stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="warn"))
+    procs.append(many)
+    wait_port(ports["many"], many, "portcullis (50 routes over 10 hosts)")
     hs_token, ed_token = login(ports["hs"]), login(ports["ed"])
     hs_key = api_key(ports["hs"], hs_token)
 
@@ -322,6 +352,8 @@ def run(work):
          [gateways["hs"].pid], False),
         ("authreq", "nginx `auth_request` → Portcullis `/auth/verify`", ports["authreq"], "/api/item",
          hs_token, [authreq.pid, gateways["hs"].pid], True),
+        ("public_many", f"Portcullis, public route, 50 routes over {MANY_HOSTS} hosts", ports["many"],
+         "/pub/item", None, [many.pid], True),
     ]
     if BEFORE:
         before_token = login(ports["before"])
@@ -337,7 +369,8 @@ def run(work):
         # Rotate the order each round so drift does not favour one variant.
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         for name, _, port, path, token, pids, ok in order:
-            rps, non2xx, errors, pcpu, wrk_cpu = wrk(port, path, token, pids + [upstream.pid])
+            rps, non2xx, errors, pcpu, wrk_cpu = wrk(port, path, token, pids + [upstream.pid],
+                                                     HOSTS.get(name))
             if ok and non2xx:
                 sys.exit(f"{name}: {non2xx} non-2xx answers; see the logs in {work} (COMPARE_KEEP=1)")
             if not ok and non2xx == 0:
@@ -356,6 +389,7 @@ def run(work):
         ("required HS256 (100k revocations) / public", ratio("required_hs", "public"), "≥ 0.95×"),
         ("required EdDSA / public", ratio("required_ed", "public"), "≥ 0.90×"),
         ("required, API key / public", ratio("required_key", "public"), "≥ 0.95×"),
+        (f"public, 50 routes over {MANY_HOSTS} hosts / public", ratio("public_many", "public"), "≥ 0.95×"),
         ("required HS256 / nginx `auth_request` + verify", ratio("required_hs", "authreq"), "≥ 3×"),
         ("bare Pingora / nginx", ratio("bare", "nginx"), "—"),
     ]
@@ -369,7 +403,8 @@ def run(work):
     rate = int(statistics.median(results["bare"]) / 2)
     lat = []
     for name, label, port, path, token, _, _ in variants:
-        if name in ("direct", "unauthorized", "bare_nosteal"):
+        # The open-loop generator sends no Host of its choosing.
+        if name in ("direct", "unauthorized", "bare_nosteal", "public_many"):
             continue
         r = min(rate, int(statistics.median(results[name]) / 2))
         lat.append((label, r, openloop(port, path, token, r)))

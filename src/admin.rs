@@ -316,6 +316,7 @@ impl ServeHttp for AdminApp {
             ("POST", "/admin/users") => self.admin(s).await,
             ("GET", "/admin/backup") => self.backup(s).await,
             ("POST", "/admin/reload") => self.reload(s).await,
+            ("POST", "/admin/explain") => self.explain(s).await,
             _ => err(404, "not_found", "Not found."),
         }
     }
@@ -417,6 +418,42 @@ impl AdminApp {
                 tracing::error!(cause = %e, "writing a backup");
                 err(500, "internal_error", "The backup could not be written.")
             }
+        }
+    }
+
+    /// `POST /admin/explain` (CONTRACT 8.4): the decision the running
+    /// config takes on a request, by the proxy's own code
+    /// ([`crate::proxy::explain`]): 200 `{route, decision, rule}`.
+    async fn explain(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        if !self.authorized(s) {
+            return err(401, "unauthorized", "The admin token is required.");
+        }
+        let mut body = Vec::new();
+        loop {
+            match s.read_request_body().await {
+                Ok(Some(c)) if body.len() + c.len() > 64 * 1024 => {
+                    return err(413, "payload_too_large", "The request body is too large.");
+                }
+                Ok(Some(c)) => body.extend_from_slice(&c),
+                Ok(None) => break,
+                Err(_) => return err(400, "bad_request", "The request body could not be read."),
+            }
+        }
+        let q: crate::proxy::explain::Question = match serde_json::from_slice(&body) {
+            Ok(q) => q,
+            Err(_) => {
+                return err(
+                    400,
+                    "bad_request",
+                    "Expected {method, url, email?, api_key_scopes?, ip?, at?}.",
+                )
+            }
+        };
+        let cfg = self.auth.cfg();
+        let now = self.auth.clock.now();
+        match crate::proxy::explain::explain(&cfg, Some(self.auth.store.as_ref()), &q, now).await {
+            Ok(a) => json(200, serde_json::to_value(a).unwrap_or_default()),
+            Err(e) => err(400, "validation_failed", &e.0),
         }
     }
 

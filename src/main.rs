@@ -15,7 +15,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve(ConfigArg::default())) {
         Command::CheckConfig(arg) => match cli::load_config(&arg) {
-            Ok(_) => {
+            Ok(cfg) => {
+                for w in portcullis::config::warnings(&cfg) {
+                    eprintln!("warning: {w}");
+                }
                 println!("config OK");
                 ExitCode::SUCCESS
             }
@@ -69,6 +72,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Policy { config, command } => {
+            let cfg = match cli::load_config(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    for p in &errors.0 {
+                        eprintln!("{p}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            match cli::policy_command(cfg, command) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(cli::ExplainError::BadArguments(e)) => {
+                    eprintln!("portcullis: {e}");
+                    ExitCode::from(2)
+                }
+                Err(cli::ExplainError::Failed(e)) => {
+                    eprintln!("portcullis: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::User { config, command } => {
             let cfg = match cli::load_config(&config) {
                 Ok(c) => c,

@@ -26,6 +26,19 @@ const AUTH_EVENTS: [&str; 6] = [
 const OUTCOMES: [&str; 3] = ["success", "failure", "throttled"];
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
+/// The rules a proxied request can be refused 403 by (the `rule` label of
+/// `portcullis_route_denials_total`).
+pub const ROUTE_DENIAL_RULES: [&str; 8] = [
+    "networks",
+    "schedule",
+    "csrf",
+    "scopes",
+    "roles",
+    "roles_all",
+    "mfa",
+    "auth",
+];
+
 /// Every metric of one gateway, registered in its own [`Registry`].
 pub struct Metrics {
     registry: Registry,
@@ -50,6 +63,8 @@ pub struct Metrics {
     connections_refused: IntCounter,
     /// `portcullis_config_reloads_total{result}`: applied, refused.
     pub config_reloads: IntCounterVec,
+    /// Proxied requests refused 403 by a route rule (CONTRACT 8.4).
+    route_denials: IntCounterVec,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -214,6 +229,15 @@ impl Metrics {
             "Proxied requests that failed upstream, by route.",
             &["route"],
         );
+        let route_denials = counter_vec(
+            &r,
+            "portcullis_route_denials_total",
+            "Proxied requests refused 403 by a route rule, by rule.",
+            &["rule"],
+        );
+        for rule in ROUTE_DENIAL_RULES {
+            route_denials.with_label_values(&[rule]);
+        }
         let emails = counter_vec(
             &r,
             "portcullis_emails_total",
@@ -297,6 +321,7 @@ impl Metrics {
             emails_pending,
             hash_queue_rejected,
             swept,
+            route_denials,
         };
         m.swept(&crate::store::SweepReport::default());
         m
@@ -319,6 +344,11 @@ impl Metrics {
             upstream_duration: self.upstream_duration.with_label_values(&[label]),
             upstream_errors: self.upstream_errors.with_label_values(&[label]),
         }
+    }
+
+    /// Count a 403 of a proxied request under the rule that decided it.
+    pub fn route_denial(&self, rule: &str) {
+        self.route_denials.with_label_values(&[rule]).inc();
     }
 
     /// Count one email delivery attempt (`outcome`: sent, retry, failed).

@@ -271,7 +271,7 @@ impl Reloader {
         self.auth.tokens.set_keys(keys);
         self.mail.store(Arc::new(mail));
         self.proxy.store(Arc::new(proxy));
-        crate::server::warn_if_links_are_logged(&new);
+        crate::config::warn_if_links_are_logged(&new);
         self.auth.swap_config(new);
         let (signing_kid, verification_keys) = self.auth.tokens.key_summary();
         Ok(Applied {

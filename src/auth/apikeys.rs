@@ -41,10 +41,7 @@ pub const MAX_SCOPES: usize = 32;
 /// Seconds between writes of `last_used_at`.
 pub const USE_FLUSH_SECS: u64 = 10;
 
-/// Scope names: like role names.
-pub fn valid_scope(s: &str) -> bool {
-    super::valid_role(s)
-}
+pub use crate::names::valid_scope;
 
 /// A fresh key.
 pub fn new_key() -> String {

@@ -265,18 +265,7 @@ pub fn tokens_of(resp: &ApiResponse) -> Option<(String, String)> {
     ))
 }
 
-/// Every cookie name the gateway sets starts with this:
-/// `browser.cookie_name` must (the config refuses any other name), and the
-/// CSRF cookie is that name plus `-csrf`. Cookies under it are stripped from
-/// every proxied request whatever `[browser]` says now, so a browser still
-/// holding them after `[browser]` is turned off or `cookie_name` renamed
-/// (a live refresh credential for up to `tokens.refresh_ttl_secs`) never
-/// hands them to an upstream. The namespace is the gateway's: an upstream
-/// app must not set cookies under it.
-pub const OWN_COOKIE_PREFIX: &str = "__Host-portcullis";
-/// The same namespace under `__Secure-` (a cookie shared by several hosts
-/// cannot be `__Host-`): stripped as well.
-const OWN_COOKIE_PREFIX_SECURE: &str = "__Secure-portcullis";
+pub use crate::names::{OWN_COOKIE_PREFIX, OWN_COOKIE_PREFIX_SECURE};
 
 /// Every `;`-separated piece of the request's `Cookie` headers, trimmed,
 /// as bytes: a `Cookie` line is not always visible ASCII (another app on
@@ -362,20 +351,67 @@ pub fn csrf_cookie_name(b: &BrowserConfig) -> String {
     format!("{}-csrf", b.cookie_name)
 }
 
+/// `Domain=…; ` of the session cookie when `browser.cookie_domain` shares
+/// it across subdomains (the name is then `__Secure-`); else nothing (a
+/// `__Host-` cookie has no `Domain`).
+fn domain_attr(b: &BrowserConfig) -> String {
+    match &b.cookie_domain {
+        Some(d) => format!("Domain={d}; "),
+        None => String::new(),
+    }
+}
+
 /// `Set-Cookie` for the session cookie.
 pub fn session_cookie(b: &BrowserConfig, value: &str, max_age: u64) -> String {
     format!(
-        "{}={value}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}",
-        b.cookie_name
+        "{}={value}; Path=/; {}Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}",
+        b.cookie_name,
+        domain_attr(b)
     )
 }
 
 /// `Set-Cookie` that removes the session cookie.
 pub fn clear_session_cookie(b: &BrowserConfig) -> String {
     format!(
-        "{}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0",
-        b.cookie_name
+        "{}=; Path=/; {}Secure; HttpOnly; SameSite=Lax; Max-Age=0",
+        b.cookie_name,
+        domain_attr(b)
     )
+}
+
+/// The host of `mail.link_base_url` (where the portal lives), normalized.
+fn portal_host(cfg: &Config) -> Option<String> {
+    url::Url::parse(&cfg.mail.link_base_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+}
+
+/// With `browser.cookie_domain`: is `host` (as sent) one of the hosts the
+/// shared sign-in covers, i.e. under the domain, and the portal's own host
+/// or a host a host route names (exact, or under a wildcard)? Routes for
+/// any host do not count: they would let every name under the domain in.
+pub fn shared_host(host: &str, cfg: &Config) -> bool {
+    let Some(d) = &cfg.browser.cookie_domain else {
+        return false;
+    };
+    let Some(h) = crate::config::normalize_host(host) else {
+        return false;
+    };
+    let under = h == d.as_str() || h.strip_suffix(d.as_str()).is_some_and(|p| p.ends_with('.'));
+    under
+        && (portal_host(cfg).as_deref() == Some(&*h)
+            || cfg
+                .routes
+                .iter()
+                .any(|r| r.host != crate::config::HostPattern::Any && r.host.matches(&h)))
+}
+
+/// An `https://` origin of a [`shared_host`] (CSRF origins extend to those
+/// hosts, and only to them).
+fn shared_origin(origin: &str, cfg: &Config) -> bool {
+    origin
+        .strip_prefix("https://")
+        .is_some_and(|h| !h.contains(['/', '@']) && shared_host(h, cfg))
 }
 
 /// `Set-Cookie` for the CSRF (double-submit) cookie.
@@ -437,6 +473,7 @@ pub fn trusted_origin(origin: &str, host: Option<&str>, tls: bool, cfg: &Config)
     }
     if own_origin(cfg).as_deref() == Some(origin)
         || cfg.browser.allowed_origins.iter().any(|o| o == origin)
+        || shared_origin(origin, cfg)
     {
         return true;
     }
@@ -517,11 +554,48 @@ pub fn safe_redirect(rd: &str) -> Option<String> {
     Some(rd.to_string())
 }
 
+/// [`safe_redirect`], or, with `browser.cookie_domain`, an absolute
+/// `https://` URL on a [`shared_host`] whose path and query pass
+/// [`safe_redirect`]: `rd` may name any host the shared sign-in covers,
+/// nothing else.
+pub fn safe_redirect_for(rd: &str, cfg: &Config) -> Option<String> {
+    if rd.starts_with('/') || cfg.browser.cookie_domain.is_none() {
+        return safe_redirect(rd);
+    }
+    let rest = rd.strip_prefix("https://")?;
+    let cut = rest.find('/')?;
+    let (authority, path) = rest.split_at(cut);
+    if rd.len() > MAX_RD || authority.contains('@') || !shared_host(authority, cfg) {
+        return None;
+    }
+    let path = safe_redirect(path)?;
+    let u = url::Url::parse(&format!("https://{authority}{path}")).ok()?;
+    (u.scheme() == "https" && u.username().is_empty() && u.password().is_none())
+        .then(|| format!("https://{authority}{path}"))
+}
+
 /// The portal's sign-in page, to come back to `rd` afterwards.
 pub fn login_location(rd: &str) -> String {
     let rd = safe_redirect(rd).unwrap_or_else(|| "/".into());
     let enc: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
     format!("/auth/ui/login?rd={enc}")
+}
+
+/// [`login_location`] for a request to `host`: with `browser.cookie_domain`
+/// and a host other than the portal's, the portal's own sign-in page (on
+/// `mail.link_base_url`), to come back to `https://{host}{rd}`.
+pub fn login_location_for(host: Option<&str>, rd: &str, cfg: &Config) -> String {
+    let elsewhere = host.filter(|h| {
+        shared_host(h, cfg)
+            && crate::config::normalize_host(h).as_deref() != portal_host(cfg).as_deref()
+    });
+    let Some(h) = elsewhere else {
+        return login_location(rd);
+    };
+    let rd = safe_redirect(rd).unwrap_or_else(|| "/".into());
+    let back = format!("https://{h}{rd}");
+    let enc: String = url::form_urlencoded::byte_serialize(back.as_bytes()).collect();
+    format!("{}/auth/ui/login?rd={enc}", cfg.mail.link_base_url)
 }
 
 // ----- CORS on the /auth/* API

@@ -1055,14 +1055,7 @@ pub(super) fn lock_key(email: &str) -> String {
     format!("lock:{e}")
 }
 
-/// `X-User-*` identity headers for a verified token.
-pub fn identity_headers(c: &AccessClaims) -> [(&'static str, String); 3] {
-    [
-        ("x-user-id", c.sub.clone()),
-        ("x-user-email", c.email.clone()),
-        ("x-user-roles", c.roles.join(",")),
-    ]
-}
+pub use crate::proxy::headers::identity_headers;
 
 fn event_for_path(path: &str) -> Option<&'static str> {
     Some(match path {

@@ -41,13 +41,7 @@ use store::domain::LockoutPolicy;
 use throttle::Throttle;
 use tokens::{AccessClaims, TokenRejection, TokenService};
 
-/// Role names: short, no separators, so `X-User-Roles` stays unambiguous.
-pub fn valid_role(r: &str) -> bool {
-    !r.is_empty()
-        && r.len() <= 64
-        && r.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
-}
+pub use crate::names::valid_role;
 
 pub struct AuthService {
     /// The config in force; swapped whole by a reload ([`crate::reload`]).

@@ -85,7 +85,7 @@ impl<'a> Page<'a> {
         } else {
             self.req.query_param("rd").unwrap_or_default()
         };
-        browser::safe_redirect(&raw).unwrap_or_else(|| "/".into())
+        browser::safe_redirect_for(&raw, &self.cfg).unwrap_or_else(|| "/".into())
     }
 
     /// A POST's Origin and double-submit token are both right.
@@ -624,7 +624,7 @@ impl AuthService {
                 let rd = body
                     .get("rd")
                     .and_then(Value::as_str)
-                    .and_then(browser::safe_redirect)
+                    .and_then(|rd| browser::safe_redirect_for(rd, &self.cfg()))
                     .unwrap_or_else(|| "/".into());
                 let resp = self.passkey_login_finish(page.req, &body).await?;
                 let Some((access, refresh)) = browser::tokens_of(&resp) else {

@@ -291,6 +291,9 @@ pub struct BrowserFile {
     pub cookie_name: String,
     /// How long a passkey ceremony may take, in seconds.
     pub passkey_timeout_secs: u64,
+    /// "example.test": one sign-in for every host under it (the cookie
+    /// becomes `__Secure-` with that `Domain`); "" keeps the `__Host-` cookie.
+    pub cookie_domain: String,
 }
 
 impl Default for BrowserFile {
@@ -300,6 +303,7 @@ impl Default for BrowserFile {
             allowed_origins: vec![],
             cookie_name: "__Host-portcullis".into(),
             passkey_timeout_secs: 300,
+            cookie_domain: String::new(),
         }
     }
 }
@@ -336,6 +340,24 @@ pub struct RouteFile {
     /// API keys need one of these scopes on this route.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// "" = any host; `app.example.test` or `*.example.test` (one label).
+    #[serde(default)]
+    pub host: String,
+    /// [] = every method; else only these.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// On a required route, these methods pass without identity.
+    #[serde(default)]
+    pub public_methods: Vec<String>,
+    /// Client networks (CIDRs) allowed on this route; [] = any.
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// Every one of these roles is needed (beside `roles`).
+    #[serde(default)]
+    pub roles_all: Vec<String>,
+    /// "mon-fri 09:00-17:00 Europe/Berlin"; "" = always.
+    #[serde(default)]
+    pub schedule: String,
 }
 
 fn default_auth() -> String {

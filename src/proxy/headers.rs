@@ -2,6 +2,18 @@
 
 use pingora::http::{RequestHeader, ResponseHeader};
 
+use crate::auth::tokens::AccessClaims;
+
+/// `X-User-*` identity headers for a verified token (proxied requests and
+/// `GET /auth/verify`'s forward-auth answer).
+pub fn identity_headers(c: &AccessClaims) -> [(&'static str, String); 3] {
+    [
+        ("x-user-id", c.sub.clone()),
+        ("x-user-email", c.email.clone()),
+        ("x-user-roles", c.roles.join(",")),
+    ]
+}
+
 /// Whether a client-sent header belongs to the identity family: its name,
 /// case-insensitively and with `_` read as `-`, starts with `x-user-`.
 pub fn is_identity_header(name: &str) -> bool {

@@ -15,9 +15,14 @@
 pub mod client_ip;
 pub mod conn_limit;
 pub mod deadline;
+pub mod explain;
 pub mod headers;
+pub mod identity;
 pub mod inflight;
-pub mod path;
+pub mod target;
+/// Path normalization lives in the leaf [`crate::request_path`] (config
+/// checks route prefixes with it); re-exported under its old name.
+pub use crate::request_path as path;
 pub mod tunnel;
 pub mod upgrade;
 
@@ -36,10 +41,9 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::api::{ApiRequest, ApiResponse};
 use crate::auth::browser;
-use crate::auth::handlers::identity_headers;
-use crate::auth::tokens::{AccessClaims, TokenRejection};
+use crate::auth::tokens::AccessClaims;
 use crate::auth::AuthService;
-use crate::config::{AuthMode, Config, Route, Upstream};
+use crate::config::{Config, Route, Upstream};
 use crate::error::ApiError;
 use crate::executor::AuthExecutor;
 use crate::metrics::RouteMetrics;
@@ -79,18 +83,11 @@ impl ProxyConfig {
                     route: r.clone(),
                     lb,
                     peers,
-                    metrics: metrics.route(&r.prefix),
+                    metrics: metrics.route(&r.label),
                 })
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Self { cfg, routes })
-    }
-
-    fn match_route(&self, path: &str) -> Option<usize> {
-        // Routes are sorted longest prefix first.
-        self.routes
-            .iter()
-            .position(|r| path::prefix_matches(&r.route.prefix, path))
     }
 
     fn pick_upstream(&self, idx: usize, key: &[u8]) -> Option<&HttpPeer> {
@@ -140,6 +137,8 @@ pub struct Ctx {
     /// `Set-Cookie` values for the response (a rotated or ended browser
     /// session).
     set_cookies: Vec<String>,
+    /// `X-Forwarded-Host` for the upstream of a host route.
+    forwarded_host: Option<String>,
     /// Counts this request as in flight until the context is dropped.
     _inflight: Option<InFlightGuard>,
 }
@@ -253,7 +252,10 @@ impl Gateway {
         Ok(buf.freeze())
     }
 
-    fn check_header_limits(
+    /// What is refused before the path is even read: too many or too
+    /// large headers (431), and an h2c upgrade (an h2c tunnel would carry
+    /// HTTP/2 streams no route ever checks).
+    fn precheck(
         l: &crate::config::LimitsConfig,
         req: &RequestHeader,
     ) -> std::result::Result<(), ApiError> {
@@ -268,7 +270,42 @@ impl Gateway {
         if total > l.max_header_bytes {
             return Err(ApiError::HeadersTooLarge);
         }
+        if headers::is_h2c_upgrade(req) {
+            return Err(ApiError::BadRequest("Upgrading to h2c is not supported."));
+        }
         Ok(())
+    }
+
+    /// Answer a refused proxied request; a 403 names its rule in the log
+    /// line (never the credential).
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        refusal: identity::Refusal,
+    ) -> Result<bool> {
+        match refusal {
+            identity::Refusal::Deny { error, rule } => {
+                if error.status() == 403 {
+                    tracing::info!(request_id = %ctx.request_id, rule, "request refused");
+                    self.auth.metrics.route_denial(rule);
+                }
+                self.respond_error(session, ctx, error).await
+            }
+            identity::Refusal::SignIn { location } => {
+                // A browser goes to the portal, to come back here.
+                let resp = ApiResponse {
+                    status: 302,
+                    headers: vec![
+                        ("location", location),
+                        ("content-type", "text/plain; charset=utf-8".into()),
+                    ],
+                    body: Bytes::from_static(b"Sign in to continue.\n"),
+                };
+                self.respond(session, ctx, resp).await?;
+                Ok(true)
+            }
+        }
     }
 
     async fn serve_local(
@@ -333,39 +370,6 @@ impl Gateway {
         self.respond(session, ctx, resp).await?;
         Ok(true)
     }
-
-    /// May this (valid) key pass this route? Its scopes, its owner's
-    /// roles, no second factor needed, and its own rate limit.
-    fn admit_key(
-        &self,
-        route: &Route,
-        e: &crate::auth::apikeys::KeyEntry,
-        actx: &crate::audit::AuditCtx<'_>,
-    ) -> std::result::Result<(), ApiError> {
-        if !route.scopes.iter().any(|s| e.scopes.contains(s)) {
-            return Err(ApiError::InsufficientScope);
-        }
-        if !route.roles.is_empty() && !e.roles.iter().any(|r| route.roles.contains(r)) {
-            return Err(ApiError::Forbidden);
-        }
-        // A key is one factor, however it is used.
-        if route.mfa {
-            return Err(ApiError::MfaRequired);
-        }
-        let now = self.auth.clock.now();
-        if e.rate_per_minute > 0 {
-            let key = format!("apikey:{}", e.id_str);
-            if let Err(retry_after) = self.auth.route_limits.hit(&key, e.rate_per_minute, 60, now) {
-                self.auth.metrics.throttled_route.inc();
-                return Err(ApiError::TooManyRequests { retry_after });
-            }
-        }
-        if self.auth.api_keys.record_use(e, now) {
-            // Sampled: the first use of each key per write interval.
-            crate::audit::key_event(actx, "api_key_used", &e.id_str, &e.user_id_str);
-        }
-        Ok(())
-    }
 }
 
 impl Gateway {
@@ -413,28 +417,8 @@ fn upstream_peer(up: &Upstream, cfg: &Config) -> HttpPeer {
     peer
 }
 
-fn is_local(path: &str) -> bool {
+pub(crate) fn is_local(path: &str) -> bool {
     path == "/auth" || path.starts_with("/auth/") || path.starts_with("/.well-known/")
-}
-
-/// The API key a request presents, if any: `X-API-Key`, or a bearer that
-/// is not JWT-shaped (no `.`). A key sent both ways, or `X-API-Key` beside
-/// any `Authorization`, or twice, is ambiguous: 400.
-fn api_key_presented(headers: &http::HeaderMap) -> std::result::Result<Option<&str>, ApiError> {
-    let mut x = headers.get_all("x-api-key").iter();
-    let Some(first) = x.next() else {
-        return Ok(match crate::auth::bearer(headers) {
-            Ok(t) if !t.contains('.') => Some(t),
-            _ => None,
-        });
-    };
-    if x.next().is_some() || headers.contains_key(http::header::AUTHORIZATION) {
-        return Err(ApiError::BadRequest(
-            "Send an API key in one header only: X-API-Key or Authorization.",
-        ));
-    }
-    // Not a visible string: an invalid key (the lookup refuses it).
-    Ok(Some(first.to_str().unwrap_or("").trim()))
 }
 
 /// A UUID v4 for `X-Request-Id`, from the thread's userspace CSPRNG (ChaCha,
@@ -449,13 +433,6 @@ fn request_id() -> String {
         .hyphenated()
         .encode_lower(&mut buf)
         .to_string()
-}
-
-fn query_has_token(query: Option<&str>) -> bool {
-    query.is_some_and(|q| {
-        url::form_urlencoded::parse(q.as_bytes())
-            .any(|(k, _)| k.eq_ignore_ascii_case("access_token"))
-    })
 }
 
 #[async_trait]
@@ -479,6 +456,7 @@ impl ProxyHttp for Gateway {
             peer_trusted: false,
             tunnel: None,
             set_cookies: Vec::new(),
+            forwarded_host: None,
             _inflight: Some(self.inflight.enter()),
         }
     }
@@ -497,63 +475,52 @@ impl ProxyHttp for Gateway {
         let trusted = &cfg.server.trusted_proxies;
         ctx.peer_trusted = trusted.iter().any(|n| n.contains(&peer));
         ctx.peer = Some(peer);
-        ctx.client_ip = Some(client_ip::client_ip(
+        let client_ip = client_ip::client_ip(
             peer,
             &session.req_header().headers,
             trusted,
             cfg.server.client_ip_header,
-        ));
+        );
+        ctx.client_ip = Some(client_ip);
         session.set_read_timeout(Some(Duration::from_secs(
             cfg.limits.downstream_read_timeout_secs,
         )));
-        if let Err(e) = Self::check_header_limits(&cfg.limits, session.req_header()) {
+        if let Err(e) = Self::precheck(&cfg.limits, session.req_header()) {
             session.set_keepalive(None);
             return self.respond_error(session, ctx, e).await;
         }
-        if headers::is_h2c_upgrade(session.req_header()) {
-            // An h2c tunnel would carry HTTP/2 streams no route ever checks.
-            session.set_keepalive(None);
-            return self
-                .respond_error(
-                    session,
-                    ctx,
-                    ApiError::BadRequest("Upgrading to h2c is not supported."),
-                )
-                .await;
-        }
-        let raw_path = session.req_header().uri.path().to_string();
         // Path parameters are stripped before matching, so `/admin;x/users`
         // is matched as `/admin/users`; only then is it known whether the
         // route accepts them.
-        let (normalized, had_params) = match path::normalize_request(&raw_path) {
-            Ok(p) => (p.path, p.had_params),
-            Err(e) => {
-                tracing::debug!(reason = %e, "rejected path");
-                return self
-                    .respond_error(
-                        session,
-                        ctx,
-                        ApiError::BadRequest("The request path cannot be normalized safely."),
-                    )
-                    .await;
-            }
+        let (normalized, had_params) =
+            match path::normalize_request(session.req_header().uri.path()) {
+                Ok(p) => (p.path, p.had_params),
+                Err(e) => {
+                    tracing::debug!(reason = %e, "rejected path");
+                    let e = ApiError::BadRequest("The request path cannot be normalized safely.");
+                    return self.respond_error(session, ctx, e).await;
+                }
+            };
+        let local = is_local(&normalized);
+        // The host is read only when some route names one.
+        let host = match cfg.route_table.by_host || cfg.browser.cookie_domain.is_some() {
+            true => match target::request_host(session.req_header()) {
+                Ok(h) => h,
+                Err(e) => return self.respond_error(session, ctx, e).await,
+            },
+            false => None,
         };
-        let idx = if is_local(&normalized) {
+        let idx = if local {
             None
         } else {
-            live.match_route(&normalized)
+            cfg.match_route(host, &session.req_header().method, &normalized)
         };
         if had_params && !idx.is_some_and(|i| live.routes[i].route.strip_path_params) {
             tracing::debug!("rejected path parameters");
-            return self
-                .respond_error(
-                    session,
-                    ctx,
-                    ApiError::BadRequest("The request path has ';' path parameters."),
-                )
-                .await;
+            let e = ApiError::BadRequest("The request path has ';' path parameters.");
+            return self.respond_error(session, ctx, e).await;
         }
-        if is_local(&normalized) {
+        if local {
             return self.serve_local(session, ctx, normalized).await;
         }
         let Some(idx) = idx else {
@@ -561,205 +528,40 @@ impl ProxyHttp for Gateway {
         };
         let route = &live.routes[idx].route;
         ctx.route = Some(idx);
-        if route.auth != AuthMode::Public {
-            let headers = &session.req_header().headers;
-            // The API key path runs only for an `X-API-Key` header or a
-            // bearer that is not JWT-shaped: the token path is unchanged.
-            let key = match api_key_presented(headers) {
-                Ok(k) => k,
-                Err(e) => return self.respond_error(session, ctx, e).await,
-            };
-            if let Some(key) = key {
-                ctx.key_presented = true;
-                let verdict = self.auth.authenticate_key(key);
-                match (verdict, route.auth) {
-                    (Ok(e), _) => {
-                        let ua = headers
-                            .get(http::header::USER_AGENT)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("");
-                        let actx = crate::audit::AuditCtx {
-                            ip: ctx.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-                            user_agent: ua,
-                            request_id: &ctx.request_id,
-                        };
-                        if let Err(err) = self.admit_key(route, &e, &actx) {
-                            return self.respond_error(session, ctx, err).await;
-                        }
-                        ctx.api_key = Some(e);
-                    }
-                    (Err(_), AuthMode::Required) => {
-                        return self
-                            .respond_error(session, ctx, ApiError::Unauthorized)
-                            .await;
-                    }
-                    (Err(_), _) => {}
-                }
-            }
-            let mut verdict = if ctx.api_key.is_some() || key.is_some() {
-                Err(TokenRejection::Missing)
-            } else if query_has_token(session.req_header().uri.query()) {
-                Err(TokenRejection::Invalid)
-            } else {
-                self.auth.authenticate(headers)
-            };
-            // No credential at all (no Authorization header, no API key):
-            // perhaps a browser, with the session cookie (`auth::browser`).
-            let anonymous = key.is_none() && matches!(verdict, Err(TokenRejection::Missing));
-            let cookie = if cfg.browser.enabled && anonymous {
-                browser::cookie_value(headers, &cfg.browser.cookie_name).map(str::to_string)
-            } else {
-                None
-            };
-            if let Some(cookie) = cookie {
-                let req = session.req_header();
-                // CSRF: a state-changing request riding on the cookie must
-                // come from a trusted origin; checked before anything else,
-                // so a cross-site POST never reaches the upstream. So must
-                // an upgrade (a WebSocket handshake is a GET, and a
-                // cross-site page may open one: CSWSH).
-                if (!browser::is_safe_method(&req.method) || browser::is_upgrade(&req.headers))
-                    && !browser::origin_allowed_for(
-                        &req.headers,
-                        req.uri.authority().map(|a| a.as_str()),
-                        self.tls,
-                        cfg,
-                    )
-                {
-                    tracing::debug!(request_id = %ctx.request_id, "cross-site request refused");
-                    return self.respond_error(session, ctx, ApiError::Forbidden).await;
-                }
-                let ua = req
-                    .headers
-                    .get(http::header::USER_AGENT)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .chars()
-                    .filter(|c| !c.is_control())
-                    .take(256)
-                    .collect::<String>();
-                let (auth, ip, rid) = (
-                    self.auth.clone(),
-                    ctx.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-                    ctx.request_id.clone(),
-                );
-                let resolved = self
-                    .executor
-                    .run(async move { auth.cookie_session(&cookie, ip, &ua, &rid).await })
-                    .await;
-                match resolved {
-                    Some(Ok(id)) => {
-                        if let Some(new) = &id.rotated {
-                            ctx.set_cookies.push(browser::session_cookie(
-                                &cfg.browser,
-                                new,
-                                cfg.tokens.refresh_ttl_secs,
-                            ));
-                        }
-                        verdict = Ok(id.claims);
-                    }
-                    Some(Err(ApiError::Unauthorized)) => {
-                        ctx.set_cookies
-                            .push(browser::clear_session_cookie(&cfg.browser));
-                    }
-                    Some(Err(e)) => return self.respond_error(session, ctx, e).await,
-                    None => {
-                        let e = ApiError::Unavailable {
-                            retry_after: 1,
-                            cause: "the auth executor is stopping".into(),
-                        };
-                        return self.respond_error(session, ctx, e).await;
-                    }
-                }
-            }
-            let headers = &session.req_header().headers;
-            match (verdict, route.auth) {
-                (Ok(c), _) => {
-                    if !route.roles.is_empty() && !c.roles.iter().any(|r| route.roles.contains(r)) {
-                        return self.respond_error(session, ctx, ApiError::Forbidden).await;
-                    }
-                    if route.mfa && !c.has_second_factor() {
-                        return self
-                            .respond_error(session, ctx, ApiError::MfaRequired)
-                            .await;
-                    }
-                    ctx.claims = Some(c);
-                }
-                (Err(_), _) if ctx.api_key.is_some() => {}
-                (Err(_), AuthMode::Required)
-                    if cfg.browser.enabled
-                        && anonymous
-                        && browser::is_browser_navigation(
-                            &session.req_header().method,
-                            headers,
-                        ) =>
-                {
-                    // A browser goes to the portal, to come back here.
-                    let rd = match session.req_header().uri.query() {
-                        Some(q) => format!("{normalized}?{q}"),
-                        None => normalized.clone(),
-                    };
-                    let resp = ApiResponse {
-                        status: 302,
-                        headers: vec![
-                            ("location", browser::login_location(&rd)),
-                            ("content-type", "text/plain; charset=utf-8".into()),
-                        ],
-                        body: Bytes::from_static(b"Sign in to continue.\n"),
-                    };
-                    self.respond(session, ctx, resp).await?;
-                    return Ok(true);
-                }
-                (Err(_), AuthMode::Required) => {
-                    return self
-                        .respond_error(session, ctx, ApiError::Unauthorized)
-                        .await;
-                }
-                (Err(_), _) => {}
-            }
+        if route.host != crate::config::HostPattern::Any {
+            // A host route's upstream learns the host it was asked for.
+            ctx.forwarded_host = host
+                .and_then(crate::config::normalize_host)
+                .map(|h| h.into_owned());
         }
-        if route.rate_per_minute > 0 {
-            // Keyed on the verified identity when there is one, so a user
-            // cannot spread over addresses and users behind one NAT do not
-            // share a budget; anonymous traffic is keyed on the client IP.
-            let key = match (&ctx.claims, &ctx.api_key) {
-                (Some(c), _) => format!("route:{}:sub:{}", route.prefix, c.sub),
-                (None, Some(k)) => format!("route:{}:sub:{}", route.prefix, k.user_id_str),
-                (None, None) => format!(
-                    "route:{}:ip:{}",
-                    route.prefix,
-                    crate::net::throttle_key(
-                        ctx.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-                        cfg.throttle.ipv6_prefix_len,
-                    )
-                ),
-            };
-            if let Err(retry_after) =
-                self.auth
-                    .route_limits
-                    .hit(&key, route.rate_per_minute, 60, self.auth.clock.now())
-            {
-                self.auth.metrics.throttled_route.inc();
-                return self
-                    .respond_error(session, ctx, ApiError::TooManyRequests { retry_after })
-                    .await;
-            }
-        }
-        // The upstream gets exactly the path that was checked: the target
-        // is rewritten unless it is already that path (plus the query), as
-        // received (Pingora sends an absolute-form target verbatim).
         let req = session.req_header();
-        let unchanged = req.raw_path_is_utf8()
-            && req
-                .raw_path()
-                .strip_prefix(normalized.as_bytes())
-                .is_some_and(|rest| rest.is_empty() || rest[0] == b'?');
-        if !unchanged {
-            ctx.path_and_query = Some(match req.uri.query() {
-                Some(q) => format!("{normalized}?{q}"),
-                None => normalized,
-            });
+        let parts = identity::RequestParts {
+            method: &req.method,
+            headers: &req.headers,
+            authority: req.uri.authority().map(|a| a.as_str()),
+            host,
+            path: &normalized,
+            query: req.uri.query(),
+            client_ip,
+            request_id: &ctx.request_id,
+            tls: self.tls,
+        };
+        let edge = identity::Edge {
+            auth: &self.auth,
+            executor: &self.executor,
+            cfg,
+        };
+        let mut carry = identity::Carry::default();
+        let verdict = identity::identify(&parts, route, &edge, &mut carry).await;
+        ctx.set_cookies = carry.set_cookies;
+        ctx.key_presented = carry.key_presented;
+        match verdict {
+            Ok(identity::Identity::Token(c)) => ctx.claims = Some(c),
+            Ok(identity::Identity::ApiKey(k)) => ctx.api_key = Some(k),
+            Ok(identity::Identity::Anonymous) => {}
+            Err(refusal) => return self.refuse(session, ctx, refusal).await,
         }
+        ctx.path_and_query = target::upstream_target(session.req_header(), normalized);
         Ok(false)
     }
 
@@ -839,8 +641,14 @@ impl ProxyHttp for Gateway {
         }
         up.insert_header("x-forwarded-proto", if self.tls { "https" } else { "http" })?;
         up.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(h) = &ctx.forwarded_host {
+            // Checked against the route table (a trusted proxy's own
+            // X-Forwarded-Host, if any, is replaced: this is the one the
+            // route was chosen by).
+            up.insert_header("x-forwarded-host", h.as_str())?;
+        }
         if let Some(c) = &ctx.claims {
-            for (k, v) in identity_headers(c) {
+            for (k, v) in headers::identity_headers(c) {
                 up.insert_header(k, v)?;
             }
             up.insert_header("x-user-auth-method", "jwt")?;

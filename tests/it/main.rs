@@ -20,6 +20,7 @@ mod mfa;
 mod openapi;
 mod passthrough;
 mod portal;
+mod policy;
 mod postgres;
 mod races;
 mod readiness;
