@@ -4,8 +4,9 @@
 //! here so integration tests boot exactly what the binary runs
 //! ([`server::start`]).
 
+pub mod accounts;
 pub mod admin;
-pub mod api;
+pub use self::http::api;
 pub mod audit;
 pub mod auth;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod executor;
+pub mod http;
 pub mod logging;
 pub mod mail;
 pub mod metrics;
@@ -24,6 +26,7 @@ pub mod reload;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod tokens;
 pub mod wire;
 
 use std::sync::Arc;

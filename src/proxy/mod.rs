@@ -36,13 +36,13 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::api::{ApiRequest, ApiResponse};
 use crate::auth::browser;
-use crate::auth::handlers::identity_headers;
 use crate::auth::tokens::{AccessClaims, TokenRejection};
 use crate::auth::AuthService;
 use crate::config::{AuthMode, Config, Route, Upstream};
 use crate::error::ApiError;
 use crate::executor::AuthExecutor;
 use crate::metrics::RouteMetrics;
+use crate::tokens::identity_headers;
 use inflight::{InFlight, InFlightGuard};
 
 pub struct RouteRuntime {

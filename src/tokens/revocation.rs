@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use parking_lot::RwLock;
 use uuid::Uuid;
 
-use super::tokens::AccessClaims;
+use super::claims::AccessClaims;
 use crate::store::Revocation;
 
 #[derive(Default)]
