@@ -262,17 +262,22 @@ impl AuthService {
 
     /// The bearer check used by proxied routes and `/auth/*` alike.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<AccessClaims>, TokenRejection> {
-        let result = bearer(headers).and_then(|t| self.verify_live(t));
-        self.metrics
-            .token_checks()
-            .count(result.as_ref().err().copied());
-        result
+        self.check_presented(bearer(headers))
     }
 
     /// An access token checked as the bearer check does (signature, times,
     /// revocations), counted in the token-check metrics.
     pub fn check_token(&self, token: &str) -> Result<Arc<AccessClaims>, TokenRejection> {
-        let result = self.verify_live(token);
+        self.check_presented(Ok(token))
+    }
+
+    /// [`Self::check_token`] of a token presented, or of why none was (a
+    /// missing or malformed bearer is counted as such).
+    pub fn check_presented(
+        &self,
+        presented: Result<&str, TokenRejection>,
+    ) -> Result<Arc<AccessClaims>, TokenRejection> {
+        let result = presented.and_then(|t| self.verify_live(t));
         self.metrics
             .token_checks()
             .count(result.as_ref().err().copied());

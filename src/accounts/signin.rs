@@ -12,14 +12,15 @@ use crate::store::{
 };
 use crate::tokens::jwt::token_hash;
 use crate::tokens::refresh::RefreshKeys;
-use crate::tokens::AccessClaims;
+use crate::tokens::{AccessClaims, TokenRejection};
 
-/// What a sign-out names: a refresh token and/or the access token's
-/// claims (either may be absent).
-#[derive(Debug, Default)]
+/// What a sign-out names: a refresh token, and the access token presented
+/// with it (or why there is none: it is checked, and counted, only after
+/// the refresh token's session has ended).
+#[derive(Debug)]
 pub struct SignOut<'a> {
     pub refresh_token: Option<&'a str>,
-    pub access: Option<&'a AccessClaims>,
+    pub access_token: Result<&'a str, TokenRejection>,
 }
 
 impl AuthService {
@@ -364,7 +365,7 @@ impl AuthService {
                 }
             }
         }
-        if let Some(claims) = what.access {
+        if let Ok(claims) = self.check_presented(what.access_token) {
             if let (Ok(jti), Ok(sub), Ok(sid)) = (
                 Uuid::parse_str(&claims.jti),
                 Uuid::parse_str(&claims.sub),

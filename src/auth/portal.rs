@@ -540,14 +540,16 @@ impl AuthService {
             .map(str::to_string);
         let id = identity(self, &mut page).await;
         if let Some(cookie) = &cookie {
-            let claims = id.as_ref().map(|i| &*i.claims);
             let caller = client(page.req);
-            match claims {
-                Some(claims) if everywhere => self.logout_all(claims, &caller).await?,
+            match &id {
+                Some(id) if everywhere => self.logout_all(&id.claims, &caller).await?,
                 _ => {
                     let what = SignOut {
                         refresh_token: Some(cookie),
-                        access: claims,
+                        access_token: id
+                            .as_ref()
+                            .map(|i| i.access.as_str())
+                            .ok_or(crate::tokens::TokenRejection::Missing),
                     };
                     self.logout(what, &caller).await?
                 }

@@ -61,10 +61,9 @@ impl AuthService {
         let mut errs = FieldErrors::default();
         let refresh = body.refresh_token.optional("refresh_token", &mut errs);
         body::finish(errs)?;
-        let claims = self.authenticate(&req.headers).ok();
         let what = SignOut {
             refresh_token: refresh.as_deref(),
-            access: claims.as_deref(),
+            access_token: crate::accounts::service::bearer(&req.headers),
         };
         self.logout(what, &client_of(req)).await?;
         Ok(ApiResponse::empty(204))
