@@ -103,7 +103,7 @@ pub struct Signed {
 /// A password sign-in's outcome.
 #[derive(Debug, Clone)]
 pub enum Login {
-    Signed(Signed),
+    Signed(Box<Signed>),
     /// TOTP is on: no tokens yet; this one-time token and a code complete
     /// the sign-in ([`AuthService::verify_mfa`]).
     MfaChallenge {

@@ -104,7 +104,7 @@ impl AuthService {
         };
         self.metrics.auth_event("login", "success");
         audit::event(&actx, "login", "success", Some(&uid));
-        Ok(Login::Signed(signed))
+        Ok(Login::Signed(Box::new(signed)))
     }
 
     /// Issue the one-time token of a sign-in whose password was right.
