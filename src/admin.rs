@@ -14,8 +14,8 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use subtle::ConstantTimeEq;
 
-use crate::auth::admin::{AdminCommand, AdminError};
-use crate::auth::AuthService;
+use crate::accounts::admin::{AdminCommand, AdminError};
+use crate::accounts::AuthService;
 use crate::proxy::conn_limit::ConnLimit;
 
 pub const TOKEN_FILE: &str = "admin.token";

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::auth::admin::AdminCommand;
+use crate::accounts::admin::AdminCommand;
 use crate::config::{self, Config};
 
 #[derive(Parser, Debug)]
@@ -241,7 +241,7 @@ const LIST_PAGE: usize = 500;
 /// it), or through the running gateway's admin listener.
 enum AdminTarget {
     Direct {
-        auth: Box<crate::auth::AuthService>,
+        auth: Box<crate::accounts::AuthService>,
         rt: tokio::runtime::Runtime,
     },
     Listener,
@@ -256,7 +256,7 @@ impl AdminTarget {
                     .build()
                     .map_err(|e| e.to_string())?;
                 // Loads nothing up front: a command reads what it needs.
-                let auth = Box::new(crate::auth::AuthService::for_admin(
+                let auth = Box::new(crate::accounts::AuthService::for_admin(
                     cfg.clone(),
                     store,
                     Arc::new(crate::clock::SystemClock),
@@ -452,7 +452,7 @@ pub fn keys_command(cfg: Config, cmd: KeysCommand) -> Result<(), String> {
     let KeysCommand::Rotate { activate_in } = cmd;
     crate::server::create_private_dir(&cfg.server.data_dir)?;
     let now = crate::clock::Clock::now(&crate::clock::SystemClock);
-    let r = crate::auth::keys::rotate(&cfg.tokens, &cfg.server.data_dir, now, activate_in)?;
+    let r = crate::tokens::keys::rotate(&cfg.tokens, &cfg.server.data_dir, now, activate_in)?;
     tracing::info!(target: "audit", event = "keys_rotate", kid = %r.kid);
     let gateway = match cfg.server.admin_listen {
         None => "no admin listener: reload the gateway (SIGHUP) to use the new key".to_string(),
@@ -465,7 +465,7 @@ pub fn keys_command(cfg: Config, cmd: KeysCommand) -> Result<(), String> {
                     "the new key {} is in '{}', but the running gateway refused the reload \
                      (so it does not use it yet): {}; fix the config and run `portcullis reload`",
                     r.kid,
-                    crate::auth::keys::key_file_path(&cfg.tokens, &cfg.server.data_dir).display(),
+                    crate::tokens::keys::key_file_path(&cfg.tokens, &cfg.server.data_dir).display(),
                     v["message"].as_str().unwrap_or("reload failed")
                 ));
             }
@@ -482,7 +482,7 @@ pub fn keys_command(cfg: Config, cmd: KeysCommand) -> Result<(), String> {
                 "kid": kid, "verifies_until": rfc(*until)
             })).collect::<Vec<_>>(),
             "dropped": r.dropped,
-            "key_file": crate::auth::keys::key_file_path(&cfg.tokens, &cfg.server.data_dir).display().to_string(),
+            "key_file": crate::tokens::keys::key_file_path(&cfg.tokens, &cfg.server.data_dir).display().to_string(),
             "gateway": gateway,
         }))
         .unwrap_or_default()

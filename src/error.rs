@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use crate::api::ApiResponse;
+use crate::http::api::ApiResponse;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -197,18 +197,6 @@ impl From<crate::store::StoreError> for ApiError {
                 cause: format!("store: {cause}"),
             },
             StoreError::Corrupt(_) => ApiError::Internal(e.to_string()),
-        }
-    }
-}
-
-impl From<crate::auth::password::HashError> for ApiError {
-    fn from(e: crate::auth::password::HashError) -> Self {
-        match e {
-            crate::auth::password::HashError::Busy => ApiError::Unavailable {
-                retry_after: 1,
-                cause: e.to_string(),
-            },
-            _ => ApiError::Internal(e.to_string()),
         }
     }
 }

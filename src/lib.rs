@@ -4,8 +4,9 @@
 //! here so integration tests boot exactly what the binary runs
 //! ([`server::start`]).
 
+pub mod accounts;
 pub mod admin;
-pub mod api;
+pub use self::http::api;
 pub mod audit;
 pub mod auth;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod demo;
 pub mod error;
 pub mod executor;
 pub mod fsutil;
+pub mod http;
 pub mod logging;
 pub mod mail;
 pub mod metrics;
@@ -28,6 +30,7 @@ pub mod request_path;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod tokens;
 pub mod wire;
 
 use std::sync::Arc;

@@ -13,7 +13,7 @@ use prometheus::{
     Registry,
 };
 
-use crate::auth::tokens::TokenRejection;
+use crate::tokens::rejection::TokenRejection;
 
 const AUTH_EVENTS: [&str; 6] = [
     "register",
@@ -102,8 +102,8 @@ pub struct TokenChecks {
 impl TokenChecks {
     /// Count one API key check (`result`: `api_key_valid`,
     /// `api_key_invalid`, `api_key_expired`).
-    pub fn count_key(&self, rejection: Option<crate::auth::apikeys::KeyRejection>) {
-        use crate::auth::apikeys::KeyRejection;
+    pub fn count_key(&self, rejection: Option<crate::tokens::rejection::KeyRejection>) {
+        use crate::tokens::rejection::KeyRejection;
         match rejection {
             None => &self.api_key_valid,
             Some(KeyRejection::Invalid) => &self.api_key_invalid,

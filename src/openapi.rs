@@ -2,14 +2,14 @@
 //!
 //! Every endpoint the auth handlers route is listed here, once, as an
 //! annotated stub function: the handlers take a transport-neutral
-//! [`crate::api::ApiRequest`], so the annotations cannot sit on them. The
+//! [`crate::http::api::ApiRequest`], so the annotations cannot sit on them. The
 //! schemas are derived from the wire types in [`crate::wire`] that the
-//! handlers serialize. Responses every operation can give (malformed input,
+//! handlers serialize and parse. Responses every operation can give (malformed input,
 //! throttling, an oversized body, a busy store) are added to each operation
 //! by [`CommonResponses`], so a stub lists only what is particular to it.
 //!
 //! Two tests keep this honest: `routes_and_spec_agree` (below) compares the
-//! (method, path) pairs the dispatcher in `auth/handlers.rs` matches with the
+//! (method, path) pairs the dispatcher in `http/routes.rs` matches with the
 //! document's, and the integration test `openapi` calls every operation on a
 //! running gateway and validates each answer against its schema.
 //!
@@ -613,16 +613,16 @@ mod tests {
         out
     }
 
-    /// (METHOD, path) of every arm of the dispatcher in `auth/handlers.rs`
+    /// (METHOD, path) of every arm of the dispatcher in `http/routes.rs`
     /// that answers (not the 405 fallbacks): `"/auth/x" if *m == Method::GET`
     /// arms, and `p.starts_with("/auth/x/") && *m == Method::DELETE` arms,
     /// read as `/auth/x/{id}`. HEAD is served wherever GET is and is not
     /// listed.
     fn routed() -> BTreeSet<(String, String)> {
-        let src = include_str!("auth/handlers.rs");
+        let src = include_str!("http/routes.rs");
         let start = src
             .find("async fn dispatch")
-            .expect("dispatch in handlers.rs");
+            .expect("dispatch in http/routes.rs");
         let body = &src[start..];
         let end = body.find("\n    }\n").expect("end of dispatch");
         let body = &body[..end];
@@ -680,11 +680,11 @@ mod tests {
         let unrouted: Vec<_> = documented.difference(&routed).collect();
         assert!(
             undocumented.is_empty(),
-            "routed in auth/handlers.rs but missing from src/openapi.rs: {undocumented:?}"
+            "routed in http/routes.rs but missing from src/openapi.rs: {undocumented:?}"
         );
         assert!(
             unrouted.is_empty(),
-            "in src/openapi.rs but not routed by auth/handlers.rs: {unrouted:?}"
+            "in src/openapi.rs but not routed by http/routes.rs: {unrouted:?}"
         );
     }
 

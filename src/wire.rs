@@ -1,12 +1,35 @@
 //! The JSON bodies of the `/auth/*` API (CONTRACT section 3), as Rust types.
 //! Responses are serialized from these types by the handlers, and the
 //! OpenAPI document ([`crate::openapi`]) derives its schemas from the same
-//! types, so the two cannot drift apart. Request bodies are parsed field by
-//! field in the handlers (every problem is collected into one
-//! `validation_failed`); their types here describe what is accepted.
+//! types, so the two cannot drift apart. Request bodies are parsed INTO the
+//! request types here (`crate::http::body`): each field is a [`Field`], so
+//! a missing or mistyped one is judged afterwards and every problem is
+//! collected into one `validation_failed`.
 
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
+
+/// A request body field as read: absent, `null`, of another type than the
+/// one asked for, or a value. Never fails the parse of its body.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Field<T> {
+    #[default]
+    Absent,
+    Null,
+    /// Present, but not a `T`.
+    Wrong,
+    Value(T),
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Field<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Null => Field::Null,
+            v => serde_json::from_value(v).map_or(Field::Wrong, Field::Value),
+        })
+    }
+}
 
 // ----- responses
 
@@ -25,6 +48,25 @@ pub struct UserView {
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: String,
+}
+
+impl UserView {
+    /// An account record as the API shows it.
+    pub fn of(u: &crate::store::User) -> Self {
+        Self {
+            id: u.id.to_string(),
+            email: u.email.clone(),
+            username: u.username.clone(),
+            email_verified: u.email_verified,
+            roles: u.roles.clone(),
+            created_at: crate::clock::rfc3339(u.created_at),
+        }
+    }
+
+    /// The same as a JSON value.
+    pub fn json(u: &crate::store::User) -> serde_json::Value {
+        serde_json::to_value(Self::of(u)).unwrap_or_default()
+    }
 }
 
 /// `{user}`: register, email verification, `GET`/`PATCH /auth/me`.
@@ -53,7 +95,7 @@ pub struct TokenResponse {
 pub struct IntrospectResponse {
     /// Always `true` (an invalid token answers 401).
     pub valid: bool,
-    pub claims: crate::auth::tokens::AccessClaims,
+    pub claims: crate::tokens::claims::AccessClaims,
 }
 
 /// `GET /auth/verify`: the identity is in the response headers.
@@ -216,75 +258,104 @@ pub struct ApiKeyList {
     pub api_keys: Vec<ApiKeyView>,
 }
 
-// ----- requests (described; the handlers parse them field by field)
+// ----- requests (parsed into these; see `Field`)
+//
+// Every field is `#[serde(default)]` (absent reads as `Field::Absent`); the
+// schema states the type accepted and whether it is required.
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct RegisterRequest {
-    #[schema(format = Email)]
-    pub email: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true, format = Email)]
+    pub email: Field<String>,
     /// 8 to 128 Unicode scalar values; common passwords, and passwords
     /// containing the email's local part, are refused.
-    #[schema(min_length = 8, max_length = 128)]
-    pub password: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true, min_length = 8, max_length = 128)]
+    pub password: Field<String>,
     /// Must equal `password`.
-    #[schema(min_length = 8, max_length = 128)]
-    pub password_confirm: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true, min_length = 8, max_length = 128)]
+    pub password_confirm: Field<String>,
     /// At most 64 characters, no control characters.
-    #[schema(max_length = 64, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
-    pub username: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>, max_length = 64, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
+    pub username: Field<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct LoginRequest {
-    pub email: String,
-    pub password: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true)]
+    pub email: Field<String>,
+    #[serde(default)]
+    #[schema(value_type = String, required = true)]
+    pub password: Field<String>,
     /// Optional: a live refresh token of this account marks a known device,
     /// which keeps its own failed-login budget when the account is locked.
-    pub refresh_token: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub refresh_token: Field<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct RefreshRequest {
-    pub refresh_token: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true)]
+    pub refresh_token: Field<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct LogoutRequest {
     /// Ends this token's session; an unknown token is ignored.
-    pub refresh_token: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub refresh_token: Field<String>,
 }
 
 /// A one-time token from an email link, or an access token to introspect.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct TokenRequest {
-    pub token: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true)]
+    pub token: Field<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct EmailRequest {
-    pub email: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true)]
+    pub email: Field<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ResetConfirmRequest {
-    pub token: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true)]
+    pub token: Field<String>,
     /// As `password` of register.
-    #[schema(min_length = 8, max_length = 128)]
-    pub new_password: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true, min_length = 8, max_length = 128)]
+    pub new_password: Field<String>,
     /// Must equal `new_password`.
-    #[schema(min_length = 8, max_length = 128)]
-    pub new_password_confirm: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true, min_length = 8, max_length = 128)]
+    pub new_password_confirm: Field<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct PasswordChangeRequest {
-    pub current_password: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true)]
+    pub current_password: Field<String>,
     /// As `password` of register.
-    #[schema(min_length = 8, max_length = 128)]
-    pub new_password: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true, min_length = 8, max_length = 128)]
+    pub new_password: Field<String>,
     /// Must equal `new_password`.
-    #[schema(min_length = 8, max_length = 128)]
-    pub new_password_confirm: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true, min_length = 8, max_length = 128)]
+    pub new_password_confirm: Field<String>,
 }
 
 /// `POST /auth/reauth`: the password (every account has one today) and,
@@ -292,9 +363,13 @@ pub struct PasswordChangeRequest {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ReauthRequest {
     /// Required when the account has a password.
-    pub password: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub password: Field<String>,
     /// A TOTP code or a recovery code; required when TOTP is on.
-    pub code: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub code: Field<String>,
 }
 
 /// Only `username` can change; any other key is a `validation_failed`.
@@ -303,42 +378,58 @@ pub struct ReauthRequest {
 pub struct UpdateMeRequest {
     /// A new name, or `null` (or `""`) to clear it; at most 64 characters,
     /// no control characters.
-    #[schema(max_length = 64, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
-    pub username: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>, max_length = 64, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
+    pub username: Field<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct CodeRequest {
     /// A 6-digit TOTP code.
-    pub code: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true)]
+    pub code: Field<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct TotpDisableRequest {
-    pub password: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true)]
+    pub password: Field<String>,
     /// A TOTP code or a recovery code.
-    pub code: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true)]
+    pub code: Field<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct MfaVerifyRequest {
     /// From the login's `{mfa_required, mfa_token}` answer.
-    pub mfa_token: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true)]
+    pub mfa_token: Field<String>,
     /// A TOTP code or a recovery code.
-    pub code: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true)]
+    pub code: Field<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ApiKeyCreateRequest {
     /// 1 to 100 characters, no control characters.
-    #[schema(min_length = 1, max_length = 100)]
-    pub name: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 100)]
+    pub name: Field<String>,
     /// At least one; a route's `scopes` decide where the key passes.
-    pub scopes: Vec<String>,
+    #[serde(default)]
+    #[schema(value_type = Vec<String>, required = true)]
+    pub scopes: Field<Vec<serde_json::Value>>,
     /// Seconds until the key stops working (at most ten years).
-    #[schema(minimum = 1, maximum = 315360000)]
-    pub expires_in_secs: Option<u64>,
+    #[serde(default)]
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 315360000)]
+    pub expires_in_secs: Field<serde_json::Value>,
     /// A per-key limit in requests per minute (0 or absent: none).
-    #[schema(maximum = 1000000)]
-    pub rate_per_minute: Option<u32>,
+    #[serde(default)]
+    #[schema(value_type = Option<u32>, maximum = 1000000)]
+    pub rate_per_minute: Field<serde_json::Value>,
 }

@@ -7,9 +7,9 @@ use std::sync::{Arc, OnceLock};
 
 use http::{HeaderMap, HeaderValue, Method};
 use libfuzzer_sys::fuzz_target;
-use portcullis::api::ApiRequest;
-use portcullis::auth::AuthService;
+use portcullis::accounts::AuthService;
 use portcullis::clock::ManualClock;
+use portcullis::http::api::ApiRequest;
 
 const ENDPOINTS: &[(&str, &str)] = &[
     ("POST", "/auth/register"),

@@ -9,8 +9,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use libfuzzer_sys::fuzz_target;
-use portcullis::auth::{keys, tokens::TokenService};
 use portcullis::clock::{Clock, ManualClock};
+use portcullis::tokens::{jwt::TokenService, keys};
 
 const SECRET: &str = "fuzz-secret-0123456789-0123456789-abcdef";
 

@@ -23,15 +23,15 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::{HeaderMap, HeaderValue, Method};
 use parking_lot::Mutex;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::tokens::{AccessClaims, TokenRejection};
 use super::AuthService;
+use crate::accounts::{AccountError, Client, Signed};
 use crate::api::{ApiRequest, ApiResponse};
 use crate::config::{BrowserConfig, Config};
 use crate::error::ApiError;
+use crate::tokens::AccessClaims;
 
 /// How long a cookie rotation's outcome is handed to requests that still
 /// carry the cookie it replaced (seconds).
@@ -63,7 +63,15 @@ pub struct CookieIdentity {
     pub rotated: Option<String>,
 }
 
-type RotationResult = Result<(String, String), u16>;
+/// Why a rotation gave no tokens: the session is refused, or nothing was
+/// decided (the store or the hasher could not answer).
+#[derive(Debug, Clone, Copy)]
+enum RotationFailed {
+    Refused,
+    Busy,
+}
+
+type RotationResult = Result<(String, String), RotationFailed>;
 
 struct Rotation {
     cell: tokio::sync::OnceCell<RotationResult>,
@@ -147,19 +155,6 @@ impl CookieSessions {
 }
 
 impl AuthService {
-    /// Check a token the gateway issued itself, as the bearer check does.
-    fn check_access(&self, token: &str) -> Result<Arc<AccessClaims>, TokenRejection> {
-        let r = self.tokens.verify(token).and_then(|c| {
-            if self.revocations.is_revoked(&c) {
-                Err(TokenRejection::Revoked)
-            } else {
-                Ok(c)
-            }
-        });
-        self.metrics.token_checks().count(r.as_ref().err().copied());
-        r
-    }
-
     /// The identity of a session cookie, rotating it when its access token
     /// is gone (see the module docs). `Unauthorized` when the session is
     /// not (or no longer) valid.
@@ -170,9 +165,15 @@ impl AuthService {
         user_agent: &str,
         request_id: &str,
     ) -> Result<CookieIdentity, ApiError> {
+        let client = Client {
+            ip: client_ip,
+            user_agent: user_agent.to_string(),
+            request_id: request_id.to_string(),
+        };
+        let client = &client;
         let d = digest(cookie);
         if let Some(access) = self.cookies.cached(&d) {
-            if let Ok(claims) = self.check_access(&access) {
+            if let Ok(claims) = self.check_token(&access) {
                 return Ok(CookieIdentity {
                     claims,
                     access,
@@ -185,11 +186,11 @@ impl AuthService {
         let rotation = self.cookies.rotation(d, now);
         let result = rotation
             .cell
-            .get_or_init(|| self.rotate_cookie(cookie, client_ip, user_agent, request_id))
+            .get_or_init(|| self.rotate_cookie(cookie, client))
             .await
             .clone();
         match result {
-            Ok((access, refresh)) => match self.check_access(&access) {
+            Ok((access, refresh)) => match self.check_token(&access) {
                 Ok(claims) => Ok(CookieIdentity {
                     claims,
                     access,
@@ -197,72 +198,49 @@ impl AuthService {
                 }),
                 Err(_) => Err(ApiError::Unauthorized),
             },
-            Err(status) => {
+            Err(RotationFailed::Busy) => {
                 // Only proven refresh tokens keep an entry (see
                 // `CookieSessions::rotation`); whoever waited on this one
                 // holds it and shares its outcome.
                 self.cookies.drop_rotation(&d, &rotation);
-                if status >= 500 {
-                    // Nothing was decided: the next request tries again.
-                    return Err(ApiError::Unavailable {
-                        retry_after: 1,
-                        cause: "cookie session refresh failed".into(),
-                    });
-                }
+                // Nothing was decided: the next request tries again.
+                Err(ApiError::Unavailable {
+                    retry_after: 1,
+                    cause: "cookie session refresh failed".into(),
+                })
+            }
+            Err(RotationFailed::Refused) => {
+                self.cookies.drop_rotation(&d, &rotation);
                 Err(ApiError::Unauthorized)
             }
         }
     }
 
-    /// One rotation of a cookie's refresh token, through the refresh
-    /// endpoint's own logic (reuse detection included).
-    async fn rotate_cookie(
-        &self,
-        cookie: &str,
-        client_ip: IpAddr,
-        user_agent: &str,
-        request_id: &str,
-    ) -> RotationResult {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Ok(v) = HeaderValue::from_str(user_agent) {
-            headers.insert(http::header::USER_AGENT, v);
-        }
-        let req = ApiRequest {
-            method: Method::POST,
-            path: "/auth/refresh".into(),
-            query: None,
-            headers,
-            body: json!({ "refresh_token": cookie }).to_string().into(),
-            client_ip,
-            request_id: request_id.to_string(),
-            // The refresh logic checks no origin.
-            tls: false,
-        };
-        let resp = self.refresh(&req).await.map_err(|e| e.status())?;
-        let (access, refresh) = tokens_of(&resp).ok_or(500u16)?;
-        if let Ok(c) = self.tokens.verify(&access) {
-            self.cookies
-                .remember(&refresh, &access, c.exp, self.clock.now());
-        }
+    /// One rotation of a cookie's refresh token: the service's own refresh
+    /// (reuse detection included).
+    async fn rotate_cookie(&self, cookie: &str, client: &Client) -> RotationResult {
+        let signed = self
+            .refresh_session(cookie, client)
+            .await
+            .map_err(|e| match e {
+                AccountError::Busy { .. } | AccountError::Internal(_) => RotationFailed::Busy,
+                _ => RotationFailed::Refused,
+            })?;
+        self.remember_cookie(&signed);
         self.cookies.access.lock().remove(&digest(cookie));
-        Ok((access, refresh))
+        Ok((signed.access_token, signed.refresh_token))
     }
-}
 
-/// `(access_token, refresh_token)` of a token response.
-pub fn tokens_of(resp: &ApiResponse) -> Option<(String, String)> {
-    if resp.status != 200 {
-        return None;
+    /// Keep a new session's access token for its cookie (the refresh
+    /// token), so the cookie's next request needs no rotation.
+    pub fn remember_cookie(&self, signed: &Signed) {
+        self.cookies.remember(
+            &signed.refresh_token,
+            &signed.access_token,
+            signed.access_exp,
+            self.clock.now(),
+        );
     }
-    let v: serde_json::Value = serde_json::from_slice(&resp.body).ok()?;
-    Some((
-        v["access_token"].as_str()?.to_string(),
-        v["refresh_token"].as_str()?.to_string(),
-    ))
 }
 
 pub use crate::names::{OWN_COOKIE_PREFIX, OWN_COOKIE_PREFIX_SECURE};

@@ -4,9 +4,9 @@
 //! re-authentication a passkey needs when the sign-in is older than
 //! `accounts.reauth_secs` (CONTRACT 8.6).
 //!
-//! Every form posts back here and is handled by the same function as the
-//! JSON endpoint it stands for (`login`, `register`, …): the same checks,
-//! throttles and generic error messages. A successful sign-in sets the
+//! Every form posts back here and calls the same account-service operation
+//! as the JSON endpoint it stands for (`login`, `register`, …): the same
+//! checks, throttles and generic error messages. A successful sign-in sets the
 //! session cookie ([`super::browser`]). Every POST must come from a trusted
 //! Origin and carry the CSRF token of the double-submit cookie (a hidden
 //! field, or `X-CSRF-Token` from the passkey script). The pages are
@@ -17,12 +17,15 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method};
+use http::Method;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::browser::{self, CookieIdentity};
 use super::AuthService;
+use crate::accounts::passkeys::{ceremony_id, field, passkey_name};
+use crate::accounts::Signed;
+use crate::accounts::{AccountError, Client, Login, NewAccount, NewPassword, Reauth, SignOut};
 use crate::api::{ApiRequest, ApiResponse};
 use crate::config::Config;
 use crate::error::ApiError;
@@ -176,30 +179,9 @@ fn label(field: &str) -> &str {
     }
 }
 
-/// A synthetic JSON request to an API handler, carrying the portal
-/// request's client, user agent and request id (and a bearer, if given).
-fn api_request(req: &ApiRequest, path: &str, body: Value, bearer: Option<&str>) -> ApiRequest {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Some(ua) = req.headers.get(http::header::USER_AGENT) {
-        headers.insert(http::header::USER_AGENT, ua.clone());
-    }
-    if let Some(b) = bearer.and_then(|b| HeaderValue::from_str(&format!("Bearer {b}")).ok()) {
-        headers.insert(http::header::AUTHORIZATION, b);
-    }
-    ApiRequest {
-        method: Method::POST,
-        path: path.into(),
-        query: None,
-        headers,
-        body: Bytes::from(body.to_string()),
-        client_ip: req.client_ip,
-        request_id: req.request_id.clone(),
-        tls: req.tls,
-    }
+/// The portal request's caller, as the account service sees it.
+fn client(req: &ApiRequest) -> Client {
+    crate::http::client_of(req)
 }
 
 /// The session cookie's identity, rotating it when needed.
@@ -231,7 +213,7 @@ async fn identity(auth: &AuthService, page: &mut Page<'_>) -> Option<CookieIdent
 
 impl AuthService {
     /// Serve `/auth/ui/*` (404 unless `browser.enabled`).
-    pub(super) async fn portal(&self, req: &ApiRequest) -> ApiResult {
+    pub(crate) async fn portal(&self, req: &ApiRequest) -> ApiResult {
         let cfg = self.cfg();
         if !cfg.browser.enabled {
             return Err(ApiError::NotFound);
@@ -319,19 +301,12 @@ impl AuthService {
         login_form(page, None, "", &rd)
     }
 
-    /// Set the session cookie from a token response and go to `rd`.
-    fn signed_in(&self, mut page: Page<'_>, resp: &ApiResponse, rd: &str) -> ApiResponse {
-        let Some((access, refresh)) = browser::tokens_of(resp) else {
-            let alert = Some(ApiError::internal("").message());
-            return notice_page(page, 500, alert, portal::Notice::SignInFailed);
-        };
-        if let Ok(c) = self.tokens.verify(&access) {
-            self.cookies
-                .remember(&refresh, &access, c.exp, self.clock.now());
-        }
+    /// Set the session cookie of a new session and go to `rd`.
+    fn signed_in(&self, mut page: Page<'_>, signed: &Signed, rd: &str) -> ApiResponse {
+        self.remember_cookie(signed);
         page.set_cookies.push(browser::session_cookie(
             &page.cfg.browser,
-            &refresh,
+            &signed.refresh_token,
             page.cfg.tokens.refresh_ttl_secs,
         ));
         page.see_other(rd)
@@ -340,18 +315,16 @@ impl AuthService {
     async fn login_submit(&self, page: Page<'_>) -> ApiResult {
         let rd = page.rd();
         let email = page.field("email");
-        let body = json!({ "email": email, "password": page.field("password") });
-        let api = api_request(page.req, "/auth/login", body, None);
-        match self.login(&api).await {
-            Ok(resp) => {
-                let v: Value = serde_json::from_slice(&resp.body).unwrap_or_default();
-                if let Some(token) = v["mfa_token"].as_str() {
-                    return Ok(mfa_page(page, None, token, &rd));
-                }
-                Ok(self.signed_in(page, &resp, &rd))
-            }
+        let creds = crate::accounts::Credentials {
+            email: email.clone(),
+            password: page.field("password"),
+            device: None,
+        };
+        match self.login(creds, &client(page.req)).await {
+            Ok(Login::MfaChallenge { mfa_token }) => Ok(mfa_page(page, None, &mfa_token, &rd)),
+            Ok(Login::Signed(signed)) => Ok(self.signed_in(page, &signed, &rd)),
             Err(e) => {
-                let (status, text) = shown(e)?;
+                let (status, text) = shown(e.into())?;
                 Ok(login_form(page, Some((status, &text)), &email, &rd))
             }
         }
@@ -360,17 +333,23 @@ impl AuthService {
     async fn mfa_submit(&self, page: Page<'_>) -> ApiResult {
         let rd = page.rd();
         let token = page.field("mfa_token");
-        let body = json!({ "mfa_token": token, "code": page.field("code").trim() });
-        let api = api_request(page.req, "/auth/mfa/verify", body, None);
-        match self.mfa_verify(&api).await {
-            Ok(resp) => Ok(self.signed_in(page, &resp, &rd)),
-            Err(e @ ApiError::Internal(_)) | Err(e @ ApiError::Unavailable { .. }) => Err(e),
-            Err(e @ ApiError::InvalidToken(_)) => {
+        let code = page.field("code");
+        match self
+            .verify_mfa(&token, code.trim(), &client(page.req))
+            .await
+        {
+            Ok(signed) => Ok(self.signed_in(page, &signed, &rd)),
+            Err(e @ AccountError::Internal(_)) | Err(e @ AccountError::Busy { .. }) => {
+                Err(e.into())
+            }
+            Err(e @ AccountError::BadSessionToken) => {
                 // The sign-in itself has run out: start again.
+                let e = ApiError::from(e);
                 let status = e.status();
                 Ok(login_form(page, Some((status, &error_text(&e))), "", &rd))
             }
             Err(e) => {
+                let e = ApiError::from(e);
                 let status = e.status();
                 Ok(mfa_page(page, Some((status, &error_text(&e))), &token, &rd))
             }
@@ -382,35 +361,31 @@ impl AuthService {
     async fn register_submit(&self, page: Page<'_>) -> ApiResult {
         let email = page.field("email");
         let name = page.field("username");
-        let mut body = json!({
-            "email": email,
-            "password": page.field("password"),
-            "password_confirm": page.field("password_confirm"),
-        });
-        if !name.trim().is_empty() {
-            body["username"] = json!(name.trim());
-        }
-        let api = api_request(page.req, "/auth/register", body, None);
-        match self.register(&api).await {
+        let new = NewAccount {
+            email: email.clone(),
+            password: page.field("password"),
+            password_confirm: page.field("password_confirm"),
+            username: Some(name.trim().to_string()).filter(|n| !n.is_empty()),
+        };
+        match self.register(new, &client(page.req)).await {
             Ok(_) => {
                 let verify_first = page.cfg.accounts.require_email_verification;
                 let notice = portal::Notice::AccountCreated { verify_first };
                 Ok(notice_page(page, 201, None, notice))
             }
             Err(e) => {
-                let (status, text) = shown(e)?;
+                let (status, text) = shown(e.into())?;
                 Ok(register_page(page, Some((status, &text)), &email))
             }
         }
     }
 
     async fn forgot_submit(&self, page: Page<'_>) -> ApiResult {
-        let body = json!({ "email": page.field("email") });
-        let api = api_request(page.req, "/auth/password/reset", body, None);
-        match self.reset_request(&api).await {
+        let email = page.field("email");
+        match self.reset_request(&email, &client(page.req)).await {
             Ok(_) => Ok(notice_page(page, 202, None, portal::Notice::ResetLinkSent)),
             Err(e) => {
-                let (status, text) = shown(e)?;
+                let (status, text) = shown(e.into())?;
                 Ok(forgot_page(page, Some((status, &text))))
             }
         }
@@ -418,13 +393,11 @@ impl AuthService {
 
     async fn reset_submit(&self, page: Page<'_>) -> ApiResult {
         let token = page.field("token");
-        let body = json!({
-            "token": token,
-            "new_password": page.field("new_password"),
-            "new_password_confirm": page.field("new_password_confirm"),
-        });
-        let api = api_request(page.req, "/auth/password/reset/confirm", body, None);
-        match self.reset_confirm(&api).await {
+        let new = NewPassword {
+            password: page.field("new_password"),
+            confirm: page.field("new_password_confirm"),
+        };
+        match self.reset_confirm(&token, new, &client(page.req)).await {
             Ok(_) => Ok(notice_page(
                 page,
                 200,
@@ -432,19 +405,21 @@ impl AuthService {
                 portal::Notice::PasswordChanged,
             )),
             Err(e) => {
-                let (status, text) = shown(e)?;
+                let (status, text) = shown(e.into())?;
                 Ok(reset_page(page, Some((status, &text)), &token))
             }
         }
     }
 
     async fn verify_submit(&self, page: Page<'_>) -> ApiResult {
-        let body = json!({ "token": page.field("token") });
-        let api = api_request(page.req, "/auth/email/verify", body, None);
-        match self.email_verify(&api).await {
+        let token = page.field("token");
+        match self.verify_email(&token, &client(page.req)).await {
             Ok(_) => Ok(notice_page(page, 200, None, portal::Notice::EmailVerified)),
-            Err(e @ ApiError::Internal(_)) | Err(e @ ApiError::Unavailable { .. }) => Err(e),
+            Err(e @ AccountError::Internal(_)) | Err(e @ AccountError::Busy { .. }) => {
+                Err(e.into())
+            }
             Err(e) => {
+                let e = ApiError::from(e);
                 let notice = portal::Notice::VerifyFailed;
                 Ok(notice_page(page, e.status(), Some(e.message()), notice))
             }
@@ -459,16 +434,20 @@ impl AuthService {
             .map(str::to_string);
         let id = identity(self, &mut page).await;
         if let Some(cookie) = &cookie {
-            let bearer = id.as_ref().map(|i| i.access.as_str());
-            let result = if everywhere && bearer.is_some() {
-                let api = api_request(page.req, "/auth/logout-all", json!({}), bearer);
-                self.logout_all(&api).await
-            } else {
-                let body = json!({ "refresh_token": cookie });
-                let api = api_request(page.req, "/auth/logout", body, bearer);
-                self.logout(&api).await
-            };
-            result?;
+            let caller = client(page.req);
+            match &id {
+                Some(id) if everywhere => self.logout_all(&id.claims, &caller).await?,
+                _ => {
+                    let what = SignOut {
+                        refresh_token: Some(cookie),
+                        access_token: id
+                            .as_ref()
+                            .map(|i| i.access.as_str())
+                            .ok_or(crate::tokens::TokenRejection::Missing),
+                    };
+                    self.logout(what, &caller).await?
+                }
+            }
             self.cookies.forget(cookie);
             if let Some(i) = &id {
                 if let Some(r) = &i.rotated {
@@ -489,24 +468,17 @@ impl AuthService {
         let Some(id) = self.require_identity(&mut page).await else {
             return Ok(page.see_other(&browser::login_location("/auth/ui/sessions")));
         };
-        let api = api_request(page.req, "/auth/sessions", json!({}), Some(&id.access));
-        let list = self.sessions(&api).await?;
-        let v: Value = serde_json::from_slice(&list.body).unwrap_or_default();
+        let list = self.sessions(&id.claims).await?;
         let user = self.current_user(&id.claims).await?;
-        let sessions = v["sessions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| {
-                let text = |k: &str| s[k].as_str().unwrap_or("").to_string();
-                portal::SessionRow {
-                    id: text("id"),
-                    user_agent: text("user_agent"),
-                    ip: text("ip"),
-                    created: portal::Time::new(&text("created_at")),
-                    last_used: portal::Time::new(&text("last_used_at")),
-                    current: s["current"].as_bool().unwrap_or(false),
-                }
+        let sessions = list
+            .iter()
+            .map(|s| portal::SessionRow {
+                id: s.record.id.to_string(),
+                user_agent: s.record.user_agent.clone(),
+                ip: s.record.ip.clone(),
+                created: portal::Time::new(&crate::clock::rfc3339(s.record.created_at)),
+                last_used: portal::Time::new(&crate::clock::rfc3339(s.record.last_used_at)),
+                current: s.current,
             })
             .collect();
         let passkeys = user
@@ -539,12 +511,11 @@ impl AuthService {
             return Ok(page.see_other(&browser::login_location("/auth/ui/sessions")));
         };
         let sid = page.field("id");
-        let api = api_request(page.req, "/auth/sessions/x", json!({}), Some(&id.access));
-        match self.delete_session(&api, &sid).await {
-            Ok(_) | Err(ApiError::NotFound) => {
+        match self.end_session(&id.claims, &sid, &client(page.req)).await {
+            Ok(_) | Err(AccountError::NotFound) => {
                 Ok(page.see_other("/auth/ui/sessions?notice=session-ended"))
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -554,10 +525,10 @@ impl AuthService {
         };
         let user = Uuid::parse_str(&id.claims.sub).map_err(|_| ApiError::Unauthorized)?;
         match self.passkey_remove(user, &page.field("id")).await {
-            Ok(()) | Err(ApiError::NotFound) => {
+            Ok(()) | Err(AccountError::NotFound) => {
                 Ok(page.see_other("/auth/ui/sessions?notice=passkey-removed"))
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -571,22 +542,21 @@ impl AuthService {
         Ok(reauth_form(page, None, totp))
     }
 
-    /// Re-authenticate through `POST /auth/reauth`'s own logic; the
+    /// Re-authenticate (the operation behind `POST /auth/reauth`); the
     /// session's rotated refresh token becomes the cookie.
     async fn reauth_submit(&self, mut page: Page<'_>) -> ApiResult {
         let Some(id) = self.require_identity(&mut page).await else {
             return Ok(page.see_other(&browser::login_location("/auth/ui/reauth")));
         };
-        let mut body = json!({ "password": page.field("password") });
         let code = page.field("code");
-        if !code.trim().is_empty() {
-            body["code"] = json!(code.trim());
-        }
-        let api = api_request(page.req, "/auth/reauth", body, Some(&id.access));
-        match self.reauth(&api).await {
-            Ok(resp) => Ok(self.signed_in(page, &resp, "/auth/ui/sessions?notice=reauthed")),
+        let proof = Reauth {
+            password: Some(page.field("password")),
+            code: Some(code.trim().to_string()).filter(|c| !c.is_empty()),
+        };
+        match self.reauth(&id.claims, proof, &client(page.req)).await {
+            Ok(signed) => Ok(self.signed_in(page, &signed, "/auth/ui/sessions?notice=reauthed")),
             Err(e) => {
-                let (status, text) = shown(e)?;
+                let (status, text) = shown(e.into())?;
                 let user = self.current_user(&id.claims).await?;
                 let totp = user.totp.as_ref().is_some_and(|t| t.confirmed);
                 Ok(reauth_form(page, Some((status, &text)), totp))
@@ -603,7 +573,7 @@ impl AuthService {
         let body = if page.req.body.is_empty() {
             json!({})
         } else {
-            super::handlers::json_body(page.req)?
+            crate::http::body::json_value(page.req)?
         };
         let resp = match page.req.path.as_str() {
             "/auth/ui/passkeys/register/start" | "/auth/ui/passkeys/register/finish" => {
@@ -614,29 +584,40 @@ impl AuthService {
                 // A passkey is a new way in: only from a recent sign-in.
                 self.require_recent(&id.claims)?;
                 if page.req.path.ends_with("/start") {
-                    self.passkey_register_start(user).await?
+                    let c = self.passkey_register_start(user).await?;
+                    ApiResponse::json(200, &json!({ "ceremony": c.id, "options": c.options }))
                 } else {
-                    self.passkey_register_finish(page.req, user, &body).await?
+                    let ceremony = ceremony_id(&body)?;
+                    let credential = field(&body, "credential")?;
+                    let name = passkey_name(body.get("name").and_then(Value::as_str));
+                    let caller = client(page.req);
+                    let added = self
+                        .passkey_register_finish(user, &ceremony, credential, name, &caller)
+                        .await?;
+                    let view = json!({ "id": added.id.to_string(), "name": added.name });
+                    ApiResponse::json(201, &view)
                 }
             }
-            "/auth/ui/passkeys/login/start" => self.passkey_login_start().await?,
+            "/auth/ui/passkeys/login/start" => {
+                let c = self.passkey_login_start().await?;
+                ApiResponse::json(200, &json!({ "ceremony": c.id, "options": c.options }))
+            }
             "/auth/ui/passkeys/login/finish" => {
                 let rd = body
                     .get("rd")
                     .and_then(Value::as_str)
                     .and_then(|rd| browser::safe_redirect_for(rd, &self.cfg()))
                     .unwrap_or_else(|| "/".into());
-                let resp = self.passkey_login_finish(page.req, &body).await?;
-                let Some((access, refresh)) = browser::tokens_of(&resp) else {
-                    return Err(ApiError::internal("passkey sign-in gave no tokens"));
-                };
-                if let Ok(c) = self.tokens.verify(&access) {
-                    self.cookies
-                        .remember(&refresh, &access, c.exp, self.clock.now());
-                }
+                let ceremony = ceremony_id(&body)?;
+                let credential = field(&body, "credential")?;
+                let caller = client(page.req);
+                let signed = self
+                    .passkey_login_finish(&ceremony, credential, &caller)
+                    .await?;
+                self.remember_cookie(&signed);
                 page.set_cookies.push(browser::session_cookie(
                     &page.cfg.browser,
-                    &refresh,
+                    &signed.refresh_token,
                     page.cfg.tokens.refresh_ttl_secs,
                 ));
                 ApiResponse::json(200, &json!({ "redirect": rd }))

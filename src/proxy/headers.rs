@@ -6,13 +6,7 @@ use crate::auth::tokens::AccessClaims;
 
 /// `X-User-*` identity headers for a verified token (proxied requests and
 /// `GET /auth/verify`'s forward-auth answer).
-pub fn identity_headers(c: &AccessClaims) -> [(&'static str, String); 3] {
-    [
-        ("x-user-id", c.sub.clone()),
-        ("x-user-email", c.email.clone()),
-        ("x-user-roles", c.roles.join(",")),
-    ]
-}
+pub use crate::tokens::claims::identity_headers;
 
 /// Whether a client-sent header belongs to the identity family: its name,
 /// case-insensitively and with `_` read as `-`, starts with `x-user-`.

@@ -19,86 +19,88 @@
 //! re-authenticates by signing in again (a passkey sign-in starts a session
 //! with a fresh `auth_time`).
 
-use std::sync::Arc;
-
 use uuid::Uuid;
 
-use super::handlers::{json_body, lock_key, FieldErrors};
-use super::tokens::AccessClaims;
 use super::AuthService;
-use crate::api::{ApiRequest, ApiResponse};
+use super::{lock_key, AccountError, AccountResult, Client, FieldErrors, Signed};
 use crate::audit;
-use crate::error::ApiError;
-use crate::store::{RefreshPolicy, RotateOutcome, StoreError, UserChange};
+use crate::store::{RefreshPolicy, RotateOutcome, SessionRecord, StoreError, User, UserChange};
+use crate::tokens::AccessClaims;
 
-type ApiResult = Result<ApiResponse, ApiError>;
+/// What a re-authentication proves.
+#[derive(Debug, Default)]
+pub struct Reauth {
+    pub password: Option<String>,
+    pub code: Option<String>,
+}
 
 impl AuthService {
-    /// 403 `reauth_required` unless the token's sign-in is within
-    /// `accounts.reauth_secs` (the check every sensitive change makes).
-    pub fn require_recent(&self, claims: &AccessClaims) -> Result<(), ApiError> {
+    /// Sensitive changes need a sign-in within `accounts.reauth_secs`.
+    pub fn require_recent(&self, claims: &AccessClaims) -> AccountResult<()> {
         let max_age = self.cfg().accounts.reauth_secs;
         if claims.authenticated_within(self.clock.now(), max_age) {
             Ok(())
         } else {
-            Err(ApiError::ReauthRequired)
+            Err(AccountError::ReauthRequired)
         }
     }
 
-    /// The bearer token's claims, if its sign-in is recent enough for a
-    /// sensitive change.
-    pub(super) fn require_recent_bearer(
-        &self,
-        req: &ApiRequest,
-    ) -> Result<Arc<AccessClaims>, ApiError> {
-        let claims = self.require_bearer(req)?;
-        self.require_recent(&claims)?;
-        Ok(claims)
+    /// What a re-authentication of this user asks for: (password, code).
+    pub fn reauth_needs(user: &User) -> (bool, bool) {
+        let totp = user.totp.as_ref().is_some_and(|t| t.confirmed);
+        (!user.password_hash.is_empty(), totp)
     }
 
-    /// `POST /auth/reauth`: prove the user again (password, and a code when
-    /// TOTP is on); wrong guesses count toward the account lockout exactly
-    /// as at login.
-    ///
-    /// The answer is the login shape for the SAME session: its current
+    /// Prove the user again (password, and a code when TOTP is on) inside
+    /// the session of `claims`; wrong guesses count toward the lockout as
+    /// at login. The answer is a coherent pair for the SAME session: its
     /// refresh generation is rotated in the store operation that sets the
-    /// new `auth_time` (as a refresh would rotate it), and the access token
-    /// is issued from the record that operation wrote. The client replaces
-    /// both tokens and holds a coherent pair: a later refresh carries the
-    /// new `auth_time`, which a new access token alone could not promise
-    /// (the refresh token it kept would renew the old time).
-    pub(super) async fn reauth(&self, req: &ApiRequest) -> ApiResult {
-        let claims = self.require_bearer(req)?;
-        let user = self.current_user(&claims).await?;
-        let body = json_body(req)?;
-        let has_password = !user.password_hash.is_empty();
-        let totp = user
-            .totp
-            .as_ref()
-            .filter(|t| t.confirmed)
-            .map(|t| t.secret.clone());
-        let mut errs = FieldErrors::default();
-        let pw = errs.string(&body, "password", has_password);
-        let code = errs.string(&body, "code", totp.is_some());
-        errs.finish()?;
-        let (pw, code) = (pw.unwrap_or_default(), code.unwrap_or_default());
-        if !has_password && totp.is_none() {
-            return Err(ApiError::BadRequest(
-                "This account re-authenticates by signing in again.",
-            ));
+    /// new `auth_time` (see the module docs).
+    pub async fn reauth(
+        &self,
+        claims: &AccessClaims,
+        proof: Reauth,
+        client: &Client,
+    ) -> AccountResult<Signed> {
+        self.reauth_with(claims, proof, FieldErrors::default(), client)
+            .await
+    }
+
+    /// [`Self::reauth`] with the problems a front door already found while
+    /// reading the proof (answered together with what is missing).
+    pub async fn reauth_with(
+        &self,
+        claims: &AccessClaims,
+        proof: Reauth,
+        found: FieldErrors,
+        client: &Client,
+    ) -> AccountResult<Signed> {
+        let user = self.current_user(claims).await?;
+        let (has_password, has_totp) = Self::reauth_needs(&user);
+        let mut errs = found;
+        if has_password && proof.password.is_none() && !errs.has("password") {
+            errs.add("password", "is required");
         }
-        let sid = Uuid::parse_str(&claims.sid).map_err(|_| ApiError::Unauthorized)?;
+        if has_totp && proof.code.is_none() && !errs.has("code") {
+            errs.add("code", "is required");
+        }
+        errs.finish()?;
+        let pw = proof.password.unwrap_or_default();
+        let code = proof.code.unwrap_or_default();
+        if !has_password && !has_totp {
+            return Err(AccountError::SignInAgain);
+        }
+        let sid = Uuid::parse_str(&claims.sid).map_err(|_| AccountError::NotSignedIn)?;
         match self.store.find_session(sid).await? {
             Some(s) if s.user_id == user.id => {}
-            _ => return Err(ApiError::Unauthorized),
+            _ => return Err(AccountError::NotSignedIn),
         }
-        let ua = req.user_agent();
-        let actx = self.audit_ctx(req, &ua);
+        let actx = client.audit();
         let uid = claims.sub.as_str();
         // Over-long input is refused before any hashing.
         if pw.chars().count() > super::password::MAX_LEN || code.len() > 64 {
             audit::event(&actx, "reauth", "failure", Some(uid));
-            return Err(ApiError::InvalidCredentials);
+            return Err(AccountError::WrongCredentials);
         }
         let reservation = self
             .reserve_guess(&lock_key(&user.email), &actx, "reauth", Some(uid))
@@ -106,13 +108,14 @@ impl AuthService {
         if has_password && !self.hasher.verify(&pw, &user.password_hash).await? {
             self.guess_failed(reservation, &actx, Some(uid)).await?;
             audit::event(&actx, "reauth", "failure", Some(uid));
-            return Err(ApiError::InvalidCredentials);
+            return Err(AccountError::WrongCredentials);
         }
-        if let Some(sealed) = totp {
+        if let Some(sealed) = user.totp.as_ref().filter(|t| t.confirmed) {
+            let sealed = sealed.secret.clone();
             let Some(proof) = self.proof_of(&user, &sealed, &code)? else {
                 self.guess_failed(reservation, &actx, Some(uid)).await?;
                 audit::event(&actx, "reauth", "invalid_code", Some(uid));
-                return Err(ApiError::InvalidCode);
+                return Err(AccountError::WrongCode);
             };
             // The code is spent on the current record: it works once.
             let change = UserChange::UseMfa {
@@ -124,12 +127,21 @@ impl AuthService {
                 Err(StoreError::Conflict) => {
                     self.guess_failed(reservation, &actx, Some(uid)).await?;
                     audit::event(&actx, "reauth", "invalid_code", Some(uid));
-                    return Err(ApiError::InvalidCode);
+                    return Err(AccountError::WrongCode);
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         reservation.succeed().await?;
+        let session = self.rotate_for_reauth(sid, &user).await?;
+        // The tokens carry the user as the store has it now.
+        let user = self.current_user(claims).await?;
+        let signed = self.sign(&user, &session)?;
+        audit::event(&actx, "reauth", "success", Some(uid));
+        Ok(signed)
+    }
+
+    async fn rotate_for_reauth(&self, sid: Uuid, user: &User) -> AccountResult<SessionRecord> {
         let stamp = self.stamp();
         let cfg = self.cfg();
         let outcome = self
@@ -146,15 +158,10 @@ impl AuthService {
                 },
             )
             .await?;
-        let session = match outcome {
-            RotateOutcome::Rotated(s) if s.user_id == user.id => s,
+        match outcome {
+            RotateOutcome::Rotated(s) if s.user_id == user.id => Ok(s),
             // Ended (or idle) meanwhile: nothing to re-authenticate.
-            _ => return Err(ApiError::Unauthorized),
-        };
-        // The tokens carry the user as the store has it now.
-        let user = self.current_user(&claims).await?;
-        let resp = self.token_response(&user, &session)?;
-        audit::event(&actx, "reauth", "success", Some(uid));
-        Ok(resp)
+            _ => Err(AccountError::NotSignedIn),
+        }
     }
 }

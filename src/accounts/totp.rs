@@ -19,7 +19,8 @@ use ring::hmac;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::keys::{load_or_create_secret, random_bytes};
+use super::Entropy;
+use crate::tokens::keys::{load_or_create_secret, random_bytes};
 
 pub const DIGITS: u32 = 6;
 pub const STEP_SECS: i64 = 30;
@@ -69,8 +70,8 @@ pub fn matching_step(secret: &[u8], code: &str, now: i64) -> Option<u64> {
 }
 
 /// A fresh 160-bit secret.
-pub fn new_secret() -> Vec<u8> {
-    random_bytes(20)
+pub fn new_secret(rng: &dyn Entropy) -> Vec<u8> {
+    rng.bytes(20)
 }
 
 pub fn base32(secret: &[u8]) -> String {
@@ -90,11 +91,11 @@ pub fn otpauth_uri(issuer: &str, account: &str, secret: &[u8]) -> String {
 }
 
 /// Ten fresh recovery codes (`xxxxx-xxxxx`, base32 lower case: 80 bits).
-pub fn new_recovery_codes() -> Vec<String> {
+pub fn new_recovery_codes(rng: &dyn Entropy) -> Vec<String> {
     (0..RECOVERY_CODES)
         .map(|_| {
             let s = data_encoding::BASE32_NOPAD
-                .encode(&random_bytes(10))
+                .encode(&rng.bytes(10))
                 .to_ascii_lowercase();
             format!("{}-{}", &s[..8], &s[8..])
         })
@@ -241,7 +242,7 @@ mod tests {
 
     #[test]
     fn recovery_codes_normalize() {
-        let codes = new_recovery_codes();
+        let codes = new_recovery_codes(&super::super::OsEntropy);
         assert_eq!(codes.len(), 10);
         let c = &codes[0];
         assert!(is_recovery_shaped(c));

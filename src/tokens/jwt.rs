@@ -1,6 +1,7 @@
 //! Access tokens (RFC 9068 shaped JWTs) and opaque random tokens.
 //!
-//! Every token names its signing key in `kid` ([`super::keys`]).
+//! Every token names its signing key in `kid` ([`super::keys`]); the
+//! claims are [`super::claims::AccessClaims`].
 //! Verification allows exactly the configured algorithm, requires
 //! `typ: at+jwt` and a `kid` naming a live key, and checks `iss`, `aud`, `exp`, `nbf` and `iat` against the
 //! injected clock with `leeway_secs`. Refresh, reset and verification tokens
@@ -13,77 +14,18 @@ use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Header, Validation};
-use serde::{Deserialize, Serialize};
+
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+pub use super::claims::AccessClaims;
 use super::keys::{random_bytes, KeySet};
+pub use super::rejection::TokenRejection;
 use super::verified::{Verified, VerifiedTokens};
 use crate::clock::Clock;
 use crate::config::TokenConfig;
 
 pub const ACCESS_TYP: &str = "at+jwt";
-
-/// The claims of an access token (also the `claims` of `POST /auth/verify`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
-pub struct AccessClaims {
-    pub iss: String,
-    pub aud: String,
-    pub sub: String,
-    pub exp: i64,
-    pub iat: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nbf: Option<i64>,
-    pub jti: String,
-    pub sid: String,
-    pub email: String,
-    pub roles: Vec<String>,
-    /// How the session was authenticated (RFC 8176): `pwd`, `otp`,
-    /// `webauthn`. Tokens issued before the claim existed read as empty.
-    #[serde(default)]
-    pub amr: Vec<String>,
-    /// When the user last really authenticated (a sign-in or
-    /// `POST /auth/reauth`, never a refresh): OIDC's `auth_time`, seconds
-    /// since the epoch. Missing in tokens of sessions older than the claim,
-    /// which count as not recent (CONTRACT 8.6).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth_time: Option<i64>,
-}
-
-impl AccessClaims {
-    /// Does the token carry a second factor?
-    pub fn has_second_factor(&self) -> bool {
-        self.amr.iter().any(|m| m == "otp" || m == "webauthn")
-    }
-
-    /// Was the user authenticated within `max_age` seconds of `now`?
-    /// A token without `auth_time` never was.
-    pub fn authenticated_within(&self, now: i64, max_age: u64) -> bool {
-        self.auth_time
-            .is_some_and(|t| t <= now && now - t <= max_age as i64)
-    }
-}
-
-/// Why a token was refused; also the `result` label of
-/// `portcullis_token_checks_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenRejection {
-    Missing,
-    Invalid,
-    Expired,
-    Revoked,
-}
-
-impl TokenRejection {
-    pub fn label(self) -> &'static str {
-        match self {
-            TokenRejection::Missing => "missing",
-            TokenRejection::Invalid => "invalid",
-            TokenRejection::Expired => "expired",
-            TokenRejection::Revoked => "revoked",
-        }
-    }
-}
 
 pub struct TokenService {
     /// The signing and verification keys, swapped whole by a reload.

@@ -27,8 +27,7 @@ use parking_lot::{Mutex, RwLock};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::keys::random_bytes;
-use crate::store::User;
+use crate::store::{ApiKey, User};
 
 /// What every key starts with (documented; lets secret scanners find them).
 pub const PREFIX: &str = "pk_";
@@ -44,12 +43,8 @@ pub const USE_FLUSH_SECS: u64 = 10;
 pub use crate::names::valid_scope;
 
 /// A fresh key.
-pub fn new_key() -> String {
-    use base64::Engine;
-    format!(
-        "{PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes(32))
-    )
+pub fn new_key(rng: &dyn super::Entropy) -> String {
+    format!("{PREFIX}{}", rng.token(32))
 }
 
 /// Does this bearer value have the shape of one of our keys? (The exact
@@ -94,14 +89,7 @@ pub struct KeyEntry {
     hash: [u8; 32],
 }
 
-/// Why a presented key was refused (the `result` label of
-/// `portcullis_token_checks_total`: `api_key_invalid`, `api_key_expired`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyRejection {
-    /// Unknown, deleted, malformed, or its owner is disabled.
-    Invalid,
-    Expired,
-}
+pub use crate::tokens::rejection::KeyRejection;
 
 #[derive(Default)]
 struct Inner {
@@ -249,7 +237,6 @@ impl KeyIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ApiKey;
 
     fn user(keys: Vec<ApiKey>, version: u64) -> User {
         User {
@@ -292,7 +279,8 @@ mod tests {
 
     #[test]
     fn lookup_expiry_versions_and_disabled_owners() {
-        let (k1, k2) = (new_key(), new_key());
+        let rng = crate::accounts::OsEntropy;
+        let (k1, k2) = (new_key(&rng), new_key(&rng));
         assert!(looks_like_key(&k1));
         assert!(!looks_like_key(&k1.to_uppercase()));
         assert!(!looks_like_key(&k1[..k1.len() - 1]));
@@ -318,5 +306,105 @@ mod tests {
         idx.forget_user(off.id);
         idx.load_user(&user(vec![api_key(&k2, None)], 3));
         assert!(idx.is_empty(), "version 4 was seen");
+    }
+}
+
+/// A key to create, its fields already checked.
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub expires_in_secs: Option<u64>,
+    pub rate_per_minute: u32,
+}
+
+impl super::AuthService {
+    /// Create an API key (a new way in: only from a recent sign-in). The
+    /// key itself is returned once, beside its stored record.
+    pub async fn create_api_key(
+        &self,
+        claims: &crate::tokens::AccessClaims,
+        new: NewApiKey,
+        client: &super::Client,
+    ) -> super::AccountResult<(ApiKey, String)> {
+        use super::AccountError;
+        self.require_recent(claims)?;
+        let user = self.current_user(claims).await?;
+        let now = self.clock.now();
+        let key = new_key(&*self.entropy);
+        let record = ApiKey {
+            id: self.entropy.uuid(),
+            hash: key_hash(&key),
+            name: new.name,
+            scopes: new.scopes,
+            created_at: now,
+            expires_at: new.expires_in_secs.map(|s| now + s as i64),
+            rate_per_minute: new.rate_per_minute,
+            last_used_at: None,
+        };
+        let change = crate::store::UserChange::AddApiKey {
+            key: record.clone(),
+            max: MAX_KEYS_PER_USER,
+        };
+        let notice = crate::mail::api_key_created_mail(&user.email, now);
+        match self.change_user(user.id, change, Some(notice)).await {
+            Ok(u) if !u.disabled => {}
+            Ok(_) => return Err(AccountError::NotSignedIn),
+            Err(crate::store::StoreError::Conflict) => {
+                return Err(AccountError::invalid(
+                    "name",
+                    format!("an account may hold at most {MAX_KEYS_PER_USER} API keys"),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let (ev, id) = ("api_key_created", record.id.to_string());
+        crate::audit::key_event(&client.audit(), ev, &id, &claims.sub);
+        Ok((record, key))
+    }
+
+    /// The user's keys, each with its last use (the record's, or a newer
+    /// one this gateway saw but has not written yet).
+    pub async fn api_key_list(
+        &self,
+        claims: &crate::tokens::AccessClaims,
+    ) -> super::AccountResult<Vec<(ApiKey, Option<i64>)>> {
+        let user = self.current_user(claims).await?;
+        let pending = self.api_keys.pending_uses(user.id);
+        Ok(user
+            .api_keys
+            .into_iter()
+            .map(|k| {
+                let used = match (k.last_used_at, pending.get(&k.id)) {
+                    (Some(a), Some(b)) => Some(a.max(*b)),
+                    (a, b) => a.or(b.copied()),
+                };
+                (k, used)
+            })
+            .collect())
+    }
+
+    /// Revoke one of the user's own keys, on every gateway at once.
+    pub async fn revoke_api_key(
+        &self,
+        claims: &crate::tokens::AccessClaims,
+        id: &str,
+        client: &super::Client,
+    ) -> super::AccountResult<()> {
+        use super::AccountError;
+        let user = self.current_user(claims).await?;
+        let id = Uuid::parse_str(id).map_err(|_| AccountError::NotFound)?;
+        // Only the caller's own keys can match.
+        match self
+            .change_user(user.id, crate::store::UserChange::RemoveApiKey(id), None)
+            .await
+        {
+            Ok(_) => {}
+            Err(crate::store::StoreError::Conflict) => return Err(AccountError::NotFound),
+            Err(e) => return Err(e.into()),
+        }
+        let id = id.to_string();
+        crate::audit::key_event(&client.audit(), "api_key_revoked", &id, &claims.sub);
+        Ok(())
     }
 }

@@ -17,18 +17,16 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use parking_lot::Mutex;
-use serde_json::{json, Value};
+use serde_json::Value;
 use uuid::Uuid;
 use webauthn_rs::prelude::{
     DiscoverableAuthentication, Passkey, PasskeyRegistration, PublicKeyCredential,
     RegisterPublicKeyCredential, Url, Webauthn, WebauthnBuilder,
 };
 
-use super::AuthService;
-use crate::api::{ApiRequest, ApiResponse};
+use super::{AccountError, AccountResult, AuthService, Client, Signed};
 use crate::audit;
 use crate::config::Config;
-use crate::error::ApiError;
 use crate::mail;
 use crate::store::{StoreError, StoredPasskey, UserChange};
 
@@ -37,7 +35,12 @@ pub const MAX_PASSKEYS: usize = 10;
 /// At most this many ceremonies in flight per gateway.
 const MAX_CEREMONIES: usize = 10_000;
 
-type ApiResult = Result<ApiResponse, ApiError>;
+/// A ceremony started: its id and the options for the browser.
+#[derive(Debug, Clone)]
+pub struct Ceremony {
+    pub id: String,
+    pub options: Value,
+}
 
 /// Ceremonies started and not yet finished: id → (state, expiry).
 #[derive(Default)]
@@ -64,13 +67,12 @@ fn insert<T>(
     true
 }
 
-/// The relying party of this config.
 /// The relying party of this config. A `mail.link_base_url` WebAuthn does
-/// not accept (an IP address, say) turns passkeys off: 400, logged.
-pub fn relying_party(cfg: &Config) -> Result<Webauthn, ApiError> {
+/// not accept (an IP address, say) turns passkeys off (logged).
+pub fn relying_party(cfg: &Config) -> AccountResult<Webauthn> {
     let unavailable = |cause: String| {
         tracing::warn!(%cause, "passkeys unavailable: mail.link_base_url is no WebAuthn relying party");
-        ApiError::BadRequest("Passkeys are not available on this deployment.")
+        AccountError::PasskeysUnavailable
     };
     let origin = Url::parse(&cfg.mail.link_base_url).map_err(|e| unavailable(e.to_string()))?;
     let host = origin
@@ -85,15 +87,39 @@ pub fn relying_party(cfg: &Config) -> Result<Webauthn, ApiError> {
         .map_err(|e| unavailable(e.to_string()))
 }
 
-fn field<T: serde::de::DeserializeOwned>(body: &Value, name: &str) -> Result<T, ApiError> {
+/// A field of a ceremony's JSON body (the browser's WebAuthn objects).
+pub fn field<T: serde::de::DeserializeOwned>(body: &Value, name: &str) -> AccountResult<T> {
     serde_json::from_value(body.get(name).cloned().unwrap_or(Value::Null))
-        .map_err(|_| ApiError::validation(name, "is missing or malformed"))
+        .map_err(|_| AccountError::invalid(name, "is missing or malformed"))
 }
 
-fn ceremony_id(body: &Value) -> Result<String, ApiError> {
+/// The `ceremony` id of a ceremony's JSON body.
+pub fn ceremony_id(body: &Value) -> AccountResult<String> {
     match body.get("ceremony").and_then(Value::as_str) {
         Some(s) if !s.is_empty() && s.len() <= 64 => Ok(s.to_string()),
-        _ => Err(ApiError::validation("ceremony", "is missing or malformed")),
+        _ => Err(AccountError::invalid("ceremony", "is missing or malformed")),
+    }
+}
+
+/// A passkey's name as given (trimmed, no control characters, at most
+/// 64 characters), else `Passkey`.
+pub fn passkey_name(given: Option<&str>) -> String {
+    given
+        .map(|s| {
+            s.trim()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(64)
+                .collect::<String>()
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "Passkey".into())
+}
+
+fn too_many() -> AccountError {
+    AccountError::Busy {
+        retry_after: 5,
+        cause: "too many passkey ceremonies in flight".into(),
     }
 }
 
@@ -103,14 +129,14 @@ fn b64(bytes: &[u8]) -> String {
 
 impl AuthService {
     /// Start registering a passkey for the signed-in `user`.
-    pub(super) async fn passkey_register_start(&self, user_id: Uuid) -> ApiResult {
+    pub async fn passkey_register_start(&self, user_id: Uuid) -> AccountResult<Ceremony> {
         let cfg = self.cfg();
         let user = match self.store.find_user(user_id).await? {
             Some(u) if !u.disabled => u,
-            _ => return Err(ApiError::Unauthorized),
+            _ => return Err(AccountError::NotSignedIn),
         };
         if user.passkeys.len() >= MAX_PASSKEYS {
-            return Err(ApiError::validation(
+            return Err(AccountError::invalid(
                 "passkey",
                 format!("at most {MAX_PASSKEYS} passkeys per account"),
             ));
@@ -123,8 +149,8 @@ impl AuthService {
         let name = user.username.clone().unwrap_or_else(|| user.email.clone());
         let (options, state) = relying_party(&cfg)?
             .start_passkey_registration(user.id, &user.email, &name, Some(exclude))
-            .map_err(ApiError::internal)?;
-        let id = Uuid::new_v4().to_string();
+            .map_err(AccountError::internal)?;
+        let id = self.entropy.uuid().to_string();
         let now = self.clock.now();
         let exp = now + cfg.browser.passkey_timeout_secs as i64;
         if !insert(
@@ -134,63 +160,47 @@ impl AuthService {
             now,
             |v| v.2,
         ) {
-            return Err(ApiError::Unavailable {
-                retry_after: 5,
-                cause: "too many passkey ceremonies in flight".into(),
-            });
+            return Err(too_many());
         }
-        Ok(ApiResponse::json(
-            200,
-            &json!({ "ceremony": id, "options": options }),
-        ))
+        let options = serde_json::to_value(&options).map_err(AccountError::internal)?;
+        Ok(Ceremony { id, options })
     }
 
     /// Finish a registration: the credential is added to the user record.
-    pub(super) async fn passkey_register_finish(
+    pub async fn passkey_register_finish(
         &self,
-        req: &ApiRequest,
         user_id: Uuid,
-        body: &Value,
-    ) -> ApiResult {
-        let id = ceremony_id(body)?;
-        let credential: RegisterPublicKeyCredential = field(body, "credential")?;
-        let name = body
-            .get("name")
-            .and_then(Value::as_str)
-            .map(|s| {
-                s.trim()
-                    .chars()
-                    .filter(|c| !c.is_control())
-                    .take(64)
-                    .collect::<String>()
-            })
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "Passkey".into());
+        ceremony: &str,
+        credential: RegisterPublicKeyCredential,
+        name: String,
+        client: &Client,
+    ) -> AccountResult<StoredPasskey> {
+        let id = ceremony;
         let now = self.clock.now();
-        let taken = self.ceremonies.registrations.lock().remove(&id);
+        let taken = self.ceremonies.registrations.lock().remove(id);
         let state = match taken {
             Some((uid, state, exp)) if uid == user_id && exp >= now => state,
-            _ => return Err(ApiError::InvalidToken(400)),
+            _ => return Err(AccountError::BadCeremony),
         };
         let passkey = relying_party(&self.cfg())?
             .finish_passkey_registration(&credential, &state)
             .map_err(|e| {
                 tracing::debug!(cause = %e, "passkey registration refused");
-                ApiError::InvalidCode
+                AccountError::WrongCode
             })?;
         let stored = StoredPasskey {
-            id: Uuid::new_v4(),
+            id: self.entropy.uuid(),
             cred_id: b64(passkey.cred_id().as_ref()),
             name,
             created_at: now,
             last_used_at: None,
             counter: 0,
-            credential: serde_json::to_value(&passkey).map_err(ApiError::internal)?,
+            credential: serde_json::to_value(&passkey).map_err(AccountError::internal)?,
         };
-        let view = json!({ "id": stored.id.to_string(), "name": stored.name });
+        let added = stored.clone();
         let to = match self.store.find_user(user_id).await? {
             Some(u) => u.email,
-            None => return Err(ApiError::Unauthorized),
+            None => return Err(AccountError::NotSignedIn),
         };
         let notice = mail::passkey_added_mail(&to, now);
         match self
@@ -206,30 +216,25 @@ impl AuthService {
         {
             Ok(_) => {}
             Err(StoreError::Conflict) => {
-                return Err(ApiError::validation(
+                return Err(AccountError::invalid(
                     "passkey",
                     "is already registered, or the account has too many",
                 ))
             }
             Err(e) => return Err(e.into()),
         }
-        let ua = req.user_agent();
-        audit::event(
-            &self.audit_ctx(req, &ua),
-            "passkey_added",
-            "success",
-            Some(&user_id.to_string()),
-        );
-        Ok(ApiResponse::json(201, &view))
+        let uid = user_id.to_string();
+        audit::event(&client.audit(), "passkey_added", "success", Some(&uid));
+        Ok(added)
     }
 
     /// Start a discoverable sign-in (the authenticator names the user).
-    pub(super) async fn passkey_login_start(&self) -> ApiResult {
+    pub async fn passkey_login_start(&self) -> AccountResult<Ceremony> {
         let cfg = self.cfg();
         let (options, state) = relying_party(&cfg)?
             .start_discoverable_authentication()
-            .map_err(ApiError::internal)?;
-        let id = Uuid::new_v4().to_string();
+            .map_err(AccountError::internal)?;
+        let id = self.entropy.uuid().to_string();
         let now = self.clock.now();
         let exp = now + cfg.browser.passkey_timeout_secs as i64;
         if !insert(
@@ -239,36 +244,31 @@ impl AuthService {
             now,
             |v| v.1,
         ) {
-            return Err(ApiError::Unavailable {
-                retry_after: 5,
-                cause: "too many passkey ceremonies in flight".into(),
-            });
+            return Err(too_many());
         }
         // Not conditional mediation: the portal asks on a button press.
-        let mut options = serde_json::to_value(&options).map_err(ApiError::internal)?;
+        let mut options = serde_json::to_value(&options).map_err(AccountError::internal)?;
         if let Some(o) = options.as_object_mut() {
             o.remove("mediation");
         }
-        Ok(ApiResponse::json(
-            200,
-            &json!({ "ceremony": id, "options": options }),
-        ))
+        Ok(Ceremony { id, options })
     }
 
-    /// Finish a discoverable sign-in: a session with `amr: ["webauthn"]`,
-    /// answered as `POST /auth/login` answers.
-    pub(super) async fn passkey_login_finish(&self, req: &ApiRequest, body: &Value) -> ApiResult {
-        let id = ceremony_id(body)?;
-        let credential: PublicKeyCredential = field(body, "credential")?;
-        let ua = req.user_agent();
-        let actx = self.audit_ctx(req, &ua);
+    /// Finish a discoverable sign-in: a session with `amr: ["webauthn"]`.
+    pub async fn passkey_login_finish(
+        &self,
+        ceremony: &str,
+        credential: PublicKeyCredential,
+        client: &Client,
+    ) -> AccountResult<Signed> {
+        let actx = client.audit();
         let fail = |uid: Option<&str>| {
             self.metrics.auth_event("login", "failure");
             audit::event(&actx, "passkey_login", "failure", uid);
-            ApiError::InvalidCredentials
+            AccountError::WrongCredentials
         };
         let now = self.clock.now();
-        let taken = self.ceremonies.sign_ins.lock().remove(&id);
+        let taken = self.ceremonies.sign_ins.lock().remove(ceremony);
         let state = match taken {
             Some((state, exp)) if exp >= now => state,
             _ => return Err(fail(None)),
@@ -286,7 +286,7 @@ impl AuthService {
             return Err(fail(Some(&uid)));
         };
         let mut passkey: Passkey = serde_json::from_value(stored.credential.clone())
-            .map_err(|e| ApiError::internal(format!("stored passkey: {e}")))?;
+            .map_err(|e| AccountError::internal(format!("stored passkey: {e}")))?;
         let result = match rp.finish_discoverable_authentication_v2(&credential, state, &passkey) {
             Ok(r) => r,
             Err(e) => {
@@ -298,7 +298,7 @@ impl AuthService {
         let change = UserChange::UsePasskey {
             cred_id: cred_id.clone(),
             counter: result.counter(),
-            credential: serde_json::to_value(&passkey).map_err(ApiError::internal)?,
+            credential: serde_json::to_value(&passkey).map_err(AccountError::internal)?,
             at: now,
         };
         let user = match self.change_user(user.id, change, None).await {
@@ -311,26 +311,26 @@ impl AuthService {
         if self.cfg().accounts.require_email_verification && !user.email_verified {
             self.metrics.auth_event("login", "failure");
             audit::event(&actx, "passkey_login", "email_not_verified", Some(&uid));
-            return Err(ApiError::EmailNotVerified);
+            return Err(AccountError::EmailNotVerified);
         }
-        let resp = match self.start_session(&user, req, &["webauthn"]).await {
-            Err(ApiError::Conflict) => return Err(fail(Some(&uid))),
+        let signed = match self.start_session(&user, client, &["webauthn"]).await {
+            Err(AccountError::Changed) => return Err(fail(Some(&uid))),
             r => r?,
         };
         self.metrics.auth_event("login", "success");
         audit::event(&actx, "passkey_login", "success", Some(&uid));
-        Ok(resp)
+        Ok(signed)
     }
 
     /// Remove one of the user's passkeys.
-    pub(super) async fn passkey_remove(&self, user_id: Uuid, id: &str) -> Result<(), ApiError> {
-        let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
+    pub async fn passkey_remove(&self, user_id: Uuid, id: &str) -> AccountResult<()> {
+        let id = Uuid::parse_str(id).map_err(|_| AccountError::NotFound)?;
         match self
             .change_user(user_id, UserChange::RemovePasskey(id), None)
             .await
         {
             Ok(_) => Ok(()),
-            Err(StoreError::Conflict) => Err(ApiError::NotFound),
+            Err(StoreError::Conflict) => Err(AccountError::NotFound),
             Err(e) => Err(e.into()),
         }
     }

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{email, password, valid_role, AuthService};
+use super::service::valid_role;
+use super::{email, password, AuthService};
 use crate::store::{Record, RecordKind, StoreError, User, UserChange};
 use crate::wire::ApiKeyView;
 
@@ -90,7 +91,7 @@ const MAX_PAGE: usize = 1000;
 
 /// A user as the admin listing shows it.
 fn listed(u: &User) -> Value {
-    let mut v = AuthService::user_json(u);
+    let mut v = crate::wire::UserView::json(u);
     v["disabled"] = Value::Bool(u.disabled);
     v
 }
@@ -129,7 +130,7 @@ impl AuthService {
         let change = |raw: String, change: UserChange| async move {
             let user = self.user_by_email(&raw).await?;
             match self.change_user(user.id, change, None).await {
-                Ok(u) => Ok(AuthService::user_json(&u)),
+                Ok(u) => Ok(crate::wire::UserView::json(&u)),
                 Err(StoreError::Conflict) => Err(AdminError::NoSuchUser),
                 Err(e) => Err(internal(e)),
             }
@@ -148,7 +149,7 @@ impl AuthService {
                     }
                 }
                 // Without a password the account can only be entered through a reset.
-                let pw = pw.unwrap_or_else(|| super::tokens::opaque_token(32));
+                let pw = pw.unwrap_or_else(|| self.entropy.token(32));
                 let problems = password::policy_problems(&pw, &e);
                 if !problems.is_empty() {
                     return Err(AdminError::Invalid(format!(
@@ -167,14 +168,14 @@ impl AuthService {
                 let user = User {
                     email_verified: true,
                     roles,
-                    ..User::new(Uuid::new_v4(), e, hash, self.clock.now())
+                    ..User::new(self.entropy.uuid(), e, hash, self.clock.now())
                 };
                 match self.store.create_user(user.clone(), None).await {
                     Ok(()) => {}
                     Err(StoreError::Conflict) => return Err(AdminError::Exists),
                     Err(e) => return Err(internal(e)),
                 }
-                AuthService::user_json(&user)
+                crate::wire::UserView::json(&user)
             }
             AdminCommand::List {
                 after,

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use parking_lot::RwLock;
 use uuid::Uuid;
 
-use super::tokens::AccessClaims;
+use super::claims::AccessClaims;
 use crate::store::Revocation;
 
 #[derive(Default)]

@@ -155,7 +155,7 @@ impl Hasher {
             blocks: params.block_count(),
             keep: permits,
         });
-        let dummy = hash_blocking(&params, &super::tokens::opaque_token(16), &memory)?;
+        let dummy = hash_blocking(&params, &crate::tokens::jwt::opaque_token(16), &memory)?;
         Ok(Self {
             params,
             permits: Arc::new(Semaphore::new(permits)),

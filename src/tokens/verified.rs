@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::tokens::AccessClaims;
+use super::claims::AccessClaims;
 
 /// How many tokens are remembered (about 1 KiB each).
 pub const CAPACITY: usize = 8192;
