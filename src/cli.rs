@@ -563,7 +563,9 @@ pub fn backup_command(cfg: Config, out: &std::path::Path) -> Result<(), String> 
     let placed = std::fs::hard_link(&tmp, out);
     let _ = std::fs::remove_file(&tmp);
     placed.map_err(|e| match e.kind() {
-        std::io::ErrorKind::AlreadyExists => format!("'{}' exists: choose a new file", out.display()),
+        std::io::ErrorKind::AlreadyExists => {
+            format!("'{}' exists: choose a new file", out.display())
+        }
         _ => format!("writing '{}': {e}", out.display()),
     })?;
     crate::fsutil::sync_dir(out).map_err(|e| format!("writing '{}': {e}", out.display()))?;

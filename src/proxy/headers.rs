@@ -2,8 +2,6 @@
 
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::auth::tokens::AccessClaims;
-
 /// `X-User-*` identity headers for a verified token (proxied requests and
 /// `GET /auth/verify`'s forward-auth answer).
 pub use crate::tokens::claims::identity_headers;

@@ -47,7 +47,6 @@ use crate::config::{Config, Route, Upstream};
 use crate::error::ApiError;
 use crate::executor::AuthExecutor;
 use crate::metrics::RouteMetrics;
-use crate::tokens::identity_headers;
 use inflight::{InFlight, InFlightGuard};
 
 pub struct RouteRuntime {
