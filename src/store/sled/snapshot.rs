@@ -284,7 +284,16 @@ impl SledStore {
         let written = self
             .read(move |t| {
                 let (mut all, seq) = match read_snapshot(&path, &state) {
-                    Some((seq, _)) if seq == last => return Ok(false),
+                    // Up to date with the log, but the sweep may have
+                    // removed entries from the trees since: a snapshot that
+                    // still holds a dead one is written again without it,
+                    // so the store and a start see the same set.
+                    Some((seq, entries)) if seq == last => {
+                        if !entries.iter().any(|x| domain::revocation_is_dead(x, &r)) {
+                            return Ok(false);
+                        }
+                        (entries, seq)
+                    }
                     Some((seq, entries)) => (entries, seq),
                     // Everything up to `last` is in the trees.
                     None => (scan_all(t)?, last),
