@@ -16,12 +16,16 @@
 pub mod copy;
 pub mod counters;
 pub mod domain;
-pub mod pg_store;
+pub mod pg;
+mod records;
 pub mod sled;
+/// The name callers use for [`pg`] (the store was one file before).
+pub use self::pg as pg_store;
 /// The name callers use for [`sled`] (the store was one file before).
 pub use self::sled as sled_store;
 
 pub use domain::LockoutPolicy;
+pub use records::{Page, Record, RecordKind};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -433,76 +437,6 @@ pub struct Counter {
     /// Attempts reserved and not yet settled (in memory only).
     #[serde(skip)]
     pub pending: u32,
-}
-
-/// The kinds of record a store holds, for bulk copies
-/// ([`Store::export`], [`Store::import`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordKind {
-    Users,
-    Sessions,
-    /// Revoked tokens and sessions, and per-user cutoffs.
-    Revocations,
-    OneTimeTokens,
-    /// The newest issue sequence per user and kind of one-time token.
-    OneTimeSeqs,
-    Counters,
-    Mail,
-}
-
-impl RecordKind {
-    pub const ALL: [RecordKind; 7] = [
-        RecordKind::Users,
-        RecordKind::Sessions,
-        RecordKind::Revocations,
-        RecordKind::OneTimeTokens,
-        RecordKind::OneTimeSeqs,
-        RecordKind::Counters,
-        RecordKind::Mail,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            RecordKind::Users => "users",
-            RecordKind::Sessions => "sessions",
-            RecordKind::Revocations => "revocations",
-            RecordKind::OneTimeTokens => "one_time_tokens",
-            RecordKind::OneTimeSeqs => "one_time_sequences",
-            RecordKind::Counters => "counters",
-            RecordKind::Mail => "mail",
-        }
-    }
-}
-
-/// One stored record, whole, as a bulk copy moves it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", content = "record", rename_all = "snake_case")]
-pub enum Record {
-    User(User),
-    Session(SessionRecord),
-    Revocation(Revocation),
-    OneTimeToken {
-        hash: String,
-        token: OneTimeToken,
-    },
-    OneTimeSeq {
-        user_id: Uuid,
-        kind: OneTimeKind,
-        seq: u64,
-    },
-    Counter {
-        key: String,
-        counter: Counter,
-    },
-    Mail(OutboxMessage),
-}
-
-/// A page of an export: its records, and where the next page starts
-/// (`None`: this was the last).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Page {
-    pub records: Vec<Record>,
-    pub next: Option<String>,
 }
 
 /// What the maintenance sweep may remove.

@@ -1,0 +1,92 @@
+//! The user operations: create, find, list, change.
+
+use super::*;
+
+impl PgStore {
+    pub(super) async fn op_create_user(
+        &self,
+        user: User,
+        mail: Option<OutboxMessage>,
+    ) -> StoreResult<()> {
+        self.write(tx!(|tx| {
+            let inserted = tx
+                .execute(
+                    "INSERT INTO users (id, email_key, created_at, record) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (email_key) DO NOTHING",
+                    &[
+                        &user.id,
+                        &email_key(&user.email),
+                        &user.created_at,
+                        &enc(&user),
+                    ],
+                )
+                .await
+                .map_err(pg)?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict);
+            }
+            if let Some(m) = &mail {
+                put_mail(tx, m).await?;
+            }
+            Ok(())
+        }))
+        .await
+    }
+
+    pub(super) async fn op_find_user(&self, id: Uuid) -> StoreResult<Option<User>> {
+        let c = self.client().await?;
+        one(&**c, "SELECT record FROM users WHERE id = $1", &[&id]).await
+    }
+
+    pub(super) async fn op_find_user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        let c = self.client().await?;
+        one(
+            &**c,
+            "SELECT record FROM users WHERE email_key = $1",
+            &[&email_key(email)],
+        )
+        .await
+    }
+
+    pub(super) async fn op_list_users(&self) -> StoreResult<Vec<User>> {
+        let c = self.client().await?;
+        let rows = c
+            .query("SELECT record FROM users ORDER BY created_at, id", &[])
+            .await
+            .map_err(pg)?;
+        rows.into_iter().map(|r| dec(r.get(0))).collect()
+    }
+
+    pub(super) async fn op_change_user(
+        &self,
+        id: Uuid,
+        change: UserChange,
+        mail: Option<OutboxMessage>,
+        stamp: Stamp,
+    ) -> StoreResult<Changed> {
+        self.write(tx!(|tx| {
+            let current: User = one(
+                tx,
+                "SELECT record FROM users WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await?
+            .ok_or(StoreError::Conflict)?;
+            let (user, cascade) = domain::apply_user_change(&current, &change)?;
+            if user != current {
+                tx.execute(
+                    "UPDATE users SET record = $2 WHERE id = $1",
+                    &[&id, &enc(&user)],
+                )
+                .await
+                .map_err(pg)?;
+            }
+            let revoked = apply_cascade(tx, &user, cascade, stamp).await?;
+            if let Some(m) = &mail {
+                put_mail(tx, m).await?;
+            }
+            Ok(Changed { user, revoked })
+        }))
+        .await
+    }
+}
