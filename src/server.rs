@@ -532,6 +532,55 @@ pub fn start_with_source(
     handle_signals: bool,
 ) -> Result<GatewayHandle, String> {
     let cfg = Arc::new(cfg);
+    check_host(&cfg)?;
+    let core = open_core(&cfg, source, clock)?;
+    let s = &cfg.server;
+    let inflight = Arc::new(InFlight::default());
+    let executor = Arc::new(AuthExecutor::new(s.auth_threads, s.auth_nice)?);
+    let mut server = pingora_server(&cfg);
+    add_listeners(&mut server, &cfg, &core, &executor, &inflight)?;
+    let sweeps = add_background_tasks(&mut server, &core);
+    let Core {
+        auth,
+        reloader,
+        readiness,
+        store,
+        ..
+    } = core;
+    drop(store);
+
+    let (tx, rx) = watch::channel(false);
+    let thread = spawn_server_thread(
+        server,
+        Shutdown {
+            rx,
+            signals: handle_signals,
+            reloader: reloader.clone(),
+            inflight,
+            grace: Duration::from_secs(s.grace_period_secs),
+            readiness: readiness.clone(),
+        },
+        auth.store.clone(),
+    )?;
+
+    let handle = GatewayHandle {
+        auth,
+        reloader,
+        executor,
+        sweeps,
+        readiness,
+        stop: tx,
+        thread: Some(thread),
+        listen: s.listen,
+        tls_listen: s.tls_listen,
+        admin_listen: s.admin_listen,
+    };
+    wait_until_accepting(handle)
+}
+
+/// Start-up's first step, before anything is opened: the data dir, the
+/// TLS pair, and every listen address free.
+fn check_host(cfg: &Config) -> Result<(), String> {
     let s = &cfg.server;
     create_private_dir(&s.data_dir)?;
     if s.tls_listen.is_some() {
@@ -548,9 +597,35 @@ pub fn start_with_source(
             check_bindable(a, name)?;
         }
     }
-    warn_if_links_are_logged(&cfg);
-    let admin_token = admin_token(&cfg)?;
-    let store: Arc<dyn Store> = open_store(&cfg)?;
+    warn_if_links_are_logged(cfg);
+    Ok(())
+}
+
+/// What the listeners and background tasks share, built before the Pingora
+/// server: the admin token, the clock, the store, the account service, the mail
+/// runtime, the routes, the reloader and the readiness.
+struct Core {
+    admin_token: Vec<u8>,
+    clock: Arc<dyn Clock>,
+    store: Arc<dyn Store>,
+    metrics: Arc<crate::metrics::Metrics>,
+    auth: Arc<AuthService>,
+    mail: Arc<ArcSwap<MailRuntime>>,
+    live: Arc<LiveProxy>,
+    reloader: Arc<Reloader>,
+    readiness: Arc<Readiness>,
+}
+
+/// Open the store and the secrets, and build the services on them; marks
+/// the gateway started.
+fn open_core(
+    cfg: &Arc<Config>,
+    source: Option<ConfigSource>,
+    clock: Arc<dyn Clock>,
+) -> Result<Core, String> {
+    let s = &cfg.server;
+    let admin_token = admin_token(cfg)?;
+    let store: Arc<dyn Store> = open_store(cfg)?;
     // This gateway's own registry, scraped on its admin listener.
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let auth = Arc::new(AuthService::with_metrics(
@@ -585,9 +660,22 @@ pub fn start_with_source(
     // The key set, revocations and API key index were loaded above
     // (`AuthService::with_metrics`), the routes and mail runtime built.
     readiness.mark_started();
+    Ok(Core {
+        admin_token,
+        clock,
+        store,
+        metrics,
+        auth,
+        mail,
+        live,
+        reloader,
+        readiness,
+    })
+}
 
-    let inflight = Arc::new(InFlight::default());
-    let executor = Arc::new(AuthExecutor::new(s.auth_threads, s.auth_nice)?);
+/// The Pingora server, bootstrapped, with no service yet.
+fn pingora_server(cfg: &Config) -> Server {
+    let s = &cfg.server;
     let mut conf = ServerConf {
         threads: s.threads,
         // The grace period is spent in `Shutdown::drain`, waiting only as
@@ -605,17 +693,31 @@ pub fn start_with_source(
     conf.upgrade_sock = s.data_dir.join("upgrade.sock").display().to_string();
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
+    server
+}
+
+/// The listening services: the public HTTP and HTTPS listeners, the admin
+/// listener and the demo echo upstream, each where configured.
+fn add_listeners(
+    server: &mut Server,
+    cfg: &Arc<Config>,
+    core: &Core,
+    executor: &Arc<AuthExecutor>,
+    inflight: &Arc<InFlight>,
+) -> Result<(), String> {
+    let s = &cfg.server;
+    let (live, auth) = (&core.live, &core.auth);
     let conf = server.configuration.clone();
     // One cap over both public listeners.
     let connections = ConnLimit::new(cfg.limits.max_connections);
 
     if let Some(addr) = s.listen {
         let app = proxy_app(
-            &cfg,
-            &live,
-            &auth,
-            &executor,
-            &inflight,
+            cfg,
+            live,
+            auth,
+            executor,
+            inflight,
             &conf,
             false,
             &connections,
@@ -626,11 +728,11 @@ pub fn start_with_source(
     }
     if let Some(addr) = s.tls_listen {
         let app = proxy_app(
-            &cfg,
-            &live,
-            &auth,
-            &executor,
-            &inflight,
+            cfg,
+            live,
+            auth,
+            executor,
+            inflight,
             &conf,
             true,
             &connections,
@@ -654,10 +756,10 @@ pub fn start_with_source(
             "portcullis admin".to_string(),
             AdminApp {
                 auth: auth.clone(),
-                token: admin_token,
+                token: core.admin_token.clone(),
                 connections: connections.clone(),
-                reloader: reloader.clone(),
-                readiness: readiness.clone(),
+                reloader: core.reloader.clone(),
+                readiness: core.readiness.clone(),
             },
         );
         svc.add_tcp(&addr.to_string());
@@ -668,51 +770,55 @@ pub fn start_with_source(
         svc.add_tcp(&addr.to_string());
         server.add_service(svc);
     }
+    Ok(())
+}
+
+/// The background services: the mail outbox, the revocation feed, the
+/// readiness probe and maintenance; returns maintenance's sweep count.
+fn add_background_tasks(server: &mut Server, core: &Core) -> Arc<std::sync::atomic::AtomicU64> {
     server.add_service(background_service(
         "outbox",
         OutboxWorker {
-            store: store.clone(),
-            mail,
-            clock: clock.clone(),
-            wake: auth.mail_wake.clone(),
-            metrics,
+            store: core.store.clone(),
+            mail: core.mail.clone(),
+            clock: core.clock.clone(),
+            wake: core.auth.mail_wake.clone(),
+            metrics: core.metrics.clone(),
         },
     ));
     server.add_service(background_service(
         "revocation feed",
-        RevocationFeed { auth: auth.clone() },
+        RevocationFeed {
+            auth: core.auth.clone(),
+        },
     ));
     server.add_service(background_service(
         "readiness probe",
-        ReadinessProbe(readiness.clone()),
+        ReadinessProbe(core.readiness.clone()),
     ));
     let sweeps = Arc::new(std::sync::atomic::AtomicU64::new(0));
     server.add_service(background_service(
         "maintenance",
         Maintenance {
-            auth: auth.clone(),
+            auth: core.auth.clone(),
             sweeps: sweeps.clone(),
         },
     ));
-    drop(store);
+    sweeps
+}
 
-    let (tx, rx) = watch::channel(false);
-    let grace_secs = s.grace_period_secs;
-    let last_store = auth.store.clone();
-    let thread_reloader = reloader.clone();
-    let thread_readiness = readiness.clone();
-    let thread = std::thread::Builder::new()
+/// Run the server on its own thread until `shutdown` says stop, then
+/// checkpoint the store.
+fn spawn_server_thread(
+    mut server: Server,
+    shutdown: Shutdown,
+    last_store: Arc<dyn Store>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    std::thread::Builder::new()
         .name("portcullis".into())
         .spawn(move || {
             server.run(RunArgs {
-                shutdown_signal: Box::new(Shutdown {
-                    rx,
-                    signals: handle_signals,
-                    reloader: thread_reloader,
-                    inflight,
-                    grace: Duration::from_secs(grace_secs),
-                    readiness: thread_readiness,
-                }),
+                shutdown_signal: Box::new(shutdown),
             });
             // The services' runtimes are gone, and with them maybe the
             // maintenance task's last checkpoint: write out what the store
@@ -722,22 +828,12 @@ pub fn start_with_source(
                 tracing::error!(cause = %e, "store checkpoint at shutdown");
             }
         })
-        .map_err(|e| format!("starting the server thread: {e}"))?;
+        .map_err(|e| format!("starting the server thread: {e}"))
+}
 
-    let handle = GatewayHandle {
-        auth,
-        reloader,
-        executor,
-        sweeps,
-        readiness,
-        stop: tx,
-        thread: Some(thread),
-        listen: s.listen,
-        tls_listen: s.tls_listen,
-        admin_listen: s.admin_listen,
-    };
-    // The readiness probe (a background service) marks each listener once
-    // it accepts; wait for all of them.
+/// The readiness probe (a background service) marks each listener once it
+/// accepts; wait for all of them.
+fn wait_until_accepting(handle: GatewayHandle) -> Result<GatewayHandle, String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !handle.readiness.all_accepting() {
         // Stopped (e.g. by a signal) before every listener was seen
