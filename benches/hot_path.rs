@@ -17,9 +17,9 @@ use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 use uuid::Uuid;
 
-use portcullis::auth::password::Hasher;
-use portcullis::auth::revocation::Revocations;
-use portcullis::auth::tokens::TokenService;
+use portcullis::accounts::password::Hasher;
+use portcullis::tokens::revocation::Revocations;
+use portcullis::tokens::jwt::TokenService;
 use portcullis::clock::{Clock, SystemClock};
 use portcullis::store::sled_store::SledStore;
 use portcullis::store::{Revocation, Store};
@@ -194,7 +194,7 @@ fn bench_tokens_and_revocation(c: &mut Criterion) {
     let cfg = default_config();
     let dir = tempfile::tempdir().unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let keys = portcullis::auth::keys::load(&cfg.tokens, dir.path(), clock.now()).unwrap();
+    let keys = portcullis::tokens::keys::load(&cfg.tokens, dir.path(), clock.now()).unwrap();
     let tokens = TokenService::new(keys, cfg.tokens.clone(), clock.clone());
     let user = Uuid::new_v4();
     let sid = Uuid::new_v4();
@@ -292,7 +292,7 @@ fn bench_tokens_and_revocation(c: &mut Criterion) {
     )
     .unwrap();
     let auth =
-        portcullis::auth::AuthService::new(Arc::new(auth_cfg), auth_store, clock.clone()).unwrap();
+        portcullis::accounts::AuthService::new(Arc::new(auth_cfg), auth_store, clock.clone()).unwrap();
     let mut headers = HeaderMap::new();
     headers.insert("host", HeaderValue::from_static("bench.local"));
     headers.insert("user-agent", HeaderValue::from_static("bench/1.0"));

@@ -73,7 +73,7 @@ fn main() {
         revs.len(),
         store.revocation_load()
     ));
-    let set = portcullis::auth::revocation::Revocations::new(&revs);
+    let set = portcullis::tokens::revocation::Revocations::new(&revs);
     s.step(&format!("revocation set built ({} ids)", set.len()));
     drop(revs);
     s.step("the list read dropped: the set alone stays");

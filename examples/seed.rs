@@ -45,7 +45,7 @@ fn run() -> Result<(), String> {
     let password = arg(&args, 5)?.to_string();
     let store = portcullis::server::open_store(&cfg)?;
     let hasher =
-        portcullis::auth::password::Hasher::new(&cfg.passwords).map_err(|e| e.to_string())?;
+        portcullis::accounts::password::Hasher::new(&cfg.passwords).map_err(|e| e.to_string())?;
     let now = portcullis::clock::Clock::now(&portcullis::clock::SystemClock);
     let started = Instant::now();
     let hash = portcullis::store::block_on(async move { hasher.hash(&password).await })?

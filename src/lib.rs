@@ -6,9 +6,8 @@
 
 pub mod accounts;
 pub mod admin;
-pub use self::http::api;
 pub mod audit;
-pub mod auth;
+pub mod browser;
 pub mod cli;
 pub mod clock;
 pub mod config;

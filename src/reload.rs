@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::auth::AuthService;
+use crate::accounts::AuthService;
 use crate::config::{Config, ConfigErrors, Storage};
 use crate::mail::outbox::MailRuntime;
 use crate::proxy::{LiveProxy, ProxyConfig};
@@ -253,7 +253,7 @@ impl Reloader {
             .map_err(|e| problems.push(format!("mail: {e}")))
             .ok();
         let keys =
-            crate::auth::keys::load(&new.tokens, &new.server.data_dir, self.auth.clock.now())
+            crate::tokens::keys::load(&new.tokens, &new.server.data_dir, self.auth.clock.now())
                 .map_err(|e| problems.push(format!("tokens: signing keys: {e}")))
                 .ok();
         let (Some(proxy), Some(mail), Some(keys), true) = (proxy, mail, keys, problems.is_empty())

@@ -15,8 +15,8 @@ use pingora::services::listening::Service;
 use tokio::sync::watch;
 
 use crate::admin::{AdminApp, Readiness, ReadinessProbe, TOKEN_FILE};
-use crate::auth::keys::{load_or_create_secret, random_bytes};
-use crate::auth::AuthService;
+use crate::tokens::keys::{load_or_create_secret, random_bytes};
+use crate::accounts::AuthService;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::config::Storage;
@@ -171,7 +171,7 @@ pub fn create_private_dir(dir: &std::path::Path) -> Result<(), String> {
 pub fn admin_token(cfg: &Config) -> Result<Vec<u8>, String> {
     create_private_dir(&cfg.server.data_dir)?;
     let raw = load_or_create_secret(&cfg.server.data_dir.join(TOKEN_FILE), || {
-        crate::auth::tokens::opaque_token(32).into_bytes()
+        crate::tokens::jwt::opaque_token(32).into_bytes()
     })
     .map_err(|e| format!("admin token: {e}"))?;
     let _ = random_bytes;
@@ -263,7 +263,7 @@ impl BackgroundService for Maintenance {
             }
             self.checkpoint().await;
             ticks += 1;
-            if ticks.is_multiple_of(crate::auth::apikeys::USE_FLUSH_SECS) {
+            if ticks.is_multiple_of(crate::accounts::apikeys::USE_FLUSH_SECS) {
                 self.auth.flush_key_uses().await;
             }
         }

@@ -14,7 +14,7 @@ use super::password::Hasher;
 use super::rng::{Entropy, OsEntropy};
 use super::throttle::Throttle;
 use super::{apikeys, passkeys, totp as mfa};
-use crate::auth::browser;
+use crate::browser;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;

@@ -52,7 +52,7 @@ pub struct Config {
     pub browser: BrowserConfig,
 }
 
-/// `[browser]`: cookie sessions and the portal (see `auth::browser`).
+/// `[browser]`: cookie sessions and the portal (see `browser`).
 #[derive(Debug, Clone)]
 pub struct BrowserConfig {
     pub enabled: bool,

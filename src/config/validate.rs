@@ -221,7 +221,7 @@ fn tokens(
         p.push("tokens.tunnel_leeway_secs: at most 86400 (one day)".into());
     }
     // A short operator-supplied key is the operator's choice: it is
-    // accepted with a warning at start (see `auth::keys`), since refusing it
+    // accepted with a warning at start (see `tokens::keys`), since refusing it
     // would leave a gateway that will not start on a working key.
     let jwt_secret = env("PORTCULLIS_JWT_SECRET").filter(|v| !v.is_empty());
     let refresh_secret = env("PORTCULLIS_REFRESH_SECRET").filter(|v| !v.is_empty());

@@ -1,5 +1,5 @@
 //! The two HTML answers of the JSON front door's email links when the
-//! portal is off (the portal renders its own pages: `crate::auth::portal`);
+//! portal is off (the portal renders its own pages: `crate::portal::flow`);
 //! the page itself is a template of [`crate::portal`].
 
 use super::api::{ApiRequest, ApiResponse};

@@ -9,11 +9,12 @@
 //! become markup by a forgotten escaper call.
 //!
 //! This module only renders. What a page shows is decided by the portal's
-//! flow (`auth::portal`), which builds a model, calls [`render`] and answers
+//! flow (`portal::flow`), which builds a model, calls [`render`] and answers
 //! with [`CSP`]. No inline script or style: the pages load `portal.css` and
 //! `passkey.js` from `/auth/ui/static/`.
 
 mod pages;
+pub mod flow;
 #[cfg(test)]
 mod tests;
 

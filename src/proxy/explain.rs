@@ -266,7 +266,7 @@ pub async fn explain(
     let parsed = q.parse()?;
     let asked = match (&q.email, &q.api_key_scopes, store) {
         (Some(e), scopes, Some(store)) => {
-            let email = crate::auth::email::normalize(e)
+            let email = crate::accounts::email::normalize(e)
                 .ok_or_else(|| BadQuestion(format!("'{e}' is not an email address")))?;
             let user = store
                 .find_user_by_email(&email)

@@ -49,7 +49,7 @@ pub fn is_api_key_authorization(v: &[u8]) -> bool {
     v[..sp].eq_ignore_ascii_case(b"bearer")
         && v[sp..]
             .trim_ascii()
-            .starts_with(crate::auth::apikeys::PREFIX.as_bytes())
+            .starts_with(crate::accounts::apikeys::PREFIX.as_bytes())
 }
 
 /// Remove, from a request on its way upstream, every header the client may

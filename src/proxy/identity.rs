@@ -23,10 +23,10 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Method};
 
-use crate::auth::apikeys::KeyEntry;
-use crate::auth::browser;
-use crate::auth::tokens::{AccessClaims, TokenRejection};
-use crate::auth::AuthService;
+use crate::accounts::apikeys::KeyEntry;
+use crate::browser;
+use crate::tokens::jwt::{AccessClaims, TokenRejection};
+use crate::accounts::AuthService;
 use crate::config::{AuthMode, Config, Route};
 use crate::error::ApiError;
 use crate::executor::AuthExecutor;
@@ -411,7 +411,7 @@ fn limit(
 fn api_key_presented(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let mut x = headers.get_all("x-api-key").iter();
     let Some(first) = x.next() else {
-        return Ok(match crate::auth::bearer(headers) {
+        return Ok(match crate::accounts::service::bearer(headers) {
             Ok(t) if !t.contains('.') => Some(t),
             _ => None,
         });

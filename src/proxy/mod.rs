@@ -2,7 +2,7 @@
 //!
 //! 1. `request_filter`: request id, client IP, header limits, path
 //!    normalization. `/auth/*` and `/.well-known/*` are answered locally by
-//!    [`crate::auth::AuthService`]; every other path is matched to a route
+//!    [`crate::accounts::AuthService`]; every other path is matched to a route
 //!    and its bearer token checked (401/403 end the request here).
 //! 2. `upstream_peer`: round-robin over the route's upstreams.
 //! 3. `upstream_request_filter`: strip client identity headers, inject
@@ -39,10 +39,10 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::api::{ApiRequest, ApiResponse};
-use crate::auth::browser;
-use crate::auth::tokens::AccessClaims;
-use crate::auth::AuthService;
+use crate::http::api::{ApiRequest, ApiResponse};
+use crate::browser;
+use crate::tokens::jwt::AccessClaims;
+use crate::accounts::AuthService;
 use crate::config::{Config, Route, Upstream};
 use crate::error::ApiError;
 use crate::executor::AuthExecutor;
@@ -121,7 +121,7 @@ pub struct Ctx {
     route: Option<usize>,
     claims: Option<Arc<AccessClaims>>,
     /// The API key the request was authenticated with (instead of a token).
-    api_key: Option<Arc<crate::auth::apikeys::KeyEntry>>,
+    api_key: Option<Arc<crate::accounts::apikeys::KeyEntry>>,
     /// The request presented an API key (valid or not): it never goes
     /// upstream, whatever `forward_authorization` says.
     key_presented: bool,

@@ -15,7 +15,7 @@
 //!   [`Clock`](crate::clock::Clock) is before `exp` plus
 //!   `tokens.tunnel_leeway_secs`;
 //! - a request upgraded with an API key is supervised the same way: its
-//!   key must still be in the [`KeyIndex`](crate::auth::apikeys::KeyIndex)
+//!   key must still be in the [`KeyIndex`](crate::accounts::apikeys::KeyIndex)
 //!   (deleting the key or disabling its owner takes it out, on every
 //!   gateway: on a shared database the revocation feed reloads the owner's
 //!   keys), unexpired, and the tunnel lives at most
@@ -34,9 +34,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::auth::apikeys::KeyEntry;
-use crate::auth::tokens::AccessClaims;
-use crate::auth::AuthService;
+use crate::accounts::apikeys::KeyEntry;
+use crate::tokens::jwt::AccessClaims;
+use crate::accounts::AuthService;
 
 /// How often a supervised tunnel's session is re-checked.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);

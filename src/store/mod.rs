@@ -47,7 +47,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct User {
     pub id: Uuid,
-    /// Normalized (see `auth::email`).
+    /// Normalized (see `accounts::email`).
     pub email: String,
     pub username: Option<String>,
     pub password_hash: String,
@@ -127,7 +127,7 @@ pub struct StoredPasskey {
 /// A TOTP secret and its use.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Totp {
-    /// The 160-bit secret, sealed with the gateway's MFA key (`auth::mfa`).
+    /// The 160-bit secret, sealed with the gateway's MFA key (`accounts::totp`).
     pub secret: String,
     /// Enrolment confirmed with a valid code: logins need a second factor.
     pub confirmed: bool,
@@ -149,7 +149,7 @@ pub struct ApiKey {
     /// Requests per minute this key may make (0 = no limit of its own).
     #[serde(default)]
     pub rate_per_minute: u32,
-    /// Written in batches (see `auth::apikeys`), so it may lag.
+    /// Written in batches (see `accounts::apikeys`), so it may lag.
     #[serde(default)]
     pub last_used_at: Option<i64>,
 }
@@ -163,7 +163,7 @@ pub enum MfaProof {
 }
 
 /// A refresh session. Its refresh token is derived from `(id, generation,
-/// seed)` with a keyed MAC (`auth::refresh`), so the record never grows with
+/// seed)` with a keyed MAC (`tokens::refresh`), so the record never grows with
 /// use and stores no token: rotation bumps `generation`, and any older
 /// generation presented again is reuse.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -224,7 +224,7 @@ pub struct RefreshPolicy {
 }
 
 /// Something that voids access tokens, persisted and mirrored in memory
-/// (`auth::revocation`).
+/// (`tokens::revocation`).
 ///
 /// How long an entry is kept: a `Token`, `Session` or `Cutoff` entry goes
 /// only once its time is older than the *revocation horizon* (see

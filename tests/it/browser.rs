@@ -284,7 +284,7 @@ async fn rd_is_only_ever_a_same_origin_path() {
         assert!(!r.text().contains("evil.example\""), "{rd:?}");
     }
     // A hostile target in the passkey sign-in is refused the same way:
-    // checked in the same function (unit-tested in auth::browser).
+    // checked in the same function (unit-tested in browser).
     let good = "/app/x?y=1&z=%2F";
     let r = post_form(
         &gw,
@@ -412,7 +412,7 @@ async fn sixteen_parallel_requests_share_one_cookie_rotation_and_an_old_cookie_i
     assert_eq!(set_cookie(&r, "__Host-portcullis"), Some(c1.as_str()));
     // Later, c0 is a replayed refresh token: the session ends, for c1 too.
     gw.clock
-        .advance(portcullis::auth::browser::ROTATION_WINDOW + 1);
+        .advance(portcullis::browser::ROTATION_WINDOW + 1);
     let r = browse(&gw, "/app/x", &c0).await;
     assert_to_login(&r, "/app/x");
     assert_eq!(

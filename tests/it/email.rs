@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use portcullis::auth::tokens::token_hash;
+use portcullis::tokens::jwt::token_hash;
 use portcullis::clock::Clock;
 use portcullis::store::{OneTimeKind, OutboxMessage};
 use serde_json::{json, Value};

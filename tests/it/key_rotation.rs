@@ -85,7 +85,7 @@ async fn a_token_of_the_previous_key_passes_during_the_overlap_and_fails_after_i
         // Rotate (as `portcullis keys rotate` does) and reload.
         let cfg = gw.config();
         let rot =
-            portcullis::auth::keys::rotate(&cfg.tokens, &gw.data_dir(), gw.clock.now(), 0).unwrap();
+            portcullis::tokens::keys::rotate(&cfg.tokens, &gw.data_dir(), gw.clock.now(), 0).unwrap();
         let r = gw.admin_reload().await;
         assert_eq!(r.status, 200, "{alg}: {}", r.text());
         assert_eq!(r.json()["signing_kid"], rot.kid.as_str());
@@ -148,7 +148,7 @@ async fn a_token_of_the_previous_key_passes_during_the_overlap_and_fails_after_i
         }
         // The next rotation removes the expired key from the file.
         let rot =
-            portcullis::auth::keys::rotate(&cfg.tokens, &gw.data_dir(), gw.clock.now(), 0).unwrap();
+            portcullis::tokens::keys::rotate(&cfg.tokens, &gw.data_dir(), gw.clock.now(), 0).unwrap();
         assert_eq!(rot.dropped, vec![k1.clone()]);
         let kids: Vec<String> = stored_keys(&gw.data_dir(), alg)
             .into_iter()
@@ -167,7 +167,7 @@ async fn a_delayed_key_verifies_at_once_and_signs_from_its_time() {
     let k1 = stored_keys(&gw.data_dir(), "EdDSA")[0].0.clone();
     let cfg = gw.config();
     let rot =
-        portcullis::auth::keys::rotate(&cfg.tokens, &gw.data_dir(), gw.clock.now(), 300).unwrap();
+        portcullis::tokens::keys::rotate(&cfg.tokens, &gw.data_dir(), gw.clock.now(), 300).unwrap();
     assert_eq!(gw.admin_reload().await.status, 200);
     let (k2, secret2) = stored_keys(&gw.data_dir(), "EdDSA")[1].clone();
     assert_eq!(k2, rot.kid);
@@ -307,7 +307,7 @@ async fn sixteen_rotations_at_once_lose_no_key() {
             let (tokens, dir, barrier) = (cfg.tokens.clone(), gw.data_dir(), barrier.clone());
             std::thread::spawn(move || {
                 barrier.wait();
-                portcullis::auth::keys::rotate(&tokens, &dir, now, 0)
+                portcullis::tokens::keys::rotate(&tokens, &dir, now, 0)
                     .unwrap()
                     .kid
             })

@@ -587,7 +587,7 @@ async fn records_do_not_grow_and_expired_state_is_swept() {
         .and_then(|t| t.split_whitespace().next())
         .expect("token in the mail body")
         .to_string();
-    let hash = portcullis::auth::tokens::token_hash(&link_token);
+    let hash = portcullis::tokens::jwt::token_hash(&link_token);
     assert!(store.find_one_time(&hash).await.unwrap().is_some());
 
     // A second session 3000 s later.

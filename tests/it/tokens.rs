@@ -574,7 +574,7 @@ async fn a_short_operator_secret_is_used_not_refused() {
     );
 }
 
-/// Tokens that passed are remembered (`auth::verified`), so a repeat check
+/// Tokens that passed are remembered (`tokens::verified`), so a repeat check
 /// skips the signature: a token that differs from a remembered one in any
 /// way is still checked in full, and the remembered one still expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@
 //! Every form posts back here and calls the same account-service operation
 //! as the JSON endpoint it stands for (`login`, `register`, …): the same
 //! checks, throttles and generic error messages. A successful sign-in sets the
-//! session cookie ([`super::browser`]). Every POST must come from a trusted
+//! session cookie ([`crate::browser`]). Every POST must come from a trusted
 //! Origin and carry the CSRF token of the double-submit cookie (a hidden
 //! field, or `X-CSRF-Token` from the passkey script). The pages are
 //! rendered from typed models by the templates of [`crate::portal`], which
@@ -21,12 +21,12 @@ use http::Method;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::browser::{self, CookieIdentity};
-use super::AuthService;
+use crate::browser::{self, CookieIdentity};
+use crate::accounts::AuthService;
 use crate::accounts::passkeys::{ceremony_id, field, passkey_name};
 use crate::accounts::Signed;
 use crate::accounts::{AccountError, Client, Login, NewAccount, NewPassword, Reauth, SignOut};
-use crate::api::{ApiRequest, ApiResponse};
+use crate::http::api::{ApiRequest, ApiResponse};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::portal::{self, Frame, View};

@@ -26,9 +26,9 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::AuthService;
+use crate::accounts::AuthService;
 use crate::accounts::{AccountError, Client, Signed};
-use crate::api::{ApiRequest, ApiResponse};
+use crate::http::api::{ApiRequest, ApiResponse};
 use crate::config::{BrowserConfig, Config};
 use crate::error::ApiError;
 use crate::tokens::AccessClaims;
@@ -402,7 +402,7 @@ pub fn csrf_cookie(b: &BrowserConfig, value: &str) -> String {
 
 /// A fresh CSRF token (256 bits, base64url).
 pub fn new_csrf_token() -> String {
-    URL_SAFE_NO_PAD.encode(super::keys::random_bytes(32))
+    URL_SAFE_NO_PAD.encode(crate::tokens::keys::random_bytes(32))
 }
 
 /// Does the form's token equal the cookie's? Constant-time.
