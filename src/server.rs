@@ -810,7 +810,7 @@ fn add_background_tasks(server: &mut Server, core: &Core) -> Arc<std::sync::atom
 /// Run the server on its own thread until `shutdown` says stop, then
 /// checkpoint the store.
 fn spawn_server_thread(
-    mut server: Server,
+    server: Server,
     shutdown: Shutdown,
     last_store: Arc<dyn Store>,
 ) -> Result<std::thread::JoinHandle<()>, String> {
