@@ -18,11 +18,11 @@ use ipnet::IpNet;
 use uuid::Uuid;
 
 use portcullis::accounts::password::Hasher;
-use portcullis::tokens::revocation::Revocations;
-use portcullis::tokens::jwt::TokenService;
 use portcullis::clock::{Clock, SystemClock};
 use portcullis::store::sled_store::SledStore;
 use portcullis::store::{Revocation, Store};
+use portcullis::tokens::jwt::TokenService;
+use portcullis::tokens::revocation::Revocations;
 use portcullis::Config;
 
 fn default_config() -> Config {
@@ -292,7 +292,8 @@ fn bench_tokens_and_revocation(c: &mut Criterion) {
     )
     .unwrap();
     let auth =
-        portcullis::accounts::AuthService::new(Arc::new(auth_cfg), auth_store, clock.clone()).unwrap();
+        portcullis::accounts::AuthService::new(Arc::new(auth_cfg), auth_store, clock.clone())
+            .unwrap();
     let mut headers = HeaderMap::new();
     headers.insert("host", HeaderValue::from_static("bench.local"));
     headers.insert("user-agent", HeaderValue::from_static("bench/1.0"));

@@ -28,9 +28,9 @@ use subtle::ConstantTimeEq;
 
 use crate::accounts::AuthService;
 use crate::accounts::{AccountError, Client, Signed};
-use crate::http::api::{ApiRequest, ApiResponse};
 use crate::config::{BrowserConfig, Config};
 use crate::error::ApiError;
+use crate::http::api::{ApiRequest, ApiResponse};
 use crate::tokens::AccessClaims;
 
 /// How long a cookie rotation's outcome is handed to requests that still

@@ -14,9 +14,8 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use tokio::sync::watch;
 
-use crate::admin::{AdminApp, Readiness, ReadinessProbe, TOKEN_FILE};
-use crate::tokens::keys::{load_or_create_secret, random_bytes};
 use crate::accounts::AuthService;
+use crate::admin::{AdminApp, Readiness, ReadinessProbe, TOKEN_FILE};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::config::Storage;
@@ -32,6 +31,7 @@ use crate::reload::{ConfigSource, Reloader};
 use crate::store::pg_store::PgStore;
 use crate::store::sled_store::SledStore;
 use crate::store::{Store, StoreError};
+use crate::tokens::keys::{load_or_create_secret, random_bytes};
 use arc_swap::ArcSwap;
 
 /// The file in `data_dir` that remembers which database this data dir

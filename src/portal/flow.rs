@@ -21,14 +21,14 @@ use http::Method;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::browser::{self, CookieIdentity};
-use crate::accounts::AuthService;
 use crate::accounts::passkeys::{ceremony_id, field, passkey_name};
+use crate::accounts::AuthService;
 use crate::accounts::Signed;
 use crate::accounts::{AccountError, Client, Login, NewAccount, NewPassword, Reauth, SignOut};
-use crate::http::api::{ApiRequest, ApiResponse};
+use crate::browser::{self, CookieIdentity};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::http::api::{ApiRequest, ApiResponse};
 use crate::portal::{self, Frame, View};
 
 type ApiResult = Result<ApiResponse, ApiError>;

@@ -13,8 +13,8 @@
 //! with [`CSP`]. No inline script or style: the pages load `portal.css` and
 //! `passkey.js` from `/auth/ui/static/`.
 
-mod pages;
 pub mod flow;
+mod pages;
 #[cfg(test)]
 mod tests;
 

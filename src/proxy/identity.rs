@@ -24,12 +24,12 @@ use std::sync::Arc;
 use http::{HeaderMap, Method};
 
 use crate::accounts::apikeys::KeyEntry;
-use crate::browser;
-use crate::tokens::jwt::{AccessClaims, TokenRejection};
 use crate::accounts::AuthService;
+use crate::browser;
 use crate::config::{AuthMode, Config, Route};
 use crate::error::ApiError;
 use crate::executor::AuthExecutor;
+use crate::tokens::jwt::{AccessClaims, TokenRejection};
 
 /// What the identity decision reads of a request.
 pub struct RequestParts<'a> {

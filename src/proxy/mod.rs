@@ -39,14 +39,14 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::http::api::{ApiRequest, ApiResponse};
-use crate::browser;
-use crate::tokens::jwt::AccessClaims;
 use crate::accounts::AuthService;
+use crate::browser;
 use crate::config::{Config, Route, Upstream};
 use crate::error::ApiError;
 use crate::executor::AuthExecutor;
+use crate::http::api::{ApiRequest, ApiResponse};
 use crate::metrics::RouteMetrics;
+use crate::tokens::jwt::AccessClaims;
 use inflight::{InFlight, InFlightGuard};
 
 pub struct RouteRuntime {

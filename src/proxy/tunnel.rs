@@ -35,8 +35,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::accounts::apikeys::KeyEntry;
-use crate::tokens::jwt::AccessClaims;
 use crate::accounts::AuthService;
+use crate::tokens::jwt::AccessClaims;
 
 /// How often a supervised tunnel's session is re-checked.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);

@@ -411,8 +411,7 @@ async fn sixteen_parallel_requests_share_one_cookie_rotation_and_an_old_cookie_i
     assert_eq!(r.status, 200);
     assert_eq!(set_cookie(&r, "__Host-portcullis"), Some(c1.as_str()));
     // Later, c0 is a replayed refresh token: the session ends, for c1 too.
-    gw.clock
-        .advance(portcullis::browser::ROTATION_WINDOW + 1);
+    gw.clock.advance(portcullis::browser::ROTATION_WINDOW + 1);
     let r = browse(&gw, "/app/x", &c0).await;
     assert_to_login(&r, "/app/x");
     assert_eq!(

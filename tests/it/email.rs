@@ -6,9 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use portcullis::tokens::jwt::token_hash;
 use portcullis::clock::Clock;
 use portcullis::store::{OneTimeKind, OutboxMessage};
+use portcullis::tokens::jwt::token_hash;
 use serde_json::{json, Value};
 
 use crate::common::http::{self, Response};

@@ -84,8 +84,8 @@ async fn a_token_of_the_previous_key_passes_during_the_overlap_and_fails_after_i
 
         // Rotate (as `portcullis keys rotate` does) and reload.
         let cfg = gw.config();
-        let rot =
-            portcullis::tokens::keys::rotate(&cfg.tokens, &gw.data_dir(), gw.clock.now(), 0).unwrap();
+        let rot = portcullis::tokens::keys::rotate(&cfg.tokens, &gw.data_dir(), gw.clock.now(), 0)
+            .unwrap();
         let r = gw.admin_reload().await;
         assert_eq!(r.status, 200, "{alg}: {}", r.text());
         assert_eq!(r.json()["signing_kid"], rot.kid.as_str());
@@ -147,8 +147,8 @@ async fn a_token_of_the_previous_key_passes_during_the_overlap_and_fails_after_i
             assert_eq!(jwks_kids(&jwks), vec![k2.clone()], "{jwks}");
         }
         // The next rotation removes the expired key from the file.
-        let rot =
-            portcullis::tokens::keys::rotate(&cfg.tokens, &gw.data_dir(), gw.clock.now(), 0).unwrap();
+        let rot = portcullis::tokens::keys::rotate(&cfg.tokens, &gw.data_dir(), gw.clock.now(), 0)
+            .unwrap();
         assert_eq!(rot.dropped, vec![k1.clone()]);
         let kids: Vec<String> = stored_keys(&gw.data_dir(), alg)
             .into_iter()

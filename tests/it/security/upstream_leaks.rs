@@ -221,8 +221,7 @@ async fn a_rotated_cookie_reaches_the_browser_on_every_local_answer() {
         rotated.push(new.to_string());
     }
     // After the hand-over window every new cookie is still a session.
-    gw.clock
-        .advance(portcullis::browser::ROTATION_WINDOW + 1);
+    gw.clock.advance(portcullis::browser::ROTATION_WINDOW + 1);
     for c in &rotated {
         let r = b::browse(&gw, "/app/x", c).await;
         assert_eq!(r.status, 200, "{r:?}");
@@ -357,8 +356,7 @@ async fn random_cookies_leave_no_rotation_behind_and_a_hand_over_survives_them()
     let r = b::browse(&gw, "/app/x", &c0).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(set_cookie(&r, SESSION), Some(c1.as_str()));
-    gw.clock
-        .advance(portcullis::browser::ROTATION_WINDOW + 1);
+    gw.clock.advance(portcullis::browser::ROTATION_WINDOW + 1);
     let r = b::browse(&gw, "/app/x", &c1).await;
     assert_eq!(r.status, 200, "the session lives on: {r:?}");
 }
