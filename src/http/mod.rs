@@ -10,6 +10,7 @@ mod account;
 pub mod api;
 mod apikeys;
 pub mod body;
+pub mod cors;
 pub mod error;
 mod mfa;
 pub mod pages;

@@ -15,11 +15,11 @@ impl AuthService {
     /// Serve one local request.
     pub async fn handle(&self, req: ApiRequest) -> ApiResponse {
         let cfg = self.cfg();
-        if let Some(r) = crate::browser::preflight(&req, &cfg) {
+        if let Some(r) = super::cors::preflight(&req, &cfg) {
             return r;
         }
         let mut resp = self.handle_inner(&req).await;
-        crate::browser::add_cors(&req, &cfg, &mut resp);
+        super::cors::add_cors(&req, &cfg, &mut resp);
         resp
     }
 

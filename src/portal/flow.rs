@@ -97,7 +97,8 @@ impl<'a> Page<'a> {
             &self.req.headers,
             &browser::csrf_cookie_name(&self.cfg.browser),
         );
-        browser::origin_allowed(self.req, &self.cfg) && browser::csrf_matches(cookie, presented)
+        browser::origin_allowed_for(&self.req.headers, None, self.req.tls, &self.cfg)
+            && browser::csrf_matches(cookie, presented)
     }
 
     fn finish(mut self, mut resp: ApiResponse) -> ApiResponse {
