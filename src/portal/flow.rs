@@ -49,7 +49,7 @@ struct Page<'a> {
 impl<'a> Page<'a> {
     fn new(req: &'a PortalRequest<'a>, cfg: Arc<Config>, entropy: &dyn Entropy) -> Self {
         let name = browser::csrf_cookie_name(&cfg.browser);
-        let (csrf, new_csrf) = match browser::cookie_value(&req.headers, &name) {
+        let (csrf, new_csrf) = match browser::cookie_value(req.headers, &name) {
             Some(c) if c.len() >= 32 => (c.to_string(), false),
             _ => (browser::new_csrf_token(entropy), true),
         };
@@ -85,7 +85,7 @@ impl<'a> Page<'a> {
     /// A POST's Origin and double-submit token are both right.
     fn csrf_ok(&self, presented: Option<&str>) -> bool {
         let cookie = browser::cookie_value(
-            &self.req.headers,
+            self.req.headers,
             &browser::csrf_cookie_name(&self.cfg.browser),
         );
         browser::origin_allowed_for(self.req.headers, None, self.req.tls, &self.cfg)
@@ -174,7 +174,7 @@ fn label(field: &str) -> &str {
 /// The session cookie's identity, rotating it when needed.
 async fn identity(auth: &AuthService, page: &mut Page<'_>) -> Option<CookieIdentity> {
     let req = page.req;
-    let cookie = browser::cookie_value(&req.headers, &page.cfg.browser.cookie_name)?;
+    let cookie = browser::cookie_value(req.headers, &page.cfg.browser.cookie_name)?;
     match auth
         .cookie_session(
             cookie,
@@ -418,7 +418,7 @@ impl AuthService {
 
     async fn logout_submit(&self, mut page: Page<'_>) -> ApiResult {
         let everywhere = page.field("everywhere") == "1";
-        let cookie = browser::cookie_value(&page.req.headers, &page.cfg.browser.cookie_name)
+        let cookie = browser::cookie_value(page.req.headers, &page.cfg.browser.cookie_name)
             .map(str::to_string);
         let id = identity(self, &mut page).await;
         if let Some(cookie) = &cookie {
