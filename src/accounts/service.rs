@@ -105,6 +105,9 @@ impl AuthService {
     ) -> Result<Self, String> {
         let keys = keys::load(&cfg.tokens, &cfg.server.data_dir, clock.now())?;
         let tokens = TokenService::new(keys, cfg.tokens.clone(), clock.clone());
+        tokens
+            .provider
+            .set(crate::tokens::provider_keys::load(&cfg, clock.now())?);
         let refresh = match &cfg.tokens.refresh_secret {
             Some(secret) => RefreshKeys::from_secret(secret.0.as_bytes()),
             None => RefreshKeys::load(&cfg.server.data_dir)?,

@@ -39,6 +39,7 @@ pub(super) fn validate(
         routes,
         storage,
         browser: browser(&f.browser, p),
+        oidc_provider: oidc_provider(&f, p),
     }
 }
 
@@ -618,5 +619,34 @@ fn storage(
                 cache_bytes,
             }
         }
+    }
+}
+
+/// `[oidc_provider]`: the keys the signing keys and the assertion need.
+fn oidc_provider(f: &FileConfig, p: &mut Vec<String>) -> OidcProviderConfig {
+    let o = &f.oidc_provider;
+    let signing_alg = match o.signing_alg.as_str() {
+        "RS256" => ProviderAlgorithm::Rs256,
+        "ES256" => ProviderAlgorithm::Es256,
+        "EdDSA" => ProviderAlgorithm::EdDsa,
+        other => {
+            p.push(format!(
+                "oidc_provider.signing_alg: '{}' is not supported (use \"RS256\", \"ES256\" or \"EdDSA\")",
+                other.escape_debug()
+            ));
+            ProviderAlgorithm::Rs256
+        }
+    };
+    if has_ctl(&o.issuer) {
+        p.push("oidc_provider.issuer: must be a printable string".into());
+    }
+    let issuer = match o.issuer.as_str() {
+        "" => f.mail.link_base_url.trim_end_matches('/').to_string(),
+        i => i.to_string(),
+    };
+    OidcProviderConfig {
+        enabled: o.enabled,
+        issuer,
+        signing_alg,
     }
 }
