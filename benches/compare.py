@@ -56,6 +56,10 @@ REVOCATIONS = int(os.environ.get("COMPARE_REVOCATIONS", "100000"))
 # is measured before and after in one run (the redesign of issue 21).
 BEFORE = os.environ.get("COMPARE_BEFORE", "")
 PASSWORD = "Vx9-quartz-Lantern-47"
+# The gateways' log filter: warnings, and the access log (issue 24) on as it
+# is by default, one line per request into the gateway's log file in the
+# work dir, so the rows pay for it (`COMPARE_LOG=warn` leaves it out).
+GATEWAY_LOG = os.environ.get("COMPARE_LOG", "warn,access=info")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 PROXY_CORE, LOAD_CORE = "0", "1"
 
@@ -314,7 +318,7 @@ def run(work):
         if seeded.returncode != 0:
             sys.exit(f"seeding {key}: {seeded.stderr}")
         print(seeded.stdout.strip(), f"({alg})", flush=True)
-        env = dict(os.environ, RUST_LOG="warn")
+        env = dict(os.environ, RUST_LOG=GATEWAY_LOG)
         p = subprocess.Popen(["taskset", "-c", PROXY_CORE, f"{rel}/portcullis", "serve", "--config", conf],
                              stdout=open(f"{work}/{key}.log", "wb"), stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, env=env)
@@ -324,7 +328,7 @@ def run(work):
     many_conf = gateway_conf(work, "many", ports["many"], up_port, "HS256", many_routes(up_port))
     many = subprocess.Popen(["taskset", "-c", PROXY_CORE, f"{REL}/portcullis", "serve", "--config", many_conf],
                             stdout=open(f"{work}/many.log", "wb"), stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="warn"))
+                            stdin=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG=GATEWAY_LOG))
     procs.append(many)
     wait_port(ports["many"], many, "portcullis (50 routes over 10 hosts)")
     hs_token, ed_token = login(ports["hs"]), login(ports["ed"])

@@ -240,6 +240,10 @@ pub struct LogFile {
     pub format: String,
     pub level: String,
     pub audit_file: String,
+    /// One line per proxied request (target `access`).
+    pub access_log: bool,
+    /// Write the access lines to this file instead of the main log.
+    pub access_file: String,
 }
 
 impl Default for LogFile {
@@ -248,6 +252,8 @@ impl Default for LogFile {
             format: "human".into(),
             level: "info".into(),
             audit_file: String::new(),
+            access_log: true,
+            access_file: String::new(),
         }
     }
 }

@@ -255,6 +255,10 @@ pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
     pub audit_file: Option<PathBuf>,
+    /// `log.access_log`: one line per request, target `access`.
+    pub access_log: bool,
+    /// `log.access_file`: the access lines go there instead.
+    pub access_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -468,6 +468,8 @@ fn log(f: &FileConfig, p: &mut Vec<String>) -> LogConfig {
         format,
         level: f.log.level.clone(),
         audit_file: (!f.log.audit_file.is_empty()).then(|| PathBuf::from(&f.log.audit_file)),
+        access_log: f.log.access_log,
+        access_file: (!f.log.access_file.is_empty()).then(|| PathBuf::from(&f.log.access_file)),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod access_log;
 mod accounts;
 mod api_keys;
 mod assertion;
