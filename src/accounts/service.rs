@@ -62,6 +62,8 @@ pub struct AuthService {
     pub ceremonies: passkeys::Ceremonies,
     /// Where tokens, ids and codes come from (fixed in tests).
     pub entropy: Arc<dyn Entropy>,
+    /// The OpenID Provider's state (its signing keys).
+    pub provider: crate::oidc_provider::ProviderState,
 }
 
 impl AuthService {
@@ -176,6 +178,7 @@ impl AuthService {
             cookies: browser::CookieSessions::default(),
             ceremonies: passkeys::Ceremonies::default(),
             entropy: Arc::new(OsEntropy),
+            provider: Default::default(),
         })
     }
 

@@ -4,6 +4,7 @@
 //! all at once; a config that has any problem never starts a gateway.
 
 mod file;
+pub mod oidc_provider;
 mod routes;
 mod schedule;
 mod validate;
@@ -50,6 +51,8 @@ pub struct Config {
     /// `PORTCULLIS_DATABASE_URL` say otherwise).
     pub storage: Storage,
     pub browser: BrowserConfig,
+    /// `[oidc_provider]` (CONTRACT 8.2).
+    pub oidc_provider: oidc_provider::OidcProviderConfig,
 }
 
 /// `[browser]`: cookie sessions and the portal (see `browser`).

@@ -39,6 +39,12 @@ pub(super) fn validate(
         routes,
         storage,
         browser: browser(&f.browser, p),
+        oidc_provider: super::oidc_provider::validate(
+            &f.oidc_provider,
+            &f.mail.link_base_url,
+            env,
+            p,
+        ),
     }
 }
 

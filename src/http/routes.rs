@@ -41,7 +41,7 @@ impl AuthService {
         let path = req.path.as_str();
         if path == "/.well-known/jwks.json" {
             return match req.method {
-                Method::GET | Method::HEAD => Ok(ApiResponse::json(200, &self.tokens.jwks())),
+                Method::GET | Method::HEAD => Ok(ApiResponse::json(200, &self.jwks_document())),
                 _ => Err(ApiError::MethodNotAllowed),
             };
         }
@@ -51,6 +51,9 @@ impl AuthService {
         }
         if path == "/auth/ui" || path.starts_with("/auth/ui/") {
             return self.portal(req).await;
+        }
+        if crate::oidc_provider::is_provider_path(path) {
+            return self.oidc_provider(req).await;
         }
         let browser = self.cfg().browser.enabled;
         let m = &req.method;

@@ -335,6 +335,7 @@ pub fn check_redeem(
         Redeem::VerifyEmail => OneTimeKind::EmailVerify,
         Redeem::ResetPassword { .. } => OneTimeKind::PasswordReset,
         Redeem::Mfa { .. } => OneTimeKind::MfaLogin,
+        Redeem::AuthCode => OneTimeKind::AuthCode,
     };
     let good = t.kind == kind
         && t.expires_at > now
@@ -349,7 +350,10 @@ pub fn check_redeem(
             }
             // Bound to the login it continues: the password checked then
             // is still the password.
-            OneTimeKind::MfaLogin => t.password_version == user.password_version,
+            OneTimeKind::Consent => false,
+            OneTimeKind::MfaLogin | OneTimeKind::AuthCode => {
+                t.password_version == user.password_version
+            }
         };
     if good {
         Ok(())
@@ -376,6 +380,7 @@ pub fn apply_redeem(current: &User, redeem: &Redeem) -> Result<(User, Cascade), 
             use_mfa(&mut u, secret, proof)?;
             (u, Cascade::NONE)
         }
+        Redeem::AuthCode => (u, Cascade::NONE),
     })
 }
 
