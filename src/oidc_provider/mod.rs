@@ -11,6 +11,7 @@
 //! client or redirect URI is never redirected to.
 
 mod authorize;
+pub mod backchannel;
 mod pages;
 pub mod sign;
 mod token;

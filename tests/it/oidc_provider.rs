@@ -915,3 +915,137 @@ async fn authlib_runs_the_full_flow() {
     assert_eq!(out["revoke_status"], 200);
     assert_eq!(out["refresh_after_revoke"], "invalid_grant", "{out}");
 }
+
+// ----- back-channel logout
+
+/// A local receiver of back-channel logouts: every POSTed `logout_token`.
+async fn logout_receiver() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(i) = text.find("\r\n\r\n") {
+                        let len: usize = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= i + 4 + len {
+                            let body = &buf[i + 4..i + 4 + len];
+                            let token = url::form_urlencoded::parse(body)
+                                .find(|(k, _)| k == "logout_token")
+                                .map(|(_, v)| v.into_owned())
+                                .unwrap_or_default();
+                            let _ = tx.send(token);
+                            break;
+                        }
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (port, rx)
+}
+
+/// Verify a logout token with the gateway's JWKS, as a client would.
+async fn verified_logout(gw: &TestGateway, token: &str) -> Value {
+    let h = header(token);
+    assert_eq!(h["typ"], "logout+jwt");
+    let jwks = gw.get("/.well-known/jwks.json", None).await.json();
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == h["kid"])
+        .unwrap_or_else(|| panic!("kid {} in the JWKS", h["kid"]))
+        .clone();
+    let key = jsonwebtoken::DecodingKey::from_ed_components(jwk["x"].as_str().unwrap()).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    v.set_audience(&["app"]);
+    v.set_issuer(&[issuer(gw)]);
+    v.leeway = 3600;
+    let c = jsonwebtoken::decode::<Value>(token, &key, &v)
+        .unwrap_or_else(|e| panic!("logout token: {e}"))
+        .claims;
+    assert!(c.get("nonce").is_none(), "no nonce in a logout token");
+    assert!(c["events"]["http://schemas.openid.net/event/backchannel-logout"].is_object());
+    assert!(c["jti"].is_string() && c["iat"].is_i64() && c["exp"].is_i64());
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backchannel_logout_reaches_the_client_after_logout_all_and_disable() {
+    let (port, mut rx) = logout_receiver().await;
+    let mut b = builder();
+    b.extra = b.extra.replace(
+        "post_logout_redirect_uris = [\"http://127.0.0.1:9/bye\"]",
+        &format!(
+            "post_logout_redirect_uris = [\"http://127.0.0.1:9/bye\"]\nbackchannel_logout_uri = \"http://127.0.0.1:{port}/bcl\""
+        ),
+    );
+    assert!(b.extra.contains("backchannel_logout_uri"));
+    let gw = TestGateway::start_with(b).await;
+    let s = gw.signup("bcl@example.com").await;
+    let cookie = portal_login(&gw, "bcl@example.com", "/").await;
+    let (code, verifier) = code_for(&gw, &cookie, "app", "openid").await;
+    let t = exchange(&gw, &code, &verifier).await.json();
+    let id = claims(t["id_token"].as_str().unwrap());
+    assert_eq!(gw.post("/auth/logout-all", json!({}), Some(&s.access)).await.status, 204);
+    let token = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("a back-channel logout after logout-all")
+        .unwrap();
+    let c = verified_logout(&gw, &token).await;
+    assert_eq!(c["sid"], id["sid"]);
+    assert_eq!(c["sub"], id["sub"]);
+    // Disable: the new client session's logout is sent too.
+    let cookie = portal_login(&gw, "bcl@example.com", "/").await;
+    let (code, verifier) = code_for(&gw, &cookie, "app", "openid").await;
+    let t = exchange(&gw, &code, &verifier).await.json();
+    let id = claims(t["id_token"].as_str().unwrap());
+    let token = std::fs::read_to_string(gw.data_dir().join("admin.token")).unwrap();
+    let r = http::request(
+        gw.admin_addr,
+        "POST",
+        "/admin/users",
+        &[
+            ("authorization", &format!("Bearer {}", token.trim())),
+            ("content-type", "application/json"),
+        ],
+        Some(json!({ "op": "disable", "email": "bcl@example.com" }).to_string().as_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("a back-channel logout after disable")
+        .unwrap();
+    let c = verified_logout(&gw, &token).await;
+    assert_eq!(c["sid"], id["sid"]);
+    // Sent once: nothing else arrives for these two sessions.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.is_err(),
+        "one logout per ended session"
+    );
+}

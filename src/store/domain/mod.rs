@@ -595,3 +595,29 @@ impl Counter {
 
 #[cfg(test)]
 mod tests;
+
+/// The outbox kind of a back-channel logout (OIDC Back-Channel Logout 1.0)
+/// owed to the client of an ended session.
+pub const BACKCHANNEL_KIND: &str = "backchannel_logout";
+
+/// The back-channel logout owed when client session `s` ends: queued in
+/// the same store operation that ends it, signed and sent by the outbox
+/// worker. Its id is the session's (a session ends once): `to` is the
+/// client id, `subject` the session id (`sid`), `body` the user id (`sub`).
+pub fn backchannel_notice(s: &SessionRecord, now: i64) -> Option<OutboxMessage> {
+    let c = s.client.as_ref()?;
+    Some(OutboxMessage {
+        id: s.id,
+        kind: BACKCHANNEL_KIND.into(),
+        to: c.client_id.clone(),
+        subject: s.id.to_string(),
+        body: s.user_id.to_string(),
+        created_at: now,
+        attempts: 0,
+        next_attempt_at: now,
+        failed: false,
+        last_error: None,
+        failed_at: None,
+        claim: None,
+    })
+}
