@@ -256,7 +256,11 @@ impl Reloader {
             crate::tokens::keys::load(&new.tokens, &new.server.data_dir, self.auth.clock.now())
                 .map_err(|e| problems.push(format!("tokens: signing keys: {e}")))
                 .ok();
-        let (Some(proxy), Some(mail), Some(keys), true) = (proxy, mail, keys, problems.is_empty())
+        let provider_keys = crate::tokens::provider_keys::load(&new, self.auth.clock.now())
+            .map_err(|e| problems.push(format!("oidc_provider: signing keys: {e}")))
+            .ok();
+        let (Some(proxy), Some(mail), Some(keys), Some(provider_keys), true) =
+            (proxy, mail, keys, provider_keys, problems.is_empty())
         else {
             return Err(Refused { problems });
         };
@@ -269,6 +273,7 @@ impl Reloader {
         }
         let changed = changed_sections(&old, &new);
         self.auth.tokens.set_keys(keys);
+        self.auth.tokens.provider.set(provider_keys);
         self.mail.store(Arc::new(mail));
         self.proxy.store(Arc::new(proxy));
         crate::config::warn_if_links_are_logged(&new);

@@ -62,8 +62,6 @@ pub struct AuthService {
     pub ceremonies: passkeys::Ceremonies,
     /// Where tokens, ids and codes come from (fixed in tests).
     pub entropy: Arc<dyn Entropy>,
-    /// The OpenID Provider's state (its signing keys).
-    pub provider: crate::oidc_provider::ProviderState,
 }
 
 impl AuthService {
@@ -107,6 +105,9 @@ impl AuthService {
     ) -> Result<Self, String> {
         let keys = keys::load(&cfg.tokens, &cfg.server.data_dir, clock.now())?;
         let tokens = TokenService::new(keys, cfg.tokens.clone(), clock.clone());
+        tokens
+            .provider
+            .set(crate::tokens::provider_keys::load(&cfg, clock.now())?);
         let refresh = match &cfg.tokens.refresh_secret {
             Some(secret) => RefreshKeys::from_secret(secret.0.as_bytes()),
             None => RefreshKeys::load(&cfg.server.data_dir)?,
@@ -178,7 +179,6 @@ impl AuthService {
             cookies: browser::CookieSessions::default(),
             ceremonies: passkeys::Ceremonies::default(),
             entropy: Arc::new(OsEntropy),
-            provider: Default::default(),
         })
     }
 

@@ -359,6 +359,12 @@ pub struct RouteFile {
     /// "mon-fri 09:00-17:00 Europe/Berlin"; "" = always.
     #[serde(default)]
     pub schedule: String,
+    /// The upstream also receives `X-User-Assertion` (CONTRACT 8.3).
+    #[serde(default)]
+    pub identity_assertion: bool,
+    /// The assertion's `aud`; "" = the route's upstream origin.
+    #[serde(default)]
+    pub assertion_audience: String,
 }
 
 fn default_auth() -> String {
@@ -372,13 +378,15 @@ pub enum UpstreamFile {
     Many(Vec<String>),
 }
 
-/// `[oidc_provider]`: Portcullis as an OpenID Provider (CONTRACT 8.2).
+/// `[oidc_provider]` (CONTRACT 8.2): the keys the provider's signing keys
+/// and the identity assertion (8.3) need.
 #[derive(Debug, Deserialize)]
 #[serde(default)]
 pub struct OidcProviderFile {
     pub enabled: bool,
     /// "" = `mail.link_base_url`.
     pub issuer: String,
+    /// "RS256" | "ES256" | "EdDSA".
     pub signing_alg: String,
     pub code_ttl_secs: u64,
     pub access_ttl_secs: u64,

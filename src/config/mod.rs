@@ -52,7 +52,57 @@ pub struct Config {
     pub storage: Storage,
     pub browser: BrowserConfig,
     /// `[oidc_provider]` (CONTRACT 8.2).
-    pub oidc_provider: oidc_provider::OidcProviderConfig,
+    pub oidc_provider: OidcProviderConfig,
+}
+
+/// The algorithm of the provider's signing keys (`oidc_provider.signing_alg`):
+/// ID tokens, client access tokens and the identity assertion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderAlgorithm {
+    Rs256,
+    Es256,
+    EdDsa,
+}
+
+impl ProviderAlgorithm {
+    /// As written in the config and in a JWT header's `alg`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderAlgorithm::Rs256 => "RS256",
+            ProviderAlgorithm::Es256 => "ES256",
+            ProviderAlgorithm::EdDsa => "EdDSA",
+        }
+    }
+}
+
+/// `[oidc_provider]`: Portcullis as an OpenID Provider (CONTRACT 8.2).
+#[derive(Debug, Clone)]
+pub struct OidcProviderConfig {
+    pub enabled: bool,
+    /// The `iss` of ID tokens and assertions (default: `mail.link_base_url`).
+    pub issuer: String,
+    pub signing_alg: ProviderAlgorithm,
+    /// How long an authorization code lives.
+    pub code_ttl_secs: u64,
+    /// Lifetime of client access tokens and ID tokens.
+    pub access_ttl_secs: u64,
+    /// The registered clients.
+    pub clients: Vec<oidc_provider::OidcClient>,
+}
+
+impl OidcProviderConfig {
+    /// The registered client `id`.
+    pub fn client(&self, id: &str) -> Option<&oidc_provider::OidcClient> {
+        self.clients.iter().find(|c| c.client_id == id)
+    }
+}
+
+impl Config {
+    /// Whether the provider's signing keys are in use: the provider is
+    /// enabled, or some route sends the identity assertion (CONTRACT 8.3).
+    pub fn provider_keys_in_use(&self) -> bool {
+        self.oidc_provider.enabled || self.routes.iter().any(|r| r.identity_assertion)
+    }
 }
 
 /// `[browser]`: cookie sessions and the portal (see `browser`).
@@ -272,6 +322,10 @@ pub struct Route {
     /// API keys holding one of these scopes may pass; none = API keys are
     /// refused on this route.
     pub scopes: Vec<String>,
+    /// Send the upstream a signed `X-User-Assertion` (CONTRACT 8.3).
+    pub identity_assertion: bool,
+    /// Its `aud`: `assertion_audience`, else the first upstream's origin.
+    pub assertion_audience: String,
 }
 
 /// Every problem found in one config, each naming its key.

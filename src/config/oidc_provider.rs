@@ -5,43 +5,6 @@
 use super::file::OidcProviderFile;
 use super::Secret;
 
-/// The provider's signing algorithm (ID tokens, client access tokens, the
-/// assertion of 8.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SigningAlg {
-    Rs256,
-    Es256,
-    EdDsa,
-}
-
-impl SigningAlg {
-    pub fn name(self) -> &'static str {
-        match self {
-            SigningAlg::Rs256 => "RS256",
-            SigningAlg::Es256 => "ES256",
-            SigningAlg::EdDsa => "EdDSA",
-        }
-    }
-}
-
-/// `[oidc_provider]`, validated.
-#[derive(Debug, Clone)]
-pub struct OidcProviderConfig {
-    pub enabled: bool,
-    /// No trailing slash.
-    pub issuer: String,
-    pub signing_alg: SigningAlg,
-    pub code_ttl_secs: u64,
-    pub access_ttl_secs: u64,
-    pub clients: Vec<OidcClient>,
-}
-
-impl OidcProviderConfig {
-    pub fn client(&self, id: &str) -> Option<&OidcClient> {
-        self.clients.iter().find(|c| c.client_id == id)
-    }
-}
-
 /// One registered client.
 #[derive(Debug, Clone)]
 pub struct OidcClient {
@@ -84,33 +47,16 @@ pub fn loopback_http(u: &url::Url) -> bool {
         }
 }
 
+/// `[oidc_provider]`'s lifetimes and clients (the rest is validated in
+/// `validate::oidc_provider`): `(code_ttl_secs, access_ttl_secs, clients)`.
 pub(super) fn validate(
     f: &OidcProviderFile,
-    link_base_url: &str,
     env: &dyn Fn(&str) -> Option<String>,
     p: &mut Vec<String>,
-) -> OidcProviderConfig {
-    let signing_alg = match f.signing_alg.as_str() {
-        "RS256" => SigningAlg::Rs256,
-        "ES256" => SigningAlg::Es256,
-        "EdDSA" => SigningAlg::EdDsa,
-        other => {
-            p.push(format!(
-                "oidc_provider.signing_alg: '{other}' is not one of \"RS256\", \"ES256\", \"EdDSA\""
-            ));
-            SigningAlg::Rs256
-        }
-    };
-    let issuer = if f.issuer.is_empty() {
-        link_base_url.trim_end_matches('/').to_string()
-    } else {
-        if let Some(u) = absolute_url("oidc_provider.issuer", &f.issuer, p) {
-            if u.query().is_some() {
-                p.push("oidc_provider.issuer: must have no query".into());
-            }
-        }
-        f.issuer.trim_end_matches('/').to_string()
-    };
+) -> (u64, u64, Vec<OidcClient>) {
+    if !f.issuer.is_empty() {
+        absolute_url("oidc_provider.issuer", &f.issuer, p);
+    }
     if !(1..=600).contains(&f.code_ttl_secs) {
         p.push("oidc_provider.code_ttl_secs: must be between 1 and 600".into());
     }
@@ -195,14 +141,7 @@ pub(super) fn validate(
             consent: c.consent,
         });
     }
-    OidcProviderConfig {
-        enabled: f.enabled,
-        issuer,
-        signing_alg,
-        code_ttl_secs: f.code_ttl_secs,
-        access_ttl_secs: f.access_ttl_secs,
-        clients,
-    }
+    (f.code_ttl_secs, f.access_ttl_secs, clients)
 }
 
 #[cfg(test)]
@@ -232,7 +171,7 @@ redirect_uris = ["http://127.0.0.1:3000/cb"]
         let c = Config::from_toml(CLIENTS, &env, Path::new(".")).unwrap();
         let p = &c.oidc_provider;
         assert_eq!(p.issuer, c.mail.link_base_url);
-        assert_eq!(p.signing_alg, SigningAlg::Rs256);
+        assert_eq!(p.signing_alg, super::super::ProviderAlgorithm::Rs256);
         assert_eq!(p.client("app").unwrap().secret.as_ref().unwrap().0, "s3cret");
         assert!(p.client("spa").unwrap().secret.is_none());
         // The variable named but not set: an error naming the key.

@@ -39,12 +39,7 @@ pub(super) fn validate(
         routes,
         storage,
         browser: browser(&f.browser, p),
-        oidc_provider: super::oidc_provider::validate(
-            &f.oidc_provider,
-            &f.mail.link_base_url,
-            env,
-            p,
-        ),
+        oidc_provider: oidc_provider(&f, env, p),
     }
 }
 
@@ -624,5 +619,43 @@ fn storage(
                 cache_bytes,
             }
         }
+    }
+}
+
+/// `[oidc_provider]`: the keys the signing keys and the assertion need.
+fn oidc_provider(
+    f: &FileConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Vec<String>,
+) -> OidcProviderConfig {
+    let o = &f.oidc_provider;
+    let signing_alg = match o.signing_alg.as_str() {
+        "RS256" => ProviderAlgorithm::Rs256,
+        "ES256" => ProviderAlgorithm::Es256,
+        "EdDSA" => ProviderAlgorithm::EdDsa,
+        other => {
+            p.push(format!(
+                "oidc_provider.signing_alg: '{}' is not supported (use \"RS256\", \"ES256\" or \"EdDSA\")",
+                other.escape_debug()
+            ));
+            ProviderAlgorithm::Rs256
+        }
+    };
+    if has_ctl(&o.issuer) {
+        p.push("oidc_provider.issuer: must be a printable string".into());
+    }
+    let issuer = match o.issuer.as_str() {
+        "" => f.mail.link_base_url.trim_end_matches('/').to_string(),
+        i => i.to_string(),
+    };
+    let (code_ttl_secs, access_ttl_secs, clients) =
+        super::oidc_provider::validate(o, env, p);
+    OidcProviderConfig {
+        enabled: o.enabled,
+        issuer,
+        signing_alg,
+        code_ttl_secs,
+        access_ttl_secs,
+        clients,
     }
 }

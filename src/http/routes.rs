@@ -41,7 +41,7 @@ impl AuthService {
         let path = req.path.as_str();
         if path == "/.well-known/jwks.json" {
             return match req.method {
-                Method::GET | Method::HEAD => Ok(ApiResponse::json(200, &self.jwks_document())),
+                Method::GET | Method::HEAD => Ok(ApiResponse::json(200, &self.tokens.jwks())),
                 _ => Err(ApiError::MethodNotAllowed),
             };
         }

@@ -429,11 +429,8 @@ impl AuthService {
             req.query.clone().unwrap_or_default().into_bytes()
         };
         let params = Params::parse(&raw).map_err(ApiError::BadRequest)?;
-        let now = self.clock.now();
         let hint = params.get("id_token_hint").and_then(|t| {
-            self.provider
-                .keys
-                .verify::<super::token::IdClaims>(&cfg, now, "JWT", t, false)
+            self.provider_verify::<super::token::IdClaims>("JWT", t, false)
                 .filter(|c| c.iss == cfg.oidc_provider.issuer)
         });
         let mut cookies = Vec::new();

@@ -56,11 +56,7 @@ impl HttpDelivery for BackchannelSender {
             "sid": msg.subject,
             "sub": msg.body,
         });
-        let token = self
-            .auth
-            .provider
-            .keys
-            .sign(&cfg, now, "logout+jwt", &claims)?;
+        let token = self.auth.provider_sign("logout+jwt", &claims)?;
         let body: String = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("logout_token", &token)
             .finish();

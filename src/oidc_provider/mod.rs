@@ -13,27 +13,19 @@
 mod authorize;
 pub mod backchannel;
 mod pages;
-pub mod sign;
+mod sign;
 mod token;
 
 use http::Method;
 use serde_json::json;
 
 use crate::accounts::AuthService;
-use crate::config::oidc_provider::{OidcClient, OidcProviderConfig};
-use crate::config::Config;
+use crate::config::oidc_provider::OidcClient;
+use crate::config::{Config, OidcProviderConfig};
 use crate::error::ApiError;
 use crate::http::api::{ApiRequest, ApiResponse};
 
-pub use sign::ProviderKeys;
-
 type ApiResult = Result<ApiResponse, ApiError>;
-
-/// The provider's in-memory state, on the account service.
-#[derive(Default)]
-pub struct ProviderState {
-    pub keys: ProviderKeys,
-}
 
 /// The paths this front door serves.
 pub fn is_provider_path(path: &str) -> bool {
@@ -78,28 +70,13 @@ impl AuthService {
             _ => Err(ApiError::NotFound),
         }
     }
-
-    /// The JWKS with the provider's keys (when it is on) beside the
-    /// gateway's own.
-    pub(crate) fn jwks_document(&self) -> serde_json::Value {
-        let mut doc = self.tokens.jwks();
-        let cfg = self.cfg();
-        if provider(&cfg).is_some() {
-            let mine = self.provider.keys.jwks_keys(&cfg, self.clock.now());
-            if let Some(keys) = doc.get_mut("keys").and_then(|k| k.as_array_mut()) {
-                keys.extend(mine);
-            }
-        }
-        doc
-    }
 }
 
 /// `GET /.well-known/openid-configuration`.
 fn discovery(cfg: &Config) -> ApiResponse {
     let p = &cfg.oidc_provider;
     let iss = &p.issuer;
-    let alg = "EdDSA";
-    let _ = p.signing_alg;
+    let alg = p.signing_alg.name();
     let doc = json!({
         "issuer": iss,
         "authorization_endpoint": format!("{iss}/auth/oauth/authorize"),

@@ -272,9 +272,8 @@ impl AuthService {
             },
             roles: has("roles").then(|| u.roles.clone()),
         };
-        let keys = &self.provider.keys;
-        let access_token = keys.sign(cfg, now, crate::tokens::jwt::ACCESS_TYP, &access)?;
-        let id_token = keys.sign(cfg, now, "JWT", &id)?;
+        let access_token = self.provider_sign(crate::tokens::jwt::ACCESS_TYP, &access)?;
+        let id_token = self.provider_sign("JWT", &id)?;
         Ok(json!({
             "access_token": access_token,
             "token_type": "Bearer",
@@ -288,14 +287,8 @@ impl AuthService {
     /// A client access token, verified: signature, type, `exp`, issuer, a
     /// registered client as audience, not revoked.
     fn client_access(&self, cfg: &Config, token: &str) -> Option<ClientAccessClaims> {
-        let now = self.clock.now();
-        let c: ClientAccessClaims = self.provider.keys.verify(
-            cfg,
-            now,
-            crate::tokens::jwt::ACCESS_TYP,
-            token,
-            true,
-        )?;
+        let c: ClientAccessClaims =
+            self.provider_verify(crate::tokens::jwt::ACCESS_TYP, token, true)?;
         let ok = c.base.iss == cfg.oidc_provider.issuer
             && client(cfg, &c.base.aud).is_some()
             && c.client_id == c.base.aud

@@ -12,6 +12,7 @@
 //! 5. `fail_to_proxy`: a JSON 502 that names nothing internal.
 //! 6. `logging`: metrics.
 
+pub mod assertion;
 pub mod client_ip;
 pub mod conn_limit;
 pub mod deadline;
@@ -56,6 +57,8 @@ pub struct RouteRuntime {
     /// cloned per request.
     peers: Vec<HttpPeer>,
     metrics: RouteMetrics,
+    /// The signed assertions of a route with `identity_assertion`.
+    assertions: Option<assertion::AssertionCache>,
 }
 
 /// What the proxy derives from one config: the config itself and the route
@@ -84,6 +87,9 @@ impl ProxyConfig {
                     lb,
                     peers,
                     metrics: metrics.route(&r.label),
+                    assertions: r
+                        .identity_assertion
+                        .then(|| assertion::AssertionCache::new(r.assertion_audience.clone())),
                 })
             })
             .collect::<std::io::Result<Vec<_>>>()?;
@@ -373,6 +379,40 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// The `X-User-Assertion` of a request with an identity on a route
+    /// with `identity_assertion` (CONTRACT 8.3), from the route's cache.
+    fn assertion(&self, ctx: &Ctx) -> Option<http::HeaderValue> {
+        let cache = ctx.live.routes.get(ctx.route?)?.assertions.as_ref()?;
+        let (holder, subject) = match (&ctx.claims, &ctx.api_key) {
+            (Some(c), _) => (
+                assertion::Holder::Session(uuid::Uuid::parse_str(&c.sid).ok()?),
+                assertion::Subject {
+                    sub: &c.sub,
+                    email: &c.email,
+                    roles: &c.roles,
+                    amr: &c.amr,
+                },
+            ),
+            (None, Some(k)) => (
+                assertion::Holder::ApiKey(k.id),
+                assertion::Subject {
+                    sub: &k.user_id_str,
+                    email: &k.email,
+                    roles: &k.roles,
+                    amr: &[],
+                },
+            ),
+            (None, None) => return None,
+        };
+        cache.get(
+            &self.auth.tokens.provider,
+            &ctx.live.cfg.oidc_provider.issuer,
+            holder,
+            &subject,
+            self.auth.clock.now(),
+        )
+    }
+
     /// The request metrics of the `route` label: a configured prefix,
     /// "auth", or "none".
     fn route_metrics<'a>(&'a self, ctx: &'a Ctx) -> &'a RouteMetrics {
@@ -658,6 +698,9 @@ impl ProxyHttp for Gateway {
             up.insert_header("x-user-roles", k.roles.join(","))?;
             up.insert_header("x-user-auth-method", "api_key")?;
             up.insert_header("x-user-api-key-id", k.id_str.as_str())?;
+        }
+        if let Some(v) = self.assertion(ctx) {
+            up.insert_header(assertion::HEADER, v)?;
         }
         if let Some(pq) = &ctx.path_and_query {
             let uri = pq

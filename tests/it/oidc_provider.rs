@@ -26,6 +26,11 @@ const CB: &str = "http://127.0.0.1:9/cb";
 const BYE: &str = "http://127.0.0.1:9/bye";
 
 fn builder() -> Builder {
+    builder_alg("EdDSA")
+}
+
+/// The provider with `signing_alg = alg`.
+fn builder_alg(alg: &str) -> Builder {
     let mut env = HashMap::new();
     env.insert("APP_SECRET".to_string(), SECRET.to_string());
     Builder {
@@ -38,7 +43,7 @@ auth_per_minute = 0
 
 [oidc_provider]
 enabled = true
-signing_alg = "EdDSA"
+signing_alg = "{alg}"
 
 [[oidc_provider.clients]]
 client_id = "app"
@@ -844,7 +849,8 @@ fn run_json(cmd: std::process::Command) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openid_client_runs_the_full_flow() {
     let script = tokio::task::spawn_blocking(node_rp).await.unwrap();
-    let gw = provider().await;
+    // RS256: the OIDC default, what every client supports.
+    let gw = TestGateway::start_with(builder_alg("RS256")).await;
     gw.signup("node@example.com").await;
     let cookie = portal_login(&gw, "node@example.com", "/").await;
     let cfg = json!({
@@ -854,7 +860,7 @@ async fn openid_client_runs_the_full_flow() {
         "redirect_uri": CB,
         "post_logout_redirect_uri": BYE,
         "scope": "openid email profile",
-        "alg": "EdDSA",
+        "alg": "RS256",
         "cookie": format!("__Host-portcullis={cookie}"),
     });
     let mut cmd = std::process::Command::new("node");
@@ -887,7 +893,7 @@ async fn openid_client_runs_the_full_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authlib_runs_the_full_flow() {
     let py = tokio::task::spawn_blocking(authlib_python).await.unwrap();
-    let gw = provider().await;
+    let gw = TestGateway::start_with(builder_alg("ES256")).await;
     gw.admin_add_user("py@example.com", &["editor"]).await;
     let cookie = portal_login(&gw, "py@example.com", "/").await;
     let cfg = json!({
@@ -896,7 +902,7 @@ async fn authlib_runs_the_full_flow() {
         "client_secret": SECRET,
         "redirect_uri": CB,
         "scope": "openid email roles",
-        "alg": "EdDSA",
+        "alg": "ES256",
         "cookie": format!("__Host-portcullis={cookie}"),
     });
     let mut cmd = std::process::Command::new(py);
