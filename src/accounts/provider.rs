@@ -123,7 +123,11 @@ impl AuthService {
         ttl: u64,
     ) -> AccountResult<String> {
         let json = serde_json::to_vec(grant).map_err(AccountError::internal)?;
-        let code = format!("{}.{}", self.entropy.token(32), URL_SAFE_NO_PAD.encode(json));
+        let code = format!(
+            "{}.{}",
+            self.entropy.token(32),
+            URL_SAFE_NO_PAD.encode(json)
+        );
         let rec = OneTimeToken {
             kind: OneTimeKind::AuthCode,
             user_id: user.id,
@@ -279,7 +283,12 @@ impl AuthService {
             RotateOutcome::Reused(s, revoked) => {
                 self.revocations.apply(&revoked);
                 let uid = s.user_id.to_string();
-                audit::event(&actx, "oauth_refresh_reuse_detected", "session_revoked", Some(&uid));
+                audit::event(
+                    &actx,
+                    "oauth_refresh_reuse_detected",
+                    "session_revoked",
+                    Some(&uid),
+                );
                 self.metrics.auth_event("refresh", "failure");
                 return Err(GrantError::Invalid);
             }
@@ -294,7 +303,12 @@ impl AuthService {
             }
         };
         self.metrics.auth_event("refresh", "success");
-        audit::event(&actx, "oauth_refresh", "success", Some(&user.id.to_string()));
+        audit::event(
+            &actx,
+            "oauth_refresh",
+            "success",
+            Some(&user.id.to_string()),
+        );
         let refresh_token = self.refresh.token(&session);
         Ok(ClientSession {
             user,
@@ -351,15 +365,11 @@ impl AuthService {
         scope: &[String],
     ) -> AccountResult<bool> {
         let key = consent_key(user.id, &client.client_id, scope);
-        Ok(self
-            .store
-            .find_one_time(&key)
-            .await?
-            .is_some_and(|t| {
-                t.kind == OneTimeKind::Consent
-                    && t.user_id == user.id
-                    && t.expires_at > self.clock.now()
-            }))
+        Ok(self.store.find_one_time(&key).await?.is_some_and(|t| {
+            t.kind == OneTimeKind::Consent
+                && t.user_id == user.id
+                && t.expires_at > self.clock.now()
+        }))
     }
 
     /// Remember that `user` allowed `client_id` these scopes (a year).

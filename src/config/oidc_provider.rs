@@ -24,9 +24,7 @@ pub const KNOWN_SCOPES: [&str; 5] = ["openid", "email", "profile", "roles", "off
 
 fn absolute_url(key: &str, v: &str, p: &mut Vec<String>) -> Option<url::Url> {
     match url::Url::parse(v) {
-        Ok(u) if u.fragment().is_none() && (u.scheme() == "https" || loopback_http(&u)) => {
-            Some(u)
-        }
+        Ok(u) if u.fragment().is_none() && (u.scheme() == "https" || loopback_http(&u)) => Some(u),
         _ => {
             p.push(format!(
                 "{key}: '{v}' is not an absolute https:// URL without fragment (http:// only on a loopback address)"
@@ -172,13 +170,19 @@ redirect_uris = ["http://127.0.0.1:3000/cb"]
         let p = &c.oidc_provider;
         assert_eq!(p.issuer, c.mail.link_base_url);
         assert_eq!(p.signing_alg, super::super::ProviderAlgorithm::Rs256);
-        assert_eq!(p.client("app").unwrap().secret.as_ref().unwrap().0, "s3cret");
+        assert_eq!(
+            p.client("app").unwrap().secret.as_ref().unwrap().0,
+            "s3cret"
+        );
         assert!(p.client("spa").unwrap().secret.is_none());
         // The variable named but not set: an error naming the key.
         let e = Config::from_toml(CLIENTS, &|_| None, Path::new("."))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("oidc_provider.clients[0].client_secret_env"), "{e}");
+        assert!(
+            e.contains("oidc_provider.clients[0].client_secret_env"),
+            "{e}"
+        );
     }
 
     #[test]

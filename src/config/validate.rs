@@ -648,8 +648,7 @@ fn oidc_provider(
         "" => f.mail.link_base_url.trim_end_matches('/').to_string(),
         i => i.to_string(),
     };
-    let (code_ttl_secs, access_ttl_secs, clients) =
-        super::oidc_provider::validate(o, env, p);
+    let (code_ttl_secs, access_ttl_secs, clients) = super::oidc_provider::validate(o, env, p);
     OidcProviderConfig {
         enabled: o.enabled,
         issuer,

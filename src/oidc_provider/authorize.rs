@@ -180,11 +180,21 @@ impl AuthService {
         decision: Option<bool>,
     ) -> ApiResult {
         let Ok(params) = Params::parse(query.as_bytes()) else {
-            return Ok(error_page(req, &cfg, 400, "The sign-in request is malformed."));
+            return Ok(error_page(
+                req,
+                &cfg,
+                400,
+                "The sign-in request is malformed.",
+            ));
         };
         // A bad client or redirect URI: a page, never a redirect.
         let Some(c) = params.get("client_id").and_then(|id| client(&cfg, id)) else {
-            return Ok(error_page(req, &cfg, 400, "The application asking you to sign in is unknown."));
+            return Ok(error_page(
+                req,
+                &cfg,
+                400,
+                "The application asking you to sign in is unknown.",
+            ));
         };
         let redirect_uri = match params.get("redirect_uri") {
             Some(r) if c.redirect_uris.iter().any(|u| u == r) => r.to_string(),
@@ -200,7 +210,14 @@ impl AuthService {
         let state = params.get("state").map(str::to_string);
         let st = state.as_deref();
         let fail = |error: &str, description: &str| {
-            Ok(oauth_error(&cfg, &redirect_uri, error, description, st, vec![]))
+            Ok(oauth_error(
+                &cfg,
+                &redirect_uri,
+                error,
+                description,
+                st,
+                vec![],
+            ))
         };
         if params.get("request").is_some() || params.get("request_uri").is_some() {
             return fail("request_not_supported", "request objects are not supported");
@@ -220,19 +237,30 @@ impl AuthService {
             return fail("invalid_scope", "scope must include openid");
         }
         if let Some(s) = scope.iter().find(|s| !c.scopes.contains(s)) {
-            return fail("invalid_scope", &format!("scope '{s}' is not allowed for this client"));
+            return fail(
+                "invalid_scope",
+                &format!("scope '{s}' is not allowed for this client"),
+            );
         }
-        let code_challenge = match (params.get("code_challenge"), params.get("code_challenge_method")) {
+        let code_challenge = match (
+            params.get("code_challenge"),
+            params.get("code_challenge_method"),
+        ) {
             (None, None) => None,
             (Some(ch), Some("S256")) if pkce_shaped(ch) => Some(ch.to_string()),
-            (Some(_), Some("S256")) => return fail("invalid_request", "code_challenge is malformed"),
+            (Some(_), Some("S256")) => {
+                return fail("invalid_request", "code_challenge is malformed")
+            }
             (Some(_), None) | (Some(_), Some("plain")) => {
                 return fail("invalid_request", "code_challenge_method must be S256")
             }
             _ => return fail("invalid_request", "code_challenge_method must be S256"),
         };
         if c.secret.is_none() && code_challenge.is_none() {
-            return fail("invalid_request", "PKCE (code_challenge with S256) is required");
+            return fail(
+                "invalid_request",
+                "PKCE (code_challenge with S256) is required",
+            );
         }
         let nonce = params.get("nonce").map(str::to_string);
         if nonce.as_ref().is_some_and(|n| n.len() > 512) {
@@ -465,9 +493,9 @@ impl AuthService {
                 }
             }
         }
-        let target = params.get("post_logout_redirect_uri").filter(|u| {
-            c.is_some_and(|c| c.post_logout_redirect_uris.iter().any(|r| r == u))
-        });
+        let target = params
+            .get("post_logout_redirect_uri")
+            .filter(|u| c.is_some_and(|c| c.post_logout_redirect_uris.iter().any(|r| r == u)));
         if let Some(uri) = target {
             if let Ok(mut u) = url::Url::parse(uri) {
                 if let Some(s) = params.get("state") {

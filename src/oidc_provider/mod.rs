@@ -140,14 +140,14 @@ impl Params {
 pub(crate) fn s256(verifier: &str) -> String {
     use base64::Engine;
     use sha2::Digest;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()))
 }
 
 /// A PKCE verifier or challenge: 43 to 128 unreserved characters.
 pub(crate) fn pkce_shaped(v: &str) -> bool {
     (43..=128).contains(&v.len())
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
 }
 
@@ -166,4 +166,3 @@ pub(crate) fn scope_list(scope: &str) -> Vec<String> {
     }
     out
 }
-

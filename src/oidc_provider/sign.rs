@@ -11,7 +11,11 @@ use crate::accounts::AuthService;
 
 impl AuthService {
     /// Sign `claims` with the provider key that signs now, header `typ`.
-    pub(crate) fn provider_sign<T: Serialize>(&self, typ: &str, claims: &T) -> Result<String, String> {
+    pub(crate) fn provider_sign<T: Serialize>(
+        &self,
+        typ: &str,
+        claims: &T,
+    ) -> Result<String, String> {
         let v = serde_json::to_value(claims).map_err(|e| e.to_string())?;
         self.tokens
             .provider

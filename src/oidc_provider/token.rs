@@ -98,7 +98,11 @@ fn authenticate_client<'a>(
     let (id, secret, is_basic) = match basic {
         Some(b) => {
             if form.get("client_secret").is_some() {
-                return Err(token_error(400, "invalid_request", "one client authentication method only"));
+                return Err(token_error(
+                    400,
+                    "invalid_request",
+                    "one client authentication method only",
+                ));
             }
             let decoded = STANDARD
                 .decode(b)
@@ -116,7 +120,11 @@ fn authenticate_client<'a>(
             (id, Some(secret), true)
         }
         None => match form.get("client_id") {
-            Some(id) => (id.to_string(), form.get("client_secret").map(str::to_string), false),
+            Some(id) => (
+                id.to_string(),
+                form.get("client_secret").map(str::to_string),
+                false,
+            ),
             None => return Err(invalid_client(false)),
         },
     };
@@ -137,7 +145,11 @@ impl AuthService {
             .header("content-type")
             .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
         if !form_ok {
-            return token_error(400, "invalid_request", "the body must be application/x-www-form-urlencoded");
+            return token_error(
+                400,
+                "invalid_request",
+                "the body must be application/x-www-form-urlencoded",
+            );
         }
         let form = match Params::parse(&req.body) {
             Ok(f) => f,
@@ -157,10 +169,16 @@ impl AuthService {
                     return token_error(400, "invalid_grant", "the code is invalid");
                 };
                 if form.get("redirect_uri") != Some(grant.redirect_uri.as_str()) {
-                    return token_error(400, "invalid_grant", "redirect_uri does not match the authorization request");
+                    return token_error(
+                        400,
+                        "invalid_grant",
+                        "redirect_uri does not match the authorization request",
+                    );
                 }
                 match (&grant.code_challenge, form.get("code_verifier")) {
-                    (Some(ch), Some(v)) if super::pkce_shaped(v) && s256(v).as_bytes().ct_eq(ch.as_bytes()).into() => {}
+                    (Some(ch), Some(v))
+                        if super::pkce_shaped(v)
+                            && s256(v).as_bytes().ct_eq(ch.as_bytes()).into() => {}
                     (None, None) => {}
                     (Some(_), None) => {
                         return token_error(400, "invalid_grant", "code_verifier is missing")
@@ -180,10 +198,18 @@ impl AuthService {
                     Ok(s) => {
                         if let Some(asked) = form.get("scope") {
                             let granted = scope_list(
-                                &s.session.client.as_ref().map(|b| b.scope.clone()).unwrap_or_default(),
+                                &s.session
+                                    .client
+                                    .as_ref()
+                                    .map(|b| b.scope.clone())
+                                    .unwrap_or_default(),
                             );
                             if scope_list(asked).iter().any(|a| !granted.contains(a)) {
-                                return token_error(400, "invalid_scope", "more scope than was granted");
+                                return token_error(
+                                    400,
+                                    "invalid_scope",
+                                    "more scope than was granted",
+                                );
                             }
                         }
                         Ok((s, None))
@@ -191,13 +217,23 @@ impl AuthService {
                     Err(e) => Err(e),
                 }
             }
-            Some(_) => return token_error(400, "unsupported_grant_type", "authorization_code or refresh_token"),
+            Some(_) => {
+                return token_error(
+                    400,
+                    "unsupported_grant_type",
+                    "authorization_code or refresh_token",
+                )
+            }
             None => return token_error(400, "invalid_request", "grant_type is missing"),
         };
         let (s, nonce) = match result {
             Ok(r) => r,
             Err(GrantError::Invalid) => {
-                return token_error(400, "invalid_grant", "the code or refresh token is invalid, used or expired")
+                return token_error(
+                    400,
+                    "invalid_grant",
+                    "the code or refresh token is invalid, used or expired",
+                )
             }
             Err(GrantError::Account(e)) => return crate::error::ApiError::from(e).into_response(),
         };
@@ -315,13 +351,11 @@ impl AuthService {
                     .and_then(|f| f.get("access_token").map(str::to_string));
                 match from_form {
                     Some(t) => t,
-                    None => {
-                        return ApiResponse::json(
-                            401,
-                            &json!({"error": "invalid_token", "error_description": "no access token"}),
-                        )
-                        .with_header("www-authenticate", "Bearer")
-                    }
+                    None => return ApiResponse::json(
+                        401,
+                        &json!({"error": "invalid_token", "error_description": "no access token"}),
+                    )
+                    .with_header("www-authenticate", "Bearer"),
                 }
             }
         };
@@ -374,8 +408,10 @@ impl AuthService {
                     if let Ok(jti) = Uuid::parse_str(&a.base.jti) {
                         let revoked = vec![Revocation::Token(jti, a.base.exp)];
                         if let Err(e) = self.store.revoke(revoked.clone()).await {
-                            return crate::error::ApiError::from(crate::accounts::AccountError::from(e))
-                                .into_response();
+                            return crate::error::ApiError::from(
+                                crate::accounts::AccountError::from(e),
+                            )
+                            .into_response();
                         }
                         self.revocations.apply(&revoked);
                     }

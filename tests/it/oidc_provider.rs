@@ -22,6 +22,10 @@ use crate::common::http::{self, Response};
 use crate::common::*;
 
 const SECRET: &str = "app secret: with + and %";
+/// authlib 1.6 sends `client_secret_basic` without the form-urlencoding
+/// RFC 6749 §2.3.1 asks for: its client's secret has no character that
+/// encoding changes.
+const PY_SECRET: &str = "pysecret0123456789";
 const CB: &str = "http://127.0.0.1:9/cb";
 const BYE: &str = "http://127.0.0.1:9/bye";
 
@@ -33,6 +37,7 @@ fn builder() -> Builder {
 fn builder_alg(alg: &str) -> Builder {
     let mut env = HashMap::new();
     env.insert("APP_SECRET".to_string(), SECRET.to_string());
+    env.insert("PY_SECRET".to_string(), PY_SECRET.to_string());
     Builder {
         extra: format!(
             r#"[browser]
@@ -60,6 +65,11 @@ client_id = "admins"
 client_secret_env = "APP_SECRET"
 redirect_uris = ["{CB}"]
 roles = ["admin"]
+
+[[oidc_provider.clients]]
+client_id = "py"
+client_secret_env = "PY_SECRET"
+redirect_uris = ["{CB}"]
 
 [[oidc_provider.clients]]
 client_id = "ask"
@@ -107,7 +117,9 @@ async fn authorize(gw: &TestGateway, cookie: Option<&str>, pairs: &[(&str, &str)
     if let Some(c) = &c {
         h.push(("cookie", c));
     }
-    http::request(gw.addr, "GET", &path, &h, None).await.unwrap()
+    http::request(gw.addr, "GET", &path, &h, None)
+        .await
+        .unwrap()
 }
 
 /// The parameters of a redirect to the client.
@@ -158,10 +170,17 @@ async fn code_for(gw: &TestGateway, cookie: &str, client: &str, scope: &str) -> 
 }
 
 fn basic(id: &str, secret: &str) -> String {
-    format!("Basic {}", STANDARD.encode(format!("{}:{}", enc(id), enc(secret))))
+    format!(
+        "Basic {}",
+        STANDARD.encode(format!("{}:{}", enc(id), enc(secret)))
+    )
 }
 
-async fn token_at(addr: std::net::SocketAddr, form: &[(&str, &str)], auth: Option<&str>) -> Response {
+async fn token_at(
+    addr: std::net::SocketAddr,
+    form: &[(&str, &str)],
+    auth: Option<&str>,
+) -> Response {
     let body = query(form);
     let mut h = vec![("content-type", "application/x-www-form-urlencoded")];
     if let Some(a) = auth {
@@ -238,7 +257,11 @@ async fn discovery_lists_every_field_and_is_404_while_disabled() {
     // The JWKS carries the provider's key with its kid.
     let jwks = gw.get("/.well-known/jwks.json", None).await.json();
     assert!(
-        jwks["keys"].as_array().unwrap().iter().any(|k| k["kid"].is_string()),
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"].is_string()),
         "{jwks}"
     );
 
@@ -289,7 +312,11 @@ async fn a_bad_client_or_redirect_uri_gets_a_page_never_a_redirect() {
     let r = authorize(
         &gw,
         Some(&cookie),
-        &[("client_id", "app"), ("response_type", "code"), ("scope", "openid")],
+        &[
+            ("client_id", "app"),
+            ("response_type", "code"),
+            ("scope", "openid"),
+        ],
     )
     .await;
     assert_eq!(r.status, 400);
@@ -303,7 +330,14 @@ async fn other_errors_go_back_to_the_client_with_state() {
     let (_, ch) = pkce();
     let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
         // A public client without PKCE, or with plain.
-        (vec![("client_id", "spa"), ("scope", "openid"), ("response_type", "code")], "invalid_request"),
+        (
+            vec![
+                ("client_id", "spa"),
+                ("scope", "openid"),
+                ("response_type", "code"),
+            ],
+            "invalid_request",
+        ),
         (
             vec![
                 ("client_id", "spa"),
@@ -323,9 +357,30 @@ async fn other_errors_go_back_to_the_client_with_state() {
             ],
             "invalid_request",
         ),
-        (vec![("client_id", "app"), ("scope", "openid"), ("response_type", "token")], "unsupported_response_type"),
-        (vec![("client_id", "app"), ("scope", "email"), ("response_type", "code")], "invalid_scope"),
-        (vec![("client_id", "app"), ("scope", "openid admin"), ("response_type", "code")], "invalid_scope"),
+        (
+            vec![
+                ("client_id", "app"),
+                ("scope", "openid"),
+                ("response_type", "token"),
+            ],
+            "unsupported_response_type",
+        ),
+        (
+            vec![
+                ("client_id", "app"),
+                ("scope", "email"),
+                ("response_type", "code"),
+            ],
+            "invalid_scope",
+        ),
+        (
+            vec![
+                ("client_id", "app"),
+                ("scope", "openid admin"),
+                ("response_type", "code"),
+            ],
+            "invalid_scope",
+        ),
     ];
     for (mut q, error) in cases {
         q.push(("redirect_uri", CB));
@@ -396,7 +451,10 @@ async fn without_a_session_the_portal_signs_in_and_comes_back() {
     let id = claims(t["id_token"].as_str().unwrap());
     assert_eq!(id["aud"], "spa");
     assert_eq!(id["email"], "roundtrip@example.com");
-    assert!(id.get("nonce").is_none(), "no nonce sent, none in the token");
+    assert!(
+        id.get("nonce").is_none(),
+        "no nonce sent, none in the token"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,7 +488,10 @@ async fn prompt_login_and_max_age_force_a_new_sign_in() {
             gw.addr,
             "GET",
             &loc,
-            &[("cookie", &format!("__Host-portcullis={cookie}")), ("accept", "text/html")],
+            &[
+                ("cookie", &format!("__Host-portcullis={cookie}")),
+                ("accept", "text/html"),
+            ],
             None,
         )
         .await
@@ -495,10 +556,16 @@ async fn a_code_works_once_and_its_second_use_revokes_what_it_gave() {
     )
     .await
     .unwrap();
-    assert_eq!(ui.status, 401, "the access token of the first use is revoked");
+    assert_eq!(
+        ui.status, 401,
+        "the access token of the first use is revoked"
+    );
     let r = token_at(
         gw.addr,
-        &[("grant_type", "refresh_token"), ("refresh_token", t["refresh_token"].as_str().unwrap())],
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", t["refresh_token"].as_str().unwrap()),
+        ],
         Some(&basic("app", SECRET)),
     )
     .await;
@@ -538,7 +605,11 @@ async fn sixteen_parallel_exchanges_of_one_code_give_one_success() {
         rs.push(r.unwrap());
     }
     let ok: Vec<&Response> = rs.iter().filter(|r| r.status == 200).collect();
-    assert!(ok.len() <= 1, "{:?}", rs.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert!(
+        ok.len() <= 1,
+        "{:?}",
+        rs.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
     assert_eq!(rs.iter().filter(|r| r.status == 400).count() + ok.len(), 16);
     // The code was used more than once: whatever a winner got is revoked.
     for w in ok {
@@ -579,13 +650,24 @@ async fn sixteen_parallel_refreshes_have_one_winner_and_end_the_session() {
         rs.push(r.unwrap());
     }
     let statuses: Vec<u16> = rs.iter().map(|r| r.status).collect();
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 400).count(), 15, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 400).count(),
+        15,
+        "{statuses:?}"
+    );
     // As section 4: the losers were reuse, which ended the session.
     let winner = rs.iter().find(|r| r.status == 200).unwrap().json();
     let r = token_at(
         gw.addr,
-        &[("grant_type", "refresh_token"), ("refresh_token", winner["refresh_token"].as_str().unwrap())],
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", winner["refresh_token"].as_str().unwrap()),
+        ],
         Some(&basic("app", SECRET)),
     )
     .await;
@@ -602,18 +684,34 @@ async fn client_sessions_are_user_sessions_and_end_with_logout_all_and_disable()
     let id = claims(t["id_token"].as_str().unwrap());
     let list = gw.get("/auth/sessions", Some(&s.access)).await.json();
     assert!(
-        list["sessions"].as_array().unwrap().iter().any(|x| x["id"] == id["sid"]),
+        list["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == id["sid"]),
         "the client session is listed: {list}"
     );
     // Its refresh token is no gateway refresh token.
     let r = gw
-        .post("/auth/refresh", json!({ "refresh_token": t["refresh_token"] }), None)
+        .post(
+            "/auth/refresh",
+            json!({ "refresh_token": t["refresh_token"] }),
+            None,
+        )
         .await;
     assert_error(&r, 401, "invalid_token");
-    assert_eq!(gw.post("/auth/logout-all", json!({}), Some(&s.access)).await.status, 204);
+    assert_eq!(
+        gw.post("/auth/logout-all", json!({}), Some(&s.access))
+            .await
+            .status,
+        204
+    );
     let r = token_at(
         gw.addr,
-        &[("grant_type", "refresh_token"), ("refresh_token", t["refresh_token"].as_str().unwrap())],
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", t["refresh_token"].as_str().unwrap()),
+        ],
         Some(&basic("app", SECRET)),
     )
     .await;
@@ -631,7 +729,11 @@ async fn client_sessions_are_user_sessions_and_end_with_logout_all_and_disable()
             ("authorization", &format!("Bearer {}", token.trim())),
             ("content-type", "application/json"),
         ],
-        Some(json!({ "op": "disable", "email": "sessions@example.com" }).to_string().as_bytes()),
+        Some(
+            json!({ "op": "disable", "email": "sessions@example.com" })
+                .to_string()
+                .as_bytes(),
+        ),
     )
     .await
     .unwrap();
@@ -640,7 +742,10 @@ async fn client_sessions_are_user_sessions_and_end_with_logout_all_and_disable()
         gw.addr,
         "GET",
         "/auth/oauth/userinfo",
-        &[("authorization", &format!("Bearer {}", t["access_token"].as_str().unwrap()))],
+        &[(
+            "authorization",
+            &format!("Bearer {}", t["access_token"].as_str().unwrap()),
+        )],
         None,
     )
     .await
@@ -648,7 +753,10 @@ async fn client_sessions_are_user_sessions_and_end_with_logout_all_and_disable()
     assert_eq!(ui.status, 401);
     let r = token_at(
         gw.addr,
-        &[("grant_type", "refresh_token"), ("refresh_token", t["refresh_token"].as_str().unwrap())],
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", t["refresh_token"].as_str().unwrap()),
+        ],
         Some(&basic("app", SECRET)),
     )
     .await;
@@ -671,7 +779,11 @@ async fn client_authentication_is_checked_both_ways() {
     assert!(r.header("www-authenticate").is_some());
     // Basic without form-urlencoding first: the '+' and '%' differ.
     let raw = format!("Basic {}", STANDARD.encode(format!("app:{SECRET}")));
-    assert_oauth_error(&token_at(gw.addr, &form, Some(&raw)).await, 401, "invalid_client");
+    assert_oauth_error(
+        &token_at(gw.addr, &form, Some(&raw)).await,
+        401,
+        "invalid_client",
+    );
     // The public client's id cannot redeem the confidential client's code.
     let mut spa = form.to_vec();
     spa.push(("client_id", "spa"));
@@ -682,7 +794,10 @@ async fn client_authentication_is_checked_both_ways() {
     post.push(("client_secret", SECRET));
     let r = token_at(gw.addr, &post, None).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(header(r.json()["access_token"].as_str().unwrap())["typ"], "at+jwt");
+    assert_eq!(
+        header(r.json()["access_token"].as_str().unwrap())["typ"],
+        "at+jwt"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -727,10 +842,16 @@ async fn consent_is_asked_once_per_client_and_scope_set() {
     assert_eq!(r.status, 200, "the consent page: {r:?}");
     let page = r.text();
     assert!(page.contains("email"), "{page}");
-    let csrf = set_cookie(&r, "__Host-portcullis-csrf").unwrap().to_string();
+    let csrf = set_cookie(&r, "__Host-portcullis-csrf")
+        .unwrap()
+        .to_string();
     let request = query(&q("openid email"));
     let submit = |decision: &'static str| {
-        let body = query(&[("csrf", &csrf), ("request", &request), ("decision", decision)]);
+        let body = query(&[
+            ("csrf", &csrf),
+            ("request", &request),
+            ("decision", decision),
+        ]);
         let cookies = format!("__Host-portcullis-csrf={csrf}; __Host-portcullis={cookie}");
         let origin = issuer(&gw);
         let addr = gw.addr;
@@ -780,21 +901,33 @@ async fn rp_logout_redirects_only_to_a_registered_uri() {
             ])
         )
     };
-    let r = http::request(gw.addr, "GET", &logout(&tokens[0], "https://evil.example/"), &[], None)
-        .await
-        .unwrap();
+    let r = http::request(
+        gw.addr,
+        "GET",
+        &logout(&tokens[0], "https://evil.example/"),
+        &[],
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200, "no redirect to an unregistered URI: {r:?}");
     assert!(r.header("location").is_none());
     let r = http::request(gw.addr, "GET", &logout(&tokens[1], BYE), &[], None)
         .await
         .unwrap();
     assert_eq!(r.status, 302);
-    assert_eq!(r.header("location"), Some(format!("{BYE}?state=s1").as_str()));
+    assert_eq!(
+        r.header("location"),
+        Some(format!("{BYE}?state=s1").as_str())
+    );
     // Both client sessions ended.
     for t in &tokens {
         let r = token_at(
             gw.addr,
-            &[("grant_type", "refresh_token"), ("refresh_token", t["refresh_token"].as_str().unwrap())],
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", t["refresh_token"].as_str().unwrap()),
+            ],
             Some(&basic("app", SECRET)),
         )
         .await;
@@ -817,7 +950,11 @@ fn node_rp() -> std::path::PathBuf {
         assert!(out.ok(), "npm install openid-client failed: {out:?}");
     }
     let script = dir.join("rp.mjs");
-    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/rp/rp.mjs"), &script).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/rp/rp.mjs"),
+        &script,
+    )
+    .unwrap();
     script
 }
 
@@ -830,7 +967,10 @@ fn authlib_python() -> std::path::PathBuf {
     }
     let mut cmd = std::process::Command::new("python3");
     cmd.args(["-m", "venv"]).arg(&venv);
-    assert!(bin::run(cmd, None, Duration::from_secs(120)).ok(), "python3 -m venv");
+    assert!(
+        bin::run(cmd, None, Duration::from_secs(120)).ok(),
+        "python3 -m venv"
+    );
     let mut cmd = std::process::Command::new(venv.join("bin/pip"));
     cmd.args(["install", "-q", "authlib==1.6.5", "requests==2.32.5"]);
     let out = bin::run(cmd, None, Duration::from_secs(600));
@@ -865,10 +1005,15 @@ async fn openid_client_runs_the_full_flow() {
     });
     let mut cmd = std::process::Command::new("node");
     cmd.arg(&script).arg(cfg.to_string());
-    let out = tokio::task::spawn_blocking(move || run_json(cmd)).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || run_json(cmd))
+        .await
+        .unwrap();
     assert_eq!(out["discovered_issuer"], issuer(&gw));
     let code = &out["code"]["ok"];
-    assert!(code.is_object(), "the code grant passed openid-client's checks: {out}");
+    assert!(
+        code.is_object(),
+        "the code grant passed openid-client's checks: {out}"
+    );
     let c = &code["claims"];
     assert_eq!(c["iss"], issuer(&gw));
     assert_eq!(c["aud"], "app");
@@ -881,13 +1026,21 @@ async fn openid_client_runs_the_full_flow() {
     assert_eq!(out["userinfo"]["ok"]["email"], "node@example.com");
     assert!(out["refresh"]["ok"]["refresh_token"].is_string(), "{out}");
     assert_eq!(out["refresh_reuse"]["error"], "invalid_grant", "{out}");
-    assert_eq!(out["refresh_after_reuse"]["error"], "invalid_grant", "reuse ended the session: {out}");
+    assert_eq!(
+        out["refresh_after_reuse"]["error"], "invalid_grant",
+        "reuse ended the session: {out}"
+    );
     // The end-session URL it built redirects back to the registered URI.
     let end = url::Url::parse(out["end_session_url"].as_str().unwrap()).unwrap();
     let path = format!("{}?{}", end.path(), end.query().unwrap());
-    let r = http::request(gw.addr, "GET", &path, &[], None).await.unwrap();
+    let r = http::request(gw.addr, "GET", &path, &[], None)
+        .await
+        .unwrap();
     assert_eq!(r.status, 302);
-    assert_eq!(r.header("location"), Some(format!("{BYE}?state=bye").as_str()));
+    assert_eq!(
+        r.header("location"),
+        Some(format!("{BYE}?state=bye").as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -898,21 +1051,26 @@ async fn authlib_runs_the_full_flow() {
     let cookie = portal_login(&gw, "py@example.com", "/").await;
     let cfg = json!({
         "issuer": issuer(&gw),
-        "client_id": "app",
-        "client_secret": SECRET,
+        "client_id": "py",
+        "client_secret": PY_SECRET,
         "redirect_uri": CB,
         "scope": "openid email roles",
         "alg": "ES256",
         "cookie": format!("__Host-portcullis={cookie}"),
     });
     let mut cmd = std::process::Command::new(py);
-    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/rp/rp_authlib.py"))
-        .arg(cfg.to_string());
-    let out = tokio::task::spawn_blocking(move || run_json(cmd)).await.unwrap();
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/rp/rp_authlib.py"
+    ))
+    .arg(cfg.to_string());
+    let out = tokio::task::spawn_blocking(move || run_json(cmd))
+        .await
+        .unwrap();
     assert_eq!(out["issuer"], issuer(&gw));
     let c = &out["claims"];
     assert_eq!(c["nonce"], out["nonce_sent"]);
-    assert_eq!(c["aud"], "app");
+    assert_eq!(c["aud"], "py");
     assert_eq!(c["roles"], json!(["editor"]));
     assert_eq!(c["email_verified"], true);
     assert!(c.get("preferred_username").is_none(), "no profile scope");
@@ -932,7 +1090,9 @@ async fn logout_receiver() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -1016,7 +1176,12 @@ async fn backchannel_logout_reaches_the_client_after_logout_all_and_disable() {
     let (code, verifier) = code_for(&gw, &cookie, "app", "openid").await;
     let t = exchange(&gw, &code, &verifier).await.json();
     let id = claims(t["id_token"].as_str().unwrap());
-    assert_eq!(gw.post("/auth/logout-all", json!({}), Some(&s.access)).await.status, 204);
+    assert_eq!(
+        gw.post("/auth/logout-all", json!({}), Some(&s.access))
+            .await
+            .status,
+        204
+    );
     let token = tokio::time::timeout(Duration::from_secs(20), rx.recv())
         .await
         .expect("a back-channel logout after logout-all")
@@ -1038,7 +1203,11 @@ async fn backchannel_logout_reaches_the_client_after_logout_all_and_disable() {
             ("authorization", &format!("Bearer {}", token.trim())),
             ("content-type", "application/json"),
         ],
-        Some(json!({ "op": "disable", "email": "bcl@example.com" }).to_string().as_bytes()),
+        Some(
+            json!({ "op": "disable", "email": "bcl@example.com" })
+                .to_string()
+                .as_bytes(),
+        ),
     )
     .await
     .unwrap();
@@ -1051,7 +1220,9 @@ async fn backchannel_logout_reaches_the_client_after_logout_all_and_disable() {
     assert_eq!(c["sid"], id["sid"]);
     // Sent once: nothing else arrives for these two sessions.
     assert!(
-        tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.is_err(),
+        tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .is_err(),
         "one logout per ended session"
     );
 }
