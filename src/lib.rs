@@ -22,6 +22,7 @@ pub mod mail;
 pub mod metrics;
 pub mod names;
 pub mod net;
+pub mod oidc_provider;
 pub mod openapi;
 pub mod outbound;
 pub mod portal;

@@ -15,6 +15,7 @@ pub mod email;
 pub mod passkeys;
 pub mod password;
 pub mod profile;
+pub mod provider;
 pub mod reauth;
 pub mod recovery;
 pub mod second_factor;

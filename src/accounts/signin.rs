@@ -165,6 +165,7 @@ impl AuthService {
             // A sign-in: what every later access token of this session
             // carries as `auth_time`, refresh after refresh.
             auth_time: Some(now),
+            client: None,
         };
         let current = self
             .store
@@ -307,7 +308,8 @@ impl AuthService {
             return Err(invalid(None, "invalid"));
         };
         match self.store.find_session(p.sid).await? {
-            Some(s) if self.refresh.is_authentic(&p, &s) => {}
+            // A client session of the OpenID Provider refreshes only there.
+            Some(s) if self.refresh.is_authentic(&p, &s) && s.client.is_none() => {}
             _ => return Err(invalid(None, "invalid")),
         }
         let stamp = self.stamp();

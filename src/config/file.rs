@@ -394,6 +394,9 @@ pub struct OidcProviderFile {
     pub issuer: String,
     /// "RS256" | "ES256" | "EdDSA".
     pub signing_alg: String,
+    pub code_ttl_secs: u64,
+    pub access_ttl_secs: u64,
+    pub clients: Vec<OidcClientFile>,
 }
 
 impl Default for OidcProviderFile {
@@ -402,6 +405,39 @@ impl Default for OidcProviderFile {
             enabled: false,
             issuer: String::new(),
             signing_alg: "RS256".into(),
+            code_ttl_secs: 60,
+            access_ttl_secs: 900,
+            clients: vec![],
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct OidcClientFile {
+    pub client_id: String,
+    pub client_secret_env: String,
+    pub redirect_uris: Vec<String>,
+    pub post_logout_redirect_uris: Vec<String>,
+    pub backchannel_logout_uri: String,
+    pub scopes: Vec<String>,
+    pub roles: Vec<String>,
+    pub consent: bool,
+}
+
+impl Default for OidcClientFile {
+    fn default() -> Self {
+        Self {
+            client_id: String::new(),
+            client_secret_env: String::new(),
+            redirect_uris: vec![],
+            post_logout_redirect_uris: vec![],
+            backchannel_logout_uri: String::new(),
+            scopes: ["openid", "email", "profile", "roles"]
+                .map(String::from)
+                .to_vec(),
+            roles: vec![],
+            consent: false,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! all at once; a config that has any problem never starts a gateway.
 
 mod file;
+pub mod oidc_provider;
 mod routes;
 mod schedule;
 mod validate;
@@ -81,6 +82,19 @@ pub struct OidcProviderConfig {
     /// The `iss` of ID tokens and assertions (default: `mail.link_base_url`).
     pub issuer: String,
     pub signing_alg: ProviderAlgorithm,
+    /// How long an authorization code lives.
+    pub code_ttl_secs: u64,
+    /// Lifetime of client access tokens and ID tokens.
+    pub access_ttl_secs: u64,
+    /// The registered clients.
+    pub clients: Vec<oidc_provider::OidcClient>,
+}
+
+impl OidcProviderConfig {
+    /// The registered client `id`.
+    pub fn client(&self, id: &str) -> Option<&oidc_provider::OidcClient> {
+        self.clients.iter().find(|c| c.client_id == id)
+    }
 }
 
 impl Config {

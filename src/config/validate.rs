@@ -39,7 +39,7 @@ pub(super) fn validate(
         routes,
         storage,
         browser: browser(&f.browser, p),
-        oidc_provider: oidc_provider(&f, p),
+        oidc_provider: oidc_provider(&f, env, p),
     }
 }
 
@@ -625,7 +625,11 @@ fn storage(
 }
 
 /// `[oidc_provider]`: the keys the signing keys and the assertion need.
-fn oidc_provider(f: &FileConfig, p: &mut Vec<String>) -> OidcProviderConfig {
+fn oidc_provider(
+    f: &FileConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Vec<String>,
+) -> OidcProviderConfig {
     let o = &f.oidc_provider;
     let signing_alg = match o.signing_alg.as_str() {
         "RS256" => ProviderAlgorithm::Rs256,
@@ -646,9 +650,13 @@ fn oidc_provider(f: &FileConfig, p: &mut Vec<String>) -> OidcProviderConfig {
         "" => f.mail.link_base_url.trim_end_matches('/').to_string(),
         i => i.to_string(),
     };
+    let (code_ttl_secs, access_ttl_secs, clients) = super::oidc_provider::validate(o, env, p);
     OidcProviderConfig {
         enabled: o.enabled,
         issuer,
         signing_alg,
+        code_ttl_secs,
+        access_ttl_secs,
+        clients,
     }
 }

@@ -52,6 +52,9 @@ impl AuthService {
         if path == "/auth/ui" || path.starts_with("/auth/ui/") {
             return self.portal(&portal_view(req)).await;
         }
+        if crate::oidc_provider::is_provider_path(path) {
+            return self.oidc_provider(req).await;
+        }
         let browser = self.cfg().browser.enabled;
         let m = &req.method;
         match path {

@@ -14,7 +14,17 @@ use tokio::sync::Notify;
 use super::Transport;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::store::{Delivery, Store};
+use crate::store::{Delivery, OutboxMessage, Store};
+
+/// Delivers the outbox messages that are no mail: an HTTP POST (the OpenID
+/// Provider's back-channel logouts). Same queue, claims, retries and
+/// records as mail; only the send differs.
+#[async_trait]
+pub trait HttpDelivery: Send + Sync {
+    /// Does this sender deliver messages of `kind`?
+    fn handles(&self, kind: &str) -> bool;
+    async fn send(&self, msg: &OutboxMessage) -> Result<(), String>;
+}
 
 /// How long a claim is this sender's: longer than one send may take
 /// ([`SEND_TIMEOUT`]), after which another sender may retry. A batch is
@@ -35,6 +45,8 @@ pub struct OutboxWorker {
     pub clock: Arc<dyn Clock>,
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    /// The sender of the messages that are HTTP deliveries, not mail.
+    pub http: Option<Arc<dyn HttpDelivery>>,
 }
 
 /// What the worker derives from `[mail]`: built at start and by each
@@ -101,7 +113,13 @@ impl OutboxWorker {
                     continue;
                 }
             };
-            let sent = tokio::time::timeout(SEND_TIMEOUT, mail.transport.send(&msg))
+            let send = async {
+                match &self.http {
+                    Some(h) if h.handles(&msg.kind) => h.send(&msg).await,
+                    _ => mail.transport.send(&msg).await,
+                }
+            };
+            let sent = tokio::time::timeout(SEND_TIMEOUT, send)
                 .await
                 .unwrap_or_else(|_| Err("send timed out".into()));
             let delivery = match sent {

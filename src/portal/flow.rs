@@ -286,7 +286,10 @@ impl AuthService {
 
     async fn login_page(&self, mut page: Page<'_>) -> ApiResponse {
         let rd = page.rd();
-        if identity(self, &mut page).await.is_some() {
+        // `prompt=login`: the OpenID Provider asks for a new sign-in even
+        // though there is a session.
+        let fresh = page.req.query_param("prompt").as_deref() == Some("login");
+        if !fresh && identity(self, &mut page).await.is_some() {
             return page.see_other(&rd);
         }
         login_form(page, None, "", &rd)

@@ -635,6 +635,11 @@ fn add_background_tasks(server: &mut Server, core: &Core) -> Arc<std::sync::atom
             clock: core.clock.clone(),
             wake: core.auth.mail_wake.clone(),
             metrics: core.metrics.clone(),
+            http: Some(Arc::new(
+                crate::oidc_provider::backchannel::BackchannelSender {
+                    auth: core.auth.clone(),
+                },
+            )),
         },
     ));
     server.add_service(background_service(

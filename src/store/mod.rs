@@ -193,6 +193,19 @@ pub struct SessionRecord {
     /// as not recent (CONTRACT 8.6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_time: Option<i64>,
+    /// A client session of the OpenID Provider (CONTRACT 8.2): the client
+    /// it was issued to and the scope granted; `None` for the gateway's own
+    /// sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientBinding>,
+}
+
+/// The OpenID Provider client a session belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientBinding {
+    pub client_id: String,
+    /// The granted scopes, space-separated.
+    pub scope: String,
 }
 
 /// What presenting generation `g` of a session's refresh token led to.
@@ -351,6 +364,11 @@ pub enum OneTimeKind {
     PasswordReset,
     /// The `mfa_token` of a login waiting for its second factor.
     MfaLogin,
+    /// An authorization code of the OpenID Provider (CONTRACT 8.2).
+    AuthCode,
+    /// A user's consent to a provider client and scope set (never
+    /// redeemed; found by its key's hash).
+    Consent,
 }
 
 /// A single-use emailed token (verification or reset), stored under its hash.
@@ -381,6 +399,9 @@ pub enum Redeem {
         secret: String,
         proof: MfaProof,
     },
+    /// Spend an authorization code (the account must still be as it was:
+    /// not disabled, password unchanged). Changes nothing else.
+    AuthCode,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

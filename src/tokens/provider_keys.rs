@@ -48,7 +48,9 @@ pub fn longest_lifetime(cfg: &Config) -> u64 {
     // long as the gateway's access tokens unless `[oidc_provider]` says
     // otherwise; the provider's own lifetimes join this maximum where they
     // are configured.
-    ASSERTION_TTL_SECS.max(cfg.tokens.access_ttl_secs)
+    ASSERTION_TTL_SECS
+        .max(cfg.tokens.access_ttl_secs)
+        .max(cfg.oidc_provider.access_ttl_secs)
 }
 
 /// The key-set file of `alg` in `data_dir`.

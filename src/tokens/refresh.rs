@@ -135,6 +135,7 @@ mod tests {
             user_agent: String::new(),
             amr: vec![],
             auth_time: None,
+            client: None,
         }
     }
 

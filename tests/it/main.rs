@@ -19,6 +19,7 @@ mod email;
 mod key_rotation;
 mod limits;
 mod mfa;
+mod oidc_provider;
 mod openapi;
 mod passthrough;
 mod policy;

@@ -335,6 +335,7 @@ pub fn check_redeem(
         Redeem::VerifyEmail => OneTimeKind::EmailVerify,
         Redeem::ResetPassword { .. } => OneTimeKind::PasswordReset,
         Redeem::Mfa { .. } => OneTimeKind::MfaLogin,
+        Redeem::AuthCode => OneTimeKind::AuthCode,
     };
     let good = t.kind == kind
         && t.expires_at > now
@@ -349,7 +350,10 @@ pub fn check_redeem(
             }
             // Bound to the login it continues: the password checked then
             // is still the password.
-            OneTimeKind::MfaLogin => t.password_version == user.password_version,
+            OneTimeKind::Consent => false,
+            OneTimeKind::MfaLogin | OneTimeKind::AuthCode => {
+                t.password_version == user.password_version
+            }
         };
     if good {
         Ok(())
@@ -376,6 +380,7 @@ pub fn apply_redeem(current: &User, redeem: &Redeem) -> Result<(User, Cascade), 
             use_mfa(&mut u, secret, proof)?;
             (u, Cascade::NONE)
         }
+        Redeem::AuthCode => (u, Cascade::NONE),
     })
 }
 
@@ -590,3 +595,29 @@ impl Counter {
 
 #[cfg(test)]
 mod tests;
+
+/// The outbox kind of a back-channel logout (OIDC Back-Channel Logout 1.0)
+/// owed to the client of an ended session.
+pub const BACKCHANNEL_KIND: &str = "backchannel_logout";
+
+/// The back-channel logout owed when client session `s` ends: queued in
+/// the same store operation that ends it, signed and sent by the outbox
+/// worker. Its id is the session's (a session ends once): `to` is the
+/// client id, `subject` the session id (`sid`), `body` the user id (`sub`).
+pub fn backchannel_notice(s: &SessionRecord, now: i64) -> Option<OutboxMessage> {
+    let c = s.client.as_ref()?;
+    Some(OutboxMessage {
+        id: s.id,
+        kind: BACKCHANNEL_KIND.into(),
+        to: c.client_id.clone(),
+        subject: s.id.to_string(),
+        body: s.user_id.to_string(),
+        created_at: now,
+        attempts: 0,
+        next_attempt_at: now,
+        failed: false,
+        last_error: None,
+        failed_at: None,
+        claim: None,
+    })
+}

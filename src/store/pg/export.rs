@@ -103,6 +103,8 @@ pub(super) async fn export_page(
                     0 => OneTimeKind::EmailVerify,
                     1 => OneTimeKind::PasswordReset,
                     2 => OneTimeKind::MfaLogin,
+                    3 => OneTimeKind::AuthCode,
+                    4 => OneTimeKind::Consent,
                     _ => return Err(StoreError::Corrupt(format!("one-time kind {code}"))),
                 };
                 records.push(Record::OneTimeSeq {

@@ -15,33 +15,46 @@ pub(super) async fn end_sessions_tx(
     tx.query_opt("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user])
         .await
         .map_err(pg)?;
-    let ids: Vec<Uuid> = match which {
+    let ids: Vec<(Uuid, Option<OutboxMessage>)> = match which {
         Sessions::One(sid) => tx
             .query(
-                "DELETE FROM sessions WHERE id = $1 AND user_id = $2 RETURNING id",
+                "DELETE FROM sessions WHERE id = $1 AND user_id = $2 RETURNING id, record",
                 &[&sid, &user],
             )
             .await
             .map_err(pg)?,
         Sessions::AllBut(keep) => tx
             .query(
-                "DELETE FROM sessions WHERE user_id = $1 AND id <> $2 RETURNING id",
+                "DELETE FROM sessions WHERE user_id = $1 AND id <> $2 RETURNING id, record",
                 &[&user, &keep],
             )
             .await
             .map_err(pg)?,
         Sessions::All => tx
             .query(
-                "DELETE FROM sessions WHERE user_id = $1 RETURNING id",
+                "DELETE FROM sessions WHERE user_id = $1 RETURNING id, record",
                 &[&user],
             )
             .await
             .map_err(pg)?,
     }
     .iter()
-    .map(|r| r.get(0))
-    .filter(|id| domain::selects(which, id))
+    .map(|r| (r.get::<_, Uuid>(0), r.get::<_, serde_json::Value>(1)))
+    .filter(|(id, _)| domain::selects(which, id))
+    .map(|(id, record)| {
+        let notice = dec::<SessionRecord>(record)
+            .ok()
+            .and_then(|s| domain::backchannel_notice(&s, stamp.now));
+        (id, notice)
+    })
     .collect();
+    // A client session's back-channel logout is queued with its end.
+    for (_, notice) in &ids {
+        if let Some(m) = notice {
+            put_mail(tx, m).await?;
+        }
+    }
+    let ids: Vec<Uuid> = ids.into_iter().map(|(id, _)| id).collect();
     let revs = domain::revocations_for(user, &ids, cutoff, stamp);
     write_revocations(tx, &revs).await?;
     Ok(revs)
@@ -154,6 +167,9 @@ impl PgStore {
             }
             if let RotateOutcome::Reused(_, revs) = &outcome {
                 write_revocations(tx, revs).await?;
+                if let Some(m) = domain::backchannel_notice(&current, policy.now) {
+                    put_mail(tx, &m).await?;
+                }
             }
             Ok(outcome)
         }))

@@ -91,6 +91,8 @@ pub(super) fn record_from(t: T, k: &[u8], v: &[u8]) -> StoreResult<Record> {
                 Some(0) => OneTimeKind::EmailVerify,
                 Some(1) => OneTimeKind::PasswordReset,
                 Some(2) => OneTimeKind::MfaLogin,
+                Some(3) => OneTimeKind::AuthCode,
+                Some(4) => OneTimeKind::Consent,
                 _ => return Err(StoreError::Corrupt("one-time sequence key".into())),
             };
             Record::OneTimeSeq {

@@ -134,6 +134,9 @@ impl Store for SledStore {
             }
             if let RotateOutcome::Reused(_, revs) = &outcome {
                 tx.write_revocations(revs)?;
+                if let Some(m) = domain::backchannel_notice(&current, policy.now) {
+                    tx.put_json(T::Outbox, m.id.as_bytes().to_vec(), &m);
+                }
             }
             Ok(outcome)
         })

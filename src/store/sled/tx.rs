@@ -248,6 +248,12 @@ impl<'a> Tx<'a> {
         for k in candidates {
             let sid = decode_uuid(&k[16..])?;
             if domain::selects(which, &sid) {
+                // A client session's back-channel logout is queued with its end.
+                if let Some(s) = self.get_json::<SessionRecord>(T::Sessions, sid.as_bytes())? {
+                    if let Some(m) = domain::backchannel_notice(&s, stamp.now) {
+                        self.put_json(T::Outbox, m.id.as_bytes().to_vec(), &m);
+                    }
+                }
                 self.remove(T::Sessions, sid.as_bytes().to_vec());
                 self.remove(T::UserSessions, k);
                 ended.push(sid);
