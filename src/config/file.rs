@@ -19,6 +19,7 @@ pub struct FileConfig {
     pub storage: StorageFile,
     pub browser: BrowserFile,
     pub routes: Option<Vec<RouteFile>>,
+    pub webhooks: Option<Vec<super::webhooks::WebhookFile>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,7 @@ mod file;
 mod routes;
 mod schedule;
 mod validate;
+mod webhooks;
 
 mod warnings;
 
@@ -20,6 +21,9 @@ use file::FileConfig;
 pub use routes::{method_allowed, normalize_host, HostPattern, RouteTable};
 pub use schedule::Schedule;
 pub use warnings::{warn_if_links_are_logged, warnings};
+pub use webhooks::{
+    decode_secret, url_allowed, WebhookConfig, WebhookKey, SECRET_PREFIX, WEBHOOK_EVENTS,
+};
 
 /// A secret value whose `Debug` never shows the value.
 #[derive(Clone, PartialEq, Eq)]
@@ -50,6 +54,8 @@ pub struct Config {
     /// `PORTCULLIS_DATABASE_URL` say otherwise).
     pub storage: Storage,
     pub browser: BrowserConfig,
+    /// `[[webhooks]]` (CONTRACT 8.5).
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// `[browser]`: cookie sessions and the portal (see `browser`).

@@ -39,6 +39,7 @@ pub(super) fn validate(
         routes,
         storage,
         browser: browser(&f.browser, p),
+        webhooks: super::webhooks::validate(f.webhooks.take(), env, p),
     }
 }
 
