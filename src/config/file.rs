@@ -19,7 +19,7 @@ pub struct FileConfig {
     pub storage: StorageFile,
     pub browser: BrowserFile,
     pub routes: Option<Vec<RouteFile>>,
-    pub webhooks: Option<Vec<super::webhooks::WebhookFile>>,
+    pub webhooks: Option<Vec<WebhookFile>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -370,4 +370,28 @@ fn default_auth() -> String {
 pub enum UpstreamFile {
     One(String),
     Many(Vec<String>),
+}
+
+/// One `[[webhooks]]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct WebhookFile {
+    pub url: String,
+    pub events: Vec<String>,
+    pub secret_env: String,
+    pub ca_file: String,
+    /// The bound on one delivery attempt.
+    pub timeout_secs: u64,
+}
+
+impl Default for WebhookFile {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            events: vec![],
+            secret_env: String::new(),
+            ca_file: String::new(),
+            timeout_secs: 10,
+        }
+    }
 }

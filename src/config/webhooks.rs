@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use serde::Deserialize;
+use super::file::WebhookFile;
 
 /// The events a webhook can subscribe to (CONTRACT 8.5).
 pub const WEBHOOK_EVENTS: [&str; 14] = [
@@ -28,30 +28,6 @@ pub const WEBHOOK_EVENTS: [&str; 14] = [
 
 /// The prefix of a Standard Webhooks secret.
 pub const SECRET_PREFIX: &str = "whsec_";
-
-/// One `[[webhooks]]` table as written.
-#[derive(Debug, Deserialize)]
-#[serde(default)]
-pub struct WebhookFile {
-    pub url: String,
-    pub events: Vec<String>,
-    pub secret_env: String,
-    pub ca_file: String,
-    /// The bound on one delivery attempt.
-    pub timeout_secs: u64,
-}
-
-impl Default for WebhookFile {
-    fn default() -> Self {
-        Self {
-            url: String::new(),
-            events: vec![],
-            secret_env: String::new(),
-            ca_file: String::new(),
-            timeout_secs: 10,
-        }
-    }
-}
 
 /// A signing key whose `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -202,6 +178,7 @@ pub(super) fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
 
     const GOOD: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 

@@ -4,7 +4,7 @@
 //! restarts because they live in the store.
 //!
 //! One pass claims a batch, splits it into lanes (all mail is one lane;
-//! HTTP deliveries have one lane per receiver, by origin), and runs the
+//! HTTP deliveries one lane per receiver URL), and runs the
 //! lanes at once, each in order. A lane whose receiver fails defers the
 //! rest of its batch to that entry's next try, and a lane that has used
 //! its time budget defers the rest to the next pass: so a slow or dead
@@ -100,13 +100,11 @@ struct Pass {
     metrics: Arc<Metrics>,
 }
 
-/// The lane of an entry: all mail in one, HTTP by the receiver's origin.
+/// The lane of an entry: all mail in one, HTTP by the receiver's URL.
 fn lane(m: &OutboxMessage) -> String {
     match &m.http {
         None => "mail".into(),
-        Some(p) => url::Url::parse(&p.url)
-            .map(|u| u.origin().ascii_serialization())
-            .unwrap_or_else(|_| p.url.clone()),
+        Some(p) => format!("http {}", p.url),
     }
 }
 

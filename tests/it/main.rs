@@ -31,3 +31,4 @@ mod security;
 mod startup;
 mod store;
 mod tokens;
+mod webhooks;
