@@ -5,8 +5,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
 use super::file::WebhookFile;
+use base64::Engine;
 
 /// The events a webhook can subscribe to (CONTRACT 8.5).
 pub const WEBHOOK_EVENTS: [&str; 14] = [
@@ -63,16 +63,7 @@ impl WebhookConfig {
 /// Whether `url` is one an outbound request may go to: `https://`, or
 /// `http://` to a loopback address (CONTRACT 8.1).
 pub fn url_allowed(url: &url::Url) -> bool {
-    match url.scheme() {
-        "https" => url.host().is_some(),
-        "http" => match url.host() {
-            Some(url::Host::Ipv4(a)) => a.is_loopback(),
-            Some(url::Host::Ipv6(a)) => a.is_loopback(),
-            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-            None => false,
-        },
-        _ => false,
-    }
+    crate::outbound::check_url(url).is_ok()
 }
 
 /// Decode a `whsec_` + base64 secret into its key bytes.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::store::OutboxMessage;
 
-use outbound_stub::{Outbound, OutboundOptions};
+use crate::outbound::{Outbound, OutboundOptions};
 
 /// The largest answer read from a receiver (only its status matters).
 const MAX_ANSWER: usize = 64 * 1024;
@@ -92,36 +92,6 @@ impl HttpSender {
             Ok(())
         } else {
             Err(format!("answered {}", answer.status()))
-        }
-    }
-}
-
-/// Until the shared outbound client (`src/outbound.rs`) lands: the same
-/// API, which refuses every request.
-mod outbound_stub {
-    use std::path::PathBuf;
-    use std::time::Duration;
-
-    pub struct OutboundOptions {
-        pub ca_file: Option<PathBuf>,
-        pub timeout: Duration,
-        pub max_body: usize,
-    }
-
-    pub struct Outbound;
-
-    impl Outbound {
-        pub fn new(o: OutboundOptions) -> Result<Self, String> {
-            let _ = (o.ca_file, o.timeout, o.max_body);
-            Ok(Outbound)
-        }
-
-        pub async fn send(
-            &self,
-            req: http::Request<Vec<u8>>,
-        ) -> Result<http::Response<bytes::Bytes>, String> {
-            let _ = req;
-            Err("the outbound HTTP client is not in this build yet".into())
         }
     }
 }

@@ -16,7 +16,7 @@ use base64::Engine;
 use portcullis::clock::Clock;
 use serde_json::{json, Value};
 
-use crate::common::{bin, free_port, http, pg, Builder, TestGateway, PASSWORD};
+use crate::common::{bin, free_port, http, pg, Builder, TestGateway};
 
 /// The `standardwebhooks` venv under `target/`, installed once per run.
 fn hooks_python() -> PathBuf {
@@ -30,7 +30,10 @@ fn hooks_python() -> PathBuf {
         let mut cmd = Command::new("python3");
         cmd.args(["-m", "venv"]).arg(&venv);
         let out = bin::run(cmd, None, Duration::from_secs(120));
-        assert!(out.ok(), "python3 -m venv failed (run .ci/deps --test): {out:?}");
+        assert!(
+            out.ok(),
+            "python3 -m venv failed (run .ci/deps --test): {out:?}"
+        );
         let mut cmd = Command::new(venv.join("bin/pip"));
         cmd.args(["install", "-q", "standardwebhooks==1.1.0"]);
         let out = bin::run(cmd, None, Duration::from_secs(600));
@@ -153,7 +156,10 @@ impl Receiver {
             if done(&all) {
                 return all;
             }
-            assert!(Instant::now() < deadline, "timed out: {what}; so far {all:#?}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out: {what}; so far {all:#?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -173,7 +179,9 @@ fn accepted<'a>(all: &'a [Value], path: &str) -> Vec<&'a Value> {
 }
 
 fn types(ds: &[&Value]) -> Vec<String> {
-    ds.iter().map(|d| d["type"].as_str().unwrap().to_string()).collect()
+    ds.iter()
+        .map(|d| d["type"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// The value of a metric line (`name{labels} value`) in a scrape.
@@ -199,10 +207,35 @@ async fn admin(gw: &TestGateway, body: Value) -> http::Response {
     .unwrap()
 }
 
+/// Queue `n` events of type `kind` the way the service does (one outbox
+/// entry per subscribed webhook, from the gateway's own config), and wake
+/// its sender; returns the outbox ids (the `webhook-id`s to expect).
+async fn queue(gw: &TestGateway, kind: &str, n: usize) -> Vec<String> {
+    let auth = &gw.handle().auth;
+    let hooks = auth.cfg().webhooks.clone();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let event = portcullis::webhooks::HookEvent {
+            kind: kind.into(),
+            at: gw.clock.now(),
+            data: json!({ "n": i }),
+        };
+        for m in portcullis::webhooks::deliveries(&hooks, &event) {
+            ids.push(m.id.to_string());
+            auth.store.enqueue_mail(m).await.unwrap();
+        }
+    }
+    auth.mail_wake.notify_one();
+    ids
+}
+
 fn builder(hooks: String, env: &[(&str, String)]) -> Builder {
     Builder {
         extra: format!("[throttle]\nauth_per_minute = 0\n\n{hooks}"),
-        env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
         ..Default::default()
     }
 }
@@ -229,10 +262,18 @@ async fn each_event_is_delivered_signed_and_filtered_by_subscription() {
 
     let s = gw.signup("hooked@example.com").await;
     let user_id = s.user["id"].as_str().unwrap().to_string();
-    let r = admin(&gw, json!({"op": "role_add", "email": "hooked@example.com", "role": "ops"})).await;
+    let r = admin(
+        &gw,
+        json!({"op": "role_add", "email": "hooked@example.com", "role": "ops"}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{r:?}");
     let r = gw
-        .post("/auth/logout", json!({ "refresh_token": s.refresh }), Some(&s.access))
+        .post(
+            "/auth/logout",
+            json!({ "refresh_token": s.refresh }),
+            Some(&s.access),
+        )
         .await;
     assert_eq!(r.status, 204, "{r:?}");
     let r = admin(&gw, json!({"op": "disable", "email": "hooked@example.com"})).await;
@@ -246,10 +287,13 @@ async fn each_event_is_delivered_signed_and_filtered_by_subscription() {
         "user.disabled",
     ];
     let all = rx
-        .wait_until("every event at /all and user.disabled at /disabled", |all| {
-            let got: HashSet<String> = types(&accepted(all, "/all")).into_iter().collect();
-            want.iter().all(|w| got.contains(*w)) && !accepted(all, "/disabled").is_empty()
-        })
+        .wait_until(
+            "every event at /all and user.disabled at /disabled",
+            |all| {
+                let got: HashSet<String> = types(&accepted(all, "/all")).into_iter().collect();
+                want.iter().all(|w| got.contains(*w)) && !accepted(all, "/disabled").is_empty()
+            },
+        )
         .await;
     assert!(
         all.iter().all(|d| d["verified"] == true),
@@ -286,7 +330,7 @@ async fn each_event_is_delivered_signed_and_filtered_by_subscription() {
 }
 
 /// The receiver is down for an hour of gateway time (nothing listens on its
-/// port): the deliveries are retried with backoff, counted as retries, stay
+/// port) while events are queued: the deliveries are retried with backoff, counted as retries, stay
 /// queued (none fails for good) and the backlog gauge shows them; when the
 /// receiver is back, every event arrives, each once, under the id it had
 /// from the start.
@@ -299,21 +343,7 @@ async fn a_receiver_down_for_an_hour_loses_nothing() {
     ))
     .await;
     const N: usize = 5;
-    for i in 0..N {
-        let r = gw.register(&format!("down{i}@example.com"), PASSWORD).await;
-        assert_eq!(r.status, 201);
-    }
-    let queued: Vec<_> = gw
-        .handle()
-        .auth
-        .store
-        .list_mail()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|m| m.http.is_some())
-        .map(|m| m.id.to_string())
-        .collect();
+    let queued = queue(&gw, "user.created", N).await;
     assert_eq!(queued.len(), N);
     let retries = |m: &str| metric(m, "portcullis_webhook_deliveries_total{outcome=\"retry\"}");
     // An hour in steps of 10 minutes: each step, the sender tries again.
@@ -330,12 +360,18 @@ async fn a_receiver_down_for_an_hour_loses_nothing() {
     let m = gw.metrics().await;
     assert_eq!(metric(&m, "portcullis_webhook_backlog"), N as f64, "{m}");
     assert_eq!(
-        metric(&m, "portcullis_webhook_deliveries_total{outcome=\"failed\"}"),
+        metric(
+            &m,
+            "portcullis_webhook_deliveries_total{outcome=\"failed\"}"
+        ),
         0.0
     );
     let outbox = gw.handle().auth.store.list_mail().await.unwrap();
     assert!(
-        outbox.iter().filter(|m| m.http.is_some()).all(|m| !m.failed),
+        outbox
+            .iter()
+            .filter(|m| m.http.is_some())
+            .all(|m| !m.failed),
         "{outbox:?}"
     );
     // Back up: past the longest backoff, everything arrives.
@@ -354,7 +390,9 @@ async fn a_receiver_down_for_an_hour_loses_nothing() {
     let mut want: Vec<&str> = queued.iter().map(String::as_str).collect();
     want.sort();
     assert_eq!(ids, want, "each event once, under its first id: {all:#?}");
-    assert!(types(&accepted(&all, "/down")).iter().all(|t| t == "user.created"));
+    assert!(types(&accepted(&all, "/down"))
+        .iter()
+        .all(|t| t == "user.created"));
 }
 
 /// A receiver that answers slower than its webhook's timeout holds up
@@ -378,8 +416,8 @@ async fn a_slow_receiver_holds_up_only_its_own_deliveries() {
     // Slower than the webhook's 2 s timeout.
     slow.control(json!({ "path": "/slow", "delay": 8 })).await;
     let before = Instant::now();
-    let r = gw.register("slow@example.com", PASSWORD).await;
-    assert_eq!(r.status, 201);
+    let ids = queue(&gw, "user.created", 1).await;
+    assert_eq!(ids.len(), 2, "one delivery per webhook");
     let got = fast
         .wait_until("the fast receiver's delivery", |all| {
             !accepted(all, "/fast").is_empty()
@@ -394,9 +432,17 @@ async fn a_slow_receiver_holds_up_only_its_own_deliveries() {
         .wait_until("the slow receiver was tried", |all| !all.is_empty())
         .await;
     let id = first[0]["id"].as_str().unwrap().to_string();
+    assert!(ids.contains(&id), "{id} is an outbox id: {ids:?}");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(&gw.metrics().await, "portcullis_webhook_deliveries_total{outcome=\"retry\"}") < 1.0 {
-        assert!(Instant::now() < deadline, "the slow attempt never timed out");
+    while metric(
+        &gw.metrics().await,
+        "portcullis_webhook_deliveries_total{outcome=\"retry\"}",
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the slow attempt never timed out"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Quick again: the next try delivers it, under the same id.
@@ -412,7 +458,7 @@ async fn a_slow_receiver_holds_up_only_its_own_deliveries() {
 }
 
 /// Two gateways on one PostgreSQL database, both with the webhook: events
-/// made on either, in parallel, are each delivered exactly once (a sender
+/// queued on both at once are each delivered exactly once (a sender
 /// claims an entry under a lease, renewed right before the send).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_on_postgres_send_each_event_once() {
@@ -435,17 +481,12 @@ async fn two_gateways_on_postgres_send_each_event_once() {
     c.clock.set(a.clock.now());
     rx.start(a.clock.now()).await;
     const N: usize = 24;
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..N {
-        let addr = if i % 2 == 0 { a.addr } else { c.addr };
-        set.spawn(async move {
-            let body = json!({ "email": format!("pg{i}@example.com"), "password": PASSWORD, "password_confirm": PASSWORD });
-            http::post_json(addr, "/auth/register", &body, None).await.status
-        });
-    }
-    while let Some(s) = set.join_next().await {
-        assert_eq!(s.unwrap(), 201);
-    }
+    // Queued on both, in one go each: both senders find due entries at once.
+    let (x, y) = tokio::join!(
+        queue(&a, "user.created", N / 2),
+        queue(&c, "user.created", N / 2)
+    );
+    assert_eq!(x.len() + y.len(), N);
     rx.wait_until("every event delivered", |all| {
         accepted(all, "/pg").len() >= N
     })
@@ -461,8 +502,11 @@ async fn two_gateways_on_postgres_send_each_event_once() {
     let all = rx.deliveries();
     let ids: HashSet<&str> = all.iter().map(|d| d["id"].as_str().unwrap()).collect();
     assert_eq!((all.len(), ids.len()), (N, N), "each event once: {all:#?}");
-    let users: HashSet<String> = all.iter().map(|d| d["data"].to_string()).collect();
-    assert_eq!(users.len(), N, "one event per user");
+    let mut want: Vec<&str> = x.iter().chain(&y).map(String::as_str).collect();
+    want.sort();
+    let mut got: Vec<&str> = ids.into_iter().collect();
+    got.sort();
+    assert_eq!(got, want, "every queued entry, under its id");
 }
 
 /// Bad `[[webhooks]]` are refused with a clear message naming each key,
