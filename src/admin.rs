@@ -294,13 +294,16 @@ impl ServeHttp for AdminApp {
         let method = s.req_header().method.clone();
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => {
-                let pending = self
-                    .auth
-                    .store
-                    .list_mail()
-                    .await
-                    .ok()
-                    .map(|all| all.iter().filter(|m| !m.failed).count() as i64);
+                let outbox = self.auth.store.list_mail().await.ok();
+                let waiting = |of: fn(&crate::store::OutboxMessage) -> bool| {
+                    outbox
+                        .as_ref()
+                        .map(|all| all.iter().filter(|m| !m.failed && of(m)).count() as i64)
+                };
+                let pending = waiting(crate::store::OutboxMessage::is_mail);
+                if let Some(n) = waiting(crate::webhooks::is_webhook) {
+                    self.auth.metrics.webhooks.set_backlog(n);
+                }
                 self.auth.metrics.observe_store(&self.auth.store.stats());
                 self.auth
                     .metrics

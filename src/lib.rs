@@ -33,6 +33,7 @@ pub mod server;
 pub mod store;
 pub mod tls;
 pub mod tokens;
+pub mod webhooks;
 pub mod wire;
 
 use std::sync::Arc;

@@ -58,6 +58,8 @@ pub struct Metrics {
     swept: IntCounterVec,
     store_writable: IntGauge,
     store_write_failures: IntCounter,
+    /// Webhook deliveries (CONTRACT 8.5), see [`WebhookMetrics`].
+    pub webhooks: WebhookMetrics,
     store_recoveries: IntCounter,
     connections_open: IntGauge,
     connections_refused: IntCounter,
@@ -153,6 +155,50 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(m.clone())).expect("registers once");
     m
+}
+
+/// The webhook side of the outbox: attempts by outcome, and what waits.
+pub struct WebhookMetrics {
+    deliveries: IntCounterVec,
+    backlog: IntGauge,
+}
+
+/// The outcomes of one webhook delivery attempt.
+pub const WEBHOOK_OUTCOMES: [&str; 3] = ["sent", "retry", "failed"];
+
+impl WebhookMetrics {
+    fn new(r: &Registry) -> Self {
+        let deliveries = counter_vec(
+            r,
+            "portcullis_webhook_deliveries_total",
+            "Webhook delivery attempts by outcome (sent, retry, failed: failed for good, kept).",
+            &["outcome"],
+        );
+        for o in WEBHOOK_OUTCOMES {
+            deliveries.with_label_values(&[o]);
+        }
+        let backlog = IntGauge::new(
+            "portcullis_webhook_backlog",
+            "Webhook deliveries waiting in the outbox (not yet sent, not failed for good).",
+        )
+        .expect("valid metric");
+        r.register(Box::new(backlog.clone()))
+            .expect("registers once");
+        Self {
+            deliveries,
+            backlog,
+        }
+    }
+
+    /// Count one delivery attempt (`outcome`: one of [`WEBHOOK_OUTCOMES`]).
+    pub fn delivery(&self, outcome: &str) {
+        self.deliveries.with_label_values(&[outcome]).inc();
+    }
+
+    /// Set at scrape time from the outbox, whatever `/readyz` says.
+    pub fn set_backlog(&self, n: i64) {
+        self.backlog.set(n);
+    }
 }
 
 fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -299,7 +345,9 @@ impl Metrics {
             "portcullis_connections_refused_total",
             "Client connections closed at once because limits.max_connections were open.",
         );
+        let webhooks = WebhookMetrics::new(&r);
         let m = Self {
+            webhooks,
             store_writable,
             store_write_failures,
             store_recoveries,

@@ -150,6 +150,7 @@ fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         ("throttle", differs(&old.throttle, &new.throttle)),
         ("limits", differs(&old.limits, &new.limits)),
         ("routes", differs(&old.routes, &new.routes)),
+        ("webhooks", differs(&old.webhooks, &new.webhooks)),
     ] {
         if changed {
             out.push(name);

@@ -20,6 +20,7 @@ pub struct FileConfig {
     pub browser: BrowserFile,
     pub routes: Option<Vec<RouteFile>>,
     pub oidc_provider: OidcProviderFile,
+    pub webhooks: Option<Vec<WebhookFile>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -438,6 +439,21 @@ impl Default for OidcClientFile {
                 .to_vec(),
             roles: vec![],
             consent: false,
+/// One `[[webhooks]]` table as written.
+pub struct WebhookFile {
+    pub url: String,
+    pub events: Vec<String>,
+    pub secret_env: String,
+    pub ca_file: String,
+    /// The bound on one delivery attempt.
+    pub timeout_secs: u64,
+
+impl Default for WebhookFile {
+            url: String::new(),
+            events: vec![],
+            secret_env: String::new(),
+            ca_file: String::new(),
+            timeout_secs: 10,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod oidc_provider;
 mod routes;
 mod schedule;
 mod validate;
+mod webhooks;
 
 mod warnings;
 
@@ -21,6 +22,9 @@ use file::FileConfig;
 pub use routes::{method_allowed, normalize_host, HostPattern, RouteTable};
 pub use schedule::Schedule;
 pub use warnings::{warn_if_links_are_logged, warnings};
+pub use webhooks::{
+    decode_secret, url_allowed, WebhookConfig, WebhookKey, SECRET_PREFIX, WEBHOOK_EVENTS,
+};
 
 /// A secret value whose `Debug` never shows the value.
 #[derive(Clone, PartialEq, Eq)]
@@ -53,6 +57,8 @@ pub struct Config {
     pub browser: BrowserConfig,
     /// `[oidc_provider]` (CONTRACT 8.2).
     pub oidc_provider: OidcProviderConfig,
+    /// `[[webhooks]]` (CONTRACT 8.5).
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// The algorithm of the provider's signing keys (`oidc_provider.signing_alg`):

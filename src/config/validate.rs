@@ -40,6 +40,7 @@ pub(super) fn validate(
         storage,
         browser: browser(&f.browser, p),
         oidc_provider: oidc_provider(&f, env, p),
+        webhooks: super::webhooks::validate(f.webhooks.take(), env, p),
     }
 }
 

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::accounts::AuthService;
 use crate::mail::outbox::HttpDelivery;
+use crate::outbound::{Outbound, OutboundOptions};
 use crate::store::domain::BACKCHANNEL_KIND;
 use crate::store::OutboxMessage;
 
@@ -25,7 +26,22 @@ const TOKEN_SECS: i64 = 120;
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct BackchannelSender {
-    pub auth: Arc<AuthService>,
+    auth: Arc<AuthService>,
+    /// Clients' `backchannel_logout_uri`s are `https://` (or loopback
+    /// `http://`), checked again by the client on each send.
+    outbound: Result<Outbound, String>,
+}
+
+impl BackchannelSender {
+    pub fn new(auth: Arc<AuthService>) -> Self {
+        let outbound = Outbound::new(OutboundOptions {
+            ca_file: None,
+            timeout: POST_TIMEOUT,
+            max_body: 64 * 1024,
+        })
+        .map_err(|e| e.to_string());
+        Self { auth, outbound }
+    }
 }
 
 #[async_trait]
@@ -57,12 +73,12 @@ impl HttpDelivery for BackchannelSender {
             "sub": msg.body,
         });
         let token = self.auth.provider_sign("logout+jwt", &claims)?;
-        let body: String = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("logout_token", &token)
-            .finish();
-        let status = tokio::time::timeout(POST_TIMEOUT, post_form(uri, body.as_bytes()))
+        let outbound = self.outbound.as_ref().map_err(|e| e.clone())?;
+        let answer = outbound
+            .post_form(uri, &[("logout_token", token.as_str())], &[])
             .await
-            .map_err(|_| "back-channel logout timed out".to_string())??;
+            .map_err(|e| e.to_string())?;
+        let status = answer.status().as_u16();
         if status == 200 || status == 204 {
             tracing::info!(client = %c.client_id, "back-channel logout delivered");
             Ok(())
@@ -70,53 +86,4 @@ impl HttpDelivery for BackchannelSender {
             Err(format!("back-channel logout answered {status}"))
         }
     }
-}
-
-/// POST a form and return the status. Until the shared outbound client
-/// (`src/outbound.rs`) is merged: plain HTTP/1.1 to a loopback address
-/// only (what config validation lets through besides `https://`).
-async fn post_form(uri: &url::Url, body: &[u8]) -> Result<u16, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    if !crate::config::oidc_provider::loopback_http(uri) {
-        return Err("https back-channel logout needs the outbound client".into());
-    }
-    let host = uri.host_str().ok_or("no host")?;
-    let port = uri.port_or_known_default().ok_or("no port")?;
-    let mut path = uri.path().to_string();
-    if let Some(q) = uri.query() {
-        path.push('?');
-        path.push_str(q);
-    }
-    let mut s = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    s.write_all(body).await.map_err(|e| format!("write: {e}"))?;
-    let mut buf = vec![0u8; 1024];
-    let mut got = 0;
-    while got < buf.len() {
-        let n = s
-            .read(&mut buf[got..])
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        got += n;
-        if buf[..got].windows(2).any(|w| w == b"\r\n") {
-            break;
-        }
-    }
-    let line = String::from_utf8_lossy(&buf[..got]);
-    line.split(' ')
-        .nth(1)
-        .and_then(|c| c.get(..3))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| "no HTTP status".to_string())
 }

@@ -425,6 +425,39 @@ pub struct OutboxMessage {
     /// The sender that has claimed it for an attempt now, if any.
     #[serde(default)]
     pub claim: Option<Claim>,
+    /// An HTTP POST instead of a mail (`body` is then the request's body,
+    /// `to` its URL for the log): a webhook, a back-channel logout. Absent
+    /// on every record written before HTTP deliveries existed, which so
+    /// read as mail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpPost>,
+}
+
+impl OutboxMessage {
+    /// Whether this entry is a mail (not an HTTP delivery).
+    pub fn is_mail(&self) -> bool {
+        self.http.is_none()
+    }
+}
+
+/// What an HTTP delivery needs besides its body: where, with which extra
+/// headers, trusting which CA, how long to wait, and how to sign it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HttpPost {
+    pub url: String,
+    /// Sent as they are (e.g. `content-type`).
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// Extra trusted CAs for the receiver's certificate.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The bound on one attempt.
+    pub timeout_secs: u64,
+    /// Signed at each attempt (the signature covers the attempt's time)
+    /// with the Standard Webhooks key named by this environment variable
+    /// (a `[[webhooks]] secret_env`); never the key itself.
+    #[serde(default)]
+    pub sign_with: Option<String>,
 }
 
 /// A sender's claim on a message: which store instance, and until when.
@@ -444,6 +477,12 @@ pub enum Delivery {
         retry_at: i64,
         give_up: bool,
         now: i64,
+    },
+    /// Not tried in this pass (its receiver just failed, or the pass ran
+    /// out of time): released, due again at `until`, its attempts
+    /// unchanged.
+    Deferred {
+        until: i64,
     },
 }
 

@@ -34,3 +34,4 @@ mod security;
 mod startup;
 mod store;
 mod tokens;
+mod webhooks;

@@ -68,6 +68,7 @@ fn mail(to: &str) -> OutboxMessage {
         last_error: None,
         failed_at: None,
         claim: None,
+        http: None,
     }
 }
 

@@ -413,6 +413,12 @@ pub fn apply_delivery(m: &OutboxMessage, d: &Delivery) -> Option<OutboxMessage> 
             }
             Some(m)
         }
+        Delivery::Deferred { until } => {
+            let mut m = m.clone();
+            m.claim = None;
+            m.next_attempt_at = m.next_attempt_at.max(*until);
+            Some(m)
+        }
     }
 }
 
@@ -473,7 +479,7 @@ pub fn renew_mail_claim(
 pub fn delivery_applies(m: &OutboxMessage, d: &Delivery, me: Uuid) -> bool {
     match d {
         Delivery::Sent => true,
-        Delivery::Failed { .. } => m.claim.is_none_or(|c| c.by == me),
+        Delivery::Failed { .. } | Delivery::Deferred { .. } => m.claim.is_none_or(|c| c.by == me),
     }
 }
 
@@ -619,5 +625,6 @@ pub fn backchannel_notice(s: &SessionRecord, now: i64) -> Option<OutboxMessage> 
         last_error: None,
         failed_at: None,
         claim: None,
+        http: None,
     })
 }
