@@ -245,6 +245,11 @@ pub struct LogFile {
     pub access_log: bool,
     /// Write the access lines to this file instead of the main log.
     pub access_file: String,
+    /// Store audit events as a hash chain (CONTRACT 8.5).
+    pub audit_chain: bool,
+    /// Audit records older than this are cut off behind a signed
+    /// checkpoint (0 = keep forever).
+    pub audit_retention_days: u64,
 }
 
 impl Default for LogFile {
@@ -255,6 +260,8 @@ impl Default for LogFile {
             audit_file: String::new(),
             access_log: true,
             access_file: String::new(),
+            audit_chain: true,
+            audit_retention_days: 0,
         }
     }
 }
@@ -439,7 +446,13 @@ impl Default for OidcClientFile {
                 .to_vec(),
             roles: vec![],
             consent: false,
+        }
+    }
+}
+
 /// One `[[webhooks]]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
 pub struct WebhookFile {
     pub url: String,
     pub events: Vec<String>,
@@ -447,8 +460,11 @@ pub struct WebhookFile {
     pub ca_file: String,
     /// The bound on one delivery attempt.
     pub timeout_secs: u64,
+}
 
 impl Default for WebhookFile {
+    fn default() -> Self {
+        Self {
             url: String::new(),
             events: vec![],
             secret_env: String::new(),
