@@ -33,7 +33,7 @@ fn page(
     let csrf = match browser::cookie_value(&req.headers, &name) {
         Some(c) if c.len() >= 32 => c.to_string(),
         _ => {
-            let t = browser::new_csrf_token();
+            let t = browser::new_csrf_token(&crate::entropy::OsEntropy);
             cookies.push(browser::csrf_cookie(&cfg.browser, &t));
             t
         }
