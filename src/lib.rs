@@ -30,6 +30,7 @@ pub mod server;
 pub mod store;
 pub mod tls;
 pub mod tokens;
+pub mod useragent;
 pub mod wire;
 
 use std::sync::Arc;

@@ -50,6 +50,15 @@ pub struct Config {
     /// `PORTCULLIS_DATABASE_URL` say otherwise).
     pub storage: Storage,
     pub browser: BrowserConfig,
+    pub admin_console: AdminConsoleConfig,
+}
+
+/// `[admin_console]` (CONTRACT 8.5): who may use `/auth/ui/admin/`.
+#[derive(Debug, Clone)]
+pub struct AdminConsoleConfig {
+    pub enabled: bool,
+    pub role: String,
+    pub require_mfa: bool,
 }
 
 /// `[browser]`: cookie sessions and the portal (see `browser`).

@@ -8,6 +8,7 @@ mod api_keys;
 mod backup;
 mod browser;
 mod claims;
+mod console;
 mod core_proxy;
 mod deploy;
 mod docs;
