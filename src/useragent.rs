@@ -29,6 +29,10 @@ pub fn describe(raw: &str) -> String {
     let Some(r) = PARSER.parse(cut) else {
         return product(cut);
     };
+    // A library (curl, wget, a language's HTTP client) names itself best.
+    if r.name == "HTTP Library" {
+        return product(cut);
+    }
     let browser = known(r.name).then(|| {
         let major = r.version.split('.').next().unwrap_or("");
         if major.is_empty() || !known(r.version) {

@@ -635,7 +635,10 @@ fn admin_console(
         ));
     }
     if c.enabled && !browser_enabled {
-        p.push("admin_console.enabled: the console is part of the portal: set browser.enabled = true".into());
+        p.push(
+            "admin_console.enabled: the console is part of the portal: set browser.enabled = true"
+                .into(),
+        );
     }
     AdminConsoleConfig {
         enabled: c.enabled,

@@ -144,6 +144,54 @@ def done(text):
     wait.until(lambda d: "done=" in d.current_url and text in text_of(By.ID, "done"))
 
 
+def render_dashboard():
+    """Each panel of the dashboard: its title, what it shows, and the
+    current total of every metric its queries name, read from the running
+    gateway's /metrics (what Grafana would chart over time)."""
+    import html
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(CFG["metrics"], timeout=10).read().decode()
+    totals = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name = re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0)
+        totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    with open(CFG["dashboard"]) as f:
+        dash = json.load(f)
+    parts = []
+    for p in dash["panels"]:
+        if p["type"] == "row":
+            parts.append(f'<h2>{html.escape(p["title"])}</h2>')
+            continue
+        rows = []
+        for t in p["targets"]:
+            for m in sorted(set(re.findall(r"portcullis_[a-z0-9_]+", t["expr"]))):
+                v = totals.get(m)
+                shown = "—" if v is None else f"{v:g}"
+                rows.append(f"<tr><td><code>{html.escape(m)}</code></td><td>{shown}</td></tr>")
+        width = max(p["gridPos"]["w"] * 4 - 1, 20)
+        parts.append(
+            f'<section style="width:{width}%"><h3>{html.escape(p["title"])}</h3>'
+            f'<p>{html.escape(p["description"])}</p><table>{"".join(rows)}</table></section>'
+        )
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(dash["title"])}</title>
+<style>body{{font:14px system-ui,sans-serif;background:#111217;color:#ccccdc;margin:16px}}
+h1{{font-size:20px}} h2{{font-size:15px;width:100%;margin:14px 0 4px;color:#fff}}
+main{{display:flex;flex-wrap:wrap;gap:8px}} section{{background:#181b1f;border:1px solid #2c3235;border-radius:4px;padding:8px;box-sizing:border-box}}
+h3{{margin:0 0 4px;font-size:14px;color:#fff}} p{{margin:0 0 6px;font-size:12px;color:#8e8e9a}}
+td{{padding:1px 8px 1px 0;font-size:12px}} td:last-child{{text-align:right;color:#73bf69;font-weight:600}}</style></head>
+<body><h1>{html.escape(dash["title"])} — {html.escape(dash["description"])}</h1><main>{"".join(parts)}</main></body></html>"""
+    out = os.path.join(tempfile.mkdtemp(prefix="portcullis-dashboard-"), "dashboard.html")
+    with open(out, "w") as f:
+        f.write(doc)
+    driver.get(f"file://{out}")
+    assert "Sign-ins by outcome" in page(), page()
+    shot("dashboard", 1400)
+
+
 try:
     step("sign in with a second factor")
     driver.get(f"{GW}/auth/ui/admin/")
@@ -207,6 +255,11 @@ try:
     submit("Send a password reset")
     done("A password-reset link is on its way")
     assert ask(f"MAILTOKEN {USER} /auth/password/reset")
+
+    # The Grafana dashboard (deploy/grafana/portcullis.json) rendered as
+    # its panels with this gateway's numbers now, for the README.
+    step("dashboard rendering")
+    render_dashboard()
 
     # No page of the console broke its CSP (nothing inline runs).
     errors = [e for e in driver.get_log("browser") if "Content Security Policy" in e.get("message", "")]

@@ -20,8 +20,9 @@ const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 
 /// with scope `read` pass.
 pub fn console_builder(require_mfa: bool) -> Builder {
     let mut b = builder();
-    b.extra
-        .push_str(&format!("\n[admin_console]\nenabled = true\nrequire_mfa = {require_mfa}\n"));
+    b.extra.push_str(&format!(
+        "\n[admin_console]\nenabled = true\nrequire_mfa = {require_mfa}\n"
+    ));
     b.routes.push_str(
         "\n[[routes]]\nprefix = \"/read\"\nupstream = \"{UP}\"\nauth = \"required\"\nscopes = [\"read\"]\n",
     );
@@ -31,12 +32,18 @@ pub fn console_builder(require_mfa: bool) -> Builder {
 
 /// Turn TOTP on for a signed-in user; returns the secret.
 async fn enrol_totp(gw: &TestGateway, access: &str) -> Vec<u8> {
-    let r = gw.post("/auth/mfa/totp/enroll", json!({}), Some(access)).await;
+    let r = gw
+        .post("/auth/mfa/totp/enroll", json!({}), Some(access))
+        .await;
     assert_eq!(r.status, 200, "{r:?}");
     let secret = base32_decode(r.json()["secret"].as_str().unwrap());
     let code = code_at(&secret, gw.clock.now());
     let r = gw
-        .post("/auth/mfa/totp/confirm", json!({ "code": code }), Some(access))
+        .post(
+            "/auth/mfa/totp/confirm",
+            json!({ "code": code }),
+            Some(access),
+        )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
     // The next code must be for a later step (no replay).
@@ -58,7 +65,11 @@ pub async fn admin_with_role(gw: &TestGateway, email: &str, role: &str) -> Strin
     let r = post_form(
         gw,
         "/auth/ui/login",
-        &[("email", email), ("password", PASSWORD), ("rd", "/auth/ui/admin/")],
+        &[
+            ("email", email),
+            ("password", PASSWORD),
+            ("rd", "/auth/ui/admin/"),
+        ],
         None,
     )
     .await;
@@ -74,7 +85,11 @@ pub async fn admin_with_role(gw: &TestGateway, email: &str, role: &str) -> Strin
     let r = post_form(
         gw,
         "/auth/ui/mfa",
-        &[("mfa_token", &token), ("code", &code), ("rd", "/auth/ui/admin/")],
+        &[
+            ("mfa_token", &token),
+            ("code", &code),
+            ("rd", "/auth/ui/admin/"),
+        ],
         None,
     )
     .await;
@@ -160,7 +175,10 @@ async fn only_admins_with_a_second_factor_see_the_console() {
     let pwonly = portal_login(&gw, "pwonly@example.com", "/").await;
     let r = browse(&gw, "/auth/ui/admin/?q=v", &pwonly).await;
     assert_eq!(r.status, 403, "{r:?}");
-    assert!(r.text().contains("needs a sign-in with a second factor"), "{r:?}");
+    assert!(
+        r.text().contains("needs a sign-in with a second factor"),
+        "{r:?}"
+    );
     assert!(!r.text().contains("victim@example.com"));
     let r = act(&gw, &pwonly, &[("id", &id), ("action", "disable")]).await;
     assert_eq!(r.status, 403, "{r:?}");
@@ -171,7 +189,10 @@ async fn only_admins_with_a_second_factor_see_the_console() {
     let r = browse(&gw, "/auth/ui/admin/?q=vic", &admin).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.text().contains("victim@example.com"), "{r:?}");
-    assert!(!r.text().contains("plain@example.com"), "only the prefix's matches");
+    assert!(
+        !r.text().contains("plain@example.com"),
+        "only the prefix's matches"
+    );
     assert_eq!(
         r.header("content-security-policy"),
         Some(portcullis::portal::CSP)
@@ -228,12 +249,21 @@ async fn console_posts_need_the_csrf_token_and_the_origin() {
     let own = format!("http://{}", gw.addr);
     let good = form(&[("csrf", &token), ("id", &id), ("action", "disable")]);
     let no_token = form(&[("id", &id), ("action", "disable")]);
-    let wrong = form(&[("csrf", &"x".repeat(43)), ("id", &id), ("action", "disable")]);
+    let wrong = form(&[
+        ("csrf", &"x".repeat(43)),
+        ("id", &id),
+        ("action", "disable"),
+    ]);
     let refused = [
         ("no token", cookies.clone(), Some(own.as_str()), no_token),
         ("wrong token", cookies.clone(), Some(own.as_str()), wrong),
         ("no Origin", cookies.clone(), None, good.clone()),
-        ("another Origin", cookies.clone(), Some("https://evil.example"), good.clone()),
+        (
+            "another Origin",
+            cookies.clone(),
+            Some("https://evil.example"),
+            good.clone(),
+        ),
         (
             "no CSRF cookie",
             format!("__Host-portcullis={admin}"),
@@ -283,13 +313,24 @@ async fn every_action_takes_effect_on_the_gateway() {
     let with_role = gw.signin("user@example.com", PASSWORD).await;
     assert_eq!(with_role.user["roles"], json!(["ops"]));
     assert_eq!(gw.get("/ops/x", Some(&with_role.access)).await.status, 200);
-    act_ok(&gw, &admin, &id, &[("action", "role_remove"), ("role", "ops")]).await;
+    act_ok(
+        &gw,
+        &admin,
+        &id,
+        &[("action", "role_remove"), ("role", "ops")],
+    )
+    .await;
     assert_eq!(gw.get("/ops/x", Some(&with_role.access)).await.status, 401);
     let without = gw.signin("user@example.com", PASSWORD).await;
     assert_eq!(without.user["roles"], json!([]));
     assert_eq!(gw.get("/ops/x", Some(&without.access)).await.status, 403);
     // A bad role name is refused on the page, and nothing changes.
-    let r = act(&gw, &admin, &[("id", &id), ("action", "role_add"), ("role", "a b")]).await;
+    let r = act(
+        &gw,
+        &admin,
+        &[("id", &id), ("action", "role_add"), ("role", "a b")],
+    )
+    .await;
     assert_eq!(r.status, 400, "{r:?}");
     assert!(r.text().contains("Invalid role"), "{r:?}");
 
@@ -297,7 +338,11 @@ async fn every_action_takes_effect_on_the_gateway() {
     act_ok(&gw, &admin, &id, &[("action", "sessions_end")]).await;
     assert_eq!(gw.get("/app/x", Some(&without.access)).await.status, 401);
     let r = gw
-        .post("/auth/refresh", json!({ "refresh_token": without.refresh }), None)
+        .post(
+            "/auth/refresh",
+            json!({ "refresh_token": without.refresh }),
+            None,
+        )
         .await;
     assert_eq!(r.status, 401, "{r:?}");
 
@@ -323,7 +368,13 @@ async fn every_action_takes_effect_on_the_gateway() {
     assert_eq!(keyed(key.clone()).await, 200);
     let page = browse(&gw, &format!("/auth/ui/admin/user?id={id}"), &admin).await;
     assert!(page.text().contains("<td>deploy</td>"), "{page:?}");
-    act_ok(&gw, &admin, &id, &[("action", "key_revoke"), ("key", &key_id)]).await;
+    act_ok(
+        &gw,
+        &admin,
+        &id,
+        &[("action", "key_revoke"), ("key", &key_id)],
+    )
+    .await;
     assert_eq!(keyed(key).await, 401);
 
     // TOTP off: the next sign-in needs no code.
@@ -356,7 +407,9 @@ async fn every_action_takes_effect_on_the_gateway() {
         .await;
     assert_eq!(r.status, 204, "{r:?}");
     assert_eq!(
-        gw.login("user@example.com", "a whole new passphrase").await.status,
+        gw.login("user@example.com", "a whole new passphrase")
+            .await
+            .status,
         200
     );
 
@@ -396,7 +449,8 @@ fn rows(page: &str) -> (Vec<String>, Option<String>) {
         .split(r#"<a id="next" href=""#)
         .nth(1)
         .and_then(|s| s.split('"').next())
-        .map(|h| h.replace("&amp;", "&"));
+        // askama escapes `&` as a numeric entity.
+        .map(|h| h.replace("&#38;", "&").replace("&amp;", "&"));
     (emails, next)
 }
 
@@ -449,7 +503,10 @@ async fn user_agents_read_as_a_person_would() {
         gw.addr,
         "POST",
         "/auth/login",
-        &[("content-type", "application/json"), ("user-agent", FIREFOX)],
+        &[
+            ("content-type", "application/json"),
+            ("user-agent", FIREFOX),
+        ],
         Some(body.as_bytes()),
     )
     .await
@@ -463,7 +520,9 @@ async fn user_agents_read_as_a_person_would() {
     .await
     .text();
     assert!(
-        page.contains(&format!(r#"<td title="{FIREFOX}">Firefox 133 on Linux</td>"#)),
+        page.contains(&format!(
+            r#"<td title="{FIREFOX}">Firefox 133 on Linux</td>"#
+        )),
         "{page}"
     );
     // The user's own sessions page reads it the same way.
@@ -536,9 +595,14 @@ async fn the_dashboard_queries_only_metrics_the_gateway_exports() {
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)
         .collect();
-    assert!(scraped.contains("portcullis_token_checks_total"), "{scraped:?}");
+    assert!(
+        scraped.contains("portcullis_token_checks_total"),
+        "{scraped:?}"
+    );
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let start = readme.find("\n## Metrics\n").expect("the README's metric list");
+    let start = readme
+        .find("\n## Metrics\n")
+        .expect("the README's metric list");
     let section = &readme[start + 1..];
     let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
     let documented = metric_names(section);
@@ -604,7 +668,10 @@ async fn chromium_runs_the_console() {
         gw.addr,
         "POST",
         "/auth/login",
-        &[("content-type", "application/json"), ("user-agent", FIREFOX)],
+        &[
+            ("content-type", "application/json"),
+            ("user-agent", FIREFOX),
+        ],
         Some(body.as_bytes()),
     )
     .await
@@ -630,6 +697,8 @@ async fn chromium_runs_the_console() {
         "user": user,
         "password": PASSWORD,
         "screenshots": shots,
+        "metrics": format!("http://{}/metrics", gw.admin_addr),
+        "dashboard": concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/portcullis.json"),
     });
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/console_e2e.py");
     let mut child = Command::new(&py)

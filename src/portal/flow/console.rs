@@ -95,7 +95,9 @@ impl AuthService {
                 self.console_user(page, &admin, uid, done, None).await
             }
             "/auth/ui/admin/action" if post => self.console_action(page, &admin).await,
-            "/auth/ui/admin" | "/auth/ui/admin/" | "/auth/ui/admin/user"
+            "/auth/ui/admin"
+            | "/auth/ui/admin/"
+            | "/auth/ui/admin/user"
             | "/auth/ui/admin/action" => Err(ApiError::MethodNotAllowed),
             _ => Err(ApiError::NotFound),
         }
@@ -276,11 +278,7 @@ impl AuthService {
             email: &admin.email,
         };
         match self.admin_by(cmd, &caller.audit(), Some(actor)).await {
-            Ok(_) => Ok(page.see_other(&format!(
-                "{}&done={}",
-                user_href(uid),
-                action.name()
-            ))),
+            Ok(_) => Ok(page.see_other(&format!("{}&done={}", user_href(uid), action.name()))),
             Err(AdminError::Invalid(m)) => {
                 let alert = Some((400, upper_first(&m)));
                 self.console_user(page, admin, uid, None, alert).await

@@ -69,7 +69,10 @@ impl Store for SledStore {
                 _ => Bound::Included(prefix.clone()),
             };
             let mut out = Vec::new();
-            for kv in t.tree(T::Emails).range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+            for kv in t
+                .tree(T::Emails)
+                .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            {
                 let (key, id) = kv.map_err(backend)?;
                 if !key.starts_with(&prefix) || out.len() >= limit {
                     break;
