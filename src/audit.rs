@@ -38,3 +38,33 @@ pub fn key_event(ctx: &AuditCtx<'_>, event: &str, key_id: &str, user_id: &str) {
         "audit"
     );
 }
+
+/// An administrator's action on a user (`AdminCommand`), naming who acted:
+/// the signed-in console user, or the CLI / admin API (`admin` empty).
+pub fn admin_event(
+    ctx: &AuditCtx<'_>,
+    event: &str,
+    outcome: &str,
+    user_id: Option<&str>,
+    admin: &AdminActor<'_>,
+) {
+    tracing::info!(
+        target: "audit",
+        event,
+        outcome,
+        user_id = user_id.unwrap_or(""),
+        admin_id = admin.id,
+        admin_email = admin.email,
+        client_ip = %ctx.ip,
+        user_agent = ctx.user_agent,
+        request_id = ctx.request_id,
+        "audit"
+    );
+}
+
+/// Who ran an admin command from the console.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminActor<'a> {
+    pub id: &'a str,
+    pub email: &'a str,
+}

@@ -34,6 +34,7 @@ pub mod store;
 pub mod tls;
 pub mod tokens;
 pub mod webhooks;
+pub mod useragent;
 pub mod wire;
 
 use std::sync::Arc;

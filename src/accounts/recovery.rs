@@ -194,7 +194,9 @@ impl AuthService {
         Ok(())
     }
 
-    async fn reset_request_inner(&self, raw: &str) -> AccountResult<()> {
+    /// Mail a reset link to the account of `raw` (nothing for an unknown
+    /// or disabled one); also the console's and CLI's `reset_send`.
+    pub(super) async fn reset_request_inner(&self, raw: &str) -> AccountResult<()> {
         let Some(email) = email::normalize(raw) else {
             return Ok(());
         };

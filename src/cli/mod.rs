@@ -121,6 +121,26 @@ pub enum UserCommand {
         #[command(subcommand)]
         command: UserKeysCommand,
     },
+    /// Enable a disabled user again.
+    Enable {
+        #[arg(long)]
+        email: String,
+    },
+    /// End every session of a user and void their access tokens.
+    EndSessions {
+        #[arg(long)]
+        email: String,
+    },
+    /// Turn a user's TOTP off (they lost the device); drops the recovery codes.
+    TotpOff {
+        #[arg(long)]
+        email: String,
+    },
+    /// Mail the user a password-reset link.
+    SendReset {
+        #[arg(long)]
+        email: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

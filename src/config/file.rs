@@ -18,6 +18,7 @@ pub struct FileConfig {
     pub demo: DemoFile,
     pub storage: StorageFile,
     pub browser: BrowserFile,
+    pub admin_console: AdminConsoleFile,
     pub routes: Option<Vec<RouteFile>>,
     pub oidc_provider: OidcProviderFile,
     pub webhooks: Option<Vec<WebhookFile>>,
@@ -319,6 +320,29 @@ impl Default for BrowserFile {
             cookie_name: "__Host-portcullis".into(),
             passkey_timeout_secs: 300,
             cookie_domain: String::new(),
+        }
+    }
+}
+
+/// `[admin_console]`: the user administration pages under `/auth/ui/admin/`.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct AdminConsoleFile {
+    /// Serve the console (needs `browser.enabled`).
+    pub enabled: bool,
+    /// The role a signed-in user must hold to use it.
+    pub role: String,
+    /// And only from a session that signed in with a second factor
+    /// (`amr` holds `otp` or `webauthn`).
+    pub require_mfa: bool,
+}
+
+impl Default for AdminConsoleFile {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            role: "admin".into(),
+            require_mfa: true,
         }
     }
 }

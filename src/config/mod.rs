@@ -59,6 +59,7 @@ pub struct Config {
     pub oidc_provider: OidcProviderConfig,
     /// `[[webhooks]]` (CONTRACT 8.5).
     pub webhooks: Vec<WebhookConfig>,
+    pub admin_console: AdminConsoleConfig,
 }
 
 /// The algorithm of the provider's signing keys (`oidc_provider.signing_alg`):
@@ -109,6 +110,14 @@ impl Config {
     pub fn provider_keys_in_use(&self) -> bool {
         self.oidc_provider.enabled || self.routes.iter().any(|r| r.identity_assertion)
     }
+}
+
+/// `[admin_console]` (CONTRACT 8.5): who may use `/auth/ui/admin/`.
+#[derive(Debug, Clone)]
+pub struct AdminConsoleConfig {
+    pub enabled: bool,
+    pub role: String,
+    pub require_mfa: bool,
 }
 
 /// `[browser]`: cookie sessions and the portal (see `browser`).

@@ -41,6 +41,7 @@ pub(super) fn validate(
         browser: browser(&f.browser, p),
         oidc_provider: oidc_provider(&f, env, p),
         webhooks: super::webhooks::validate(f.webhooks.take(), env, p),
+        admin_console: admin_console(&f.admin_console, f.browser.enabled, p),
     }
 }
 
@@ -659,5 +660,30 @@ fn oidc_provider(
         code_ttl_secs,
         access_ttl_secs,
         clients,
+    }
+}
+
+/// `[admin_console]`: a valid role, and the portal it lives in.
+fn admin_console(
+    c: &file::AdminConsoleFile,
+    browser_enabled: bool,
+    p: &mut Vec<String>,
+) -> AdminConsoleConfig {
+    if !crate::names::valid_role(&c.role) {
+        p.push(format!(
+            "admin_console.role: '{}' is not a valid role name",
+            c.role.escape_debug()
+        ));
+    }
+    if c.enabled && !browser_enabled {
+        p.push(
+            "admin_console.enabled: the console is part of the portal: set browser.enabled = true"
+                .into(),
+        );
+    }
+    AdminConsoleConfig {
+        enabled: c.enabled,
+        role: c.role.clone(),
+        require_mfa: c.require_mfa,
     }
 }

@@ -14,6 +14,8 @@
 //! escape every value; their CSP is strict: no inline script or style; the
 //! passkey script and the style sheet are static files served from here.
 
+mod console;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -230,6 +232,9 @@ impl AuthService {
             if !page.csrf_ok(Some(&presented)) {
                 return Ok(self.csrf_refused(page));
             }
+        }
+        if path == "/auth/ui/admin" || path.starts_with("/auth/ui/admin/") {
+            return self.console(page).await;
         }
         let resp = match path {
             "/auth/ui" | "/auth/ui/" if get => page.see_other("/auth/ui/sessions"),
@@ -465,7 +470,7 @@ impl AuthService {
             .iter()
             .map(|s| portal::SessionRow {
                 id: s.record.id.to_string(),
-                user_agent: s.record.user_agent.clone(),
+                user_agent: crate::useragent::describe(&s.record.user_agent),
                 ip: s.record.ip.clone(),
                 created: portal::Time::new(&crate::clock::rfc3339(s.record.created_at)),
                 last_used: portal::Time::new(&crate::clock::rfc3339(s.record.last_used_at)),

@@ -13,6 +13,7 @@
 //! with [`CSP`]. No inline script or style: the pages load `portal.css` and
 //! `passkey.js` from `/auth/ui/static/`.
 
+mod admin;
 pub mod flow;
 mod pages;
 mod request;
@@ -25,6 +26,10 @@ use askama::Template;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
+pub use admin::{
+    AdminDenied, AdminDone, AdminEventRow, AdminKeyRow, AdminSearchPage, AdminSessionRow,
+    AdminUserPage, AdminUserRow,
+};
 pub use pages::{
     ConfirmPage, ForgotPage, LoginPage, LogoutPage, MfaPage, Notice, PasskeyRow, ReauthPage,
     RegisterPage, ResetPage, SessionRow, SessionsNotice, SessionsPage, Time, VerifyPage,

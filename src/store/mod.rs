@@ -274,6 +274,11 @@ pub enum UserChange {
     },
     /// Disable the account; ends every session and token.
     Disable,
+    /// Enable a disabled account again (its sessions stay ended).
+    Enable,
+    /// Turn TOTP off without a second factor, and drop the recovery codes
+    /// (an administrator's action: the user lost the device).
+    AdminTotpOff,
     AddRole(String),
     /// Remove a role; ends every session and token (tokens carry roles).
     RemoveRole(String),
@@ -579,6 +584,16 @@ pub trait Store: Send + Sync + 'static {
     async fn find_user(&self, id: Uuid) -> StoreResult<Option<User>>;
     async fn find_user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
     async fn list_users(&self) -> StoreResult<Vec<User>>;
+    /// Up to `limit` users whose case-folded email starts with the
+    /// case-folded `prefix`, in email order, after the address `after` (the
+    /// last one of the previous page; `None` for the first page). Reads the
+    /// email index from `prefix` on, never every user (the console's search).
+    async fn search_users_by_email(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<User>>;
     /// Apply `change` to the current record (see [`domain::apply_user_change`]),
     /// with the sessions it ends, the revocations it causes and the mail
     /// it sends, atomically. `Conflict` when its precondition fails.

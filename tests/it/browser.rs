@@ -932,7 +932,7 @@ async fn portal_pages_answer_with_generic_errors_and_never_a_500() {
 
 /// The Selenium venv, installed into the target dir on first use (pinned;
 /// the browser and driver are Debian's, from `.ci/deps --test`).
-fn selenium_python() -> std::path::PathBuf {
+pub fn selenium_python() -> std::path::PathBuf {
     use std::path::Path;
     use std::time::Duration;
     for bin in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {

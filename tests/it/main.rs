@@ -10,6 +10,7 @@ mod assertion;
 mod backup;
 mod browser;
 mod claims;
+mod console;
 mod core_proxy;
 mod deploy;
 mod docs;

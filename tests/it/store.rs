@@ -1438,6 +1438,64 @@ async fn export_ids(s: &Arc<dyn Store>, cursor: impl Fn(String) -> String) -> Ve
     seen
 }
 
+/// The console's search: every address under a prefix (case-folded), in
+/// address order, page by page, each once; nothing outside the prefix.
+pub async fn a_search_by_email_prefix_pages_through_the_matches(s: Arc<dyn Store>) {
+    let mut want = Vec::new();
+    for i in 0..23 {
+        let e = format!("ann{i:02}@a.test");
+        s.create_user(user(&e), None).await.unwrap();
+        want.push(e);
+    }
+    for e in ["Ann.Upper@x.test", "anna@b.test"] {
+        s.create_user(user(e), None).await.unwrap();
+        want.push(e.to_string());
+    }
+    for e in ["an@x.test", "am@x.test", "bob@a.test", "zed@ann.test"] {
+        s.create_user(user(e), None).await.unwrap();
+    }
+    want.sort_by_key(|e| e.to_lowercase());
+    for prefix in ["ann", "ANN"] {
+        let mut got = Vec::new();
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let page = s
+                .search_users_by_email(prefix, after.as_deref(), 7)
+                .await
+                .unwrap();
+            assert!(page.len() <= 7);
+            pages += 1;
+            let Some(last) = page.last() else { break };
+            after = Some(last.email.clone());
+            got.extend(page.into_iter().map(|u| u.email));
+            assert!(pages < 10, "paging does not end: {got:?}");
+        }
+        assert_eq!(got, want, "prefix {prefix}");
+    }
+    let one = s.search_users_by_email("ann.", None, 10).await.unwrap();
+    assert_eq!(
+        one.iter().map(|u| u.email.as_str()).collect::<Vec<_>>(),
+        ["Ann.Upper@x.test"]
+    );
+    assert!(s
+        .search_users_by_email("zz", None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // An `after` before the prefix starts at the prefix.
+    let from = s.search_users_by_email("bob", Some("a"), 10).await.unwrap();
+    assert_eq!(from.len(), 1);
+    assert_eq!(from[0].email, "bob@a.test");
+    // The empty prefix pages through everyone in address order.
+    let all = s.search_users_by_email("", None, 100).await.unwrap();
+    assert_eq!(all.len(), want.len() + 4);
+    let keys: Vec<String> = all.iter().map(|u| u.email.to_lowercase()).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -1467,6 +1525,7 @@ macro_rules! conformance {
                 api_key_changes_notify_every_gateway,
                 a_passkey_assertion_signs_in_once,
                 an_export_pages_through_every_record_once,
+                a_search_by_email_prefix_pages_through_the_matches,
             );
         }
     };

@@ -107,6 +107,16 @@ pub fn apply_user_change(
             u.disabled = true;
             Cascade::EVERYTHING.with_keys(&mut u, touched)
         }
+        UserChange::Enable => {
+            let touched = u.disabled && !u.api_keys.is_empty();
+            u.disabled = false;
+            Cascade::NONE.with_keys(&mut u, touched)
+        }
+        UserChange::AdminTotpOff => {
+            u.totp = None;
+            u.recovery_codes.clear();
+            Cascade::NONE
+        }
         UserChange::AddRole(r) => {
             let touched = !u.roles.contains(r) && !u.api_keys.is_empty();
             if !u.roles.contains(r) {

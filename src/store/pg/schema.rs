@@ -77,6 +77,15 @@ CREATE INDEX outbox_failed_by_time ON outbox ((COALESCE((record->>'failed_at')::
 CREATE INDEX counters_by_window ON counters (((record->>'window_start')::bigint));
 "#,
     ),
+    // The console's search by email prefix (`search_users_by_email`): the
+    // addresses in byte order. Numbered apart from the migrations other
+    // work of this round adds, which may come before it.
+    (
+        20,
+        r#"
+CREATE INDEX users_by_email_c ON users ((email_key COLLATE "C"));
+"#,
+    ),
 ];
 
 /// Arbitrary, fixed: the advisory lock migrations run under.

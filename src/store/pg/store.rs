@@ -22,6 +22,15 @@ impl Store for PgStore {
         self.op_list_users().await
     }
 
+    async fn search_users_by_email(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<User>> {
+        self.op_search_users_by_email(prefix, after, limit).await
+    }
+
     async fn change_user(
         &self,
         id: Uuid,

@@ -57,6 +57,34 @@ impl PgStore {
         rows.into_iter().map(|r| dec(r.get(0))).collect()
     }
 
+    /// A range of the `users_by_email_c` index (byte order, so the
+    /// addresses under a prefix are one range whatever the database's
+    /// collation), at most `limit` rows.
+    pub(super) async fn op_search_users_by_email(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<User>> {
+        let prefix = email_key(prefix);
+        // Past every address under the prefix: the highest code point.
+        let upper = format!("{prefix}\u{10FFFF}");
+        let after = after.map(email_key).unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                r#"SELECT record FROM users
+                   WHERE email_key COLLATE "C" >= $1 AND email_key COLLATE "C" < $2
+                     AND email_key COLLATE "C" > $3
+                   ORDER BY email_key COLLATE "C" LIMIT $4"#,
+                &[&prefix, &upper, &after, &limit],
+            )
+            .await
+            .map_err(pg)?;
+        rows.into_iter().map(|r| dec(r.get(0))).collect()
+    }
+
     pub(super) async fn op_change_user(
         &self,
         id: Uuid,

@@ -52,6 +52,40 @@ impl Store for SledStore {
         .await
     }
 
+    async fn search_users_by_email(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<User>> {
+        use std::ops::Bound;
+        let prefix = email_key(prefix);
+        let after = after.map(email_key);
+        self.read(move |t| {
+            // The index is ordered by address: start at the prefix (or just
+            // after the previous page) and stop at the first key past it.
+            let start = match after {
+                Some(a) if a >= prefix => Bound::Excluded(a),
+                _ => Bound::Included(prefix.clone()),
+            };
+            let mut out = Vec::new();
+            for kv in t
+                .tree(T::Emails)
+                .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            {
+                let (key, id) = kv.map_err(backend)?;
+                if !key.starts_with(&prefix) || out.len() >= limit {
+                    break;
+                }
+                if let Some(u) = t.get_json::<User>(T::Users, &id)? {
+                    out.push(u);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn change_user(
         &self,
         id: Uuid,
