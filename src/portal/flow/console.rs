@@ -16,7 +16,7 @@
 use http::Method;
 use uuid::Uuid;
 
-use super::{client, identity, ApiResult, Page};
+use super::{identity, ApiResult, Page};
 use crate::accounts::admin::{AdminCommand, AdminError};
 use crate::accounts::{AccountError, AuthService};
 use crate::audit::AdminActor;
@@ -50,11 +50,11 @@ impl AuthService {
         if !cfg.admin_console.enabled {
             return Err(ApiError::NotFound);
         }
-        let path = page.req.path.clone();
-        let get = page.req.method == Method::GET || page.req.method == Method::HEAD;
-        let post = page.req.method == Method::POST;
+        let path = page.req.path.to_string();
+        let get = *page.req.method == Method::GET || *page.req.method == Method::HEAD;
+        let post = *page.req.method == Method::POST;
         let back = if get {
-            match &page.req.query {
+            match page.req.query {
                 Some(q) => format!("{path}?{q}"),
                 None => path.clone(),
             }
@@ -271,7 +271,7 @@ impl AuthService {
             AdminDone::TotpOff => AdminCommand::TotpOff { email },
             AdminDone::ResetSent => AdminCommand::ResetSend { email },
         };
-        let caller = client(page.req);
+        let caller = page.req.client.clone();
         let admin_id = admin.id.to_string();
         let actor = AdminActor {
             id: &admin_id,
