@@ -91,6 +91,7 @@ fn run() -> Result<(), String> {
             user_agent: "seed".into(),
             amr: vec!["pwd".into()],
             auth_time: Some(now),
+            client: None,
         }));
         if page.len() == PAGE {
             flush(&mut page)?;

@@ -147,7 +147,6 @@ mod tests {
     use std::path::Path;
 
     use super::super::Config;
-    use super::*;
 
     const CLIENTS: &str = r#"
 [oidc_provider]
