@@ -65,6 +65,9 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Proxied requests refused 403 by a route rule (CONTRACT 8.4).
     route_denials: IntCounterVec,
+    /// `portcullis_audit_chain_head_seq`: the stored audit chain's newest
+    /// sequence number, as last published (CONTRACT 8.5).
+    pub audit_chain_head_seq: IntGauge,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -299,7 +302,13 @@ impl Metrics {
             "portcullis_connections_refused_total",
             "Client connections closed at once because limits.max_connections were open.",
         );
+        let audit_chain_head_seq = gauge(
+            &r,
+            "portcullis_audit_chain_head_seq",
+            "The stored audit chain's newest sequence number, as last published (its hash is in the log line audit_chain_head).",
+        );
         let m = Self {
+            audit_chain_head_seq,
             store_writable,
             store_write_failures,
             store_recoveries,
