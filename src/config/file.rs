@@ -240,6 +240,11 @@ pub struct LogFile {
     pub format: String,
     pub level: String,
     pub audit_file: String,
+    /// Store audit events as a hash chain (CONTRACT 8.5).
+    pub audit_chain: bool,
+    /// Audit records older than this are cut off behind a signed
+    /// checkpoint (0 = keep forever).
+    pub audit_retention_days: u64,
 }
 
 impl Default for LogFile {
@@ -248,6 +253,8 @@ impl Default for LogFile {
             format: "human".into(),
             level: "info".into(),
             audit_file: String::new(),
+            audit_chain: true,
+            audit_retention_days: 0,
         }
     }
 }

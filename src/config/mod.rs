@@ -222,6 +222,8 @@ pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
     pub audit_file: Option<PathBuf>,
+    pub audit_chain: bool,
+    pub audit_retention_days: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -468,6 +468,8 @@ fn log(f: &FileConfig, p: &mut Vec<String>) -> LogConfig {
         format,
         level: f.log.level.clone(),
         audit_file: (!f.log.audit_file.is_empty()).then(|| PathBuf::from(&f.log.audit_file)),
+        audit_chain: f.log.audit_chain,
+        audit_retention_days: f.log.audit_retention_days,
     }
 }
 

@@ -5,6 +5,7 @@ mod common;
 
 mod accounts;
 mod api_keys;
+mod audit_trail;
 mod backup;
 mod browser;
 mod claims;

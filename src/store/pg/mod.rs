@@ -39,6 +39,7 @@ macro_rules! tx {
     };
 }
 
+mod audit;
 mod connect;
 mod counters;
 mod export;
@@ -52,6 +53,7 @@ mod sweep;
 mod users;
 
 pub use self::connect::tls;
+use self::audit::*;
 use self::connect::*;
 use self::outbox::*;
 use self::revocations::*;

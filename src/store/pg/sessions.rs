@@ -74,6 +74,7 @@ impl PgStore {
         &self,
         session: SessionRecord,
         expect_password_version: u64,
+        effects: Effects,
     ) -> StoreResult<User> {
         self.write(tx!(|tx| {
             // FOR SHARE: a concurrent disable or password change (FOR
@@ -92,6 +93,7 @@ impl PgStore {
             )
             .await
             .map_err(pg)?;
+            apply_effects(tx, &effects).await?;
             Ok(user)
         }))
         .await
@@ -124,6 +126,7 @@ impl PgStore {
         id: Uuid,
         presented: u64,
         policy: RefreshPolicy,
+        effects: Effects,
     ) -> StoreResult<RotateOutcome> {
         self.write(tx!(|tx| {
             let Some(current) = one::<SessionRecord>(
@@ -155,6 +158,7 @@ impl PgStore {
             if let RotateOutcome::Reused(_, revs) = &outcome {
                 write_revocations(tx, revs).await?;
             }
+            apply_effects(tx, &domain::refresh_effects(&outcome, effects)).await?;
             Ok(outcome)
         }))
         .await
@@ -166,10 +170,15 @@ impl PgStore {
         which: Sessions,
         cutoff: bool,
         stamp: Stamp,
+        effects: Effects,
     ) -> StoreResult<Vec<Revocation>> {
-        self.write(tx!(
-            |tx| end_sessions_tx(tx, user_id, which, cutoff, stamp).await
-        ))
+        self.write(tx!(|tx| {
+            let revs = end_sessions_tx(tx, user_id, which, cutoff, stamp).await?;
+            if !revs.is_empty() {
+                apply_effects(tx, &effects).await?;
+            }
+            Ok(revs)
+        }))
         .await
     }
 }
