@@ -113,10 +113,7 @@ pub fn from_audit(e: &AuditEvent) -> Option<HookEvent> {
         return None;
     }
     let mut data = serde_json::Map::new();
-    data.insert(
-        "user_id".into(),
-        e.user_id.map(|u| u.to_string()).into(),
-    );
+    data.insert("user_id".into(), e.user_id.map(|u| u.to_string()).into());
     if let Some(actor) = &e.actor {
         data.insert("actor".into(), actor.clone().into());
     }
