@@ -67,6 +67,9 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Proxied requests refused 403 by a route rule (CONTRACT 8.4).
     route_denials: IntCounterVec,
+    /// `portcullis_audit_chain_head_seq`: the stored audit chain's newest
+    /// sequence number, as last published (CONTRACT 8.5).
+    pub audit_chain_head_seq: IntGauge,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -346,8 +349,14 @@ impl Metrics {
             "Client connections closed at once because limits.max_connections were open.",
         );
         let webhooks = WebhookMetrics::new(&r);
+        let audit_chain_head_seq = gauge(
+            &r,
+            "portcullis_audit_chain_head_seq",
+            "The stored audit chain's newest sequence number, as last published (its hash is in the log line audit_chain_head).",
+        );
         let m = Self {
             webhooks,
+            audit_chain_head_seq,
             store_writable,
             store_write_failures,
             store_recoveries,

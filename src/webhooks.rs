@@ -15,7 +15,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::config::WebhookConfig;
+use crate::audit::AuditEvent;
+use crate::config::{WebhookConfig, WEBHOOK_EVENTS};
 use crate::store::{HttpPost, OutboxMessage};
 
 /// The outbox `kind` of a webhook delivery.
@@ -103,6 +104,45 @@ pub fn deliveries(hooks: &[WebhookConfig], event: &HookEvent) -> Vec<OutboxMessa
         .collect()
 }
 
+/// The webhook view of an audit event, when its type is one webhooks can
+/// subscribe to: `data` holds the user's id, the acting admin (if any), the
+/// outcome, the request id and the event's own small details (never a
+/// password, token, key or hash: the audit event holds none).
+pub fn from_audit(e: &AuditEvent) -> Option<HookEvent> {
+    if !WEBHOOK_EVENTS.contains(&e.kind.as_str()) {
+        return None;
+    }
+    let mut data = serde_json::Map::new();
+    data.insert("user_id".into(), e.user_id.map(|u| u.to_string()).into());
+    if let Some(actor) = &e.actor {
+        data.insert("actor".into(), actor.clone().into());
+    }
+    data.insert("outcome".into(), e.outcome.clone().into());
+    data.insert("request_id".into(), e.request_id.clone().into());
+    if let serde_json::Value::Object(details) = &e.data {
+        for (k, v) in details {
+            data.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    Some(HookEvent {
+        kind: e.kind.clone(),
+        at: e.at,
+        data: serde_json::Value::Object(data),
+    })
+}
+
+/// Every delivery `events` cause for `hooks`, in event order.
+pub fn deliveries_for_audit(hooks: &[WebhookConfig], events: &[AuditEvent]) -> Vec<OutboxMessage> {
+    if hooks.is_empty() {
+        return Vec::new();
+    }
+    events
+        .iter()
+        .filter_map(from_audit)
+        .flat_map(|ev| deliveries(hooks, &ev))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +157,38 @@ mod tests {
             ca_file: None,
             timeout_secs: 10,
         }
+    }
+
+    #[test]
+    fn audit_events_map_to_webhook_events_without_client_details() {
+        let ctx = crate::audit::AuditCtx {
+            ip: "192.0.2.7".parse().unwrap(),
+            user_agent: "Firefox",
+            request_id: "r1",
+        };
+        let user = Uuid::new_v4();
+        let roles = AuditEvent::new(&ctx, "user.roles_changed", "success", Some(user), 5)
+            .actor(Some("admin_api".into()))
+            .with("role", "ops");
+        let other = AuditEvent::new(&ctx, "refresh", "success", Some(user), 5);
+        assert!(from_audit(&other).is_none(), "not a webhook event");
+        let ev = from_audit(&roles).unwrap();
+        assert_eq!(ev.kind, "user.roles_changed");
+        assert_eq!(
+            ev.data,
+            serde_json::json!({
+                "user_id": user.to_string(),
+                "actor": "admin_api",
+                "outcome": "success",
+                "request_id": "r1",
+                "role": "ops",
+            })
+        );
+        let hooks = [hook("https://a.test/", &["user.roles_changed"])];
+        let out = deliveries_for_audit(&hooks, &[other, roles]);
+        assert_eq!(out.len(), 1);
+        assert!(!out[0].body.contains("192.0.2.7") && !out[0].body.contains("Firefox"));
+        assert!(deliveries_for_audit(&[], &[]).is_empty());
     }
 
     #[test]

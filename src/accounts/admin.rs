@@ -124,19 +124,37 @@ impl AuthService {
         cmd: AdminCommand,
         actor: &crate::audit::AuditCtx<'_>,
     ) -> Result<Value, AdminError> {
-        self.admin_by(cmd, actor, None).await
+        // The CLI and the admin listener: the actor is the front end.
+        let who = match actor.user_agent {
+            "portcullis cli" => "cli",
+            _ => "admin_api",
+        };
+        self.admin_as(cmd, actor, who.to_string(), None).await
     }
 
-    /// [`AuthService::admin`], run by a signed-in administrator (the
-    /// console), whom the audit event names.
+    /// [`AuthService::admin`] run by a signed-in administrator (the
+    /// console): every stored audit event names them as its actor.
     pub async fn admin_by(
         &self,
         cmd: AdminCommand,
         actor: &crate::audit::AuditCtx<'_>,
+        admin: crate::audit::AdminActor<'_>,
+    ) -> Result<Value, AdminError> {
+        self.admin_as(cmd, actor, admin.id.to_string(), Some(admin))
+            .await
+    }
+
+    /// [`AuthService::admin`] on behalf of `who` (an admin's user id, or
+    /// the front end), named as the actor of every stored audit event.
+    async fn admin_as(
+        &self,
+        cmd: AdminCommand,
+        actor: &crate::audit::AuditCtx<'_>,
+        who: String,
         admin: Option<crate::audit::AdminActor<'_>>,
     ) -> Result<Value, AdminError> {
         let event = format!("admin_{}", cmd.name());
-        let result = self.admin_inner(cmd).await;
+        let result = self.admin_inner(cmd, actor, who).await;
         let (outcome, user) = match &result {
             Ok(v) => ("success", v["id"].as_str()),
             Err(e) => (e.outcome(), None),
@@ -190,13 +208,32 @@ impl AuthService {
             .ok_or(AdminError::NoSuchUser)
     }
 
-    async fn admin_inner(&self, cmd: AdminCommand) -> Result<Value, AdminError> {
+    async fn admin_inner(
+        &self,
+        cmd: AdminCommand,
+        ctx: &crate::audit::AuditCtx<'_>,
+        who: String,
+    ) -> Result<Value, AdminError> {
         let internal = |e: StoreError| AdminError::Internal(e.to_string());
+        let event = |kind: &str, user: Uuid| {
+            self.audit_event(ctx, kind, "success", Some(user))
+                .actor(Some(who.clone()))
+        };
         // Admin changes name the user by email and apply to the current
         // record, so they compose with concurrent user requests.
         let change = |raw: String, change: UserChange| async move {
             let user = self.user_by_email(&raw).await?;
-            match self.change_user(user.id, change, None).await {
+            let ev = match &change {
+                UserChange::Disable => event("user.disabled", user.id),
+                UserChange::AddRole(r) => {
+                    event("user.roles_changed", user.id).with("added", r.clone())
+                }
+                UserChange::RemoveRole(r) => {
+                    event("user.roles_changed", user.id).with("removed", r.clone())
+                }
+                _ => event("user.changed", user.id),
+            };
+            match self.change_user_with(user.id, change, ev.into()).await {
                 Ok(u) => Ok(crate::wire::UserView::json(&u)),
                 Err(StoreError::Conflict) => Err(AdminError::NoSuchUser),
                 Err(e) => Err(internal(e)),
@@ -237,7 +274,12 @@ impl AuthService {
                     roles,
                     ..User::new(self.entropy.uuid(), e, hash, self.clock.now())
                 };
-                match self.store.create_user(user.clone(), None).await {
+                let ev = event("user.created", user.id).with("roles", user.roles.clone());
+                match self
+                    .store
+                    .create_user_with(user.clone(), self.effects(ev.into()))
+                    .await
+                {
                     Ok(()) => {}
                     Err(StoreError::Conflict) => return Err(AdminError::Exists),
                     Err(e) => return Err(internal(e)),
@@ -325,8 +367,9 @@ impl AuthService {
                 let id = Uuid::parse_str(id.trim())
                     .map_err(|_| AdminError::Invalid("invalid key id".into()))?;
                 let user = self.user_by_email(&raw).await?;
+                let ev = event("api_key.revoked", user.id).with("api_key_id", id.to_string());
                 match self
-                    .change_user(user.id, UserChange::RemoveApiKey(id), None)
+                    .change_user_with(user.id, UserChange::RemoveApiKey(id), ev.into())
                     .await
                 {
                     Ok(_) => {

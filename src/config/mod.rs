@@ -288,6 +288,8 @@ pub struct LogConfig {
     pub access_log: bool,
     /// `log.access_file`: the access lines go there instead.
     pub access_file: Option<PathBuf>,
+    pub audit_chain: bool,
+    pub audit_retention_days: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -472,6 +472,8 @@ fn log(f: &FileConfig, p: &mut Vec<String>) -> LogConfig {
         audit_file: (!f.log.audit_file.is_empty()).then(|| PathBuf::from(&f.log.audit_file)),
         access_log: f.log.access_log,
         access_file: (!f.log.access_file.is_empty()).then(|| PathBuf::from(&f.log.access_file)),
+        audit_chain: f.log.audit_chain,
+        audit_retention_days: f.log.audit_retention_days,
     }
 }
 

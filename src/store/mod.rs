@@ -24,6 +24,9 @@ pub use self::pg as pg_store;
 /// The name callers use for [`sled`] (the store was one file before).
 pub use self::sled as sled_store;
 
+pub use crate::audit::chain::{
+    AuditEvent, AuditRecord, Checkpoint as AuditCheckpoint, Head as AuditHead,
+};
 pub use domain::LockoutPolicy;
 pub use records::{Page, Record, RecordKind};
 
@@ -491,6 +494,68 @@ pub enum Delivery {
     },
 }
 
+/// What a change causes besides itself, written in the same atomic step as
+/// the change (an acknowledged change always has its mail queued and its
+/// audit events in the chain). The service builds it; a backend writes
+/// every part of it with [`Effects`]-taking operations (sled:
+/// `Tx::apply_effects`, PostgreSQL: `apply_effects`), so a new kind of
+/// effect (a webhook delivery) is one field here and one line there.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Effects {
+    /// Mail queued in the outbox.
+    pub outbox: Vec<OutboxMessage>,
+    /// Audit events appended to the chain (in this order).
+    pub audit: Vec<AuditEvent>,
+}
+
+impl Effects {
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Add a mail (if any).
+    pub fn mail(mut self, m: impl Into<Option<OutboxMessage>>) -> Self {
+        self.outbox.extend(m.into());
+        self
+    }
+
+    /// Add an audit event.
+    pub fn audit(mut self, e: AuditEvent) -> Self {
+        self.audit.push(e);
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.outbox.is_empty() && self.audit.is_empty()
+    }
+}
+
+impl From<Option<OutboxMessage>> for Effects {
+    fn from(m: Option<OutboxMessage>) -> Self {
+        Effects::none().mail(m)
+    }
+}
+
+impl From<OutboxMessage> for Effects {
+    fn from(m: OutboxMessage) -> Self {
+        Effects::none().mail(m)
+    }
+}
+
+impl From<AuditEvent> for Effects {
+    fn from(e: AuditEvent) -> Self {
+        Effects::none().audit(e)
+    }
+}
+
+/// The audit chain's state: its newest record and the checkpoint it
+/// starts from (when retention has cut it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditState {
+    pub head: AuditHead,
+    pub checkpoint: Option<AuditCheckpoint>,
+}
+
 /// A throttle or lockout counter.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq)]
 pub struct Counter {
@@ -580,7 +645,11 @@ pub trait Store: Send + Sync + 'static {
     // --- users
     /// Insert a new user; `Conflict` when the email is taken. The optional
     /// mail is queued in the same atomic step.
-    async fn create_user(&self, user: User, mail: Option<OutboxMessage>) -> StoreResult<()>;
+    async fn create_user(&self, user: User, mail: Option<OutboxMessage>) -> StoreResult<()> {
+        self.create_user_with(user, mail.into()).await
+    }
+    /// [`Store::create_user`] with everything it causes ([`Effects`]).
+    async fn create_user_with(&self, user: User, effects: Effects) -> StoreResult<()>;
     async fn find_user(&self, id: Uuid) -> StoreResult<Option<User>>;
     async fn find_user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
     async fn list_users(&self) -> StoreResult<Vec<User>>;
@@ -603,6 +672,16 @@ pub trait Store: Send + Sync + 'static {
         change: UserChange,
         mail: Option<OutboxMessage>,
         stamp: Stamp,
+    ) -> StoreResult<Changed> {
+        self.change_user_with(id, change, mail.into(), stamp).await
+    }
+    /// [`Store::change_user`] with everything it causes ([`Effects`]).
+    async fn change_user_with(
+        &self,
+        id: Uuid,
+        change: UserChange,
+        effects: Effects,
+        stamp: Stamp,
     ) -> StoreResult<Changed>;
 
     // --- refresh sessions
@@ -613,6 +692,16 @@ pub trait Store: Send + Sync + 'static {
         &self,
         session: SessionRecord,
         expect_password_version: u64,
+    ) -> StoreResult<User> {
+        self.create_session_with(session, expect_password_version, Effects::none())
+            .await
+    }
+    /// [`Store::create_session`] with everything it causes ([`Effects`]).
+    async fn create_session_with(
+        &self,
+        session: SessionRecord,
+        expect_password_version: u64,
+        effects: Effects,
     ) -> StoreResult<User>;
     async fn find_session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>>;
     async fn list_sessions(&self, user_id: Uuid) -> StoreResult<Vec<SessionRecord>>;
@@ -622,6 +711,20 @@ pub trait Store: Send + Sync + 'static {
         id: Uuid,
         presented: u64,
         policy: RefreshPolicy,
+    ) -> StoreResult<RotateOutcome> {
+        self.rotate_refresh_with(id, presented, policy, Effects::none())
+            .await
+    }
+    /// [`Store::rotate_refresh`] with everything it causes: the effects
+    /// are written only when the outcome writes something (not for
+    /// `Invalid`), each audit event's `outcome` set by
+    /// [`domain::refresh_outcome`].
+    async fn rotate_refresh_with(
+        &self,
+        id: Uuid,
+        presented: u64,
+        policy: RefreshPolicy,
+        effects: Effects,
     ) -> StoreResult<RotateOutcome>;
     /// End sessions of a user and revoke their access tokens; with
     /// `cutoff`, also void every token issued until now. Returns the
@@ -632,6 +735,20 @@ pub trait Store: Send + Sync + 'static {
         which: Sessions,
         cutoff: bool,
         stamp: Stamp,
+    ) -> StoreResult<Vec<Revocation>> {
+        self.end_sessions_with(user_id, which, cutoff, stamp, Effects::none())
+            .await
+    }
+    /// [`Store::end_sessions`] with everything it causes ([`Effects`]),
+    /// written only when it revoked something (a session ended, or a
+    /// cutoff).
+    async fn end_sessions_with(
+        &self,
+        user_id: Uuid,
+        which: Sessions,
+        cutoff: bool,
+        stamp: Stamp,
+        effects: Effects,
     ) -> StoreResult<Vec<Revocation>>;
 
     // --- revocation
@@ -654,6 +771,15 @@ pub trait Store: Send + Sync + 'static {
         hash: String,
         token: OneTimeToken,
         mail: Option<OutboxMessage>,
+    ) -> StoreResult<u64> {
+        self.issue_one_time_with(hash, token, mail.into()).await
+    }
+    /// [`Store::issue_one_time`] with everything it causes ([`Effects`]).
+    async fn issue_one_time_with(
+        &self,
+        hash: String,
+        token: OneTimeToken,
+        effects: Effects,
     ) -> StoreResult<u64>;
     async fn find_one_time(&self, hash: &str) -> StoreResult<Option<OneTimeToken>>;
     /// The newest issue sequence for a user and kind.
@@ -666,6 +792,16 @@ pub trait Store: Send + Sync + 'static {
         hash: String,
         redeem: Redeem,
         mail: Option<OutboxMessage>,
+        stamp: Stamp,
+    ) -> StoreResult<Changed> {
+        self.redeem_with(hash, redeem, mail.into(), stamp).await
+    }
+    /// [`Store::redeem`] with everything it causes ([`Effects`]).
+    async fn redeem_with(
+        &self,
+        hash: String,
+        redeem: Redeem,
+        effects: Effects,
         stamp: Stamp,
     ) -> StoreResult<Changed>;
 
@@ -741,6 +877,26 @@ pub trait Store: Send + Sync + 'static {
     /// removed). A failure is not recorded on a message another sender
     /// holds now (see [`domain::delivery_applies`]).
     async fn record_delivery(&self, id: Uuid, delivery: Delivery) -> StoreResult<()>;
+
+    // --- audit trail (see `crate::audit::chain`)
+    /// Append audit events that go with no other change (a failed sign-in
+    /// whose counter lives in memory), in one atomic step.
+    async fn append_audit(&self, events: Vec<AuditEvent>) -> StoreResult<()>;
+    /// Up to `limit` records with a sequence number above `after`, in
+    /// chain order.
+    async fn audit_page(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditRecord>>;
+    /// Up to `limit` records written at or after `since` (unix seconds), in
+    /// chain order (an index by time: no full scan).
+    async fn audit_since(&self, since: i64, limit: usize) -> StoreResult<Vec<AuditRecord>>;
+    /// A user's newest `limit` records, newest first (an index by user:
+    /// no full scan).
+    async fn audit_for_user(&self, user_id: Uuid, limit: usize) -> StoreResult<Vec<AuditRecord>>;
+    /// The chain's head and the checkpoint it starts from.
+    async fn audit_state(&self) -> StoreResult<AuditState>;
+    /// Cut the chain at `checkpoint`: remove every record up to its
+    /// sequence and keep the checkpoint (retention). Returns how many
+    /// records went.
+    async fn audit_trim(&self, checkpoint: AuditCheckpoint) -> StoreResult<u64>;
 
     // --- bulk copies (`portcullis storage migrate`)
     /// Up to `limit` records of `kind` in a stable order, starting after

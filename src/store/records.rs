@@ -19,10 +19,12 @@ pub enum RecordKind {
     OneTimeSeqs,
     Counters,
     Mail,
+    /// The audit chain's records and its checkpoint.
+    Audit,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 7] = [
+    pub const ALL: [RecordKind; 8] = [
         RecordKind::Users,
         RecordKind::Sessions,
         RecordKind::Revocations,
@@ -30,6 +32,7 @@ impl RecordKind {
         RecordKind::OneTimeSeqs,
         RecordKind::Counters,
         RecordKind::Mail,
+        RecordKind::Audit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,6 +44,7 @@ impl RecordKind {
             RecordKind::OneTimeSeqs => "one_time_sequences",
             RecordKind::Counters => "counters",
             RecordKind::Mail => "mail",
+            RecordKind::Audit => "audit",
         }
     }
 }
@@ -66,6 +70,10 @@ pub enum Record {
         counter: Counter,
     },
     Mail(OutboxMessage),
+    /// One record of the audit chain, as stored (hashes included).
+    Audit(AuditRecord),
+    /// Where a chain cut by retention starts.
+    AuditCheckpoint(AuditCheckpoint),
 }
 
 /// A page of an export: its records, and where the next page starts

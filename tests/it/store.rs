@@ -1496,6 +1496,91 @@ pub async fn a_search_by_email_prefix_pages_through_the_matches(s: Arc<dyn Store
     assert_eq!(keys, sorted);
 }
 
+/// Audit events are written with their change, in the same atomic step:
+/// N racing changes with an event each give exactly N linked records
+/// (sequences 1..=N), a change that fails leaves none; the indexes by user
+/// and by time answer; a trim keeps its checkpoint; a copy keeps the chain.
+pub async fn audit_events_are_chained_with_their_change(s: Arc<dyn Store>) {
+    use portcullis::audit::chain::{Checkpoint, Verifier};
+    use portcullis::audit::AuditEvent;
+    let u = user("audit@example.com");
+    s.create_user(u.clone(), None).await.unwrap();
+    let ev = |kind: &str, at: i64, user: Option<Uuid>| AuditEvent {
+        kind: kind.into(),
+        at,
+        user_id: user,
+        actor: None,
+        ip: "127.0.0.1".into(),
+        user_agent: "t".into(),
+        request_id: "r".into(),
+        outcome: "success".into(),
+        data: serde_json::json!({}),
+    };
+    let results = race(|i| {
+        let (s, id) = (s.clone(), u.id);
+        let e = ev("user.roles_changed", 100 + i as i64, Some(id));
+        async move {
+            s.change_user_with(
+                id,
+                UserChange::AddRole(format!("r{i}")),
+                Effects::none().audit(e),
+                stamp(100),
+            )
+            .await
+        }
+    })
+    .await;
+    assert!(results.iter().all(|r| r.is_ok()));
+    // A change whose precondition fails writes no record.
+    let gone = s
+        .change_user_with(
+            Uuid::new_v4(),
+            UserChange::Disable,
+            Effects::none().audit(ev("user.disabled", 200, None)),
+            stamp(200),
+        )
+        .await;
+    assert!(matches!(gone, Err(StoreError::Conflict)));
+    s.append_audit(vec![ev("user.login_failed", 300, None)])
+        .await
+        .unwrap();
+    let all = s.audit_page(0, 1000).await.unwrap();
+    let seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=N as u64 + 1).collect::<Vec<_>>());
+    let mut v = Verifier::new(None);
+    for r in &all {
+        v.check(r).unwrap();
+    }
+    let st = s.audit_state().await.unwrap();
+    assert_eq!(v.finish(Some(&st.head)).unwrap().seq, N as u64 + 1);
+    let mine = s.audit_for_user(u.id, 3).await.unwrap();
+    let newest: Vec<u64> = mine.iter().map(|r| r.seq).collect();
+    assert_eq!(newest, vec![N as u64, N as u64 - 1, N as u64 - 2]);
+    let late = s.audit_since(300, 10).await.unwrap();
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].event.kind, "user.login_failed");
+
+    let dir = tempfile::tempdir().unwrap();
+    let t = portcullis::store::sled_store::SledStore::open(&dir.path().join("db")).unwrap();
+    portcullis::store::copy::copy_all(&*s, &t, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(t.audit_page(0, 1000).await.unwrap(), all);
+    assert_eq!(t.audit_state().await.unwrap(), st);
+
+    let cut = &all[4];
+    let cp = Checkpoint::sign(b"k", cut.seq, &cut.hash, 400);
+    assert_eq!(s.audit_trim(cp.clone()).await.unwrap(), 5);
+    let st = s.audit_state().await.unwrap();
+    assert_eq!(st.checkpoint, Some(cp.clone()));
+    let rest = s.audit_page(0, 1000).await.unwrap();
+    assert_eq!(rest.first().map(|r| r.seq), Some(6));
+    let mut v = Verifier::new(Some(&cp));
+    for r in &rest {
+        v.check(r).unwrap();
+    }
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -1526,6 +1611,7 @@ macro_rules! conformance {
                 a_passkey_assertion_signs_in_once,
                 an_export_pages_through_every_record_once,
                 a_search_by_email_prefix_pages_through_the_matches,
+                audit_events_are_chained_with_their_change,
             );
         }
     };

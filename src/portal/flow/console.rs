@@ -277,7 +277,7 @@ impl AuthService {
             id: &admin_id,
             email: &admin.email,
         };
-        match self.admin_by(cmd, &caller.audit(), Some(actor)).await {
+        match self.admin_by(cmd, &caller.audit(), actor).await {
             Ok(_) => Ok(page.see_other(&format!("{}&done={}", user_href(uid), action.name()))),
             Err(AdminError::Invalid(m)) => {
                 let alert = Some((400, upper_first(&m)));

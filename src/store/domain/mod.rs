@@ -6,9 +6,9 @@
 use uuid::Uuid;
 
 use super::{
-    Counter, Delivery, MfaProof, OneTimeKind, OneTimeToken, OutboxMessage, Redeem, RefreshPolicy,
-    Retention, Revocation, RotateOutcome, SessionRecord, Sessions, Stamp, StoreError, Totp, User,
-    UserChange,
+    Counter, Delivery, Effects, MfaProof, OneTimeKind, OneTimeToken, OutboxMessage, Redeem,
+    RefreshPolicy, Retention, Revocation, RotateOutcome, SessionRecord, Sessions, Stamp,
+    StoreError, Totp, User, UserChange,
 };
 
 /// How long a [`Revocation::Keys`] entry is kept: a gateway that was cut
@@ -266,6 +266,44 @@ pub fn session_is_live(s: &SessionRecord, now: i64, idle_secs: u64) -> bool {
 
 /// Judge generation `presented` of session `s`. Returns the record to
 /// write (`None`: delete the session) and the outcome.
+/// Name `user` in the audit events of a redeemed token that named no user
+/// (the caller learns whose token it was only from the store).
+pub fn for_user(mut effects: Effects, user: Uuid) -> Effects {
+    for e in &mut effects.audit {
+        e.user_id.get_or_insert(user);
+    }
+    effects
+}
+
+/// The audit outcome of a refresh (see [`Store::rotate_refresh_with`]):
+/// `None` when it wrote nothing worth an event.
+pub fn refresh_outcome(o: &RotateOutcome) -> Option<&'static str> {
+    match o {
+        RotateOutcome::Rotated(_) => Some("success"),
+        RotateOutcome::Grace(_) => None,
+        RotateOutcome::Reused(..) => Some("session_revoked"),
+        RotateOutcome::Invalid => None,
+    }
+}
+
+/// The effects of a refresh, for the outcome it had (see
+/// [`refresh_outcome`]): nothing when it had none.
+pub fn refresh_effects(o: &RotateOutcome, mut effects: Effects) -> Effects {
+    match refresh_outcome(o) {
+        Some(outcome) => {
+            for e in &mut effects.audit {
+                e.outcome = outcome.to_string();
+                if let RotateOutcome::Reused(..) = o {
+                    e.kind = "session.revoked".into();
+                    e.outcome = "refresh_reuse_detected".into();
+                }
+            }
+            effects
+        }
+        None => Effects::none(),
+    }
+}
+
 pub fn rotate(
     s: &SessionRecord,
     presented: u64,

@@ -77,6 +77,30 @@ CREATE INDEX outbox_failed_by_time ON outbox ((COALESCE((record->>'failed_at')::
 CREATE INDEX counters_by_window ON counters (((record->>'window_start')::bigint));
 "#,
     ),
+    (
+        4,
+        r#"
+CREATE TABLE audit_log (
+    seq bigint PRIMARY KEY,
+    at bigint NOT NULL,
+    user_id uuid,
+    record jsonb NOT NULL
+);
+CREATE INDEX audit_log_by_user ON audit_log (user_id, seq) WHERE user_id IS NOT NULL;
+CREATE INDEX audit_log_by_at ON audit_log (at, seq);
+CREATE TABLE audit_head (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    seq bigint NOT NULL,
+    hash text NOT NULL
+);
+INSERT INTO audit_head (seq, hash)
+    VALUES (0, '0000000000000000000000000000000000000000000000000000000000000000');
+CREATE TABLE audit_checkpoint (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    record jsonb NOT NULL
+);
+"#,
+    ),
     // The console's search by email prefix (`search_users_by_email`): the
     // addresses in byte order. Numbered apart from the migrations other
     // work of this round adds, which may come before it.

@@ -87,6 +87,7 @@ impl PgStore {
         &self,
         session: SessionRecord,
         expect_password_version: u64,
+        effects: Effects,
     ) -> StoreResult<User> {
         self.write(tx!(|tx| {
             // FOR SHARE: a concurrent disable or password change (FOR
@@ -105,6 +106,7 @@ impl PgStore {
             )
             .await
             .map_err(pg)?;
+            apply_effects(tx, &effects).await?;
             Ok(user)
         }))
         .await
@@ -137,6 +139,7 @@ impl PgStore {
         id: Uuid,
         presented: u64,
         policy: RefreshPolicy,
+        effects: Effects,
     ) -> StoreResult<RotateOutcome> {
         self.write(tx!(|tx| {
             let Some(current) = one::<SessionRecord>(
@@ -171,6 +174,7 @@ impl PgStore {
                     put_mail(tx, &m).await?;
                 }
             }
+            apply_effects(tx, &domain::refresh_effects(&outcome, effects)).await?;
             Ok(outcome)
         }))
         .await
@@ -182,10 +186,15 @@ impl PgStore {
         which: Sessions,
         cutoff: bool,
         stamp: Stamp,
+        effects: Effects,
     ) -> StoreResult<Vec<Revocation>> {
-        self.write(tx!(
-            |tx| end_sessions_tx(tx, user_id, which, cutoff, stamp).await
-        ))
+        self.write(tx!(|tx| {
+            let revs = end_sessions_tx(tx, user_id, which, cutoff, stamp).await?;
+            if !revs.is_empty() {
+                apply_effects(tx, &effects).await?;
+            }
+            Ok(revs)
+        }))
         .await
     }
 }

@@ -3,11 +3,7 @@
 use super::*;
 
 impl PgStore {
-    pub(super) async fn op_create_user(
-        &self,
-        user: User,
-        mail: Option<OutboxMessage>,
-    ) -> StoreResult<()> {
+    pub(super) async fn op_create_user(&self, user: User, effects: Effects) -> StoreResult<()> {
         self.write(tx!(|tx| {
             let inserted = tx
                 .execute(
@@ -25,10 +21,7 @@ impl PgStore {
             if inserted == 0 {
                 return Err(StoreError::Conflict);
             }
-            if let Some(m) = &mail {
-                put_mail(tx, m).await?;
-            }
-            Ok(())
+            apply_effects(tx, &effects).await
         }))
         .await
     }
@@ -89,7 +82,7 @@ impl PgStore {
         &self,
         id: Uuid,
         change: UserChange,
-        mail: Option<OutboxMessage>,
+        effects: Effects,
         stamp: Stamp,
     ) -> StoreResult<Changed> {
         self.write(tx!(|tx| {
@@ -110,9 +103,7 @@ impl PgStore {
                 .map_err(pg)?;
             }
             let revoked = apply_cascade(tx, &user, cascade, stamp).await?;
-            if let Some(m) = &mail {
-                put_mail(tx, m).await?;
-            }
+            apply_effects(tx, &effects).await?;
             Ok(Changed { user, revoked })
         }))
         .await

@@ -67,6 +67,7 @@ pub(super) fn trees_of(kind: RecordKind) -> &'static [T] {
         RecordKind::OneTimeSeqs => &[T::OneTimeSeq],
         RecordKind::Counters => &[T::Counters],
         RecordKind::Mail => &[T::Outbox],
+        RecordKind::Audit => &[T::Audit, T::AuditCheckpoint],
     }
 }
 
@@ -106,9 +107,16 @@ pub(super) fn record_from(t: T, k: &[u8], v: &[u8]) -> StoreResult<Record> {
             counter: dec(v)?,
         },
         T::Outbox => Record::Mail(dec(v)?),
-        T::Emails | T::UserSessions | T::RevLog | T::LogState | T::KeyHolders => {
-            return Err(StoreError::Corrupt("an index holds no records".into()))
-        }
+        T::Audit => Record::Audit(dec(v)?),
+        T::AuditCheckpoint => Record::AuditCheckpoint(dec(v)?),
+        T::Emails
+        | T::UserSessions
+        | T::RevLog
+        | T::LogState
+        | T::KeyHolders
+        | T::AuditByUser
+        | T::AuditByTime
+        | T::AuditHead => return Err(StoreError::Corrupt("an index holds no records".into())),
     })
 }
 

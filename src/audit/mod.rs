@@ -1,6 +1,15 @@
 //! Audit events: one structured `tracing` event per auth event, on the
 //! `audit` target (which `log.audit_file` can route to its own file).
 //! Never pass a password, a token or a token hash here.
+//!
+//! Besides the log line, the events that describe a change are stored in
+//! the store as a hash chain ([`chain`]), in the same operation as the
+//! change (see `store::Effects`).
+
+pub mod chain;
+pub mod query;
+
+pub use chain::{AuditEvent, AuditRecord};
 
 use std::net::IpAddr;
 
