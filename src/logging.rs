@@ -55,9 +55,8 @@ pub fn init(cfg: &LogConfig) -> Result<(), String> {
     }
     let to_audit_file = cfg.audit_file.is_some();
     // Access lines have their own layer (batched writes, see [`Batched`]).
-    let not_audit = filter_fn(move |m| {
-        !(to_audit_file && m.target() == "audit" || m.target() == ACCESS)
-    });
+    let not_audit =
+        filter_fn(move |m| !(to_audit_file && m.target() == "audit" || m.target() == ACCESS));
     let main: Box<dyn Layer<_> + Send + Sync> = match cfg.format {
         LogFormat::Human => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)

@@ -117,7 +117,7 @@ impl<'a> Page<'a> {
                 status,
                 headers: vec![
                     ("content-type", "text/html; charset=utf-8".into()),
-                    ("content-security-policy", portal::CSP.into()),
+                    ("content-security-policy", portal::csp_for(&self.cfg).into()),
                     ("referrer-policy", "same-origin".into()),
                     ("x-frame-options", "DENY".into()),
                 ],

@@ -73,7 +73,10 @@ async fn traffic(listen: std::net::SocketAddr) -> [String; 3] {
         listen,
         "GET",
         &format!("/pub/item?{SECRET_QUERY}"),
-        &[("Host", "APP.example.test:8080"), ("cookie", "theme=s3cr3t-c")],
+        &[
+            ("Host", "APP.example.test:8080"),
+            ("cookie", "theme=s3cr3t-c"),
+        ],
         None,
     )
     .await
@@ -174,11 +177,11 @@ async fn the_access_log_goes_to_its_own_file_or_is_off() {
             .await
             .unwrap()
             .text();
-        if m.lines()
-            .any(|l| l.starts_with("portcullis_requests_total")
+        if m.lines().any(|l| {
+            l.starts_with("portcullis_requests_total")
                 && l.contains("route=\"auth\"")
-                && l.contains("status=\"4xx\""))
-        {
+                && l.contains("status=\"4xx\"")
+        }) {
             break;
         }
         assert!(Instant::now() < deadline, "requests never counted:\n{m}");
