@@ -156,7 +156,9 @@ impl AuthService {
             let user = self.user_by_email(&raw).await?;
             let ev = match &change {
                 UserChange::Disable => event("user.disabled", user.id),
-                UserChange::AddRole(r) => event("user.roles_changed", user.id).with("added", r.clone()),
+                UserChange::AddRole(r) => {
+                    event("user.roles_changed", user.id).with("added", r.clone())
+                }
                 UserChange::RemoveRole(r) => {
                     event("user.roles_changed", user.id).with("removed", r.clone())
                 }

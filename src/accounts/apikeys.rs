@@ -403,7 +403,11 @@ impl super::AuthService {
             .audit_event(&client.audit(), "api_key.revoked", "success", Some(user.id))
             .with("api_key_id", id.to_string());
         match self
-            .change_user_with(user.id, crate::store::UserChange::RemoveApiKey(id), ev.into())
+            .change_user_with(
+                user.id,
+                crate::store::UserChange::RemoveApiKey(id),
+                ev.into(),
+            )
             .await
         {
             Ok(_) => {}

@@ -69,7 +69,11 @@ impl AuthService {
         let sealed = self.mfa_key.seal(&user.id, &secret);
         let ev = self.audit_event(&client.audit(), "mfa_enroll", "started", Some(user.id));
         match self
-            .change_user_with(user.id, UserChange::TotpEnroll { secret: sealed }, ev.into())
+            .change_user_with(
+                user.id,
+                UserChange::TotpEnroll { secret: sealed },
+                ev.into(),
+            )
             .await
         {
             Ok(_) => {}

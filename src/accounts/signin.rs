@@ -456,7 +456,12 @@ impl AuthService {
     pub async fn logout_all(&self, claims: &AccessClaims, client: &Client) -> AccountResult<()> {
         let user = self.current_user(claims).await?;
         let ev = self
-            .audit_event(&client.audit(), "session.revoked", "logout_all", Some(user.id))
+            .audit_event(
+                &client.audit(),
+                "session.revoked",
+                "logout_all",
+                Some(user.id),
+            )
             .with("all", true);
         self.end_sessions_with(user.id, Sessions::All, true, ev.into())
             .await?;

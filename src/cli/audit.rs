@@ -99,7 +99,10 @@ pub fn audit_command(cfg: Config, cmd: AuditCommand) -> Result<(), String> {
                 let page = src.page(after)?;
                 let Some(last) = page.last() else { break };
                 after = last.seq;
-                for r in page.iter().filter(|r| since.is_none_or(|s| r.event.at >= s)) {
+                for r in page
+                    .iter()
+                    .filter(|r| since.is_none_or(|s| r.event.at >= s))
+                {
                     let line = serde_json::to_string(r).map_err(|e| e.to_string())?;
                     writeln!(w, "{line}").map_err(|e| format!("writing: {e}"))?;
                 }

@@ -24,7 +24,9 @@ pub use self::pg as pg_store;
 /// The name callers use for [`sled`] (the store was one file before).
 pub use self::sled as sled_store;
 
-pub use crate::audit::chain::{AuditEvent, AuditRecord, Checkpoint as AuditCheckpoint, Head as AuditHead};
+pub use crate::audit::chain::{
+    AuditEvent, AuditRecord, Checkpoint as AuditCheckpoint, Head as AuditHead,
+};
 pub use domain::LockoutPolicy;
 pub use records::{Page, Record, RecordKind};
 
@@ -813,8 +815,7 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_since(&self, since: i64, limit: usize) -> StoreResult<Vec<AuditRecord>>;
     /// A user's newest `limit` records, newest first (an index by user:
     /// no full scan).
-    async fn audit_for_user(&self, user_id: Uuid, limit: usize)
-        -> StoreResult<Vec<AuditRecord>>;
+    async fn audit_for_user(&self, user_id: Uuid, limit: usize) -> StoreResult<Vec<AuditRecord>>;
     /// The chain's head and the checkpoint it starts from.
     async fn audit_state(&self) -> StoreResult<AuditState>;
     /// Cut the chain at `checkpoint`: remove every record up to its

@@ -66,7 +66,10 @@ async fn role_add(gw: &TestGateway, email: &str, role: &str) -> http::Response {
         gw.admin_addr,
         "POST",
         "/admin/users",
-        &[("authorization", &auth), ("content-type", "application/json")],
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
         Some(body.to_string().as_bytes()),
     )
     .await
@@ -104,7 +107,10 @@ async fn verify_passes_after_activity_and_names_an_edited_removed_or_reordered_r
     let mut gw = TestGateway::start().await;
     let a = gw.signup("a@example.com").await;
     gw.signup("b@example.com").await;
-    assert_eq!(gw.login("a@example.com", "wrong password!").await.status, 401);
+    assert_eq!(
+        gw.login("a@example.com", "wrong password!").await.status,
+        401
+    );
     assert_eq!(role_add(&gw, "b@example.com", "ops").await.status, 200);
     let r = gw
         .post(
@@ -129,7 +135,10 @@ async fn verify_passes_after_activity_and_names_an_edited_removed_or_reordered_r
     assert_eq!(roles["data"]["added"], "ops", "{roles}");
     for r in &records {
         let text = r.to_string();
-        assert!(!text.contains(PASSWORD) && !text.contains(&a.refresh), "{text}");
+        assert!(
+            !text.contains(PASSWORD) && !text.contains(&a.refresh),
+            "{text}"
+        );
     }
     let n = records.len() as u64;
     assert!(n >= 7);
@@ -139,7 +148,10 @@ async fn verify_passes_after_activity_and_names_an_edited_removed_or_reordered_r
     let cfg = path(&gw.config_path());
     let out = cli(&["audit", "verify", "--config", &cfg]);
     assert!(out.ok(), "{out:?}");
-    assert!(out.stdout.contains(&format!("{n} records checked")), "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("{n} records checked")),
+        "{out:?}"
+    );
 
     gw.stop();
     let out = cli(&["audit", "verify", "--config", &cfg]);
@@ -188,7 +200,10 @@ async fn verify_passes_after_activity_and_names_an_edited_removed_or_reordered_r
         recs[j]["record"]["seq"] = json!(4);
     });
     assert_eq!(reordered.status.code(), Some(1), "{reordered:?}");
-    assert!(reordered.stderr.contains("audit record 3:"), "{reordered:?}");
+    assert!(
+        reordered.stderr.contains("audit record 3:"),
+        "{reordered:?}"
+    );
 
     // The untouched backup verifies again.
     let again = tampered("whole", &|_, _| {});
@@ -209,14 +224,22 @@ async fn every_change_under_parallel_load_has_exactly_its_event() {
     let mut set = tokio::task::JoinSet::new();
     for e in &emails {
         let body = json!({ "email": e, "password": PASSWORD, "password_confirm": PASSWORD });
-        set.spawn(async move { http::post_json(addr, "/auth/register", &body, None).await.status });
+        set.spawn(async move {
+            http::post_json(addr, "/auth/register", &body, None)
+                .await
+                .status
+        });
     }
     while let Some(s) = set.join_next().await {
         assert_eq!(s.unwrap(), 201);
     }
     for e in &emails {
         let body = json!({ "email": e, "password": PASSWORD });
-        set.spawn(async move { http::post_json(addr, "/auth/login", &body, None).await.status });
+        set.spawn(async move {
+            http::post_json(addr, "/auth/login", &body, None)
+                .await
+                .status
+        });
     }
     while let Some(s) = set.join_next().await {
         assert_eq!(s.unwrap(), 200);
@@ -231,7 +254,10 @@ async fn every_change_under_parallel_load_has_exactly_its_event() {
                 admin,
                 "POST",
                 "/admin/users",
-                &[("authorization", &auth), ("content-type", "application/json")],
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
                 Some(body.as_bytes()),
             )
             .await
@@ -308,7 +334,14 @@ async fn export_and_the_admin_endpoint_filter_by_time_and_refuse_bad_input() {
     let cfg = path(&gw.config_path());
     let out_file = gw.dir.path().join("late.jsonl");
     let out = cli(&[
-        "audit", "export", "--config", &cfg, "--since", &since, "--out", &path(&out_file),
+        "audit",
+        "export",
+        "--config",
+        &cfg,
+        "--since",
+        &since,
+        "--out",
+        &path(&out_file),
     ]);
     assert!(out.ok(), "{out:?}");
     let lines: Vec<Value> = std::fs::read_to_string(&out_file)
@@ -416,7 +449,11 @@ async fn a_postgres_cluster_keeps_one_chain() {
         let body = json!({
             "email": format!("c{i}@example.com"), "password": PASSWORD, "password_confirm": PASSWORD
         });
-        set.spawn(async move { http::post_json(addr, "/auth/register", &body, None).await.status });
+        set.spawn(async move {
+            http::post_json(addr, "/auth/register", &body, None)
+                .await
+                .status
+        });
     }
     while let Some(s) = set.join_next().await {
         assert_eq!(s.unwrap(), 201);
@@ -430,8 +467,10 @@ async fn a_postgres_cluster_keeps_one_chain() {
 
     let verify = || {
         let mut cmd = bin::command(&["audit", "verify", "--config", &path(&gws[0].config_path())]);
-        cmd.env("PORTCULLIS_REFRESH_SECRET", secret)
-            .env("PORTCULLIS_JWT_SECRET", "a shared HS256 secret of at least 32 bytes!!");
+        cmd.env("PORTCULLIS_REFRESH_SECRET", secret).env(
+            "PORTCULLIS_JWT_SECRET",
+            "a shared HS256 secret of at least 32 bytes!!",
+        );
         bin::run(cmd, None, bin::CLI_LIMIT)
     };
     let out = verify();

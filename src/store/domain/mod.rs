@@ -6,9 +6,9 @@
 use uuid::Uuid;
 
 use super::{
-    Counter, Delivery, Effects, MfaProof, OneTimeKind, OneTimeToken, OutboxMessage, Redeem, RefreshPolicy,
-    Retention, Revocation, RotateOutcome, SessionRecord, Sessions, Stamp, StoreError, Totp, User,
-    UserChange,
+    Counter, Delivery, Effects, MfaProof, OneTimeKind, OneTimeToken, OutboxMessage, Redeem,
+    RefreshPolicy, Retention, Revocation, RotateOutcome, SessionRecord, Sessions, Stamp,
+    StoreError, Totp, User, UserChange,
 };
 
 /// How long a [`Revocation::Keys`] entry is kept: a gateway that was cut

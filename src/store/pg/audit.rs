@@ -79,7 +79,10 @@ async fn raise_head(tx: &Transaction<'_>, seq: u64, hash: &str) -> StoreResult<(
     Ok(())
 }
 
-pub(super) async fn import_checkpoint(tx: &Transaction<'_>, c: &AuditCheckpoint) -> StoreResult<()> {
+pub(super) async fn import_checkpoint(
+    tx: &Transaction<'_>,
+    c: &AuditCheckpoint,
+) -> StoreResult<()> {
     tx.execute(
         "INSERT INTO audit_checkpoint (record) VALUES ($1)
          ON CONFLICT (one) DO UPDATE SET record = EXCLUDED.record

@@ -52,8 +52,8 @@ mod store;
 mod sweep;
 mod users;
 
-pub use self::connect::tls;
 use self::audit::*;
+pub use self::connect::tls;
 use self::connect::*;
 use self::outbox::*;
 use self::revocations::*;

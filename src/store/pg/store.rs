@@ -207,11 +207,7 @@ impl Store for PgStore {
         self.op_audit_since(since, limit).await
     }
 
-    async fn audit_for_user(
-        &self,
-        user_id: Uuid,
-        limit: usize,
-    ) -> StoreResult<Vec<AuditRecord>> {
+    async fn audit_for_user(&self, user_id: Uuid, limit: usize) -> StoreResult<Vec<AuditRecord>> {
         self.op_audit_for_user(user_id, limit).await
     }
 

@@ -3,11 +3,7 @@
 use super::*;
 
 impl PgStore {
-    pub(super) async fn op_create_user(
-        &self,
-        user: User,
-        effects: Effects,
-    ) -> StoreResult<()> {
+    pub(super) async fn op_create_user(&self, user: User, effects: Effects) -> StoreResult<()> {
         self.write(tx!(|tx| {
             let inserted = tx
                 .execute(

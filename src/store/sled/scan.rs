@@ -114,9 +114,7 @@ pub(super) fn record_from(t: T, k: &[u8], v: &[u8]) -> StoreResult<Record> {
         | T::KeyHolders
         | T::AuditByUser
         | T::AuditByTime
-        | T::AuditHead => {
-            return Err(StoreError::Corrupt("an index holds no records".into()))
-        }
+        | T::AuditHead => return Err(StoreError::Corrupt("an index holds no records".into())),
     })
 }
 

@@ -497,11 +497,7 @@ impl Store for SledStore {
         .await
     }
 
-    async fn audit_for_user(
-        &self,
-        user_id: Uuid,
-        limit: usize,
-    ) -> StoreResult<Vec<AuditRecord>> {
+    async fn audit_for_user(&self, user_id: Uuid, limit: usize) -> StoreResult<Vec<AuditRecord>> {
         self.read(move |t| {
             let mut out = Vec::new();
             for kv in t
@@ -552,7 +548,8 @@ impl Store for SledStore {
             removed += doomed.len() as u64;
             self.write(move |tx| {
                 if let Some(cp) = cp {
-                    let old: Option<AuditCheckpoint> = tx.get_json(T::AuditCheckpoint, AUDIT_ONE)?;
+                    let old: Option<AuditCheckpoint> =
+                        tx.get_json(T::AuditCheckpoint, AUDIT_ONE)?;
                     if old.is_none_or(|o| o.seq < cp.seq) {
                         tx.put_json(T::AuditCheckpoint, AUDIT_ONE.to_vec(), &cp);
                     }

@@ -265,7 +265,11 @@ impl<'a> Tx<'a> {
         if let Some(u) = r.event.user_id {
             self.put(T::AuditByUser, audit_user_key(&u, r.seq), Vec::new());
         }
-        self.put(T::AuditByTime, audit_time_key(r.event.at, r.seq), Vec::new());
+        self.put(
+            T::AuditByTime,
+            audit_time_key(r.event.at, r.seq),
+            Vec::new(),
+        );
     }
 
     pub(super) fn remove_audit(&mut self, r: &AuditRecord) {
