@@ -113,8 +113,8 @@ impl AuthService {
 impl AuthService {
     /// The audit chain's upkeep, with each maintenance sweep: cut records
     /// older than `log.audit_retention_days` behind a signed checkpoint,
-    /// then publish the head (a log line with its hash on the `audit`
-    /// target, and `portcullis_audit_chain_head_seq`), so a chain rewritten
+    /// then publish the head (a log line with its hash in the main log,
+    /// and `portcullis_audit_chain_head_seq`), so a chain rewritten
     /// from the start no longer matches a copy kept outside.
     pub async fn audit_upkeep(&self) {
         if !self.cfg().log.audit_chain {
@@ -126,8 +126,9 @@ impl AuthService {
         match self.store.audit_state().await {
             Ok(st) => {
                 self.metrics.audit_chain_head_seq.set(st.head.seq as i64);
+                // The main log, not the audit target: `log.audit_file` holds
+                // auth events with their client, one per line.
                 tracing::info!(
-                    target: "audit",
                     event = "audit_chain_head",
                     seq = st.head.seq,
                     hash = %st.head.hash,
@@ -168,7 +169,12 @@ impl AuthService {
         let key = self.refresh.audit_checkpoint_key();
         let cp = crate::audit::chain::Checkpoint::sign(&key, last.seq, &last.hash, now);
         let n = self.store.audit_trim(cp).await?;
-        tracing::info!(target: "audit", event = "audit_retention", upto_seq = last.seq, removed = n, "audit records cut off behind a checkpoint");
+        tracing::info!(
+            event = "audit_retention",
+            upto_seq = last.seq,
+            removed = n,
+            "audit records cut off behind a checkpoint"
+        );
         Ok(n)
     }
 }
