@@ -33,8 +33,8 @@ pub mod server;
 pub mod store;
 pub mod tls;
 pub mod tokens;
-pub mod webhooks;
 pub mod useragent;
+pub mod webhooks;
 pub mod wire;
 
 use std::sync::Arc;

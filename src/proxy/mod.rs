@@ -12,8 +12,8 @@
 //! 5. `fail_to_proxy`: a JSON 502 that names nothing internal.
 //! 6. `logging`: metrics and the access line ([`access`]).
 
-pub mod assertion;
 pub mod access;
+pub mod assertion;
 pub mod client_ip;
 pub mod conn_limit;
 pub mod deadline;

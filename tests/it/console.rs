@@ -303,6 +303,15 @@ async fn every_action_takes_effect_on_the_gateway() {
     // Enable: signing in works again.
     let page = act_ok(&gw, &admin, &id, &[("action", "enable")]).await;
     assert!(page.contains(r#"<dd id="state">active</dd>"#), "{page}");
+    // The user page lists the user's stored audit events, the disable
+    // among them, naming the acting admin (not the user).
+    assert!(page.contains(r#"<table id="events">"#), "{page}");
+    let disabled = page
+        .lines()
+        .find(|l| l.contains("<td>user.disabled</td>"))
+        .unwrap_or_else(|| panic!("no user.disabled event: {page}"));
+    assert!(disabled.contains("<td>by "), "{disabled}");
+    assert!(!disabled.contains(&format!("by {id}")), "{disabled}");
     let s = gw.signin("user@example.com", PASSWORD).await;
     assert_eq!(gw.get("/app/x", Some(&s.access)).await.status, 200);
 

@@ -39,6 +39,9 @@ fn user_href(id: Uuid) -> String {
     format!("/auth/ui/admin/user?id={id}")
 }
 
+/// How many of a user's recent audit events the user page shows.
+const CONSOLE_EVENTS: usize = 20;
+
 fn time(t: i64) -> portal::Time {
     portal::Time::new(&rfc3339(t))
 }
@@ -228,8 +231,41 @@ impl AuthService {
     /// The user's recent audit events for their page; `None` while audit
     /// events go only to the log. The one place to switch to the stored
     /// audit trail (`audit_for_user`) once it exists.
-    async fn console_events(&self, _user: &User) -> Option<Vec<portal::AdminEventRow>> {
-        None
+    async fn console_events(&self, user: &User) -> Option<Vec<portal::AdminEventRow>> {
+        if !self.cfg().log.audit_chain {
+            return None;
+        }
+        let records = match self.store.audit_for_user(user.id, CONSOLE_EVENTS).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(cause = %e, "admin console: cannot read the user's audit events");
+                return None;
+            }
+        };
+        Some(
+            records
+                .into_iter()
+                .map(|r| {
+                    let e = r.event;
+                    let mut detail = match &e.actor {
+                        Some(a) => format!("by {a}"),
+                        None => String::new(),
+                    };
+                    if e.data.as_object().is_some_and(|o| !o.is_empty()) {
+                        if !detail.is_empty() {
+                            detail.push_str("; ");
+                        }
+                        detail.push_str(&e.data.to_string());
+                    }
+                    portal::AdminEventRow {
+                        at: time(e.at),
+                        event: e.kind,
+                        outcome: e.outcome,
+                        detail,
+                    }
+                })
+                .collect(),
+        )
     }
 
     /// Run one action of the user page, then show the user page with its
