@@ -19,10 +19,13 @@ const MAX_ANSWER: usize = 64 * 1024;
 /// The config in force (a reload swaps it): where signing keys are found.
 pub type ConfigSource = Arc<dyn Fn() -> Arc<Config> + Send + Sync>;
 
+/// The clients made so far, by CA file and timeout (bounded by the config).
+type Clients = HashMap<(Option<PathBuf>, u64), Arc<Outbound>>;
+
 pub struct HttpSender {
     config: ConfigSource,
-    /// One client per CA file and timeout (bounded by the config).
-    clients: parking_lot::Mutex<HashMap<(Option<PathBuf>, u64), Arc<Outbound>>>,
+    /// One client per CA file and timeout.
+    clients: parking_lot::Mutex<Clients>,
 }
 
 impl HttpSender {
