@@ -24,7 +24,12 @@ pub const KNOWN_SCOPES: [&str; 5] = ["openid", "email", "profile", "roles", "off
 
 fn absolute_url(key: &str, v: &str, p: &mut Vec<String>) -> Option<url::Url> {
     match url::Url::parse(v) {
-        Ok(u) if u.fragment().is_none() && (u.scheme() == "https" || loopback_http(&u)) => Some(u),
+        Ok(u)
+            if u.fragment().is_none()
+                && (u.scheme() == "https" || crate::outbound::loopback_http(&u)) =>
+        {
+            Some(u)
+        }
         _ => {
             p.push(format!(
                 "{key}: '{v}' is not an absolute https:// URL without fragment (http:// only on a loopback address)"
@@ -32,17 +37,6 @@ fn absolute_url(key: &str, v: &str, p: &mut Vec<String>) -> Option<url::Url> {
             None
         }
     }
-}
-
-/// `http://` is accepted only on a loopback address (local testing).
-pub fn loopback_http(u: &url::Url) -> bool {
-    u.scheme() == "http"
-        && match u.host() {
-            Some(url::Host::Ipv4(a)) => a.is_loopback(),
-            Some(url::Host::Ipv6(a)) => a.is_loopback(),
-            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-            None => false,
-        }
 }
 
 /// `[oidc_provider]`'s lifetimes and clients (the rest is validated in
