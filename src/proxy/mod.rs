@@ -822,9 +822,7 @@ impl ProxyHttp for Gateway {
         if let Some(t) = ctx.upstream_started {
             m.upstream_duration.observe(t.elapsed().as_secs_f64());
         }
-        if ctx.live.cfg.log.access_log
-            && tracing::enabled!(target: access::TARGET, tracing::Level::INFO)
-        {
+        if ctx.live.cfg.log.access_log && access::enabled() {
             let req = session.req_header();
             // The host as sent, labelled only if the config names it; a
             // request naming two hosts is `other`.
