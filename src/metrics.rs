@@ -210,19 +210,18 @@ fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Histo
     m
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
+/// Sign-ins and the checks of credentials: auth events, bearer and API
+/// key checks, throttles.
+struct AuthFamilies {
+    auth_events: IntCounterVec,
+    token_checks: TokenChecks,
+    throttled_vec: IntCounterVec,
 }
 
-impl Metrics {
-    /// A fresh registry with every family registered and every fixed label
-    /// combination touched, so each is exported from the first scrape.
-    pub fn new() -> Self {
-        let r = Registry::new();
+impl AuthFamilies {
+    fn new(r: &Registry) -> Self {
         let auth_events = counter_vec(
-            &r,
+            r,
             "portcullis_auth_events_total",
             "Auth events by event and outcome.",
             &["event", "outcome"],
@@ -233,7 +232,7 @@ impl Metrics {
             }
         }
         let checks = counter_vec(
-            &r,
+            r,
             "portcullis_token_checks_total",
             "Bearer token checks by result.",
             &["result"],
@@ -249,37 +248,56 @@ impl Metrics {
             api_key_expired: checks.with_label_values(&["api_key_expired"]),
         };
         let throttled_vec = counter_vec(
-            &r,
+            r,
             "portcullis_throttled_total",
             "Requests refused by a throttle, by scope.",
             &["scope"],
         );
+        Self {
+            auth_events,
+            token_checks,
+            throttled_vec,
+        }
+    }
+}
+
+/// Requests by route: counts, latencies, upstream failures, rule denials.
+struct ProxyFamilies {
+    upstream_duration: HistogramVec,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    route_denials: IntCounterVec,
+}
+
+impl ProxyFamilies {
+    fn new(r: &Registry) -> Self {
         let upstream_duration = histogram_vec(
-            &r,
+            r,
             "portcullis_upstream_duration_seconds",
             "Time from sending a proxied request upstream to the end of its response.",
             &["route"],
         );
         let requests = counter_vec(
-            &r,
+            r,
             "portcullis_requests_total",
             "Requests handled, by route and status class.",
             &["route", "status"],
         );
         let request_duration = histogram_vec(
-            &r,
+            r,
             "portcullis_request_duration_seconds",
             "Whole request latency as seen by the gateway, by route.",
             &["route"],
         );
         let upstream_errors = counter_vec(
-            &r,
+            r,
             "portcullis_upstream_errors_total",
             "Proxied requests that failed upstream, by route.",
             &["route"],
         );
         let route_denials = counter_vec(
-            &r,
+            r,
             "portcullis_route_denials_total",
             "Proxied requests refused 403 by a route rule, by rule.",
             &["rule"],
@@ -287,8 +305,27 @@ impl Metrics {
         for rule in ROUTE_DENIAL_RULES {
             route_denials.with_label_values(&[rule]);
         }
+        Self {
+            upstream_duration,
+            requests,
+            request_duration,
+            upstream_errors,
+            route_denials,
+        }
+    }
+}
+
+/// Mail through the outbox, and the password hasher's queue.
+struct OutboxFamilies {
+    emails: IntCounterVec,
+    emails_pending: IntGauge,
+    hash_queue_rejected: IntCounter,
+}
+
+impl OutboxFamilies {
+    fn new(r: &Registry) -> Self {
         let emails = counter_vec(
-            &r,
+            r,
             "portcullis_emails_total",
             "Emails by kind and delivery outcome.",
             &["kind", "outcome"],
@@ -307,30 +344,66 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(hash_queue_rejected.clone()))
             .expect("registers once");
+        Self {
+            emails,
+            emails_pending,
+            hash_queue_rejected,
+        }
+    }
+}
+
+/// The store: the sweep, and writes failing and recovering.
+struct StoreFamilies {
+    swept: IntCounterVec,
+    store_writable: IntGauge,
+    store_write_failures: IntCounter,
+    store_recoveries: IntCounter,
+}
+
+impl StoreFamilies {
+    fn new(r: &Registry) -> Self {
         let swept = counter_vec(
-            &r,
+            r,
             "portcullis_swept_total",
             "Expired records removed by the maintenance sweep, by kind.",
             &["kind"],
         );
         let store_writable = gauge(
-            &r,
+            r,
             "portcullis_store_writable",
             "1 while the store accepts writes; 0 from a failed write (a full disk) until it has recovered.",
         );
         store_writable.set(1);
         let store_write_failures = counter(
-            &r,
+            r,
             "portcullis_store_write_failures_total",
             "Store commits that failed (every operation in them answered 503).",
         );
         let store_recoveries = counter(
-            &r,
+            r,
             "portcullis_store_recoveries_total",
             "Recoveries from a failed store write without a restart.",
         );
+        Self {
+            swept,
+            store_writable,
+            store_write_failures,
+            store_recoveries,
+        }
+    }
+}
+
+/// The server itself: config reloads and client connections.
+struct ServerFamilies {
+    config_reloads: IntCounterVec,
+    connections_open: IntGauge,
+    connections_refused: IntCounter,
+}
+
+impl ServerFamilies {
+    fn new(r: &Registry) -> Self {
         let config_reloads = counter_vec(
-            &r,
+            r,
             "portcullis_config_reloads_total",
             "Config reloads (SIGHUP, portcullis reload, portcullis keys rotate) by result: applied or refused.",
             &["result"],
@@ -339,15 +412,62 @@ impl Metrics {
             config_reloads.with_label_values(&[result]);
         }
         let connections_open = gauge(
-            &r,
+            r,
             "portcullis_connections_open",
             "Client connections open on the public listeners (after the TLS handshake).",
         );
         let connections_refused = counter(
-            &r,
+            r,
             "portcullis_connections_refused_total",
             "Client connections closed at once because limits.max_connections were open.",
         );
+        Self {
+            config_reloads,
+            connections_open,
+            connections_refused,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered and every fixed label
+    /// combination touched, so each is exported from the first scrape.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let AuthFamilies {
+            auth_events,
+            token_checks,
+            throttled_vec,
+        } = AuthFamilies::new(&r);
+        let ProxyFamilies {
+            upstream_duration,
+            requests,
+            request_duration,
+            upstream_errors,
+            route_denials,
+        } = ProxyFamilies::new(&r);
+        let OutboxFamilies {
+            emails,
+            emails_pending,
+            hash_queue_rejected,
+        } = OutboxFamilies::new(&r);
+        let StoreFamilies {
+            swept,
+            store_writable,
+            store_write_failures,
+            store_recoveries,
+        } = StoreFamilies::new(&r);
+        let ServerFamilies {
+            config_reloads,
+            connections_open,
+            connections_refused,
+        } = ServerFamilies::new(&r);
         let webhooks = WebhookMetrics::new(&r);
         let audit_chain_head_seq = gauge(
             &r,

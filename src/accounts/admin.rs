@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::service::valid_role;
 use super::{email, password, AuthService};
+use crate::audit::AuditEvent;
 use crate::store::{Record, RecordKind, StoreError, User, UserChange};
 use crate::wire::ApiKeyView;
 
@@ -108,6 +109,11 @@ impl AdminError {
 
 /// The most users one page of `List` holds.
 const MAX_PAGE: usize = 1000;
+
+/// A store failure, as an admin command reports it.
+fn internal(e: StoreError) -> AdminError {
+    AdminError::Internal(e.to_string())
+}
 
 /// A user as the admin listing shows it.
 fn listed(u: &User) -> Value {
@@ -214,175 +220,234 @@ impl AuthService {
         ctx: &crate::audit::AuditCtx<'_>,
         who: String,
     ) -> Result<Value, AdminError> {
-        let internal = |e: StoreError| AdminError::Internal(e.to_string());
-        let event = |kind: &str, user: Uuid| {
-            self.audit_event(ctx, kind, "success", Some(user))
-                .actor(Some(who.clone()))
-        };
-        // Admin changes name the user by email and apply to the current
-        // record, so they compose with concurrent user requests.
-        let change = |raw: String, change: UserChange| async move {
-            let user = self.user_by_email(&raw).await?;
-            let ev = match &change {
-                UserChange::Disable => event("user.disabled", user.id),
-                UserChange::AddRole(r) => {
-                    event("user.roles_changed", user.id).with("added", r.clone())
-                }
-                UserChange::RemoveRole(r) => {
-                    event("user.roles_changed", user.id).with("removed", r.clone())
-                }
-                _ => event("user.changed", user.id),
-            };
-            match self.change_user_with(user.id, change, ev.into()).await {
-                Ok(u) => Ok(crate::wire::UserView::json(&u)),
-                Err(StoreError::Conflict) => Err(AdminError::NoSuchUser),
-                Err(e) => Err(internal(e)),
-            }
-        };
         Ok(match cmd {
             AdminCommand::Add {
                 email: raw,
                 roles,
                 password: pw,
-            } => {
-                let e = email::normalize(&raw)
-                    .ok_or_else(|| AdminError::Invalid("invalid email".into()))?;
-                for r in &roles {
-                    if !valid_role(r) {
-                        return Err(AdminError::Invalid(format!("invalid role '{r}'")));
-                    }
-                }
-                // Without a password the account can only be entered through a reset.
-                let pw = pw.unwrap_or_else(|| self.entropy.token(32));
-                let problems = password::policy_problems(&pw, &e);
-                if !problems.is_empty() {
-                    return Err(AdminError::Invalid(format!(
-                        "password {}",
-                        problems.join(", ")
-                    )));
-                }
-                let hash = self
-                    .hasher
-                    .hash(&pw)
-                    .await
-                    .map_err(|e| AdminError::Internal(e.to_string()))?;
-                let mut roles = roles;
-                let mut seen = std::collections::HashSet::new();
-                roles.retain(|r| seen.insert(r.clone()));
-                let user = User {
-                    email_verified: true,
-                    roles,
-                    ..User::new(self.entropy.uuid(), e, hash, self.clock.now())
-                };
-                let ev = event("user.created", user.id).with("roles", user.roles.clone());
-                match self
-                    .store
-                    .create_user_with(user.clone(), self.effects(ev.into()))
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(StoreError::Conflict) => return Err(AdminError::Exists),
-                    Err(e) => return Err(internal(e)),
-                }
-                crate::wire::UserView::json(&user)
+            } => self.admin_add(ctx, &who, raw, roles, pw).await?,
+            AdminCommand::List { after, limit } => self.admin_list(after, limit).await?,
+            AdminCommand::Disable { email: raw } => {
+                self.admin_change(ctx, &who, raw, UserChange::Disable)
+                    .await?
             }
-            AdminCommand::List {
-                after,
-                limit: Some(limit),
-            } => {
-                let resumed = after.is_some();
-                let page = self
-                    .store
-                    .export(RecordKind::Users, after, limit.clamp(1, MAX_PAGE))
-                    .await
-                    .map_err(|e| match e {
-                        StoreError::Corrupt(_) if resumed => {
-                            AdminError::Invalid("invalid list cursor".into())
-                        }
-                        e => internal(e),
-                    })?;
-                let users: Vec<Value> = page
-                    .records
-                    .iter()
-                    .filter_map(|r| match r {
-                        Record::User(u) => Some(listed(u)),
-                        _ => None,
-                    })
-                    .collect();
-                serde_json::json!({ "users": users, "next": page.next })
+            AdminCommand::Enable { email: raw } => {
+                self.admin_change(ctx, &who, raw, UserChange::Enable)
+                    .await?
             }
-            AdminCommand::List { .. } => {
-                let users = self.store.list_users().await.map_err(internal)?;
-                Value::Array(users.iter().map(listed).collect())
+            AdminCommand::TotpOff { email: raw } => {
+                self.admin_change(ctx, &who, raw, UserChange::AdminTotpOff)
+                    .await?
             }
-            AdminCommand::Disable { email: raw } => change(raw, UserChange::Disable).await?,
-            AdminCommand::Enable { email: raw } => change(raw, UserChange::Enable).await?,
-            AdminCommand::TotpOff { email: raw } => change(raw, UserChange::AdminTotpOff).await?,
-            AdminCommand::SessionsEnd { email: raw } => {
-                let user = self.user_by_email(&raw).await?;
-                let ended = self
-                    .end_sessions(user.id, crate::store::Sessions::All, true)
-                    .await
-                    .map_err(|e| AdminError::Internal(e.to_string()))?;
-                serde_json::json!({ "id": user.id.to_string(), "sessions_ended": ended })
-            }
-            AdminCommand::ResetSend { email: raw } => {
-                let user = self.user_by_email(&raw).await?;
-                if user.disabled {
-                    return Err(AdminError::Invalid(
-                        "the account is disabled: enable it first".into(),
-                    ));
-                }
-                match self.reset_request_inner(&user.email).await {
-                    Ok(()) => serde_json::json!({ "id": user.id.to_string(), "sent": true }),
-                    Err(super::AccountError::Throttled { .. }) => {
-                        return Err(AdminError::Invalid(
-                            "too many reset mails for this address: try again later".into(),
-                        ))
-                    }
-                    Err(e) => return Err(AdminError::Internal(format!("{e:?}"))),
-                }
-            }
+            AdminCommand::SessionsEnd { email: raw } => self.admin_sessions_end(raw).await?,
+            AdminCommand::ResetSend { email: raw } => self.admin_reset_send(raw).await?,
             AdminCommand::RoleAdd { email: raw, role } => {
                 if !valid_role(&role) {
                     return Err(AdminError::Invalid(format!("invalid role '{role}'")));
                 }
-                change(raw, UserChange::AddRole(role)).await?
+                self.admin_change(ctx, &who, raw, UserChange::AddRole(role))
+                    .await?
             }
             // Tokens carry roles: the removal ends sessions and tokens.
             AdminCommand::RoleRemove { email: raw, role } => {
-                change(raw, UserChange::RemoveRole(role)).await?
+                self.admin_change(ctx, &who, raw, UserChange::RemoveRole(role))
+                    .await?
             }
-            AdminCommand::KeyList { email: raw } => {
-                let user = self.user_by_email(&raw).await?;
-                let keys: Vec<Value> = user
-                    .api_keys
-                    .iter()
-                    .map(|k| serde_json::to_value(ApiKeyView::new(k, k.last_used_at)))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| AdminError::Internal(e.to_string()))?;
-                serde_json::json!({ "id": user.id.to_string(), "api_keys": keys })
-            }
+            AdminCommand::KeyList { email: raw } => self.admin_key_list(raw).await?,
             AdminCommand::KeyRevoke { email: raw, id } => {
-                let id = Uuid::parse_str(id.trim())
-                    .map_err(|_| AdminError::Invalid("invalid key id".into()))?;
-                let user = self.user_by_email(&raw).await?;
-                let ev = event("api_key.revoked", user.id).with("api_key_id", id.to_string());
-                match self
-                    .change_user_with(user.id, UserChange::RemoveApiKey(id), ev.into())
-                    .await
-                {
-                    Ok(_) => {
-                        serde_json::json!({ "id": user.id.to_string(), "revoked": id.to_string() })
-                    }
-                    Err(StoreError::Conflict) => {
-                        return Err(AdminError::Invalid(
-                            "the user has no API key with that id".into(),
-                        ))
-                    }
-                    Err(e) => return Err(internal(e)),
-                }
+                self.admin_key_revoke(ctx, &who, raw, id).await?
             }
         })
+    }
+
+    /// The stored audit event of an admin command on `user`, naming `who`
+    /// as its actor.
+    fn admin_event(
+        &self,
+        ctx: &crate::audit::AuditCtx<'_>,
+        who: &str,
+        kind: &str,
+        user: Uuid,
+    ) -> AuditEvent {
+        self.audit_event(ctx, kind, "success", Some(user))
+            .actor(Some(who.to_string()))
+    }
+
+    /// `Add`: a verified account with the given roles; without a password
+    /// it can only be entered through a reset.
+    async fn admin_add(
+        &self,
+        ctx: &crate::audit::AuditCtx<'_>,
+        who: &str,
+        raw: String,
+        roles: Vec<String>,
+        pw: Option<String>,
+    ) -> Result<Value, AdminError> {
+        let e =
+            email::normalize(&raw).ok_or_else(|| AdminError::Invalid("invalid email".into()))?;
+        for r in &roles {
+            if !valid_role(r) {
+                return Err(AdminError::Invalid(format!("invalid role '{r}'")));
+            }
+        }
+        // Without a password the account can only be entered through a reset.
+        let pw = pw.unwrap_or_else(|| self.entropy.token(32));
+        let problems = password::policy_problems(&pw, &e);
+        if !problems.is_empty() {
+            return Err(AdminError::Invalid(format!(
+                "password {}",
+                problems.join(", ")
+            )));
+        }
+        let hash = self
+            .hasher
+            .hash(&pw)
+            .await
+            .map_err(|e| AdminError::Internal(e.to_string()))?;
+        let mut roles = roles;
+        let mut seen = std::collections::HashSet::new();
+        roles.retain(|r| seen.insert(r.clone()));
+        let user = User {
+            email_verified: true,
+            roles,
+            ..User::new(self.entropy.uuid(), e, hash, self.clock.now())
+        };
+        let ev = self
+            .admin_event(ctx, who, "user.created", user.id)
+            .with("roles", user.roles.clone());
+        match self
+            .store
+            .create_user_with(user.clone(), self.effects(ev.into()))
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => return Err(AdminError::Exists),
+            Err(e) => return Err(internal(e)),
+        }
+        Ok(crate::wire::UserView::json(&user))
+    }
+
+    /// `List`: every user as an array, or with `limit` one page of them.
+    async fn admin_list(
+        &self,
+        after: Option<String>,
+        limit: Option<usize>,
+    ) -> Result<Value, AdminError> {
+        let Some(limit) = limit else {
+            let users = self.store.list_users().await.map_err(internal)?;
+            return Ok(Value::Array(users.iter().map(listed).collect()));
+        };
+        let resumed = after.is_some();
+        let page = self
+            .store
+            .export(RecordKind::Users, after, limit.clamp(1, MAX_PAGE))
+            .await
+            .map_err(|e| match e {
+                StoreError::Corrupt(_) if resumed => {
+                    AdminError::Invalid("invalid list cursor".into())
+                }
+                e => internal(e),
+            })?;
+        let users: Vec<Value> = page
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::User(u) => Some(listed(u)),
+                _ => None,
+            })
+            .collect();
+        Ok(serde_json::json!({ "users": users, "next": page.next }))
+    }
+
+    /// A change of the user named by email. Admin changes name the user by
+    /// email and apply to the current record, so they compose with
+    /// concurrent user requests.
+    async fn admin_change(
+        &self,
+        ctx: &crate::audit::AuditCtx<'_>,
+        who: &str,
+        raw: String,
+        change: UserChange,
+    ) -> Result<Value, AdminError> {
+        let user = self.user_by_email(&raw).await?;
+        let event = |kind: &str| self.admin_event(ctx, who, kind, user.id);
+        let ev = match &change {
+            UserChange::Disable => event("user.disabled"),
+            UserChange::AddRole(r) => event("user.roles_changed").with("added", r.clone()),
+            UserChange::RemoveRole(r) => event("user.roles_changed").with("removed", r.clone()),
+            _ => event("user.changed"),
+        };
+        match self.change_user_with(user.id, change, ev.into()).await {
+            Ok(u) => Ok(crate::wire::UserView::json(&u)),
+            Err(StoreError::Conflict) => Err(AdminError::NoSuchUser),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    /// `SessionsEnd`: every session of the user, and a token cutoff.
+    async fn admin_sessions_end(&self, raw: String) -> Result<Value, AdminError> {
+        let user = self.user_by_email(&raw).await?;
+        let ended = self
+            .end_sessions(user.id, crate::store::Sessions::All, true)
+            .await
+            .map_err(|e| AdminError::Internal(e.to_string()))?;
+        Ok(serde_json::json!({ "id": user.id.to_string(), "sessions_ended": ended }))
+    }
+
+    /// `ResetSend`: a reset link mailed to an enabled account.
+    async fn admin_reset_send(&self, raw: String) -> Result<Value, AdminError> {
+        let user = self.user_by_email(&raw).await?;
+        if user.disabled {
+            return Err(AdminError::Invalid(
+                "the account is disabled: enable it first".into(),
+            ));
+        }
+        match self.reset_request_inner(&user.email).await {
+            Ok(()) => Ok(serde_json::json!({ "id": user.id.to_string(), "sent": true })),
+            Err(super::AccountError::Throttled { .. }) => Err(AdminError::Invalid(
+                "too many reset mails for this address: try again later".into(),
+            )),
+            Err(e) => Err(AdminError::Internal(format!("{e:?}"))),
+        }
+    }
+
+    /// `KeyList`: the user's API keys (never the keys themselves).
+    async fn admin_key_list(&self, raw: String) -> Result<Value, AdminError> {
+        let user = self.user_by_email(&raw).await?;
+        let keys: Vec<Value> = user
+            .api_keys
+            .iter()
+            .map(|k| serde_json::to_value(ApiKeyView::new(k, k.last_used_at)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| AdminError::Internal(e.to_string()))?;
+        Ok(serde_json::json!({ "id": user.id.to_string(), "api_keys": keys }))
+    }
+
+    /// `KeyRevoke`: one of the user's API keys, on every gateway at once.
+    async fn admin_key_revoke(
+        &self,
+        ctx: &crate::audit::AuditCtx<'_>,
+        who: &str,
+        raw: String,
+        id: String,
+    ) -> Result<Value, AdminError> {
+        let id =
+            Uuid::parse_str(id.trim()).map_err(|_| AdminError::Invalid("invalid key id".into()))?;
+        let user = self.user_by_email(&raw).await?;
+        let ev = self
+            .admin_event(ctx, who, "api_key.revoked", user.id)
+            .with("api_key_id", id.to_string());
+        match self
+            .change_user_with(user.id, UserChange::RemoveApiKey(id), ev.into())
+            .await
+        {
+            Ok(_) => {
+                Ok(serde_json::json!({ "id": user.id.to_string(), "revoked": id.to_string() }))
+            }
+            Err(StoreError::Conflict) => Err(AdminError::Invalid(
+                "the user has no API key with that id".into(),
+            )),
+            Err(e) => Err(internal(e)),
+        }
     }
 }

@@ -223,161 +223,213 @@ pub(super) fn validate_routes(
     files: Option<Vec<file::RouteFile>>,
     p: &mut Vec<String>,
 ) -> Vec<Route> {
-    let route_files = files.unwrap_or_else(|| {
-        vec![file::RouteFile {
-            prefix: "/".into(),
-            upstream: UpstreamFile::One("http://127.0.0.1:8081".into()),
-            auth: "required".into(),
-            roles: vec![],
-            rate_per_minute: 0,
-            strip_path_params: false,
-            forward_authorization: None,
-            mfa: false,
-            scopes: vec![],
-            host: String::new(),
-            methods: vec![],
-            public_methods: vec![],
-            networks: vec![],
-            roles_all: vec![],
-            schedule: String::new(),
-            identity_assertion: false,
-            assertion_audience: String::new(),
-        }]
-    });
+    let route_files = files.unwrap_or_else(|| vec![default_route()]);
     let mut routes: Vec<Route> = Vec::new();
     for (i, r) in route_files.into_iter().enumerate() {
-        let key = format!("routes[{i}]");
-        if !r.prefix.starts_with('/') {
-            p.push(format!("{key}.prefix: '{}' must start with '/'", r.prefix));
-        } else if crate::request_path::normalize(&r.prefix).as_deref() != Ok(r.prefix.as_str()) {
-            p.push(format!(
-                "{key}.prefix: '{}' is not a normalized path",
-                r.prefix
-            ));
-        }
-        if r.prefix.starts_with("/auth/")
-            || r.prefix == "/auth"
-            || r.prefix.starts_with("/.well-known")
-        {
-            p.push(format!(
-                "{key}.prefix: '{}' is reserved for the gateway",
-                r.prefix
-            ));
-        }
-        let host = HostPattern::parse(&r.host).unwrap_or_else(|e| {
-            p.push(format!("{key}.host: {e}"));
-            HostPattern::Any
-        });
-        let methods = parse_methods(&format!("{key}.methods"), &r.methods, p);
-        let public_methods = parse_methods(&format!("{key}.public_methods"), &r.public_methods, p);
-        let same_methods = |o: &Route| {
-            let (mut a, mut b) = (o.methods.clone(), methods.clone());
-            a.sort_by(|x, y| x.as_str().cmp(y.as_str()));
-            b.sort_by(|x, y| x.as_str().cmp(y.as_str()));
-            a == b
-        };
-        if routes
-            .iter()
-            .any(|o| o.prefix == r.prefix && o.host == host && same_methods(o))
-        {
-            p.push(format!("{key}.prefix: '{}' is defined twice", r.prefix));
-        }
-        let networks = parse_networks(&format!("{key}.networks"), &r.networks, p);
-        for (j, role) in r.roles_all.iter().enumerate() {
-            if !crate::names::valid_role(role) {
-                p.push(format!(
-                    "{key}.roles_all[{j}]: '{role}' is not a valid role name"
-                ));
-            }
-        }
-        let schedule = if r.schedule.is_empty() {
-            None
-        } else {
-            Schedule::parse(&r.schedule)
-                .map_err(|e| p.push(format!("{key}.schedule: {e}")))
-                .ok()
-        };
-        let auth = match r.auth.as_str() {
-            "required" => AuthMode::Required,
-            "optional" => AuthMode::Optional,
-            "public" => AuthMode::Public,
-            other => {
-                p.push(format!(
-                    "{key}.auth: '{other}' is not \"required\", \"optional\" or \"public\""
-                ));
-                AuthMode::Required
-            }
-        };
-        for (j, role) in r.roles.iter().enumerate() {
-            if !crate::names::valid_role(role) {
-                p.push(format!(
-                    "{key}.roles[{j}]: '{role}' is not a valid role name"
-                ));
-            }
-        }
-        let list = match r.upstream {
-            UpstreamFile::One(u) => vec![u],
-            UpstreamFile::Many(v) => v,
-        };
-        if list.is_empty() {
-            p.push(format!("{key}.upstream: at least one upstream is needed"));
-        }
-        let mut upstreams = Vec::new();
-        for (j, u) in list.iter().enumerate() {
-            match parse_upstream(u) {
-                Ok(up) => upstreams.push(up),
-                Err(e) => p.push(format!("{key}.upstream[{j}]: {e}")),
-            }
-        }
-        for (j, scope) in r.scopes.iter().enumerate() {
-            if !crate::names::valid_scope(scope) {
-                p.push(format!(
-                    "{key}.scopes[{j}]: '{scope}' is not a valid scope name"
-                ));
-            }
-        }
-        let assertion_audience = if r.assertion_audience.is_empty() {
-            upstreams
-                .first()
-                .map(|u| format!("{}://{}", if u.tls { "https" } else { "http" }, u.authority))
-                .unwrap_or_default()
-        } else {
-            if r.assertion_audience.chars().any(char::is_control) {
-                p.push(format!(
-                    "{key}.assertion_audience: must be a printable string"
-                ));
-            }
-            r.assertion_audience.clone()
-        };
-        routes.push(Route {
-            index: i,
-            label: match &host {
-                HostPattern::Any => r.prefix.clone(),
-                h => format!("{}{}", h.as_written(), r.prefix),
-            },
-            host,
-            methods,
-            public_methods,
-            networks,
-            roles_all: r.roles_all,
-            schedule,
-            mfa: r.mfa,
-            scopes: r.scopes,
-            prefix: r.prefix,
-            upstreams,
-            auth,
-            roles: r.roles,
-            rate_per_minute: r.rate_per_minute,
-            strip_path_params: r.strip_path_params,
-            // A public upstream never asked for the caller's credentials.
-            forward_authorization: r.forward_authorization.unwrap_or(auth != AuthMode::Public),
-            identity_assertion: r.identity_assertion,
-            assertion_audience,
-        });
+        let route = validate_route(i, r, &routes, p);
+        routes.push(route);
     }
     // Longest prefix first, so matching is the first hit.
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
     routes
+}
+
+/// The route of a config without `[[routes]]`: everything, signed in, to
+/// the demo upstream.
+fn default_route() -> file::RouteFile {
+    file::RouteFile {
+        prefix: "/".into(),
+        upstream: UpstreamFile::One("http://127.0.0.1:8081".into()),
+        auth: "required".into(),
+        roles: vec![],
+        rate_per_minute: 0,
+        strip_path_params: false,
+        forward_authorization: None,
+        mfa: false,
+        scopes: vec![],
+        host: String::new(),
+        methods: vec![],
+        public_methods: vec![],
+        networks: vec![],
+        roles_all: vec![],
+        schedule: String::new(),
+        identity_assertion: false,
+        assertion_audience: String::new(),
+    }
+}
+
+/// One `[[routes]]` entry, `routes[i]`, checked against the ones before it
+/// (`earlier`); every problem is pushed to `p`, in the order of its keys.
+fn validate_route(i: usize, r: file::RouteFile, earlier: &[Route], p: &mut Vec<String>) -> Route {
+    let key = format!("routes[{i}]");
+    check_prefix(&key, &r.prefix, p);
+    let host = HostPattern::parse(&r.host).unwrap_or_else(|e| {
+        p.push(format!("{key}.host: {e}"));
+        HostPattern::Any
+    });
+    let methods = parse_methods(&format!("{key}.methods"), &r.methods, p);
+    let public_methods = parse_methods(&format!("{key}.public_methods"), &r.public_methods, p);
+    let same_methods = |o: &Route| {
+        let (mut a, mut b) = (o.methods.clone(), methods.clone());
+        a.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+        b.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+        a == b
+    };
+    if earlier
+        .iter()
+        .any(|o| o.prefix == r.prefix && o.host == host && same_methods(o))
+    {
+        p.push(format!("{key}.prefix: '{}' is defined twice", r.prefix));
+    }
+    let networks = parse_networks(&format!("{key}.networks"), &r.networks, p);
+    check_names(
+        &key,
+        "roles_all",
+        &r.roles_all,
+        "role",
+        crate::names::valid_role,
+        p,
+    );
+    let schedule = if r.schedule.is_empty() {
+        None
+    } else {
+        Schedule::parse(&r.schedule)
+            .map_err(|e| p.push(format!("{key}.schedule: {e}")))
+            .ok()
+    };
+    let auth = parse_auth(&key, &r.auth, p);
+    check_names(&key, "roles", &r.roles, "role", crate::names::valid_role, p);
+    let upstreams = parse_upstreams(&key, r.upstream, p);
+    check_names(
+        &key,
+        "scopes",
+        &r.scopes,
+        "scope",
+        crate::names::valid_scope,
+        p,
+    );
+    let assertion_audience = assertion_audience(&key, &r.assertion_audience, &upstreams, p);
+    Route {
+        index: i,
+        label: match &host {
+            HostPattern::Any => r.prefix.clone(),
+            h => format!("{}{}", h.as_written(), r.prefix),
+        },
+        host,
+        methods,
+        public_methods,
+        networks,
+        roles_all: r.roles_all,
+        schedule,
+        mfa: r.mfa,
+        scopes: r.scopes,
+        prefix: r.prefix,
+        upstreams,
+        auth,
+        roles: r.roles,
+        rate_per_minute: r.rate_per_minute,
+        strip_path_params: r.strip_path_params,
+        // A public upstream never asked for the caller's credentials.
+        forward_authorization: r.forward_authorization.unwrap_or(auth != AuthMode::Public),
+        identity_assertion: r.identity_assertion,
+        assertion_audience,
+    }
+}
+
+/// `routes[i].prefix`: an absolute, normalized path outside the gateway's
+/// own `/auth` and `/.well-known`.
+fn check_prefix(key: &str, prefix: &str, p: &mut Vec<String>) {
+    if !prefix.starts_with('/') {
+        p.push(format!("{key}.prefix: '{}' must start with '/'", prefix));
+    } else if crate::request_path::normalize(prefix).as_deref() != Ok(prefix) {
+        p.push(format!(
+            "{key}.prefix: '{}' is not a normalized path",
+            prefix
+        ));
+    }
+    if prefix.starts_with("/auth/") || prefix == "/auth" || prefix.starts_with("/.well-known") {
+        p.push(format!(
+            "{key}.prefix: '{}' is reserved for the gateway",
+            prefix
+        ));
+    }
+}
+
+/// Role or scope names (`what`) of `routes[i].<field>`, each checked by
+/// `valid`.
+fn check_names(
+    key: &str,
+    field: &str,
+    names: &[String],
+    what: &str,
+    valid: fn(&str) -> bool,
+    p: &mut Vec<String>,
+) {
+    for (j, name) in names.iter().enumerate() {
+        if !valid(name) {
+            p.push(format!(
+                "{key}.{field}[{j}]: '{name}' is not a valid {what} name"
+            ));
+        }
+    }
+}
+
+/// `routes[i].auth`: required (also what an unknown value is read as),
+/// optional or public.
+fn parse_auth(key: &str, auth: &str, p: &mut Vec<String>) -> AuthMode {
+    match auth {
+        "required" => AuthMode::Required,
+        "optional" => AuthMode::Optional,
+        "public" => AuthMode::Public,
+        other => {
+            p.push(format!(
+                "{key}.auth: '{other}' is not \"required\", \"optional\" or \"public\""
+            ));
+            AuthMode::Required
+        }
+    }
+}
+
+/// `routes[i].upstream`: one URL or a list of them, at least one.
+fn parse_upstreams(key: &str, upstream: UpstreamFile, p: &mut Vec<String>) -> Vec<Upstream> {
+    let list = match upstream {
+        UpstreamFile::One(u) => vec![u],
+        UpstreamFile::Many(v) => v,
+    };
+    if list.is_empty() {
+        p.push(format!("{key}.upstream: at least one upstream is needed"));
+    }
+    let mut upstreams = Vec::new();
+    for (j, u) in list.iter().enumerate() {
+        match parse_upstream(u) {
+            Ok(up) => upstreams.push(up),
+            Err(e) => p.push(format!("{key}.upstream[{j}]: {e}")),
+        }
+    }
+    upstreams
+}
+
+/// `routes[i].assertion_audience`: as written (printable), else the first
+/// upstream's origin.
+fn assertion_audience(
+    key: &str,
+    written: &str,
+    upstreams: &[Upstream],
+    p: &mut Vec<String>,
+) -> String {
+    if written.is_empty() {
+        upstreams
+            .first()
+            .map(|u| format!("{}://{}", if u.tls { "https" } else { "http" }, u.authority))
+            .unwrap_or_default()
+    } else {
+        if written.chars().any(char::is_control) {
+            p.push(format!(
+                "{key}.assertion_audience: must be a printable string"
+            ));
+        }
+        written.to_string()
+    }
 }
 
 /// `http://host:port` or `https://host:port`, resolved once, here.

@@ -11,8 +11,14 @@
 //!    tunnel, closed when its session ends ([`tunnel`]).
 //! 5. `fail_to_proxy`: a JSON 502 that names nothing internal.
 //! 6. `logging`: metrics and the access line ([`access`]).
+//!
+//! Beside the hooks: `live.rs`, the route table built from one config
+//! (balancers, peers, metric handles); `api.rs`, the local `/auth/*`
+//! answers; `respond.rs`, the writing of every answer the gateway gives
+//! itself (errors, refusals, the 302 to the portal).
 
 pub mod access;
+mod api;
 pub mod assertion;
 pub mod client_ip;
 pub mod conn_limit;
@@ -21,93 +27,34 @@ pub mod explain;
 pub mod headers;
 pub mod identity;
 pub mod inflight;
+mod live;
 pub mod target;
 /// Path normalization lives in the leaf [`crate::request_path`] (config
 /// checks route prefixes with it); re-exported under its old name.
 pub use crate::request_path as path;
+mod respond;
 pub mod tunnel;
 pub mod upgrade;
+
+pub use live::{LiveProxy, ProxyConfig, RouteRuntime};
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::lb::{selection::RoundRobin, LoadBalancer};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::accounts::AuthService;
 use crate::browser;
-use crate::config::{Config, Route, Upstream};
 use crate::error::ApiError;
 use crate::executor::AuthExecutor;
-use crate::http::api::{ApiRequest, ApiResponse};
 use crate::metrics::RouteMetrics;
 use crate::tokens::jwt::AccessClaims;
 use inflight::{InFlight, InFlightGuard};
-
-pub struct RouteRuntime {
-    pub route: Route,
-    lb: LoadBalancer<RoundRobin>,
-    /// One prebuilt peer per upstream (with the configured timeouts),
-    /// cloned per request.
-    peers: Vec<HttpPeer>,
-    metrics: RouteMetrics,
-    /// The signed assertions of a route with `identity_assertion`.
-    assertions: Option<assertion::AssertionCache>,
-}
-
-/// What the proxy derives from one config: the config itself and the route
-/// table with its upstream balancers and metric handles. A reload builds a
-/// new one and swaps it in whole ([`LiveProxy`]); each request loads it
-/// once (in `new_ctx`), so a request sees one consistent config from its
-/// first hook to its last, and requests already running finish on theirs.
-pub struct ProxyConfig {
-    pub cfg: Arc<Config>,
-    routes: Vec<RouteRuntime>,
-    /// The access log's host labels (bounded: the configured hosts).
-    hosts: access::HostLabels,
-}
-
-/// The proxy state in force, shared by the plain and TLS listeners.
-pub type LiveProxy = ArcSwap<ProxyConfig>;
-
-impl ProxyConfig {
-    pub fn build(cfg: Arc<Config>, metrics: &crate::metrics::Metrics) -> std::io::Result<Self> {
-        let routes = cfg
-            .routes
-            .iter()
-            .map(|r| {
-                let lb = LoadBalancer::try_from_iter(r.upstreams.iter().map(|u| u.addr))?;
-                let peers = r.upstreams.iter().map(|u| upstream_peer(u, &cfg)).collect();
-                Ok(RouteRuntime {
-                    route: r.clone(),
-                    lb,
-                    peers,
-                    metrics: metrics.route(&r.label),
-                    assertions: r
-                        .identity_assertion
-                        .then(|| assertion::AssertionCache::new(r.assertion_audience.clone())),
-                })
-            })
-            .collect::<std::io::Result<Vec<_>>>()?;
-        let hosts = access::HostLabels::build(&cfg);
-        Ok(Self { cfg, routes, hosts })
-    }
-
-    fn pick_upstream(&self, idx: usize, key: &[u8]) -> Option<&HttpPeer> {
-        let r = self.routes.get(idx)?;
-        let backend = r.lb.select(key, 256)?;
-        let addr = backend.addr.as_inet()?;
-        let i = r.route.upstreams.iter().position(|u| &u.addr == addr)?;
-        r.peers.get(i)
-    }
-}
 
 pub struct Gateway {
     /// The config and routes in force (swapped by a reload).
@@ -179,91 +126,6 @@ impl Gateway {
         self
     }
 
-    /// Write a response the gateway answers itself. Every local answer
-    /// goes through here (and `fail_to_proxy` too), so a cookie session
-    /// rotated during this request always gets its new `Set-Cookie`, whatever
-    /// the answer (403, 429, 502, the 302 to the portal): a browser left
-    /// with the old cookie would replay it after the hand-over window, and
-    /// that reads as refresh-token reuse, ending the session.
-    async fn respond(&self, session: &mut Session, ctx: &mut Ctx, resp: ApiResponse) -> Result<()> {
-        let mut h = ResponseHeader::build(
-            resp.status,
-            Some(resp.headers.len() + ctx.set_cookies.len() + 8),
-        )?;
-        for (k, v) in &resp.headers {
-            h.append_header(*k, v.as_str())?;
-        }
-        for c in ctx.set_cookies.drain(..) {
-            h.append_header("set-cookie", c)?;
-        }
-        h.insert_header("content-length", resp.body.len().to_string())?;
-        h.insert_header("x-request-id", ctx.request_id.as_str())?;
-        headers::add_security_headers(&mut h, self.tls);
-        let head = session.req_header().method == http::Method::HEAD;
-        session
-            .write_response_header(Box::new(h), head || resp.body.is_empty())
-            .await?;
-        if !head && !resp.body.is_empty() {
-            session.write_response_body(Some(resp.body), true).await?;
-        }
-        Ok(())
-    }
-
-    async fn respond_error(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        e: ApiError,
-    ) -> Result<bool> {
-        self.respond(session, ctx, e.into_response()).await?;
-        Ok(true)
-    }
-
-    /// Read a local request's body, bounded by `limits.max_body_bytes`.
-    async fn read_body(
-        &self,
-        session: &mut Session,
-        limit: usize,
-    ) -> std::result::Result<Bytes, ApiError> {
-        if let Some(len) = session
-            .req_header()
-            .headers
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
-            if len > limit as u64 {
-                return Err(ApiError::PayloadTooLarge);
-            }
-        }
-        let expects_continue = session
-            .req_header()
-            .headers
-            .get("expect")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects_continue {
-            session
-                .as_downstream_mut()
-                .write_continue_response()
-                .await
-                .map_err(|_| ApiError::BadRequest("The request could not be read."))?;
-        }
-        let mut buf = BytesMut::new();
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    if buf.len() + chunk.len() > limit {
-                        return Err(ApiError::PayloadTooLarge);
-                    }
-                    buf.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(_) => return Err(ApiError::BadRequest("The request body could not be read.")),
-            }
-        }
-        Ok(buf.freeze())
-    }
-
     /// What is refused before the path is even read: too many or too
     /// large headers (431), and an h2c upgrade (an h2c tunnel would carry
     /// HTTP/2 streams no route ever checks).
@@ -286,102 +148,6 @@ impl Gateway {
             return Err(ApiError::BadRequest("Upgrading to h2c is not supported."));
         }
         Ok(())
-    }
-
-    /// Answer a refused proxied request; a 403 names its rule in the log
-    /// line (never the credential).
-    async fn refuse(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        refusal: identity::Refusal,
-    ) -> Result<bool> {
-        ctx.rule = Some(refusal.rule());
-        match refusal {
-            identity::Refusal::Deny { error, rule } => {
-                if error.status() == 403 {
-                    tracing::info!(request_id = %ctx.request_id, rule, "request refused");
-                    self.auth.metrics.route_denial(rule);
-                }
-                self.respond_error(session, ctx, error).await
-            }
-            identity::Refusal::SignIn { location } => {
-                // A browser goes to the portal, to come back here.
-                let resp = ApiResponse {
-                    status: 302,
-                    headers: vec![
-                        ("location", location),
-                        ("content-type", "text/plain; charset=utf-8".into()),
-                    ],
-                    body: Bytes::from_static(b"Sign in to continue.\n"),
-                };
-                self.respond(session, ctx, resp).await?;
-                Ok(true)
-            }
-        }
-    }
-
-    async fn serve_local(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        path: String,
-    ) -> Result<bool> {
-        ctx.local = true;
-        // A whole-body deadline: a per-read timeout alone lets a client
-        // trickle a body one byte at a time.
-        let limits = &ctx.live.cfg.limits;
-        let deadline = Duration::from_secs(limits.downstream_read_timeout_secs);
-        let body =
-            match tokio::time::timeout(deadline, self.read_body(session, limits.max_body_bytes))
-                .await
-                .unwrap_or(Err(ApiError::RequestTimeout))
-            {
-                Ok(b) => b,
-                Err(e) => {
-                    // The rest of the body is unread: do not reuse the connection.
-                    session.set_keepalive(None);
-                    return self.respond_error(session, ctx, e).await;
-                }
-            };
-        let req = session.req_header();
-        let mut headers = req.headers.clone();
-        // HTTP/2 names the host in `:authority`; the handlers (the CSRF
-        // Origin check) read `Host`.
-        if !headers.contains_key(http::header::HOST) {
-            if let Some(v) = req
-                .uri
-                .authority()
-                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-            {
-                headers.insert(http::header::HOST, v);
-            }
-        }
-        let api = ApiRequest {
-            method: req.method.clone(),
-            path,
-            query: req.uri.query().map(str::to_string),
-            headers,
-            body,
-            client_ip: ctx.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-            request_id: ctx.request_id.clone(),
-            tls: self.tls,
-        };
-        let auth = self.auth.clone();
-        let resp = match self
-            .executor
-            .run(async move { auth.handle(api).await })
-            .await
-        {
-            Some(r) => r,
-            None => ApiError::Unavailable {
-                retry_after: 1,
-                cause: "the auth executor is stopping".into(),
-            }
-            .into_response(),
-        };
-        self.respond(session, ctx, resp).await?;
-        Ok(true)
     }
 }
 
@@ -450,18 +216,6 @@ fn mark_handled(session: &Session) {
             d.mark_handled();
         }
     }
-}
-
-/// The peer for one upstream, with the configured timeouts.
-fn upstream_peer(up: &Upstream, cfg: &Config) -> HttpPeer {
-    let mut peer = HttpPeer::new(up.addr, up.tls, up.sni.clone());
-    let l = &cfg.limits;
-    peer.options.connection_timeout = Some(Duration::from_secs(l.upstream_connect_timeout_secs));
-    peer.options.total_connection_timeout =
-        Some(Duration::from_secs(l.upstream_connect_timeout_secs * 2));
-    peer.options.read_timeout = Some(Duration::from_secs(l.upstream_read_timeout_secs));
-    peer.options.write_timeout = Some(Duration::from_secs(l.upstream_read_timeout_secs));
-    peer
 }
 
 pub(crate) fn is_local(path: &str) -> bool {

@@ -6,9 +6,9 @@
 use uuid::Uuid;
 
 use super::{
-    Counter, Delivery, Effects, MfaProof, OneTimeKind, OneTimeToken, OutboxMessage, Redeem,
+    ApiKey, Counter, Delivery, Effects, MfaProof, OneTimeKind, OneTimeToken, OutboxMessage, Redeem,
     RefreshPolicy, Retention, Revocation, RotateOutcome, SessionRecord, Sessions, Stamp,
-    StoreError, Totp, User, UserChange,
+    StoreError, StoredPasskey, Totp, User, UserChange,
 };
 
 /// How long a [`Revocation::Keys`] entry is kept: a gateway that was cut
@@ -84,24 +84,12 @@ pub fn apply_user_change(
 ) -> Result<(User, Cascade), StoreError> {
     let mut u = current.clone();
     let cascade = match change {
+        // --- the account: password, enabled, roles, profile
         UserChange::SetPassword {
             hash,
             expect_version,
             keep,
-        } => {
-            if u.password_version != *expect_version || u.disabled {
-                return Err(StoreError::Conflict);
-            }
-            set_password(&mut u, hash);
-            match keep {
-                Some(sid) => Cascade {
-                    end: Some(Sessions::AllBut(*sid)),
-                    cutoff: false,
-                    keys: false,
-                },
-                None => Cascade::EVERYTHING,
-            }
-        }
+        } => change_password(&mut u, hash, *expect_version, *keep)?,
         UserChange::Disable => {
             let touched = !u.disabled && !u.api_keys.is_empty();
             u.disabled = true;
@@ -112,18 +100,7 @@ pub fn apply_user_change(
             u.disabled = false;
             Cascade::NONE.with_keys(&mut u, touched)
         }
-        UserChange::AdminTotpOff => {
-            u.totp = None;
-            u.recovery_codes.clear();
-            Cascade::NONE
-        }
-        UserChange::AddRole(r) => {
-            let touched = !u.roles.contains(r) && !u.api_keys.is_empty();
-            if !u.roles.contains(r) {
-                u.roles.push(r.clone());
-            }
-            Cascade::NONE.with_keys(&mut u, touched)
-        }
+        UserChange::AddRole(r) => add_role(&mut u, r),
         UserChange::RemoveRole(r) => {
             let touched = u.roles.contains(r) && !u.api_keys.is_empty();
             u.roles.retain(|x| x != r);
@@ -135,32 +112,18 @@ pub fn apply_user_change(
             }
             Cascade::NONE
         }
-        UserChange::TotpEnroll { secret } => {
-            if u.disabled || u.totp.as_ref().is_some_and(|t| t.confirmed) {
-                return Err(StoreError::Conflict);
-            }
-            u.totp = Some(Totp {
-                secret: secret.clone(),
-                confirmed: false,
-                last_step: 0,
-            });
+        // --- the second factor (TOTP and recovery codes)
+        UserChange::AdminTotpOff => {
+            u.totp = None;
+            u.recovery_codes.clear();
             Cascade::NONE
         }
+        UserChange::TotpEnroll { secret } => totp_enroll(&mut u, secret)?,
         UserChange::TotpConfirm {
             secret,
             step,
             recovery,
-        } => {
-            match &mut u.totp {
-                Some(t) if !t.confirmed && t.secret == *secret && !u.disabled => {
-                    t.confirmed = true;
-                    t.last_step = *step;
-                }
-                _ => return Err(StoreError::Conflict),
-            }
-            u.recovery_codes = recovery.clone();
-            Cascade::NONE
-        }
+        } => totp_confirm(&mut u, secret, *step, recovery)?,
         UserChange::TotpDisable { secret, proof } => {
             use_mfa(&mut u, secret, proof)?;
             u.totp = None;
@@ -174,75 +137,169 @@ pub fn apply_user_change(
             use_mfa(&mut u, secret, proof)?;
             Cascade::NONE
         }
-        UserChange::AddApiKey { key, max } => {
-            if u.disabled || u.api_keys.len() >= *max || u.api_keys.iter().any(|k| k.id == key.id) {
-                return Err(StoreError::Conflict);
-            }
-            u.api_keys.push(key.clone());
-            Cascade::NONE.with_keys(&mut u, true)
-        }
-        UserChange::RemoveApiKey(id) => {
-            let before = u.api_keys.len();
-            u.api_keys.retain(|k| k.id != *id);
-            if u.api_keys.len() == before {
-                return Err(StoreError::Conflict);
-            }
-            Cascade::NONE.with_keys(&mut u, true)
-        }
+        // --- API keys
+        UserChange::AddApiKey { key, max } => add_api_key(&mut u, key, *max)?,
+        UserChange::RemoveApiKey(id) => remove_api_key(&mut u, *id)?,
         UserChange::ApiKeysUsed(uses) => {
-            for (id, at) in uses {
-                if let Some(k) = u.api_keys.iter_mut().find(|k| k.id == *id) {
-                    if k.last_used_at.is_none_or(|t| t < *at) {
-                        k.last_used_at = Some(*at);
-                    }
-                }
-            }
+            api_keys_used(&mut u, uses);
             Cascade::NONE
         }
-        UserChange::AddPasskey { passkey, max } => {
-            if u.disabled
-                || u.passkeys.len() >= *max
-                || u.passkeys.iter().any(|p| p.cred_id == passkey.cred_id)
-            {
-                return Err(StoreError::Conflict);
-            }
-            u.passkeys.push(passkey.clone());
-            Cascade::NONE
-        }
-        UserChange::RemovePasskey(id) => {
-            let before = u.passkeys.len();
-            u.passkeys.retain(|p| p.id != *id);
-            if u.passkeys.len() == before {
-                return Err(StoreError::Conflict);
-            }
-            Cascade::NONE
-        }
+        // --- passkeys
+        UserChange::AddPasskey { passkey, max } => add_passkey(&mut u, passkey, *max)?,
+        UserChange::RemovePasskey(id) => remove_passkey(&mut u, *id)?,
         UserChange::UsePasskey {
             cred_id,
             counter,
             credential,
             at,
-        } => {
-            if u.disabled {
-                return Err(StoreError::Conflict);
-            }
-            let Some(p) = u.passkeys.iter_mut().find(|p| p.cred_id == *cred_id) else {
-                return Err(StoreError::Conflict);
-            };
-            // WebAuthn §7.2 step 21: a counter that does not grow means a
-            // replay or a cloned authenticator. Checked here, on the
-            // current record, so two sign-ins with one assertion cannot
-            // both pass.
-            if (*counter != 0 || p.counter != 0) && *counter <= p.counter {
-                return Err(StoreError::Conflict);
-            }
-            p.counter = *counter;
-            p.credential = credential.clone();
-            p.last_used_at = Some(*at);
-            Cascade::NONE
-        }
+        } => use_passkey(&mut u, cred_id, *counter, credential, *at)?,
     };
     Ok((u, cascade))
+}
+
+/// [`UserChange::SetPassword`]: only while the password is still at
+/// `expect_version`; ends every session but `keep` (all, and a cutoff,
+/// without one).
+fn change_password(
+    u: &mut User,
+    hash: &str,
+    expect_version: u64,
+    keep: Option<Uuid>,
+) -> Result<Cascade, StoreError> {
+    if u.password_version != expect_version || u.disabled {
+        return Err(StoreError::Conflict);
+    }
+    set_password(u, hash);
+    Ok(match keep {
+        Some(sid) => Cascade {
+            end: Some(Sessions::AllBut(sid)),
+            cutoff: false,
+            keys: false,
+        },
+        None => Cascade::EVERYTHING,
+    })
+}
+
+/// [`UserChange::AddRole`]: once (adding a role the user has is no change).
+fn add_role(u: &mut User, r: &String) -> Cascade {
+    let touched = !u.roles.contains(r) && !u.api_keys.is_empty();
+    if !u.roles.contains(r) {
+        u.roles.push(r.clone());
+    }
+    Cascade::NONE.with_keys(u, touched)
+}
+
+/// [`UserChange::TotpEnroll`]: a pending secret, unless TOTP is on.
+fn totp_enroll(u: &mut User, secret: &str) -> Result<Cascade, StoreError> {
+    if u.disabled || u.totp.as_ref().is_some_and(|t| t.confirmed) {
+        return Err(StoreError::Conflict);
+    }
+    u.totp = Some(Totp {
+        secret: secret.to_string(),
+        confirmed: false,
+        last_step: 0,
+    });
+    Ok(Cascade::NONE)
+}
+
+/// [`UserChange::TotpConfirm`]: the pending secret must still be `secret`.
+fn totp_confirm(
+    u: &mut User,
+    secret: &str,
+    step: u64,
+    recovery: &[String],
+) -> Result<Cascade, StoreError> {
+    match &mut u.totp {
+        Some(t) if !t.confirmed && t.secret == *secret && !u.disabled => {
+            t.confirmed = true;
+            t.last_step = step;
+        }
+        _ => return Err(StoreError::Conflict),
+    }
+    u.recovery_codes = recovery.to_vec();
+    Ok(Cascade::NONE)
+}
+
+/// [`UserChange::AddApiKey`]: at most `max`, never on a disabled account.
+fn add_api_key(u: &mut User, key: &ApiKey, max: usize) -> Result<Cascade, StoreError> {
+    if u.disabled || u.api_keys.len() >= max || u.api_keys.iter().any(|k| k.id == key.id) {
+        return Err(StoreError::Conflict);
+    }
+    u.api_keys.push(key.clone());
+    Ok(Cascade::NONE.with_keys(u, true))
+}
+
+/// [`UserChange::RemoveApiKey`]: `Conflict` when there is no such key.
+fn remove_api_key(u: &mut User, id: Uuid) -> Result<Cascade, StoreError> {
+    let before = u.api_keys.len();
+    u.api_keys.retain(|k| k.id != id);
+    if u.api_keys.len() == before {
+        return Err(StoreError::Conflict);
+    }
+    Ok(Cascade::NONE.with_keys(u, true))
+}
+
+/// [`UserChange::ApiKeysUsed`]: each key's `last_used_at` only moves
+/// forward.
+fn api_keys_used(u: &mut User, uses: &[(Uuid, i64)]) {
+    for (id, at) in uses {
+        if let Some(k) = u.api_keys.iter_mut().find(|k| k.id == *id) {
+            if k.last_used_at.is_none_or(|t| t < *at) {
+                k.last_used_at = Some(*at);
+            }
+        }
+    }
+}
+
+/// [`UserChange::AddPasskey`]: a new credential id, at most `max`, never
+/// on a disabled account.
+fn add_passkey(u: &mut User, passkey: &StoredPasskey, max: usize) -> Result<Cascade, StoreError> {
+    if u.disabled
+        || u.passkeys.len() >= max
+        || u.passkeys.iter().any(|p| p.cred_id == passkey.cred_id)
+    {
+        return Err(StoreError::Conflict);
+    }
+    u.passkeys.push(passkey.clone());
+    Ok(Cascade::NONE)
+}
+
+/// [`UserChange::RemovePasskey`]: `Conflict` when there is no such passkey.
+fn remove_passkey(u: &mut User, id: Uuid) -> Result<Cascade, StoreError> {
+    let before = u.passkeys.len();
+    u.passkeys.retain(|p| p.id != id);
+    if u.passkeys.len() == before {
+        return Err(StoreError::Conflict);
+    }
+    Ok(Cascade::NONE)
+}
+
+/// [`UserChange::UsePasskey`]: a sign-in whose assertion carried
+/// `counter`, on an enabled account's current passkey.
+fn use_passkey(
+    u: &mut User,
+    cred_id: &str,
+    counter: u32,
+    credential: &serde_json::Value,
+    at: i64,
+) -> Result<Cascade, StoreError> {
+    if u.disabled {
+        return Err(StoreError::Conflict);
+    }
+    let Some(p) = u.passkeys.iter_mut().find(|p| p.cred_id == *cred_id) else {
+        return Err(StoreError::Conflict);
+    };
+    // WebAuthn §7.2 step 21: a counter that does not grow means a
+    // replay or a cloned authenticator. Checked here, on the
+    // current record, so two sign-ins with one assertion cannot
+    // both pass.
+    if (counter != 0 || p.counter != 0) && counter <= p.counter {
+        return Err(StoreError::Conflict);
+    }
+    p.counter = counter;
+    p.credential = credential.clone();
+    p.last_used_at = Some(at);
+    Ok(Cascade::NONE)
 }
 
 fn set_password(u: &mut User, hash: &str) {
