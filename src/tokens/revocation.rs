@@ -148,7 +148,7 @@ struct IdTimes {
     starts: Vec<u32>,
     /// 64 minus the bucket bits.
     shift: u32,
-    recent: HashMap<(u64, u64), i64>,
+    recent: HashMap<(u64, u64), i64, foldhash::fast::RandomState>,
 }
 
 impl IdTimes {

@@ -38,7 +38,10 @@ pub struct Verified {
 }
 
 pub struct VerifiedTokens {
-    map: RwLock<HashMap<Box<str>, Verified>>,
+    /// foldhash, seeded per process: a hit hashes the whole token (a few
+    /// hundred bytes), which SipHash made a visible part of a protected
+    /// request; only verified tokens are ever inserted.
+    map: RwLock<HashMap<Box<str>, Verified, foldhash::fast::RandomState>>,
     generation: AtomicU64,
     capacity: usize,
 }
@@ -52,7 +55,7 @@ impl Default for VerifiedTokens {
 impl VerifiedTokens {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(HashMap::default()),
             generation: AtomicU64::new(0),
             capacity,
         }
