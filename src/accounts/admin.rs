@@ -225,6 +225,8 @@ impl AuthService {
             let user = self.user_by_email(&raw).await?;
             let ev = match &change {
                 UserChange::Disable => event("user.disabled", user.id),
+                UserChange::Enable => event("user.enabled", user.id),
+                UserChange::AdminTotpOff => event("mfa.disabled", user.id).with("how", "admin"),
                 UserChange::AddRole(r) => {
                     event("user.roles_changed", user.id).with("added", r.clone())
                 }
@@ -320,8 +322,9 @@ impl AuthService {
             AdminCommand::TotpOff { email: raw } => change(raw, UserChange::AdminTotpOff).await?,
             AdminCommand::SessionsEnd { email: raw } => {
                 let user = self.user_by_email(&raw).await?;
+                let ev = event("session.revoked", user.id).with("all", true);
                 let ended = self
-                    .end_sessions(user.id, crate::store::Sessions::All, true)
+                    .end_sessions_with(user.id, crate::store::Sessions::All, true, ev.into())
                     .await
                     .map_err(|e| AdminError::Internal(e.to_string()))?;
                 serde_json::json!({ "id": user.id.to_string(), "sessions_ended": ended })
@@ -333,7 +336,10 @@ impl AuthService {
                         "the account is disabled: enable it first".into(),
                     ));
                 }
-                match self.reset_request_inner(&user.email).await {
+                match self
+                    .reset_request_inner(&user.email, ctx, Some(who.clone()))
+                    .await
+                {
                     Ok(()) => serde_json::json!({ "id": user.id.to_string(), "sent": true }),
                     Err(super::AccountError::Throttled { .. }) => {
                         return Err(AdminError::Invalid(
