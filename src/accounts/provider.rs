@@ -167,7 +167,12 @@ impl AuthService {
         let ev = event("oauth.code_redeemed", "success", grant.user_id);
         let user = match self
             .store
-            .redeem_with(token_hash(code), Redeem::AuthCode, self.effects(ev.into()), stamp)
+            .redeem_with(
+                token_hash(code),
+                Redeem::AuthCode,
+                self.effects(ev.into()),
+                stamp,
+            )
             .await
         {
             Ok(changed) => changed.user,
@@ -368,7 +373,12 @@ impl AuthService {
             return Ok(false);
         }
         let ev = self
-            .audit_event(&client.audit(), "session.revoked", "oauth_revoke", Some(s.user_id))
+            .audit_event(
+                &client.audit(),
+                "session.revoked",
+                "oauth_revoke",
+                Some(s.user_id),
+            )
             .with("session_id", s.id.to_string())
             .with("client_id", client_id);
         self.end_sessions_with(s.user_id, Sessions::One(s.id), false, ev.into())

@@ -258,10 +258,19 @@ impl AuthService {
         let base = &self.cfg().mail.link_base_url;
         let m = mail::reset_mail(base, &user.email, &token, ttl, now);
         let ev = self
-            .audit_event(ctx, "user.password_reset_requested", "success", Some(user.id))
+            .audit_event(
+                ctx,
+                "user.password_reset_requested",
+                "success",
+                Some(user.id),
+            )
             .actor(actor);
         self.store
-            .issue_one_time_with(token_hash(&token), rec, self.effects(Effects::from(m).audit(ev)))
+            .issue_one_time_with(
+                token_hash(&token),
+                rec,
+                self.effects(Effects::from(m).audit(ev)),
+            )
             .await?;
         self.mail_wake.notify_one();
         self.metrics.auth_event("password_reset", "success");
