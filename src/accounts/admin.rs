@@ -239,8 +239,10 @@ impl AuthService {
                 self.admin_change(ctx, &who, raw, UserChange::AdminTotpOff)
                     .await?
             }
-            AdminCommand::SessionsEnd { email: raw } => self.admin_sessions_end(raw).await?,
-            AdminCommand::ResetSend { email: raw } => self.admin_reset_send(raw).await?,
+            AdminCommand::SessionsEnd { email: raw } => {
+                self.admin_sessions_end(ctx, &who, raw).await?
+            }
+            AdminCommand::ResetSend { email: raw } => self.admin_reset_send(ctx, &who, raw).await?,
             AdminCommand::RoleAdd { email: raw, role } => {
                 if !valid_role(&role) {
                     return Err(AdminError::Invalid(format!("invalid role '{role}'")));
@@ -373,6 +375,8 @@ impl AuthService {
         let event = |kind: &str| self.admin_event(ctx, who, kind, user.id);
         let ev = match &change {
             UserChange::Disable => event("user.disabled"),
+            UserChange::Enable => event("user.enabled"),
+            UserChange::AdminTotpOff => event("mfa.disabled").with("how", "admin"),
             UserChange::AddRole(r) => event("user.roles_changed").with("added", r.clone()),
             UserChange::RemoveRole(r) => event("user.roles_changed").with("removed", r.clone()),
             _ => event("user.changed"),
@@ -385,24 +389,40 @@ impl AuthService {
     }
 
     /// `SessionsEnd`: every session of the user, and a token cutoff.
-    async fn admin_sessions_end(&self, raw: String) -> Result<Value, AdminError> {
+    async fn admin_sessions_end(
+        &self,
+        ctx: &crate::audit::AuditCtx<'_>,
+        who: &str,
+        raw: String,
+    ) -> Result<Value, AdminError> {
         let user = self.user_by_email(&raw).await?;
+        let ev = self
+            .admin_event(ctx, who, "session.revoked", user.id)
+            .with("all", true);
         let ended = self
-            .end_sessions(user.id, crate::store::Sessions::All, true)
+            .end_sessions_with(user.id, crate::store::Sessions::All, true, ev.into())
             .await
             .map_err(|e| AdminError::Internal(e.to_string()))?;
         Ok(serde_json::json!({ "id": user.id.to_string(), "sessions_ended": ended }))
     }
 
     /// `ResetSend`: a reset link mailed to an enabled account.
-    async fn admin_reset_send(&self, raw: String) -> Result<Value, AdminError> {
+    async fn admin_reset_send(
+        &self,
+        ctx: &crate::audit::AuditCtx<'_>,
+        who: &str,
+        raw: String,
+    ) -> Result<Value, AdminError> {
         let user = self.user_by_email(&raw).await?;
         if user.disabled {
             return Err(AdminError::Invalid(
                 "the account is disabled: enable it first".into(),
             ));
         }
-        match self.reset_request_inner(&user.email).await {
+        match self
+            .reset_request_inner(&user.email, ctx, Some(who.to_string()))
+            .await
+        {
             Ok(()) => Ok(serde_json::json!({ "id": user.id.to_string(), "sent": true })),
             Err(super::AccountError::Throttled { .. }) => Err(AdminError::Invalid(
                 "too many reset mails for this address: try again later".into(),

@@ -326,10 +326,18 @@ impl AuthService {
     }
 
     /// Remove one of the user's passkeys.
-    pub async fn passkey_remove(&self, user_id: Uuid, id: &str) -> AccountResult<()> {
+    pub async fn passkey_remove(
+        &self,
+        user_id: Uuid,
+        id: &str,
+        client: &Client,
+    ) -> AccountResult<()> {
         let id = Uuid::parse_str(id).map_err(|_| AccountError::NotFound)?;
+        let ev = self
+            .audit_event(&client.audit(), "passkey.removed", "success", Some(user_id))
+            .with("passkey_id", id.to_string());
         match self
-            .change_user(user_id, UserChange::RemovePasskey(id), None)
+            .change_user_with(user_id, UserChange::RemovePasskey(id), ev.into())
             .await
         {
             Ok(_) => Ok(()),

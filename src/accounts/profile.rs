@@ -29,14 +29,29 @@ impl AuthService {
         &self,
         claims: &AccessClaims,
         username: Option<Option<String>>,
+        client: &Client,
     ) -> AccountResult<User> {
         let user = self.current_user(claims).await?;
         if let Some(Some(u)) = &username {
             check_username(u).map_err(|p| AccountError::invalid("username", p))?;
         }
         let username = username.map(|u| u.filter(|u| !u.is_empty()));
+        // Its stored event goes with the change (none when nothing is asked).
+        let effects = match &username {
+            Some(name) => self
+                .audit_event(
+                    &client.audit(),
+                    "user.profile_changed",
+                    "success",
+                    Some(user.id),
+                )
+                .with("fields", vec!["username"])
+                .with("username_cleared", name.is_none())
+                .into(),
+            None => crate::store::Effects::none(),
+        };
         match self
-            .change_user(user.id, UserChange::Profile { username }, None)
+            .change_user_with(user.id, UserChange::Profile { username }, effects)
             .await
         {
             Ok(u) if !u.disabled => Ok(u),

@@ -159,9 +159,20 @@ impl AuthService {
         let uid = grant.user_id.to_string();
         let sid = code_session_id(code);
         let stamp = self.stamp();
+        let event = |kind: &str, outcome: &str, user: Uuid| {
+            self.audit_event(&actx, kind, outcome, Some(user))
+                .with("client_id", client_id)
+                .with("session_id", sid.to_string())
+        };
+        let ev = event("oauth.code_redeemed", "success", grant.user_id);
         let user = match self
             .store
-            .redeem(token_hash(code), Redeem::AuthCode, None, stamp)
+            .redeem_with(
+                token_hash(code),
+                Redeem::AuthCode,
+                self.effects(ev.into()),
+                stamp,
+            )
             .await
         {
             Ok(changed) => changed.user,
@@ -171,7 +182,8 @@ impl AuthService {
                 self.store.revoke(revoked.clone()).await?;
                 self.revocations.apply(&revoked);
                 if let Some(s) = self.store.find_session(sid).await? {
-                    self.end_sessions(s.user_id, Sessions::One(sid), false)
+                    let ev = event("session.revoked", "code_reuse", s.user_id);
+                    self.end_sessions_with(s.user_id, Sessions::One(sid), false, ev.into())
                         .await?;
                     audit::event(&actx, "oauth_code_reuse", "session_revoked", Some(&uid));
                 }
@@ -198,9 +210,14 @@ impl AuthService {
                 scope: grant.scope.clone(),
             }),
         };
+        let ev = event("session.created", "success", user.id);
         let user = match self
             .store
-            .create_session(session.clone(), user.password_version)
+            .create_session_with(
+                session.clone(),
+                user.password_version,
+                self.effects(ev.into()),
+            )
             .await
         {
             Ok(u) => u,
@@ -209,7 +226,8 @@ impl AuthService {
         };
         // A second use that ran meanwhile revoked this session first.
         if self.session_revoked(&user, sid) {
-            self.end_sessions(user.id, Sessions::One(sid), false)
+            let ev = event("session.revoked", "code_reuse", user.id);
+            self.end_sessions_with(user.id, Sessions::One(sid), false, ev.into())
                 .await?;
             return Err(GrantError::Invalid);
         }
@@ -256,17 +274,26 @@ impl AuthService {
         let Some(p) = RefreshKeys::parse(presented) else {
             return Err(GrantError::Invalid);
         };
-        match self.store.find_session(p.sid).await? {
+        let owner = match self.store.find_session(p.sid).await? {
             Some(s)
                 if self.refresh.is_authentic(&p, &s)
-                    && s.client.as_ref().is_some_and(|c| c.client_id == client_id) => {}
+                    && s.client.as_ref().is_some_and(|c| c.client_id == client_id) =>
+            {
+                s.user_id
+            }
             _ => return Err(GrantError::Invalid),
-        }
+        };
         let stamp = self.stamp();
         let cfg = self.cfg();
+        // Its outcome is set by what the rotation did, as for the
+        // gateway's own sessions (`store::domain::refresh_effects`).
+        let ev = self
+            .audit_event(&actx, "session.refreshed", "", Some(owner))
+            .with("session_id", p.sid.to_string())
+            .with("client_id", client_id);
         let outcome = self
             .store
-            .rotate_refresh(
+            .rotate_refresh_with(
                 p.sid,
                 p.generation,
                 RefreshPolicy {
@@ -276,6 +303,7 @@ impl AuthService {
                     revoke_until: stamp.revoke_until,
                     reauth_at: None,
                 },
+                self.effects(ev.into()),
             )
             .await?;
         let session = match outcome {
@@ -297,8 +325,17 @@ impl AuthService {
         let user = match self.store.find_user(session.user_id).await? {
             Some(u) if !u.disabled => u,
             _ => {
-                self.end_sessions(session.user_id, Sessions::One(session.id), false)
-                    .await?;
+                let ev = self
+                    .audit_event(&actx, "session.revoked", "disabled", Some(session.user_id))
+                    .with("session_id", session.id.to_string())
+                    .with("client_id", client_id);
+                self.end_sessions_with(
+                    session.user_id,
+                    Sessions::One(session.id),
+                    false,
+                    ev.into(),
+                )
+                .await?;
                 return Err(GrantError::Invalid);
             }
         };
@@ -335,7 +372,16 @@ impl AuthService {
         if !self.refresh.is_authentic(&p, &s) || !ours {
             return Ok(false);
         }
-        self.end_sessions(s.user_id, Sessions::One(s.id), false)
+        let ev = self
+            .audit_event(
+                &client.audit(),
+                "session.revoked",
+                "oauth_revoke",
+                Some(s.user_id),
+            )
+            .with("session_id", s.id.to_string())
+            .with("client_id", client_id);
+        self.end_sessions_with(s.user_id, Sessions::One(s.id), false, ev.into())
             .await?;
         audit::event(
             &client.audit(),

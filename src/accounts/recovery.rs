@@ -9,7 +9,7 @@ use super::{email, password, AuthService};
 use super::{lock_key, NewPassword};
 use crate::audit;
 use crate::mail;
-use crate::store::{domain, OneTimeKind, OneTimeToken, Redeem, StoreError, User};
+use crate::store::{domain, Effects, OneTimeKind, OneTimeToken, Redeem, StoreError, User};
 use crate::tokens::jwt::token_hash;
 
 /// Password reset requests answer no sooner than this, known account or not.
@@ -74,7 +74,8 @@ impl AuthService {
             }
             Err(e) => return Err(e.into()),
         }
-        self.send_verification(&user).await?;
+        // The sign-up's own link: its event is the `user.created` above.
+        self.send_verification(&user, None).await?;
         self.metrics.auth_event("register", "success");
         audit::event(&actx, "register", "success", Some(&user.id.to_string()));
         Ok(user)
@@ -108,7 +109,13 @@ impl AuthService {
         Ok(email.unwrap_or_default())
     }
 
-    async fn send_verification(&self, user: &User) -> AccountResult<()> {
+    /// Issue a verification link and queue its mail, with `event` (if
+    /// any) in the same store operation.
+    async fn send_verification(
+        &self,
+        user: &User,
+        event: Option<crate::audit::AuditEvent>,
+    ) -> AccountResult<()> {
         let token = self.entropy.token(32);
         let now = self.clock.now();
         let rec = OneTimeToken {
@@ -120,8 +127,10 @@ impl AuthService {
             issued_seq: 0,
         };
         let m = mail::verification_mail(&self.cfg().mail.link_base_url, &user.email, &token, now);
+        let mut effects = Effects::from(m);
+        effects.audit.extend(event);
         self.store
-            .issue_one_time(token_hash(&token), rec, Some(m))
+            .issue_one_time_with(token_hash(&token), rec, self.effects(effects))
             .await?;
         self.mail_wake.notify_one();
         Ok(())
@@ -183,7 +192,15 @@ impl AuthService {
             self.address_throttle("resend", &email).await?;
             if let Some(user) = self.store.find_user_by_email(&email).await? {
                 if !user.email_verified && !user.disabled {
-                    self.send_verification(&user).await?;
+                    let ev = self
+                        .audit_event(
+                            &client.audit(),
+                            "user.verification_sent",
+                            "success",
+                            Some(user.id),
+                        )
+                        .with("how", "resend");
+                    self.send_verification(&user, Some(ev)).await?;
                 }
             }
         }
@@ -195,7 +212,9 @@ impl AuthService {
     /// the same time either way).
     pub async fn reset_request(&self, raw_email: &str, client: &Client) -> AccountResult<()> {
         let started = Instant::now();
-        let result = self.reset_request_inner(raw_email).await;
+        let result = self
+            .reset_request_inner(raw_email, &client.audit(), None)
+            .await;
         // Same timing whether or not the account exists.
         if let Some(rest) = RESET_FLOOR.checked_sub(started.elapsed()) {
             tokio::time::sleep(rest).await;
@@ -207,8 +226,14 @@ impl AuthService {
     }
 
     /// Mail a reset link to the account of `raw` (nothing for an unknown
-    /// or disabled one); also the console's and CLI's `reset_send`.
-    pub(super) async fn reset_request_inner(&self, raw: &str) -> AccountResult<()> {
+    /// or disabled one); also the console's and CLI's `reset_send`, whose
+    /// stored event names the acting admin (`actor`).
+    pub(super) async fn reset_request_inner(
+        &self,
+        raw: &str,
+        ctx: &crate::audit::AuditCtx<'_>,
+        actor: Option<String>,
+    ) -> AccountResult<()> {
         let Some(email) = email::normalize(raw) else {
             return Ok(());
         };
@@ -232,8 +257,20 @@ impl AuthService {
         };
         let base = &self.cfg().mail.link_base_url;
         let m = mail::reset_mail(base, &user.email, &token, ttl, now);
+        let ev = self
+            .audit_event(
+                ctx,
+                "user.password_reset_requested",
+                "success",
+                Some(user.id),
+            )
+            .actor(actor);
         self.store
-            .issue_one_time(token_hash(&token), rec, Some(m))
+            .issue_one_time_with(
+                token_hash(&token),
+                rec,
+                self.effects(Effects::from(m).audit(ev)),
+            )
             .await?;
         self.mail_wake.notify_one();
         self.metrics.auth_event("password_reset", "success");

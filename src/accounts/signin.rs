@@ -109,7 +109,7 @@ impl AuthService {
         }
         if user.totp.as_ref().is_some_and(|t| t.confirmed) {
             // No tokens yet: the second factor completes this login.
-            let mfa_token = self.mfa_challenge(&user).await?;
+            let mfa_token = self.mfa_challenge(&user, client).await?;
             audit::event(&actx, "login", "mfa_required", Some(&uid));
             return Ok(Login::MfaChallenge { mfa_token });
         }
@@ -128,7 +128,7 @@ impl AuthService {
     }
 
     /// Issue the one-time token of a sign-in whose password was right.
-    async fn mfa_challenge(&self, user: &User) -> AccountResult<String> {
+    async fn mfa_challenge(&self, user: &User, client: &Client) -> AccountResult<String> {
         let token = self.entropy.token(32);
         let rec = OneTimeToken {
             kind: OneTimeKind::MfaLogin,
@@ -138,8 +138,15 @@ impl AuthService {
             expires_at: self.clock.now() + mfa::MFA_TOKEN_TTL_SECS,
             issued_seq: 0,
         };
+        // The token is a state change of its own: its event goes with it.
+        let ev = self.audit_event(
+            &client.audit(),
+            "mfa.challenged",
+            "mfa_required",
+            Some(user.id),
+        );
         self.store
-            .issue_one_time(token_hash(&token), rec, None)
+            .issue_one_time_with(token_hash(&token), rec, self.effects(ev.into()))
             .await?;
         Ok(token)
     }

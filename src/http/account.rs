@@ -132,7 +132,9 @@ impl AuthService {
             }
         };
         body::finish(errs)?;
-        let user = self.update_profile(&claims, username).await?;
+        let user = self
+            .update_profile(&claims, username, &client_of(req))
+            .await?;
         Ok(user_envelope(200, &user))
     }
 

@@ -520,7 +520,10 @@ impl AuthService {
             return Ok(page.see_other(&browser::login_location("/auth/ui/sessions")));
         };
         let user = Uuid::parse_str(&id.claims.sub).map_err(|_| ApiError::Unauthorized)?;
-        match self.passkey_remove(user, &page.field("id")).await {
+        match self
+            .passkey_remove(user, &page.field("id"), &page.req.client)
+            .await
+        {
             Ok(()) | Err(AccountError::NotFound) => {
                 Ok(page.see_other("/auth/ui/sessions?notice=passkey-removed"))
             }

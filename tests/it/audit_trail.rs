@@ -18,11 +18,11 @@ fn cli(args: &[&str]) -> bin::Output {
     bin::run(bin::command(args), None, bin::CLI_LIMIT)
 }
 
-fn path(p: &Path) -> String {
+pub(crate) fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
-fn admin_token(gw: &TestGateway) -> String {
+pub(crate) fn admin_token(gw: &TestGateway) -> String {
     std::fs::read_to_string(gw.data_dir().join("admin.token"))
         .unwrap()
         .trim()
@@ -30,7 +30,7 @@ fn admin_token(gw: &TestGateway) -> String {
 }
 
 /// `GET /admin/audit?{query}` with the admin token.
-async fn audit_get(gw: &TestGateway, query: &str) -> http::Response {
+pub(crate) async fn audit_get(gw: &TestGateway, query: &str) -> http::Response {
     let auth = format!("Bearer {}", admin_token(gw));
     http::request(
         gw.admin_addr,
@@ -44,13 +44,13 @@ async fn audit_get(gw: &TestGateway, query: &str) -> http::Response {
 }
 
 /// Every stored record, in chain order.
-async fn all_records(gw: &TestGateway) -> Vec<Value> {
+pub(crate) async fn all_records(gw: &TestGateway) -> Vec<Value> {
     let r = audit_get(gw, "after_seq=0&limit=1000").await;
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()["records"].as_array().unwrap().clone()
 }
 
-fn by_type(records: &[Value]) -> BTreeMap<String, usize> {
+pub(crate) fn by_type(records: &[Value]) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for r in records {
         *out.entry(r["type"].as_str().unwrap().to_string())

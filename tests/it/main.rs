@@ -7,6 +7,7 @@ mod access_log;
 mod accounts;
 mod api_keys;
 mod assertion;
+mod audit_events;
 mod audit_trail;
 mod backup;
 mod browser;
