@@ -11,12 +11,12 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use super::{client, s256, scope_list, Params};
+use super::{client, s256, scope_list, Params, ProviderRequest};
 use crate::accounts::provider::{ClientSession, GrantError};
 use crate::accounts::AuthService;
 use crate::config::oidc_provider::OidcClient;
 use crate::config::Config;
-use crate::http::api::{ApiRequest, ApiResponse};
+use crate::http::api::ApiResponse;
 use crate::store::Revocation;
 use crate::tokens::AccessClaims;
 
@@ -86,7 +86,7 @@ fn form_decode(s: &str) -> Option<String> {
 /// RFC 6749 §2.3.1), `client_secret_post`, or a public client's bare
 /// `client_id`. Secrets are compared in constant time.
 fn authenticate_client<'a>(
-    req: &ApiRequest,
+    req: &ProviderRequest<'_>,
     cfg: &'a Config,
     form: &Params,
 ) -> Result<&'a OidcClient, ApiResponse> {
@@ -140,7 +140,11 @@ fn authenticate_client<'a>(
 
 impl AuthService {
     /// `POST /auth/oauth/token`.
-    pub(super) async fn token_endpoint(&self, req: &ApiRequest, cfg: Arc<Config>) -> ApiResponse {
+    pub(super) async fn token_endpoint(
+        &self,
+        req: &ProviderRequest<'_>,
+        cfg: Arc<Config>,
+    ) -> ApiResponse {
         let form_ok = req
             .header("content-type")
             .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
@@ -151,7 +155,7 @@ impl AuthService {
                 "the body must be application/x-www-form-urlencoded",
             );
         }
-        let form = match Params::parse(&req.body) {
+        let form = match Params::parse(req.body) {
             Ok(f) => f,
             Err(e) => return token_error(400, "invalid_request", e),
         };
@@ -159,7 +163,7 @@ impl AuthService {
             Ok(c) => c,
             Err(r) => return r,
         };
-        let caller = crate::http::client_of(req);
+        let caller = req.client.clone();
         let result = match form.get("grant_type") {
             Some("authorization_code") => {
                 let Some(code) = form.get("code") else {
@@ -333,7 +337,11 @@ impl AuthService {
     }
 
     /// `GET|POST /auth/oauth/userinfo` with a client access token.
-    pub(super) async fn userinfo(&self, req: &ApiRequest, cfg: Arc<Config>) -> ApiResponse {
+    pub(super) async fn userinfo(
+        &self,
+        req: &ProviderRequest<'_>,
+        cfg: Arc<Config>,
+    ) -> ApiResponse {
         let refuse = || {
             ApiResponse::json(
                 401,
@@ -341,12 +349,12 @@ impl AuthService {
             )
             .with_header("www-authenticate", "Bearer error=\"invalid_token\"")
         };
-        let token = match crate::accounts::service::bearer(&req.headers) {
+        let token = match crate::accounts::service::bearer(req.headers) {
             Ok(t) => t.to_string(),
             Err(_) => {
                 // RFC 6750 §2.2: the form body parameter.
-                let from_form = (req.method == http::Method::POST)
-                    .then(|| Params::parse(&req.body).ok())
+                let from_form = (*req.method == http::Method::POST)
+                    .then(|| Params::parse(req.body).ok())
                     .flatten()
                     .and_then(|f| f.get("access_token").map(str::to_string));
                 match from_form {
@@ -389,8 +397,12 @@ impl AuthService {
 
     /// `POST /auth/oauth/revoke` (RFC 7009): a refresh token ends its
     /// session, an access token is revoked; an unknown token is 200 too.
-    pub(super) async fn revoke_endpoint(&self, req: &ApiRequest, cfg: Arc<Config>) -> ApiResponse {
-        let form = match Params::parse(&req.body) {
+    pub(super) async fn revoke_endpoint(
+        &self,
+        req: &ProviderRequest<'_>,
+        cfg: Arc<Config>,
+    ) -> ApiResponse {
+        let form = match Params::parse(req.body) {
             Ok(f) => f,
             Err(e) => return token_error(400, "invalid_request", e),
         };
@@ -401,7 +413,7 @@ impl AuthService {
         let Some(token) = form.get("token") else {
             return token_error(400, "invalid_request", "token is missing");
         };
-        let caller = crate::http::client_of(req);
+        let caller = req.client.clone();
         if token.contains('.') && token.split('.').count() == 3 {
             if let Some(a) = self.client_access(&cfg, token) {
                 if a.client_id == c.client_id {
