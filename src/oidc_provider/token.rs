@@ -42,6 +42,24 @@ pub struct IdClaims {
     pub preferred_username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roles: Option<Vec<String>>,
+    /// The access token's hash (OIDC Core 3.1.3.6), beside an access token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_hash: Option<String>,
+}
+
+/// `at_hash`: the left half of the access token's hash, base64url. The
+/// hash is that of the signing algorithm: SHA-256 for RS256 and ES256,
+/// SHA-512 for EdDSA (Ed25519).
+pub(crate) fn at_hash(alg: crate::config::ProviderAlgorithm, access_token: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use sha2::Digest;
+    let digest = match alg {
+        crate::config::ProviderAlgorithm::EdDsa => {
+            sha2::Sha512::digest(access_token.as_bytes()).to_vec()
+        }
+        _ => sha2::Sha256::digest(access_token.as_bytes()).to_vec(),
+    };
+    URL_SAFE_NO_PAD.encode(&digest[..digest.len() / 2])
 }
 
 /// The claims of a client access token: the gateway's access-token claims
@@ -311,8 +329,13 @@ impl AuthService {
                 None
             },
             roles: has("roles").then(|| u.roles.clone()),
+            at_hash: None,
         };
         let access_token = self.provider_sign(crate::tokens::jwt::ACCESS_TYP, &access)?;
+        let id = IdClaims {
+            at_hash: Some(at_hash(p.signing_alg, &access_token)),
+            ..id
+        };
         let id_token = self.provider_sign("JWT", &id)?;
         Ok(json!({
             "access_token": access_token,
