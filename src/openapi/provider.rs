@@ -50,7 +50,6 @@ fn oauth_authorize() {}
 #[utoipa::path(post, path = "/auth/oauth/authorize", tag = "oidc-provider",
     request_body(content = OAuthConsentForm, content_type = "application/x-www-form-urlencoded"),
     responses(
-        (status = 200, description = "The consent page again (a new scope set)", content_type = "text/html", body = String),
         (status = 302, description = "To the client's redirect URI with `code`, or `error=access_denied`",
             headers(("location" = String, description = "Where to go"))),
         (status = 400, description = "A malformed form or request (an error page or `bad_request`)",
@@ -134,7 +133,8 @@ fn oauth_logout() {}
 
 /// As the GET, with the parameters in a form body.
 #[utoipa::path(post, path = "/auth/oauth/logout", tag = "oidc-provider",
-    request_body(content = OAuthLogoutForm, content_type = "application/x-www-form-urlencoded"),
+    request_body(content = Option<OAuthLogoutForm>, content_type = "application/x-www-form-urlencoded",
+        description = "Optional: without a body, as the GET without parameters"),
     responses(
         (status = 200, description = "Signed out (a page)", content_type = "text/html", body = String),
         (status = 302, description = "To the registered `post_logout_redirect_uri`, or (no valid hint) to the portal's sign-out",
