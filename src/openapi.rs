@@ -32,6 +32,8 @@ use utoipa::{Modify, OpenApi};
 
 use crate::wire::*;
 
+mod provider;
+
 /// The serialized document, built once.
 static DOCUMENT: Lazy<Bytes> = Lazy::new(|| {
     Bytes::from(
@@ -112,6 +114,15 @@ pub fn allow(path: &str) -> Option<&'static str> {
         api_key_create,
         api_key_list,
         api_key_delete,
+        provider::oidc_discovery,
+        provider::oauth_authorize,
+        provider::oauth_consent,
+        provider::oauth_token,
+        provider::oauth_userinfo,
+        provider::oauth_userinfo_post,
+        provider::oauth_revoke,
+        provider::oauth_logout,
+        provider::oauth_logout_post,
     ),
     components(schemas(
         UserView,
@@ -146,6 +157,15 @@ pub fn allow(path: &str) -> Option<&'static str> {
         TotpDisableRequest,
         MfaVerifyRequest,
         ApiKeyCreateRequest,
+        OAuthError,
+        OidcTokenResponse,
+        UserInfo,
+        OidcDiscovery,
+        OAuthTokenForm,
+        OAuthRevokeForm,
+        OAuthUserinfoForm,
+        OAuthConsentForm,
+        OAuthLogoutForm,
     )),
     modifiers(&CommonResponses),
     tags(
@@ -155,6 +175,7 @@ pub fn allow(path: &str) -> Option<&'static str> {
         (name = "mfa", description = "The TOTP second factor"),
         (name = "api-keys", description = "The caller's API keys for proxied routes"),
         (name = "meta", description = "Keys and this document"),
+        (name = "oidc-provider", description = "Portcullis as an OpenID Provider (`[oidc_provider]`): every operation answers 404 while it is disabled"),
     ),
 )]
 pub struct ApiDoc;
@@ -257,6 +278,11 @@ impl Modify for CommonResponses {
                     .bearer_format("JWT")
                     .build(),
             ),
+        );
+        // The provider's client authentication (`client_secret_basic`).
+        components.add_security_scheme(
+            "client_basic",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
         );
         for (_, name, description, header) in SHARED {
             components.responses.insert(
@@ -664,6 +690,31 @@ mod tests {
                 }
             }
         }
+        // The provider's arms (`oidc_provider/mod.rs`, which the
+        // dispatcher hands its paths to): `"/path" if get || post =>`.
+        assert!(body.contains("is_provider_path(path)"));
+        let src = include_str!("oidc_provider/mod.rs");
+        let start = src
+            .find("match req.path {")
+            .expect("the provider's dispatch");
+        let arms = &src[start..];
+        let arms = &arms[..arms.find("\n        }\n").expect("end of the match")];
+        for line in arms.lines().map(str::trim) {
+            let Some((path, tail)) = line.strip_prefix('"').and_then(|r| r.split_once('"')) else {
+                continue;
+            };
+            let Some(cond) = tail.trim_start().strip_prefix("if ") else {
+                continue;
+            };
+            let cond = cond.split("=>").next().unwrap();
+            for m in cond.split("||").map(str::trim) {
+                match m {
+                    "get" => out.insert(("GET".into(), path.to_string())),
+                    "post" => out.insert(("POST".into(), path.to_string())),
+                    other => panic!("unrecognized provider arm condition {other:?}"),
+                };
+            }
+        }
         out
     }
 
@@ -708,8 +759,10 @@ mod tests {
         for (method, path) in documented() {
             let op = &doc["paths"][&path][method.to_lowercase()];
             let statuses: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
+            // The provider's browser endpoints may succeed with a redirect only.
+            let redirect = |s: &&String| path.starts_with("/auth/oauth/") && s.starts_with('3');
             assert!(
-                statuses.iter().any(|s| s.starts_with('2')),
+                statuses.iter().any(|s| s.starts_with('2') || redirect(s)),
                 "{method} {path}: no success response"
             );
             assert!(

@@ -439,3 +439,121 @@ pub struct ApiKeyCreateRequest {
     #[schema(value_type = Option<u32>, maximum = 1000000)]
     pub rate_per_minute: Field<serde_json::Value>,
 }
+
+// ----- the OpenID Provider (CONTRACT 8.2): documentation of its bodies
+
+/// An RFC 6749 §5.2 error of the token, revocation and userinfo endpoints.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OAuthError {
+    /// `invalid_request`, `invalid_client`, `invalid_grant`,
+    /// `unsupported_grant_type`, `invalid_scope` or `invalid_token`.
+    pub error: String,
+    pub error_description: String,
+}
+
+/// The token endpoint's answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OidcTokenResponse {
+    /// A JWT (`typ: at+jwt`, `aud` = the client) signed with the provider key.
+    pub access_token: String,
+    /// `Bearer`.
+    pub token_type: String,
+    /// Seconds (`oidc_provider.access_ttl_secs`).
+    pub expires_in: u64,
+    pub refresh_token: String,
+    /// The ID token (`typ: JWT`).
+    pub id_token: String,
+    /// The granted scopes, space-separated.
+    pub scope: String,
+}
+
+/// Claims about the user, for the scopes granted to the access token.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UserInfo {
+    /// The user's id.
+    pub sub: String,
+    /// Scope `email`.
+    pub email: Option<String>,
+    /// Scope `email`.
+    pub email_verified: Option<bool>,
+    /// Scope `profile`.
+    pub preferred_username: Option<String>,
+    /// Scope `roles`.
+    pub roles: Option<Vec<String>>,
+}
+
+/// OpenID Connect Discovery 1.0 metadata (the fields every client reads;
+/// the document has more, see `docs/api.md`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OidcDiscovery {
+    pub issuer: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub userinfo_endpoint: String,
+    pub jwks_uri: String,
+    pub revocation_endpoint: String,
+    pub end_session_endpoint: String,
+    pub response_types_supported: Vec<String>,
+    pub subject_types_supported: Vec<String>,
+    pub id_token_signing_alg_values_supported: Vec<String>,
+    pub code_challenge_methods_supported: Vec<String>,
+    pub grant_types_supported: Vec<String>,
+    pub scopes_supported: Vec<String>,
+}
+
+/// `POST /auth/oauth/token` (form-urlencoded).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct OAuthTokenForm {
+    /// `authorization_code` or `refresh_token`.
+    pub grant_type: String,
+    /// `authorization_code`: the code.
+    pub code: Option<String>,
+    /// `authorization_code`: exactly as in the authorization request.
+    pub redirect_uri: Option<String>,
+    /// `authorization_code`: the PKCE verifier (when a challenge was sent).
+    pub code_verifier: Option<String>,
+    /// `refresh_token`: the refresh token.
+    pub refresh_token: Option<String>,
+    /// `refresh_token`: at most the granted scopes.
+    pub scope: Option<String>,
+    /// `client_secret_post` and public clients.
+    pub client_id: Option<String>,
+    /// `client_secret_post`.
+    pub client_secret: Option<String>,
+}
+
+/// `POST /auth/oauth/revoke` (RFC 7009, form-urlencoded).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct OAuthRevokeForm {
+    pub token: String,
+    /// `refresh_token` or `access_token` (a hint only).
+    pub token_type_hint: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+}
+
+/// `POST /auth/oauth/userinfo` (form-urlencoded, RFC 6750 §2.2).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct OAuthUserinfoForm {
+    /// The access token, when it is not in the `Authorization` header.
+    pub access_token: Option<String>,
+}
+
+/// The consent page's form (`POST /auth/oauth/authorize`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct OAuthConsentForm {
+    /// The portal's CSRF token (its cookie's value).
+    pub csrf: String,
+    /// The authorization request's query, as the page carried it.
+    pub request: String,
+    /// `allow`; anything else denies.
+    pub decision: String,
+}
+
+/// `POST /auth/oauth/logout` (form-urlencoded; the same as the GET's query).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct OAuthLogoutForm {
+    pub id_token_hint: Option<String>,
+    pub post_logout_redirect_uri: Option<String>,
+    pub state: Option<String>,
+}

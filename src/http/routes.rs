@@ -53,7 +53,7 @@ impl AuthService {
             return self.portal(&portal_view(req)).await;
         }
         if crate::oidc_provider::is_provider_path(path) {
-            return self.oidc_provider(req).await;
+            return self.oidc_provider(&provider_view(req)).await;
         }
         let browser = self.cfg().browser.enabled;
         let m = &req.method;
@@ -154,6 +154,19 @@ fn event_for_path(path: &str) -> Option<&'static str> {
 /// The portal's view of a request to `/auth/ui/*`.
 fn portal_view(req: &ApiRequest) -> crate::portal::PortalRequest<'_> {
     crate::portal::PortalRequest {
+        method: &req.method,
+        path: &req.path,
+        query: req.query.as_deref(),
+        headers: &req.headers,
+        body: &req.body,
+        client: client_of(req),
+        tls: req.tls,
+    }
+}
+
+/// The provider's view of a request to `/auth/oauth/*` or discovery.
+fn provider_view(req: &ApiRequest) -> crate::oidc_provider::ProviderRequest<'_> {
+    crate::oidc_provider::ProviderRequest {
         method: &req.method,
         path: &req.path,
         query: req.query.as_deref(),

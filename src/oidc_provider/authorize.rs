@@ -7,14 +7,14 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::pages::{ConsentPage, ErrorPage};
-use super::{client, pkce_shaped, scope_list, ApiResult, Params};
+use super::{client, pkce_shaped, scope_list, ApiResult, Params, ProviderRequest};
 use crate::accounts::provider::CodeGrant;
 use crate::accounts::AuthService;
 use crate::browser::{self, CookieIdentity};
 use crate::config::oidc_provider::OidcClient;
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::http::api::{ApiRequest, ApiResponse};
+use crate::http::api::ApiResponse;
 use crate::portal::{self, Frame, View};
 
 /// The internal parameter a forced sign-in comes back with: the sign-in
@@ -23,14 +23,14 @@ const AUTH_AFTER: &str = "portcullis_auth_after";
 
 /// A portal page of the provider, with the CSRF cookie when there is none.
 fn page(
-    req: &ApiRequest,
+    req: &ProviderRequest<'_>,
     cfg: &Config,
     status: u16,
     view: &impl View,
     mut cookies: Vec<String>,
 ) -> ApiResponse {
     let name = browser::csrf_cookie_name(&cfg.browser);
-    let csrf = match browser::cookie_value(&req.headers, &name) {
+    let csrf = match browser::cookie_value(req.headers, &name) {
         Some(c) if c.len() >= 32 => c.to_string(),
         _ => {
             let t = browser::new_csrf_token(&crate::entropy::OsEntropy);
@@ -62,7 +62,7 @@ fn page(
     resp
 }
 
-fn error_page(req: &ApiRequest, cfg: &Config, status: u16, message: &str) -> ApiResponse {
+fn error_page(req: &ProviderRequest<'_>, cfg: &Config, status: u16, message: &str) -> ApiResponse {
     page(req, cfg, status, &ErrorPage { message }, vec![])
 }
 
@@ -132,18 +132,23 @@ impl AuthService {
     /// The browser session's identity (rotating its cookie when needed).
     async fn browser_identity(
         &self,
-        req: &ApiRequest,
+        req: &ProviderRequest<'_>,
         cfg: &Config,
         cookies: &mut Vec<String>,
     ) -> Result<Option<CookieIdentity>, ApiError> {
         if !cfg.browser.enabled {
             return Ok(None);
         }
-        let Some(cookie) = browser::cookie_value(&req.headers, &cfg.browser.cookie_name) else {
+        let Some(cookie) = browser::cookie_value(req.headers, &cfg.browser.cookie_name) else {
             return Ok(None);
         };
         match self
-            .cookie_session(cookie, req.client_ip, &req.user_agent(), &req.request_id)
+            .cookie_session(
+                cookie,
+                req.client.ip,
+                &req.client.user_agent,
+                &req.client.request_id,
+            )
             .await
         {
             Ok(id) => {
@@ -165,8 +170,8 @@ impl AuthService {
     }
 
     /// `GET /auth/oauth/authorize`.
-    pub(super) async fn authorize(&self, req: &ApiRequest, cfg: Arc<Config>) -> ApiResult {
-        let query = req.query.clone().unwrap_or_default();
+    pub(super) async fn authorize(&self, req: &ProviderRequest<'_>, cfg: Arc<Config>) -> ApiResult {
+        let query = req.query.unwrap_or_default().to_string();
         self.authorize_query(req, cfg, &query, None).await
     }
 
@@ -174,7 +179,7 @@ impl AuthService {
     /// form's answer, when it was sent.
     async fn authorize_query(
         &self,
-        req: &ApiRequest,
+        req: &ProviderRequest<'_>,
         cfg: Arc<Config>,
         query: &str,
         decision: Option<bool>,
@@ -302,7 +307,7 @@ impl AuthService {
 
     async fn authorize_checked(
         &self,
-        req: &ApiRequest,
+        req: &ProviderRequest<'_>,
         cfg: &Config,
         params: &Params,
         ar: AuthRequest<'_>,
@@ -432,10 +437,14 @@ impl AuthService {
 
     /// `POST /auth/oauth/authorize`: the consent form (Origin and CSRF
     /// checked as every portal form).
-    pub(super) async fn consent_submit(&self, req: &ApiRequest, cfg: Arc<Config>) -> ApiResult {
-        let form = Params::parse(&req.body).map_err(ApiError::BadRequest)?;
-        let cookie = browser::cookie_value(&req.headers, &browser::csrf_cookie_name(&cfg.browser));
-        if !browser::origin_allowed_for(&req.headers, None, req.tls, &cfg)
+    pub(super) async fn consent_submit(
+        &self,
+        req: &ProviderRequest<'_>,
+        cfg: Arc<Config>,
+    ) -> ApiResult {
+        let form = Params::parse(req.body).map_err(ApiError::BadRequest)?;
+        let cookie = browser::cookie_value(req.headers, &browser::csrf_cookie_name(&cfg.browser));
+        if !browser::origin_allowed_for(req.headers, None, req.tls, &cfg)
             || !browser::csrf_matches(cookie, form.get("csrf"))
         {
             return Err(ApiError::Forbidden);
@@ -450,11 +459,11 @@ impl AuthService {
     /// `GET /auth/oauth/logout`: with a valid `id_token_hint`, the client
     /// session it names and this browser's session end; the browser goes
     /// to `post_logout_redirect_uri` only when that client registered it.
-    pub(super) async fn rp_logout(&self, req: &ApiRequest, cfg: Arc<Config>) -> ApiResult {
-        let raw: Vec<u8> = if req.method == http::Method::POST {
+    pub(super) async fn rp_logout(&self, req: &ProviderRequest<'_>, cfg: Arc<Config>) -> ApiResult {
+        let raw: Vec<u8> = if *req.method == http::Method::POST {
             req.body.to_vec()
         } else {
-            req.query.clone().unwrap_or_default().into_bytes()
+            req.query.unwrap_or_default().to_string().into_bytes()
         };
         let params = Params::parse(&raw).map_err(ApiError::BadRequest)?;
         let hint = params.get("id_token_hint").and_then(|t| {
@@ -474,7 +483,7 @@ impl AuthService {
         // provider), when it is the same user's.
         if cfg.browser.enabled {
             if let Some(cookie) =
-                browser::cookie_value(&req.headers, &cfg.browser.cookie_name).map(str::to_string)
+                browser::cookie_value(req.headers, &cfg.browser.cookie_name).map(str::to_string)
             {
                 if let Ok(Some(id)) = self.browser_identity(req, &cfg, &mut cookies).await {
                     if id.claims.sub == hint.sub {
@@ -482,7 +491,7 @@ impl AuthService {
                             refresh_token: Some(&cookie),
                             access_token: Ok(id.access.as_str()),
                         };
-                        self.logout(what, &crate::http::client_of(req)).await?;
+                        self.logout(what, &req.client).await?;
                         self.cookies.forget(&cookie);
                         if let Some(r) = &id.rotated {
                             self.cookies.forget(r);

@@ -13,6 +13,7 @@
 mod authorize;
 pub mod backchannel;
 mod pages;
+mod request;
 mod sign;
 mod token;
 
@@ -23,7 +24,9 @@ use crate::accounts::AuthService;
 use crate::config::oidc_provider::OidcClient;
 use crate::config::{Config, OidcProviderConfig};
 use crate::error::ApiError;
-use crate::http::api::{ApiRequest, ApiResponse};
+use crate::http::api::ApiResponse;
+
+pub use request::ProviderRequest;
 
 type ApiResult = Result<ApiResponse, ApiError>;
 
@@ -50,15 +53,15 @@ fn provider(cfg: &Config) -> Option<&OidcProviderConfig> {
 impl AuthService {
     /// Serve the provider's endpoints (404 while `oidc_provider.enabled`
     /// is false).
-    pub(crate) async fn oidc_provider(&self, req: &ApiRequest) -> ApiResult {
+    pub(crate) async fn oidc_provider(&self, req: &ProviderRequest<'_>) -> ApiResult {
         let cfg = self.cfg();
         if provider(&cfg).is_none() {
             return Err(ApiError::NotFound);
         }
-        let m = &req.method;
+        let m = req.method;
         let get = *m == Method::GET || *m == Method::HEAD;
         let post = *m == Method::POST;
-        match req.path.as_str() {
+        match req.path {
             "/.well-known/openid-configuration" if get => Ok(discovery(&cfg)),
             "/auth/oauth/authorize" if get => self.authorize(req, cfg).await,
             "/auth/oauth/authorize" if post => self.consent_submit(req, cfg).await,

@@ -11,12 +11,12 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use super::{client, s256, scope_list, Params};
+use super::{client, s256, scope_list, Params, ProviderRequest};
 use crate::accounts::provider::{ClientSession, GrantError};
 use crate::accounts::AuthService;
 use crate::config::oidc_provider::OidcClient;
 use crate::config::Config;
-use crate::http::api::{ApiRequest, ApiResponse};
+use crate::http::api::ApiResponse;
 use crate::store::Revocation;
 use crate::tokens::AccessClaims;
 
@@ -42,6 +42,24 @@ pub struct IdClaims {
     pub preferred_username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roles: Option<Vec<String>>,
+    /// The access token's hash (OIDC Core 3.1.3.6), beside an access token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_hash: Option<String>,
+}
+
+/// `at_hash`: the left half of the access token's hash, base64url. The
+/// hash is that of the signing algorithm: SHA-256 for RS256 and ES256,
+/// SHA-512 for EdDSA (Ed25519).
+pub(crate) fn at_hash(alg: crate::config::ProviderAlgorithm, access_token: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use sha2::Digest;
+    let digest = match alg {
+        crate::config::ProviderAlgorithm::EdDsa => {
+            sha2::Sha512::digest(access_token.as_bytes()).to_vec()
+        }
+        _ => sha2::Sha256::digest(access_token.as_bytes()).to_vec(),
+    };
+    URL_SAFE_NO_PAD.encode(&digest[..digest.len() / 2])
 }
 
 /// The claims of a client access token: the gateway's access-token claims
@@ -86,7 +104,7 @@ fn form_decode(s: &str) -> Option<String> {
 /// RFC 6749 §2.3.1), `client_secret_post`, or a public client's bare
 /// `client_id`. Secrets are compared in constant time.
 fn authenticate_client<'a>(
-    req: &ApiRequest,
+    req: &ProviderRequest<'_>,
     cfg: &'a Config,
     form: &Params,
 ) -> Result<&'a OidcClient, ApiResponse> {
@@ -140,7 +158,11 @@ fn authenticate_client<'a>(
 
 impl AuthService {
     /// `POST /auth/oauth/token`.
-    pub(super) async fn token_endpoint(&self, req: &ApiRequest, cfg: Arc<Config>) -> ApiResponse {
+    pub(super) async fn token_endpoint(
+        &self,
+        req: &ProviderRequest<'_>,
+        cfg: Arc<Config>,
+    ) -> ApiResponse {
         let form_ok = req
             .header("content-type")
             .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
@@ -151,7 +173,7 @@ impl AuthService {
                 "the body must be application/x-www-form-urlencoded",
             );
         }
-        let form = match Params::parse(&req.body) {
+        let form = match Params::parse(req.body) {
             Ok(f) => f,
             Err(e) => return token_error(400, "invalid_request", e),
         };
@@ -159,7 +181,7 @@ impl AuthService {
             Ok(c) => c,
             Err(r) => return r,
         };
-        let caller = crate::http::client_of(req);
+        let caller = req.client.clone();
         let result = match form.get("grant_type") {
             Some("authorization_code") => {
                 let Some(code) = form.get("code") else {
@@ -307,8 +329,13 @@ impl AuthService {
                 None
             },
             roles: has("roles").then(|| u.roles.clone()),
+            at_hash: None,
         };
         let access_token = self.provider_sign(crate::tokens::jwt::ACCESS_TYP, &access)?;
+        let id = IdClaims {
+            at_hash: Some(at_hash(p.signing_alg, &access_token)),
+            ..id
+        };
         let id_token = self.provider_sign("JWT", &id)?;
         Ok(json!({
             "access_token": access_token,
@@ -333,7 +360,11 @@ impl AuthService {
     }
 
     /// `GET|POST /auth/oauth/userinfo` with a client access token.
-    pub(super) async fn userinfo(&self, req: &ApiRequest, cfg: Arc<Config>) -> ApiResponse {
+    pub(super) async fn userinfo(
+        &self,
+        req: &ProviderRequest<'_>,
+        cfg: Arc<Config>,
+    ) -> ApiResponse {
         let refuse = || {
             ApiResponse::json(
                 401,
@@ -341,12 +372,12 @@ impl AuthService {
             )
             .with_header("www-authenticate", "Bearer error=\"invalid_token\"")
         };
-        let token = match crate::accounts::service::bearer(&req.headers) {
+        let token = match crate::accounts::service::bearer(req.headers) {
             Ok(t) => t.to_string(),
             Err(_) => {
                 // RFC 6750 §2.2: the form body parameter.
-                let from_form = (req.method == http::Method::POST)
-                    .then(|| Params::parse(&req.body).ok())
+                let from_form = (*req.method == http::Method::POST)
+                    .then(|| Params::parse(req.body).ok())
                     .flatten()
                     .and_then(|f| f.get("access_token").map(str::to_string));
                 match from_form {
@@ -389,8 +420,12 @@ impl AuthService {
 
     /// `POST /auth/oauth/revoke` (RFC 7009): a refresh token ends its
     /// session, an access token is revoked; an unknown token is 200 too.
-    pub(super) async fn revoke_endpoint(&self, req: &ApiRequest, cfg: Arc<Config>) -> ApiResponse {
-        let form = match Params::parse(&req.body) {
+    pub(super) async fn revoke_endpoint(
+        &self,
+        req: &ProviderRequest<'_>,
+        cfg: Arc<Config>,
+    ) -> ApiResponse {
+        let form = match Params::parse(req.body) {
             Ok(f) => f,
             Err(e) => return token_error(400, "invalid_request", e),
         };
@@ -401,7 +436,7 @@ impl AuthService {
         let Some(token) = form.get("token") else {
             return token_error(400, "invalid_request", "token is missing");
         };
-        let caller = crate::http::client_of(req);
+        let caller = req.client.clone();
         if token.contains('.') && token.split('.').count() == 3 {
             if let Some(a) = self.client_access(&cfg, token) {
                 if a.client_id == c.client_id {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
+use portcullis::clock::Clock;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::Barrier;
@@ -203,6 +204,38 @@ async fn exchange(gw: &TestGateway, code: &str, verifier: &str) -> Response {
         Some(&basic("app", SECRET)),
     )
     .await
+}
+
+/// A client session of `app` (scope `openid`) for the signed-in `cookie`:
+/// the token response.
+async fn app_tokens(gw: &TestGateway, cookie: &str) -> Value {
+    let (code, verifier) = code_for(gw, cookie, "app", "openid").await;
+    let r = exchange(gw, &code, &verifier).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// A refresh of `rt` by the confidential client `app`.
+async fn refresh(gw: &TestGateway, rt: &str) -> Response {
+    token_at(
+        gw.addr,
+        &[("grant_type", "refresh_token"), ("refresh_token", rt)],
+        Some(&basic("app", SECRET)),
+    )
+    .await
+}
+
+/// `GET /auth/oauth/userinfo` with a client access token.
+async fn userinfo(gw: &TestGateway, access: &str) -> Response {
+    http::request(
+        gw.addr,
+        "GET",
+        "/auth/oauth/userinfo",
+        &[("authorization", &format!("Bearer {access}"))],
+        None,
+    )
+    .await
+    .unwrap()
 }
 
 /// The claims of a JWT, unverified (the RPs verify; here we read).
@@ -461,7 +494,7 @@ async fn without_a_session_the_portal_signs_in_and_comes_back() {
 async fn prompt_login_and_max_age_force_a_new_sign_in() {
     let gw = provider().await;
     let cookie = signed_in(&gw, "maxage@example.com").await;
-    let (_, ch) = pkce();
+    let (verifier, ch) = pkce();
     let q = |extra: (&'static str, &'static str)| {
         vec![
             ("client_id", "app"),
@@ -513,6 +546,14 @@ async fn prompt_login_and_max_age_force_a_new_sign_in() {
         .unwrap();
         let p = redirect_params(&back);
         assert!(p.contains_key("code"), "{extra:?}: {p:?}");
+        let t = exchange(&gw, &p["code"], &verifier).await;
+        assert_eq!(t.status, 200, "{}", t.text());
+        let id = claims(t.json()["id_token"].as_str().unwrap());
+        assert_eq!(
+            id["auth_time"].as_i64(),
+            Some(gw.clock.now()),
+            "{extra:?}: the new sign-in's time: {id}"
+        );
     }
     // With prompt=none, a sign-in too old is login_required.
     let mut none = q(("max_age", "10"));
@@ -534,41 +575,17 @@ async fn a_code_works_once_and_its_second_use_revokes_what_it_gave() {
     assert_eq!(r.status, 200, "{}", r.text());
     let t = r.json();
     let access = t["access_token"].as_str().unwrap().to_string();
-    let ui = http::request(
-        gw.addr,
-        "GET",
-        "/auth/oauth/userinfo",
-        &[("authorization", &format!("Bearer {access}"))],
-        None,
-    )
-    .await
-    .unwrap();
+    let ui = userinfo(&gw, &access).await;
     assert_eq!(ui.status, 200);
     // Second use: refused, and the first use's tokens die.
     let r = exchange(&gw, &code, &verifier).await;
     assert_oauth_error(&r, 400, "invalid_grant");
-    let ui = http::request(
-        gw.addr,
-        "GET",
-        "/auth/oauth/userinfo",
-        &[("authorization", &format!("Bearer {access}"))],
-        None,
-    )
-    .await
-    .unwrap();
+    let ui = userinfo(&gw, &access).await;
     assert_eq!(
         ui.status, 401,
         "the access token of the first use is revoked"
     );
-    let r = token_at(
-        gw.addr,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", t["refresh_token"].as_str().unwrap()),
-        ],
-        Some(&basic("app", SECRET)),
-    )
-    .await;
+    let r = refresh(&gw, t["refresh_token"].as_str().unwrap()).await;
     assert_oauth_error(&r, 400, "invalid_grant");
     // Short lived: a code past code_ttl_secs is refused.
     let (code, verifier) = code_for(&gw, &cookie, "app", "openid").await;
@@ -614,12 +631,7 @@ async fn sixteen_parallel_exchanges_of_one_code_give_one_success() {
     // The code was used more than once: whatever a winner got is revoked.
     for w in ok {
         let rt = w.json()["refresh_token"].as_str().unwrap().to_string();
-        let r = token_at(
-            gw.addr,
-            &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
-            Some(&basic("app", SECRET)),
-        )
-        .await;
+        let r = refresh(&gw, &rt).await;
         assert_oauth_error(&r, 400, "invalid_grant");
     }
 }
@@ -628,8 +640,7 @@ async fn sixteen_parallel_exchanges_of_one_code_give_one_success() {
 async fn sixteen_parallel_refreshes_have_one_winner_and_end_the_session() {
     let gw = provider().await;
     let cookie = signed_in(&gw, "refresh16p@example.com").await;
-    let (code, verifier) = code_for(&gw, &cookie, "app", "openid").await;
-    let t = exchange(&gw, &code, &verifier).await.json();
+    let t = app_tokens(&gw, &cookie).await;
     let rt = t["refresh_token"].as_str().unwrap().to_string();
     let barrier = Arc::new(Barrier::new(16));
     let mut set = tokio::task::JoinSet::new();
@@ -662,15 +673,7 @@ async fn sixteen_parallel_refreshes_have_one_winner_and_end_the_session() {
     );
     // As section 4: the losers were reuse, which ended the session.
     let winner = rs.iter().find(|r| r.status == 200).unwrap().json();
-    let r = token_at(
-        gw.addr,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", winner["refresh_token"].as_str().unwrap()),
-        ],
-        Some(&basic("app", SECRET)),
-    )
-    .await;
+    let r = refresh(&gw, winner["refresh_token"].as_str().unwrap()).await;
     assert_oauth_error(&r, 400, "invalid_grant");
 }
 
@@ -679,8 +682,7 @@ async fn client_sessions_are_user_sessions_and_end_with_logout_all_and_disable()
     let gw = provider().await;
     let s = gw.signup("sessions@example.com").await;
     let cookie = portal_login(&gw, "sessions@example.com", "/").await;
-    let (code, verifier) = code_for(&gw, &cookie, "app", "openid").await;
-    let t = exchange(&gw, &code, &verifier).await.json();
+    let t = app_tokens(&gw, &cookie).await;
     let id = claims(t["id_token"].as_str().unwrap());
     let list = gw.get("/auth/sessions", Some(&s.access)).await.json();
     assert!(
@@ -706,60 +708,15 @@ async fn client_sessions_are_user_sessions_and_end_with_logout_all_and_disable()
             .status,
         204
     );
-    let r = token_at(
-        gw.addr,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", t["refresh_token"].as_str().unwrap()),
-        ],
-        Some(&basic("app", SECRET)),
-    )
-    .await;
+    let r = refresh(&gw, t["refresh_token"].as_str().unwrap()).await;
     assert_oauth_error(&r, 400, "invalid_grant");
     // Disable: a new client session ends too.
     let cookie = portal_login(&gw, "sessions@example.com", "/").await;
-    let (code, verifier) = code_for(&gw, &cookie, "app", "openid").await;
-    let t = exchange(&gw, &code, &verifier).await.json();
-    let token = std::fs::read_to_string(gw.data_dir().join("admin.token")).unwrap();
-    let r = http::request(
-        gw.admin_addr,
-        "POST",
-        "/admin/users",
-        &[
-            ("authorization", &format!("Bearer {}", token.trim())),
-            ("content-type", "application/json"),
-        ],
-        Some(
-            json!({ "op": "disable", "email": "sessions@example.com" })
-                .to_string()
-                .as_bytes(),
-        ),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-    let ui = http::request(
-        gw.addr,
-        "GET",
-        "/auth/oauth/userinfo",
-        &[(
-            "authorization",
-            &format!("Bearer {}", t["access_token"].as_str().unwrap()),
-        )],
-        None,
-    )
-    .await
-    .unwrap();
+    let t = app_tokens(&gw, &cookie).await;
+    admin_disable(&gw, "sessions@example.com").await;
+    let ui = userinfo(&gw, t["access_token"].as_str().unwrap()).await;
     assert_eq!(ui.status, 401);
-    let r = token_at(
-        gw.addr,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", t["refresh_token"].as_str().unwrap()),
-        ],
-        Some(&basic("app", SECRET)),
-    )
-    .await;
+    let r = refresh(&gw, t["refresh_token"].as_str().unwrap()).await;
     assert_oauth_error(&r, 400, "invalid_grant");
 }
 
@@ -922,15 +879,7 @@ async fn rp_logout_redirects_only_to_a_registered_uri() {
     );
     // Both client sessions ended.
     for t in &tokens {
-        let r = token_at(
-            gw.addr,
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", t["refresh_token"].as_str().unwrap()),
-            ],
-            Some(&basic("app", SECRET)),
-        )
-        .await;
+        let r = refresh(&gw, t["refresh_token"].as_str().unwrap()).await;
         assert_oauth_error(&r, 400, "invalid_grant");
     }
 }
@@ -1073,6 +1022,7 @@ async fn authlib_runs_the_full_flow() {
     assert_eq!(c["aud"], "py");
     assert_eq!(c["roles"], json!(["editor"]));
     assert_eq!(c["email_verified"], true);
+    assert!(c["at_hash"].is_string(), "authlib checked it: {c}");
     assert!(c.get("preferred_username").is_none(), "no profile scope");
     assert_eq!(out["userinfo_status"], 200);
     assert_eq!(out["userinfo"]["roles"], json!(["editor"]));
@@ -1133,6 +1083,20 @@ async fn logout_receiver() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>
     (port, rx)
 }
 
+/// The provider whose client `app` receives back-channel logouts on
+/// `port`.
+fn builder_backchannel(port: u16) -> Builder {
+    let mut b = builder();
+    b.extra = b.extra.replace(
+        "post_logout_redirect_uris = [\"http://127.0.0.1:9/bye\"]",
+        &format!(
+            "post_logout_redirect_uris = [\"http://127.0.0.1:9/bye\"]\nbackchannel_logout_uri = \"http://127.0.0.1:{port}/bcl\""
+        ),
+    );
+    assert!(b.extra.contains("backchannel_logout_uri"));
+    b
+}
+
 /// Verify a logout token with the gateway's JWKS, as a client would.
 async fn verified_logout(gw: &TestGateway, token: &str) -> Value {
     let h = header(token);
@@ -1162,19 +1126,11 @@ async fn verified_logout(gw: &TestGateway, token: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backchannel_logout_reaches_the_client_after_logout_all_and_disable() {
     let (port, mut rx) = logout_receiver().await;
-    let mut b = builder();
-    b.extra = b.extra.replace(
-        "post_logout_redirect_uris = [\"http://127.0.0.1:9/bye\"]",
-        &format!(
-            "post_logout_redirect_uris = [\"http://127.0.0.1:9/bye\"]\nbackchannel_logout_uri = \"http://127.0.0.1:{port}/bcl\""
-        ),
-    );
-    assert!(b.extra.contains("backchannel_logout_uri"));
+    let b = builder_backchannel(port);
     let gw = TestGateway::start_with(b).await;
     let s = gw.signup("bcl@example.com").await;
     let cookie = portal_login(&gw, "bcl@example.com", "/").await;
-    let (code, verifier) = code_for(&gw, &cookie, "app", "openid").await;
-    let t = exchange(&gw, &code, &verifier).await.json();
+    let t = app_tokens(&gw, &cookie).await;
     let id = claims(t["id_token"].as_str().unwrap());
     assert_eq!(
         gw.post("/auth/logout-all", json!({}), Some(&s.access))
@@ -1191,27 +1147,9 @@ async fn backchannel_logout_reaches_the_client_after_logout_all_and_disable() {
     assert_eq!(c["sub"], id["sub"]);
     // Disable: the new client session's logout is sent too.
     let cookie = portal_login(&gw, "bcl@example.com", "/").await;
-    let (code, verifier) = code_for(&gw, &cookie, "app", "openid").await;
-    let t = exchange(&gw, &code, &verifier).await.json();
+    let t = app_tokens(&gw, &cookie).await;
     let id = claims(t["id_token"].as_str().unwrap());
-    let token = std::fs::read_to_string(gw.data_dir().join("admin.token")).unwrap();
-    let r = http::request(
-        gw.admin_addr,
-        "POST",
-        "/admin/users",
-        &[
-            ("authorization", &format!("Bearer {}", token.trim())),
-            ("content-type", "application/json"),
-        ],
-        Some(
-            json!({ "op": "disable", "email": "bcl@example.com" })
-                .to_string()
-                .as_bytes(),
-        ),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
+    admin_disable(&gw, "bcl@example.com").await;
     let token = tokio::time::timeout(Duration::from_secs(20), rx.recv())
         .await
         .expect("a back-channel logout after disable")
@@ -1224,5 +1162,288 @@ async fn backchannel_logout_reaches_the_client_after_logout_all_and_disable() {
             .await
             .is_err(),
         "one logout per ended session"
+    );
+}
+
+// ----- key rotation, each signing_alg, PostgreSQL
+
+/// `openid-client` run against `gw` with `cfg` (issuer and cookie added).
+async fn run_openid_client(gw: &TestGateway, cookie: &str, mut cfg: Value) -> Value {
+    let script = tokio::task::spawn_blocking(node_rp).await.unwrap();
+    cfg["issuer"] = json!(issuer(gw));
+    cfg["cookie"] = json!(format!("__Host-portcullis={cookie}"));
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(&script).arg(cfg.to_string());
+    tokio::task::spawn_blocking(move || run_json(cmd))
+        .await
+        .unwrap()
+}
+
+/// The `kid`s of the gateway's JWKS.
+async fn jwks_kids(gw: &TestGateway) -> Vec<String> {
+    gw.get("/.well-known/jwks.json", None).await.json()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["kid"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// `portcullis keys rotate` (the real binary, next to the running
+/// provider, which it makes reload): an ID token signed before the
+/// rotation still verifies through authlib against the JWKS, which keeps
+/// the old `kid` until its tokens have expired; new ID and access tokens
+/// carry the new `kid` and pass openid-client's checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_keys_rotate_old_id_tokens_verify_through_the_rp_and_new_ones_use_the_new_kid() {
+    let py = tokio::task::spawn_blocking(authlib_python).await.unwrap();
+    let gw = TestGateway::start_with(builder_alg("RS256")).await;
+    let cookie = signed_in(&gw, "rotate@example.com").await;
+    let (code, verifier) = code_for(&gw, &cookie, "app", "openid email").await;
+    let old = exchange(&gw, &code, &verifier).await.json();
+    let old_id = old["id_token"].as_str().unwrap().to_string();
+    let k1 = header(&old_id)["kid"].as_str().unwrap().to_string();
+
+    let config = gw.config_path().display().to_string();
+    // The command reads the same config, so it needs the clients' secrets.
+    let mut cmd = bin::command(&["keys", "rotate", "--config", &config]);
+    cmd.env("APP_SECRET", SECRET).env("PY_SECRET", PY_SECRET);
+    let out = bin::run_async(cmd, None, bin::CLI_LIMIT).await;
+    assert!(out.ok(), "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["gateway"], "reloaded", "{v}");
+    let p = &v["oidc_provider"];
+    assert_eq!(p["previous"][0]["kid"], k1.as_str(), "{v}");
+    assert!(p["key_file"]
+        .as_str()
+        .unwrap()
+        .ends_with("oidc-keys-rs256.json"));
+    let k2 = p["kid"].as_str().unwrap().to_string();
+    assert_ne!(k1, k2);
+    // The command dated the new key by the real clock; the gateway's test
+    // clock catches up to it.
+    let behind = portcullis::clock::SystemClock.now() - gw.clock.now();
+    gw.clock.advance(behind.max(0));
+
+    let kids = jwks_kids(&gw).await;
+    assert!(kids.contains(&k1) && kids.contains(&k2), "{kids:?}");
+    let (code, verifier) = code_for(&gw, &cookie, "app", "openid email").await;
+    let new = exchange(&gw, &code, &verifier).await.json();
+    let new_id = new["id_token"].as_str().unwrap().to_string();
+    assert_eq!(header(&new_id)["kid"], k2.as_str());
+    assert_eq!(
+        header(new["access_token"].as_str().unwrap())["kid"],
+        k2.as_str()
+    );
+    // A token under a kid the JWKS does not have is refused by the same
+    // check (so the two successes are the JWKS's doing).
+    let mut forged = header(&old_id);
+    forged["kid"] = json!("not-a-published-kid");
+    let forged = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(forged.to_string()),
+        old_id.split_once('.').unwrap().1
+    );
+    let item = |t: &str| json!({ "token": t, "client_id": "app", "nonce": "n-0S6_WzA2Mj" });
+    let cfg = json!({
+        "issuer": issuer(&gw),
+        "alg": "RS256",
+        "verify": [item(&old_id), item(&new_id), item(&forged)],
+    });
+    let mut cmd = std::process::Command::new(py);
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/rp/rp_authlib.py"
+    ))
+    .arg(cfg.to_string());
+    let out = tokio::task::spawn_blocking(move || run_json(cmd))
+        .await
+        .unwrap();
+    let v = &out["verified"];
+    assert_eq!(v[0]["ok"], true, "the pre-rotation ID token: {out}");
+    assert_eq!(v[0]["kid"], k1.as_str());
+    assert_eq!(v[1]["ok"], true, "the new ID token: {out}");
+    assert_eq!(v[1]["kid"], k2.as_str());
+    assert_eq!(v[2]["ok"], false, "an unpublished kid: {out}");
+
+    // openid-client's whole flow after the rotation: the new kid.
+    let out = run_openid_client(
+        &gw,
+        &cookie,
+        json!({
+            "client_id": "app",
+            "client_secret": SECRET,
+            "redirect_uri": CB,
+            "post_logout_redirect_uri": BYE,
+            "scope": "openid",
+            "alg": "RS256",
+        }),
+    )
+    .await;
+    let t = &out["code"]["ok"];
+    assert!(
+        t.is_object(),
+        "openid-client's checks after rotation: {out}"
+    );
+    assert_eq!(header(t["id_token"].as_str().unwrap())["kid"], k2.as_str());
+
+    // Once every token the old key may have signed has expired (a day is
+    // longer than any lifetime configured here), its kid leaves the JWKS.
+    gw.clock.advance(86_400);
+    let kids = jwks_kids(&gw).await;
+    assert!(!kids.contains(&k1) && kids.contains(&k2), "{kids:?}");
+}
+
+/// Each `signing_alg` through openid-client, with the public client (PKCE
+/// S256, no secret): its ID tokens verify against the JWKS, carry the
+/// claims of the scopes asked for and no others, and its refresh token
+/// rotates with reuse detection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_client_verifies_each_signing_alg_for_a_public_client() {
+    for alg in ["RS256", "ES256", "EdDSA"] {
+        let gw = TestGateway::start_with(builder_alg(alg)).await;
+        let email = format!("{}@example.com", alg.to_lowercase());
+        let cookie = signed_in(&gw, &email).await;
+        let d = gw
+            .get("/.well-known/openid-configuration", None)
+            .await
+            .json();
+        assert_eq!(d["id_token_signing_alg_values_supported"], json!([alg]));
+        let out = run_openid_client(
+            &gw,
+            &cookie,
+            json!({
+                "client_id": "spa",
+                "redirect_uri": CB,
+                "scope": "openid email",
+                "alg": alg,
+            }),
+        )
+        .await;
+        let t = &out["code"]["ok"];
+        assert!(t.is_object(), "{alg}: openid-client's checks: {out}");
+        let h = header(t["id_token"].as_str().unwrap());
+        assert_eq!(h["alg"], alg, "{h}");
+        assert!(jwks_kids(&gw).await.iter().any(|k| *k == h["kid"]));
+        let c = &t["claims"];
+        assert_eq!(c["aud"], "spa");
+        assert_eq!(c["nonce"], out["nonce_sent"]);
+        assert_eq!(c["email"], email.as_str());
+        assert_eq!(c["email_verified"], false, "a signup not yet verified");
+        // at_hash: the left half of the access token's hash, SHA-512 for
+        // Ed25519, else SHA-256.
+        let at = t["access_token"].as_str().unwrap().as_bytes();
+        let digest = if alg == "EdDSA" {
+            sha2::Sha512::digest(at).to_vec()
+        } else {
+            Sha256::digest(at).to_vec()
+        };
+        assert_eq!(
+            c["at_hash"],
+            URL_SAFE_NO_PAD.encode(&digest[..digest.len() / 2]),
+            "{alg}: {c}"
+        );
+        assert!(
+            c.get("preferred_username").is_none() && c.get("roles").is_none(),
+            "{alg}: only the claims of openid and email: {c}"
+        );
+        assert_eq!(out["userinfo"]["ok"]["email"], email.as_str(), "{out}");
+        assert!(out["userinfo"]["ok"].get("roles").is_none(), "{out}");
+        let rotated = out["refresh"]["ok"]["refresh_token"].as_str().unwrap();
+        assert_ne!(Some(rotated), t["refresh_token"].as_str());
+        assert_eq!(out["refresh_reuse"]["error"], "invalid_grant", "{out}");
+        assert_eq!(out["refresh_after_reuse"]["error"], "invalid_grant");
+    }
+}
+
+/// The gateway among `gws` whose JWKS publishes the token's `kid`.
+async fn signer_of<'a>(gws: &'a [TestGateway], token: &str) -> &'a TestGateway {
+    let kid = header(token)["kid"].as_str().unwrap().to_string();
+    for gw in gws {
+        if jwks_kids(gw).await.contains(&kid) {
+            return gw;
+        }
+    }
+    panic!("no gateway publishes kid {kid}")
+}
+
+/// Disable `email` with the admin API of `gw`.
+async fn admin_disable(gw: &TestGateway, email: &str) {
+    let token = std::fs::read_to_string(gw.data_dir().join("admin.token")).unwrap();
+    let r = http::request(
+        gw.admin_addr,
+        "POST",
+        "/admin/users",
+        &[
+            ("authorization", &format!("Bearer {}", token.trim())),
+            ("content-type", "application/json"),
+        ],
+        Some(
+            json!({ "op": "disable", "email": email })
+                .to_string()
+                .as_bytes(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// On PostgreSQL, two gateways on one database: a logout-all and an admin
+/// disable on gateway A each send the client exactly one verified
+/// `logout_token` (the durable queue is shared; its claim lease makes one
+/// gateway send it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backchannel_logout_on_postgres_is_sent_once_across_gateways() {
+    let cluster = match pg::cluster() {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("PostgreSQL test skipped: {why}");
+            return;
+        }
+    };
+    let url = cluster.database().await;
+    let (port, mut rx) = logout_receiver().await;
+    let mut gws = Vec::new();
+    for _ in 0..2 {
+        let mut b = builder_backchannel(port);
+        b.extra.push_str(&format!(
+            "\n[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n"
+        ));
+        gws.push(TestGateway::start_with(b).await);
+    }
+    let a = &gws[0];
+    let s = a.signup("pgbcl@example.com").await;
+    let cookie = portal_login(a, "pgbcl@example.com", "/").await;
+    let id = claims(app_tokens(a, &cookie).await["id_token"].as_str().unwrap());
+    assert_eq!(
+        a.post("/auth/logout-all", json!({}), Some(&s.access))
+            .await
+            .status,
+        204
+    );
+    let token = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("a back-channel logout after logout-all")
+        .unwrap();
+    let c = verified_logout(signer_of(&gws, &token).await, &token).await;
+    assert_eq!(c["sid"], id["sid"]);
+    assert_eq!(c["sub"], id["sub"]);
+
+    let cookie = portal_login(a, "pgbcl@example.com", "/").await;
+    let id = claims(app_tokens(a, &cookie).await["id_token"].as_str().unwrap());
+    admin_disable(a, "pgbcl@example.com").await;
+    let token = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("a back-channel logout after disable")
+        .unwrap();
+    let c = verified_logout(signer_of(&gws, &token).await, &token).await;
+    assert_eq!(c["sid"], id["sid"]);
+    // Sent once across the two gateways: nothing else arrives.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), rx.recv())
+            .await
+            .is_err(),
+        "one logout per ended session, across gateways"
     );
 }

@@ -15,6 +15,26 @@ cfg = json.loads(sys.argv[1])
 out = {}
 meta = requests.get(cfg["issuer"] + "/.well-known/openid-configuration", timeout=10).json()
 out["issuer"] = meta["issuer"]
+if "verify" in cfg:
+    # Verify ID tokens issued earlier against the JWKS as served now (key
+    # rotation): one result per token, in order.
+    jwks = JsonWebKey.import_key_set(requests.get(meta["jwks_uri"], timeout=10).json())
+    out["verified"] = []
+    for item in cfg["verify"]:
+        try:
+            claims = JsonWebToken([cfg["alg"]]).decode(
+                item["token"],
+                key=jwks,
+                claims_cls=CodeIDToken,
+                claims_options={"iss": {"essential": True, "value": meta["issuer"]}},
+                claims_params={"nonce": item["nonce"], "client_id": item["client_id"]},
+            )
+            claims.validate(leeway=120)
+            out["verified"].append({"ok": True, "kid": claims.header.get("kid"), "sub": claims["sub"]})
+        except Exception as e:  # a refused token: its reason
+            out["verified"].append({"ok": False, "error": repr(e)})
+    print(json.dumps(out))
+    sys.exit(0)
 session = OAuth2Session(
     cfg["client_id"],
     cfg["client_secret"],
@@ -42,7 +62,12 @@ claims = JsonWebToken([cfg["alg"]]).decode(
     key=jwks,
     claims_cls=CodeIDToken,
     claims_options={"iss": {"essential": True, "value": meta["issuer"]}},
-    claims_params={"nonce": nonce, "client_id": cfg["client_id"]},
+    # With the access token, authlib also checks the ID token's at_hash.
+    claims_params={
+        "nonce": nonce,
+        "client_id": cfg["client_id"],
+        "access_token": token["access_token"],
+    },
 )
 claims.validate(leeway=120)
 out["claims"] = dict(claims)
