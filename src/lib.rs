@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod executor;
+pub mod federation;
 pub mod fsutil;
 pub mod http;
 pub mod logging;

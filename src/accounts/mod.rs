@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod apikeys;
 pub mod email;
+pub mod federation;
 pub mod passkeys;
 pub mod password;
 pub mod profile;

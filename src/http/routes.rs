@@ -52,6 +52,9 @@ impl AuthService {
         if path == "/auth/ui" || path.starts_with("/auth/ui/") {
             return self.portal(req).await;
         }
+        if let Some(r) = self.federation_route(req).await {
+            return r;
+        }
         let browser = self.cfg().browser.enabled;
         let m = &req.method;
         match path {

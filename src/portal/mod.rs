@@ -25,7 +25,7 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
 pub use pages::{
-    ConfirmPage, ForgotPage, LoginPage, LogoutPage, MfaPage, Notice, PasskeyRow, ReauthPage,
+    ConfirmPage, ForgotPage, IdentityRow, LoginPage, ProviderButton, LogoutPage, MfaPage, Notice, PasskeyRow, ReauthPage,
     RegisterPage, ResetPage, SessionRow, SessionsNotice, SessionsPage, Time, VerifyPage,
 };
 

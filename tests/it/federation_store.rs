@@ -275,4 +275,334 @@ fn sled() -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
 }
 
 federation_conformance!(sled_backend, sled());
-federation_conformance!(pg_backend, crate::store::pg().await);
+/// A PostgreSQL store on a database of its own in the test cluster.
+async fn pg() -> Option<(Arc<dyn Store>, ())> {
+    crate::store::pg().await
+}
+
+federation_conformance!(pg_backend, pg().await);
+
+// ----- the account rules of a federated sign-in (accounts::federation),
+// on the real account service over a sled store, with the provider's
+// verified identity given directly (the protocol is tests/it/federation.rs).
+
+mod rules {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use portcullis::accounts::{AccountError, AuthService, Client, Login};
+    use portcullis::clock::ManualClock;
+    use portcullis::config::{Config, IdentityProvider};
+    use portcullis::federation::VerifiedIdentity;
+    use portcullis::store::{Store, Totp, User};
+    use uuid::Uuid;
+
+    struct Fixture {
+        svc: AuthService,
+        clock: Arc<ManualClock>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture(provider_extra: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[server]\ndata_dir = \"{}\"\n[[identity_providers]]\nid = \"corp\"\nkind = \"oidc\"\nissuer = \"https://idp.example.com\"\nclient_id = \"portcullis\"\nclient_secret_env = \"FED_TEST_SECRET\"\n{provider_extra}\n",
+            dir.path().display()
+        );
+        let cfg = Config::from_toml(
+            &text,
+            &|k| (k == "FED_TEST_SECRET").then(|| "s".to_string()),
+            Path::new("."),
+        )
+        .unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            portcullis::store::sled_store::SledStore::open(&dir.path().join("db")).unwrap(),
+        );
+        let clock = Arc::new(ManualClock::new(1_700_000_000));
+        let svc = AuthService::new(Arc::new(cfg), store, clock.clone()).unwrap();
+        Fixture {
+            svc,
+            clock,
+            _dir: dir,
+        }
+    }
+
+    fn provider(f: &Fixture) -> IdentityProvider {
+        f.svc.identity_provider("corp").unwrap()
+    }
+
+    fn client() -> Client {
+        Client {
+            ip: "127.0.0.1".parse().unwrap(),
+            user_agent: "test".into(),
+            request_id: "r".into(),
+        }
+    }
+
+    fn identity(sub: &str, email: Option<&str>, verified: bool) -> VerifiedIdentity {
+        VerifiedIdentity {
+            provider: "corp".into(),
+            subject: sub.into(),
+            email: email.map(String::from),
+            email_verified: verified,
+            roles: vec![],
+            amr: vec![],
+            sid: Some("sid-1".into()),
+        }
+    }
+
+    /// The refusal's code (`account_exists`, …).
+    fn refused(r: Result<Login, AccountError>) -> String {
+        match r {
+            Err(AccountError::Invalid(m)) => m["identity"][0].clone(),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn signed(r: Result<Login, AccountError>) -> Box<portcullis::accounts::Signed> {
+        match r {
+            Ok(Login::Signed(s)) => s,
+            other => panic!("expected tokens, got {other:?}"),
+        }
+    }
+
+    async fn local_user(f: &Fixture, email: &str, verified: bool) -> User {
+        let u = User {
+            email_verified: verified,
+            ..User::new(Uuid::new_v4(), email, "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA", 1)
+        };
+        f.svc.store.create_user(u.clone(), None).await.unwrap();
+        u
+    }
+
+    /// A first sign-in makes an account with no password, linked; the
+    /// next one signs in to the same account; tokens carry amr ["fed"]
+    /// and the session remembers the provider's sid.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_first_sign_in_makes_a_linked_account_and_the_next_reuses_it() {
+        let f = fixture("");
+        let p = provider(&f);
+        let a = signed(
+            f.svc
+                .federated_sign_in(&p, identity("s1", Some("New@Example.com"), true), &client())
+                .await,
+        );
+        assert_eq!(a.user.email, "New@example.com", "the local part keeps its case");
+        assert!(a.user.email_verified);
+        assert!(a.user.password_hash.is_empty());
+        let claims = f.svc.tokens.verify(&a.access_token).unwrap();
+        assert_eq!(claims.amr, ["fed"]);
+        let b = signed(
+            f.svc
+                .federated_sign_in(&p, identity("s1", Some("changed@example.com"), true), &client())
+                .await,
+        );
+        assert_eq!(b.user.id, a.user.id);
+        let sessions = f.svc.store.list_sessions(a.user.id).await.unwrap();
+        assert_eq!(sessions.len(), 2);
+        assert!(sessions.iter().all(|s| s
+            .federation
+            .as_ref()
+            .is_some_and(|x| x.provider == "corp" && x.sid.as_deref() == Some("sid-1"))));
+        // No password works for it.
+        let login = f
+            .svc
+            .login(
+                portcullis::accounts::Credentials {
+                    email: "New@example.com".into(),
+                    password: String::new(),
+                    device: None,
+                },
+                &client(),
+            )
+            .await;
+        assert!(matches!(login, Err(AccountError::WrongCredentials)), "{login:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sign_up_off_refuses_a_new_identity() {
+        let f = fixture("allow_signup = false");
+        let p = provider(&f);
+        let r = f
+            .svc
+            .federated_sign_in(&p, identity("s1", Some("x@example.com"), true), &client())
+            .await;
+        assert_eq!(refused(r), "signup_disabled");
+        assert_eq!(f.svc.store.find_user_by_email("x@example.com").await.unwrap(), None);
+    }
+
+    /// Linking by email: off → account_exists; on → only when both the
+    /// provider and the local account vouch for the email.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn linking_by_email_needs_both_sides_verified() {
+        let off = fixture("");
+        local_user(&off, "taken@example.com", true).await;
+        let r = off
+            .svc
+            .federated_sign_in(&provider(&off), identity("s1", Some("taken@example.com"), true), &client())
+            .await;
+        assert_eq!(refused(r), "account_exists");
+
+        let on = fixture("link_by_email = true");
+        let p = provider(&on);
+        let unverified_local = local_user(&on, "local-unverified@example.com", false).await;
+        let r = on
+            .svc
+            .federated_sign_in(&p, identity("s2", Some("local-unverified@example.com"), true), &client())
+            .await;
+        assert_eq!(refused(r), "email_not_verified");
+        let verified_local = local_user(&on, "both@example.com", true).await;
+        let r = on
+            .svc
+            .federated_sign_in(&p, identity("s3", Some("both@example.com"), false), &client())
+            .await;
+        assert_eq!(refused(r), "email_not_verified", "the provider did not vouch");
+        let s = signed(
+            on.svc
+                .federated_sign_in(&p, identity("s4", Some("both@example.com"), true), &client())
+                .await,
+        );
+        assert_eq!(s.user.id, verified_local.id);
+        assert_eq!(
+            on.svc.store.find_identity("corp", "s4").await.unwrap().unwrap().user_id,
+            verified_local.id
+        );
+        assert!(on.svc.store.list_identities(unverified_local.id).await.unwrap().is_empty());
+    }
+
+    /// Roles follow role_map at every sign-in; unmapped values and the
+    /// gateway's own roles are left alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn roles_are_mapped_and_refreshed_at_every_sign_in() {
+        let f = fixture("roles_claim = \"groups\"\nrole_map = { admins = \"admin\", ops = \"operator\" }");
+        let p = provider(&f);
+        let mut id = identity("s1", Some("r@example.com"), true);
+        id.roles = vec!["admin".into(), "operator".into()];
+        let s = signed(f.svc.federated_sign_in(&p, id.clone(), &client()).await);
+        let mut roles = s.user.roles.clone();
+        roles.sort();
+        assert_eq!(roles, ["admin", "operator"]);
+        f.svc
+            .change_user(s.user.id, portcullis::store::UserChange::AddRole("local".into()), None)
+            .await
+            .unwrap();
+        id.roles = vec!["operator".into()];
+        let s = signed(f.svc.federated_sign_in(&p, id, &client()).await);
+        let mut roles = s.user.roles.clone();
+        roles.sort();
+        assert_eq!(roles, ["local", "operator"]);
+        let claims = f.svc.tokens.verify(&s.access_token).unwrap();
+        assert!(!claims.roles.contains(&"admin".to_string()));
+    }
+
+    /// A local TOTP and the provider's MFA: trusted → tokens with "mfa";
+    /// not trusted → the TOTP step.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trust_mfa_decides_between_the_providers_factor_and_totp() {
+        for (trust, expect_challenge) in [(true, false), (false, true)] {
+            let f = fixture(&format!("trust_mfa = {trust}"));
+            let p = provider(&f);
+            let mut id = identity("s1", Some("m@example.com"), true);
+            id.amr = vec!["pwd".into(), "mfa".into()];
+            let first = signed(f.svc.federated_sign_in(&p, id.clone(), &client()).await);
+            let claims = f.svc.tokens.verify(&first.access_token).unwrap();
+            if trust {
+                assert_eq!(claims.amr, ["fed", "mfa"]);
+            } else {
+                assert_eq!(claims.amr, ["fed"]);
+            }
+            // The account turns TOTP on.
+            let mut u = first.user.clone();
+            u.totp = Some(Totp {
+                secret: "sealed".into(),
+                confirmed: true,
+                last_step: 0,
+            });
+            f.svc
+                .store
+                .import(vec![portcullis::store::Record::User(u)])
+                .await
+                .unwrap();
+            let r = f.svc.federated_sign_in(&p, id, &client()).await;
+            assert_eq!(
+                matches!(r, Ok(Login::MfaChallenge { .. })),
+                expect_challenge,
+                "trust_mfa = {trust}: {r:?}"
+            );
+        }
+    }
+
+    /// The login_code of code mode works once, and not after 60 s.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_login_code_works_once_and_expires() {
+        let f = fixture("");
+        let grant = |id: Uuid| portcullis::federation::LoginGrant {
+            id,
+            user_id: Uuid::nil(),
+            provider: "corp".into(),
+            amr: vec!["fed".into()],
+            provider_sid: None,
+            provider_sub: Some("s1".into()),
+            needs_totp: false,
+            expires_at: 1_700_000_000 + 60,
+        };
+        // A real user behind it.
+        let s = signed(
+            f.svc
+                .federated_sign_in(&provider(&f), identity("s1", Some("c@example.com"), true), &client())
+                .await,
+        );
+        let g = portcullis::federation::LoginGrant {
+            user_id: s.user.id,
+            ..grant(Uuid::new_v4())
+        };
+        let code = f.svc.fed_sealer.seal("login_code", &g);
+        assert!(matches!(
+            f.svc.exchange_login_code(&code, &client()).await,
+            Ok(Login::Signed(_))
+        ));
+        assert!(matches!(
+            f.svc.exchange_login_code(&code, &client()).await,
+            Err(AccountError::BadSessionToken)
+        ));
+        // Forged (another key) and expired codes.
+        let forged = portcullis::federation::Sealer::new([9; 32]).seal("login_code", &g);
+        assert!(f.svc.exchange_login_code(&forged, &client()).await.is_err());
+        let late = portcullis::federation::LoginGrant {
+            user_id: s.user.id,
+            ..grant(Uuid::new_v4())
+        };
+        let code = f.svc.fed_sealer.seal("login_code", &late);
+        f.clock.advance(60);
+        assert!(matches!(
+            f.svc.exchange_login_code(&code, &client()).await,
+            Err(AccountError::BadSessionToken)
+        ));
+    }
+}
+
+/// Every key of `[[identity_providers]]` (the file model in
+/// src/config/providers.rs) is in docs/configuration.md, and the README
+/// has the section the issue asks for.
+#[test]
+fn every_identity_provider_key_is_documented() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = std::fs::read_to_string(root.join("src/config/providers.rs")).unwrap();
+    let doc = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+    let start = src.find("pub struct IdentityProviderFile {").unwrap();
+    let body = &src[start..start + src[start..].find("\n}").unwrap()];
+    let keys: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub "))
+        .filter_map(|l| l.split(':').next())
+        .filter(|k| !k.contains(' '))
+        .collect();
+    assert!(keys.len() >= 20, "{keys:?}");
+    for k in keys {
+        let needle = format!("`[[identity_providers]] {k}`");
+        assert!(doc.contains(&needle), "docs/configuration.md lacks {needle}");
+    }
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(readme.contains("## Sign in with Google, GitHub or your company's IdP"));
+    assert!(readme.contains("https://api.github.com/user"));
+}

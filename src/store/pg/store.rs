@@ -61,6 +61,7 @@ impl Store for PgStore {
         self.op_unlink_identity(user_id, provider.to_string()).await
     }
 
+    async fn create_session(
         &self,
         session: SessionRecord,
         expect_password_version: u64,

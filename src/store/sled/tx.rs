@@ -214,7 +214,7 @@ impl<'a> Tx<'a> {
             }
             Record::Mail(m) => self.put_json(T::Outbox, m.id.as_bytes().to_vec(), &m),
             Record::Identity(l) => {
-                let key = identities::identity_key(&l.provider, &l.subject);
+                let key = crate::store::identities::identity_key(&l.provider, &l.subject);
                 if let Some(old) = self.get_json::<LinkedIdentity>(T::Identities, &key)? {
                     self.remove(T::UserIdentities, user_identity_key(&old.user_id, &old.provider));
                 }
