@@ -11,12 +11,12 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::password::Hasher;
-use super::rng::{Entropy, OsEntropy};
 use super::throttle::Throttle;
 use super::{apikeys, passkeys, totp as mfa};
 use crate::browser;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::entropy::{Entropy, OsEntropy};
 use crate::metrics::Metrics;
 use crate::store::{self, Sessions, Stamp, Store, StoreError, User, UserChange};
 use crate::tokens::jwt::TokenService;
@@ -296,6 +296,8 @@ impl AuthService {
 
     /// Draw tokens, ids and codes from `entropy` (tests fix it).
     pub fn with_entropy(mut self, entropy: Arc<dyn Entropy>) -> Self {
+        self.tokens.set_entropy(entropy.clone());
+        self.hasher = self.hasher.with_entropy(entropy.clone());
         self.entropy = entropy;
         self
     }

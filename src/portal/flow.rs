@@ -24,18 +24,19 @@ use uuid::Uuid;
 use crate::accounts::passkeys::{ceremony_id, field, passkey_name};
 use crate::accounts::AuthService;
 use crate::accounts::Signed;
-use crate::accounts::{AccountError, Client, Login, NewAccount, NewPassword, Reauth, SignOut};
+use crate::accounts::{AccountError, Login, NewAccount, NewPassword, Reauth, SignOut};
 use crate::browser::{self, CookieIdentity};
 use crate::config::Config;
+use crate::entropy::Entropy;
 use crate::error::ApiError;
-use crate::http::api::{ApiRequest, ApiResponse};
-use crate::portal::{self, Frame, View};
+use crate::http::api::ApiResponse;
+use crate::portal::{self, Frame, PortalRequest, View};
 
 type ApiResult = Result<ApiResponse, ApiError>;
 
 /// One portal request: its config, form fields and CSRF token.
 struct Page<'a> {
-    req: &'a ApiRequest,
+    req: &'a PortalRequest<'a>,
     cfg: Arc<Config>,
     /// The request's CSRF cookie, or a new token to set.
     csrf: String,
@@ -46,23 +47,13 @@ struct Page<'a> {
 }
 
 impl<'a> Page<'a> {
-    fn new(req: &'a ApiRequest, cfg: Arc<Config>) -> Self {
+    fn new(req: &'a PortalRequest<'a>, cfg: Arc<Config>, entropy: &dyn Entropy) -> Self {
         let name = browser::csrf_cookie_name(&cfg.browser);
-        let (csrf, new_csrf) = match browser::cookie_value(&req.headers, &name) {
+        let (csrf, new_csrf) = match browser::cookie_value(req.headers, &name) {
             Some(c) if c.len() >= 32 => (c.to_string(), false),
-            _ => (browser::new_csrf_token(), true),
+            _ => (browser::new_csrf_token(entropy), true),
         };
-        let form = if req.method == Method::POST
-            && req
-                .header("content-type")
-                .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"))
-        {
-            url::form_urlencoded::parse(&req.body)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect()
-        } else {
-            vec![]
-        };
+        let form = req.form();
         Page {
             req,
             cfg,
@@ -83,7 +74,7 @@ impl<'a> Page<'a> {
 
     /// `rd` from the form or the query, if it is a safe target.
     fn rd(&self) -> String {
-        let raw = if self.req.method == Method::POST {
+        let raw = if *self.req.method == Method::POST {
             self.field("rd")
         } else {
             self.req.query_param("rd").unwrap_or_default()
@@ -94,10 +85,10 @@ impl<'a> Page<'a> {
     /// A POST's Origin and double-submit token are both right.
     fn csrf_ok(&self, presented: Option<&str>) -> bool {
         let cookie = browser::cookie_value(
-            &self.req.headers,
+            self.req.headers,
             &browser::csrf_cookie_name(&self.cfg.browser),
         );
-        browser::origin_allowed_for(&self.req.headers, None, self.req.tls, &self.cfg)
+        browser::origin_allowed_for(self.req.headers, None, self.req.tls, &self.cfg)
             && browser::csrf_matches(cookie, presented)
     }
 
@@ -180,18 +171,17 @@ fn label(field: &str) -> &str {
     }
 }
 
-/// The portal request's caller, as the account service sees it.
-fn client(req: &ApiRequest) -> Client {
-    crate::http::client_of(req)
-}
-
 /// The session cookie's identity, rotating it when needed.
 async fn identity(auth: &AuthService, page: &mut Page<'_>) -> Option<CookieIdentity> {
     let req = page.req;
-    let cookie = browser::cookie_value(&req.headers, &page.cfg.browser.cookie_name)?;
-    let ua = req.user_agent();
+    let cookie = browser::cookie_value(req.headers, &page.cfg.browser.cookie_name)?;
     match auth
-        .cookie_session(cookie, req.client_ip, &ua, &req.request_id)
+        .cookie_session(
+            cookie,
+            req.client.ip,
+            &req.client.user_agent,
+            &req.client.request_id,
+        )
         .await
     {
         Ok(id) => {
@@ -214,14 +204,14 @@ async fn identity(auth: &AuthService, page: &mut Page<'_>) -> Option<CookieIdent
 
 impl AuthService {
     /// Serve `/auth/ui/*` (404 unless `browser.enabled`).
-    pub(crate) async fn portal(&self, req: &ApiRequest) -> ApiResult {
+    pub(crate) async fn portal(&self, req: &PortalRequest<'_>) -> ApiResult {
         let cfg = self.cfg();
         if !cfg.browser.enabled {
             return Err(ApiError::NotFound);
         }
-        let path = req.path.as_str();
-        let get = req.method == Method::GET || req.method == Method::HEAD;
-        let post = req.method == Method::POST;
+        let path = req.path;
+        let get = *req.method == Method::GET || *req.method == Method::HEAD;
+        let post = *req.method == Method::POST;
         match path {
             "/auth/ui/static/passkey.js" if get => {
                 return Ok(static_file(
@@ -234,7 +224,7 @@ impl AuthService {
             }
             _ => {}
         }
-        let page = Page::new(req, cfg);
+        let page = Page::new(req, cfg, &*self.entropy);
         if post && !path.starts_with("/auth/ui/passkeys/") {
             let presented = page.field("csrf");
             if !page.csrf_ok(Some(&presented)) {
@@ -323,7 +313,7 @@ impl AuthService {
             password: page.field("password"),
             device: None,
         };
-        match self.login(creds, &client(page.req)).await {
+        match self.login(creds, &page.req.client).await {
             Ok(Login::MfaChallenge { mfa_token }) => Ok(mfa_page(page, None, &mfa_token, &rd)),
             Ok(Login::Signed(signed)) => Ok(self.signed_in(page, &signed, &rd)),
             Err(e) => {
@@ -337,10 +327,7 @@ impl AuthService {
         let rd = page.rd();
         let token = page.field("mfa_token");
         let code = page.field("code");
-        match self
-            .verify_mfa(&token, code.trim(), &client(page.req))
-            .await
-        {
+        match self.verify_mfa(&token, code.trim(), &page.req.client).await {
             Ok(signed) => Ok(self.signed_in(page, &signed, &rd)),
             Err(e @ AccountError::Internal(_)) | Err(e @ AccountError::Busy { .. }) => {
                 Err(e.into())
@@ -370,7 +357,7 @@ impl AuthService {
             password_confirm: page.field("password_confirm"),
             username: Some(name.trim().to_string()).filter(|n| !n.is_empty()),
         };
-        match self.register(new, &client(page.req)).await {
+        match self.register(new, &page.req.client).await {
             Ok(_) => {
                 let verify_first = page.cfg.accounts.require_email_verification;
                 let notice = portal::Notice::AccountCreated { verify_first };
@@ -385,7 +372,7 @@ impl AuthService {
 
     async fn forgot_submit(&self, page: Page<'_>) -> ApiResult {
         let email = page.field("email");
-        match self.reset_request(&email, &client(page.req)).await {
+        match self.reset_request(&email, &page.req.client).await {
             Ok(_) => Ok(notice_page(page, 202, None, portal::Notice::ResetLinkSent)),
             Err(e) => {
                 let (status, text) = shown(e.into())?;
@@ -400,7 +387,7 @@ impl AuthService {
             password: page.field("new_password"),
             confirm: page.field("new_password_confirm"),
         };
-        match self.reset_confirm(&token, new, &client(page.req)).await {
+        match self.reset_confirm(&token, new, &page.req.client).await {
             Ok(_) => Ok(notice_page(
                 page,
                 200,
@@ -416,7 +403,7 @@ impl AuthService {
 
     async fn verify_submit(&self, page: Page<'_>) -> ApiResult {
         let token = page.field("token");
-        match self.verify_email(&token, &client(page.req)).await {
+        match self.verify_email(&token, &page.req.client).await {
             Ok(_) => Ok(notice_page(page, 200, None, portal::Notice::EmailVerified)),
             Err(e @ AccountError::Internal(_)) | Err(e @ AccountError::Busy { .. }) => {
                 Err(e.into())
@@ -433,11 +420,11 @@ impl AuthService {
 
     async fn logout_submit(&self, mut page: Page<'_>) -> ApiResult {
         let everywhere = page.field("everywhere") == "1";
-        let cookie = browser::cookie_value(&page.req.headers, &page.cfg.browser.cookie_name)
+        let cookie = browser::cookie_value(page.req.headers, &page.cfg.browser.cookie_name)
             .map(str::to_string);
         let id = identity(self, &mut page).await;
         if let Some(cookie) = &cookie {
-            let caller = client(page.req);
+            let caller = page.req.client.clone();
             match &id {
                 Some(id) if everywhere => self.logout_all(&id.claims, &caller).await?,
                 _ => {
@@ -543,7 +530,7 @@ impl AuthService {
             return Ok(page.see_other(&browser::login_location("/auth/ui/sessions")));
         };
         let sid = page.field("id");
-        match self.end_session(&id.claims, &sid, &client(page.req)).await {
+        match self.end_session(&id.claims, &sid, &page.req.client).await {
             Ok(_) | Err(AccountError::NotFound) => {
                 Ok(page.see_other("/auth/ui/sessions?notice=session-ended"))
             }
@@ -623,7 +610,7 @@ impl AuthService {
             password: Some(page.field("password")),
             code: Some(code.trim().to_string()).filter(|c| !c.is_empty()),
         };
-        match self.reauth(&id.claims, proof, &client(page.req)).await {
+        match self.reauth(&id.claims, proof, &page.req.client).await {
             Ok(signed) => Ok(self.signed_in(page, &signed, "/auth/ui/sessions?notice=reauthed")),
             Err(e) => {
                 let (status, text) = shown(e.into())?;
@@ -643,9 +630,9 @@ impl AuthService {
         let body = if page.req.body.is_empty() {
             json!({})
         } else {
-            crate::http::body::json_value(page.req)?
+            crate::http::body::json_object(page.req.header("content-type"), page.req.body)?
         };
-        let resp = match page.req.path.as_str() {
+        let resp = match page.req.path {
             "/auth/ui/passkeys/register/start" | "/auth/ui/passkeys/register/finish" => {
                 let Some(id) = self.require_identity(&mut page).await else {
                     return Err(ApiError::Unauthorized);
@@ -660,7 +647,7 @@ impl AuthService {
                     let ceremony = ceremony_id(&body)?;
                     let credential = field(&body, "credential")?;
                     let name = passkey_name(body.get("name").and_then(Value::as_str));
-                    let caller = client(page.req);
+                    let caller = page.req.client.clone();
                     let added = self
                         .passkey_register_finish(user, &ceremony, credential, name, &caller)
                         .await?;
@@ -680,7 +667,7 @@ impl AuthService {
                     .unwrap_or_else(|| "/".into());
                 let ceremony = ceremony_id(&body)?;
                 let credential = field(&body, "credential")?;
-                let caller = client(page.req);
+                let caller = page.req.client.clone();
                 let signed = self
                     .passkey_login_finish(&ceremony, credential, &caller)
                     .await?;

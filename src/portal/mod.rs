@@ -15,6 +15,7 @@
 
 pub mod flow;
 mod pages;
+mod request;
 #[cfg(test)]
 mod tests;
 
@@ -28,6 +29,7 @@ pub use pages::{
     ConfirmPage, ForgotPage, IdentityRow, LoginPage, ProviderButton, LogoutPage, MfaPage, Notice, PasskeyRow, ReauthPage,
     RegisterPage, ResetPage, SessionRow, SessionsNotice, SessionsPage, Time, VerifyPage,
 };
+pub use request::PortalRequest;
 
 /// The portal pages' Content-Security-Policy: nothing inline.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
