@@ -14,6 +14,7 @@ mod docs;
 mod documented;
 mod durability;
 mod email;
+mod federation;
 mod key_rotation;
 mod limits;
 mod mfa;
