@@ -19,8 +19,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use http::{HeaderMap, HeaderValue, Method};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
@@ -400,8 +398,8 @@ pub fn csrf_cookie(b: &BrowserConfig, value: &str) -> String {
 }
 
 /// A fresh CSRF token (256 bits, base64url).
-pub fn new_csrf_token() -> String {
-    URL_SAFE_NO_PAD.encode(crate::tokens::keys::random_bytes(32))
+pub fn new_csrf_token(entropy: &dyn crate::entropy::Entropy) -> String {
+    entropy.token(32)
 }
 
 /// Does the form's token equal the cookie's? Constant-time.
@@ -639,7 +637,7 @@ mod tests {
 
     #[test]
     fn csrf_compare() {
-        let t = new_csrf_token();
+        let t = new_csrf_token(&crate::entropy::OsEntropy);
         assert!(csrf_matches(Some(&t), Some(&t)));
         assert!(!csrf_matches(Some(&t), Some("x")));
         assert!(!csrf_matches(None, Some(&t)));

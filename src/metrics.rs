@@ -65,6 +65,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Proxied requests refused 403 by a route rule (CONTRACT 8.4).
     route_denials: IntCounterVec,
+    /// `portcullis_federated_logins_total{provider,outcome}` (CONTRACT 8.1).
+    federated_logins: IntCounterVec,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -238,6 +240,12 @@ impl Metrics {
         for rule in ROUTE_DENIAL_RULES {
             route_denials.with_label_values(&[rule]);
         }
+        let federated_logins = counter_vec(
+            &r,
+            "portcullis_federated_logins_total",
+            "Sign-ins with an outside provider, by provider and outcome.",
+            &["provider", "outcome"],
+        );
         let emails = counter_vec(
             &r,
             "portcullis_emails_total",
@@ -322,6 +330,7 @@ impl Metrics {
             hash_queue_rejected,
             swept,
             route_denials,
+            federated_logins,
         };
         m.swept(&crate::store::SweepReport::default());
         m
@@ -349,6 +358,14 @@ impl Metrics {
     /// Count a 403 of a proxied request under the rule that decided it.
     pub fn route_denial(&self, rule: &str) {
         self.route_denials.with_label_values(&[rule]).inc();
+    }
+
+    /// Count one federated sign-in step's outcome (`success`,
+    /// `mfa_required`, `linked`, or the error code shown).
+    pub fn federated_login(&self, provider: &str, outcome: &str) {
+        self.federated_logins
+            .with_label_values(&[provider, outcome])
+            .inc();
     }
 
     /// Count one email delivery attempt (`outcome`: sent, retry, failed).

@@ -1,8 +1,9 @@
 //! The OpenAPI 3.1 document served at `GET /auth/openapi.json`.
 //!
 //! Every endpoint the auth handlers route is listed here, once, as an
-//! annotated stub function: the handlers take a transport-neutral
-//! [`crate::http::api::ApiRequest`], so the annotations cannot sit on them. The
+//! annotated stub function: the handlers take the JSON front door's
+//! transport-neutral request type (`crate::http::api`), so the annotations
+//! cannot sit on them. The
 //! schemas are derived from the wire types in [`crate::wire`] that the
 //! handlers serialize and parse. Responses every operation can give (malformed input,
 //! throttling, an oversized body, a busy store) are added to each operation

@@ -12,12 +12,12 @@
 pub mod admin;
 pub mod apikeys;
 pub mod email;
+pub mod federation;
 pub mod passkeys;
 pub mod password;
 pub mod profile;
 pub mod reauth;
 pub mod recovery;
-pub mod rng;
 pub mod second_factor;
 pub mod service;
 pub mod signin;
@@ -34,9 +34,9 @@ use crate::store::{StoreError, User};
 use crate::tokens::AccessClaims;
 use throttle::Reservation;
 
+pub use crate::entropy::{Entropy, FixedEntropy, OsEntropy};
 pub use profile::SessionInfo;
 pub use reauth::Reauth;
-pub use rng::{Entropy, FixedEntropy, OsEntropy};
 pub use second_factor::Enrollment;
 pub use service::AuthService;
 pub use signin::SignOut;

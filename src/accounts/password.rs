@@ -62,6 +62,8 @@ pub struct Hasher {
     /// Requests refused because the queue was full.
     rejected: IntCounter,
     stats: Arc<HashStats>,
+    /// Where salts come from (fixed in tests).
+    entropy: Arc<dyn crate::entropy::Entropy>,
 }
 
 /// What the hasher has done, for tests and benchmarks: argon2 runs by
@@ -155,7 +157,13 @@ impl Hasher {
             blocks: params.block_count(),
             keep: permits,
         });
-        let dummy = hash_blocking(&params, &crate::tokens::jwt::opaque_token(16), &memory)?;
+        let entropy: Arc<dyn crate::entropy::Entropy> = Arc::new(crate::entropy::OsEntropy);
+        let dummy = hash_blocking(
+            &params,
+            &crate::tokens::jwt::opaque_token(16),
+            &salt(&*entropy)?,
+            &memory,
+        )?;
         Ok(Self {
             params,
             permits: Arc::new(Semaphore::new(permits)),
@@ -165,6 +173,7 @@ impl Hasher {
             dummy: Arc::new(dummy),
             rejected: IntCounter::new("hash_queue_rejected", "detached").map_err(argon2_err)?,
             stats: Arc::default(),
+            entropy,
         })
     }
 
@@ -197,14 +206,23 @@ impl Hasher {
             .map_err(|_| HashError::Join)
     }
 
+    /// Draw salts from `entropy` (tests fix it).
+    pub fn with_entropy(mut self, entropy: Arc<dyn crate::entropy::Entropy>) -> Self {
+        self.entropy = entropy;
+        self
+    }
+
     pub async fn hash(&self, password: &str) -> Result<String, HashError> {
         let _permit = self.permit().await?;
         let params = self.params.clone();
         let memory = self.memory.clone();
         let pw = password.to_string();
         let stats = self.stats.clone();
+        let salt = salt(&*self.entropy)?;
         tokio::task::spawn_blocking(move || {
-            stats.run(&stats.hashes, || hash_blocking(&params, &pw, &memory))
+            stats.run(&stats.hashes, || {
+                hash_blocking(&params, &pw, &salt, &memory)
+            })
         })
         .await
         .map_err(|_| HashError::Join)?
@@ -216,13 +234,22 @@ impl Hasher {
         let _permit = self.permit().await?;
         let memory = self.memory.clone();
         let pw = password.to_string();
-        let hash = hash.to_string();
+        // An account without a password (made by a federated sign-in,
+        // CONTRACT 8.1) stores "": no password is right for it, and
+        // finding that out takes as long as for any other account.
+        let never = hash.is_empty();
+        let hash = if never {
+            self.dummy.to_string()
+        } else {
+            hash.to_string()
+        };
         let stats = self.stats.clone();
-        tokio::task::spawn_blocking(move || {
+        let ok = tokio::task::spawn_blocking(move || {
             stats.run(&stats.verifies, || verify_blocking(&pw, &hash, &memory))
         })
         .await
-        .map_err(|_| HashError::Join)?
+        .map_err(|_| HashError::Join)??;
+        Ok(ok && !never)
     }
 
     /// Spend one verify on the dummy hash (unknown accounts), so their
@@ -257,15 +284,20 @@ fn compute(
     r.map_err(argon2_err)
 }
 
+/// A fresh 16-byte salt (argon2's recommended length).
+fn salt(entropy: &dyn crate::entropy::Entropy) -> Result<SaltString, HashError> {
+    SaltString::encode_b64(&entropy.bytes(16)).map_err(argon2_err)
+}
+
 /// A PHC string (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`), as argon2's
 /// `PasswordHasher` writes it.
 fn hash_blocking(
     params: &Params,
     password: &str,
+    salt: &SaltString,
     memory: &MemoryPool,
 ) -> Result<String, HashError> {
-    let salt_string = SaltString::generate(&mut rand::rngs::OsRng);
-    let salt = salt_string.as_salt();
+    let salt = salt.as_salt();
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     let len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
     let output = Output::init_with(len, |out| {
@@ -362,6 +394,22 @@ mod tests {
         assert!(ok >= 3, "{ok} ran");
         assert!(busy >= 1 && ok + busy == 8, "{ok} ran, {busy} refused");
         assert_eq!(h.queued.load(Ordering::SeqCst), 0, "slots are given back");
+    }
+
+    #[tokio::test]
+    async fn salts_come_from_the_injected_entropy() {
+        use crate::entropy::FixedEntropy;
+        let fixed = |seed| {
+            Hasher::new(&small())
+                .unwrap()
+                .with_entropy(Arc::new(FixedEntropy::new(seed)))
+        };
+        let (a, b) = (fixed(1), fixed(1));
+        let first = a.hash("correct horse").await.unwrap();
+        assert_eq!(first, b.hash("correct horse").await.unwrap());
+        assert_ne!(first, fixed(2).hash("correct horse").await.unwrap());
+        assert_ne!(first, a.hash("correct horse").await.unwrap());
+        assert!(a.verify("correct horse", &first).await.unwrap());
     }
 
     #[tokio::test]

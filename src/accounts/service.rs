@@ -11,12 +11,12 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::password::Hasher;
-use super::rng::{Entropy, OsEntropy};
 use super::throttle::Throttle;
 use super::{apikeys, passkeys, totp as mfa};
 use crate::browser;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::entropy::{Entropy, OsEntropy};
 use crate::metrics::Metrics;
 use crate::store::{self, Sessions, Stamp, Store, StoreError, User, UserChange};
 use crate::tokens::jwt::TokenService;
@@ -62,6 +62,10 @@ pub struct AuthService {
     pub ceremonies: passkeys::Ceremonies,
     /// Where tokens, ids and codes come from (fixed in tests).
     pub entropy: Arc<dyn Entropy>,
+    /// Outside providers' protocol client (CONTRACT 8.1).
+    pub federation: crate::federation::Federation,
+    /// Seals the state of a sign-in at a provider and its `login_code`.
+    pub fed_sealer: crate::federation::Sealer,
 }
 
 impl AuthService {
@@ -157,6 +161,8 @@ impl AuthService {
         let hasher = Hasher::new(&cfg.passwords)
             .map_err(|e| e.to_string())?
             .count_rejections_in(metrics.hash_queue_rejected.clone());
+        let federation = crate::federation::Federation::new(clock.clone());
+        let fed_sealer = crate::federation::Sealer::new(refresh.derive(b"federation state v1"));
         Ok(Self {
             live_cfg: ArcSwap::new(cfg),
             store,
@@ -176,6 +182,8 @@ impl AuthService {
             cookies: browser::CookieSessions::default(),
             ceremonies: passkeys::Ceremonies::default(),
             entropy: Arc::new(OsEntropy),
+            federation,
+            fed_sealer,
         })
     }
 
@@ -288,6 +296,8 @@ impl AuthService {
 
     /// Draw tokens, ids and codes from `entropy` (tests fix it).
     pub fn with_entropy(mut self, entropy: Arc<dyn Entropy>) -> Self {
+        self.tokens.set_entropy(entropy.clone());
+        self.hasher = self.hasher.with_entropy(entropy.clone());
         self.entropy = entropy;
         self
     }

@@ -108,7 +108,7 @@ impl AuthService {
     }
 
     /// Issue the one-time token of a sign-in whose password was right.
-    async fn mfa_challenge(&self, user: &User) -> AccountResult<String> {
+    pub(super) async fn mfa_challenge(&self, user: &User) -> AccountResult<String> {
         let token = self.entropy.token(32);
         let rec = OneTimeToken {
             kind: OneTimeKind::MfaLogin,
@@ -149,6 +149,17 @@ impl AuthService {
         client: &Client,
         amr: &[&str],
     ) -> AccountResult<Signed> {
+        self.start_session_with(user, client, amr, None).await
+    }
+
+    /// [`Self::start_session`], recording the outside sign-in it came from.
+    pub async fn start_session_with(
+        &self,
+        user: &User,
+        client: &Client,
+        amr: &[&str],
+        federation: Option<crate::store::FederatedSession>,
+    ) -> AccountResult<Signed> {
         let now = self.clock.now();
         let session = SessionRecord {
             id: self.entropy.uuid(),
@@ -165,6 +176,7 @@ impl AuthService {
             // A sign-in: what every later access token of this session
             // carries as `auth_time`, refresh after refresh.
             auth_time: Some(now),
+            federation,
         };
         let current = self
             .store

@@ -19,6 +19,7 @@ pub struct FileConfig {
     pub storage: StorageFile,
     pub browser: BrowserFile,
     pub routes: Option<Vec<RouteFile>>,
+    pub identity_providers: Vec<super::providers::IdentityProviderFile>,
 }
 
 #[derive(Debug, Deserialize)]

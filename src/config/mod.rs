@@ -4,6 +4,7 @@
 //! all at once; a config that has any problem never starts a gateway.
 
 mod file;
+mod providers;
 mod routes;
 mod schedule;
 mod validate;
@@ -18,6 +19,7 @@ use ipnet::IpNet;
 
 use file::FileConfig;
 pub use routes::{method_allowed, normalize_host, HostPattern, RouteTable};
+pub use providers::{provider_url_ok, valid_provider_id, IdentityProvider, ProviderKind};
 pub use schedule::Schedule;
 pub use warnings::{warn_if_links_are_logged, warnings};
 
@@ -50,6 +52,8 @@ pub struct Config {
     /// `PORTCULLIS_DATABASE_URL` say otherwise).
     pub storage: Storage,
     pub browser: BrowserConfig,
+    /// `[[identity_providers]]` (CONTRACT 8.1), in file order.
+    pub identity_providers: Vec<IdentityProvider>,
 }
 
 /// `[browser]`: cookie sessions and the portal (see `browser`).

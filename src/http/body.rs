@@ -17,15 +17,21 @@ use crate::wire::Field;
 
 /// Parse a JSON request body: right content type, valid UTF-8 JSON object.
 pub fn json_value(req: &ApiRequest) -> Result<serde_json::Value, ApiError> {
-    let ct = req.header("content-type").unwrap_or("");
+    json_object(req.header("content-type"), &req.body)
+}
+
+/// A body that must be a JSON object, given its `Content-Type`: 415 for
+/// another type, 400 for an empty body, bad JSON or a non-object.
+pub fn json_object(content_type: Option<&str>, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    let ct = content_type.unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case("application/json") {
         return Err(ApiError::UnsupportedMediaType);
     }
-    if req.body.is_empty() {
+    if body.is_empty() {
         return Err(ApiError::BadRequest("The request body is empty."));
     }
-    let v: serde_json::Value = serde_json::from_slice(&req.body)
+    let v: serde_json::Value = serde_json::from_slice(body)
         .map_err(|_| ApiError::BadRequest("The request body is not valid JSON."))?;
     if !v.is_object() {
         return Err(ApiError::BadRequest("The body must be a JSON object."));

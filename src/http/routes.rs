@@ -50,7 +50,10 @@ impl AuthService {
                 .await?;
         }
         if path == "/auth/ui" || path.starts_with("/auth/ui/") {
-            return self.portal(req).await;
+            return self.portal(&portal_view(req)).await;
+        }
+        if let Some(r) = self.federation_route(req).await {
+            return r;
         }
         let browser = self.cfg().browser.enabled;
         let m = &req.method;
@@ -146,4 +149,17 @@ fn event_for_path(path: &str) -> Option<&'static str> {
         "/auth/email/verify" => "email_verify",
         _ => return None,
     })
+}
+
+/// The portal's view of a request to `/auth/ui/*`.
+fn portal_view(req: &ApiRequest) -> crate::portal::PortalRequest<'_> {
+    crate::portal::PortalRequest {
+        method: &req.method,
+        path: &req.path,
+        query: req.query.as_deref(),
+        headers: &req.headers,
+        body: &req.body,
+        client: client_of(req),
+        tls: req.tls,
+    }
 }

@@ -24,18 +24,19 @@ use uuid::Uuid;
 use crate::accounts::passkeys::{ceremony_id, field, passkey_name};
 use crate::accounts::AuthService;
 use crate::accounts::Signed;
-use crate::accounts::{AccountError, Client, Login, NewAccount, NewPassword, Reauth, SignOut};
+use crate::accounts::{AccountError, Login, NewAccount, NewPassword, Reauth, SignOut};
 use crate::browser::{self, CookieIdentity};
 use crate::config::Config;
+use crate::entropy::Entropy;
 use crate::error::ApiError;
-use crate::http::api::{ApiRequest, ApiResponse};
-use crate::portal::{self, Frame, View};
+use crate::http::api::ApiResponse;
+use crate::portal::{self, Frame, PortalRequest, View};
 
 type ApiResult = Result<ApiResponse, ApiError>;
 
 /// One portal request: its config, form fields and CSRF token.
 struct Page<'a> {
-    req: &'a ApiRequest,
+    req: &'a PortalRequest<'a>,
     cfg: Arc<Config>,
     /// The request's CSRF cookie, or a new token to set.
     csrf: String,
@@ -46,23 +47,13 @@ struct Page<'a> {
 }
 
 impl<'a> Page<'a> {
-    fn new(req: &'a ApiRequest, cfg: Arc<Config>) -> Self {
+    fn new(req: &'a PortalRequest<'a>, cfg: Arc<Config>, entropy: &dyn Entropy) -> Self {
         let name = browser::csrf_cookie_name(&cfg.browser);
-        let (csrf, new_csrf) = match browser::cookie_value(&req.headers, &name) {
+        let (csrf, new_csrf) = match browser::cookie_value(req.headers, &name) {
             Some(c) if c.len() >= 32 => (c.to_string(), false),
-            _ => (browser::new_csrf_token(), true),
+            _ => (browser::new_csrf_token(entropy), true),
         };
-        let form = if req.method == Method::POST
-            && req
-                .header("content-type")
-                .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"))
-        {
-            url::form_urlencoded::parse(&req.body)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect()
-        } else {
-            vec![]
-        };
+        let form = req.form();
         Page {
             req,
             cfg,
@@ -83,7 +74,7 @@ impl<'a> Page<'a> {
 
     /// `rd` from the form or the query, if it is a safe target.
     fn rd(&self) -> String {
-        let raw = if self.req.method == Method::POST {
+        let raw = if *self.req.method == Method::POST {
             self.field("rd")
         } else {
             self.req.query_param("rd").unwrap_or_default()
@@ -94,10 +85,10 @@ impl<'a> Page<'a> {
     /// A POST's Origin and double-submit token are both right.
     fn csrf_ok(&self, presented: Option<&str>) -> bool {
         let cookie = browser::cookie_value(
-            &self.req.headers,
+            self.req.headers,
             &browser::csrf_cookie_name(&self.cfg.browser),
         );
-        browser::origin_allowed_for(&self.req.headers, None, self.req.tls, &self.cfg)
+        browser::origin_allowed_for(self.req.headers, None, self.req.tls, &self.cfg)
             && browser::csrf_matches(cookie, presented)
     }
 
@@ -180,18 +171,17 @@ fn label(field: &str) -> &str {
     }
 }
 
-/// The portal request's caller, as the account service sees it.
-fn client(req: &ApiRequest) -> Client {
-    crate::http::client_of(req)
-}
-
 /// The session cookie's identity, rotating it when needed.
 async fn identity(auth: &AuthService, page: &mut Page<'_>) -> Option<CookieIdentity> {
     let req = page.req;
-    let cookie = browser::cookie_value(&req.headers, &page.cfg.browser.cookie_name)?;
-    let ua = req.user_agent();
+    let cookie = browser::cookie_value(req.headers, &page.cfg.browser.cookie_name)?;
     match auth
-        .cookie_session(cookie, req.client_ip, &ua, &req.request_id)
+        .cookie_session(
+            cookie,
+            req.client.ip,
+            &req.client.user_agent,
+            &req.client.request_id,
+        )
         .await
     {
         Ok(id) => {
@@ -214,14 +204,14 @@ async fn identity(auth: &AuthService, page: &mut Page<'_>) -> Option<CookieIdent
 
 impl AuthService {
     /// Serve `/auth/ui/*` (404 unless `browser.enabled`).
-    pub(crate) async fn portal(&self, req: &ApiRequest) -> ApiResult {
+    pub(crate) async fn portal(&self, req: &PortalRequest<'_>) -> ApiResult {
         let cfg = self.cfg();
         if !cfg.browser.enabled {
             return Err(ApiError::NotFound);
         }
-        let path = req.path.as_str();
-        let get = req.method == Method::GET || req.method == Method::HEAD;
-        let post = req.method == Method::POST;
+        let path = req.path;
+        let get = *req.method == Method::GET || *req.method == Method::HEAD;
+        let post = *req.method == Method::POST;
         match path {
             "/auth/ui/static/passkey.js" if get => {
                 return Ok(static_file(
@@ -234,7 +224,7 @@ impl AuthService {
             }
             _ => {}
         }
-        let page = Page::new(req, cfg);
+        let page = Page::new(req, cfg, &*self.entropy);
         if post && !path.starts_with("/auth/ui/passkeys/") {
             let presented = page.field("csrf");
             if !page.csrf_ok(Some(&presented)) {
@@ -265,6 +255,8 @@ impl AuthService {
             "/auth/ui/sessions" if get => self.sessions_page(page).await?,
             "/auth/ui/sessions/revoke" if post => self.revoke_submit(page).await?,
             "/auth/ui/passkeys/remove" if post => self.passkey_remove_submit(page).await?,
+            "/auth/ui/identities/link" if post => self.identity_link_submit(page).await?,
+            "/auth/ui/identities/unlink" if post => self.identity_unlink_submit(page).await?,
             "/auth/ui/reauth" if get => self.reauth_page(page).await?,
             "/auth/ui/reauth" if post => self.reauth_submit(page).await?,
             p if p.starts_with("/auth/ui/passkeys/") && post => self.passkey_json(page).await?,
@@ -321,7 +313,7 @@ impl AuthService {
             password: page.field("password"),
             device: None,
         };
-        match self.login(creds, &client(page.req)).await {
+        match self.login(creds, &page.req.client).await {
             Ok(Login::MfaChallenge { mfa_token }) => Ok(mfa_page(page, None, &mfa_token, &rd)),
             Ok(Login::Signed(signed)) => Ok(self.signed_in(page, &signed, &rd)),
             Err(e) => {
@@ -335,10 +327,7 @@ impl AuthService {
         let rd = page.rd();
         let token = page.field("mfa_token");
         let code = page.field("code");
-        match self
-            .verify_mfa(&token, code.trim(), &client(page.req))
-            .await
-        {
+        match self.verify_mfa(&token, code.trim(), &page.req.client).await {
             Ok(signed) => Ok(self.signed_in(page, &signed, &rd)),
             Err(e @ AccountError::Internal(_)) | Err(e @ AccountError::Busy { .. }) => {
                 Err(e.into())
@@ -368,7 +357,7 @@ impl AuthService {
             password_confirm: page.field("password_confirm"),
             username: Some(name.trim().to_string()).filter(|n| !n.is_empty()),
         };
-        match self.register(new, &client(page.req)).await {
+        match self.register(new, &page.req.client).await {
             Ok(_) => {
                 let verify_first = page.cfg.accounts.require_email_verification;
                 let notice = portal::Notice::AccountCreated { verify_first };
@@ -383,7 +372,7 @@ impl AuthService {
 
     async fn forgot_submit(&self, page: Page<'_>) -> ApiResult {
         let email = page.field("email");
-        match self.reset_request(&email, &client(page.req)).await {
+        match self.reset_request(&email, &page.req.client).await {
             Ok(_) => Ok(notice_page(page, 202, None, portal::Notice::ResetLinkSent)),
             Err(e) => {
                 let (status, text) = shown(e.into())?;
@@ -398,7 +387,7 @@ impl AuthService {
             password: page.field("new_password"),
             confirm: page.field("new_password_confirm"),
         };
-        match self.reset_confirm(&token, new, &client(page.req)).await {
+        match self.reset_confirm(&token, new, &page.req.client).await {
             Ok(_) => Ok(notice_page(
                 page,
                 200,
@@ -414,7 +403,7 @@ impl AuthService {
 
     async fn verify_submit(&self, page: Page<'_>) -> ApiResult {
         let token = page.field("token");
-        match self.verify_email(&token, &client(page.req)).await {
+        match self.verify_email(&token, &page.req.client).await {
             Ok(_) => Ok(notice_page(page, 200, None, portal::Notice::EmailVerified)),
             Err(e @ AccountError::Internal(_)) | Err(e @ AccountError::Busy { .. }) => {
                 Err(e.into())
@@ -431,11 +420,11 @@ impl AuthService {
 
     async fn logout_submit(&self, mut page: Page<'_>) -> ApiResult {
         let everywhere = page.field("everywhere") == "1";
-        let cookie = browser::cookie_value(&page.req.headers, &page.cfg.browser.cookie_name)
+        let cookie = browser::cookie_value(page.req.headers, &page.cfg.browser.cookie_name)
             .map(str::to_string);
         let id = identity(self, &mut page).await;
         if let Some(cookie) = &cookie {
-            let caller = client(page.req);
+            let caller = page.req.client.clone();
             match &id {
                 Some(id) if everywhere => self.logout_all(&id.claims, &caller).await?,
                 _ => {
@@ -491,6 +480,33 @@ impl AuthService {
                 created: portal::Time::new(&crate::clock::rfc3339(p.created_at)),
             })
             .collect();
+        let cfg = self.cfg();
+        let linked = self.identities(&id.claims).await?;
+        let name_of = |pid: &str| {
+            cfg.identity_providers
+                .iter()
+                .find(|p| p.id == pid)
+                .map_or_else(|| pid.to_string(), |p| p.display_name.clone())
+        };
+        let identities = linked
+            .iter()
+            .map(|l| portal::IdentityRow {
+                provider: l.provider.clone(),
+                display_name: name_of(&l.provider),
+                email: l.email.clone().unwrap_or_default(),
+                linked: portal::Time::new(&crate::clock::rfc3339(l.linked_at)),
+            })
+            .collect();
+        let linkable = cfg
+            .identity_providers
+            .iter()
+            .filter(|p| !linked.iter().any(|l| l.provider == p.id))
+            .map(|p| portal::ProviderButton {
+                href: String::new(),
+                id: p.id.clone(),
+                display_name: p.display_name.clone(),
+            })
+            .collect();
         let model = portal::SessionsPage {
             email: &user.email,
             amr: id.claims.amr.join(", "),
@@ -503,6 +519,8 @@ impl AuthService {
             // Adding a passkey needs a recent sign-in (CONTRACT 8.6): an
             // older session is sent to confirm it is the user first.
             can_add_passkey: self.require_recent(&id.claims).is_ok(),
+            identities,
+            linkable,
         };
         Ok(page.render(200, None, &model))
     }
@@ -512,10 +530,48 @@ impl AuthService {
             return Ok(page.see_other(&browser::login_location("/auth/ui/sessions")));
         };
         let sid = page.field("id");
-        match self.end_session(&id.claims, &sid, &client(page.req)).await {
+        match self.end_session(&id.claims, &sid, &page.req.client).await {
             Ok(_) | Err(AccountError::NotFound) => {
                 Ok(page.see_other("/auth/ui/sessions?notice=session-ended"))
             }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Link an outside identity: after a recent sign-in (else the
+    /// re-authentication first), off to the provider with the state cookie.
+    async fn identity_link_submit(&self, mut page: Page<'_>) -> ApiResult {
+        let Some(id) = self.require_identity(&mut page).await else {
+            return Ok(page.see_other(&browser::login_location("/auth/ui/sessions")));
+        };
+        let provider = page.field("provider");
+        match self
+            .start_linking(&id.claims, &provider, "/auth/ui/sessions".into())
+            .await
+        {
+            Ok(Ok(start)) => {
+                page.set_cookies
+                    .push(crate::http::federation::state_cookie(&start.state_cookie));
+                Ok(page.see_other(&start.authorize_url))
+            }
+            Ok(Err(code)) => Err(crate::http::federation::api_error(code)),
+            Err(AccountError::ReauthRequired) => Ok(page.see_other("/auth/ui/reauth")),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn identity_unlink_submit(&self, mut page: Page<'_>) -> ApiResult {
+        let Some(id) = self.require_identity(&mut page).await else {
+            return Ok(page.see_other(&browser::login_location("/auth/ui/sessions")));
+        };
+        let provider = page.field("provider");
+        match self
+            .unlink_identity(&id.claims, &provider, &client(page.req))
+            .await
+        {
+            Ok(Ok(())) => Ok(page.see_other("/auth/ui/sessions")),
+            Ok(Err(code)) => Err(crate::http::federation::api_error(code)),
+            Err(AccountError::ReauthRequired) => Ok(page.see_other("/auth/ui/reauth")),
             Err(e) => Err(e.into()),
         }
     }
@@ -554,7 +610,7 @@ impl AuthService {
             password: Some(page.field("password")),
             code: Some(code.trim().to_string()).filter(|c| !c.is_empty()),
         };
-        match self.reauth(&id.claims, proof, &client(page.req)).await {
+        match self.reauth(&id.claims, proof, &page.req.client).await {
             Ok(signed) => Ok(self.signed_in(page, &signed, "/auth/ui/sessions?notice=reauthed")),
             Err(e) => {
                 let (status, text) = shown(e.into())?;
@@ -574,9 +630,9 @@ impl AuthService {
         let body = if page.req.body.is_empty() {
             json!({})
         } else {
-            crate::http::body::json_value(page.req)?
+            crate::http::body::json_object(page.req.header("content-type"), page.req.body)?
         };
-        let resp = match page.req.path.as_str() {
+        let resp = match page.req.path {
             "/auth/ui/passkeys/register/start" | "/auth/ui/passkeys/register/finish" => {
                 let Some(id) = self.require_identity(&mut page).await else {
                     return Err(ApiError::Unauthorized);
@@ -591,7 +647,7 @@ impl AuthService {
                     let ceremony = ceremony_id(&body)?;
                     let credential = field(&body, "credential")?;
                     let name = passkey_name(body.get("name").and_then(Value::as_str));
-                    let caller = client(page.req);
+                    let caller = page.req.client.clone();
                     let added = self
                         .passkey_register_finish(user, &ceremony, credential, name, &caller)
                         .await?;
@@ -611,7 +667,7 @@ impl AuthService {
                     .unwrap_or_else(|| "/".into());
                 let ceremony = ceremony_id(&body)?;
                 let credential = field(&body, "credential")?;
-                let caller = client(page.req);
+                let caller = page.req.client.clone();
                 let signed = self
                     .passkey_login_finish(&ceremony, credential, &caller)
                     .await?;
@@ -642,7 +698,26 @@ fn static_file(body: &'static str, content_type: &str) -> ApiResponse {
 
 fn login_form(page: Page<'_>, alert: Option<(u16, &str)>, email: &str, rd: &str) -> ApiResponse {
     let (status, text) = split(alert);
-    page.render(status, text, &portal::LoginPage { email, rd })
+    let enc: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
+    let providers: Vec<portal::ProviderButton> = page
+        .cfg
+        .identity_providers
+        .iter()
+        .map(|p| portal::ProviderButton {
+            href: format!("/auth/oidc/{}/start?rd={enc}", p.id),
+            id: p.id.clone(),
+            display_name: p.display_name.clone(),
+        })
+        .collect();
+    page.render(
+        status,
+        text,
+        &portal::LoginPage {
+            email,
+            rd,
+            providers: &providers,
+        },
+    )
 }
 
 fn mfa_page(page: Page<'_>, alert: Option<(u16, &str)>, token: &str, rd: &str) -> ApiResponse {
@@ -696,5 +771,37 @@ fn split(alert: Option<(u16, &str)>) -> (u16, Option<&str>) {
     match alert {
         Some((status, text)) => (status, Some(text)),
         None => (200, None),
+    }
+}
+
+// ----- sign-in with an outside provider (CONTRACT 8.1): the pages its
+// callback shows in browser mode (`http::federation`).
+
+impl AuthService {
+    /// The TOTP step of a federated sign-in, with `cookies` set.
+    pub(crate) fn portal_federated_mfa(
+        &self,
+        req: &ApiRequest,
+        mfa_token: &str,
+        rd: &str,
+        cookies: Vec<String>,
+    ) -> ApiResponse {
+        let mut page = Page::new(req, self.cfg());
+        page.set_cookies.extend(cookies);
+        mfa_page(page, None, mfa_token, rd)
+    }
+
+    /// The sign-in page with a federated sign-in's failure on it.
+    pub(crate) fn portal_federated_error(
+        &self,
+        req: &ApiRequest,
+        status: u16,
+        message: &str,
+        rd: &str,
+        cookies: Vec<String>,
+    ) -> ApiResponse {
+        let mut page = Page::new(req, self.cfg());
+        page.set_cookies.extend(cookies);
+        login_form(page, Some((status, message)), "", rd)
     }
 }

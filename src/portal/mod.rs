@@ -15,6 +15,7 @@
 
 pub mod flow;
 mod pages;
+mod request;
 #[cfg(test)]
 mod tests;
 
@@ -25,9 +26,10 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
 pub use pages::{
-    ConfirmPage, ForgotPage, LoginPage, LogoutPage, MfaPage, Notice, PasskeyRow, ReauthPage,
+    ConfirmPage, ForgotPage, IdentityRow, LoginPage, ProviderButton, LogoutPage, MfaPage, Notice, PasskeyRow, ReauthPage,
     RegisterPage, ResetPage, SessionRow, SessionsNotice, SessionsPage, Time, VerifyPage,
 };
+pub use request::PortalRequest;
 
 /// The portal pages' Content-Security-Policy: nothing inline.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \

@@ -16,6 +16,7 @@
 pub mod copy;
 pub mod counters;
 pub mod domain;
+pub mod identities;
 pub mod pg;
 mod records;
 pub mod sled;
@@ -25,6 +26,7 @@ pub use self::pg as pg_store;
 pub use self::sled as sled_store;
 
 pub use domain::LockoutPolicy;
+pub use identities::{LinkOutcome, LinkedIdentity, UnlinkOutcome};
 pub use records::{Page, Record, RecordKind};
 
 use serde::{Deserialize, Serialize};
@@ -193,6 +195,21 @@ pub struct SessionRecord {
     /// as not recent (CONTRACT 8.6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_time: Option<i64>,
+    /// A session started by a sign-in with an outside provider: which,
+    /// for its back-channel logout (CONTRACT 8.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<FederatedSession>,
+}
+
+/// The outside sign-in a session came from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FederatedSession {
+    pub provider: String,
+    /// The provider's subject.
+    pub subject: String,
+    /// The provider's session id (`sid`), when it sent one.
+    #[serde(default)]
+    pub sid: Option<String>,
 }
 
 /// What presenting generation `g` of a session's refresh token led to.
@@ -529,6 +546,31 @@ pub trait Store: Send + Sync + 'static {
         mail: Option<OutboxMessage>,
         stamp: Stamp,
     ) -> StoreResult<Changed>;
+
+    // --- linked identities (CONTRACT 8.1)
+    /// Link `link` to its user, judged on the current state
+    /// ([`identities::judge_link`]): `(provider, subject)` belongs to one
+    /// user, a user has one identity per provider, the user exists and is
+    /// enabled. With `new_user`, that user is created in the same atomic
+    /// step (a first federated sign-in; `EmailTaken` when the email is).
+    async fn link_identity(
+        &self,
+        link: LinkedIdentity,
+        new_user: Option<User>,
+        mail: Option<OutboxMessage>,
+    ) -> StoreResult<LinkOutcome>;
+    async fn find_identity(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> StoreResult<Option<LinkedIdentity>>;
+    /// The user's identities, by provider.
+    async fn list_identities(&self, user_id: Uuid) -> StoreResult<Vec<LinkedIdentity>>;
+    /// Remove the user's identity at `provider`, unless it is the last way
+    /// the account can sign in ([`identities::may_unlink`], judged on the
+    /// current record).
+    async fn unlink_identity(&self, user_id: Uuid, provider: &str)
+        -> StoreResult<UnlinkOutcome>;
 
     // --- refresh sessions
     /// Create a session, provided the user is still enabled and at

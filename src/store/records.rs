@@ -19,10 +19,12 @@ pub enum RecordKind {
     OneTimeSeqs,
     Counters,
     Mail,
+    /// Linked identities at outside providers (CONTRACT 8.1).
+    Identities,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 7] = [
+    pub const ALL: [RecordKind; 8] = [
         RecordKind::Users,
         RecordKind::Sessions,
         RecordKind::Revocations,
@@ -30,6 +32,7 @@ impl RecordKind {
         RecordKind::OneTimeSeqs,
         RecordKind::Counters,
         RecordKind::Mail,
+        RecordKind::Identities,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,6 +44,7 @@ impl RecordKind {
             RecordKind::OneTimeSeqs => "one_time_sequences",
             RecordKind::Counters => "counters",
             RecordKind::Mail => "mail",
+            RecordKind::Identities => "identities",
         }
     }
 }
@@ -66,6 +70,7 @@ pub enum Record {
         counter: Counter,
     },
     Mail(OutboxMessage),
+    Identity(LinkedIdentity),
 }
 
 /// A page of an export: its records, and where the next page starts

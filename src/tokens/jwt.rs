@@ -24,6 +24,7 @@ pub use super::rejection::TokenRejection;
 use super::verified::{Verified, VerifiedTokens};
 use crate::clock::Clock;
 use crate::config::TokenConfig;
+use crate::entropy::{Entropy, OsEntropy};
 
 pub const ACCESS_TYP: &str = "at+jwt";
 
@@ -33,6 +34,8 @@ pub struct TokenService {
     /// The token settings in force, swapped whole by a reload.
     settings: ArcSwap<Settings>,
     clock: Arc<dyn Clock>,
+    /// Where `jti`s come from (fixed in tests).
+    entropy: Arc<dyn Entropy>,
     /// Tokens that passed: a repeat check skips the signature.
     verified: VerifiedTokens,
 }
@@ -66,8 +69,14 @@ impl TokenService {
             keys: ArcSwap::from_pointee(keys),
             settings,
             clock,
+            entropy: Arc::new(OsEntropy),
             verified: VerifiedTokens::default(),
         }
+    }
+
+    /// Draw `jti`s from `entropy` (tests fix it).
+    pub fn set_entropy(&mut self, entropy: Arc<dyn Entropy>) {
+        self.entropy = entropy;
     }
 
     /// Put reloaded `[tokens]` settings in force (issuer, audience,
@@ -133,7 +142,7 @@ impl TokenService {
             exp: now + cfg.access_ttl_secs as i64,
             iat: now,
             nbf: None,
-            jti: Uuid::new_v4().to_string(),
+            jti: self.entropy.uuid().to_string(),
             sid: sid.to_string(),
             email: email.to_string(),
             roles: roles.to_vec(),
@@ -252,4 +261,38 @@ pub fn token_hash(token: &str) -> String {
         s.push(char::from(b"0123456789abcdef"[(b & 15) as usize]));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::entropy::FixedEntropy;
+
+    fn service(dir: &std::path::Path, seed: u64) -> TokenService {
+        let cfg = crate::config::Config::from_toml("", &|_| None, std::path::Path::new("."))
+            .unwrap()
+            .tokens;
+        let keys = super::super::keys::load(&cfg, dir, 1_700_000_000).unwrap();
+        let clock = Arc::new(ManualClock::new(1_700_000_000));
+        let mut s = TokenService::new(keys, cfg, clock);
+        s.set_entropy(Arc::new(FixedEntropy::new(seed)));
+        s
+    }
+
+    #[test]
+    fn jti_comes_from_the_injected_entropy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (user, sid) = (Uuid::nil(), Uuid::nil());
+        let jti = |s: &TokenService| s.issue(&user, "a@b.test", &[], &sid, &[]).unwrap().1.jti;
+        let (a, b, c) = (
+            service(dir.path(), 7),
+            service(dir.path(), 7),
+            service(dir.path(), 8),
+        );
+        let first = jti(&a);
+        assert_eq!(first, jti(&b), "the same seed gives the same jti");
+        assert_ne!(first, jti(&c), "another seed another jti");
+        assert_ne!(first, jti(&a), "and one generator never repeats itself");
+    }
 }

@@ -42,6 +42,7 @@ macro_rules! tx {
 mod connect;
 mod counters;
 mod export;
+mod identities;
 mod one_time;
 mod outbox;
 mod revocations;

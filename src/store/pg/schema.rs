@@ -77,6 +77,19 @@ CREATE INDEX outbox_failed_by_time ON outbox ((COALESCE((record->>'failed_at')::
 CREATE INDEX counters_by_window ON counters (((record->>'window_start')::bigint));
 "#,
     ),
+    (
+        4,
+        r#"
+CREATE TABLE linked_identities (
+    provider text NOT NULL,
+    subject text NOT NULL,
+    user_id uuid NOT NULL,
+    record jsonb NOT NULL,
+    PRIMARY KEY (provider, subject)
+);
+CREATE UNIQUE INDEX linked_identities_by_user ON linked_identities (user_id, provider);
+"#,
+    ),
 ];
 
 /// Arbitrary, fixed: the advisory lock migrations run under.

@@ -21,9 +21,11 @@ pub(super) enum T {
     RevLog,
     LogState,
     KeyHolders,
+    Identities,
+    UserIdentities,
 }
 
-pub(super) const TREES: [(T, &str); 13] = [
+pub(super) const TREES: [(T, &str); 15] = [
     (T::Users, "users"),
     (T::Emails, "emails"),
     (T::Sessions, "sessions"),
@@ -41,6 +43,10 @@ pub(super) const TREES: [(T, &str); 13] = [
     // The ids of the users who hold API keys (or held them): what the key
     // index loads at start, instead of every user.
     (T::KeyHolders, "api_key_holders"),
+    // Linked identities (CONTRACT 8.1): provider NUL subject -> the link;
+    // and the index user id ++ provider -> nothing.
+    (T::Identities, "identities"),
+    (T::UserIdentities, "user_identities"),
 ];
 
 pub(super) struct Trees {
@@ -134,4 +140,11 @@ pub(super) fn parse_revoked(k: &[u8], v: &[u8]) -> StoreResult<Revocation> {
         Some(("keys", s)) => Ok(Revocation::Keys(id(s)?, until)),
         _ => Err(StoreError::Corrupt(format!("revocation key {k}"))),
     }
+}
+
+/// `user_identities`: the user's id, then the provider.
+pub(super) fn user_identity_key(user: &Uuid, provider: &str) -> Vec<u8> {
+    let mut k = user.as_bytes().to_vec();
+    k.extend_from_slice(provider.as_bytes());
+    k
 }

@@ -67,6 +67,7 @@ pub(super) fn trees_of(kind: RecordKind) -> &'static [T] {
         RecordKind::OneTimeSeqs => &[T::OneTimeSeq],
         RecordKind::Counters => &[T::Counters],
         RecordKind::Mail => &[T::Outbox],
+        RecordKind::Identities => &[T::Identities],
     }
 }
 
@@ -104,7 +105,13 @@ pub(super) fn record_from(t: T, k: &[u8], v: &[u8]) -> StoreResult<Record> {
             counter: dec(v)?,
         },
         T::Outbox => Record::Mail(dec(v)?),
-        T::Emails | T::UserSessions | T::RevLog | T::LogState | T::KeyHolders => {
+        T::Identities => Record::Identity(dec(v)?),
+        T::Emails
+        | T::UserSessions
+        | T::RevLog
+        | T::LogState
+        | T::KeyHolders
+        | T::UserIdentities => {
             return Err(StoreError::Corrupt("an index holds no records".into()))
         }
     })

@@ -74,6 +74,35 @@ impl Store for SledStore {
         .await
     }
 
+    async fn link_identity(
+        &self,
+        link: LinkedIdentity,
+        new_user: Option<User>,
+        mail: Option<OutboxMessage>,
+    ) -> StoreResult<LinkOutcome> {
+        self.op_link_identity(link, new_user, mail).await
+    }
+
+    async fn find_identity(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> StoreResult<Option<LinkedIdentity>> {
+        self.op_find_identity(provider, subject).await
+    }
+
+    async fn list_identities(&self, user_id: Uuid) -> StoreResult<Vec<LinkedIdentity>> {
+        self.op_list_identities(user_id).await
+    }
+
+    async fn unlink_identity(
+        &self,
+        user_id: Uuid,
+        provider: &str,
+    ) -> StoreResult<UnlinkOutcome> {
+        self.op_unlink_identity(user_id, provider.to_string()).await
+    }
+
     async fn create_session(
         &self,
         session: SessionRecord,

@@ -1,6 +1,9 @@
-//! Randomness, injected like the [`crate::clock::Clock`]: the service draws
-//! its one-time tokens, session ids and seeds from an [`Entropy`], so a
-//! test can fix them. The real one is the operating system's generator.
+//! Randomness, injected like the [`crate::clock::Clock`]: the account
+//! service draws its one-time tokens, session ids and seeds, the token
+//! service its `jti`s, the hasher its salts and the portal its CSRF tokens
+//! from an [`Entropy`], so a test can fix them. The real one is the
+//! operating system's generator. (Long-lived keys are always drawn from
+//! the operating system.)
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
