@@ -14,6 +14,7 @@ mod docs;
 mod documented;
 mod durability;
 mod email;
+mod federation;
 mod federation_flow;
 mod federation_store;
 mod key_rotation;
