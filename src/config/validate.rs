@@ -27,7 +27,7 @@ pub(super) fn validate(
     );
     let mail = mail(&f, env, p);
     let identity_providers = super::providers::validate_providers(
-        std::mem::take(&mut f.identity_providers),
+        f.identity_providers.take().unwrap_or_default(),
         &mail.link_base_url,
         env,
         p,

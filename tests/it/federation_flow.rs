@@ -321,7 +321,7 @@ async fn code_mode_round_trip_and_its_refusals() {
         "/auth/oidc/corp/callback?code=c1b&state={state}&iss={}",
         url::form_urlencoded::byte_serialize(idp.url().as_bytes()).collect::<String>()
     );
-    let r = http::request(gw.addr, "GET", &path, &[("cookie", &cookie)], None)
+    let r = http::request(gw.addr, "GET", &path, &[("cookie", cookie.as_str())], None)
         .await
         .unwrap();
     assert_eq!(
@@ -343,7 +343,7 @@ async fn code_mode_round_trip_and_its_refusals() {
         .unwrap()
         .insert("c2".into(), grant("mallory", "m@example.com"));
     let path = format!("/auth/oidc/corp/callback?code=c2&state={state2}");
-    let r = http::request(gw.addr, "GET", &path, &[("cookie", &bad)], None)
+    let r = http::request(gw.addr, "GET", &path, &[("cookie", bad.as_str())], None)
         .await
         .unwrap();
     assert_ne!(r.status, 302, "a tampered state must not sign in");

@@ -674,7 +674,7 @@ mod rules {
 #[test]
 fn every_identity_provider_key_is_documented() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let src = std::fs::read_to_string(root.join("src/config/providers.rs")).unwrap();
+    let src = std::fs::read_to_string(root.join("src/config/file.rs")).unwrap();
     let doc = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
     let start = src.find("pub struct IdentityProviderFile {").unwrap();
     let body = &src[start..start + src[start..].find("\n}").unwrap()];
