@@ -113,10 +113,22 @@ impl AuthService {
         self.metrics.federated_login(provider, outcome);
     }
 
-    fn fed_fail(&self, client: &Client, provider: &str, code: FedCode, why: &str, uid: Option<&str>) -> FedCode {
+    fn fed_fail(
+        &self,
+        client: &Client,
+        provider: &str,
+        code: FedCode,
+        why: &str,
+        uid: Option<&str>,
+    ) -> FedCode {
         self.fed_count(provider, code.code());
         audit::event(&client.audit(), "federated_login", code.code(), uid);
-        tracing::info!(provider, outcome = code.code(), why, "federated sign-in refused");
+        tracing::info!(
+            provider,
+            outcome = code.code(),
+            why,
+            "federated sign-in refused"
+        );
         code
     }
 
@@ -212,7 +224,11 @@ impl AuthService {
             };
             return Err(fail(code, e.to_string().as_str()));
         }
-        let Some(code) = params.code.as_deref().filter(|c| !c.is_empty() && c.len() <= 2048) else {
+        let Some(code) = params
+            .code
+            .as_deref()
+            .filter(|c| !c.is_empty() && c.len() <= 2048)
+        else {
             return Err(fail(FedCode::ProviderError, "no code"));
         };
         let identity = match self
@@ -291,9 +307,17 @@ impl AuthService {
                 .await
                 .map_err(store_err)?
             {
-                user = self.store.find_user(link.user_id).await.map_err(store_err)?;
+                user = self
+                    .store
+                    .find_user(link.user_id)
+                    .await
+                    .map_err(store_err)?;
                 if user.is_none() {
-                    return Err(fail(FedCode::AccountDisabled, "linked account is gone", None));
+                    return Err(fail(
+                        FedCode::AccountDisabled,
+                        "linked account is gone",
+                        None,
+                    ));
                 }
                 break;
             }
@@ -305,11 +329,19 @@ impl AuthService {
             if let Some(u) = existing {
                 let uid = u.id.to_string();
                 if !p.link_by_email {
-                    return Err(fail(FedCode::AccountExists, "email of a local account", Some(&uid)));
+                    return Err(fail(
+                        FedCode::AccountExists,
+                        "email of a local account",
+                        Some(&uid),
+                    ));
                 }
                 if !identity.email_verified || !u.email_verified {
                     // Linking an unverified email is the pre-account takeover.
-                    return Err(fail(FedCode::EmailNotVerified, "email not verified on both sides", Some(&uid)));
+                    return Err(fail(
+                        FedCode::EmailNotVerified,
+                        "email not verified on both sides",
+                        Some(&uid),
+                    ));
                 }
                 match self
                     .store
@@ -324,22 +356,42 @@ impl AuthService {
                     }
                     LinkOutcome::Taken => continue,
                     LinkOutcome::ProviderInUse => {
-                        return Err(fail(FedCode::AccountExists, "account has another identity there", Some(&uid)))
+                        return Err(fail(
+                            FedCode::AccountExists,
+                            "account has another identity there",
+                            Some(&uid),
+                        ))
                     }
                     LinkOutcome::NoUser => {
-                        return Err(fail(FedCode::AccountDisabled, "account disabled", Some(&uid)))
+                        return Err(fail(
+                            FedCode::AccountDisabled,
+                            "account disabled",
+                            Some(&uid),
+                        ))
                     }
                     LinkOutcome::EmailTaken => continue,
                 }
             }
             if !p.allow_signup {
-                return Err(fail(FedCode::SignupDisabled, "no account and sign-up is off", None));
+                return Err(fail(
+                    FedCode::SignupDisabled,
+                    "no account and sign-up is off",
+                    None,
+                ));
             }
             let Some(email) = normalized else {
-                return Err(fail(FedCode::EmailNotVerified, "no usable email for a new account", None));
+                return Err(fail(
+                    FedCode::EmailNotVerified,
+                    "no usable email for a new account",
+                    None,
+                ));
             };
             if !identity.email_verified && self.cfg().accounts.require_email_verification {
-                return Err(fail(FedCode::EmailNotVerified, "unverified email, verification required", None));
+                return Err(fail(
+                    FedCode::EmailNotVerified,
+                    "unverified email, verification required",
+                    None,
+                ));
             }
             let new = User {
                 email_verified: identity.email_verified,
@@ -365,7 +417,11 @@ impl AuthService {
                     return Err(fail(FedCode::AccountExists, "email taken meanwhile", None))
                 }
                 LinkOutcome::ProviderInUse | LinkOutcome::NoUser => {
-                    return Err(fail(FedCode::ProviderError, "unexpected link outcome", None))
+                    return Err(fail(
+                        FedCode::ProviderError,
+                        "unexpected link outcome",
+                        None,
+                    ))
                 }
             }
         }
@@ -374,13 +430,25 @@ impl AuthService {
         };
         let uid = user.id.to_string();
         if user.disabled {
-            return Err(fail(FedCode::AccountDisabled, "account disabled", Some(&uid)));
+            return Err(fail(
+                FedCode::AccountDisabled,
+                "account disabled",
+                Some(&uid),
+            ));
         }
         if self.cfg().accounts.require_email_verification && !user.email_verified {
-            return Err(fail(FedCode::EmailNotVerified, "account email not verified", Some(&uid)));
+            return Err(fail(
+                FedCode::EmailNotVerified,
+                "account email not verified",
+                Some(&uid),
+            ));
         }
-        user = self.refresh_roles(p, user, &identity.roles).await.map_err(store_err)?;
-        let provider_mfa = p.trust_mfa && identity.amr.iter().any(|a| MFA_AMR.contains(&a.as_str()));
+        user = self
+            .refresh_roles(p, user, &identity.roles)
+            .await
+            .map_err(store_err)?;
+        let provider_mfa =
+            p.trust_mfa && identity.amr.iter().any(|a| MFA_AMR.contains(&a.as_str()));
         let mut amr = vec!["fed".to_string()];
         if provider_mfa {
             amr.push("mfa".into());
@@ -418,7 +486,9 @@ impl AuthService {
         let mut user = user;
         for r in asserted {
             if !user.roles.contains(r) {
-                user = self.change_user(user.id, UserChange::AddRole(r.clone()), None).await?;
+                user = self
+                    .change_user(user.id, UserChange::AddRole(r.clone()), None)
+                    .await?;
             }
         }
         let mappable: Vec<&String> = p.role_map.values().collect();
@@ -429,7 +499,9 @@ impl AuthService {
             .cloned()
             .collect();
         for r in stale {
-            user = self.change_user(user.id, UserChange::RemoveRole(r), None).await?;
+            user = self
+                .change_user(user.id, UserChange::RemoveRole(r), None)
+                .await?;
         }
         Ok(user)
     }
@@ -446,7 +518,12 @@ impl AuthService {
         if d.needs_totp {
             let mfa_token = self.mfa_challenge(&d.user).await?;
             self.fed_count(&p.id, "mfa_required");
-            audit::event(&client.audit(), "federated_login", "mfa_required", Some(&uid));
+            audit::event(
+                &client.audit(),
+                "federated_login",
+                "mfa_required",
+                Some(&uid),
+            );
             return Ok(Login::MfaChallenge { mfa_token });
         }
         let amr: Vec<&str> = d.amr.iter().map(String::as_str).collect();
@@ -485,7 +562,9 @@ impl AuthService {
             Ok(()) => {}
             Err(_) => return Err(invalid()),
         }
-        let p = self.identity_provider(&grant.provider).map_err(|_| invalid())?;
+        let p = self
+            .identity_provider(&grant.provider)
+            .map_err(|_| invalid())?;
         let user = match self.store.find_user(grant.user_id).await? {
             Some(u) if !u.disabled => u,
             _ => return Err(invalid()),
@@ -523,7 +602,8 @@ impl AuthService {
         let Some(user) = self.store.find_user(user_id).await.map_err(store_err)? else {
             return Err(fail(FedCode::AccountDisabled, "account gone"));
         };
-        let notice = crate::mail::identity_linked_mail(&user.email, &p.display_name, self.clock.now());
+        let notice =
+            crate::mail::identity_linked_mail(&user.email, &p.display_name, self.clock.now());
         let outcome = self
             .store
             .link_identity(self.new_link(&identity, user_id), None, Some(notice))
@@ -538,9 +618,10 @@ impl AuthService {
             }
             LinkOutcome::AlreadyLinked => Ok(()),
             LinkOutcome::Taken => Err(fail(FedCode::IdentityTaken, "identity of another account")),
-            LinkOutcome::ProviderInUse => {
-                Err(fail(FedCode::IdentityTaken, "account already has an identity there"))
-            }
+            LinkOutcome::ProviderInUse => Err(fail(
+                FedCode::IdentityTaken,
+                "account already has an identity there",
+            )),
             LinkOutcome::NoUser | LinkOutcome::EmailTaken => {
                 Err(fail(FedCode::AccountDisabled, "account disabled"))
             }
@@ -586,7 +667,12 @@ impl AuthService {
             }
             UnlinkOutcome::NotLinked => Err(FedCode::UnknownProvider),
             UnlinkOutcome::LastMethod => {
-                audit::event(&client.audit(), "identity_unlinked", "last_sign_in_method", Some(&uid));
+                audit::event(
+                    &client.audit(),
+                    "identity_unlinked",
+                    "last_sign_in_method",
+                    Some(&uid),
+                );
                 Err(FedCode::LastSignInMethod)
             }
         })
@@ -635,7 +721,11 @@ impl AuthService {
             return Err(bad("neither sub nor sid"));
         }
         let key = format!("bcl:{provider}:{}", crate::tokens::jwt::token_hash(&jti));
-        match self.store.hit_counter(&key, 1, 2 * 86_400, self.clock.now()).await {
+        match self
+            .store
+            .hit_counter(&key, 1, 2 * 86_400, self.clock.now())
+            .await
+        {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(bad("jti seen before")),
             Err(_) => return Err(bad("store unavailable")),
@@ -645,17 +735,28 @@ impl AuthService {
             return Ok(0);
         };
         let store_err = |_| bad("store unavailable");
-        let Some(link) = self.store.find_identity(provider, &sub).await.map_err(store_err)? else {
+        let Some(link) = self
+            .store
+            .find_identity(provider, &sub)
+            .await
+            .map_err(store_err)?
+        else {
             return Ok(0);
         };
         let mut ended = 0;
-        for s in self.store.list_sessions(link.user_id).await.map_err(store_err)? {
+        for s in self
+            .store
+            .list_sessions(link.user_id)
+            .await
+            .map_err(store_err)?
+        {
             let Some(f) = &s.federation else { continue };
             let hit = f.provider == provider
                 && f.subject == sub
-                && match &sid {
-                    Some(sid) => f.sid.as_deref() == Some(sid.as_str()),
-                    None => true,
+                // A session whose sign-in named no sid is ended by its sub.
+                && match (&sid, &f.sid) {
+                    (Some(sid), Some(had)) => had == sid,
+                    _ => true,
                 };
             if hit {
                 ended += self

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 
 use file::FileConfig;
-pub use routes::{method_allowed, normalize_host, HostPattern, RouteTable};
 pub use providers::{provider_url_ok, valid_provider_id, IdentityProvider, ProviderKind};
+pub use routes::{method_allowed, normalize_host, HostPattern, RouteTable};
 pub use schedule::Schedule;
 pub use warnings::{warn_if_links_are_logged, warnings};
 

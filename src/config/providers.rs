@@ -169,7 +169,11 @@ pub(super) fn validate_providers(
                 f.id.escape_debug()
             ));
         } else if out.iter().any(|o| o.id == f.id) {
-            p.push(format!("{}: '{}' is used by another provider", k("id"), f.id));
+            p.push(format!(
+                "{}: '{}' is used by another provider",
+                k("id"),
+                f.id
+            ));
         }
         let kind = match f.kind.as_str() {
             "oidc" => ProviderKind::Oidc,
@@ -186,7 +190,10 @@ pub(super) fn validate_providers(
         match kind {
             ProviderKind::Oidc => {
                 check_url(&k("issuer"), &f.issuer, true, p);
-                for (name, v) in [("authorize_url", &f.authorize_url), ("token_url", &f.token_url)] {
+                for (name, v) in [
+                    ("authorize_url", &f.authorize_url),
+                    ("token_url", &f.token_url),
+                ] {
                     if !v.is_empty() {
                         p.push(format!(
                             "{}: oauth2 only (an oidc provider's endpoints come from discovery)",
@@ -196,7 +203,10 @@ pub(super) fn validate_providers(
                 }
                 check_url(&k("userinfo_url"), &f.userinfo_url, false, p);
                 if !f.scopes.iter().any(|s| s == "openid") {
-                    p.push(format!("{}: an oidc provider needs \"openid\"", k("scopes")));
+                    p.push(format!(
+                        "{}: an oidc provider needs \"openid\"",
+                        k("scopes")
+                    ));
                 }
             }
             ProviderKind::OAuth2 => {
@@ -231,12 +241,21 @@ pub(super) fn validate_providers(
             }
         };
         for (j, s) in f.scopes.iter().enumerate() {
-            if s.is_empty() || s.bytes().any(|b| b <= b' ' || b == b'"' || b == b'\\' || b >= 0x7f)
+            if s.is_empty()
+                || s.bytes()
+                    .any(|b| b <= b' ' || b == b'"' || b == b'\\' || b >= 0x7f)
             {
-                p.push(format!("{}[{j}]: '{}' is not a scope token", k("scopes"), s.escape_debug()));
+                p.push(format!(
+                    "{}[{j}]: '{}' is not a scope token",
+                    k("scopes"),
+                    s.escape_debug()
+                ));
             }
         }
-        for (name, v) in [("subject_claim", &f.subject_claim), ("email_claim", &f.email_claim)] {
+        for (name, v) in [
+            ("subject_claim", &f.subject_claim),
+            ("email_claim", &f.email_claim),
+        ] {
             if v.is_empty() {
                 p.push(format!("{}: must not be empty", k(name)));
             }
@@ -278,7 +297,10 @@ pub(super) fn validate_providers(
             f.id.clone()
         } else {
             if f.display_name.chars().any(|c| c.is_control()) || f.display_name.len() > 64 {
-                p.push(format!("{}: at most 64 printable characters", k("display_name")));
+                p.push(format!(
+                    "{}: at most 64 printable characters",
+                    k("display_name")
+                ));
             }
             f.display_name.clone()
         };
@@ -317,7 +339,11 @@ mod tests {
     fn load(text: &str, secret: Option<&'static str>) -> Result<Config, ConfigErrors> {
         Config::from_toml(
             text,
-            &move |k| (k == "IDP_SECRET").then(|| secret.map(String::from)).flatten(),
+            &move |k| {
+                (k == "IDP_SECRET")
+                    .then(|| secret.map(String::from))
+                    .flatten()
+            },
             Path::new("."),
         )
     }
@@ -370,7 +396,10 @@ mod tests {
             assert!(e.contains(key), "{key} missing from: {e}");
         }
         // The secret itself is never a file key.
-        assert!(e.contains("identity_providers[0].client_secret: unknown key"), "{e}");
+        assert!(
+            e.contains("identity_providers[0].client_secret: unknown key"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -30,8 +30,7 @@ use subtle::ConstantTimeEq;
 use crate::clock::Clock;
 use crate::config::{provider_url_ok, IdentityProvider, ProviderKind};
 
-// TEMPORARY until `crate::outbound` lands (see `outbound_stub`).
-use super::outbound_stub::{Outbound, OutboundOptions};
+use crate::outbound::{Outbound, OutboundOptions};
 
 /// How long a discovery document and a JWKS are used before being read again.
 const CACHE_SECS: i64 = 3600;
@@ -145,7 +144,8 @@ fn fingerprint(p: &IdentityProvider) -> String {
 }
 
 fn checked_url(what: &str, u: &str) -> Result<url::Url, FedError> {
-    let parsed = url::Url::parse(u).map_err(|_| FedError::Provider(format!("{what}: not a URL")))?;
+    let parsed =
+        url::Url::parse(u).map_err(|_| FedError::Provider(format!("{what}: not a URL")))?;
     if !provider_url_ok(&parsed) {
         return Err(FedError::Provider(format!(
             "{what}: must be https (http only to loopback)"
@@ -258,8 +258,8 @@ impl Federation {
             &format!("{base}/.well-known/openid-configuration"),
         )?;
         let v = self.get_json(p, &url, None, "discovery").await?;
-        let d: Discovery = serde_json::from_value(v)
-            .map_err(|e| FedError::Provider(format!("discovery: {e}")))?;
+        let d: Discovery =
+            serde_json::from_value(v).map_err(|e| FedError::Provider(format!("discovery: {e}")))?;
         if d.issuer != p.issuer {
             return Err(FedError::Refused(format!(
                 "discovery names issuer '{}', not the configured one",
@@ -331,9 +331,15 @@ impl Federation {
             Some(_) => Err(FedError::Refused(
                 "the authorization response names another issuer".into(),
             )),
-            None if self.discovery(p).await?.authorization_response_iss_parameter_supported => Err(
-                FedError::Refused("the authorization response lacks iss".into()),
-            ),
+            None if self
+                .discovery(p)
+                .await?
+                .authorization_response_iss_parameter_supported =>
+            {
+                Err(FedError::Refused(
+                    "the authorization response lacks iss".into(),
+                ))
+            }
             None => Ok(()),
         }
     }
@@ -377,7 +383,9 @@ impl Federation {
         // The claims the id_token lacks come from userinfo (oauth2: all).
         let need_userinfo = p.kind == ProviderKind::OAuth2
             || !claims.contains_key(&p.email_claim)
-            || p.roles_claim.as_ref().is_some_and(|r| !claims.contains_key(r));
+            || p.roles_claim
+                .as_ref()
+                .is_some_and(|r| !claims.contains_key(r));
         if let (true, Some(ui)) = (need_userinfo, userinfo) {
             let url = checked_url("userinfo_url", &ui)?;
             let info = match self.get_json(p, &url, Some(&access), "userinfo").await? {
@@ -450,7 +458,9 @@ impl Federation {
                 m.get("error").and_then(Value::as_str).unwrap_or("?")
             ))),
             Ok(Value::Object(m)) => Ok(m),
-            _ => Err(FedError::Provider("token response: not a JSON object".into())),
+            _ => Err(FedError::Provider(
+                "token response: not a JSON object".into(),
+            )),
         }
     }
 
@@ -546,7 +556,10 @@ impl Federation {
         if expiring {
             required.push("exp");
         }
-        v.required_spec_claims = required.into_iter().map(String::from).collect::<HashSet<_>>();
+        v.required_spec_claims = required
+            .into_iter()
+            .map(String::from)
+            .collect::<HashSet<_>>();
         let mut claims = None;
         for key in candidates {
             if let Ok(d) = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v) {
@@ -772,14 +785,94 @@ mod tests {
         let bad: Vec<(&str, String, &str)> = vec![
             ("wrong nonce", ok.clone(), "n-2"),
             ("another key", sign(&stranger, "k1", claims(&|_| {})), "n-1"),
-            ("another issuer", sign(&good, "k1", claims(&|c| { c.insert("iss".into(), "https://evil".into()); })), "n-1"),
-            ("another audience", sign(&good, "k1", claims(&|c| { c.insert("aud".into(), "other-app".into()); })), "n-1"),
-            ("expired", sign(&good, "k1", claims(&|c| { c.insert("exp".into(), (now - 120).into()); })), "n-1"),
-            ("iat absurd", sign(&good, "k1", claims(&|c| { c.insert("iat".into(), (now - 2 * MAX_AGE_SECS).into()); })), "n-1"),
-            ("azp another client", sign(&good, "k1", claims(&|c| { c.insert("azp".into(), "x".into()); })), "n-1"),
-            ("several audiences, no azp", sign(&good, "k1", claims(&|c| { c.insert("aud".into(), serde_json::json!(["portcullis", "x"])); })), "n-1"),
-            ("no nonce", sign(&good, "k1", claims(&|c| { c.remove("nonce"); })), "n-1"),
-            ("no exp", sign(&good, "k1", claims(&|c| { c.remove("exp"); })), "n-1"),
+            (
+                "another issuer",
+                sign(
+                    &good,
+                    "k1",
+                    claims(&|c| {
+                        c.insert("iss".into(), "https://evil".into());
+                    }),
+                ),
+                "n-1",
+            ),
+            (
+                "another audience",
+                sign(
+                    &good,
+                    "k1",
+                    claims(&|c| {
+                        c.insert("aud".into(), "other-app".into());
+                    }),
+                ),
+                "n-1",
+            ),
+            (
+                "expired",
+                sign(
+                    &good,
+                    "k1",
+                    claims(&|c| {
+                        c.insert("exp".into(), (now - 120).into());
+                    }),
+                ),
+                "n-1",
+            ),
+            (
+                "iat absurd",
+                sign(
+                    &good,
+                    "k1",
+                    claims(&|c| {
+                        c.insert("iat".into(), (now - 2 * MAX_AGE_SECS).into());
+                    }),
+                ),
+                "n-1",
+            ),
+            (
+                "azp another client",
+                sign(
+                    &good,
+                    "k1",
+                    claims(&|c| {
+                        c.insert("azp".into(), "x".into());
+                    }),
+                ),
+                "n-1",
+            ),
+            (
+                "several audiences, no azp",
+                sign(
+                    &good,
+                    "k1",
+                    claims(&|c| {
+                        c.insert("aud".into(), serde_json::json!(["portcullis", "x"]));
+                    }),
+                ),
+                "n-1",
+            ),
+            (
+                "no nonce",
+                sign(
+                    &good,
+                    "k1",
+                    claims(&|c| {
+                        c.remove("nonce");
+                    }),
+                ),
+                "n-1",
+            ),
+            (
+                "no exp",
+                sign(
+                    &good,
+                    "k1",
+                    claims(&|c| {
+                        c.remove("exp");
+                    }),
+                ),
+                "n-1",
+            ),
             ("tampered", format!("{}x", &ok[..ok.len() - 1]), "n-1"),
         ];
         for (what, token, nonce) in bad {
@@ -787,10 +880,14 @@ mod tests {
             assert!(matches!(r, Err(FedError::Refused(_))), "{what}: {r:?}");
         }
         // Several audiences with our azp: accepted.
-        let multi = sign(&good, "k1", claims(&|c| {
-            c.insert("aud".into(), serde_json::json!(["portcullis", "x"]));
-            c.insert("azp".into(), "portcullis".into());
-        }));
+        let multi = sign(
+            &good,
+            "k1",
+            claims(&|c| {
+                c.insert("aud".into(), serde_json::json!(["portcullis", "x"]));
+                c.insert("azp".into(), "portcullis".into());
+            }),
+        );
         assert!(fed.verify_id_token(&p, &multi, Some("n-1")).await.is_ok());
         // An HS256 token made with any secret: refused before any key.
         let hs = jsonwebtoken::encode(
@@ -817,7 +914,10 @@ mod tests {
             .unwrap();
         let u = url::Url::parse(&a.url).unwrap();
         let q: HashMap<String, String> = u.query_pairs().into_owned().collect();
-        assert_eq!(u.as_str().split('?').next(), Some("https://idp.example.com/auth"));
+        assert_eq!(
+            u.as_str().split('?').next(),
+            Some("https://idp.example.com/auth")
+        );
         assert_eq!(q["state"], "st");
         assert_eq!(q["nonce"], "nn");
         assert_eq!(q["code_challenge"], pkce_challenge("vv"));
@@ -825,8 +925,14 @@ mod tests {
         assert_eq!(q["redirect_uri"], p.redirect_uri);
         assert_eq!(q["response_type"], "code");
         // RFC 9207: promised, so required and checked.
-        assert!(fed.check_response_issuer(&p, Some("https://idp.example.com")).await.is_ok());
-        assert!(fed.check_response_issuer(&p, Some("https://evil")).await.is_err());
+        assert!(fed
+            .check_response_issuer(&p, Some("https://idp.example.com"))
+            .await
+            .is_ok());
+        assert!(fed
+            .check_response_issuer(&p, Some("https://evil"))
+            .await
+            .is_err());
         assert!(fed.check_response_issuer(&p, None).await.is_err());
     }
 
@@ -859,12 +965,21 @@ mod tests {
         let c: Map<String, Value> =
             serde_json::from_value(serde_json::json!({"id": 42, "email": null})).unwrap();
         let id = identity_from_claims(&gh, &c).unwrap();
-        assert_eq!((id.subject.as_str(), id.email, id.email_verified), ("42", None, false));
-        let c: Map<String, Value> =
-            serde_json::from_value(serde_json::json!({"id": 42, "email": "g@x.org", "email_verified": true})).unwrap();
-        assert!(!identity_from_claims(&gh, &c).unwrap().email_verified, "never verified without the claim");
+        assert_eq!(
+            (id.subject.as_str(), id.email, id.email_verified),
+            ("42", None, false)
+        );
+        let c: Map<String, Value> = serde_json::from_value(
+            serde_json::json!({"id": 42, "email": "g@x.org", "email_verified": true}),
+        )
+        .unwrap();
+        assert!(
+            !identity_from_claims(&gh, &c).unwrap().email_verified,
+            "never verified without the claim"
+        );
         // No subject: refused.
-        let c: Map<String, Value> = serde_json::from_value(serde_json::json!({"email": "x"})).unwrap();
+        let c: Map<String, Value> =
+            serde_json::from_value(serde_json::json!({"email": "x"})).unwrap();
         assert!(identity_from_claims(&p, &c).is_err());
     }
 }

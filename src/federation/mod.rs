@@ -5,7 +5,6 @@
 //! (`accounts::federation`); the endpoints are `http::federation`.
 
 pub mod client;
-mod outbound_stub;
 pub mod state;
 
 pub use client::{CallbackParams, FedError, Federation, VerifiedIdentity};

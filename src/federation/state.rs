@@ -18,6 +18,19 @@ pub const LOGIN_CODE_TTL_SECS: i64 = 60;
 /// stripped from every proxied request.
 pub const STATE_COOKIE: &str = "__Host-portcullis-fed";
 
+/// `Set-Cookie` of the sign-in state (`__Host-`: Secure, Path=/, no
+/// Domain; Lax so the provider's redirect back carries it).
+pub fn state_cookie(value: &str) -> String {
+    format!(
+        "{STATE_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={STATE_TTL_SECS}"
+    )
+}
+
+/// `Set-Cookie` that removes it.
+pub fn clear_state_cookie() -> String {
+    format!("{STATE_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0")
+}
+
 /// Where the callback sends the person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -88,7 +101,11 @@ impl Sealer {
     /// `kind` separates uses (a state is no login code).
     pub fn seal<T: Serialize>(&self, kind: &str, v: &T) -> String {
         let body = serde_json::to_vec(v).unwrap_or_default();
-        format!("{}.{}", b64().encode(&body), b64().encode(self.mac(kind, &body)))
+        format!(
+            "{}.{}",
+            b64().encode(&body),
+            b64().encode(self.mac(kind, &body))
+        )
     }
 
     /// The value, when its MAC is right (compared in constant time).
@@ -128,11 +145,17 @@ mod tests {
         let sealed = s.seal("state", &st);
         assert_eq!(s.open::<FlowState>("state", &sealed), Some(st.clone()));
         assert_eq!(s.open::<FlowState>("code", &sealed), None);
-        assert_eq!(Sealer::new([2; 32]).open::<FlowState>("state", &sealed), None);
+        assert_eq!(
+            Sealer::new([2; 32]).open::<FlowState>("state", &sealed),
+            None
+        );
         // One changed character of the body: refused.
         let mut t = sealed.clone().into_bytes();
         t[3] = if t[3] == b'A' { b'B' } else { b'A' };
-        assert_eq!(s.open::<FlowState>("state", &String::from_utf8(t).unwrap()), None);
+        assert_eq!(
+            s.open::<FlowState>("state", &String::from_utf8(t).unwrap()),
+            None
+        );
         assert_eq!(s.open::<FlowState>("state", "garbage"), None);
     }
 }

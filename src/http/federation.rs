@@ -12,34 +12,8 @@ use crate::accounts::{AuthService, FieldErrors, Login};
 use crate::browser;
 use crate::error::ApiError;
 use crate::federation::client::CallbackParams;
-use crate::federation::state::{Mode, STATE_COOKIE, STATE_TTL_SECS};
+use crate::federation::state::{clear_state_cookie, state_cookie, Mode, STATE_COOKIE};
 use crate::wire;
-
-/// `Set-Cookie` of the sign-in state (`__Host-`: Secure, Path=/, no
-/// Domain; Lax so the provider's redirect back carries it).
-pub fn state_cookie(value: &str) -> String {
-    format!("{STATE_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={STATE_TTL_SECS}")
-}
-
-fn clear_state_cookie() -> String {
-    format!("{STATE_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0")
-}
-
-/// The status a federation failure answers with on the JSON API.
-pub fn api_error(code: FedCode) -> ApiError {
-    let status = match code {
-        FedCode::IdentityTaken | FedCode::LastSignInMethod | FedCode::AccountExists => 409,
-        FedCode::UnknownProvider => 404,
-        FedCode::AccountDisabled => 403,
-        FedCode::ProviderError => 502,
-        _ => 400,
-    };
-    ApiError::Coded {
-        status,
-        code: code.code(),
-        message: code.message(),
-    }
-}
 
 /// `rd` with `name=value` added to its query.
 fn with_param(rd: &str, name: &str, value: &str) -> String {
@@ -70,7 +44,7 @@ impl AuthService {
         let start = self
             .federation_start(id, rd, mode, None)
             .await
-            .map_err(api_error)?;
+            .map_err(ApiError::from)?;
         Ok(ApiResponse::empty(302)
             .with_header("location", start.authorize_url)
             .with_header("set-cookie", state_cookie(&start.state_cookie))
@@ -112,9 +86,12 @@ impl AuthService {
                         )
                         .with_header("cache-control", "no-store")
                 }
-                Login::MfaChallenge { mfa_token } => {
-                    self.portal_federated_mfa(req, &mfa_token, &rd, clear)
-                }
+                Login::MfaChallenge { mfa_token } => self.portal_federated_mfa(
+                    &super::routes::portal_view(req),
+                    &mfa_token,
+                    &rd,
+                    clear,
+                ),
             },
             Ok(FedDone::Code { login_code, rd }) => ApiResponse::empty(302)
                 .with_header("location", with_param(&rd, "login_code", &login_code))
@@ -128,13 +105,19 @@ impl AuthService {
                     .with_header("location", with_param(&rd, "error", code.code()))
                     .with_header("set-cookie", clear_state_cookie()),
                 Mode::Browser if self.cfg().browser.enabled => {
-                    let status = api_error(code).status();
-                    let mut resp =
-                        self.portal_federated_error(req, status, code.message(), &rd, clear);
-                    resp.headers.push(("x-portcullis-error", code.code().to_string()));
+                    let status = ApiError::from(code).status();
+                    let mut resp = self.portal_federated_error(
+                        &super::routes::portal_view(req),
+                        status,
+                        code.message(),
+                        &rd,
+                        clear,
+                    );
+                    resp.headers
+                        .push(("x-portcullis-error", code.code().to_string()));
                     resp
                 }
-                Mode::Browser => api_error(code)
+                Mode::Browser => ApiError::from(code)
                     .into_response()
                     .with_header("set-cookie", clear_state_cookie()),
             },
@@ -183,7 +166,11 @@ impl AuthService {
     }
 
     /// `POST /auth/identities/{provider}` (recent sign-in).
-    pub(super) async fn identity_link_endpoint(&self, req: &ApiRequest, provider: &str) -> ApiResult {
+    pub(super) async fn identity_link_endpoint(
+        &self,
+        req: &ApiRequest,
+        provider: &str,
+    ) -> ApiResult {
         let claims = self.require_bearer(req)?;
         let cfg = self.cfg();
         let raw = req.query_param("rd").unwrap_or_else(|| "/".into());
@@ -191,7 +178,7 @@ impl AuthService {
         let start = self
             .start_linking(&claims, provider, rd)
             .await?
-            .map_err(api_error)?;
+            .map_err(ApiError::from)?;
         Ok(json_of(
             200,
             &wire::AuthorizeUrl {
@@ -202,16 +189,24 @@ impl AuthService {
     }
 
     /// `DELETE /auth/identities/{provider}` (recent sign-in).
-    pub(super) async fn identity_unlink_endpoint(&self, req: &ApiRequest, provider: &str) -> ApiResult {
+    pub(super) async fn identity_unlink_endpoint(
+        &self,
+        req: &ApiRequest,
+        provider: &str,
+    ) -> ApiResult {
         let claims = self.require_bearer(req)?;
         self.unlink_identity(&claims, provider, &client_of(req))
             .await?
-            .map_err(api_error)?;
+            .map_err(ApiError::from)?;
         Ok(ApiResponse::empty(204))
     }
 
     /// `POST /auth/oidc/{id}/backchannel-logout`, form `logout_token=`.
-    pub(super) async fn backchannel_logout_endpoint(&self, req: &ApiRequest, id: &str) -> ApiResult {
+    pub(super) async fn backchannel_logout_endpoint(
+        &self,
+        req: &ApiRequest,
+        id: &str,
+    ) -> ApiResult {
         let token = url::form_urlencoded::parse(&req.body)
             .find(|(k, _)| k == "logout_token")
             .map(|(_, v)| v.into_owned());
@@ -258,7 +253,9 @@ impl AuthService {
         Some(match (action, m) {
             ("start", &Method::GET) => self.oidc_start_endpoint(req, id).await,
             ("callback", &Method::GET) => self.oidc_callback_endpoint(req, id).await,
-            ("backchannel-logout", &Method::POST) => self.backchannel_logout_endpoint(req, id).await,
+            ("backchannel-logout", &Method::POST) => {
+                self.backchannel_logout_endpoint(req, id).await
+            }
             ("start" | "callback" | "backchannel-logout", _) => Err(ApiError::MethodNotAllowed),
             _ => Err(ApiError::NotFound),
         })

@@ -152,7 +152,7 @@ fn event_for_path(path: &str) -> Option<&'static str> {
 }
 
 /// The portal's view of a request to `/auth/ui/*`.
-fn portal_view(req: &ApiRequest) -> crate::portal::PortalRequest<'_> {
+pub(super) fn portal_view(req: &ApiRequest) -> crate::portal::PortalRequest<'_> {
     crate::portal::PortalRequest {
         method: &req.method,
         path: &req.path,

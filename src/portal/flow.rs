@@ -551,10 +551,10 @@ impl AuthService {
         {
             Ok(Ok(start)) => {
                 page.set_cookies
-                    .push(crate::http::federation::state_cookie(&start.state_cookie));
+                    .push(crate::federation::state::state_cookie(&start.state_cookie));
                 Ok(page.see_other(&start.authorize_url))
             }
-            Ok(Err(code)) => Err(crate::http::federation::api_error(code)),
+            Ok(Err(code)) => Err(ApiError::from(code)),
             Err(AccountError::ReauthRequired) => Ok(page.see_other("/auth/ui/reauth")),
             Err(e) => Err(e.into()),
         }
@@ -566,11 +566,11 @@ impl AuthService {
         };
         let provider = page.field("provider");
         match self
-            .unlink_identity(&id.claims, &provider, &client(page.req))
+            .unlink_identity(&id.claims, &provider, &page.req.client)
             .await
         {
             Ok(Ok(())) => Ok(page.see_other("/auth/ui/sessions")),
-            Ok(Err(code)) => Err(crate::http::federation::api_error(code)),
+            Ok(Err(code)) => Err(ApiError::from(code)),
             Err(AccountError::ReauthRequired) => Ok(page.see_other("/auth/ui/reauth")),
             Err(e) => Err(e.into()),
         }
@@ -781,12 +781,12 @@ impl AuthService {
     /// The TOTP step of a federated sign-in, with `cookies` set.
     pub(crate) fn portal_federated_mfa(
         &self,
-        req: &ApiRequest,
+        req: &PortalRequest<'_>,
         mfa_token: &str,
         rd: &str,
         cookies: Vec<String>,
     ) -> ApiResponse {
-        let mut page = Page::new(req, self.cfg());
+        let mut page = Page::new(req, self.cfg(), &*self.entropy);
         page.set_cookies.extend(cookies);
         mfa_page(page, None, mfa_token, rd)
     }
@@ -794,13 +794,13 @@ impl AuthService {
     /// The sign-in page with a federated sign-in's failure on it.
     pub(crate) fn portal_federated_error(
         &self,
-        req: &ApiRequest,
+        req: &PortalRequest<'_>,
         status: u16,
         message: &str,
         rd: &str,
         cookies: Vec<String>,
     ) -> ApiResponse {
-        let mut page = Page::new(req, self.cfg());
+        let mut page = Page::new(req, self.cfg(), &*self.entropy);
         page.set_cookies.extend(cookies);
         login_form(page, Some((status, message)), "", rd)
     }

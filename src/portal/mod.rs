@@ -26,8 +26,9 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
 pub use pages::{
-    ConfirmPage, ForgotPage, IdentityRow, LoginPage, ProviderButton, LogoutPage, MfaPage, Notice, PasskeyRow, ReauthPage,
-    RegisterPage, ResetPage, SessionRow, SessionsNotice, SessionsPage, Time, VerifyPage,
+    ConfirmPage, ForgotPage, IdentityRow, LoginPage, LogoutPage, MfaPage, Notice, PasskeyRow,
+    ProviderButton, ReauthPage, RegisterPage, ResetPage, SessionRow, SessionsNotice, SessionsPage,
+    Time, VerifyPage,
 };
 pub use request::PortalRequest;
 

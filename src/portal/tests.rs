@@ -45,7 +45,15 @@ fn every_echoed_value_is_escaped_on_every_page() {
     let pages: Vec<(&str, String, usize)> = vec![
         (
             "login",
-            render(&frame(), &LoginPage { email: h, rd: h, providers: &[] }).unwrap(),
+            render(
+                &frame(),
+                &LoginPage {
+                    email: h,
+                    rd: h,
+                    providers: &[],
+                },
+            )
+            .unwrap(),
             2 + 1 + 2,
         ),
         (
@@ -172,7 +180,15 @@ fn the_forms_keep_their_ids_labels_and_autocomplete() {
         csrf: "tok",
         alert: None,
     };
-    let login = render(&f, &LoginPage { email: "", rd: "/", providers: &[] }).unwrap();
+    let login = render(
+        &f,
+        &LoginPage {
+            email: "",
+            rd: "/",
+            providers: &[],
+        },
+    )
+    .unwrap();
     for want in [
         r#"<html lang="en">"#,
         "<main>",

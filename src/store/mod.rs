@@ -569,8 +569,7 @@ pub trait Store: Send + Sync + 'static {
     /// Remove the user's identity at `provider`, unless it is the last way
     /// the account can sign in ([`identities::may_unlink`], judged on the
     /// current record).
-    async fn unlink_identity(&self, user_id: Uuid, provider: &str)
-        -> StoreResult<UnlinkOutcome>;
+    async fn unlink_identity(&self, user_id: Uuid, provider: &str) -> StoreResult<UnlinkOutcome>;
 
     // --- refresh sessions
     /// Create a session, provided the user is still enabled and at

@@ -119,20 +119,37 @@ pub async fn racing_first_sign_ins_create_one_account(s: Arc<dyn Store>) {
     let outcomes: Vec<LinkOutcome> = rs.iter().map(|(_, o)| o.clone()).collect();
     assert_eq!(count(&outcomes, LinkOutcome::Linked), 1, "{outcomes:?}");
     assert!(
-        outcomes
-            .iter()
-            .all(|o| matches!(o, LinkOutcome::Linked | LinkOutcome::Taken | LinkOutcome::EmailTaken)),
+        outcomes.iter().all(|o| matches!(
+            o,
+            LinkOutcome::Linked | LinkOutcome::Taken | LinkOutcome::EmailTaken
+        )),
         "{outcomes:?}"
     );
-    let winner = rs.iter().find(|(_, o)| *o == LinkOutcome::Linked).unwrap().0;
-    let by_email = s.find_user_by_email("jit@example.com").await.unwrap().unwrap();
+    let winner = rs
+        .iter()
+        .find(|(_, o)| *o == LinkOutcome::Linked)
+        .unwrap()
+        .0;
+    let by_email = s
+        .find_user_by_email("jit@example.com")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(by_email.id, winner);
     assert_eq!(
-        s.find_identity("corp", "jit").await.unwrap().unwrap().user_id,
+        s.find_identity("corp", "jit")
+            .await
+            .unwrap()
+            .unwrap()
+            .user_id,
         winner
     );
     for (id, _) in rs.iter().filter(|(id, _)| *id != winner) {
-        assert_eq!(s.find_user(*id).await.unwrap(), None, "a loser's account exists");
+        assert_eq!(
+            s.find_user(*id).await.unwrap(),
+            None,
+            "a loser's account exists"
+        );
     }
 }
 
@@ -201,7 +218,9 @@ pub async fn identities_survive_a_copy(s: Arc<dyn Store>) {
     let u = user("copy-fed@example.com");
     s.create_user(u.clone(), None).await.unwrap();
     for (p, sub) in [("corp", "c/1"), ("gh", "7"), ("okta", "x y")] {
-        s.link_identity(link(p, sub, u.id), None, None).await.unwrap();
+        s.link_identity(link(p, sub, u.id), None, None)
+            .await
+            .unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
     let t = portcullis::store::sled_store::SledStore::open(&dir.path().join("db")).unwrap();
@@ -216,7 +235,11 @@ pub async fn identities_survive_a_copy(s: Arc<dyn Store>) {
         s.list_identities(u.id).await.unwrap()
     );
     assert_eq!(
-        t.find_identity("corp", "c/1").await.unwrap().unwrap().user_id,
+        t.find_identity("corp", "c/1")
+            .await
+            .unwrap()
+            .unwrap()
+            .user_id,
         u.id
     );
     let snap = s.snapshot().await.unwrap();
@@ -369,7 +392,12 @@ mod rules {
     async fn local_user(f: &Fixture, email: &str, verified: bool) -> User {
         let u = User {
             email_verified: verified,
-            ..User::new(Uuid::new_v4(), email, "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA", 1)
+            ..User::new(
+                Uuid::new_v4(),
+                email,
+                "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+                1,
+            )
         };
         f.svc.store.create_user(u.clone(), None).await.unwrap();
         u
@@ -387,14 +415,21 @@ mod rules {
                 .federated_sign_in(&p, identity("s1", Some("New@Example.com"), true), &client())
                 .await,
         );
-        assert_eq!(a.user.email, "New@example.com", "the local part keeps its case");
+        assert_eq!(
+            a.user.email, "New@example.com",
+            "the local part keeps its case"
+        );
         assert!(a.user.email_verified);
         assert!(a.user.password_hash.is_empty());
         let claims = f.svc.tokens.verify(&a.access_token).unwrap();
         assert_eq!(claims.amr, ["fed"]);
         let b = signed(
             f.svc
-                .federated_sign_in(&p, identity("s1", Some("changed@example.com"), true), &client())
+                .federated_sign_in(
+                    &p,
+                    identity("s1", Some("changed@example.com"), true),
+                    &client(),
+                )
                 .await,
         );
         assert_eq!(b.user.id, a.user.id);
@@ -416,7 +451,10 @@ mod rules {
                 &client(),
             )
             .await;
-        assert!(matches!(login, Err(AccountError::WrongCredentials)), "{login:?}");
+        assert!(
+            matches!(login, Err(AccountError::WrongCredentials)),
+            "{login:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,7 +466,14 @@ mod rules {
             .federated_sign_in(&p, identity("s1", Some("x@example.com"), true), &client())
             .await;
         assert_eq!(refused(r), "signup_disabled");
-        assert_eq!(f.svc.store.find_user_by_email("x@example.com").await.unwrap(), None);
+        assert_eq!(
+            f.svc
+                .store
+                .find_user_by_email("x@example.com")
+                .await
+                .unwrap(),
+            None
+        );
     }
 
     /// Linking by email: off → account_exists; on → only when both the
@@ -439,7 +484,11 @@ mod rules {
         local_user(&off, "taken@example.com", true).await;
         let r = off
             .svc
-            .federated_sign_in(&provider(&off), identity("s1", Some("taken@example.com"), true), &client())
+            .federated_sign_in(
+                &provider(&off),
+                identity("s1", Some("taken@example.com"), true),
+                &client(),
+            )
             .await;
         assert_eq!(refused(r), "account_exists");
 
@@ -448,33 +497,63 @@ mod rules {
         let unverified_local = local_user(&on, "local-unverified@example.com", false).await;
         let r = on
             .svc
-            .federated_sign_in(&p, identity("s2", Some("local-unverified@example.com"), true), &client())
+            .federated_sign_in(
+                &p,
+                identity("s2", Some("local-unverified@example.com"), true),
+                &client(),
+            )
             .await;
         assert_eq!(refused(r), "email_not_verified");
         let verified_local = local_user(&on, "both@example.com", true).await;
         let r = on
             .svc
-            .federated_sign_in(&p, identity("s3", Some("both@example.com"), false), &client())
+            .federated_sign_in(
+                &p,
+                identity("s3", Some("both@example.com"), false),
+                &client(),
+            )
             .await;
-        assert_eq!(refused(r), "email_not_verified", "the provider did not vouch");
+        assert_eq!(
+            refused(r),
+            "email_not_verified",
+            "the provider did not vouch"
+        );
         let s = signed(
             on.svc
-                .federated_sign_in(&p, identity("s4", Some("both@example.com"), true), &client())
+                .federated_sign_in(
+                    &p,
+                    identity("s4", Some("both@example.com"), true),
+                    &client(),
+                )
                 .await,
         );
         assert_eq!(s.user.id, verified_local.id);
         assert_eq!(
-            on.svc.store.find_identity("corp", "s4").await.unwrap().unwrap().user_id,
+            on.svc
+                .store
+                .find_identity("corp", "s4")
+                .await
+                .unwrap()
+                .unwrap()
+                .user_id,
             verified_local.id
         );
-        assert!(on.svc.store.list_identities(unverified_local.id).await.unwrap().is_empty());
+        assert!(on
+            .svc
+            .store
+            .list_identities(unverified_local.id)
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     /// Roles follow role_map at every sign-in; unmapped values and the
     /// gateway's own roles are left alone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn roles_are_mapped_and_refreshed_at_every_sign_in() {
-        let f = fixture("roles_claim = \"groups\"\nrole_map = { admins = \"admin\", ops = \"operator\" }");
+        let f = fixture(
+            "roles_claim = \"groups\"\nrole_map = { admins = \"admin\", ops = \"operator\" }",
+        );
         let p = provider(&f);
         let mut id = identity("s1", Some("r@example.com"), true);
         id.roles = vec!["admin".into(), "operator".into()];
@@ -483,7 +562,11 @@ mod rules {
         roles.sort();
         assert_eq!(roles, ["admin", "operator"]);
         f.svc
-            .change_user(s.user.id, portcullis::store::UserChange::AddRole("local".into()), None)
+            .change_user(
+                s.user.id,
+                portcullis::store::UserChange::AddRole("local".into()),
+                None,
+            )
             .await
             .unwrap();
         id.roles = vec!["operator".into()];
@@ -549,7 +632,11 @@ mod rules {
         // A real user behind it.
         let s = signed(
             f.svc
-                .federated_sign_in(&provider(&f), identity("s1", Some("c@example.com"), true), &client())
+                .federated_sign_in(
+                    &provider(&f),
+                    identity("s1", Some("c@example.com"), true),
+                    &client(),
+                )
                 .await,
         );
         let g = portcullis::federation::LoginGrant {
@@ -600,7 +687,10 @@ fn every_identity_provider_key_is_documented() {
     assert!(keys.len() >= 20, "{keys:?}");
     for k in keys {
         let needle = format!("`[[identity_providers]] {k}`");
-        assert!(doc.contains(&needle), "docs/configuration.md lacks {needle}");
+        assert!(
+            doc.contains(&needle),
+            "docs/configuration.md lacks {needle}"
+        );
     }
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     assert!(readme.contains("## Sign in with Google, GitHub or your company's IdP"));

@@ -15,6 +15,7 @@ mod documented;
 mod durability;
 mod email;
 mod federation;
+mod federation_flow;
 mod federation_store;
 mod key_rotation;
 mod limits;

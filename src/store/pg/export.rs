@@ -96,8 +96,11 @@ pub(super) async fn export_page(
             let sql = "SELECT provider, subject, record FROM linked_identities
                        WHERE (provider, subject) > ($1, $2)
                        ORDER BY provider, subject LIMIT $3";
-            for row in query(sql, vec![Box::new(provider), Box::new(subject), Box::new(limit)])
-                .await?
+            for row in query(
+                sql,
+                vec![Box::new(provider), Box::new(subject), Box::new(limit)],
+            )
+            .await?
             {
                 let (p, sub): (String, String) = (row.get(0), row.get(1));
                 records.push(Record::Identity(dec(row.get(2))?));

@@ -99,7 +99,10 @@ impl PgStore {
         .await
     }
 
-    pub(super) async fn op_list_identities(&self, user_id: Uuid) -> StoreResult<Vec<LinkedIdentity>> {
+    pub(super) async fn op_list_identities(
+        &self,
+        user_id: Uuid,
+    ) -> StoreResult<Vec<LinkedIdentity>> {
         let c = self.client().await?;
         let rows = c
             .query(
@@ -133,8 +136,10 @@ impl PgStore {
                 )
                 .await
                 .map_err(pg)?;
-            let all: Vec<LinkedIdentity> =
-                rows.into_iter().map(|r| dec(r.get(0))).collect::<StoreResult<_>>()?;
+            let all: Vec<LinkedIdentity> = rows
+                .into_iter()
+                .map(|r| dec(r.get(0)))
+                .collect::<StoreResult<_>>()?;
             let Some(link) = all.iter().find(|l| l.provider == provider).cloned() else {
                 return Ok(UnlinkOutcome::NotLinked);
             };

@@ -53,11 +53,7 @@ impl Store for PgStore {
         self.op_list_identities(user_id).await
     }
 
-    async fn unlink_identity(
-        &self,
-        user_id: Uuid,
-        provider: &str,
-    ) -> StoreResult<UnlinkOutcome> {
+    async fn unlink_identity(&self, user_id: Uuid, provider: &str) -> StoreResult<UnlinkOutcome> {
         self.op_unlink_identity(user_id, provider.to_string()).await
     }
 

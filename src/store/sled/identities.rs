@@ -23,18 +23,19 @@ impl SledStore {
             };
             let user: Option<User> = match &new_user {
                 Some(u) => {
-                    if existing.is_none()
-                        && tx.get(T::Emails, &email_key(&u.email))?.is_some()
-                    {
+                    if existing.is_none() && tx.get(T::Emails, &email_key(&u.email))?.is_some() {
                         return Ok(LinkOutcome::EmailTaken);
                     }
                     Some(u.clone())
                 }
                 None => tx.get_json(T::Users, link.user_id.as_bytes())?,
             };
-            if let Err(outcome) =
-                judge_link(&link, existing.as_ref(), user.as_ref(), same_provider.as_ref())
-            {
+            if let Err(outcome) = judge_link(
+                &link,
+                existing.as_ref(),
+                user.as_ref(),
+                same_provider.as_ref(),
+            ) {
                 return Ok(outcome);
             }
             if let Some(u) = &new_user {
@@ -60,7 +61,10 @@ impl SledStore {
         self.read(move |t| t.get_json(T::Identities, &key)).await
     }
 
-    pub(super) async fn op_list_identities(&self, user_id: Uuid) -> StoreResult<Vec<LinkedIdentity>> {
+    pub(super) async fn op_list_identities(
+        &self,
+        user_id: Uuid,
+    ) -> StoreResult<Vec<LinkedIdentity>> {
         self.read(move |t| {
             let mut out = Vec::new();
             for kv in t.tree(T::UserIdentities).scan_prefix(user_id.as_bytes()) {

@@ -111,9 +111,7 @@ pub(super) fn record_from(t: T, k: &[u8], v: &[u8]) -> StoreResult<Record> {
         | T::RevLog
         | T::LogState
         | T::KeyHolders
-        | T::UserIdentities => {
-            return Err(StoreError::Corrupt("an index holds no records".into()))
-        }
+        | T::UserIdentities => return Err(StoreError::Corrupt("an index holds no records".into())),
     })
 }
 

@@ -216,7 +216,10 @@ impl<'a> Tx<'a> {
             Record::Identity(l) => {
                 let key = crate::store::identities::identity_key(&l.provider, &l.subject);
                 if let Some(old) = self.get_json::<LinkedIdentity>(T::Identities, &key)? {
-                    self.remove(T::UserIdentities, user_identity_key(&old.user_id, &old.provider));
+                    self.remove(
+                        T::UserIdentities,
+                        user_identity_key(&old.user_id, &old.provider),
+                    );
                 }
                 self.put(
                     T::UserIdentities,
