@@ -112,7 +112,7 @@ async fn harness_the_provider_logs_in_issues_codes_and_logs_out_on_its_own() {
     let idp = Idp::start(IdpConfig {
         accounts,
         clients: vec![client("rp", "rp-secret", &[RP_CALLBACK], Some(&bcl))],
-            ..Default::default()
+        ..Default::default()
     })
     .await;
     // Discovery.
@@ -312,7 +312,9 @@ const SECRET_ENV: &str = "PORTCULLIS_IDP_CORP_SECRET";
 const CLIENT_ID: &str = "portcullis";
 const CLIENT_SECRET: &str = "the corp client secret, only in the env";
 const CALLBACK: &str = "https://gateway.test/auth/oidc/corp/callback";
-const RD: &str = "/app/after";
+/// Short: the state cookie holds `rd`, and the gateway reads cookies of at
+/// most 256 characters (see `a_long_rd_survives_the_round_trip`).
+const RD: &str = "/a";
 
 /// A gateway with the provider `corp` (browser mode enabled, an `mfa =
 /// true` route under `/secure`) and its client registered at the provider
@@ -618,7 +620,7 @@ async fn an_oauth2_provider_signs_in_through_its_userinfo_url() {
             ),
         ]),
         clients: vec![],
-            ..Default::default()
+        ..Default::default()
     })
     .await;
     let mut b = crate::browser::builder();
@@ -1084,7 +1086,7 @@ async fn a_callback_is_checked_against_the_provider_that_started_it() {
     let a = Idp::start(IdpConfig {
         accounts: users(&[("ida", corp_user("ida@corp.example", true, &[], &["pwd"]))]),
         clients: vec![],
-            ..Default::default()
+        ..Default::default()
     })
     .await;
     let b = Idp::start(IdpConfig::default()).await;
@@ -1142,12 +1144,20 @@ async fn a_callback_is_checked_against_the_provider_that_started_it() {
         .insert(SECRET_ENV.to_string(), CLIENT_SECRET.to_string());
     let gw = TestGateway::start_with(builder).await;
     register_gateway(&liar, &gw, "corp").await;
-    let r = http::get(gw.addr, &format!("/auth/oidc/corp/start?{}", rd_query(true)), None).await;
+    let r = http::get(
+        gw.addr,
+        &format!("/auth/oidc/corp/start?{}", rd_query(true)),
+        None,
+    )
+    .await;
     assert_ne!(r.status, 500, "{r:?}");
     let refused = match r.status {
         302 => {
             let loc = r.header("location").unwrap();
-            let u = url::Url::parse("https://gateway.test").unwrap().join(loc).unwrap();
+            let u = url::Url::parse("https://gateway.test")
+                .unwrap()
+                .join(loc)
+                .unwrap();
             if u.port() == Some(liar.addr.port()) {
                 let cookies = cookies_of(&r);
                 let cb = liar.complete_login(u.as_str(), "ida").await;
@@ -1319,7 +1329,7 @@ async fn backchannel_logout_on_one_gateway_ends_the_session_on_another_on_postgr
     let idp = Idp::start(IdpConfig {
         accounts: users(&[("jo", corp_user("jo@corp.example", true, &[], &["pwd"]))]),
         clients: vec![],
-            ..Default::default()
+        ..Default::default()
     })
     .await;
     let shared = format!("[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n");
@@ -1594,7 +1604,7 @@ async fn chromium_signs_in_with_the_portal_button() {
     let idp = Idp::start(IdpConfig {
         accounts: users(&[("nia", corp_user("nia@corp.example", true, &[], &["pwd"]))]),
         clients: vec![],
-            ..Default::default()
+        ..Default::default()
     })
     .await;
     let mut b = fed_builder(&idp, "", "");
@@ -1707,4 +1717,29 @@ async fn a_logout_token_with_only_a_sid_ends_that_sign_in() {
     assert_eq!(r.status, 401, "the sid's session ended: {r:?}");
     let r = fed.gw.post("/auth/refresh", refresh(&second), None).await;
     assert_eq!(r.status, 200, "the other session did not: {r:?}");
+}
+
+/// A realistic `rd` (a deep link with a query) survives the round trip:
+/// the state cookie that carries it must still be read at the callback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_rd_survives_the_round_trip() {
+    let fed = Fed::start(
+        "",
+        &[("pia", corp_user("pia@corp.example", true, &[], &["pwd"]))],
+    )
+    .await;
+    let rd = "/app/projects/42/issues?state=open&sort=updated&page=3";
+    let enc: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
+    let (authorize, cookies) = start_at(&fed.gw, "corp", &format!("rd={enc}&mode=code")).await;
+    let cb = fed.idp.complete_login(&authorize, "pia").await;
+    let r = callback(&fed.gw, &cb, &cookies).await;
+    assert_eq!(
+        r.status,
+        302,
+        "{:?} (state cookie: {} chars)",
+        r.header("x-portcullis-error"),
+        cookies.len()
+    );
+    let loc = r.header("location").unwrap();
+    assert!(loc.contains("login_code="), "{loc}");
 }
