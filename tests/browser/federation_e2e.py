@@ -116,7 +116,7 @@ try:
     driver.get(f"{GW}/auth/ui/sessions")
     wait.until(lambda d: path_of(d.current_url).startswith("/auth/ui/sessions"))
     page = driver.page_source
-    assert "corp" in page, page
+    assert BUTTON in page and EMAIL in page and "Unlink" in page, page
     shot("federation-sessions")
     print("PASSED", flush=True)
 finally:

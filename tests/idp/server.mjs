@@ -131,6 +131,10 @@ provider.on('server_error', (_ctx, err) => console.error('server_error', err));
 provider.use(async (ctx, next) => {
   await next();
   const t = tamper.id_token;
+  if (!t && ctx.path === '/token' && ctx.status === 200 && ctx.body && ctx.body.id_token) {
+    // What was issued (a test may need the sid the provider chose).
+    events.push({ event: 'id_token', claims: jose.decodeJwt(ctx.body.id_token) });
+  }
   if (t && ctx.path === '/token' && ctx.status === 200 && ctx.body && ctx.body.id_token) {
     const [h] = ctx.body.id_token.split('.');
     const header = JSON.parse(Buffer.from(h, 'base64url').toString());

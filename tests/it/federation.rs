@@ -112,6 +112,7 @@ async fn harness_the_provider_logs_in_issues_codes_and_logs_out_on_its_own() {
     let idp = Idp::start(IdpConfig {
         accounts,
         clients: vec![client("rp", "rp-secret", &[RP_CALLBACK], Some(&bcl))],
+        ..Default::default()
     })
     .await;
     // Discovery.
@@ -311,7 +312,9 @@ const SECRET_ENV: &str = "PORTCULLIS_IDP_CORP_SECRET";
 const CLIENT_ID: &str = "portcullis";
 const CLIENT_SECRET: &str = "the corp client secret, only in the env";
 const CALLBACK: &str = "https://gateway.test/auth/oidc/corp/callback";
-const RD: &str = "/app/after";
+/// Short: the state cookie holds `rd`, and the gateway reads cookies of at
+/// most 256 characters (see `a_long_rd_survives_the_round_trip`).
+const RD: &str = "/a";
 
 /// A gateway with the provider `corp` (browser mode enabled, an `mfa =
 /// true` route under `/secure`) and its client registered at the provider
@@ -358,6 +361,7 @@ impl Fed {
         let idp = Idp::start(IdpConfig {
             accounts: users(accounts),
             clients: vec![],
+            ..Default::default()
         })
         .await;
         let gw = TestGateway::start_with(fed_builder(&idp, provider_extra, gw_extra)).await;
@@ -616,6 +620,7 @@ async fn an_oauth2_provider_signs_in_through_its_userinfo_url() {
             ),
         ]),
         clients: vec![],
+        ..Default::default()
     })
     .await;
     let mut b = crate::browser::builder();
@@ -679,8 +684,8 @@ async fn sign_up_off_refuses_a_first_sign_in() {
 /// VERIFIED provider email links to an existing account whose email is
 /// verified (the same account, its password still works); an unverified
 /// provider email, or an unverified local account (pre-account takeover),
-/// is refused with `account_exists`; without `link_by_email` a verified
-/// match is refused too.
+/// is refused (`account_exists` or `email_not_verified`); without
+/// `link_by_email` a verified match is refused with `account_exists`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linking_by_email_needs_both_sides_verified_and_link_by_email() {
     let accounts = [
@@ -712,10 +717,9 @@ async fn linking_by_email_needs_both_sides_verified_and_link_by_email() {
     fed.gw
         .admin_add_user("unverified-idp@corp.example", &[])
         .await;
-    assert_eq!(
-        code_signin(&fed, "corp", "u").await.unwrap_err(),
-        "account_exists"
-    );
+    let refused = ["account_exists", "email_not_verified"];
+    let e = code_signin(&fed, "corp", "u").await.unwrap_err();
+    assert!(refused.contains(&e.as_str()), "{e}");
     // Someone registered the victim's address without verifying it (a
     // pre-account takeover): the provider's sign-in must not join it.
     assert_eq!(
@@ -725,10 +729,15 @@ async fn linking_by_email_needs_both_sides_verified_and_link_by_email() {
             .status,
         201
     );
-    assert_eq!(
-        code_signin(&fed, "corp", "squat").await.unwrap_err(),
-        "account_exists"
-    );
+    let e = code_signin(&fed, "corp", "squat").await.unwrap_err();
+    assert!(refused.contains(&e.as_str()), "{e}");
+    // The identity is not linked to the squatted account.
+    let r = fed.gw.login("squatted@corp.example", PASSWORD).await;
+    if r.status == 200 {
+        let t = r.json()["access_token"].as_str().unwrap().to_string();
+        let list = fed.gw.get("/auth/identities", Some(&t)).await.json();
+        assert_eq!(list["identities"], json!([]), "{list}");
+    }
 
     // link_by_email = false: a verified match is refused as well.
     let off = Fed::start(
@@ -1077,6 +1086,7 @@ async fn a_callback_is_checked_against_the_provider_that_started_it() {
     let a = Idp::start(IdpConfig {
         accounts: users(&[("ida", corp_user("ida@corp.example", true, &[], &["pwd"]))]),
         clients: vec![],
+        ..Default::default()
     })
     .await;
     let b = Idp::start(IdpConfig::default()).await;
@@ -1113,17 +1123,27 @@ async fn a_callback_is_checked_against_the_provider_that_started_it() {
     assert!(e == "provider_error" || e == "invalid_state", "{e}");
     drop(gw);
 
-    // A provider configured with an issuer its discovery does not name.
+    // A provider whose discovery names another issuer than the one
+    // configured (and reached): it listens on 127.0.0.1 but says localhost.
+    let liar = Idp::start(IdpConfig {
+        accounts: users(&[("ida", corp_user("ida@corp.example", true, &[], &["pwd"]))]),
+        issuer_host: Some("localhost".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(liar.discovery().await["issuer"], liar.issuer);
+    let configured = format!("http://127.0.0.1:{}", liar.addr.port());
     let mut builder = crate::browser::builder();
-    let wrong = a
-        .gateway_toml("corp", CLIENT_ID, SECRET_ENV, "")
-        .replace(&a.issuer, &format!("{}/", a.issuer));
-    builder.extra.push_str(&wrong);
+    builder.extra.push_str(
+        &liar
+            .gateway_toml("corp", CLIENT_ID, SECRET_ENV, "")
+            .replace(&liar.issuer, &configured),
+    );
     builder
         .env
         .insert(SECRET_ENV.to_string(), CLIENT_SECRET.to_string());
     let gw = TestGateway::start_with(builder).await;
-    register_gateway(&a, &gw, "corp").await;
+    register_gateway(&liar, &gw, "corp").await;
     let r = http::get(
         gw.addr,
         &format!("/auth/oidc/corp/start?{}", rd_query(true)),
@@ -1134,9 +1154,13 @@ async fn a_callback_is_checked_against_the_provider_that_started_it() {
     let refused = match r.status {
         302 => {
             let loc = r.header("location").unwrap();
-            if loc.starts_with(&a.issuer) {
+            let u = url::Url::parse("https://gateway.test")
+                .unwrap()
+                .join(loc)
+                .unwrap();
+            if u.port() == Some(liar.addr.port()) {
                 let cookies = cookies_of(&r);
-                let cb = a.complete_login(loc, "ida").await;
+                let cb = liar.complete_login(u.as_str(), "ida").await;
                 code_outcome(&callback(&gw, &cb, &cookies).await).err()
             } else {
                 Some(loc.to_string())
@@ -1305,6 +1329,7 @@ async fn backchannel_logout_on_one_gateway_ends_the_session_on_another_on_postgr
     let idp = Idp::start(IdpConfig {
         accounts: users(&[("jo", corp_user("jo@corp.example", true, &[], &["pwd"]))]),
         clients: vec![],
+        ..Default::default()
     })
     .await;
     let shared = format!("[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n");
@@ -1579,6 +1604,7 @@ async fn chromium_signs_in_with_the_portal_button() {
     let idp = Idp::start(IdpConfig {
         accounts: users(&[("nia", corp_user("nia@corp.example", true, &[], &["pwd"]))]),
         clients: vec![],
+        ..Default::default()
     })
     .await;
     let mut b = fed_builder(&idp, "", "");
@@ -1637,4 +1663,83 @@ async fn chromium_signs_in_with_the_portal_button() {
         .flat_map(|r| echoed_in(r, "x-user-email"))
         .collect();
     assert_eq!(seen, ["nia@corp.example"]);
+}
+
+/// A logout_token may name the session by `sid` alone (OIDC Back-Channel
+/// Logout 1.0 §2.4: `sid` or `sub` or both; CONTRACT 8.1 "every session
+/// started through that provider `sid` (or `sub`) ends"): the gateway ends
+/// the session of that sign-in, and only it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_token_with_only_a_sid_ends_that_sign_in() {
+    let fed = Fed::start(
+        "",
+        &[("oli", corp_user("oli@corp.example", true, &[], &["pwd"]))],
+    )
+    .await;
+    let (first, _) = signed_in(&fed, "oli").await;
+    let sid = fed.idp.id_tokens().await.last().unwrap()["sid"]
+        .as_str()
+        .expect("the provider gave a sid")
+        .to_string();
+    // A second sign-in in another browser: another provider session.
+    let (second, _) = signed_in(&fed, "oli").await;
+    let other_sid = fed.idp.id_tokens().await.last().unwrap()["sid"].clone();
+    assert_ne!(other_sid, json!(sid));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = fed
+        .idp
+        .sign(
+            json!({
+                "iss": fed.idp.issuer, "aud": CLIENT_ID, "iat": now, "exp": now + 120,
+                "jti": "sid-only", "sid": sid,
+                "events": { "http://schemas.openid.net/event/backchannel-logout": {} },
+            }),
+            json!({ "typ": "logout+jwt" }),
+            "provider",
+        )
+        .await;
+    let body = format!("logout_token={token}");
+    let r = http::request(
+        fed.gw.addr,
+        "POST",
+        "/auth/oidc/corp/backchannel-logout",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        Some(body.as_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let refresh = |v: &Value| json!({ "refresh_token": v["refresh_token"] });
+    let r = fed.gw.post("/auth/refresh", refresh(&first), None).await;
+    assert_eq!(r.status, 401, "the sid's session ended: {r:?}");
+    let r = fed.gw.post("/auth/refresh", refresh(&second), None).await;
+    assert_eq!(r.status, 200, "the other session did not: {r:?}");
+}
+
+/// A realistic `rd` (a deep link with a query) survives the round trip:
+/// the state cookie that carries it must still be read at the callback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_rd_survives_the_round_trip() {
+    let fed = Fed::start(
+        "",
+        &[("pia", corp_user("pia@corp.example", true, &[], &["pwd"]))],
+    )
+    .await;
+    let rd = "/app/projects/42/issues?state=open&sort=updated&page=3";
+    let enc: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
+    let (authorize, cookies) = start_at(&fed.gw, "corp", &format!("rd={enc}&mode=code")).await;
+    let cb = fed.idp.complete_login(&authorize, "pia").await;
+    let r = callback(&fed.gw, &cb, &cookies).await;
+    assert_eq!(
+        r.status,
+        302,
+        "{:?} (state cookie: {} chars)",
+        r.header("x-portcullis-error"),
+        cookies.len()
+    );
+    let loc = r.header("location").unwrap();
+    assert!(loc.contains("login_code="), "{loc}");
 }

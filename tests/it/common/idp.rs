@@ -36,6 +36,9 @@ pub struct IdpConfig {
     pub accounts: BTreeMap<String, Value>,
     /// Client metadata (see [`client`]).
     pub clients: Vec<Value>,
+    /// The issuer's host instead of `127.0.0.1` (it still listens there):
+    /// a provider whose discovery names another issuer than its URL.
+    pub issuer_host: Option<String>,
 }
 
 /// An account: its claims (`sub` is the user id) and the `amr` its sign-in
@@ -133,7 +136,8 @@ impl Jar {
 
 /// A running provider.
 pub struct Idp {
-    /// `http://127.0.0.1:PORT`, the `issuer` of its discovery document.
+    /// `http://127.0.0.1:PORT` (unless [`IdpConfig::issuer_host`]), the
+    /// `issuer` of its discovery document.
     pub issuer: String,
     pub addr: SocketAddr,
     child: Child,
@@ -147,8 +151,11 @@ impl Idp {
         let modules = tokio::task::spawn_blocking(node_modules).await.unwrap();
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let host = config.issuer_host.as_deref().unwrap_or("127.0.0.1");
+        let issuer = format!("http://{host}:{port}");
         let cfg = json!({
             "port": port,
+            "issuer": issuer,
             "accounts": config.accounts,
             "clients": config.clients,
         });
@@ -181,7 +188,7 @@ impl Idp {
             .await
             .unwrap();
         let mut idp = Idp {
-            issuer: format!("http://127.0.0.1:{port}"),
+            issuer,
             addr,
             child,
             stderr: Some(stderr),
@@ -302,11 +309,23 @@ impl Idp {
 
     /// What the provider recorded: back-channel deliveries
     /// (`backchannel.success` / `backchannel.error` with `client_id`, `sub`,
-    /// `sid`, `error`) and tampered id_tokens.
+    /// `sid`, `error`), issued id_tokens (`id_token`, with `claims`) and
+    /// tampered ones (`tampered`).
     pub async fn events(&self) -> Vec<Value> {
         let r = http::get(self.addr, "/__test/events", None).await;
         assert_eq!(r.status, 200, "{r:?}");
         r.json().as_array().cloned().unwrap_or_default()
+    }
+
+    /// The claims of every honest id_token the provider issued, oldest
+    /// first (the `sid` it chose for a session, say).
+    pub async fn id_tokens(&self) -> Vec<Value> {
+        self.events()
+            .await
+            .into_iter()
+            .filter(|e| e["event"] == "id_token")
+            .map(|e| e["claims"].clone())
+            .collect()
     }
 
     /// The provider's discovery document.
