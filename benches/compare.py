@@ -16,7 +16,9 @@ it does (issue 9):
   required HS256, required EdDSA, required with an API key, the 401 path,
   nginx `auth_request` to Portcullis `GET /auth/verify`, and a public
   route on a gateway with 50 routes over 10 hosts (issue 24: host routes
-  matched from a table built once per config).
+  matched from a table built once per config), and the required HS256
+  route with `identity_assertion = true` (issue 23: `X-User-Assertion`
+  signed with RS256, cached per session and route).
 - Tokens come from real logins; 100k revoked token ids are seeded into
   each gateway's store first (`examples/seed.rs`).
 - Latency: p50/p99 at half the median bare-Pingora maximum, from an
@@ -54,6 +56,10 @@ REVOCATIONS = int(os.environ.get("COMPARE_REVOCATIONS", "100000"))
 # is measured before and after in one run (the redesign of issue 21).
 BEFORE = os.environ.get("COMPARE_BEFORE", "")
 PASSWORD = "Vx9-quartz-Lantern-47"
+# The gateways' log filter: warnings, and the access log (issue 24) on as it
+# is by default, one line per request into the gateway's log file in the
+# work dir, so the rows pay for it (`COMPARE_LOG=warn` leaves it out).
+GATEWAY_LOG = os.environ.get("COMPARE_LOG", "warn,access=info")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 PROXY_CORE, LOAD_CORE = "0", "1"
 
@@ -159,6 +165,17 @@ upstream = "http://127.0.0.1:{up_port}"
 auth = "{auth}"
 """)
     return "".join(out)
+
+
+# The assertion variant (issue 23): the required route of the HS256
+# gateway again, with `X-User-Assertion` (RS256, the default signing_alg).
+ASSERT_ROUTE = """
+[[routes]]
+prefix = "/asserted"
+upstream = "http://127.0.0.1:{up_port}"
+auth = "required"
+identity_assertion = true
+"""
 
 
 def gateway_conf(work, name, port, up_port, algorithm, extra_routes=""):
@@ -294,13 +311,14 @@ def run(work):
     gateways = {}
     builds = [("hs", "HS256", REL), ("ed", "EdDSA", REL)] + ([("before", "HS256", BEFORE)] if BEFORE else [])
     for key, alg, rel in builds:
-        conf = gateway_conf(work, key, ports[key], up_port, alg)
+        extra = ASSERT_ROUTE.format(up_port=up_port) if key == "hs" else ""
+        conf = gateway_conf(work, key, ports[key], up_port, alg, extra)
         seeded = subprocess.run([f"{rel}/examples/seed", conf, "1", "0", str(REVOCATIONS), PASSWORD],
                                 capture_output=True, text=True)
         if seeded.returncode != 0:
             sys.exit(f"seeding {key}: {seeded.stderr}")
         print(seeded.stdout.strip(), f"({alg})", flush=True)
-        env = dict(os.environ, RUST_LOG="warn")
+        env = dict(os.environ, RUST_LOG=GATEWAY_LOG)
         p = subprocess.Popen(["taskset", "-c", PROXY_CORE, f"{rel}/portcullis", "serve", "--config", conf],
                              stdout=open(f"{work}/{key}.log", "wb"), stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, env=env)
@@ -310,7 +328,7 @@ def run(work):
     many_conf = gateway_conf(work, "many", ports["many"], up_port, "HS256", many_routes(up_port))
     many = subprocess.Popen(["taskset", "-c", PROXY_CORE, f"{REL}/portcullis", "serve", "--config", many_conf],
                             stdout=open(f"{work}/many.log", "wb"), stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="warn"))
+                            stdin=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG=GATEWAY_LOG))
     procs.append(many)
     wait_port(ports["many"], many, "portcullis (50 routes over 10 hosts)")
     hs_token, ed_token = login(ports["hs"]), login(ports["ed"])
@@ -348,6 +366,8 @@ def run(work):
          [gateways["ed"].pid], True),
         ("required_key", "Portcullis, required route, API key (Bearer)", ports["hs"], "/api/item", hs_key,
          [gateways["hs"].pid], True),
+        ("required_assert", "Portcullis, required route, HS256, `identity_assertion` (RS256)", ports["hs"],
+         "/asserted/item", hs_token, [gateways["hs"].pid], True),
         ("unauthorized", "Portcullis, 401 (bad signature)", ports["hs"], "/api/item", tampered(hs_token),
          [gateways["hs"].pid], False),
         ("authreq", "nginx `auth_request` → Portcullis `/auth/verify`", ports["authreq"], "/api/item",
@@ -389,6 +409,7 @@ def run(work):
         ("required HS256 (100k revocations) / public", ratio("required_hs", "public"), "≥ 0.95×"),
         ("required EdDSA / public", ratio("required_ed", "public"), "≥ 0.90×"),
         ("required, API key / public", ratio("required_key", "public"), "≥ 0.95×"),
+        ("required with `identity_assertion` / required HS256", ratio("required_assert", "required_hs"), "≥ 0.90×"),
         (f"public, 50 routes over {MANY_HOSTS} hosts / public", ratio("public_many", "public"), "≥ 0.95×"),
         ("required HS256 / nginx `auth_request` + verify", ratio("required_hs", "authreq"), "≥ 3×"),
         ("bare Pingora / nginx", ratio("bare", "nginx"), "—"),

@@ -10,6 +10,9 @@
 #   COMPARE_BEFORE=/path/to/old/target/release bash benches/compare.sh
 #       # also runs an earlier build's public and required routes in the
 #       # same rounds (needs its portcullis and examples/seed)
+#   COMPARE_LOG=warn bash benches/compare.sh
+#       # the gateways' RUST_LOG (default "warn,access=info": the access
+#       # log on, written to each gateway's log file)
 #
 # Needs 2 cores (the proxy under test on core 0, the upstream and the load
 # generator on core 1). Every process it starts listens on an ephemeral

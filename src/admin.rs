@@ -294,13 +294,16 @@ impl ServeHttp for AdminApp {
         let method = s.req_header().method.clone();
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => {
-                let pending = self
-                    .auth
-                    .store
-                    .list_mail()
-                    .await
-                    .ok()
-                    .map(|all| all.iter().filter(|m| !m.failed).count() as i64);
+                let outbox = self.auth.store.list_mail().await.ok();
+                let waiting = |of: fn(&crate::store::OutboxMessage) -> bool| {
+                    outbox
+                        .as_ref()
+                        .map(|all| all.iter().filter(|m| !m.failed && of(m)).count() as i64)
+                };
+                let pending = waiting(crate::store::OutboxMessage::is_mail);
+                if let Some(n) = waiting(crate::webhooks::is_webhook) {
+                    self.auth.metrics.webhooks.set_backlog(n);
+                }
                 self.auth.metrics.observe_store(&self.auth.store.stats());
                 self.auth
                     .metrics
@@ -315,6 +318,7 @@ impl ServeHttp for AdminApp {
             ("GET", "/readyz") => self.readyz().await,
             ("POST", "/admin/users") => self.admin(s).await,
             ("GET", "/admin/backup") => self.backup(s).await,
+            ("GET", "/admin/audit") => self.audit(s).await,
             ("POST", "/admin/reload") => self.reload(s).await,
             ("POST", "/admin/explain") => self.explain(s).await,
             _ => err(404, "not_found", "Not found."),
@@ -417,6 +421,26 @@ impl AdminApp {
             Err(e) => {
                 tracing::error!(cause = %e, "writing a backup");
                 err(500, "internal_error", "The backup could not be written.")
+            }
+        }
+    }
+
+    /// `GET /admin/audit?since=RFC3339&limit=N` (or `after_seq=N`, to page
+    /// through the chain): stored audit records in chain order, with the
+    /// chain's head and checkpoint (CONTRACT 8.5). Bad parameters: 400.
+    async fn audit(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        if !self.authorized(s) {
+            return err(401, "unauthorized", "The admin token is required.");
+        }
+        let q = match crate::audit::query::parse_query(s.req_header().uri.query()) {
+            Ok(q) => q,
+            Err(m) => return err(400, "bad_request", &m),
+        };
+        match crate::audit::query::answer(&self.auth.store, &q).await {
+            Ok(v) => json(200, v),
+            Err(e) => {
+                tracing::error!(cause = %e, "reading the audit trail");
+                err(503, "service_unavailable", "The store could not be read.")
             }
         }
     }

@@ -518,7 +518,12 @@ pub fn safe_redirect(rd: &str) -> Option<String> {
         }
     }
     // The auth API is no place to land a browser; the portal is.
-    if rd.starts_with("/auth/") && !rd.starts_with("/auth/ui/") {
+    // (The provider's authorization request is where a sign-in for an
+    // OpenID client comes back to.)
+    if rd.starts_with("/auth/")
+        && !rd.starts_with("/auth/ui/")
+        && !rd.starts_with("/auth/oauth/authorize?")
+    {
         return None;
     }
     Some(rd.to_string())

@@ -23,6 +23,7 @@ pub mod mail;
 pub mod metrics;
 pub mod names;
 pub mod net;
+pub mod oidc_provider;
 pub mod openapi;
 pub mod outbound;
 pub mod portal;
@@ -33,6 +34,8 @@ pub mod server;
 pub mod store;
 pub mod tls;
 pub mod tokens;
+pub mod useragent;
+pub mod webhooks;
 pub mod wire;
 
 use std::sync::Arc;

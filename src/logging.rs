@@ -21,6 +21,10 @@ use tracing_subscriber::Layer;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// The `tracing` target of the access log (`log.access_file` can route it
+/// to its own file; `crate::proxy::access` writes it).
+pub const ACCESS: &str = "access";
+
 pub fn init(cfg: &LogConfig) -> Result<(), String> {
     let spec = std::env::var(EnvFilter::DEFAULT_ENV)
         .ok()
@@ -50,7 +54,9 @@ pub fn init(cfg: &LogConfig) -> Result<(), String> {
         }
     }
     let to_audit_file = cfg.audit_file.is_some();
-    let not_audit = filter_fn(move |m| !(to_audit_file && m.target() == "audit"));
+    // Access lines have their own layer (batched writes, see [`Batched`]).
+    let not_audit =
+        filter_fn(move |m| !(to_audit_file && m.target() == "audit" || m.target() == ACCESS));
     let main: Box<dyn Layer<_> + Send + Sync> = match cfg.format {
         LogFormat::Human => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -83,16 +89,126 @@ pub fn init(cfg: &LogConfig) -> Result<(), String> {
         }
         None => None,
     };
+    let only_access = || filter_fn(|m| m.target() == ACCESS);
+    let access: Option<Box<dyn Layer<_> + Send + Sync>> = match (&cfg.access_file, cfg.format) {
+        (_, _) if !cfg.access_log => None,
+        (Some(path), _) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("log.access_file: {e}"))?;
+            let out = Batched::new(Box::new(file));
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(move || out.clone())
+                    .with_filter(only_access())
+                    .boxed(),
+            )
+        }
+        (None, LogFormat::Human) => {
+            let out = Batched::new(Box::new(std::io::stderr()));
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(move || out.clone())
+                    .with_filter(only_access())
+                    .boxed(),
+            )
+        }
+        (None, LogFormat::Json) => {
+            let out = Batched::new(Box::new(std::io::stderr()));
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(move || out.clone())
+                    .with_filter(only_access())
+                    .boxed(),
+            )
+        }
+    };
     let subscriber = tracing_subscriber::registry()
         .with(filter)
         .with(main)
-        .with(audit);
+        .with(audit)
+        .with(access);
     tracing::subscriber::set_global_default(subscriber).map_err(|e| format!("logging: {e}"))?;
     // After the subscriber is set, so its max level is known.
     log::set_boxed_logger(Box::new(ScrubbingLog(LogTracer::new())))
         .map_err(|e| format!("logging: {e}"))?;
     log::set_max_level(tracing::level_filters::LevelFilter::current().as_log());
     Ok(())
+}
+
+/// Where access lines go: one per request is many, so they are gathered
+/// and written in batches (at 64 KiB, or every 200 ms by a thread of its
+/// own), never a `write(2)` per request. Each event arrives as one whole
+/// line, so a batch is whole lines too and never splits one between the
+/// main log's writes. Lines of the last 200 ms before a crash may be lost.
+#[derive(Clone)]
+struct Batched(std::sync::Arc<BatchedInner>);
+
+struct BatchedInner {
+    buf: parking_lot::Mutex<Vec<u8>>,
+    out: parking_lot::Mutex<Box<dyn std::io::Write + Send>>,
+}
+
+const BATCH_BYTES: usize = 64 * 1024;
+
+impl Batched {
+    fn new(out: Box<dyn std::io::Write + Send>) -> Self {
+        let b = Batched(std::sync::Arc::new(BatchedInner {
+            buf: parking_lot::Mutex::new(Vec::with_capacity(BATCH_BYTES)),
+            out: parking_lot::Mutex::new(out),
+        }));
+        let weak = std::sync::Arc::downgrade(&b.0);
+        let _ = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let Some(inner) = weak.upgrade() else { break };
+                inner.flush();
+            });
+        b
+    }
+}
+
+impl BatchedInner {
+    fn flush(&self) {
+        use std::io::Write;
+        // `out` first: batches are written in the order they were taken.
+        let mut out = self.out.lock();
+        let data = {
+            let mut buf = self.buf.lock();
+            if buf.is_empty() {
+                return;
+            }
+            std::mem::replace(&mut *buf, Vec::with_capacity(BATCH_BYTES))
+        };
+        let _ = out.write_all(&data);
+        let _ = out.flush();
+    }
+}
+
+impl std::io::Write for Batched {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let full = {
+            let mut buf = self.0.buf.lock();
+            buf.extend_from_slice(data);
+            buf.len() >= BATCH_BYTES
+        };
+        if full {
+            self.0.flush();
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The `log` → `tracing` bridge, with query strings scrubbed from every

@@ -62,6 +62,9 @@ fn main() -> ExitCode {
             with_config(&config, |cfg| cli::restore_command(cfg, &from))
         }
         Command::Reload(config) => with_config(&config, cli::reload_command),
+        Command::Audit { config, command } => {
+            with_config(&config, |cfg| cli::audit_command(cfg, command))
+        }
         Command::Keys { config, command } => {
             with_config(&config, |cfg| cli::keys_command(cfg, command))
         }

@@ -58,6 +58,8 @@ pub struct Metrics {
     swept: IntCounterVec,
     store_writable: IntGauge,
     store_write_failures: IntCounter,
+    /// Webhook deliveries (CONTRACT 8.5), see [`WebhookMetrics`].
+    pub webhooks: WebhookMetrics,
     store_recoveries: IntCounter,
     connections_open: IntGauge,
     connections_refused: IntCounter,
@@ -67,6 +69,9 @@ pub struct Metrics {
     route_denials: IntCounterVec,
     /// `portcullis_federated_logins_total{provider,outcome}` (CONTRACT 8.1).
     federated_logins: IntCounterVec,
+    /// `portcullis_audit_chain_head_seq`: the stored audit chain's newest
+    /// sequence number, as last published (CONTRACT 8.5).
+    pub audit_chain_head_seq: IntGauge,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -155,6 +160,50 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(m.clone())).expect("registers once");
     m
+}
+
+/// The webhook side of the outbox: attempts by outcome, and what waits.
+pub struct WebhookMetrics {
+    deliveries: IntCounterVec,
+    backlog: IntGauge,
+}
+
+/// The outcomes of one webhook delivery attempt.
+pub const WEBHOOK_OUTCOMES: [&str; 3] = ["sent", "retry", "failed"];
+
+impl WebhookMetrics {
+    fn new(r: &Registry) -> Self {
+        let deliveries = counter_vec(
+            r,
+            "portcullis_webhook_deliveries_total",
+            "Webhook delivery attempts by outcome (sent, retry, failed: failed for good, kept).",
+            &["outcome"],
+        );
+        for o in WEBHOOK_OUTCOMES {
+            deliveries.with_label_values(&[o]);
+        }
+        let backlog = IntGauge::new(
+            "portcullis_webhook_backlog",
+            "Webhook deliveries waiting in the outbox (not yet sent, not failed for good).",
+        )
+        .expect("valid metric");
+        r.register(Box::new(backlog.clone()))
+            .expect("registers once");
+        Self {
+            deliveries,
+            backlog,
+        }
+    }
+
+    /// Count one delivery attempt (`outcome`: one of [`WEBHOOK_OUTCOMES`]).
+    pub fn delivery(&self, outcome: &str) {
+        self.deliveries.with_label_values(&[outcome]).inc();
+    }
+
+    /// Set at scrape time from the outbox, whatever `/readyz` says.
+    pub fn set_backlog(&self, n: i64) {
+        self.backlog.set(n);
+    }
 }
 
 fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -307,7 +356,15 @@ impl Metrics {
             "portcullis_connections_refused_total",
             "Client connections closed at once because limits.max_connections were open.",
         );
+        let webhooks = WebhookMetrics::new(&r);
+        let audit_chain_head_seq = gauge(
+            &r,
+            "portcullis_audit_chain_head_seq",
+            "The stored audit chain's newest sequence number, as last published (its hash is in the log line audit_chain_head).",
+        );
         let m = Self {
+            webhooks,
+            audit_chain_head_seq,
             store_writable,
             store_write_failures,
             store_recoveries,

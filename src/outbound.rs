@@ -255,6 +255,12 @@ pub fn check_url(url: &Url) -> Result<(), OutboundError> {
     }
 }
 
+/// An `http://` URL to a loopback address (`localhost`, 127.0.0.0/8, ::1):
+/// the one plain-HTTP target the gateway accepts (local testing).
+pub fn loopback_http(url: &Url) -> bool {
+    url.scheme() == "http" && url.host().is_some_and(|h| is_loopback(&h))
+}
+
 fn is_loopback(host: &url::Host<&str>) -> bool {
     match host {
         url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),

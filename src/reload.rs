@@ -150,6 +150,7 @@ fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         ("throttle", differs(&old.throttle, &new.throttle)),
         ("limits", differs(&old.limits, &new.limits)),
         ("routes", differs(&old.routes, &new.routes)),
+        ("webhooks", differs(&old.webhooks, &new.webhooks)),
     ] {
         if changed {
             out.push(name);
@@ -256,7 +257,11 @@ impl Reloader {
             crate::tokens::keys::load(&new.tokens, &new.server.data_dir, self.auth.clock.now())
                 .map_err(|e| problems.push(format!("tokens: signing keys: {e}")))
                 .ok();
-        let (Some(proxy), Some(mail), Some(keys), true) = (proxy, mail, keys, problems.is_empty())
+        let provider_keys = crate::tokens::provider_keys::load(&new, self.auth.clock.now())
+            .map_err(|e| problems.push(format!("oidc_provider: signing keys: {e}")))
+            .ok();
+        let (Some(proxy), Some(mail), Some(keys), Some(provider_keys), true) =
+            (proxy, mail, keys, provider_keys, problems.is_empty())
         else {
             return Err(Refused { problems });
         };
@@ -269,6 +274,7 @@ impl Reloader {
         }
         let changed = changed_sections(&old, &new);
         self.auth.tokens.set_keys(keys);
+        self.auth.tokens.provider.set(provider_keys);
         self.mail.store(Arc::new(mail));
         self.proxy.store(Arc::new(proxy));
         crate::config::warn_if_links_are_logged(&new);

@@ -138,10 +138,16 @@ pub struct SessionList {
 /// One public key of `/.well-known/jwks.json` (RFC 7517).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Jwk {
-    /// `OKP` for Ed25519.
+    /// `OKP` for Ed25519; the provider's keys (CONTRACT 8.2) also `RSA`
+    /// (RS256) and `EC` (ES256, P-256).
     pub kty: String,
     pub crv: Option<String>,
     pub x: Option<String>,
+    /// EC: the y coordinate.
+    pub y: Option<String>,
+    /// RSA: modulus and exponent.
+    pub n: Option<String>,
+    pub e: Option<String>,
     pub kid: Option<String>,
     pub alg: Option<String>,
     #[serde(rename = "use")]

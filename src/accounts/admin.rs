@@ -30,6 +30,10 @@ pub enum AdminCommand {
     Disable {
         email: String,
     },
+    /// Enable a disabled account again.
+    Enable {
+        email: String,
+    },
     RoleAdd {
         email: String,
         role: String,
@@ -46,6 +50,18 @@ pub enum AdminCommand {
     KeyRevoke {
         email: String,
         id: String,
+    },
+    /// End every session of a user and void their access tokens.
+    SessionsEnd {
+        email: String,
+    },
+    /// Turn a user's TOTP off (and drop the recovery codes).
+    TotpOff {
+        email: String,
+    },
+    /// Mail the user a password-reset link.
+    ResetSend {
+        email: String,
     },
 }
 
@@ -71,6 +87,10 @@ impl AdminCommand {
             AdminCommand::RoleRemove { .. } => "role_remove",
             AdminCommand::KeyList { .. } => "api_key_list",
             AdminCommand::KeyRevoke { .. } => "api_key_revoke",
+            AdminCommand::Enable { .. } => "user_enable",
+            AdminCommand::SessionsEnd { .. } => "sessions_end",
+            AdminCommand::TotpOff { .. } => "totp_off",
+            AdminCommand::ResetSend { .. } => "reset_send",
         }
     }
 }
@@ -104,13 +124,78 @@ impl AuthService {
         cmd: AdminCommand,
         actor: &crate::audit::AuditCtx<'_>,
     ) -> Result<Value, AdminError> {
+        // The CLI and the admin listener: the actor is the front end.
+        let who = match actor.user_agent {
+            "portcullis cli" => "cli",
+            _ => "admin_api",
+        };
+        self.admin_as(cmd, actor, who.to_string(), None).await
+    }
+
+    /// [`AuthService::admin`] run by a signed-in administrator (the
+    /// console): every stored audit event names them as its actor.
+    pub async fn admin_by(
+        &self,
+        cmd: AdminCommand,
+        actor: &crate::audit::AuditCtx<'_>,
+        admin: crate::audit::AdminActor<'_>,
+    ) -> Result<Value, AdminError> {
+        self.admin_as(cmd, actor, admin.id.to_string(), Some(admin))
+            .await
+    }
+
+    /// [`AuthService::admin`] on behalf of `who` (an admin's user id, or
+    /// the front end), named as the actor of every stored audit event.
+    async fn admin_as(
+        &self,
+        cmd: AdminCommand,
+        actor: &crate::audit::AuditCtx<'_>,
+        who: String,
+        admin: Option<crate::audit::AdminActor<'_>>,
+    ) -> Result<Value, AdminError> {
         let event = format!("admin_{}", cmd.name());
-        let result = self.admin_inner(cmd).await;
-        match &result {
-            Ok(v) => crate::audit::event(actor, &event, "success", v["id"].as_str()),
-            Err(e) => crate::audit::event(actor, &event, e.outcome(), None),
+        let result = self.admin_inner(cmd, actor, who).await;
+        let (outcome, user) = match &result {
+            Ok(v) => ("success", v["id"].as_str()),
+            Err(e) => (e.outcome(), None),
+        };
+        match admin {
+            Some(a) => crate::audit::admin_event(actor, &event, outcome, user, &a),
+            None => crate::audit::event(actor, &event, outcome, user),
         }
         result
+    }
+
+    /// Users whose email starts with `prefix`, in email order, after
+    /// `after` (the last email of the previous page): the console's search,
+    /// over the store's email index.
+    pub async fn admin_search(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<User>, AdminError> {
+        self.store
+            .search_users_by_email(prefix.trim(), after, limit.clamp(1, MAX_PAGE))
+            .await
+            .map_err(|e| AdminError::Internal(e.to_string()))
+    }
+
+    /// One user and their sessions, for the console's user page.
+    pub async fn admin_user(
+        &self,
+        id: Uuid,
+    ) -> Result<(User, Vec<crate::store::SessionRecord>), AdminError> {
+        let internal = |e: StoreError| AdminError::Internal(e.to_string());
+        let user = self
+            .store
+            .find_user(id)
+            .await
+            .map_err(internal)?
+            .ok_or(AdminError::NoSuchUser)?;
+        let mut sessions = self.store.list_sessions(id).await.map_err(internal)?;
+        sessions.sort_by_key(|s| std::cmp::Reverse(s.last_used_at));
+        Ok((user, sessions))
     }
 
     /// The current record of the user an admin command names by email.
@@ -123,13 +208,32 @@ impl AuthService {
             .ok_or(AdminError::NoSuchUser)
     }
 
-    async fn admin_inner(&self, cmd: AdminCommand) -> Result<Value, AdminError> {
+    async fn admin_inner(
+        &self,
+        cmd: AdminCommand,
+        ctx: &crate::audit::AuditCtx<'_>,
+        who: String,
+    ) -> Result<Value, AdminError> {
         let internal = |e: StoreError| AdminError::Internal(e.to_string());
+        let event = |kind: &str, user: Uuid| {
+            self.audit_event(ctx, kind, "success", Some(user))
+                .actor(Some(who.clone()))
+        };
         // Admin changes name the user by email and apply to the current
         // record, so they compose with concurrent user requests.
         let change = |raw: String, change: UserChange| async move {
             let user = self.user_by_email(&raw).await?;
-            match self.change_user(user.id, change, None).await {
+            let ev = match &change {
+                UserChange::Disable => event("user.disabled", user.id),
+                UserChange::AddRole(r) => {
+                    event("user.roles_changed", user.id).with("added", r.clone())
+                }
+                UserChange::RemoveRole(r) => {
+                    event("user.roles_changed", user.id).with("removed", r.clone())
+                }
+                _ => event("user.changed", user.id),
+            };
+            match self.change_user_with(user.id, change, ev.into()).await {
                 Ok(u) => Ok(crate::wire::UserView::json(&u)),
                 Err(StoreError::Conflict) => Err(AdminError::NoSuchUser),
                 Err(e) => Err(internal(e)),
@@ -170,7 +274,12 @@ impl AuthService {
                     roles,
                     ..User::new(self.entropy.uuid(), e, hash, self.clock.now())
                 };
-                match self.store.create_user(user.clone(), None).await {
+                let ev = event("user.created", user.id).with("roles", user.roles.clone());
+                match self
+                    .store
+                    .create_user_with(user.clone(), self.effects(ev.into()))
+                    .await
+                {
                     Ok(()) => {}
                     Err(StoreError::Conflict) => return Err(AdminError::Exists),
                     Err(e) => return Err(internal(e)),
@@ -207,6 +316,33 @@ impl AuthService {
                 Value::Array(users.iter().map(listed).collect())
             }
             AdminCommand::Disable { email: raw } => change(raw, UserChange::Disable).await?,
+            AdminCommand::Enable { email: raw } => change(raw, UserChange::Enable).await?,
+            AdminCommand::TotpOff { email: raw } => change(raw, UserChange::AdminTotpOff).await?,
+            AdminCommand::SessionsEnd { email: raw } => {
+                let user = self.user_by_email(&raw).await?;
+                let ended = self
+                    .end_sessions(user.id, crate::store::Sessions::All, true)
+                    .await
+                    .map_err(|e| AdminError::Internal(e.to_string()))?;
+                serde_json::json!({ "id": user.id.to_string(), "sessions_ended": ended })
+            }
+            AdminCommand::ResetSend { email: raw } => {
+                let user = self.user_by_email(&raw).await?;
+                if user.disabled {
+                    return Err(AdminError::Invalid(
+                        "the account is disabled: enable it first".into(),
+                    ));
+                }
+                match self.reset_request_inner(&user.email).await {
+                    Ok(()) => serde_json::json!({ "id": user.id.to_string(), "sent": true }),
+                    Err(super::AccountError::Throttled { .. }) => {
+                        return Err(AdminError::Invalid(
+                            "too many reset mails for this address: try again later".into(),
+                        ))
+                    }
+                    Err(e) => return Err(AdminError::Internal(format!("{e:?}"))),
+                }
+            }
             AdminCommand::RoleAdd { email: raw, role } => {
                 if !valid_role(&role) {
                     return Err(AdminError::Invalid(format!("invalid role '{role}'")));
@@ -231,8 +367,9 @@ impl AuthService {
                 let id = Uuid::parse_str(id.trim())
                     .map_err(|_| AdminError::Invalid("invalid key id".into()))?;
                 let user = self.user_by_email(&raw).await?;
+                let ev = event("api_key.revoked", user.id).with("api_key_id", id.to_string());
                 match self
-                    .change_user(user.id, UserChange::RemoveApiKey(id), None)
+                    .change_user_with(user.id, UserChange::RemoveApiKey(id), ev.into())
                     .await
                 {
                     Ok(_) => {

@@ -347,7 +347,11 @@ impl super::AuthService {
             max: MAX_KEYS_PER_USER,
         };
         let notice = crate::mail::api_key_created_mail(&user.email, now);
-        match self.change_user(user.id, change, Some(notice)).await {
+        let ev = self
+            .audit_event(&client.audit(), "api_key.created", "success", Some(user.id))
+            .with("api_key_id", record.id.to_string());
+        let effects = crate::store::Effects::from(notice).audit(ev);
+        match self.change_user_with(user.id, change, effects).await {
             Ok(u) if !u.disabled => {}
             Ok(_) => return Err(AccountError::NotSignedIn),
             Err(crate::store::StoreError::Conflict) => {
@@ -395,8 +399,15 @@ impl super::AuthService {
         let user = self.current_user(claims).await?;
         let id = Uuid::parse_str(id).map_err(|_| AccountError::NotFound)?;
         // Only the caller's own keys can match.
+        let ev = self
+            .audit_event(&client.audit(), "api_key.revoked", "success", Some(user.id))
+            .with("api_key_id", id.to_string());
         match self
-            .change_user(user.id, crate::store::UserChange::RemoveApiKey(id), None)
+            .change_user_with(
+                user.id,
+                crate::store::UserChange::RemoveApiKey(id),
+                ev.into(),
+            )
             .await
         {
             Ok(_) => {}

@@ -13,9 +13,9 @@ use super::{email, AccountError, AccountResult, AuthService, Client, Login};
 use crate::audit;
 use crate::config::IdentityProvider;
 use crate::federation::client::{same_secret, CallbackParams, FedError, VerifiedIdentity};
-use crate::federation::state::{FlowState, LoginGrant, Mode, LOGIN_CODE_TTL_SECS, STATE_TTL_SECS};
+use crate::federation::state::{FlowState, Mode, STATE_TTL_SECS};
 use crate::store::{
-    FederatedSession, LinkOutcome, LinkedIdentity, UnlinkOutcome, User, UserChange,
+    Effects, LinkOutcome, LinkedIdentity, UnlinkOutcome, User, UserChange,
 };
 use crate::tokens::AccessClaims;
 
@@ -89,10 +89,10 @@ pub enum FedDone {
 }
 
 /// A decided federated sign-in: whose account, with what.
-struct Decision {
-    user: User,
-    amr: Vec<String>,
-    needs_totp: bool,
+pub(super) struct Decision {
+    pub(super) user: User,
+    pub(super) amr: Vec<String>,
+    pub(super) needs_totp: bool,
 }
 
 /// Provider `amr` values that mean a second factor (with `trust_mfa`).
@@ -253,18 +253,12 @@ impl AuthService {
                 Ok(FedDone::Login { login, rd: flow.rd })
             }
             Mode::Code => {
-                let grant = LoginGrant {
-                    id: self.entropy.uuid(),
-                    user_id: decision.user.id,
-                    provider: p.id.clone(),
-                    amr: decision.amr,
-                    provider_sid: identity.sid.clone(),
-                    provider_sub: Some(identity.subject.clone()),
-                    needs_totp: decision.needs_totp,
-                    expires_at: self.clock.now() + LOGIN_CODE_TTL_SECS,
-                };
+                let login_code = self
+                    .issue_login_code(&p, decision, &identity, client)
+                    .await
+                    .map_err(|_| fail(FedCode::ProviderError, "the session could not start"))?;
                 Ok(FedDone::Code {
-                    login_code: self.fed_sealer.seal("login_code", &grant),
+                    login_code,
                     rd: flow.rd,
                 })
             }
@@ -343,13 +337,23 @@ impl AuthService {
                         Some(&uid),
                     ));
                 }
+                let ev = self
+                    .audit_event(&client.audit(), "identity.linked", "by_email", Some(u.id))
+                    .with("provider", p.id.clone());
+                let notice =
+                    crate::mail::identity_linked_mail(&u.email, &p.display_name, self.clock.now());
                 match self
                     .store
-                    .link_identity(self.new_link(identity, u.id), None, None)
+                    .link_identity(
+                        self.new_link(identity, u.id),
+                        None,
+                        self.effects(Effects::from(notice).audit(ev)),
+                    )
                     .await
                     .map_err(store_err)?
                 {
                     LinkOutcome::Linked | LinkOutcome::AlreadyLinked => {
+                        self.mail_wake.notify_one();
                         audit::event(&client.audit(), "identity_linked", "by_email", Some(&uid));
                         user = Some(u);
                         break;
@@ -398,9 +402,20 @@ impl AuthService {
                 roles: identity.roles.clone(),
                 ..User::new(self.entropy.uuid(), email, "", self.clock.now())
             };
+            let created = self
+                .audit_event(&client.audit(), "user.created", "success", Some(new.id))
+                .with("provider", p.id.clone());
+            let linked = self
+                .audit_event(&client.audit(), "identity.linked", "signup", Some(new.id))
+                .with("provider", p.id.clone());
+            let effects = Effects::from(created).audit(linked);
             match self
                 .store
-                .link_identity(self.new_link(identity, new.id), Some(new.clone()), None)
+                .link_identity(
+                    self.new_link(identity, new.id),
+                    Some(new.clone()),
+                    self.effects(effects),
+                )
                 .await
                 .map_err(store_err)?
             {
@@ -444,7 +459,7 @@ impl AuthService {
             ));
         }
         user = self
-            .refresh_roles(p, user, &identity.roles)
+            .refresh_roles(p, user, &identity.roles, client)
             .await
             .map_err(store_err)?;
         let provider_mfa =
@@ -479,15 +494,24 @@ impl AuthService {
         p: &IdentityProvider,
         user: User,
         asserted: &[String],
+        client: &Client,
     ) -> Result<User, crate::store::StoreError> {
+        let changed = |key: &str, role: &str, id: Uuid| {
+            let ev = self
+                .audit_event(&client.audit(), "user.roles_changed", "success", Some(id))
+                .with(key, role.to_string())
+                .with("provider", p.id.clone());
+            Effects::from(ev)
+        };
         if p.roles_claim.is_none() {
             return Ok(user);
         }
         let mut user = user;
         for r in asserted {
             if !user.roles.contains(r) {
+                let e = changed("added", r, user.id);
                 user = self
-                    .change_user(user.id, UserChange::AddRole(r.clone()), None)
+                    .change_user_with(user.id, UserChange::AddRole(r.clone()), e)
                     .await?;
             }
         }
@@ -499,8 +523,9 @@ impl AuthService {
             .cloned()
             .collect();
         for r in stale {
+            let e = changed("removed", &r, user.id);
             user = self
-                .change_user(user.id, UserChange::RemoveRole(r), None)
+                .change_user_with(user.id, UserChange::RemoveRole(r), e)
                 .await?;
         }
         Ok(user)
@@ -526,64 +551,14 @@ impl AuthService {
             );
             return Ok(Login::MfaChallenge { mfa_token });
         }
-        let amr: Vec<&str> = d.amr.iter().map(String::as_str).collect();
-        let fed = FederatedSession {
-            provider: p.id.clone(),
-            subject: identity.subject.clone(),
-            sid: identity.sid.clone(),
-        };
-        let signed = self
-            .start_session_with(&d.user, client, &amr, Some(fed))
+        let (user, session) = self
+            .fed_session(p, &d, identity, client, self.entropy.uuid())
             .await?;
+        let signed = self.sign(&user, &session)?;
         self.fed_count(&p.id, "success");
         self.metrics.auth_event("login", "success");
         audit::event(&client.audit(), "federated_login", "success", Some(&uid));
         Ok(Login::Signed(Box::new(signed)))
-    }
-
-    /// `POST /auth/oidc/exchange`: a `login_code` works once, within 60 s.
-    pub async fn exchange_login_code(&self, code: &str, client: &Client) -> AccountResult<Login> {
-        let invalid = || {
-            audit::event(&client.audit(), "federated_exchange", "invalid_token", None);
-            AccountError::BadSessionToken
-        };
-        let Some(grant) = self.fed_sealer.open::<LoginGrant>("login_code", code) else {
-            return Err(invalid());
-        };
-        if grant.expires_at <= self.clock.now() {
-            return Err(invalid());
-        }
-        let key = format!("fedcode:{}", grant.id);
-        match self
-            .store
-            .hit_counter(&key, 1, LOGIN_CODE_TTL_SECS as u64 * 2, self.clock.now())
-            .await?
-        {
-            Ok(()) => {}
-            Err(_) => return Err(invalid()),
-        }
-        let p = self
-            .identity_provider(&grant.provider)
-            .map_err(|_| invalid())?;
-        let user = match self.store.find_user(grant.user_id).await? {
-            Some(u) if !u.disabled => u,
-            _ => return Err(invalid()),
-        };
-        let d = Decision {
-            needs_totp: grant.needs_totp && user.totp.as_ref().is_some_and(|t| t.confirmed),
-            user,
-            amr: grant.amr,
-        };
-        let identity = VerifiedIdentity {
-            provider: grant.provider.clone(),
-            subject: grant.provider_sub.unwrap_or_default(),
-            email: None,
-            email_verified: false,
-            roles: vec![],
-            amr: vec![],
-            sid: grant.provider_sid,
-        };
-        self.complete(&p, d, &identity, client).await
     }
 
     /// Link a verified identity to a signed-in account (the flow started
@@ -604,9 +579,16 @@ impl AuthService {
         };
         let notice =
             crate::mail::identity_linked_mail(&user.email, &p.display_name, self.clock.now());
+        let ev = self
+            .audit_event(&client.audit(), "identity.linked", "success", Some(user_id))
+            .with("provider", p.id.clone());
         let outcome = self
             .store
-            .link_identity(self.new_link(&identity, user_id), None, Some(notice))
+            .link_identity(
+                self.new_link(&identity, user_id),
+                None,
+                self.effects(Effects::from(notice).audit(ev)),
+            )
             .await
             .map_err(store_err)?;
         match outcome {
@@ -660,7 +642,11 @@ impl AuthService {
         let user = self.current_user(claims).await?;
         self.require_recent(claims)?;
         let uid = user.id.to_string();
-        Ok(match self.store.unlink_identity(user.id, provider).await? {
+        let ev = self
+            .audit_event(&client.audit(), "identity.unlinked", "success", Some(user.id))
+            .with("provider", provider.to_string());
+        let effects = self.effects(ev.into());
+        Ok(match self.store.unlink_identity(user.id, provider, effects).await? {
             UnlinkOutcome::Unlinked(_) => {
                 audit::event(&client.audit(), "identity_unlinked", "success", Some(&uid));
                 Ok(())
@@ -676,97 +662,5 @@ impl AuthService {
                 Err(FedCode::LastSignInMethod)
             }
         })
-    }
-
-    /// `POST /auth/oidc/{id}/backchannel-logout` (OIDC Back-Channel Logout
-    /// 1.0): the `logout_token` is checked (signature by the provider's
-    /// JWKS, `iss`, `aud`, `iat`, the event, no `nonce`, a `jti` never seen
-    /// before), then every session that sign-in started ends (its `sid`,
-    /// else every session of its `sub` through this provider), tunnels
-    /// included. Returns how many ended.
-    pub async fn backchannel_logout(
-        &self,
-        provider: &str,
-        logout_token: &str,
-        client: &Client,
-    ) -> Result<usize, FedCode> {
-        const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
-        let p = self.identity_provider(provider)?;
-        let bad = |why: &str| {
-            tracing::info!(provider, why, "back-channel logout refused");
-            audit::event(&client.audit(), "backchannel_logout", "invalid", None);
-            FedCode::InvalidState
-        };
-        let claims = self
-            .federation
-            .verify_jwt(&p, logout_token, false)
-            .await
-            .map_err(|e| bad(e.to_string().as_str()))?;
-        if claims.contains_key("nonce") {
-            return Err(bad("nonce present"));
-        }
-        if !claims
-            .get("events")
-            .and_then(|e| e.as_object())
-            .is_some_and(|e| e.contains_key(EVENT))
-        {
-            return Err(bad("no back-channel logout event"));
-        }
-        let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(String::from);
-        let (sub, sid) = (text("sub"), text("sid"));
-        let Some(jti) = text("jti") else {
-            return Err(bad("no jti"));
-        };
-        if sub.is_none() && sid.is_none() {
-            return Err(bad("neither sub nor sid"));
-        }
-        let key = format!("bcl:{provider}:{}", crate::tokens::jwt::token_hash(&jti));
-        match self
-            .store
-            .hit_counter(&key, 1, 2 * 86_400, self.clock.now())
-            .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(bad("jti seen before")),
-            Err(_) => return Err(bad("store unavailable")),
-        }
-        let Some(sub) = sub else {
-            // A sid alone names no account here: nothing of ours to end.
-            return Ok(0);
-        };
-        let store_err = |_| bad("store unavailable");
-        let Some(link) = self
-            .store
-            .find_identity(provider, &sub)
-            .await
-            .map_err(store_err)?
-        else {
-            return Ok(0);
-        };
-        let mut ended = 0;
-        for s in self
-            .store
-            .list_sessions(link.user_id)
-            .await
-            .map_err(store_err)?
-        {
-            let Some(f) = &s.federation else { continue };
-            let hit = f.provider == provider
-                && f.subject == sub
-                // A session whose sign-in named no sid is ended by its sub.
-                && match (&sid, &f.sid) {
-                    (Some(sid), Some(had)) => had == sid,
-                    _ => true,
-                };
-            if hit {
-                ended += self
-                    .end_sessions(link.user_id, crate::store::Sessions::One(s.id), false)
-                    .await
-                    .map_err(store_err)?;
-            }
-        }
-        let uid = link.user_id.to_string();
-        audit::event(&client.audit(), "backchannel_logout", "success", Some(&uid));
-        Ok(ended)
     }
 }

@@ -12,10 +12,12 @@
 pub mod admin;
 pub mod apikeys;
 pub mod email;
+pub mod fed_sessions;
 pub mod federation;
 pub mod passkeys;
 pub mod password;
 pub mod profile;
+pub mod provider;
 pub mod reauth;
 pub mod recovery;
 pub mod second_factor;
@@ -23,6 +25,7 @@ pub mod service;
 pub mod signin;
 pub mod throttle;
 pub mod totp;
+pub mod trail;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -268,6 +271,9 @@ impl AuthService {
         if r.fail().await? {
             self.metrics.throttled_account.inc();
             audit::event(actx, "lockout", "locked", uid);
+            let user = uid.and_then(|u| Uuid::parse_str(u).ok());
+            self.record_audit(vec![self.audit_event(actx, "user.locked", "locked", user)])
+                .await?;
         }
         Ok(())
     }

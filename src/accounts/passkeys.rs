@@ -203,14 +203,17 @@ impl AuthService {
             None => return Err(AccountError::NotSignedIn),
         };
         let notice = mail::passkey_added_mail(&to, now);
+        let ev = self
+            .audit_event(&client.audit(), "passkey.added", "success", Some(user_id))
+            .with("passkey_id", stored.id.to_string());
         match self
-            .change_user(
+            .change_user_with(
                 user_id,
                 UserChange::AddPasskey {
                     passkey: stored,
                     max: MAX_PASSKEYS,
                 },
-                Some(notice),
+                crate::store::Effects::from(notice).audit(ev),
             )
             .await
         {

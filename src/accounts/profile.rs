@@ -83,7 +83,11 @@ impl AuthService {
             expect_version: user.password_version,
             keep,
         };
-        match self.change_user(user.id, change, Some(notice)).await {
+        let ev = self
+            .audit_event(&actx, "user.password_changed", "success", Some(user.id))
+            .with("how", "change");
+        let effects = crate::store::Effects::from(notice).audit(ev);
+        match self.change_user_with(user.id, change, effects).await {
             Ok(_) => {}
             // The password (or the account) changed while this one was
             // checked: the password proved here is no longer current.
@@ -122,7 +126,14 @@ impl AuthService {
         let user = self.current_user(claims).await?;
         let id = Uuid::parse_str(id).map_err(|_| AccountError::NotFound)?;
         // Only one of the caller's own sessions can match.
-        if self.end_sessions(user.id, Sessions::One(id), false).await? == 0 {
+        let ev = self
+            .audit_event(&client.audit(), "session.revoked", "success", Some(user.id))
+            .with("session_id", id.to_string());
+        if self
+            .end_sessions_with(user.id, Sessions::One(id), false, ev.into())
+            .await?
+            == 0
+        {
             return Err(AccountError::NotFound);
         }
         let ev = "session_revoked";

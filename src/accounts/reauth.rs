@@ -133,7 +133,8 @@ impl AuthService {
             }
         }
         reservation.succeed().await?;
-        let session = self.rotate_for_reauth(sid, &user).await?;
+        let ev = self.audit_event(&actx, "reauth", "success", Some(user.id));
+        let session = self.rotate_for_reauth(sid, &user, ev).await?;
         // The tokens carry the user as the store has it now.
         let user = self.current_user(claims).await?;
         let signed = self.sign(&user, &session)?;
@@ -141,12 +142,17 @@ impl AuthService {
         Ok(signed)
     }
 
-    async fn rotate_for_reauth(&self, sid: Uuid, user: &User) -> AccountResult<SessionRecord> {
+    async fn rotate_for_reauth(
+        &self,
+        sid: Uuid,
+        user: &User,
+        ev: crate::audit::AuditEvent,
+    ) -> AccountResult<SessionRecord> {
         let stamp = self.stamp();
         let cfg = self.cfg();
         let outcome = self
             .store
-            .rotate_refresh(
+            .rotate_refresh_with(
                 sid,
                 0,
                 RefreshPolicy {
@@ -156,6 +162,7 @@ impl AuthService {
                     revoke_until: stamp.revoke_until,
                     reauth_at: Some(stamp.now),
                 },
+                self.effects(ev.into()),
             )
             .await?;
         match outcome {

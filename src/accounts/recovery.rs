@@ -50,7 +50,12 @@ impl AuthService {
             username: new.username.filter(|u| !u.is_empty()),
             ..User::new(self.entropy.uuid(), email.clone(), hash, now)
         };
-        match self.store.create_user(user.clone(), None).await {
+        let ev = self.audit_event(&actx, "user.created", "success", Some(user.id));
+        match self
+            .store
+            .create_user_with(user.clone(), self.effects(ev.into()))
+            .await
+        {
             Ok(()) => {}
             Err(StoreError::Conflict) => {
                 self.metrics.auth_event("register", "failure");
@@ -135,9 +140,16 @@ impl AuthService {
         }
         // Consumed only if it is a good verification token: a reset token
         // posted here stays usable for its own purpose.
+        // The user is known only once the token is: the store fills it in.
+        let ev = self.audit_event(&actx, "user.email_verified", "success", None);
         let user = match self
             .store
-            .redeem(token_hash(token), Redeem::VerifyEmail, None, self.stamp())
+            .redeem_with(
+                token_hash(token),
+                Redeem::VerifyEmail,
+                self.effects(ev.into()),
+                self.stamp(),
+            )
             .await
         {
             Ok(changed) => changed.user,
@@ -194,7 +206,9 @@ impl AuthService {
         Ok(())
     }
 
-    async fn reset_request_inner(&self, raw: &str) -> AccountResult<()> {
+    /// Mail a reset link to the account of `raw` (nothing for an unknown
+    /// or disabled one); also the console's and CLI's `reset_send`.
+    pub(super) async fn reset_request_inner(&self, raw: &str) -> AccountResult<()> {
         let Some(email) = email::normalize(raw) else {
             return Ok(());
         };
@@ -267,9 +281,13 @@ impl AuthService {
         let new_hash = self.hasher.hash(&new.password).await?;
         let notice = mail::password_changed_mail(&user.email, self.clock.now());
         let redeem = Redeem::ResetPassword { hash: new_hash };
+        let ev = self
+            .audit_event(&actx, "user.password_changed", "success", Some(user.id))
+            .with("how", "reset");
+        let effects = self.effects(crate::store::Effects::from(notice).audit(ev));
         let changed = match self
             .store
-            .redeem(hash, redeem, Some(notice), self.stamp())
+            .redeem_with(hash, redeem, effects, self.stamp())
             .await
         {
             Ok(c) => c,

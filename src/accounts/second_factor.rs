@@ -67,8 +67,13 @@ impl AuthService {
         }
         let secret = mfa::new_secret(&*self.entropy);
         let sealed = self.mfa_key.seal(&user.id, &secret);
+        let ev = self.audit_event(&client.audit(), "mfa_enroll", "started", Some(user.id));
         match self
-            .change_user(user.id, UserChange::TotpEnroll { secret: sealed }, None)
+            .change_user_with(
+                user.id,
+                UserChange::TotpEnroll { secret: sealed },
+                ev.into(),
+            )
             .await
         {
             Ok(_) => {}
@@ -107,7 +112,11 @@ impl AuthService {
             recovery: codes.iter().map(|c| mfa::recovery_hash(c)).collect(),
         };
         let notice = mail::totp_enabled_mail(&user.email, self.clock.now());
-        match self.change_user(user.id, change, Some(notice)).await {
+        let ev = self
+            .audit_event(&client.audit(), "mfa.enabled", "success", Some(user.id))
+            .with("method", "totp");
+        let effects = crate::store::Effects::from(notice).audit(ev);
+        match self.change_user_with(user.id, change, effects).await {
             Ok(_) => {}
             Err(StoreError::Conflict) => return Err(AccountError::WrongCode),
             Err(e) => return Err(e.into()),
@@ -155,7 +164,11 @@ impl AuthService {
             proof,
         };
         let notice = mail::totp_disabled_mail(&user.email, self.clock.now());
-        match self.change_user(user.id, change, Some(notice)).await {
+        let ev = self
+            .audit_event(&actx, "mfa.disabled", "success", Some(user.id))
+            .with("method", "totp");
+        let effects = crate::store::Effects::from(notice).audit(ev);
+        match self.change_user_with(user.id, change, effects).await {
             Ok(_) => reservation.succeed().await?,
             Err(StoreError::Conflict) => {
                 // A code already used (or TOTP changed meanwhile).

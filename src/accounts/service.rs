@@ -109,6 +109,9 @@ impl AuthService {
     ) -> Result<Self, String> {
         let keys = keys::load(&cfg.tokens, &cfg.server.data_dir, clock.now())?;
         let tokens = TokenService::new(keys, cfg.tokens.clone(), clock.clone());
+        tokens
+            .provider
+            .set(crate::tokens::provider_keys::load(&cfg, clock.now())?);
         let refresh = match &cfg.tokens.refresh_secret {
             Some(secret) => RefreshKeys::from_secret(secret.0.as_bytes()),
             None => RefreshKeys::load(&cfg.server.data_dir)?,
@@ -348,15 +351,8 @@ impl AuthService {
         which: Sessions,
         cutoff: bool,
     ) -> Result<usize, StoreError> {
-        let revoked = self
-            .store
-            .end_sessions(user_id, which, cutoff, self.stamp())
-            .await?;
-        self.revocations.apply(&revoked);
-        Ok(revoked
-            .iter()
-            .filter(|r| matches!(r, store::Revocation::Session(..)))
-            .count())
+        self.end_sessions_with(user_id, which, cutoff, store::Effects::none())
+            .await
     }
 
     /// Apply a change to the current user record, with everything it
@@ -367,23 +363,7 @@ impl AuthService {
         change: UserChange,
         mail: Option<store::OutboxMessage>,
     ) -> Result<User, StoreError> {
-        let has_mail = mail.is_some();
-        let changed = self
-            .store
-            .change_user(id, change, mail, self.stamp())
-            .await?;
-        self.revocations.apply(&changed.revoked);
-        if changed
-            .revoked
-            .iter()
-            .any(|r| matches!(r, store::Revocation::Keys(..)))
-        {
-            self.api_keys.load_user(&changed.user);
-        }
-        if has_mail {
-            self.mail_wake.notify_one();
-        }
-        Ok(changed.user)
+        self.change_user_with(id, change, mail.into()).await
     }
 }
 

@@ -28,8 +28,27 @@ impl AuthService {
     /// (account or not), a disabled account reads as wrong credentials,
     /// and a confirmed TOTP turns the answer into a second-step challenge.
     pub async fn login(&self, creds: Credentials, client: &Client) -> AccountResult<Login> {
+        // A failed sign-in changes nothing but a counter: its stored audit
+        // event is appended on its own, before the answer.
+        let failed = parking_lot::Mutex::new(None);
+        let result = self.login_inner(creds, client, &failed).await;
+        if let Some((uid, outcome)) = failed.into_inner() {
+            let user = uid.and_then(|u: String| Uuid::parse_str(&u).ok());
+            let ev = self.audit_event(&client.audit(), "user.login_failed", outcome, user);
+            self.record_audit(vec![ev]).await?;
+        }
+        result
+    }
+
+    async fn login_inner(
+        &self,
+        creds: Credentials,
+        client: &Client,
+        failed: &parking_lot::Mutex<Option<(Option<String>, &'static str)>>,
+    ) -> AccountResult<Login> {
         let actx = client.audit();
         let fail = |uid: Option<&str>| {
+            *failed.lock() = Some((uid.map(String::from), "failure"));
             self.metrics.auth_event("login", "failure");
             audit::event(&actx, "login", "failure", uid);
             AccountError::WrongCredentials
@@ -85,6 +104,7 @@ impl AuthService {
         if self.cfg().accounts.require_email_verification && !user.email_verified {
             self.metrics.auth_event("login", "failure");
             audit::event(&actx, "login", "email_not_verified", Some(&uid));
+            *failed.lock() = Some((Some(uid), "email_not_verified"));
             return Err(AccountError::EmailNotVerified);
         }
         if user.totp.as_ref().is_some_and(|t| t.confirmed) {
@@ -160,9 +180,26 @@ impl AuthService {
         amr: &[&str],
         federation: Option<crate::store::FederatedSession>,
     ) -> AccountResult<Signed> {
+        let id = self.entropy.uuid();
+        let (current, session) = self
+            .open_session(user, client, amr, federation, id)
+            .await?;
+        self.sign(&current, &session)
+    }
+
+    /// Store a new session `id` for `user` (the sign-in's audit event
+    /// with it); the user as the store has it now, and the session.
+    pub(super) async fn open_session(
+        &self,
+        user: &User,
+        client: &Client,
+        amr: &[&str],
+        federation: Option<crate::store::FederatedSession>,
+        id: uuid::Uuid,
+    ) -> AccountResult<(User, SessionRecord)> {
         let now = self.clock.now();
         let session = SessionRecord {
-            id: self.entropy.uuid(),
+            id,
             user_id: user.id,
             generation: 0,
             seed: hex(&self.entropy.bytes(16)),
@@ -177,12 +214,21 @@ impl AuthService {
             // carries as `auth_time`, refresh after refresh.
             auth_time: Some(now),
             federation,
+            client: None,
         };
+        let ev = self
+            .audit_event(&client.audit(), "user.login", "success", Some(user.id))
+            .with("amr", amr.to_vec())
+            .with("session_id", session.id.to_string());
         let current = self
             .store
-            .create_session(session.clone(), user.password_version)
+            .create_session_with(
+                session.clone(),
+                user.password_version,
+                self.effects(ev.into()),
+            )
             .await?;
-        self.sign(&current, &session)
+        Ok((current, session))
     }
 
     /// The tokens of `session` for `user`.
@@ -254,20 +300,28 @@ impl AuthService {
             audit::event(&actx, "mfa_verify", what, Some(&uid));
             AccountError::WrongCode
         };
+        let failed_event = |outcome: &str| {
+            vec![self.audit_event(&actx, "user.login_failed", outcome, Some(user.id))]
+        };
         let Some(proof) = self.proof_of(&user, &sealed, code)? else {
             self.guess_failed(reservation, &actx, Some(&uid)).await?;
+            self.record_audit(failed_event("invalid_code")).await?;
             return Err(wrong("invalid_code"));
         };
         let recovery = matches!(proof, MfaProof::Recovery(_));
+        let method = if recovery { "recovery_code" } else { "totp" };
+        let ev = self
+            .audit_event(&actx, "mfa_verify", "success", Some(user.id))
+            .with("method", method);
         let redeemed = self
             .store
-            .redeem(
+            .redeem_with(
                 hash.clone(),
                 Redeem::Mfa {
                     secret: sealed,
                     proof,
                 },
-                None,
+                self.effects(ev.into()),
                 self.stamp(),
             )
             .await;
@@ -283,6 +337,7 @@ impl AuthService {
                     .is_some_and(|r| r.expires_at > self.clock.now());
                 if still {
                     self.guess_failed(reservation, &actx, Some(&uid)).await?;
+                    self.record_audit(failed_event("code_reused")).await?;
                     return Err(wrong("code_reused"));
                 }
                 reservation.succeed().await?;
@@ -318,14 +373,20 @@ impl AuthService {
         let Some(p) = RefreshKeys::parse(presented) else {
             return Err(invalid(None, "invalid"));
         };
-        match self.store.find_session(p.sid).await? {
-            Some(s) if self.refresh.is_authentic(&p, &s) => {}
+        let owner = match self.store.find_session(p.sid).await? {
+            // A client session of the OpenID Provider refreshes only there.
+            Some(s) if self.refresh.is_authentic(&p, &s) && s.client.is_none() => s.user_id,
             _ => return Err(invalid(None, "invalid")),
-        }
+        };
         let stamp = self.stamp();
+        // Its outcome is set by what the rotation did (see
+        // `store::domain::refresh_effects`).
+        let ev = self
+            .audit_event(&actx, "session.refreshed", "", Some(owner))
+            .with("session_id", p.sid.to_string());
         let outcome = self
             .store
-            .rotate_refresh(
+            .rotate_refresh_with(
                 p.sid,
                 p.generation,
                 RefreshPolicy {
@@ -335,6 +396,7 @@ impl AuthService {
                     revoke_until: stamp.revoke_until,
                     reauth_at: None,
                 },
+                self.effects(ev.into()),
             )
             .await?;
         let session = match outcome {
@@ -353,8 +415,16 @@ impl AuthService {
         let user = match self.store.find_user(session.user_id).await? {
             Some(u) if !u.disabled => u,
             _ => {
-                self.end_sessions(session.user_id, Sessions::One(session.id), false)
-                    .await?;
+                let ev = self
+                    .audit_event(&actx, "session.revoked", "disabled", Some(session.user_id))
+                    .with("session_id", session.id.to_string());
+                self.end_sessions_with(
+                    session.user_id,
+                    Sessions::One(session.id),
+                    false,
+                    ev.into(),
+                )
+                .await?;
                 return Err(invalid(Some(&uid), "disabled"));
             }
         };
@@ -368,11 +438,25 @@ impl AuthService {
     /// one) ends it; an access token is revoked and its session ends too.
     pub async fn logout(&self, what: SignOut<'_>, client: &Client) -> AccountResult<()> {
         let mut uid = None;
+        // One stored event per sign-out, with the first session it ends.
+        let mut logged = false;
+        let mut event = |user: Uuid, sid: Uuid| {
+            let first = !std::mem::replace(&mut logged, true);
+            let ev = self
+                .audit_event(&client.audit(), "session.revoked", "logout", Some(user))
+                .with("session_id", sid.to_string());
+            if first {
+                crate::store::Effects::from(ev)
+            } else {
+                crate::store::Effects::none()
+            }
+        };
         if let Some(p) = what.refresh_token.and_then(RefreshKeys::parse) {
             if let Some(s) = self.store.find_session(p.sid).await? {
                 if self.refresh.is_authentic(&p, &s) {
                     uid = Some(s.user_id.to_string());
-                    self.end_sessions(s.user_id, Sessions::One(s.id), false)
+                    let effects = event(s.user_id, s.id);
+                    self.end_sessions_with(s.user_id, Sessions::One(s.id), false, effects)
                         .await?;
                 }
             }
@@ -387,7 +471,9 @@ impl AuthService {
                 self.store.revoke(revoked.clone()).await?;
                 self.revocations.apply(&revoked);
                 // The token's own session ends too, refresh token presented or not.
-                self.end_sessions(sub, Sessions::One(sid), false).await?;
+                let effects = event(sub, sid);
+                self.end_sessions_with(sub, Sessions::One(sid), false, effects)
+                    .await?;
             }
             uid = Some(claims.sub.clone());
         }
@@ -400,7 +486,16 @@ impl AuthService {
     /// until now is refused.
     pub async fn logout_all(&self, claims: &AccessClaims, client: &Client) -> AccountResult<()> {
         let user = self.current_user(claims).await?;
-        self.end_sessions(user.id, Sessions::All, true).await?;
+        let ev = self
+            .audit_event(
+                &client.audit(),
+                "session.revoked",
+                "logout_all",
+                Some(user.id),
+            )
+            .with("all", true);
+        self.end_sessions_with(user.id, Sessions::All, true, ev.into())
+            .await?;
         self.metrics.auth_event("logout", "success");
         audit::event(&client.audit(), "logout_all", "success", Some(&claims.sub));
         Ok(())

@@ -3,6 +3,7 @@
 //! running gateway's admin listener with the admin token.
 
 mod admin_call;
+mod audit;
 mod backup;
 mod keys;
 mod policy;
@@ -16,6 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{self, Config};
 
 pub use admin_call::reload_command;
+pub use audit::audit_command;
 pub use backup::{backup_command, restore_command, storage_command};
 pub use keys::keys_command;
 pub use policy::{policy_command, ExplainError};
@@ -86,6 +88,13 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The stored audit trail (CONTRACT 8.5): `audit verify`, `audit export`.
+    Audit {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Administer users.
     User {
         #[command(flatten)]
@@ -120,6 +129,26 @@ pub enum UserCommand {
     Keys {
         #[command(subcommand)]
         command: UserKeysCommand,
+    },
+    /// Enable a disabled user again.
+    Enable {
+        #[arg(long)]
+        email: String,
+    },
+    /// End every session of a user and void their access tokens.
+    EndSessions {
+        #[arg(long)]
+        email: String,
+    },
+    /// Turn a user's TOTP off (they lost the device); drops the recovery codes.
+    TotpOff {
+        #[arg(long)]
+        email: String,
+    },
+    /// Mail the user a password-reset link.
+    SendReset {
+        #[arg(long)]
+        email: String,
     },
 }
 
@@ -179,6 +208,22 @@ pub enum KeysCommand {
         /// so all of them accept the new key before any signs with it.
         #[arg(long, default_value_t = 0)]
         activate_in: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check the whole chain: exit 0 when it is whole, else 1 naming the
+    /// first record that does not fit (edited, removed or reordered).
+    Verify,
+    /// Write the stored records as JSON lines.
+    Export {
+        /// Only records written at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// The file to write (default: stdout).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
 }
 

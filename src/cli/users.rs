@@ -110,6 +110,10 @@ pub fn user_command(cfg: Config, cmd: UserCommand) -> Result<(), String> {
         UserCommand::Keys {
             command: UserKeysCommand::Revoke { email, id },
         } => AdminCommand::KeyRevoke { email, id },
+        UserCommand::Enable { email } => AdminCommand::Enable { email },
+        UserCommand::EndSessions { email } => AdminCommand::SessionsEnd { email },
+        UserCommand::TotpOff { email } => AdminCommand::TotpOff { email },
+        UserCommand::SendReset { email } => AdminCommand::ResetSend { email },
     };
     let cfg = Arc::new(cfg);
     let out = AdminTarget::open(&cfg)?.run(&cfg, admin)?;

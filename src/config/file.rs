@@ -18,8 +18,11 @@ pub struct FileConfig {
     pub demo: DemoFile,
     pub storage: StorageFile,
     pub browser: BrowserFile,
+    pub admin_console: AdminConsoleFile,
     pub routes: Option<Vec<RouteFile>>,
     pub identity_providers: Option<Vec<IdentityProviderFile>>,
+    pub oidc_provider: OidcProviderFile,
+    pub webhooks: Option<Vec<WebhookFile>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -240,6 +243,15 @@ pub struct LogFile {
     pub format: String,
     pub level: String,
     pub audit_file: String,
+    /// One line per proxied request (target `access`).
+    pub access_log: bool,
+    /// Write the access lines to this file instead of the main log.
+    pub access_file: String,
+    /// Store audit events as a hash chain (CONTRACT 8.5).
+    pub audit_chain: bool,
+    /// Audit records older than this are cut off behind a signed
+    /// checkpoint (0 = keep forever).
+    pub audit_retention_days: u64,
 }
 
 impl Default for LogFile {
@@ -248,6 +260,10 @@ impl Default for LogFile {
             format: "human".into(),
             level: "info".into(),
             audit_file: String::new(),
+            access_log: true,
+            access_file: String::new(),
+            audit_chain: true,
+            audit_retention_days: 0,
         }
     }
 }
@@ -309,6 +325,29 @@ impl Default for BrowserFile {
     }
 }
 
+/// `[admin_console]`: the user administration pages under `/auth/ui/admin/`.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct AdminConsoleFile {
+    /// Serve the console (needs `browser.enabled`).
+    pub enabled: bool,
+    /// The role a signed-in user must hold to use it.
+    pub role: String,
+    /// And only from a session that signed in with a second factor
+    /// (`amr` holds `otp` or `webauthn`).
+    pub require_mfa: bool,
+}
+
+impl Default for AdminConsoleFile {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            role: "admin".into(),
+            require_mfa: true,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(default)]
 pub struct DemoFile {
@@ -359,6 +398,12 @@ pub struct RouteFile {
     /// "mon-fri 09:00-17:00 Europe/Berlin"; "" = always.
     #[serde(default)]
     pub schedule: String,
+    /// The upstream also receives `X-User-Assertion` (CONTRACT 8.3).
+    #[serde(default)]
+    pub identity_assertion: bool,
+    /// The assertion's `aud`; "" = the route's upstream origin.
+    #[serde(default)]
+    pub assertion_audience: String,
 }
 
 fn default_auth() -> String {
@@ -421,6 +466,88 @@ impl Default for IdentityProviderFile {
             trust_mfa: false,
             ca_file: String::new(),
             redirect_uri: String::new(),
+        }
+    }
+}
+
+/// `[oidc_provider]` (CONTRACT 8.2): the keys the provider's signing keys
+/// and the identity assertion (8.3) need.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct OidcProviderFile {
+    pub enabled: bool,
+    /// "" = `mail.link_base_url`.
+    pub issuer: String,
+    /// "RS256" | "ES256" | "EdDSA".
+    pub signing_alg: String,
+    pub code_ttl_secs: u64,
+    pub access_ttl_secs: u64,
+    pub clients: Vec<OidcClientFile>,
+}
+
+impl Default for OidcProviderFile {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            issuer: String::new(),
+            signing_alg: "RS256".into(),
+            code_ttl_secs: 60,
+            access_ttl_secs: 900,
+            clients: vec![],
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct OidcClientFile {
+    pub client_id: String,
+    pub client_secret_env: String,
+    pub redirect_uris: Vec<String>,
+    pub post_logout_redirect_uris: Vec<String>,
+    pub backchannel_logout_uri: String,
+    pub scopes: Vec<String>,
+    pub roles: Vec<String>,
+    pub consent: bool,
+}
+
+impl Default for OidcClientFile {
+    fn default() -> Self {
+        Self {
+            client_id: String::new(),
+            client_secret_env: String::new(),
+            redirect_uris: vec![],
+            post_logout_redirect_uris: vec![],
+            backchannel_logout_uri: String::new(),
+            scopes: ["openid", "email", "profile", "roles"]
+                .map(String::from)
+                .to_vec(),
+            roles: vec![],
+            consent: false,
+        }
+    }
+}
+
+/// One `[[webhooks]]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct WebhookFile {
+    pub url: String,
+    pub events: Vec<String>,
+    pub secret_env: String,
+    pub ca_file: String,
+    /// The bound on one delivery attempt.
+    pub timeout_secs: u64,
+}
+
+impl Default for WebhookFile {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            events: vec![],
+            secret_env: String::new(),
+            ca_file: String::new(),
+            timeout_secs: 10,
         }
     }
 }

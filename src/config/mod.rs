@@ -5,9 +5,11 @@
 
 mod file;
 mod providers;
+pub mod oidc_provider;
 mod routes;
 mod schedule;
 mod validate;
+mod webhooks;
 
 mod warnings;
 
@@ -22,6 +24,9 @@ pub use providers::{provider_url_ok, valid_provider_id, IdentityProvider, Provid
 pub use routes::{method_allowed, normalize_host, HostPattern, RouteTable};
 pub use schedule::Schedule;
 pub use warnings::{warn_if_links_are_logged, warnings};
+pub use webhooks::{
+    decode_secret, url_allowed, WebhookConfig, WebhookKey, SECRET_PREFIX, WEBHOOK_EVENTS,
+};
 
 /// A secret value whose `Debug` never shows the value.
 #[derive(Clone, PartialEq, Eq)]
@@ -54,6 +59,69 @@ pub struct Config {
     pub browser: BrowserConfig,
     /// `[[identity_providers]]` (CONTRACT 8.1), in file order.
     pub identity_providers: Vec<IdentityProvider>,
+    /// `[oidc_provider]` (CONTRACT 8.2).
+    pub oidc_provider: OidcProviderConfig,
+    /// `[[webhooks]]` (CONTRACT 8.5).
+    pub webhooks: Vec<WebhookConfig>,
+    pub admin_console: AdminConsoleConfig,
+}
+
+/// The algorithm of the provider's signing keys (`oidc_provider.signing_alg`):
+/// ID tokens, client access tokens and the identity assertion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderAlgorithm {
+    Rs256,
+    Es256,
+    EdDsa,
+}
+
+impl ProviderAlgorithm {
+    /// As written in the config and in a JWT header's `alg`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderAlgorithm::Rs256 => "RS256",
+            ProviderAlgorithm::Es256 => "ES256",
+            ProviderAlgorithm::EdDsa => "EdDSA",
+        }
+    }
+}
+
+/// `[oidc_provider]`: Portcullis as an OpenID Provider (CONTRACT 8.2).
+#[derive(Debug, Clone)]
+pub struct OidcProviderConfig {
+    pub enabled: bool,
+    /// The `iss` of ID tokens and assertions (default: `mail.link_base_url`).
+    pub issuer: String,
+    pub signing_alg: ProviderAlgorithm,
+    /// How long an authorization code lives.
+    pub code_ttl_secs: u64,
+    /// Lifetime of client access tokens and ID tokens.
+    pub access_ttl_secs: u64,
+    /// The registered clients.
+    pub clients: Vec<oidc_provider::OidcClient>,
+}
+
+impl OidcProviderConfig {
+    /// The registered client `id`.
+    pub fn client(&self, id: &str) -> Option<&oidc_provider::OidcClient> {
+        self.clients.iter().find(|c| c.client_id == id)
+    }
+}
+
+impl Config {
+    /// Whether the provider's signing keys are in use: the provider is
+    /// enabled, or some route sends the identity assertion (CONTRACT 8.3).
+    pub fn provider_keys_in_use(&self) -> bool {
+        self.oidc_provider.enabled || self.routes.iter().any(|r| r.identity_assertion)
+    }
+}
+
+/// `[admin_console]` (CONTRACT 8.5): who may use `/auth/ui/admin/`.
+#[derive(Debug, Clone)]
+pub struct AdminConsoleConfig {
+    pub enabled: bool,
+    pub role: String,
+    pub require_mfa: bool,
 }
 
 /// `[browser]`: cookie sessions and the portal (see `browser`).
@@ -220,6 +288,12 @@ pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
     pub audit_file: Option<PathBuf>,
+    /// `log.access_log`: one line per request, target `access`.
+    pub access_log: bool,
+    /// `log.access_file`: the access lines go there instead.
+    pub access_file: Option<PathBuf>,
+    pub audit_chain: bool,
+    pub audit_retention_days: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,6 +347,10 @@ pub struct Route {
     /// API keys holding one of these scopes may pass; none = API keys are
     /// refused on this route.
     pub scopes: Vec<String>,
+    /// Send the upstream a signed `X-User-Assertion` (CONTRACT 8.3).
+    pub identity_assertion: bool,
+    /// Its `aud`: `assertion_audience`, else the first upstream's origin.
+    pub assertion_audience: String,
 }
 
 /// Every problem found in one config, each naming its key.

@@ -240,6 +240,8 @@ pub(super) fn validate_routes(
             networks: vec![],
             roles_all: vec![],
             schedule: String::new(),
+            identity_assertion: false,
+            assertion_audience: String::new(),
         }]
     });
     let mut routes: Vec<Route> = Vec::new();
@@ -334,6 +336,19 @@ pub(super) fn validate_routes(
                 ));
             }
         }
+        let assertion_audience = if r.assertion_audience.is_empty() {
+            upstreams
+                .first()
+                .map(|u| format!("{}://{}", if u.tls { "https" } else { "http" }, u.authority))
+                .unwrap_or_default()
+        } else {
+            if r.assertion_audience.chars().any(char::is_control) {
+                p.push(format!(
+                    "{key}.assertion_audience: must be a printable string"
+                ));
+            }
+            r.assertion_audience.clone()
+        };
         routes.push(Route {
             index: i,
             label: match &host {
@@ -356,6 +371,8 @@ pub(super) fn validate_routes(
             strip_path_params: r.strip_path_params,
             // A public upstream never asked for the caller's credentials.
             forward_authorization: r.forward_authorization.unwrap_or(auth != AuthMode::Public),
+            identity_assertion: r.identity_assertion,
+            assertion_audience,
         });
     }
     // Longest prefix first, so matching is the first hit.

@@ -47,6 +47,9 @@ pub(super) fn validate(
         storage,
         browser: browser(&f.browser, p),
         identity_providers,
+        oidc_provider: oidc_provider(&f, env, p),
+        webhooks: super::webhooks::validate(f.webhooks.take(), env, p),
+        admin_console: admin_console(&f.admin_console, f.browser.enabled, p),
     }
 }
 
@@ -475,6 +478,10 @@ fn log(f: &FileConfig, p: &mut Vec<String>) -> LogConfig {
         format,
         level: f.log.level.clone(),
         audit_file: (!f.log.audit_file.is_empty()).then(|| PathBuf::from(&f.log.audit_file)),
+        access_log: f.log.access_log,
+        access_file: (!f.log.access_file.is_empty()).then(|| PathBuf::from(&f.log.access_file)),
+        audit_chain: f.log.audit_chain,
+        audit_retention_days: f.log.audit_retention_days,
     }
 }
 
@@ -626,5 +633,67 @@ fn storage(
                 cache_bytes,
             }
         }
+    }
+}
+
+/// `[oidc_provider]`: the keys the signing keys and the assertion need.
+fn oidc_provider(
+    f: &FileConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Vec<String>,
+) -> OidcProviderConfig {
+    let o = &f.oidc_provider;
+    let signing_alg = match o.signing_alg.as_str() {
+        "RS256" => ProviderAlgorithm::Rs256,
+        "ES256" => ProviderAlgorithm::Es256,
+        "EdDSA" => ProviderAlgorithm::EdDsa,
+        other => {
+            p.push(format!(
+                "oidc_provider.signing_alg: '{}' is not supported (use \"RS256\", \"ES256\" or \"EdDSA\")",
+                other.escape_debug()
+            ));
+            ProviderAlgorithm::Rs256
+        }
+    };
+    if has_ctl(&o.issuer) {
+        p.push("oidc_provider.issuer: must be a printable string".into());
+    }
+    let issuer = match o.issuer.as_str() {
+        "" => f.mail.link_base_url.trim_end_matches('/').to_string(),
+        i => i.to_string(),
+    };
+    let (code_ttl_secs, access_ttl_secs, clients) = super::oidc_provider::validate(o, env, p);
+    OidcProviderConfig {
+        enabled: o.enabled,
+        issuer,
+        signing_alg,
+        code_ttl_secs,
+        access_ttl_secs,
+        clients,
+    }
+}
+
+/// `[admin_console]`: a valid role, and the portal it lives in.
+fn admin_console(
+    c: &file::AdminConsoleFile,
+    browser_enabled: bool,
+    p: &mut Vec<String>,
+) -> AdminConsoleConfig {
+    if !crate::names::valid_role(&c.role) {
+        p.push(format!(
+            "admin_console.role: '{}' is not a valid role name",
+            c.role.escape_debug()
+        ));
+    }
+    if c.enabled && !browser_enabled {
+        p.push(
+            "admin_console.enabled: the console is part of the portal: set browser.enabled = true"
+                .into(),
+        );
+    }
+    AdminConsoleConfig {
+        enabled: c.enabled,
+        role: c.role.clone(),
+        require_mfa: c.require_mfa,
     }
 }

@@ -55,6 +55,9 @@ impl AuthService {
         if let Some(r) = self.federation_route(req).await {
             return r;
         }
+        if crate::oidc_provider::is_provider_path(path) {
+            return self.oidc_provider(req).await;
+        }
         let browser = self.cfg().browser.enabled;
         let m = &req.method;
         match path {

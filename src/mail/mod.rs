@@ -3,6 +3,7 @@
 //! the [`outbox::OutboxWorker`] through a [`Transport`]: SMTP via lettre, or
 //! the log for development.
 
+pub mod http;
 pub mod outbox;
 
 use std::time::Duration;
@@ -37,6 +38,7 @@ pub fn compose(kind: &str, to: &str, subject: &str, body: String, now: i64) -> O
         last_error: None,
         failed_at: None,
         claim: None,
+        http: None,
     }
 }
 

@@ -14,6 +14,8 @@
 //! escape every value; their CSP is strict: no inline script or style; the
 //! passkey script and the style sheet are static files served from here.
 
+mod console;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -115,7 +117,7 @@ impl<'a> Page<'a> {
                 status,
                 headers: vec![
                     ("content-type", "text/html; charset=utf-8".into()),
-                    ("content-security-policy", portal::CSP.into()),
+                    ("content-security-policy", portal::csp_for(&self.cfg).into()),
                     ("referrer-policy", "same-origin".into()),
                     ("x-frame-options", "DENY".into()),
                 ],
@@ -231,6 +233,9 @@ impl AuthService {
                 return Ok(self.csrf_refused(page));
             }
         }
+        if path == "/auth/ui/admin" || path.starts_with("/auth/ui/admin/") {
+            return self.console(page).await;
+        }
         let resp = match path {
             "/auth/ui" | "/auth/ui/" if get => page.see_other("/auth/ui/sessions"),
             "/auth/ui/login" if get => self.login_page(page).await,
@@ -288,7 +293,10 @@ impl AuthService {
 
     async fn login_page(&self, mut page: Page<'_>) -> ApiResponse {
         let rd = page.rd();
-        if identity(self, &mut page).await.is_some() {
+        // `prompt=login`: the OpenID Provider asks for a new sign-in even
+        // though there is a session.
+        let fresh = page.req.query_param("prompt").as_deref() == Some("login");
+        if !fresh && identity(self, &mut page).await.is_some() {
             return page.see_other(&rd);
         }
         login_form(page, None, "", &rd)
@@ -464,7 +472,7 @@ impl AuthService {
             .iter()
             .map(|s| portal::SessionRow {
                 id: s.record.id.to_string(),
-                user_agent: s.record.user_agent.clone(),
+                user_agent: crate::useragent::describe(&s.record.user_agent),
                 ip: s.record.ip.clone(),
                 created: portal::Time::new(&crate::clock::rfc3339(s.record.created_at)),
                 last_used: portal::Time::new(&crate::clock::rfc3339(s.record.last_used_at)),

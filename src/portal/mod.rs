@@ -13,6 +13,7 @@
 //! with [`CSP`]. No inline script or style: the pages load `portal.css` and
 //! `passkey.js` from `/auth/ui/static/`.
 
+mod admin;
 pub mod flow;
 mod pages;
 mod request;
@@ -25,6 +26,10 @@ use askama::Template;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
+pub use admin::{
+    AdminDenied, AdminDone, AdminEventRow, AdminKeyRow, AdminSearchPage, AdminSessionRow,
+    AdminUserPage, AdminUserRow,
+};
 pub use pages::{
     ConfirmPage, ForgotPage, IdentityRow, LoginPage, LogoutPage, MfaPage, Notice, PasskeyRow,
     ProviderButton, ReauthPage, RegisterPage, ResetPage, SessionRow, SessionsNotice, SessionsPage,
@@ -35,6 +40,40 @@ pub use request::PortalRequest;
 /// The portal pages' Content-Security-Policy: nothing inline.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                        connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// [`CSP`] for a config: with `browser.cookie_domain`, a sign-in form's
+/// answer is a 303 to `rd` on another host under the domain, and browsers
+/// apply `form-action` to a form's redirects too (Chromium refused the
+/// 303 and the sign-in never reached app1: caught by
+/// `browser::chromium_signs_in_once_for_two_hosts_under_the_cookie_domain`).
+/// So `form-action` also names the `https://` hosts `rd` may name (the
+/// route hosts under the domain, any port); which one is still decided by
+/// `browser::safe_redirect_for`. Without the key, exactly [`CSP`].
+pub fn csp_for(cfg: &crate::config::Config) -> std::borrow::Cow<'static, str> {
+    use crate::config::HostPattern;
+    let Some(domain) = &cfg.browser.cookie_domain else {
+        return std::borrow::Cow::Borrowed(CSP);
+    };
+    let under = |h: &str| h == domain.as_str() || h.ends_with(&format!(".{domain}"));
+    let mut sources: Vec<String> = Vec::new();
+    for r in &cfg.routes {
+        let source = match &r.host {
+            HostPattern::Exact(h) if under(h) => format!("https://{h}:*"),
+            HostPattern::Wildcard(p) if under(p) => format!("https://*.{p}:*"),
+            _ => continue,
+        };
+        if !sources.contains(&source) {
+            sources.push(source);
+        }
+    }
+    if sources.is_empty() {
+        return std::borrow::Cow::Borrowed(CSP);
+    }
+    std::borrow::Cow::Owned(CSP.replace(
+        "form-action 'self';",
+        &format!("form-action 'self' {};", sources.join(" ")),
+    ))
+}
 
 /// `/auth/ui/static/passkey.js`: the WebAuthn calls of the sign-in and
 /// sessions pages.

@@ -215,7 +215,7 @@ pub fn decide(cfg: &Config, q: &Parsed, asked: &Asked, now: i64) -> Answer {
     };
     let route = &cfg.routes[idx];
     let refused = |r: identity::Refusal| answer(rref.clone(), &r.status().to_string(), r.rule());
-    if let Err(r) = identity::gate(route, q.ip, now) {
+    if let Err(r) = identity::gate(route, q.ip, || now) {
         return refused(r);
     }
     let mode = identity::mode_for(route, &q.method);

@@ -10,8 +10,10 @@
 //! 4. `response_filter`: a token-bearing upgrade (101) becomes a supervised
 //!    tunnel, closed when its session ends ([`tunnel`]).
 //! 5. `fail_to_proxy`: a JSON 502 that names nothing internal.
-//! 6. `logging`: metrics.
+//! 6. `logging`: metrics and the access line ([`access`]).
 
+pub mod access;
+pub mod assertion;
 pub mod client_ip;
 pub mod conn_limit;
 pub mod deadline;
@@ -56,6 +58,8 @@ pub struct RouteRuntime {
     /// cloned per request.
     peers: Vec<HttpPeer>,
     metrics: RouteMetrics,
+    /// The signed assertions of a route with `identity_assertion`.
+    assertions: Option<assertion::AssertionCache>,
 }
 
 /// What the proxy derives from one config: the config itself and the route
@@ -66,6 +70,8 @@ pub struct RouteRuntime {
 pub struct ProxyConfig {
     pub cfg: Arc<Config>,
     routes: Vec<RouteRuntime>,
+    /// The access log's host labels (bounded: the configured hosts).
+    hosts: access::HostLabels,
 }
 
 /// The proxy state in force, shared by the plain and TLS listeners.
@@ -84,10 +90,14 @@ impl ProxyConfig {
                     lb,
                     peers,
                     metrics: metrics.route(&r.label),
+                    assertions: r
+                        .identity_assertion
+                        .then(|| assertion::AssertionCache::new(r.assertion_audience.clone())),
                 })
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(Self { cfg, routes })
+        let hosts = access::HostLabels::build(&cfg);
+        Ok(Self { cfg, routes, hosts })
     }
 
     fn pick_upstream(&self, idx: usize, key: &[u8]) -> Option<&HttpPeer> {
@@ -139,6 +149,8 @@ pub struct Ctx {
     set_cookies: Vec<String>,
     /// `X-Forwarded-Host` for the upstream of a host route.
     forwarded_host: Option<String>,
+    /// The rule of a refusal (for the access line).
+    rule: Option<&'static str>,
     /// Counts this request as in flight until the context is dropped.
     _inflight: Option<InFlightGuard>,
 }
@@ -284,6 +296,7 @@ impl Gateway {
         ctx: &mut Ctx,
         refusal: identity::Refusal,
     ) -> Result<bool> {
+        ctx.rule = Some(refusal.rule());
         match refusal {
             identity::Refusal::Deny { error, rule } => {
                 if error.status() == 403 {
@@ -373,6 +386,40 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// The `X-User-Assertion` of a request with an identity on a route
+    /// with `identity_assertion` (CONTRACT 8.3), from the route's cache.
+    fn assertion(&self, ctx: &Ctx) -> Option<http::HeaderValue> {
+        let cache = ctx.live.routes.get(ctx.route?)?.assertions.as_ref()?;
+        let (holder, subject) = match (&ctx.claims, &ctx.api_key) {
+            (Some(c), _) => (
+                assertion::Holder::Session(uuid::Uuid::parse_str(&c.sid).ok()?),
+                assertion::Subject {
+                    sub: &c.sub,
+                    email: &c.email,
+                    roles: &c.roles,
+                    amr: &c.amr,
+                },
+            ),
+            (None, Some(k)) => (
+                assertion::Holder::ApiKey(k.id),
+                assertion::Subject {
+                    sub: &k.user_id_str,
+                    email: &k.email,
+                    roles: &k.roles,
+                    amr: &[],
+                },
+            ),
+            (None, None) => return None,
+        };
+        cache.get(
+            &self.auth.tokens.provider,
+            &ctx.live.cfg.oidc_provider.issuer,
+            holder,
+            &subject,
+            self.auth.clock.now(),
+        )
+    }
+
     /// The request metrics of the `route` label: a configured prefix,
     /// "auth", or "none".
     fn route_metrics<'a>(&'a self, ctx: &'a Ctx) -> &'a RouteMetrics {
@@ -457,6 +504,7 @@ impl ProxyHttp for Gateway {
             tunnel: None,
             set_cookies: Vec::new(),
             forwarded_host: None,
+            rule: None,
             _inflight: Some(self.inflight.enter()),
         }
     }
@@ -659,6 +707,9 @@ impl ProxyHttp for Gateway {
             up.insert_header("x-user-auth-method", "api_key")?;
             up.insert_header("x-user-api-key-id", k.id_str.as_str())?;
         }
+        if let Some(v) = self.assertion(ctx) {
+            up.insert_header(assertion::HEADER, v)?;
+        }
         if let Some(pq) = &ctx.path_and_query {
             let uri = pq
                 .parse::<http::Uri>()
@@ -764,11 +815,34 @@ impl ProxyHttp for Gateway {
             .unwrap_or(0);
         let m = self.route_metrics(ctx);
         m.request(status);
-        if let Some(t) = ctx.started {
-            m.request_duration.observe(t.elapsed().as_secs_f64());
+        let elapsed = ctx.started.map(|t| t.elapsed());
+        if let Some(d) = elapsed {
+            m.request_duration.observe(d.as_secs_f64());
         }
         if let Some(t) = ctx.upstream_started {
             m.upstream_duration.observe(t.elapsed().as_secs_f64());
+        }
+        if ctx.live.cfg.log.access_log
+            && tracing::enabled!(target: access::TARGET, tracing::Level::INFO)
+        {
+            let req = session.req_header();
+            // The host as sent, labelled only if the config names it; a
+            // request naming two hosts is `other`.
+            let host = ctx
+                .live
+                .hosts
+                .label(target::request_host(req).ok().flatten());
+            access::write(&access::Line {
+                method: req.method.as_str(),
+                host,
+                path: &access::path_only(req.uri.path().as_bytes()),
+                status,
+                route: ctx.route,
+                rule: ctx.rule,
+                duration_us: elapsed.map_or(0, |d| d.as_micros() as u64),
+                request_id: &ctx.request_id,
+                client_ip: ctx.client_ip,
+            });
         }
     }
 }

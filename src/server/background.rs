@@ -74,6 +74,8 @@ impl Maintenance {
         }
         a.revocations.prune(horizon);
         a.route_limits.forget_idle(now, 60);
+        // The audit chain: retention, then its head published.
+        a.audit_upkeep().await;
         self.sweeps
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }

@@ -632,9 +632,16 @@ fn add_background_tasks(server: &mut Server, core: &Core) -> Arc<std::sync::atom
         OutboxWorker {
             store: core.store.clone(),
             mail: core.mail.clone(),
+            http: Arc::new(crate::mail::http::HttpSender::new({
+                let auth = core.auth.clone();
+                Arc::new(move || auth.cfg())
+            })),
             clock: core.clock.clone(),
             wake: core.auth.mail_wake.clone(),
             metrics: core.metrics.clone(),
+            backchannel: Some(Arc::new(
+                crate::oidc_provider::backchannel::BackchannelSender::new(core.auth.clone()),
+            )),
         },
     ));
     server.add_service(background_service(

@@ -25,6 +25,9 @@ pub use self::pg as pg_store;
 /// The name callers use for [`sled`] (the store was one file before).
 pub use self::sled as sled_store;
 
+pub use crate::audit::chain::{
+    AuditEvent, AuditRecord, Checkpoint as AuditCheckpoint, Head as AuditHead,
+};
 pub use domain::LockoutPolicy;
 pub use identities::{LinkOutcome, LinkedIdentity, UnlinkOutcome};
 pub use records::{Page, Record, RecordKind};
@@ -199,6 +202,11 @@ pub struct SessionRecord {
     /// for its back-channel logout (CONTRACT 8.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub federation: Option<FederatedSession>,
+    /// A client session of the OpenID Provider (CONTRACT 8.2): the client
+    /// it was issued to and the scope granted; `None` for the gateway's own
+    /// sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientBinding>,
 }
 
 /// The outside sign-in a session came from.
@@ -210,6 +218,14 @@ pub struct FederatedSession {
     /// The provider's session id (`sid`), when it sent one.
     #[serde(default)]
     pub sid: Option<String>,
+}
+
+/// The OpenID Provider client a session belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientBinding {
+    pub client_id: String,
+    /// The granted scopes, space-separated.
+    pub scope: String,
 }
 
 /// What presenting generation `g` of a session's refresh token led to.
@@ -278,6 +294,11 @@ pub enum UserChange {
     },
     /// Disable the account; ends every session and token.
     Disable,
+    /// Enable a disabled account again (its sessions stay ended).
+    Enable,
+    /// Turn TOTP off without a second factor, and drop the recovery codes
+    /// (an administrator's action: the user lost the device).
+    AdminTotpOff,
     AddRole(String),
     /// Remove a role; ends every session and token (tokens carry roles).
     RemoveRole(String),
@@ -368,6 +389,11 @@ pub enum OneTimeKind {
     PasswordReset,
     /// The `mfa_token` of a login waiting for its second factor.
     MfaLogin,
+    /// An authorization code of the OpenID Provider (CONTRACT 8.2).
+    AuthCode,
+    /// A user's consent to a provider client and scope set (never
+    /// redeemed; found by its key's hash).
+    Consent,
 }
 
 /// A single-use emailed token (verification or reset), stored under its hash.
@@ -398,6 +424,9 @@ pub enum Redeem {
         secret: String,
         proof: MfaProof,
     },
+    /// Spend an authorization code (the account must still be as it was:
+    /// not disabled, password unchanged). Changes nothing else.
+    AuthCode,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -421,6 +450,39 @@ pub struct OutboxMessage {
     /// The sender that has claimed it for an attempt now, if any.
     #[serde(default)]
     pub claim: Option<Claim>,
+    /// An HTTP POST instead of a mail (`body` is then the request's body,
+    /// `to` its URL for the log): a webhook, a back-channel logout. Absent
+    /// on every record written before HTTP deliveries existed, which so
+    /// read as mail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpPost>,
+}
+
+impl OutboxMessage {
+    /// Whether this entry is a mail (not an HTTP delivery).
+    pub fn is_mail(&self) -> bool {
+        self.http.is_none()
+    }
+}
+
+/// What an HTTP delivery needs besides its body: where, with which extra
+/// headers, trusting which CA, how long to wait, and how to sign it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HttpPost {
+    pub url: String,
+    /// Sent as they are (e.g. `content-type`).
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// Extra trusted CAs for the receiver's certificate.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The bound on one attempt.
+    pub timeout_secs: u64,
+    /// Signed at each attempt (the signature covers the attempt's time)
+    /// with the Standard Webhooks key named by this environment variable
+    /// (a `[[webhooks]] secret_env`); never the key itself.
+    #[serde(default)]
+    pub sign_with: Option<String>,
 }
 
 /// A sender's claim on a message: which store instance, and until when.
@@ -441,6 +503,74 @@ pub enum Delivery {
         give_up: bool,
         now: i64,
     },
+    /// Not tried in this pass (its receiver just failed, or the pass ran
+    /// out of time): released, due again at `until`, its attempts
+    /// unchanged.
+    Deferred {
+        until: i64,
+    },
+}
+
+/// What a change causes besides itself, written in the same atomic step as
+/// the change (an acknowledged change always has its mail queued and its
+/// audit events in the chain). The service builds it; a backend writes
+/// every part of it with [`Effects`]-taking operations (sled:
+/// `Tx::apply_effects`, PostgreSQL: `apply_effects`), so a new kind of
+/// effect (a webhook delivery) is one field here and one line there.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Effects {
+    /// Mail queued in the outbox.
+    pub outbox: Vec<OutboxMessage>,
+    /// Audit events appended to the chain (in this order).
+    pub audit: Vec<AuditEvent>,
+}
+
+impl Effects {
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Add a mail (if any).
+    pub fn mail(mut self, m: impl Into<Option<OutboxMessage>>) -> Self {
+        self.outbox.extend(m.into());
+        self
+    }
+
+    /// Add an audit event.
+    pub fn audit(mut self, e: AuditEvent) -> Self {
+        self.audit.push(e);
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.outbox.is_empty() && self.audit.is_empty()
+    }
+}
+
+impl From<Option<OutboxMessage>> for Effects {
+    fn from(m: Option<OutboxMessage>) -> Self {
+        Effects::none().mail(m)
+    }
+}
+
+impl From<OutboxMessage> for Effects {
+    fn from(m: OutboxMessage) -> Self {
+        Effects::none().mail(m)
+    }
+}
+
+impl From<AuditEvent> for Effects {
+    fn from(e: AuditEvent) -> Self {
+        Effects::none().audit(e)
+    }
+}
+
+/// The audit chain's state: its newest record and the checkpoint it
+/// starts from (when retention has cut it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditState {
+    pub head: AuditHead,
+    pub checkpoint: Option<AuditCheckpoint>,
 }
 
 /// A throttle or lockout counter.
@@ -532,10 +662,24 @@ pub trait Store: Send + Sync + 'static {
     // --- users
     /// Insert a new user; `Conflict` when the email is taken. The optional
     /// mail is queued in the same atomic step.
-    async fn create_user(&self, user: User, mail: Option<OutboxMessage>) -> StoreResult<()>;
+    async fn create_user(&self, user: User, mail: Option<OutboxMessage>) -> StoreResult<()> {
+        self.create_user_with(user, mail.into()).await
+    }
+    /// [`Store::create_user`] with everything it causes ([`Effects`]).
+    async fn create_user_with(&self, user: User, effects: Effects) -> StoreResult<()>;
     async fn find_user(&self, id: Uuid) -> StoreResult<Option<User>>;
     async fn find_user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
     async fn list_users(&self) -> StoreResult<Vec<User>>;
+    /// Up to `limit` users whose case-folded email starts with the
+    /// case-folded `prefix`, in email order, after the address `after` (the
+    /// last one of the previous page; `None` for the first page). Reads the
+    /// email index from `prefix` on, never every user (the console's search).
+    async fn search_users_by_email(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<User>>;
     /// Apply `change` to the current record (see [`domain::apply_user_change`]),
     /// with the sessions it ends, the revocations it causes and the mail
     /// it sends, atomically. `Conflict` when its precondition fails.
@@ -544,6 +688,16 @@ pub trait Store: Send + Sync + 'static {
         id: Uuid,
         change: UserChange,
         mail: Option<OutboxMessage>,
+        stamp: Stamp,
+    ) -> StoreResult<Changed> {
+        self.change_user_with(id, change, mail.into(), stamp).await
+    }
+    /// [`Store::change_user`] with everything it causes ([`Effects`]).
+    async fn change_user_with(
+        &self,
+        id: Uuid,
+        change: UserChange,
+        effects: Effects,
         stamp: Stamp,
     ) -> StoreResult<Changed>;
 
@@ -557,7 +711,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         link: LinkedIdentity,
         new_user: Option<User>,
-        mail: Option<OutboxMessage>,
+        effects: Effects,
     ) -> StoreResult<LinkOutcome>;
     async fn find_identity(
         &self,
@@ -568,8 +722,13 @@ pub trait Store: Send + Sync + 'static {
     async fn list_identities(&self, user_id: Uuid) -> StoreResult<Vec<LinkedIdentity>>;
     /// Remove the user's identity at `provider`, unless it is the last way
     /// the account can sign in ([`identities::may_unlink`], judged on the
-    /// current record).
-    async fn unlink_identity(&self, user_id: Uuid, provider: &str) -> StoreResult<UnlinkOutcome>;
+    /// current record). `effects` are written only when it is removed.
+    async fn unlink_identity(
+        &self,
+        user_id: Uuid,
+        provider: &str,
+        effects: Effects,
+    ) -> StoreResult<UnlinkOutcome>;
 
     // --- refresh sessions
     /// Create a session, provided the user is still enabled and at
@@ -579,6 +738,16 @@ pub trait Store: Send + Sync + 'static {
         &self,
         session: SessionRecord,
         expect_password_version: u64,
+    ) -> StoreResult<User> {
+        self.create_session_with(session, expect_password_version, Effects::none())
+            .await
+    }
+    /// [`Store::create_session`] with everything it causes ([`Effects`]).
+    async fn create_session_with(
+        &self,
+        session: SessionRecord,
+        expect_password_version: u64,
+        effects: Effects,
     ) -> StoreResult<User>;
     async fn find_session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>>;
     async fn list_sessions(&self, user_id: Uuid) -> StoreResult<Vec<SessionRecord>>;
@@ -588,6 +757,20 @@ pub trait Store: Send + Sync + 'static {
         id: Uuid,
         presented: u64,
         policy: RefreshPolicy,
+    ) -> StoreResult<RotateOutcome> {
+        self.rotate_refresh_with(id, presented, policy, Effects::none())
+            .await
+    }
+    /// [`Store::rotate_refresh`] with everything it causes: the effects
+    /// are written only when the outcome writes something (not for
+    /// `Invalid`), each audit event's `outcome` set by
+    /// [`domain::refresh_outcome`].
+    async fn rotate_refresh_with(
+        &self,
+        id: Uuid,
+        presented: u64,
+        policy: RefreshPolicy,
+        effects: Effects,
     ) -> StoreResult<RotateOutcome>;
     /// End sessions of a user and revoke their access tokens; with
     /// `cutoff`, also void every token issued until now. Returns the
@@ -598,6 +781,20 @@ pub trait Store: Send + Sync + 'static {
         which: Sessions,
         cutoff: bool,
         stamp: Stamp,
+    ) -> StoreResult<Vec<Revocation>> {
+        self.end_sessions_with(user_id, which, cutoff, stamp, Effects::none())
+            .await
+    }
+    /// [`Store::end_sessions`] with everything it causes ([`Effects`]),
+    /// written only when it revoked something (a session ended, or a
+    /// cutoff).
+    async fn end_sessions_with(
+        &self,
+        user_id: Uuid,
+        which: Sessions,
+        cutoff: bool,
+        stamp: Stamp,
+        effects: Effects,
     ) -> StoreResult<Vec<Revocation>>;
 
     // --- revocation
@@ -620,6 +817,15 @@ pub trait Store: Send + Sync + 'static {
         hash: String,
         token: OneTimeToken,
         mail: Option<OutboxMessage>,
+    ) -> StoreResult<u64> {
+        self.issue_one_time_with(hash, token, mail.into()).await
+    }
+    /// [`Store::issue_one_time`] with everything it causes ([`Effects`]).
+    async fn issue_one_time_with(
+        &self,
+        hash: String,
+        token: OneTimeToken,
+        effects: Effects,
     ) -> StoreResult<u64>;
     async fn find_one_time(&self, hash: &str) -> StoreResult<Option<OneTimeToken>>;
     /// The newest issue sequence for a user and kind.
@@ -632,6 +838,16 @@ pub trait Store: Send + Sync + 'static {
         hash: String,
         redeem: Redeem,
         mail: Option<OutboxMessage>,
+        stamp: Stamp,
+    ) -> StoreResult<Changed> {
+        self.redeem_with(hash, redeem, mail.into(), stamp).await
+    }
+    /// [`Store::redeem`] with everything it causes ([`Effects`]).
+    async fn redeem_with(
+        &self,
+        hash: String,
+        redeem: Redeem,
+        effects: Effects,
         stamp: Stamp,
     ) -> StoreResult<Changed>;
 
@@ -707,6 +923,26 @@ pub trait Store: Send + Sync + 'static {
     /// removed). A failure is not recorded on a message another sender
     /// holds now (see [`domain::delivery_applies`]).
     async fn record_delivery(&self, id: Uuid, delivery: Delivery) -> StoreResult<()>;
+
+    // --- audit trail (see `crate::audit::chain`)
+    /// Append audit events that go with no other change (a failed sign-in
+    /// whose counter lives in memory), in one atomic step.
+    async fn append_audit(&self, events: Vec<AuditEvent>) -> StoreResult<()>;
+    /// Up to `limit` records with a sequence number above `after`, in
+    /// chain order.
+    async fn audit_page(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditRecord>>;
+    /// Up to `limit` records written at or after `since` (unix seconds), in
+    /// chain order (an index by time: no full scan).
+    async fn audit_since(&self, since: i64, limit: usize) -> StoreResult<Vec<AuditRecord>>;
+    /// A user's newest `limit` records, newest first (an index by user:
+    /// no full scan).
+    async fn audit_for_user(&self, user_id: Uuid, limit: usize) -> StoreResult<Vec<AuditRecord>>;
+    /// The chain's head and the checkpoint it starts from.
+    async fn audit_state(&self) -> StoreResult<AuditState>;
+    /// Cut the chain at `checkpoint`: remove every record up to its
+    /// sequence and keep the checkpoint (retention). Returns how many
+    /// records went.
+    async fn audit_trim(&self, checkpoint: AuditCheckpoint) -> StoreResult<u64>;
 
     // --- bulk copies (`portcullis storage migrate`)
     /// Up to `limit` records of `kind` in a stable order, starting after

@@ -21,10 +21,12 @@ pub enum RecordKind {
     Mail,
     /// Linked identities at outside providers (CONTRACT 8.1).
     Identities,
+    /// The audit chain's records and its checkpoint.
+    Audit,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 8] = [
+    pub const ALL: [RecordKind; 9] = [
         RecordKind::Users,
         RecordKind::Sessions,
         RecordKind::Revocations,
@@ -33,6 +35,7 @@ impl RecordKind {
         RecordKind::Counters,
         RecordKind::Mail,
         RecordKind::Identities,
+        RecordKind::Audit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +48,7 @@ impl RecordKind {
             RecordKind::Counters => "counters",
             RecordKind::Mail => "mail",
             RecordKind::Identities => "identities",
+            RecordKind::Audit => "audit",
         }
     }
 }
@@ -71,6 +75,10 @@ pub enum Record {
     },
     Mail(OutboxMessage),
     Identity(LinkedIdentity),
+    /// One record of the audit chain, as stored (hashes included).
+    Audit(AuditRecord),
+    /// Where a chain cut by retention starts.
+    AuditCheckpoint(AuditCheckpoint),
 }
 
 /// A page of an export: its records, and where the next page starts

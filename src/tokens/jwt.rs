@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 pub use super::claims::AccessClaims;
 use super::keys::{random_bytes, KeySet};
+use super::provider_keys::ProviderKeys;
 pub use super::rejection::TokenRejection;
 use super::verified::{Verified, VerifiedTokens};
 use crate::clock::Clock;
@@ -38,6 +39,8 @@ pub struct TokenService {
     entropy: Arc<dyn Entropy>,
     /// Tokens that passed: a repeat check skips the signature.
     verified: VerifiedTokens,
+    /// The OpenID Provider's signing keys (CONTRACT 8.2, 8.3), when in use.
+    pub provider: ProviderKeys,
 }
 
 /// The `[tokens]` settings and the validation built from them.
@@ -68,6 +71,7 @@ impl TokenService {
         Self {
             keys: ArcSwap::from_pointee(keys),
             settings,
+            provider: ProviderKeys::new(clock.clone()),
             clock,
             entropy: Arc::new(OsEntropy),
             verified: VerifiedTokens::default(),
@@ -100,9 +104,17 @@ impl TokenService {
         (Some(keys.signing(now).kid.clone()), keys.live_count(now))
     }
 
-    /// Every live public key (`{"keys":[]}` under HS256).
+    /// Every live public key (`{"keys":[]}` under HS256), and the
+    /// provider's keys when they are in use.
     pub fn jwks(&self) -> serde_json::Value {
-        self.keys.load().jwks(self.clock.now())
+        let mut jwks = self.keys.load().jwks(self.clock.now());
+        let provider = self.provider.jwks_keys();
+        if !provider.is_empty() {
+            if let Some(keys) = jwks["keys"].as_array_mut() {
+                keys.extend(provider);
+            }
+        }
+        jwks
     }
 
     pub fn access_ttl(&self) -> u64 {

@@ -168,7 +168,7 @@ pub fn key_file_path(cfg: &TokenConfig, data_dir: &Path) -> PathBuf {
     data_dir.join(file_name(cfg.algorithm))
 }
 
-fn short_hash(bytes: &[u8]) -> String {
+pub(crate) fn short_hash(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(&Sha256::digest(bytes)[..12])
 }
 
@@ -236,7 +236,7 @@ fn first_entry(alg: TokenAlgorithm, data_dir: &Path, now: i64) -> Result<KeyEntr
 }
 
 /// Write the key-set file whole (temporary file, fsync, rename; 0600).
-fn write_key_file(path: &Path, file: &KeyFile) -> Result<(), String> {
+pub(crate) fn write_key_file(path: &Path, file: &KeyFile) -> Result<(), String> {
     let text = serde_json::to_vec_pretty(file).map_err(|e| e.to_string())?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating '{}': {e}", dir.display()))?;
@@ -248,7 +248,7 @@ fn write_key_file(path: &Path, file: &KeyFile) -> Result<(), String> {
 /// An exclusive lock over the data dir's key-set files, held while one is
 /// created or rotated (read, change, write), so two `keys rotate` at once
 /// cannot lose a key. Released when dropped.
-fn lock_keys(data_dir: &Path) -> Result<std::fs::File, String> {
+pub(crate) fn lock_keys(data_dir: &Path) -> Result<std::fs::File, String> {
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("creating '{}': {e}", data_dir.display()))?;
     let path = data_dir.join("jwt-keys.lock");

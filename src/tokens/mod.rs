@@ -7,6 +7,7 @@
 pub mod claims;
 pub mod jwt;
 pub mod keys;
+pub mod provider_keys;
 pub mod refresh;
 pub mod rejection;
 pub mod revocation;

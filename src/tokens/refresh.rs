@@ -58,6 +58,12 @@ impl RefreshKeys {
         Self { key: key.to_vec() }
     }
 
+    /// The key audit checkpoints are signed with (`audit::chain`): derived
+    /// from this one, which every gateway of a cluster shares.
+    pub fn audit_checkpoint_key(&self) -> Vec<u8> {
+        crate::audit::chain::checkpoint_key(&self.key)
+    }
+
     #[cfg(test)]
     fn with_key(key: &[u8]) -> Self {
         Self::from_secret(key)
@@ -146,6 +152,7 @@ mod tests {
             amr: vec![],
             auth_time: None,
             federation: None,
+            client: None,
         }
     }
 

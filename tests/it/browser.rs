@@ -932,7 +932,7 @@ async fn portal_pages_answer_with_generic_errors_and_never_a_500() {
 
 /// The Selenium venv, installed into the target dir on first use (pinned;
 /// the browser and driver are Debian's, from `.ci/deps --test`).
-fn selenium_python() -> std::path::PathBuf {
+pub fn selenium_python() -> std::path::PathBuf {
     use std::path::Path;
     use std::time::Duration;
     for bin in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
@@ -1167,4 +1167,91 @@ async fn a_totp_account_signs_in_on_the_portal_with_its_second_factor() {
     let cookie = set_cookie(&r, "__Host-portcullis").unwrap().to_string();
     let page = browse(&gw, "/auth/ui/sessions", &cookie).await.text();
     assert!(page.contains(r#"<span id="amr">pwd, otp</span>"#), "{page}");
+}
+
+/// One sign-in across two hosts in a real Chromium (issue 24,
+/// tests/browser/shared_signin.py): `browser.cookie_domain` set, routes on
+/// `app1.portcullis.test` and `app2.portcullis.test`, the portal on
+/// `auth.portcullis.test` (all resolved to 127.0.0.1 by Chromium's
+/// `--host-resolver-rules`, on the gateway's TLS port). app1's
+/// unauthenticated navigation goes to the portal and back after one
+/// sign-in; app2 then reaches its upstream with the identity and no second
+/// sign-in; `rd` to a foreign host, or to a name under the domain that no
+/// route serves, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chromium_signs_in_once_for_two_hosts_under_the_cookie_domain() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let py = tokio::task::spawn_blocking(selenium_python).await.unwrap();
+    let b = Builder {
+        extra: "[browser]\nenabled = true\ncookie_domain = \"portcullis.test\"\n\n[throttle]\nauth_per_minute = 0\n".into(),
+        link_base_url: "https://auth.portcullis.test:{TLS_PORT}".into(),
+        routes: r#"
+[[routes]]
+prefix = "/"
+host = "app1.portcullis.test"
+upstream = "{UP}"
+auth = "required"
+
+[[routes]]
+prefix = "/"
+host = "app2.portcullis.test"
+upstream = "{UP}"
+auth = "required"
+"#
+        .into(),
+        ..Default::default()
+    };
+    let gw = TestGateway::start_with(b).await;
+    let email = "hosts@example.test";
+    gw.admin_add_user(email, &[]).await;
+    let cfg = json!({
+        "port": gw.tls_addr.port(),
+        "email": email,
+        "password": PASSWORD,
+    });
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/browser/shared_signin.py"
+    );
+    let mut child = Command::new(&py)
+        .arg(script)
+        .arg(cfg.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the browser test");
+    let err = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut { err }, &mut s);
+        s
+    });
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let log: Vec<String> =
+        tokio::task::block_in_place(|| stdout.lines().map_while(Result::ok).collect());
+    let status = tokio::task::block_in_place(|| child.wait().unwrap());
+    let stderr = stderr.join().unwrap_or_default();
+    assert!(
+        status.success() && log.last().map(String::as_str) == Some("PASSED"),
+        "the browser test failed ({status}):\n{}\n{stderr}",
+        log.join("\n")
+    );
+    // What the upstream saw: both apps, each with the identity, and one
+    // sign-in only (the user's one session).
+    let requests = gw.upstream.requests();
+    for host in ["app1.portcullis.test", "app2.portcullis.test"] {
+        assert!(
+            requests
+                .iter()
+                .any(|r| echoed_in(r, "x-forwarded-host") == [host]
+                    && echoed_in(r, "x-user-email") == [email]),
+            "{host} never reached with the identity: {requests:?}"
+        );
+    }
+    assert!(requests.iter().all(|r| echoed_in(r, "cookie")
+        .iter()
+        .all(|c| !c.contains("portcullis"))));
 }

@@ -65,7 +65,7 @@ pub async fn one_identity_racing_to_two_users_has_one_winner(s: Arc<dyn Store>) 
     let rs: Vec<LinkOutcome> = race(move |i| {
         let s = st.clone();
         let l = link("corp", "sub-1", ids[i % 2]);
-        async move { s.link_identity(l, None, None).await.unwrap() }
+        async move { s.link_identity(l, None, Effects::none()).await.unwrap() }
     })
     .await;
     assert_eq!(count(&rs, LinkOutcome::Linked), 1, "{rs:?}");
@@ -86,18 +86,18 @@ pub async fn one_identity_racing_to_two_users_has_one_winner(s: Arc<dyn Store>) 
     assert!(s.list_identities(ids[1 - winner]).await.unwrap().is_empty());
     // The same user at the same provider with another subject: refused.
     let again = s
-        .link_identity(link("corp", "sub-2", ids[winner]), None, None)
+        .link_identity(link("corp", "sub-2", ids[winner]), None, Effects::none())
         .await
         .unwrap();
     assert_eq!(again, LinkOutcome::ProviderInUse);
     // Another provider: fine. A missing or disabled user: no link.
     let other = s
-        .link_identity(link("gh", "42", ids[winner]), None, None)
+        .link_identity(link("gh", "42", ids[winner]), None, Effects::none())
         .await
         .unwrap();
     assert_eq!(other, LinkOutcome::Linked);
     let ghost = s
-        .link_identity(link("gh", "43", Uuid::new_v4()), None, None)
+        .link_identity(link("gh", "43", Uuid::new_v4()), None, Effects::none())
         .await
         .unwrap();
     assert_eq!(ghost, LinkOutcome::NoUser);
@@ -113,7 +113,7 @@ pub async fn racing_first_sign_ins_create_one_account(s: Arc<dyn Store>) {
         let s = st.clone();
         let u = User::new(Uuid::new_v4(), "jit@example.com", "", 1);
         let l = link("corp", "jit", u.id);
-        async move { (u.id, s.link_identity(l, Some(u), None).await.unwrap()) }
+        async move { (u.id, s.link_identity(l, Some(u), Effects::none()).await.unwrap()) }
     })
     .await;
     let outcomes: Vec<LinkOutcome> = rs.iter().map(|(_, o)| o.clone()).collect();
@@ -159,20 +159,20 @@ pub async fn racing_first_sign_ins_create_one_account(s: Arc<dyn Store>) {
 pub async fn the_last_way_to_sign_in_cannot_be_unlinked(s: Arc<dyn Store>) {
     let fed = User::new(Uuid::new_v4(), "fed-only@example.com", "", 1);
     let r = s
-        .link_identity(link("corp", "f1", fed.id), Some(fed.clone()), None)
+        .link_identity(link("corp", "f1", fed.id), Some(fed.clone()), Effects::none())
         .await
         .unwrap();
     assert_eq!(r, LinkOutcome::Linked);
     assert_eq!(
-        s.unlink_identity(fed.id, "corp").await.unwrap(),
+        s.unlink_identity(fed.id, "corp", Effects::none()).await.unwrap(),
         UnlinkOutcome::LastMethod
     );
     assert_eq!(
-        s.unlink_identity(fed.id, "nope").await.unwrap(),
+        s.unlink_identity(fed.id, "nope", Effects::none()).await.unwrap(),
         UnlinkOutcome::NotLinked
     );
     assert_eq!(
-        s.link_identity(link("gh", "f1", fed.id), None, None)
+        s.link_identity(link("gh", "f1", fed.id), None, Effects::none())
             .await
             .unwrap(),
         LinkOutcome::Linked
@@ -182,7 +182,7 @@ pub async fn the_last_way_to_sign_in_cannot_be_unlinked(s: Arc<dyn Store>) {
     let rs: Vec<UnlinkOutcome> = race(move |i| {
         let s = st.clone();
         let p = if i % 2 == 0 { "corp" } else { "gh" };
-        async move { s.unlink_identity(fed.id, p).await.unwrap() }
+        async move { s.unlink_identity(fed.id, p, Effects::none()).await.unwrap() }
     })
     .await;
     let unlinked = rs
@@ -194,17 +194,17 @@ pub async fn the_last_way_to_sign_in_cannot_be_unlinked(s: Arc<dyn Store>) {
 
     let local = user("local@example.com");
     s.create_user(local.clone(), None).await.unwrap();
-    s.link_identity(link("corp", "l1", local.id), None, None)
+    s.link_identity(link("corp", "l1", local.id), None, Effects::none())
         .await
         .unwrap();
     assert!(matches!(
-        s.unlink_identity(local.id, "corp").await.unwrap(),
+        s.unlink_identity(local.id, "corp", Effects::none()).await.unwrap(),
         UnlinkOutcome::Unlinked(l) if l.subject == "l1"
     ));
     assert_eq!(s.find_identity("corp", "l1").await.unwrap(), None);
     // Unlinked, the identity may be linked again (to anyone).
     assert_eq!(
-        s.link_identity(link("corp", "l1", local.id), None, None)
+        s.link_identity(link("corp", "l1", local.id), None, Effects::none())
             .await
             .unwrap(),
         LinkOutcome::Linked
@@ -218,7 +218,7 @@ pub async fn identities_survive_a_copy(s: Arc<dyn Store>) {
     let u = user("copy-fed@example.com");
     s.create_user(u.clone(), None).await.unwrap();
     for (p, sub) in [("corp", "c/1"), ("gh", "7"), ("okta", "x y")] {
-        s.link_identity(link(p, sub, u.id), None, None)
+        s.link_identity(link(p, sub, u.id), None, Effects::none())
             .await
             .unwrap();
     }

@@ -3,11 +3,15 @@
 
 mod common;
 
+mod access_log;
 mod accounts;
 mod api_keys;
+mod assertion;
+mod audit_trail;
 mod backup;
 mod browser;
 mod claims;
+mod console;
 mod core_proxy;
 mod deploy;
 mod docs;
@@ -20,6 +24,7 @@ mod federation_store;
 mod key_rotation;
 mod limits;
 mod mfa;
+mod oidc_provider;
 mod openapi;
 mod passthrough;
 mod policy;
@@ -34,3 +39,4 @@ mod security;
 mod startup;
 mod store;
 mod tokens;
+mod webhooks;

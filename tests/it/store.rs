@@ -34,6 +34,7 @@ pub fn session(user: &User, now: i64) -> SessionRecord {
         amr: vec!["pwd".into()],
         auth_time: Some(now),
         federation: None,
+        client: None,
     }
 }
 
@@ -68,6 +69,7 @@ fn mail(to: &str) -> OutboxMessage {
         last_error: None,
         failed_at: None,
         claim: None,
+        http: None,
     }
 }
 
@@ -1437,6 +1439,149 @@ async fn export_ids(s: &Arc<dyn Store>, cursor: impl Fn(String) -> String) -> Ve
     seen
 }
 
+/// The console's search: every address under a prefix (case-folded), in
+/// address order, page by page, each once; nothing outside the prefix.
+pub async fn a_search_by_email_prefix_pages_through_the_matches(s: Arc<dyn Store>) {
+    let mut want = Vec::new();
+    for i in 0..23 {
+        let e = format!("ann{i:02}@a.test");
+        s.create_user(user(&e), None).await.unwrap();
+        want.push(e);
+    }
+    for e in ["Ann.Upper@x.test", "anna@b.test"] {
+        s.create_user(user(e), None).await.unwrap();
+        want.push(e.to_string());
+    }
+    for e in ["an@x.test", "am@x.test", "bob@a.test", "zed@ann.test"] {
+        s.create_user(user(e), None).await.unwrap();
+    }
+    want.sort_by_key(|e| e.to_lowercase());
+    for prefix in ["ann", "ANN"] {
+        let mut got = Vec::new();
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let page = s
+                .search_users_by_email(prefix, after.as_deref(), 7)
+                .await
+                .unwrap();
+            assert!(page.len() <= 7);
+            pages += 1;
+            let Some(last) = page.last() else { break };
+            after = Some(last.email.clone());
+            got.extend(page.into_iter().map(|u| u.email));
+            assert!(pages < 10, "paging does not end: {got:?}");
+        }
+        assert_eq!(got, want, "prefix {prefix}");
+    }
+    let one = s.search_users_by_email("ann.", None, 10).await.unwrap();
+    assert_eq!(
+        one.iter().map(|u| u.email.as_str()).collect::<Vec<_>>(),
+        ["Ann.Upper@x.test"]
+    );
+    assert!(s
+        .search_users_by_email("zz", None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // An `after` before the prefix starts at the prefix.
+    let from = s.search_users_by_email("bob", Some("a"), 10).await.unwrap();
+    assert_eq!(from.len(), 1);
+    assert_eq!(from[0].email, "bob@a.test");
+    // The empty prefix pages through everyone in address order.
+    let all = s.search_users_by_email("", None, 100).await.unwrap();
+    assert_eq!(all.len(), want.len() + 4);
+    let keys: Vec<String> = all.iter().map(|u| u.email.to_lowercase()).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+}
+
+/// Audit events are written with their change, in the same atomic step:
+/// N racing changes with an event each give exactly N linked records
+/// (sequences 1..=N), a change that fails leaves none; the indexes by user
+/// and by time answer; a trim keeps its checkpoint; a copy keeps the chain.
+pub async fn audit_events_are_chained_with_their_change(s: Arc<dyn Store>) {
+    use portcullis::audit::chain::{Checkpoint, Verifier};
+    use portcullis::audit::AuditEvent;
+    let u = user("audit@example.com");
+    s.create_user(u.clone(), None).await.unwrap();
+    let ev = |kind: &str, at: i64, user: Option<Uuid>| AuditEvent {
+        kind: kind.into(),
+        at,
+        user_id: user,
+        actor: None,
+        ip: "127.0.0.1".into(),
+        user_agent: "t".into(),
+        request_id: "r".into(),
+        outcome: "success".into(),
+        data: serde_json::json!({}),
+    };
+    let results = race(|i| {
+        let (s, id) = (s.clone(), u.id);
+        let e = ev("user.roles_changed", 100 + i as i64, Some(id));
+        async move {
+            s.change_user_with(
+                id,
+                UserChange::AddRole(format!("r{i}")),
+                Effects::none().audit(e),
+                stamp(100),
+            )
+            .await
+        }
+    })
+    .await;
+    assert!(results.iter().all(|r| r.is_ok()));
+    // A change whose precondition fails writes no record.
+    let gone = s
+        .change_user_with(
+            Uuid::new_v4(),
+            UserChange::Disable,
+            Effects::none().audit(ev("user.disabled", 200, None)),
+            stamp(200),
+        )
+        .await;
+    assert!(matches!(gone, Err(StoreError::Conflict)));
+    s.append_audit(vec![ev("user.login_failed", 300, None)])
+        .await
+        .unwrap();
+    let all = s.audit_page(0, 1000).await.unwrap();
+    let seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=N as u64 + 1).collect::<Vec<_>>());
+    let mut v = Verifier::new(None);
+    for r in &all {
+        v.check(r).unwrap();
+    }
+    let st = s.audit_state().await.unwrap();
+    assert_eq!(v.finish(Some(&st.head)).unwrap().seq, N as u64 + 1);
+    let mine = s.audit_for_user(u.id, 3).await.unwrap();
+    let newest: Vec<u64> = mine.iter().map(|r| r.seq).collect();
+    assert_eq!(newest, vec![N as u64, N as u64 - 1, N as u64 - 2]);
+    let late = s.audit_since(300, 10).await.unwrap();
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].event.kind, "user.login_failed");
+
+    let dir = tempfile::tempdir().unwrap();
+    let t = portcullis::store::sled_store::SledStore::open(&dir.path().join("db")).unwrap();
+    portcullis::store::copy::copy_all(&*s, &t, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(t.audit_page(0, 1000).await.unwrap(), all);
+    assert_eq!(t.audit_state().await.unwrap(), st);
+
+    let cut = &all[4];
+    let cp = Checkpoint::sign(b"k", cut.seq, &cut.hash, 400);
+    assert_eq!(s.audit_trim(cp.clone()).await.unwrap(), 5);
+    let st = s.audit_state().await.unwrap();
+    assert_eq!(st.checkpoint, Some(cp.clone()));
+    let rest = s.audit_page(0, 1000).await.unwrap();
+    assert_eq!(rest.first().map(|r| r.seq), Some(6));
+    let mut v = Verifier::new(Some(&cp));
+    for r in &rest {
+        v.check(r).unwrap();
+    }
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -1466,6 +1611,8 @@ macro_rules! conformance {
                 api_key_changes_notify_every_gateway,
                 a_passkey_assertion_signs_in_once,
                 an_export_pages_through_every_record_once,
+                a_search_by_email_prefix_pages_through_the_matches,
+                audit_events_are_chained_with_their_change,
             );
         }
     };

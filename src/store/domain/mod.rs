@@ -6,9 +6,9 @@
 use uuid::Uuid;
 
 use super::{
-    Counter, Delivery, MfaProof, OneTimeKind, OneTimeToken, OutboxMessage, Redeem, RefreshPolicy,
-    Retention, Revocation, RotateOutcome, SessionRecord, Sessions, Stamp, StoreError, Totp, User,
-    UserChange,
+    Counter, Delivery, Effects, MfaProof, OneTimeKind, OneTimeToken, OutboxMessage, Redeem,
+    RefreshPolicy, Retention, Revocation, RotateOutcome, SessionRecord, Sessions, Stamp,
+    StoreError, Totp, User, UserChange,
 };
 
 /// How long a [`Revocation::Keys`] entry is kept: a gateway that was cut
@@ -106,6 +106,16 @@ pub fn apply_user_change(
             let touched = !u.disabled && !u.api_keys.is_empty();
             u.disabled = true;
             Cascade::EVERYTHING.with_keys(&mut u, touched)
+        }
+        UserChange::Enable => {
+            let touched = u.disabled && !u.api_keys.is_empty();
+            u.disabled = false;
+            Cascade::NONE.with_keys(&mut u, touched)
+        }
+        UserChange::AdminTotpOff => {
+            u.totp = None;
+            u.recovery_codes.clear();
+            Cascade::NONE
         }
         UserChange::AddRole(r) => {
             let touched = !u.roles.contains(r) && !u.api_keys.is_empty();
@@ -256,6 +266,44 @@ pub fn session_is_live(s: &SessionRecord, now: i64, idle_secs: u64) -> bool {
 
 /// Judge generation `presented` of session `s`. Returns the record to
 /// write (`None`: delete the session) and the outcome.
+/// Name `user` in the audit events of a redeemed token that named no user
+/// (the caller learns whose token it was only from the store).
+pub fn for_user(mut effects: Effects, user: Uuid) -> Effects {
+    for e in &mut effects.audit {
+        e.user_id.get_or_insert(user);
+    }
+    effects
+}
+
+/// The audit outcome of a refresh (see [`Store::rotate_refresh_with`]):
+/// `None` when it wrote nothing worth an event.
+pub fn refresh_outcome(o: &RotateOutcome) -> Option<&'static str> {
+    match o {
+        RotateOutcome::Rotated(_) => Some("success"),
+        RotateOutcome::Grace(_) => None,
+        RotateOutcome::Reused(..) => Some("session_revoked"),
+        RotateOutcome::Invalid => None,
+    }
+}
+
+/// The effects of a refresh, for the outcome it had (see
+/// [`refresh_outcome`]): nothing when it had none.
+pub fn refresh_effects(o: &RotateOutcome, mut effects: Effects) -> Effects {
+    match refresh_outcome(o) {
+        Some(outcome) => {
+            for e in &mut effects.audit {
+                e.outcome = outcome.to_string();
+                if let RotateOutcome::Reused(..) = o {
+                    e.kind = "session.revoked".into();
+                    e.outcome = "refresh_reuse_detected".into();
+                }
+            }
+            effects
+        }
+        None => Effects::none(),
+    }
+}
+
 pub fn rotate(
     s: &SessionRecord,
     presented: u64,
@@ -335,6 +383,7 @@ pub fn check_redeem(
         Redeem::VerifyEmail => OneTimeKind::EmailVerify,
         Redeem::ResetPassword { .. } => OneTimeKind::PasswordReset,
         Redeem::Mfa { .. } => OneTimeKind::MfaLogin,
+        Redeem::AuthCode => OneTimeKind::AuthCode,
     };
     let good = t.kind == kind
         && t.expires_at > now
@@ -349,7 +398,10 @@ pub fn check_redeem(
             }
             // Bound to the login it continues: the password checked then
             // is still the password.
-            OneTimeKind::MfaLogin => t.password_version == user.password_version,
+            OneTimeKind::Consent => false,
+            OneTimeKind::MfaLogin | OneTimeKind::AuthCode => {
+                t.password_version == user.password_version
+            }
         };
     if good {
         Ok(())
@@ -376,6 +428,7 @@ pub fn apply_redeem(current: &User, redeem: &Redeem) -> Result<(User, Cascade), 
             use_mfa(&mut u, secret, proof)?;
             (u, Cascade::NONE)
         }
+        Redeem::AuthCode => (u, Cascade::NONE),
     })
 }
 
@@ -406,6 +459,12 @@ pub fn apply_delivery(m: &OutboxMessage, d: &Delivery) -> Option<OutboxMessage> 
             } else {
                 m.next_attempt_at = *retry_at;
             }
+            Some(m)
+        }
+        Delivery::Deferred { until } => {
+            let mut m = m.clone();
+            m.claim = None;
+            m.next_attempt_at = m.next_attempt_at.max(*until);
             Some(m)
         }
     }
@@ -468,7 +527,7 @@ pub fn renew_mail_claim(
 pub fn delivery_applies(m: &OutboxMessage, d: &Delivery, me: Uuid) -> bool {
     match d {
         Delivery::Sent => true,
-        Delivery::Failed { .. } => m.claim.is_none_or(|c| c.by == me),
+        Delivery::Failed { .. } | Delivery::Deferred { .. } => m.claim.is_none_or(|c| c.by == me),
     }
 }
 
@@ -590,3 +649,30 @@ impl Counter {
 
 #[cfg(test)]
 mod tests;
+
+/// The outbox kind of a back-channel logout (OIDC Back-Channel Logout 1.0)
+/// owed to the client of an ended session.
+pub const BACKCHANNEL_KIND: &str = "backchannel_logout";
+
+/// The back-channel logout owed when client session `s` ends: queued in
+/// the same store operation that ends it, signed and sent by the outbox
+/// worker. Its id is the session's (a session ends once): `to` is the
+/// client id, `subject` the session id (`sid`), `body` the user id (`sub`).
+pub fn backchannel_notice(s: &SessionRecord, now: i64) -> Option<OutboxMessage> {
+    let c = s.client.as_ref()?;
+    Some(OutboxMessage {
+        id: s.id,
+        kind: BACKCHANNEL_KIND.into(),
+        to: c.client_id.clone(),
+        subject: s.id.to_string(),
+        body: s.user_id.to_string(),
+        created_at: now,
+        attempts: 0,
+        next_attempt_at: now,
+        failed: false,
+        last_error: None,
+        failed_at: None,
+        claim: None,
+        http: None,
+    })
+}

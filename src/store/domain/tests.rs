@@ -23,6 +23,7 @@ fn session(generation: u64) -> SessionRecord {
         amr: vec![],
         auth_time: None,
         federation: None,
+        client: None,
     }
 }
 
@@ -312,6 +313,7 @@ fn claims_hold_against_other_senders_until_their_lease_ends() {
         last_error: None,
         failed_at: None,
         claim: None,
+        http: None,
     };
     assert!(claim_mail(&m, 9, 120, a, false).is_none(), "not due");
     let claimed = claim_mail(&m, 10, 120, a, false).unwrap();
@@ -364,6 +366,33 @@ fn claims_hold_against_other_senders_until_their_lease_ends() {
 }
 
 #[test]
+fn a_deferred_entry_is_released_untried_and_old_records_read_as_mail() {
+    let a = Uuid::new_v4();
+    // A record written before HTTP deliveries existed: a mail.
+    let old = r#"{"id":"6f1c7a3e-8d6b-4bb0-9a57-2d4a3c1b0e11","kind":"reset","to":"t@x","subject":"s","body":"b","created_at":0,"attempts":2,"next_attempt_at":10,"failed":false,"last_error":null}"#;
+    let m: OutboxMessage = serde_json::from_str(old).unwrap();
+    assert!(m.is_mail() && m.http.is_none() && m.claim.is_none());
+    assert!(
+        !serde_json::to_string(&m).unwrap().contains("http"),
+        "a mail is written as before"
+    );
+    let claimed = claim_mail(&m, 10, 120, a, false).unwrap();
+    let later = Delivery::Deferred { until: 50 };
+    assert!(delivery_applies(&claimed, &later, a));
+    let other = claim_mail(&m, 10, 120, Uuid::new_v4(), false).unwrap();
+    assert!(!delivery_applies(&other, &later, a), "not a's to release");
+    let d = apply_delivery(&claimed, &later).unwrap();
+    assert_eq!((d.claim, d.next_attempt_at, d.attempts), (None, 50, 2));
+    assert!(
+        claim_mail(&d, 49, 120, a, false).is_none(),
+        "not due before 50"
+    );
+    // Deferring never brings an entry forward.
+    let now = apply_delivery(&d, &Delivery::Deferred { until: 20 }).unwrap();
+    assert_eq!(now.next_attempt_at, 50);
+}
+
+#[test]
 fn sweep_predicates() {
     let r = Retention {
         now: 1000,
@@ -395,6 +424,7 @@ fn sweep_predicates() {
         last_error: None,
         failed_at: None,
         claim: None,
+        http: None,
     };
     assert!(!mail_is_dead(&m, &r), "pending mail is never swept");
     m = apply_delivery(

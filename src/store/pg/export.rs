@@ -107,6 +107,26 @@ pub(super) async fn export_page(
                 last = Some(format!("{p}/{sub}"));
             }
         }
+        RecordKind::Audit => {
+            // The checkpoint (if any) first, then the records by sequence.
+            let after: i64 = match &cursor {
+                Some(s) => s.parse().map_err(|_| bad())?,
+                None => {
+                    let sql = "SELECT record FROM audit_checkpoint";
+                    for row in query(sql, vec![]).await? {
+                        records.push(Record::AuditCheckpoint(dec(row.get(0))?));
+                        last = Some("0".into());
+                    }
+                    0
+                }
+            };
+            let room = limit - records.len() as i64;
+            let sql = "SELECT seq, record FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2";
+            for row in query(sql, vec![Box::new(after), Box::new(room)]).await? {
+                records.push(Record::Audit(dec(row.get(1))?));
+                last = Some(row.get::<_, i64>(0).to_string());
+            }
+        }
         RecordKind::OneTimeSeqs => {
             let (user, k): (Uuid, i16) = match cursor.as_deref() {
                 Some(s) => {
@@ -126,6 +146,8 @@ pub(super) async fn export_page(
                     0 => OneTimeKind::EmailVerify,
                     1 => OneTimeKind::PasswordReset,
                     2 => OneTimeKind::MfaLogin,
+                    3 => OneTimeKind::AuthCode,
+                    4 => OneTimeKind::Consent,
                     _ => return Err(StoreError::Corrupt(format!("one-time kind {code}"))),
                 };
                 records.push(Record::OneTimeSeq {
@@ -254,6 +276,8 @@ impl PgStore {
                         .await
                         .map_err(pg)?;
                     }
+                    Record::Audit(a) => import_audit(tx, a).await?,
+                    Record::AuditCheckpoint(c) => import_checkpoint(tx, c).await?,
                 }
             }
             write_revocations(tx, &revocations).await?;
@@ -272,6 +296,9 @@ impl PgStore {
             RecordKind::Counters => "counters",
             RecordKind::Mail => "outbox",
             RecordKind::Identities => "linked_identities",
+            RecordKind::Audit => {
+                "(SELECT seq FROM audit_log UNION ALL SELECT 0 FROM audit_checkpoint) AS a"
+            }
         };
         let c = self.client().await?;
         let row = c

@@ -15,7 +15,7 @@ impl PgStore {
         &self,
         link: LinkedIdentity,
         new_user: Option<User>,
-        mail: Option<OutboxMessage>,
+        effects: Effects,
     ) -> StoreResult<LinkOutcome> {
         self.write(tx!(|tx| {
             tx.execute(LOCK_SQL, &[&link.provider, &link.subject])
@@ -77,9 +77,7 @@ impl PgStore {
             )
             .await
             .map_err(pg)?;
-            if let Some(m) = &mail {
-                put_mail(tx, m).await?;
-            }
+            apply_effects(tx, &effects).await?;
             Ok(LinkOutcome::Linked)
         }))
         .await
@@ -118,6 +116,7 @@ impl PgStore {
         &self,
         user_id: Uuid,
         provider: String,
+        effects: Effects,
     ) -> StoreResult<UnlinkOutcome> {
         self.write(tx!(|tx| {
             let Some(user) = one::<User>(
@@ -152,6 +151,7 @@ impl PgStore {
             )
             .await
             .map_err(pg)?;
+            apply_effects(tx, &effects).await?;
             Ok(UnlinkOutcome::Unlinked(link))
         }))
         .await

@@ -39,6 +39,7 @@ macro_rules! tx {
     };
 }
 
+mod audit;
 mod connect;
 mod counters;
 mod export;
@@ -52,6 +53,7 @@ mod store;
 mod sweep;
 mod users;
 
+use self::audit::*;
 pub use self::connect::tls;
 use self::connect::*;
 use self::outbox::*;

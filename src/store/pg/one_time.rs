@@ -22,7 +22,7 @@ impl PgStore {
         &self,
         hash: String,
         token: OneTimeToken,
-        mail: Option<OutboxMessage>,
+        effects: Effects,
     ) -> StoreResult<u64> {
         self.write(tx!(|tx| {
             let row = tx
@@ -46,9 +46,7 @@ impl PgStore {
             )
             .await
             .map_err(pg)?;
-            if let Some(m) = &mail {
-                put_mail(tx, m).await?;
-            }
+            apply_effects(tx, &effects).await?;
             Ok(next)
         }))
         .await
@@ -77,7 +75,7 @@ impl PgStore {
         &self,
         hash: String,
         redeem: Redeem,
-        mail: Option<OutboxMessage>,
+        effects: Effects,
         stamp: Stamp,
     ) -> StoreResult<Changed> {
         self.write(tx!(|tx| {
@@ -108,9 +106,7 @@ impl PgStore {
             .await
             .map_err(pg)?;
             let revoked = apply_cascade(tx, &user, cascade, stamp).await?;
-            if let Some(m) = &mail {
-                put_mail(tx, m).await?;
-            }
+            apply_effects(tx, &domain::for_user(effects, user.id)).await?;
             Ok(Changed { user, revoked })
         }))
         .await

@@ -80,6 +80,31 @@ CREATE INDEX counters_by_window ON counters (((record->>'window_start')::bigint)
     (
         4,
         r#"
+CREATE TABLE audit_log (
+    seq bigint PRIMARY KEY,
+    at bigint NOT NULL,
+    user_id uuid,
+    record jsonb NOT NULL
+);
+CREATE INDEX audit_log_by_user ON audit_log (user_id, seq) WHERE user_id IS NOT NULL;
+CREATE INDEX audit_log_by_at ON audit_log (at, seq);
+CREATE TABLE audit_head (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    seq bigint NOT NULL,
+    hash text NOT NULL
+);
+INSERT INTO audit_head (seq, hash)
+    VALUES (0, '0000000000000000000000000000000000000000000000000000000000000000');
+CREATE TABLE audit_checkpoint (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    record jsonb NOT NULL
+);
+"#,
+    ),
+    // Linked identities at outside providers (CONTRACT 8.1).
+    (
+        5,
+        r#"
 CREATE TABLE linked_identities (
     provider text NOT NULL,
     subject text NOT NULL,
@@ -88,6 +113,15 @@ CREATE TABLE linked_identities (
     PRIMARY KEY (provider, subject)
 );
 CREATE UNIQUE INDEX linked_identities_by_user ON linked_identities (user_id, provider);
+"#,
+    ),
+    // The console's search by email prefix (`search_users_by_email`): the
+    // addresses in byte order. Numbered apart from the migrations other
+    // work of this round adds, which may come before it.
+    (
+        20,
+        r#"
+CREATE INDEX users_by_email_c ON users ((email_key COLLATE "C"));
 "#,
     ),
 ];

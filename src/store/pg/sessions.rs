@@ -15,33 +15,46 @@ pub(super) async fn end_sessions_tx(
     tx.query_opt("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user])
         .await
         .map_err(pg)?;
-    let ids: Vec<Uuid> = match which {
+    let ids: Vec<(Uuid, Option<OutboxMessage>)> = match which {
         Sessions::One(sid) => tx
             .query(
-                "DELETE FROM sessions WHERE id = $1 AND user_id = $2 RETURNING id",
+                "DELETE FROM sessions WHERE id = $1 AND user_id = $2 RETURNING id, record",
                 &[&sid, &user],
             )
             .await
             .map_err(pg)?,
         Sessions::AllBut(keep) => tx
             .query(
-                "DELETE FROM sessions WHERE user_id = $1 AND id <> $2 RETURNING id",
+                "DELETE FROM sessions WHERE user_id = $1 AND id <> $2 RETURNING id, record",
                 &[&user, &keep],
             )
             .await
             .map_err(pg)?,
         Sessions::All => tx
             .query(
-                "DELETE FROM sessions WHERE user_id = $1 RETURNING id",
+                "DELETE FROM sessions WHERE user_id = $1 RETURNING id, record",
                 &[&user],
             )
             .await
             .map_err(pg)?,
     }
     .iter()
-    .map(|r| r.get(0))
-    .filter(|id| domain::selects(which, id))
+    .map(|r| (r.get::<_, Uuid>(0), r.get::<_, serde_json::Value>(1)))
+    .filter(|(id, _)| domain::selects(which, id))
+    .map(|(id, record)| {
+        let notice = dec::<SessionRecord>(record)
+            .ok()
+            .and_then(|s| domain::backchannel_notice(&s, stamp.now));
+        (id, notice)
+    })
     .collect();
+    // A client session's back-channel logout is queued with its end.
+    for (_, notice) in &ids {
+        if let Some(m) = notice {
+            put_mail(tx, m).await?;
+        }
+    }
+    let ids: Vec<Uuid> = ids.into_iter().map(|(id, _)| id).collect();
     let revs = domain::revocations_for(user, &ids, cutoff, stamp);
     write_revocations(tx, &revs).await?;
     Ok(revs)
@@ -74,6 +87,7 @@ impl PgStore {
         &self,
         session: SessionRecord,
         expect_password_version: u64,
+        effects: Effects,
     ) -> StoreResult<User> {
         self.write(tx!(|tx| {
             // FOR SHARE: a concurrent disable or password change (FOR
@@ -92,6 +106,7 @@ impl PgStore {
             )
             .await
             .map_err(pg)?;
+            apply_effects(tx, &effects).await?;
             Ok(user)
         }))
         .await
@@ -124,6 +139,7 @@ impl PgStore {
         id: Uuid,
         presented: u64,
         policy: RefreshPolicy,
+        effects: Effects,
     ) -> StoreResult<RotateOutcome> {
         self.write(tx!(|tx| {
             let Some(current) = one::<SessionRecord>(
@@ -154,7 +170,11 @@ impl PgStore {
             }
             if let RotateOutcome::Reused(_, revs) = &outcome {
                 write_revocations(tx, revs).await?;
+                if let Some(m) = domain::backchannel_notice(&current, policy.now) {
+                    put_mail(tx, &m).await?;
+                }
             }
+            apply_effects(tx, &domain::refresh_effects(&outcome, effects)).await?;
             Ok(outcome)
         }))
         .await
@@ -166,10 +186,15 @@ impl PgStore {
         which: Sessions,
         cutoff: bool,
         stamp: Stamp,
+        effects: Effects,
     ) -> StoreResult<Vec<Revocation>> {
-        self.write(tx!(
-            |tx| end_sessions_tx(tx, user_id, which, cutoff, stamp).await
-        ))
+        self.write(tx!(|tx| {
+            let revs = end_sessions_tx(tx, user_id, which, cutoff, stamp).await?;
+            if !revs.is_empty() {
+                apply_effects(tx, &effects).await?;
+            }
+            Ok(revs)
+        }))
         .await
     }
 }

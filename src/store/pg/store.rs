@@ -6,8 +6,8 @@ use super::*;
 
 #[async_trait::async_trait]
 impl Store for PgStore {
-    async fn create_user(&self, user: User, mail: Option<OutboxMessage>) -> StoreResult<()> {
-        self.op_create_user(user, mail).await
+    async fn create_user_with(&self, user: User, effects: Effects) -> StoreResult<()> {
+        self.op_create_user(user, effects).await
     }
 
     async fn find_user(&self, id: Uuid) -> StoreResult<Option<User>> {
@@ -22,23 +22,32 @@ impl Store for PgStore {
         self.op_list_users().await
     }
 
-    async fn change_user(
+    async fn search_users_by_email(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<User>> {
+        self.op_search_users_by_email(prefix, after, limit).await
+    }
+
+    async fn change_user_with(
         &self,
         id: Uuid,
         change: UserChange,
-        mail: Option<OutboxMessage>,
+        effects: Effects,
         stamp: Stamp,
     ) -> StoreResult<Changed> {
-        self.op_change_user(id, change, mail, stamp).await
+        self.op_change_user(id, change, effects, stamp).await
     }
 
     async fn link_identity(
         &self,
         link: LinkedIdentity,
         new_user: Option<User>,
-        mail: Option<OutboxMessage>,
+        effects: Effects,
     ) -> StoreResult<LinkOutcome> {
-        self.op_link_identity(link, new_user, mail).await
+        self.op_link_identity(link, new_user, effects).await
     }
 
     async fn find_identity(
@@ -53,16 +62,23 @@ impl Store for PgStore {
         self.op_list_identities(user_id).await
     }
 
-    async fn unlink_identity(&self, user_id: Uuid, provider: &str) -> StoreResult<UnlinkOutcome> {
-        self.op_unlink_identity(user_id, provider.to_string()).await
+    async fn unlink_identity(
+        &self,
+        user_id: Uuid,
+        provider: &str,
+        effects: Effects,
+    ) -> StoreResult<UnlinkOutcome> {
+        self.op_unlink_identity(user_id, provider.to_string(), effects)
+            .await
     }
 
-    async fn create_session(
+    async fn create_session_with(
         &self,
         session: SessionRecord,
         expect_password_version: u64,
+        effects: Effects,
     ) -> StoreResult<User> {
-        self.op_create_session(session, expect_password_version)
+        self.op_create_session(session, expect_password_version, effects)
             .await
     }
 
@@ -74,23 +90,26 @@ impl Store for PgStore {
         self.op_list_sessions(user_id).await
     }
 
-    async fn rotate_refresh(
+    async fn rotate_refresh_with(
         &self,
         id: Uuid,
         presented: u64,
         policy: RefreshPolicy,
+        effects: Effects,
     ) -> StoreResult<RotateOutcome> {
-        self.op_rotate_refresh(id, presented, policy).await
+        self.op_rotate_refresh(id, presented, policy, effects).await
     }
 
-    async fn end_sessions(
+    async fn end_sessions_with(
         &self,
         user_id: Uuid,
         which: Sessions,
         cutoff: bool,
         stamp: Stamp,
+        effects: Effects,
     ) -> StoreResult<Vec<Revocation>> {
-        self.op_end_sessions(user_id, which, cutoff, stamp).await
+        self.op_end_sessions(user_id, which, cutoff, stamp, effects)
+            .await
     }
 
     async fn revoke(&self, entries: Vec<Revocation>) -> StoreResult<()> {
@@ -117,13 +136,13 @@ impl Store for PgStore {
         )
     }
 
-    async fn issue_one_time(
+    async fn issue_one_time_with(
         &self,
         hash: String,
         token: OneTimeToken,
-        mail: Option<OutboxMessage>,
+        effects: Effects,
     ) -> StoreResult<u64> {
-        self.op_issue_one_time(hash, token, mail).await
+        self.op_issue_one_time(hash, token, effects).await
     }
 
     async fn find_one_time(&self, hash: &str) -> StoreResult<Option<OneTimeToken>> {
@@ -134,14 +153,14 @@ impl Store for PgStore {
         self.op_latest_one_time_seq(user_id, kind).await
     }
 
-    async fn redeem(
+    async fn redeem_with(
         &self,
         hash: String,
         redeem: Redeem,
-        mail: Option<OutboxMessage>,
+        effects: Effects,
         stamp: Stamp,
     ) -> StoreResult<Changed> {
-        self.op_redeem(hash, redeem, mail, stamp).await
+        self.op_redeem(hash, redeem, effects, stamp).await
     }
 
     async fn hit_counter(
@@ -214,6 +233,30 @@ impl Store for PgStore {
 
     async fn token_horizon(&self, at_least: u64) -> StoreResult<u64> {
         self.op_token_horizon(at_least).await
+    }
+
+    async fn append_audit(&self, events: Vec<AuditEvent>) -> StoreResult<()> {
+        self.op_append_audit(events).await
+    }
+
+    async fn audit_page(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditRecord>> {
+        self.op_audit_page(after, limit).await
+    }
+
+    async fn audit_since(&self, since: i64, limit: usize) -> StoreResult<Vec<AuditRecord>> {
+        self.op_audit_since(since, limit).await
+    }
+
+    async fn audit_for_user(&self, user_id: Uuid, limit: usize) -> StoreResult<Vec<AuditRecord>> {
+        self.op_audit_for_user(user_id, limit).await
+    }
+
+    async fn audit_state(&self) -> StoreResult<AuditState> {
+        self.op_audit_state().await
+    }
+
+    async fn audit_trim(&self, checkpoint: AuditCheckpoint) -> StoreResult<u64> {
+        self.op_audit_trim(checkpoint).await
     }
 
     async fn export(

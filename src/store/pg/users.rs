@@ -3,11 +3,7 @@
 use super::*;
 
 impl PgStore {
-    pub(super) async fn op_create_user(
-        &self,
-        user: User,
-        mail: Option<OutboxMessage>,
-    ) -> StoreResult<()> {
+    pub(super) async fn op_create_user(&self, user: User, effects: Effects) -> StoreResult<()> {
         self.write(tx!(|tx| {
             let inserted = tx
                 .execute(
@@ -25,10 +21,7 @@ impl PgStore {
             if inserted == 0 {
                 return Err(StoreError::Conflict);
             }
-            if let Some(m) = &mail {
-                put_mail(tx, m).await?;
-            }
-            Ok(())
+            apply_effects(tx, &effects).await
         }))
         .await
     }
@@ -57,11 +50,39 @@ impl PgStore {
         rows.into_iter().map(|r| dec(r.get(0))).collect()
     }
 
+    /// A range of the `users_by_email_c` index (byte order, so the
+    /// addresses under a prefix are one range whatever the database's
+    /// collation), at most `limit` rows.
+    pub(super) async fn op_search_users_by_email(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<User>> {
+        let prefix = email_key(prefix);
+        // Past every address under the prefix: the highest code point.
+        let upper = format!("{prefix}\u{10FFFF}");
+        let after = after.map(email_key).unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                r#"SELECT record FROM users
+                   WHERE email_key COLLATE "C" >= $1 AND email_key COLLATE "C" < $2
+                     AND email_key COLLATE "C" > $3
+                   ORDER BY email_key COLLATE "C" LIMIT $4"#,
+                &[&prefix, &upper, &after, &limit],
+            )
+            .await
+            .map_err(pg)?;
+        rows.into_iter().map(|r| dec(r.get(0))).collect()
+    }
+
     pub(super) async fn op_change_user(
         &self,
         id: Uuid,
         change: UserChange,
-        mail: Option<OutboxMessage>,
+        effects: Effects,
         stamp: Stamp,
     ) -> StoreResult<Changed> {
         self.write(tx!(|tx| {
@@ -82,9 +103,7 @@ impl PgStore {
                 .map_err(pg)?;
             }
             let revoked = apply_cascade(tx, &user, cascade, stamp).await?;
-            if let Some(m) = &mail {
-                put_mail(tx, m).await?;
-            }
+            apply_effects(tx, &effects).await?;
             Ok(Changed { user, revoked })
         }))
         .await

@@ -21,11 +21,18 @@ pub(super) enum T {
     RevLog,
     LogState,
     KeyHolders,
+    // The audit chain: records by sequence, the indexes by user and by
+    // time, the head, and the checkpoint retention left.
+    Audit,
+    AuditByUser,
+    AuditByTime,
+    AuditHead,
+    AuditCheckpoint,
     Identities,
     UserIdentities,
 }
 
-pub(super) const TREES: [(T, &str); 15] = [
+pub(super) const TREES: [(T, &str); 20] = [
     (T::Users, "users"),
     (T::Emails, "emails"),
     (T::Sessions, "sessions"),
@@ -43,11 +50,36 @@ pub(super) const TREES: [(T, &str); 15] = [
     // The ids of the users who hold API keys (or held them): what the key
     // index loads at start, instead of every user.
     (T::KeyHolders, "api_key_holders"),
+    (T::Audit, "audit"),
+    (T::AuditByUser, "audit_by_user"),
+    (T::AuditByTime, "audit_by_time"),
+    (T::AuditHead, "audit_head"),
+    (T::AuditCheckpoint, "audit_checkpoint"),
     // Linked identities (CONTRACT 8.1): provider NUL subject -> the link;
     // and the index user id ++ provider -> nothing.
     (T::Identities, "identities"),
     (T::UserIdentities, "user_identities"),
 ];
+
+/// The one key of the `audit_head` and `audit_checkpoint` trees.
+pub(super) const AUDIT_ONE: &[u8] = b"one";
+
+pub(super) fn audit_key(seq: u64) -> Vec<u8> {
+    seq.to_be_bytes().to_vec()
+}
+
+pub(super) fn audit_user_key(user: &Uuid, seq: u64) -> Vec<u8> {
+    let mut k = user.as_bytes().to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Time first (sign flipped so negative times sort first), then sequence.
+pub(super) fn audit_time_key(at: i64, seq: u64) -> Vec<u8> {
+    let mut k = ((at as u64) ^ (1 << 63)).to_be_bytes().to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
 
 pub(super) struct Trees {
     pub(super) db: ::sled::Db,

@@ -11,7 +11,7 @@ impl SledStore {
         &self,
         link: LinkedIdentity,
         new_user: Option<User>,
-        mail: Option<OutboxMessage>,
+        effects: Effects,
     ) -> StoreResult<LinkOutcome> {
         self.write(move |tx| {
             let key = identity_key(&link.provider, &link.subject);
@@ -44,9 +44,7 @@ impl SledStore {
             }
             tx.put(T::UserIdentities, ukey, key.clone());
             tx.put_json(T::Identities, key, &link);
-            if let Some(m) = mail {
-                tx.put_json(T::Outbox, m.id.as_bytes().to_vec(), &m);
-            }
+            tx.apply_effects(effects)?;
             Ok(LinkOutcome::Linked)
         })
         .await
@@ -84,6 +82,7 @@ impl SledStore {
         &self,
         user_id: Uuid,
         provider: String,
+        effects: Effects,
     ) -> StoreResult<UnlinkOutcome> {
         self.write(move |tx| {
             let ukey = user_identity_key(&user_id, &provider);
@@ -105,6 +104,7 @@ impl SledStore {
             }
             tx.remove(T::UserIdentities, ukey);
             tx.remove(T::Identities, key);
+            tx.apply_effects(effects)?;
             Ok(UnlinkOutcome::Unlinked(link))
         })
         .await

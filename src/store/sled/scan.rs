@@ -68,6 +68,7 @@ pub(super) fn trees_of(kind: RecordKind) -> &'static [T] {
         RecordKind::Counters => &[T::Counters],
         RecordKind::Mail => &[T::Outbox],
         RecordKind::Identities => &[T::Identities],
+        RecordKind::Audit => &[T::Audit, T::AuditCheckpoint],
     }
 }
 
@@ -92,6 +93,8 @@ pub(super) fn record_from(t: T, k: &[u8], v: &[u8]) -> StoreResult<Record> {
                 Some(0) => OneTimeKind::EmailVerify,
                 Some(1) => OneTimeKind::PasswordReset,
                 Some(2) => OneTimeKind::MfaLogin,
+                Some(3) => OneTimeKind::AuthCode,
+                Some(4) => OneTimeKind::Consent,
                 _ => return Err(StoreError::Corrupt("one-time sequence key".into())),
             };
             Record::OneTimeSeq {
@@ -106,12 +109,17 @@ pub(super) fn record_from(t: T, k: &[u8], v: &[u8]) -> StoreResult<Record> {
         },
         T::Outbox => Record::Mail(dec(v)?),
         T::Identities => Record::Identity(dec(v)?),
+        T::Audit => Record::Audit(dec(v)?),
+        T::AuditCheckpoint => Record::AuditCheckpoint(dec(v)?),
         T::Emails
         | T::UserSessions
         | T::RevLog
         | T::LogState
         | T::KeyHolders
-        | T::UserIdentities => return Err(StoreError::Corrupt("an index holds no records".into())),
+        | T::UserIdentities
+        | T::AuditByUser
+        | T::AuditByTime
+        | T::AuditHead => return Err(StoreError::Corrupt("an index holds no records".into())),
     })
 }
 

@@ -11,7 +11,7 @@ const TOKEN_HORIZON: &[u8] = b"token_horizon";
 
 #[async_trait::async_trait]
 impl Store for SledStore {
-    async fn create_user(&self, user: User, mail: Option<OutboxMessage>) -> StoreResult<()> {
+    async fn create_user_with(&self, user: User, effects: Effects) -> StoreResult<()> {
         self.write(move |tx| {
             let key = email_key(&user.email);
             if tx.get(T::Emails, &key)?.is_some() {
@@ -19,10 +19,7 @@ impl Store for SledStore {
             }
             tx.put(T::Emails, key, user.id.as_bytes().to_vec());
             tx.put_user(&user);
-            if let Some(m) = mail {
-                tx.put_json(T::Outbox, m.id.as_bytes().to_vec(), &m);
-            }
-            Ok(())
+            tx.apply_effects(effects)
         })
         .await
     }
@@ -52,11 +49,45 @@ impl Store for SledStore {
         .await
     }
 
-    async fn change_user(
+    async fn search_users_by_email(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<User>> {
+        use std::ops::Bound;
+        let prefix = email_key(prefix);
+        let after = after.map(email_key);
+        self.read(move |t| {
+            // The index is ordered by address: start at the prefix (or just
+            // after the previous page) and stop at the first key past it.
+            let start = match after {
+                Some(a) if a >= prefix => Bound::Excluded(a),
+                _ => Bound::Included(prefix.clone()),
+            };
+            let mut out = Vec::new();
+            for kv in t
+                .tree(T::Emails)
+                .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            {
+                let (key, id) = kv.map_err(backend)?;
+                if !key.starts_with(&prefix) || out.len() >= limit {
+                    break;
+                }
+                if let Some(u) = t.get_json::<User>(T::Users, &id)? {
+                    out.push(u);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn change_user_with(
         &self,
         id: Uuid,
         change: UserChange,
-        mail: Option<OutboxMessage>,
+        effects: Effects,
         stamp: Stamp,
     ) -> StoreResult<Changed> {
         self.write(move |tx| {
@@ -66,9 +97,7 @@ impl Store for SledStore {
             let (user, cascade) = domain::apply_user_change(&current, &change)?;
             tx.put_user(&user);
             let revoked = tx.apply_cascade(&user, cascade, stamp)?;
-            if let Some(m) = mail {
-                tx.put_json(T::Outbox, m.id.as_bytes().to_vec(), &m);
-            }
+            tx.apply_effects(effects)?;
             Ok(Changed { user, revoked })
         })
         .await
@@ -78,9 +107,9 @@ impl Store for SledStore {
         &self,
         link: LinkedIdentity,
         new_user: Option<User>,
-        mail: Option<OutboxMessage>,
+        effects: Effects,
     ) -> StoreResult<LinkOutcome> {
-        self.op_link_identity(link, new_user, mail).await
+        self.op_link_identity(link, new_user, effects).await
     }
 
     async fn find_identity(
@@ -95,14 +124,21 @@ impl Store for SledStore {
         self.op_list_identities(user_id).await
     }
 
-    async fn unlink_identity(&self, user_id: Uuid, provider: &str) -> StoreResult<UnlinkOutcome> {
-        self.op_unlink_identity(user_id, provider.to_string()).await
+    async fn unlink_identity(
+        &self,
+        user_id: Uuid,
+        provider: &str,
+        effects: Effects,
+    ) -> StoreResult<UnlinkOutcome> {
+        self.op_unlink_identity(user_id, provider.to_string(), effects)
+            .await
     }
 
-    async fn create_session(
+    async fn create_session_with(
         &self,
         session: SessionRecord,
         expect_password_version: u64,
+        effects: Effects,
     ) -> StoreResult<User> {
         self.write(move |tx| {
             let user: User = tx
@@ -115,6 +151,7 @@ impl Store for SledStore {
                 user_session_key(&session.user_id, &session.id),
                 Vec::new(),
             );
+            tx.apply_effects(effects)?;
             Ok(user)
         })
         .await
@@ -141,11 +178,12 @@ impl Store for SledStore {
         .await
     }
 
-    async fn rotate_refresh(
+    async fn rotate_refresh_with(
         &self,
         id: Uuid,
         presented: u64,
         policy: RefreshPolicy,
+        effects: Effects,
     ) -> StoreResult<RotateOutcome> {
         self.write(move |tx| {
             let Some(current) = tx.get_json::<SessionRecord>(T::Sessions, id.as_bytes())? else {
@@ -159,21 +197,32 @@ impl Store for SledStore {
             }
             if let RotateOutcome::Reused(_, revs) = &outcome {
                 tx.write_revocations(revs)?;
+                if let Some(m) = domain::backchannel_notice(&current, policy.now) {
+                    tx.put_json(T::Outbox, m.id.as_bytes().to_vec(), &m);
+                }
             }
+            tx.apply_effects(domain::refresh_effects(&outcome, effects))?;
             Ok(outcome)
         })
         .await
     }
 
-    async fn end_sessions(
+    async fn end_sessions_with(
         &self,
         user_id: Uuid,
         which: Sessions,
         cutoff: bool,
         stamp: Stamp,
+        effects: Effects,
     ) -> StoreResult<Vec<Revocation>> {
-        self.write(move |tx| tx.end_sessions(user_id, which, cutoff, stamp))
-            .await
+        self.write(move |tx| {
+            let revs = tx.end_sessions(user_id, which, cutoff, stamp)?;
+            if !revs.is_empty() {
+                tx.apply_effects(effects)?;
+            }
+            Ok(revs)
+        })
+        .await
     }
 
     async fn revoke(&self, entries: Vec<Revocation>) -> StoreResult<()> {
@@ -188,11 +237,11 @@ impl Store for SledStore {
         self.read(|t| key_holders(t).map(Some)).await
     }
 
-    async fn issue_one_time(
+    async fn issue_one_time_with(
         &self,
         hash: String,
         token: OneTimeToken,
-        mail: Option<OutboxMessage>,
+        effects: Effects,
     ) -> StoreResult<u64> {
         self.write(move |tx| {
             let next = tx.newest_seq(&token.user_id, token.kind)? + 1;
@@ -206,9 +255,7 @@ impl Store for SledStore {
                 ..token
             };
             tx.put_json(T::OneTime, hash.into_bytes(), &t);
-            if let Some(mail) = mail {
-                tx.put_json(T::Outbox, mail.id.as_bytes().to_vec(), &mail);
-            }
+            tx.apply_effects(effects)?;
             Ok(next)
         })
         .await
@@ -235,11 +282,11 @@ impl Store for SledStore {
         .await
     }
 
-    async fn redeem(
+    async fn redeem_with(
         &self,
         hash: String,
         redeem: Redeem,
-        mail: Option<OutboxMessage>,
+        effects: Effects,
         stamp: Stamp,
     ) -> StoreResult<Changed> {
         self.write(move |tx| {
@@ -254,9 +301,7 @@ impl Store for SledStore {
             tx.remove(T::OneTime, key);
             tx.put_user(&user);
             let revoked = tx.apply_cascade(&user, cascade, stamp)?;
-            if let Some(m) = mail {
-                tx.put_json(T::Outbox, m.id.as_bytes().to_vec(), &m);
-            }
+            tx.apply_effects(domain::for_user(effects, user.id))?;
             Ok(Changed { user, revoked })
         })
         .await
@@ -470,6 +515,124 @@ impl Store for SledStore {
             Ok(decode(before.as_deref())?.max(at_least))
         })
         .await
+    }
+
+    async fn append_audit(&self, events: Vec<AuditEvent>) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.write(move |tx| tx.append_audit(events)).await
+    }
+
+    async fn audit_page(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditRecord>> {
+        self.read(move |t| {
+            let mut out = Vec::new();
+            let from = audit_key(after.saturating_add(1));
+            for kv in t.tree(T::Audit).range(from..).take(limit) {
+                let (_, v) = kv.map_err(backend)?;
+                out.push(dec(&v)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn audit_since(&self, since: i64, limit: usize) -> StoreResult<Vec<AuditRecord>> {
+        self.read(move |t| {
+            let mut seqs = Vec::new();
+            for kv in t.tree(T::AuditByTime).range(audit_time_key(since, 0)..) {
+                let (k, _) = kv.map_err(backend)?;
+                let seq = k
+                    .get(8..16)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| StoreError::Corrupt("audit time key".into()))?;
+                seqs.push(seq);
+                if seqs.len() >= limit {
+                    break;
+                }
+            }
+            // Chain order (times of records written together may tie).
+            seqs.sort_unstable();
+            let mut out = Vec::new();
+            for seq in seqs {
+                if let Some(r) = t.get_json(T::Audit, &audit_key(seq))? {
+                    out.push(r);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn audit_for_user(&self, user_id: Uuid, limit: usize) -> StoreResult<Vec<AuditRecord>> {
+        self.read(move |t| {
+            let mut out = Vec::new();
+            for kv in t
+                .tree(T::AuditByUser)
+                .scan_prefix(user_id.as_bytes())
+                .rev()
+                .take(limit)
+            {
+                let (k, _) = kv.map_err(backend)?;
+                let seq = k
+                    .get(16..24)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| StoreError::Corrupt("audit user key".into()))?;
+                if let Some(r) = t.get_json(T::Audit, &audit_key(seq))? {
+                    out.push(r);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn audit_state(&self) -> StoreResult<AuditState> {
+        self.read(|t| {
+            Ok(AuditState {
+                head: t.get_json(T::AuditHead, AUDIT_ONE)?.unwrap_or_default(),
+                checkpoint: t.get_json(T::AuditCheckpoint, AUDIT_ONE)?,
+            })
+        })
+        .await
+    }
+
+    async fn audit_trim(&self, checkpoint: AuditCheckpoint) -> StoreResult<u64> {
+        // The records to remove, by a read; the writer removes them (in
+        // bounded steps) and keeps the checkpoint with the first step.
+        let upto = checkpoint.seq;
+        let mut removed = 0;
+        let mut checkpoint = Some(checkpoint);
+        loop {
+            let page = self.audit_page(0, 1000).await?;
+            let doomed: Vec<AuditRecord> = page.into_iter().filter(|r| r.seq <= upto).collect();
+            let done = doomed.len() < 1000;
+            let cp = checkpoint.take();
+            if doomed.is_empty() && cp.is_none() {
+                break;
+            }
+            removed += doomed.len() as u64;
+            self.write(move |tx| {
+                if let Some(cp) = cp {
+                    let old: Option<AuditCheckpoint> =
+                        tx.get_json(T::AuditCheckpoint, AUDIT_ONE)?;
+                    if old.is_none_or(|o| o.seq < cp.seq) {
+                        tx.put_json(T::AuditCheckpoint, AUDIT_ONE.to_vec(), &cp);
+                    }
+                }
+                for r in &doomed {
+                    tx.remove_audit(r);
+                }
+                Ok(())
+            })
+            .await?;
+            if done {
+                break;
+            }
+        }
+        Ok(removed)
     }
 
     async fn export(

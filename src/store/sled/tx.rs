@@ -228,8 +228,71 @@ impl<'a> Tx<'a> {
                 );
                 self.put_json(T::Identities, key, &l);
             }
+            Record::Audit(r) => {
+                let head: AuditHead = self.get_json(T::AuditHead, AUDIT_ONE)?.unwrap_or_default();
+                if r.seq > head.seq {
+                    self.put_json(T::AuditHead, AUDIT_ONE.to_vec(), &r.head());
+                }
+                self.put_audit(&r);
+            }
+            Record::AuditCheckpoint(c) => {
+                let head: AuditHead = self.get_json(T::AuditHead, AUDIT_ONE)?.unwrap_or_default();
+                if c.seq > head.seq {
+                    let head = AuditHead {
+                        seq: c.seq,
+                        hash: c.hash.clone(),
+                    };
+                    self.put_json(T::AuditHead, AUDIT_ONE.to_vec(), &head);
+                }
+                self.put_json(T::AuditCheckpoint, AUDIT_ONE.to_vec(), &c);
+            }
         }
         Ok(())
+    }
+
+    /// Write everything a change causes (see [`Effects`]), in its batch.
+    pub(super) fn apply_effects(&mut self, effects: Effects) -> StoreResult<()> {
+        for m in effects.outbox {
+            self.put_json(T::Outbox, m.id.as_bytes().to_vec(), &m);
+        }
+        self.append_audit(effects.audit)
+    }
+
+    /// Link events after the chain's head (read and written in this
+    /// operation: the writer runs one operation at a time).
+    pub(super) fn append_audit(&mut self, events: Vec<AuditEvent>) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut head: AuditHead = self.get_json(T::AuditHead, AUDIT_ONE)?.unwrap_or_default();
+        for e in events {
+            let r = crate::audit::chain::link(&head, e);
+            self.put_audit(&r);
+            head = r.head();
+        }
+        self.put_json(T::AuditHead, AUDIT_ONE.to_vec(), &head);
+        Ok(())
+    }
+
+    /// One record and its index entries.
+    pub(super) fn put_audit(&mut self, r: &AuditRecord) {
+        self.put_json(T::Audit, audit_key(r.seq), r);
+        if let Some(u) = r.event.user_id {
+            self.put(T::AuditByUser, audit_user_key(&u, r.seq), Vec::new());
+        }
+        self.put(
+            T::AuditByTime,
+            audit_time_key(r.event.at, r.seq),
+            Vec::new(),
+        );
+    }
+
+    pub(super) fn remove_audit(&mut self, r: &AuditRecord) {
+        self.remove(T::Audit, audit_key(r.seq));
+        if let Some(u) = r.event.user_id {
+            self.remove(T::AuditByUser, audit_user_key(&u, r.seq));
+        }
+        self.remove(T::AuditByTime, audit_time_key(r.event.at, r.seq));
     }
 
     pub(super) fn delete_session(&mut self, s: &SessionRecord) {
@@ -263,6 +326,12 @@ impl<'a> Tx<'a> {
         for k in candidates {
             let sid = decode_uuid(&k[16..])?;
             if domain::selects(which, &sid) {
+                // A client session's back-channel logout is queued with its end.
+                if let Some(s) = self.get_json::<SessionRecord>(T::Sessions, sid.as_bytes())? {
+                    if let Some(m) = domain::backchannel_notice(&s, stamp.now) {
+                        self.put_json(T::Outbox, m.id.as_bytes().to_vec(), &m);
+                    }
+                }
                 self.remove(T::Sessions, sid.as_bytes().to_vec());
                 self.remove(T::UserSessions, k);
                 ended.push(sid);

@@ -208,7 +208,8 @@ retry_base_secs = 30
             extra = b.extra,
             link_base_url = b
                 .link_base_url
-                .replace("{TLS_PORT}", &tls_addr.port().to_string()),
+                .replace("{TLS_PORT}", &tls_addr.port().to_string())
+                .replace("{PORT}", &addr.port().to_string()),
         );
         let clock = Arc::new(ManualClock::starting_now());
         let mut gw = TestGateway {
