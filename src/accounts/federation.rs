@@ -172,11 +172,14 @@ impl AuthService {
         })
     }
 
-    /// The state a callback's cookie holds, when it is authentic, unexpired
-    /// and for this provider. `rd` and mode are known from here on.
-    pub fn federation_flow(&self, provider: &str, cookie: Option<&str>) -> Option<FlowState> {
+    /// The state a callback's cookie holds, when it is authentic and
+    /// unexpired: `rd` and mode are known from here on (they were checked
+    /// at the start). Whether it is for the callback's provider is
+    /// [`Self::federation_callback`]'s to judge (a mix-up is refused as
+    /// `invalid_state`, to this `rd`).
+    pub fn federation_flow(&self, cookie: Option<&str>) -> Option<FlowState> {
         let flow: FlowState = self.fed_sealer.open("state", cookie?)?;
-        (flow.provider == provider && flow.expires_at > self.clock.now()).then_some(flow)
+        (flow.expires_at > self.clock.now()).then_some(flow)
     }
 
     /// Finish a sign-in at the callback. `flow` is the state cookie's
@@ -194,6 +197,9 @@ impl AuthService {
         let Some(flow) = flow else {
             return Err(fail(FedCode::InvalidState, "no valid state cookie"));
         };
+        if flow.provider != p.id {
+            return Err(fail(FedCode::InvalidState, "started at another provider"));
+        }
         match params.state.as_deref() {
             Some(s) if same_secret(s, &flow.state) => {}
             _ => return Err(fail(FedCode::InvalidState, "state does not match")),

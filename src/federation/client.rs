@@ -321,9 +321,14 @@ impl Federation {
         iss: Option<&str>,
     ) -> Result<(), FedError> {
         if p.kind != ProviderKind::Oidc {
+            // No configured issuer: an RFC 9207 `iss` must at least name
+            // the server the browser was sent to (another one is a mix-up).
             return match iss {
                 None => Ok(()),
-                Some(_) => Err(FedError::Refused("unexpected iss parameter".into())),
+                Some(i) if issuer_serves(i, &p.authorize_url) => Ok(()),
+                Some(_) => Err(FedError::Refused(
+                    "the authorization response names another server".into(),
+                )),
             };
         }
         match iss {
@@ -691,6 +696,15 @@ pub fn identity_from_claims(
         amr,
         sid: text_claim(claims, "sid"),
     })
+}
+
+/// Is `url` at `issuer` (the issuer itself or a path below it)?
+fn issuer_serves(issuer: &str, url: &str) -> bool {
+    let base = issuer.trim_end_matches('/');
+    !base.is_empty()
+        && url
+            .strip_prefix(base)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 #[cfg(test)]

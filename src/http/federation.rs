@@ -74,7 +74,7 @@ impl AuthService {
     /// `GET /auth/oidc/{id}/callback`.
     pub(super) async fn oidc_callback_endpoint(&self, req: &ApiRequest, id: &str) -> ApiResult {
         let cookie = state_cookie_value(&req.headers);
-        let flow = self.federation_flow(id, cookie);
+        let flow = self.federation_flow(cookie);
         let params = CallbackParams {
             code: req.query_param("code"),
             state: req.query_param("state"),

@@ -27,7 +27,7 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
 pub use admin::{
-    AdminDenied, AdminDone, AdminEventRow, AdminKeyRow, AdminSearchPage, AdminSessionRow,
+    AdminDenied, AdminDone, AdminEventRow, AdminIdentityRow, AdminKeyRow, AdminSearchPage, AdminSessionRow,
     AdminUserPage, AdminUserRow,
 };
 pub use pages::{

@@ -319,26 +319,26 @@ const RD: &str = "/a";
 /// A gateway with the provider `corp` (browser mode enabled, an `mfa =
 /// true` route under `/secure`) and its client registered at the provider
 /// with the gateway's back-channel logout URI.
-struct Fed {
-    gw: TestGateway,
-    idp: Idp,
+pub(crate) struct Fed {
+    pub(crate) gw: TestGateway,
+    pub(crate) idp: Idp,
 }
 
-fn users(list: &[(&str, Value)]) -> std::collections::BTreeMap<String, Value> {
+pub(crate) fn users(list: &[(&str, Value)]) -> std::collections::BTreeMap<String, Value> {
     list.iter()
         .map(|(u, a)| (u.to_string(), a.clone()))
         .collect()
 }
 
 /// A verified corporate account with these groups and amr.
-fn corp_user(email: &str, verified: bool, groups: &[&str], amr: &[&str]) -> Value {
+pub(crate) fn corp_user(email: &str, verified: bool, groups: &[&str], amr: &[&str]) -> Value {
     account(
         json!({ "email": email, "email_verified": verified, "groups": groups }),
         amr,
     )
 }
 
-fn fed_builder(idp: &Idp, provider_extra: &str, gw_extra: &str) -> Builder {
+pub(crate) fn fed_builder(idp: &Idp, provider_extra: &str, gw_extra: &str) -> Builder {
     let mut b = crate::browser::builder();
     b.extra.push_str(gw_extra);
     b.extra.push('\n');
@@ -372,7 +372,7 @@ impl Fed {
 
 /// The gateway's client at the provider: its callback, and its
 /// back-channel logout URI on this gateway.
-async fn register_gateway(idp: &Idp, gw: &TestGateway, provider: &str) {
+pub(crate) async fn register_gateway(idp: &Idp, gw: &TestGateway, provider: &str) {
     idp.add_client(client(
         CLIENT_ID,
         CLIENT_SECRET,
@@ -462,7 +462,7 @@ async fn exchange(gw: &TestGateway, code: &str) -> http::Response {
 
 /// A whole code-mode sign-in at `provider` as `user`: the exchange's
 /// answer, or the callback's `?error=`.
-async fn code_signin(fed: &Fed, provider: &str, user: &str) -> Result<Value, String> {
+pub(crate) async fn code_signin(fed: &Fed, provider: &str, user: &str) -> Result<Value, String> {
     let (authorize, cookies) = start_at(&fed.gw, provider, &rd_query(true)).await;
     let cb = fed.idp.complete_login(&authorize, user).await;
     let code = code_outcome(&callback(&fed.gw, &cb, &cookies).await)?;
