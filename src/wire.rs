@@ -476,3 +476,10 @@ pub struct IdentityList {
 pub struct AuthorizeUrl {
     pub authorize_url: String,
 }
+
+/// `POST /auth/oidc/{id}/backchannel-logout`: the provider's form.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct LogoutTokenForm {
+    /// The provider's signed `logout_token` (OIDC Back-Channel Logout 1.0).
+    pub logout_token: String,
+}

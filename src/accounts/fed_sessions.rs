@@ -141,7 +141,12 @@ impl AuthService {
             // The TOTP step is still to come.
             None if user.totp.as_ref().is_some_and(|t| t.confirmed) => {
                 let mfa_token = self.mfa_challenge(&user).await?;
-                audit::event(&client.audit(), "federated_exchange", "mfa_required", Some(&uid));
+                audit::event(
+                    &client.audit(),
+                    "federated_exchange",
+                    "mfa_required",
+                    Some(&uid),
+                );
                 Ok(Login::MfaChallenge { mfa_token })
             }
             // Ended meanwhile (logout-all, a disabled account).
@@ -225,12 +230,7 @@ impl AuthService {
             return Ok(0);
         };
         let mut ended = 0;
-        for s in self
-            .store
-            .list_sessions(user_id)
-            .await
-            .map_err(store_err)?
-        {
+        for s in self.store.list_sessions(user_id).await.map_err(store_err)? {
             let Some(f) = &s.federation else { continue };
             let hit = f.provider == provider
                 && sub.as_ref().is_none_or(|sub| &f.subject == sub)

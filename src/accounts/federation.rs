@@ -14,9 +14,7 @@ use crate::audit;
 use crate::config::IdentityProvider;
 use crate::federation::client::{same_secret, CallbackParams, FedError, VerifiedIdentity};
 use crate::federation::state::{FlowState, Mode, STATE_TTL_SECS};
-use crate::store::{
-    Effects, LinkOutcome, LinkedIdentity, UnlinkOutcome, User, UserChange,
-};
+use crate::store::{Effects, LinkOutcome, LinkedIdentity, UnlinkOutcome, User, UserChange};
 use crate::tokens::AccessClaims;
 
 /// A federation failure, as the callback shows it (`?error=` or a page).
@@ -649,24 +647,35 @@ impl AuthService {
         self.require_recent(claims)?;
         let uid = user.id.to_string();
         let ev = self
-            .audit_event(&client.audit(), "identity.unlinked", "success", Some(user.id))
+            .audit_event(
+                &client.audit(),
+                "identity.unlinked",
+                "success",
+                Some(user.id),
+            )
             .with("provider", provider.to_string());
         let effects = self.effects(ev.into());
-        Ok(match self.store.unlink_identity(user.id, provider, effects).await? {
-            UnlinkOutcome::Unlinked(_) => {
-                audit::event(&client.audit(), "identity_unlinked", "success", Some(&uid));
-                Ok(())
-            }
-            UnlinkOutcome::NotLinked => Err(FedCode::UnknownProvider),
-            UnlinkOutcome::LastMethod => {
-                audit::event(
-                    &client.audit(),
-                    "identity_unlinked",
-                    "last_sign_in_method",
-                    Some(&uid),
-                );
-                Err(FedCode::LastSignInMethod)
-            }
-        })
+        Ok(
+            match self
+                .store
+                .unlink_identity(user.id, provider, effects)
+                .await?
+            {
+                UnlinkOutcome::Unlinked(_) => {
+                    audit::event(&client.audit(), "identity_unlinked", "success", Some(&uid));
+                    Ok(())
+                }
+                UnlinkOutcome::NotLinked => Err(FedCode::UnknownProvider),
+                UnlinkOutcome::LastMethod => {
+                    audit::event(
+                        &client.audit(),
+                        "identity_unlinked",
+                        "last_sign_in_method",
+                        Some(&uid),
+                    );
+                    Err(FedCode::LastSignInMethod)
+                }
+            },
+        )
     }
 }

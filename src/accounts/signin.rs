@@ -181,9 +181,7 @@ impl AuthService {
         federation: Option<crate::store::FederatedSession>,
     ) -> AccountResult<Signed> {
         let id = self.entropy.uuid();
-        let (current, session) = self
-            .open_session(user, client, amr, federation, id)
-            .await?;
+        let (current, session) = self.open_session(user, client, amr, federation, id).await?;
         self.sign(&current, &session)
     }
 

@@ -4,8 +4,8 @@
 //! all at once; a config that has any problem never starts a gateway.
 
 mod file;
-mod providers;
 pub mod oidc_provider;
+mod providers;
 mod routes;
 mod schedule;
 mod validate;

@@ -27,8 +27,8 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
 pub use admin::{
-    AdminDenied, AdminDone, AdminEventRow, AdminIdentityRow, AdminKeyRow, AdminSearchPage, AdminSessionRow,
-    AdminUserPage, AdminUserRow,
+    AdminDenied, AdminDone, AdminEventRow, AdminIdentityRow, AdminKeyRow, AdminSearchPage,
+    AdminSessionRow, AdminUserPage, AdminUserRow,
 };
 pub use pages::{
     ConfirmPage, ForgotPage, IdentityRow, LoginPage, LogoutPage, MfaPage, Notice, PasskeyRow,

@@ -113,7 +113,12 @@ pub async fn racing_first_sign_ins_create_one_account(s: Arc<dyn Store>) {
         let s = st.clone();
         let u = User::new(Uuid::new_v4(), "jit@example.com", "", 1);
         let l = link("corp", "jit", u.id);
-        async move { (u.id, s.link_identity(l, Some(u), Effects::none()).await.unwrap()) }
+        async move {
+            (
+                u.id,
+                s.link_identity(l, Some(u), Effects::none()).await.unwrap(),
+            )
+        }
     })
     .await;
     let outcomes: Vec<LinkOutcome> = rs.iter().map(|(_, o)| o.clone()).collect();
@@ -159,16 +164,24 @@ pub async fn racing_first_sign_ins_create_one_account(s: Arc<dyn Store>) {
 pub async fn the_last_way_to_sign_in_cannot_be_unlinked(s: Arc<dyn Store>) {
     let fed = User::new(Uuid::new_v4(), "fed-only@example.com", "", 1);
     let r = s
-        .link_identity(link("corp", "f1", fed.id), Some(fed.clone()), Effects::none())
+        .link_identity(
+            link("corp", "f1", fed.id),
+            Some(fed.clone()),
+            Effects::none(),
+        )
         .await
         .unwrap();
     assert_eq!(r, LinkOutcome::Linked);
     assert_eq!(
-        s.unlink_identity(fed.id, "corp", Effects::none()).await.unwrap(),
+        s.unlink_identity(fed.id, "corp", Effects::none())
+            .await
+            .unwrap(),
         UnlinkOutcome::LastMethod
     );
     assert_eq!(
-        s.unlink_identity(fed.id, "nope", Effects::none()).await.unwrap(),
+        s.unlink_identity(fed.id, "nope", Effects::none())
+            .await
+            .unwrap(),
         UnlinkOutcome::NotLinked
     );
     assert_eq!(

@@ -231,7 +231,10 @@ impl AuthService {
     }
 
     /// The user's linked identities for their page (CONTRACT 8.5).
-    async fn console_identities(&self, user: &User) -> Result<Vec<portal::AdminIdentityRow>, ApiError> {
+    async fn console_identities(
+        &self,
+        user: &User,
+    ) -> Result<Vec<portal::AdminIdentityRow>, ApiError> {
         let cfg = self.cfg();
         let linked = self
             .store
