@@ -99,9 +99,21 @@ impl AuthService {
             expires_at: self.clock.now() + LOGIN_CODE_TTL_SECS,
             issued_seq: 0,
         };
-        if !d.needs_totp {
+        let uid = d.user.id.to_string();
+        if d.needs_totp {
+            self.metrics.federated_login(&p.id, "mfa_required");
+            audit::event(
+                &client.audit(),
+                "federated_login",
+                "mfa_required",
+                Some(&uid),
+            );
+        } else {
             self.fed_session(p, &d, identity, client, login_code_session(&code))
                 .await?;
+            self.metrics.federated_login(&p.id, "success");
+            self.metrics.auth_event("login", "success");
+            audit::event(&client.audit(), "federated_login", "success", Some(&uid));
         }
         self.store
             .issue_one_time_with(login_code_key(&code), rec, Effects::none())

@@ -284,6 +284,21 @@ impl AuthService {
         self.complete(p, d, &identity, client).await
     }
 
+    /// [`Self::federated_sign_in`] in code mode: the `login_code` for
+    /// `POST /auth/oidc/exchange`.
+    pub async fn federated_login_code(
+        &self,
+        p: &IdentityProvider,
+        identity: VerifiedIdentity,
+        client: &Client,
+    ) -> AccountResult<String> {
+        let d = self
+            .decide(p, &identity, client)
+            .await
+            .map_err(|c| AccountError::invalid("identity", c.code()))?;
+        self.issue_login_code(p, d, &identity, client).await
+    }
+
     /// Whose account this identity signs in to, and how (the rules of
     /// CONTRACT 8.1). Roles are refreshed from the provider.
     async fn decide(

@@ -1656,13 +1656,29 @@ async fn chromium_signs_in_with_the_portal_button() {
         "the browser test failed ({status}):\n{}\n{stderr}",
         log.join("\n")
     );
-    let seen: Vec<String> = gw
-        .upstream
-        .requests()
+    // The page asked for reached the app once, as nia (Chromium's own
+    // `/favicon.ico` fetches under the same session are not the page).
+    let requests = gw.upstream.requests();
+    let page: Vec<&Value> = requests
+        .iter()
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/app/fed"))
+        })
+        .collect();
+    let seen: Vec<String> = page
         .iter()
         .flat_map(|r| echoed_in(r, "x-user-email"))
         .collect();
-    assert_eq!(seen, ["nia@corp.example"]);
+    assert_eq!(seen, ["nia@corp.example"], "{requests:?}");
+    for r in &requests {
+        let p = r["path"].as_str().unwrap_or_default();
+        assert!(
+            p.starts_with("/app/fed") || p == "/favicon.ico",
+            "an unexpected request reached the app: {r}"
+        );
+    }
 }
 
 /// A logout_token may name the session by `sid` alone (OIDC Back-Channel
