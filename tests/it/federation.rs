@@ -1221,10 +1221,7 @@ async fn backchannel_logout_ends_the_sessions_of_that_sign_in() {
 
     // The forgeries first: each 400, nothing ended.
     let bcl = "/auth/oidc/corp/backchannel-logout";
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = portcullis::clock::Clock::now(&*fed.gw.clock);
     let good = |jti: &str| {
         json!({
             "iss": fed.idp.issuer, "aud": CLIENT_ID, "iat": now, "exp": now + 120,
@@ -1701,10 +1698,7 @@ async fn a_logout_token_with_only_a_sid_ends_that_sign_in() {
     let (second, _) = signed_in(&fed, "oli").await;
     let other_sid = fed.idp.id_tokens().await.last().unwrap()["sid"].clone();
     assert_ne!(other_sid, json!(sid));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = portcullis::clock::Clock::now(&*fed.gw.clock);
     let token = fed
         .idp
         .sign(

@@ -53,10 +53,7 @@ impl Idp {
     }
 
     fn answer(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
+        let now = portcullis::clock::Clock::now(&portcullis::clock::SystemClock);
         match (method, path) {
             ("GET", "/.well-known/openid-configuration") => (
                 200,
@@ -108,10 +105,7 @@ impl Idp {
 
     /// A back-channel logout token for `sub`.
     fn logout_token(&self, sub: &str, jti: &str) -> String {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
+        let now = portcullis::clock::Clock::now(&portcullis::clock::SystemClock);
         self.sign(&json!({
             "iss": self.url(), "aud": "portcullis", "sub": sub, "iat": now, "jti": jti,
             "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
