@@ -681,45 +681,7 @@ mod tests {
                 .filter(|m| m != "HEAD")
                 .collect()
         };
-        // The federation routes (`http/federation.rs`, `federation_route`).
-        let fed = include_str!("http/federation.rs");
-        for (m, path, marker) in [
-            (
-                "POST",
-                "/auth/oidc/exchange",
-                "Method::POST => self.oidc_exchange_endpoint",
-            ),
-            (
-                "GET",
-                "/auth/identities",
-                "Method::GET => self.identities_endpoint",
-            ),
-            (
-                "POST",
-                "/auth/identities/{provider}",
-                "Method::POST => self.identity_link_endpoint",
-            ),
-            (
-                "DELETE",
-                "/auth/identities/{provider}",
-                "Method::DELETE => self.identity_unlink_endpoint",
-            ),
-            ("GET", "/auth/oidc/{id}/start", "(\"start\", &Method::GET)"),
-            (
-                "GET",
-                "/auth/oidc/{id}/callback",
-                "(\"callback\", &Method::GET)",
-            ),
-            (
-                "POST",
-                "/auth/oidc/{id}/backchannel-logout",
-                "(\"backchannel-logout\", &Method::POST)",
-            ),
-        ] {
-            if body.contains("self.federation_route(req)") && fed.contains(marker) {
-                out.insert((m.into(), path.into()));
-            }
-        }
+        federation::routed(body, &mut out);
         for line in body.lines().map(str::trim) {
             if let Some(rest) = line.strip_prefix('"') {
                 let Some((path, tail)) = rest.split_once('"') else {

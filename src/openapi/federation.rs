@@ -105,3 +105,47 @@ fn identity_link() {}
         (status = 409, description = "`last_sign_in_method`: the account would have no way left to sign in", body = ErrorBody),
     ))]
 fn identity_unlink() {}
+
+/// Tests: the federation operations `federation_route` (`http/federation.rs`)
+/// answers, when the dispatcher `body` calls it.
+#[cfg(test)]
+pub(super) fn routed(body: &str, out: &mut std::collections::BTreeSet<(String, String)>) {
+    let fed = include_str!("../http/federation.rs");
+    for (m, path, marker) in [
+        (
+            "POST",
+            "/auth/oidc/exchange",
+            "Method::POST => self.oidc_exchange_endpoint",
+        ),
+        (
+            "GET",
+            "/auth/identities",
+            "Method::GET => self.identities_endpoint",
+        ),
+        (
+            "POST",
+            "/auth/identities/{provider}",
+            "Method::POST => self.identity_link_endpoint",
+        ),
+        (
+            "DELETE",
+            "/auth/identities/{provider}",
+            "Method::DELETE => self.identity_unlink_endpoint",
+        ),
+        ("GET", "/auth/oidc/{id}/start", "(\"start\", &Method::GET)"),
+        (
+            "GET",
+            "/auth/oidc/{id}/callback",
+            "(\"callback\", &Method::GET)",
+        ),
+        (
+            "POST",
+            "/auth/oidc/{id}/backchannel-logout",
+            "(\"backchannel-logout\", &Method::POST)",
+        ),
+    ] {
+        if body.contains("self.federation_route(req)") && fed.contains(marker) {
+            out.insert((m.into(), path.into()));
+        }
+    }
+}
