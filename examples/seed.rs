@@ -91,6 +91,7 @@ fn run() -> Result<(), String> {
             user_agent: "seed".into(),
             amr: vec!["pwd".into()],
             auth_time: Some(now),
+            federation: None,
             client: None,
         }));
         if page.len() == PAGE {

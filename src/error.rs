@@ -52,6 +52,13 @@ pub enum ApiError {
     },
     /// A server-side failure; the cause is logged, the client sees `internal`.
     Internal(String),
+    /// An outcome with its own status and code (sign-in with an outside
+    /// provider, CONTRACT 8.1: `identity_taken`, `last_sign_in_method`, …).
+    Coded {
+        status: u16,
+        code: &'static str,
+        message: &'static str,
+    },
 }
 
 impl ApiError {
@@ -87,6 +94,7 @@ impl ApiError {
             ApiError::AlreadyEnrolled => 409,
             ApiError::Unavailable { .. } => 503,
             ApiError::Internal(_) => 500,
+            ApiError::Coded { status, .. } => *status,
         }
     }
 
@@ -116,6 +124,7 @@ impl ApiError {
             ApiError::ReauthRequired => "reauth_required",
             ApiError::Unavailable { .. } => "service_unavailable",
             ApiError::Internal(_) => "internal",
+            ApiError::Coded { code, .. } => code,
         }
     }
 
@@ -151,6 +160,7 @@ impl ApiError {
             }
             ApiError::Unavailable { .. } => "The service is busy; try again shortly.",
             ApiError::Internal(_) => "An internal error occurred.",
+            ApiError::Coded { message, .. } => message,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod demo;
 pub mod entropy;
 pub mod error;
 pub mod executor;
+pub mod federation;
 pub mod fsutil;
 pub mod http;
 pub mod logging;

@@ -67,6 +67,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Proxied requests refused 403 by a route rule (CONTRACT 8.4).
     route_denials: IntCounterVec,
+    /// `portcullis_federated_logins_total{provider,outcome}` (CONTRACT 8.1).
+    federated_logins: IntCounterVec,
     /// `portcullis_audit_chain_head_seq`: the stored audit chain's newest
     /// sequence number, as last published (CONTRACT 8.5).
     pub audit_chain_head_seq: IntGauge,
@@ -216,6 +218,7 @@ struct AuthFamilies {
     auth_events: IntCounterVec,
     token_checks: TokenChecks,
     throttled_vec: IntCounterVec,
+    federated_logins: IntCounterVec,
 }
 
 impl AuthFamilies {
@@ -253,10 +256,17 @@ impl AuthFamilies {
             "Requests refused by a throttle, by scope.",
             &["scope"],
         );
+        let federated_logins = counter_vec(
+            r,
+            "portcullis_federated_logins_total",
+            "Sign-ins with an outside provider, by provider and outcome.",
+            &["provider", "outcome"],
+        );
         Self {
             auth_events,
             token_checks,
             throttled_vec,
+            federated_logins,
         }
     }
 }
@@ -444,6 +454,7 @@ impl Metrics {
             auth_events,
             token_checks,
             throttled_vec,
+            federated_logins,
         } = AuthFamilies::new(&r);
         let ProxyFamilies {
             upstream_duration,
@@ -499,6 +510,7 @@ impl Metrics {
             hash_queue_rejected,
             swept,
             route_denials,
+            federated_logins,
         };
         m.swept(&crate::store::SweepReport::default());
         m
@@ -526,6 +538,14 @@ impl Metrics {
     /// Count a 403 of a proxied request under the rule that decided it.
     pub fn route_denial(&self, rule: &str) {
         self.route_denials.with_label_values(&[rule]).inc();
+    }
+
+    /// Count one federated sign-in step's outcome (`success`,
+    /// `mfa_required`, `linked`, or the error code shown).
+    pub fn federated_login(&self, provider: &str, outcome: &str) {
+        self.federated_logins
+            .with_label_values(&[provider, outcome])
+            .inc();
     }
 
     /// Count one email delivery attempt (`outcome`: sent, retry, failed).

@@ -557,3 +557,47 @@ pub struct OAuthLogoutForm {
     pub post_logout_redirect_uri: Option<String>,
     pub state: Option<String>,
 }
+
+// ----- sign-in with an outside provider (CONTRACT 8.1)
+
+/// `POST /auth/oidc/exchange`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct LoginCodeRequest {
+    /// From the callback's redirect (`?login_code=…`): single use, 60 s.
+    #[serde(default)]
+    #[schema(value_type = String, required = true)]
+    pub login_code: Field<String>,
+}
+
+/// One identity at an outside provider linked to the account.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct IdentityView {
+    /// The provider's `id` in `[[identity_providers]]`.
+    pub provider: String,
+    /// The provider's identifier of the person.
+    pub subject: String,
+    /// The email the provider gave when it was linked.
+    pub email: Option<String>,
+    /// RFC 3339.
+    pub linked_at: String,
+}
+
+/// `GET /auth/identities`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct IdentityList {
+    pub identities: Vec<IdentityView>,
+}
+
+/// `POST /auth/identities/{provider}`: send the browser there (with the
+/// state cookie this answer sets) to link that identity.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AuthorizeUrl {
+    pub authorize_url: String,
+}
+
+/// `POST /auth/oidc/{id}/backchannel-logout`: the provider's form.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct LogoutTokenForm {
+    /// The provider's signed `logout_token` (OIDC Back-Channel Logout 1.0).
+    pub logout_token: String,
+}

@@ -12,6 +12,8 @@
 pub mod admin;
 pub mod apikeys;
 pub mod email;
+pub mod fed_sessions;
+pub mod federation;
 pub mod passkeys;
 pub mod password;
 pub mod profile;

@@ -205,6 +205,7 @@ impl AuthService {
             user_agent: format!("{client_id} (OpenID client)"),
             amr: grant.amr.clone(),
             auth_time: Some(grant.auth_time),
+            federation: None,
             client: Some(ClientBinding {
                 client_id: client_id.to_string(),
                 scope: grant.scope.clone(),

@@ -62,6 +62,10 @@ pub struct AuthService {
     pub ceremonies: passkeys::Ceremonies,
     /// Where tokens, ids and codes come from (fixed in tests).
     pub entropy: Arc<dyn Entropy>,
+    /// Outside providers' protocol client (CONTRACT 8.1).
+    pub federation: crate::federation::Federation,
+    /// Seals the state of a sign-in at a provider and its `login_code`.
+    pub fed_sealer: crate::federation::Sealer,
 }
 
 impl AuthService {
@@ -160,6 +164,8 @@ impl AuthService {
         let hasher = Hasher::new(&cfg.passwords)
             .map_err(|e| e.to_string())?
             .count_rejections_in(metrics.hash_queue_rejected.clone());
+        let federation = crate::federation::Federation::new(clock.clone());
+        let fed_sealer = crate::federation::Sealer::new(refresh.derive(b"federation state v1"));
         Ok(Self {
             live_cfg: ArcSwap::new(cfg),
             store,
@@ -179,6 +185,8 @@ impl AuthService {
             cookies: browser::CookieSessions::default(),
             ceremonies: passkeys::Ceremonies::default(),
             entropy: Arc::new(OsEntropy),
+            federation,
+            fed_sealer,
         })
     }
 

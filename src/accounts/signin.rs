@@ -128,7 +128,11 @@ impl AuthService {
     }
 
     /// Issue the one-time token of a sign-in whose password was right.
-    async fn mfa_challenge(&self, user: &User, client: &Client) -> AccountResult<String> {
+    pub(super) async fn mfa_challenge(
+        &self,
+        user: &User,
+        client: &Client,
+    ) -> AccountResult<String> {
         let token = self.entropy.token(32);
         let rec = OneTimeToken {
             kind: OneTimeKind::MfaLogin,
@@ -176,9 +180,35 @@ impl AuthService {
         client: &Client,
         amr: &[&str],
     ) -> AccountResult<Signed> {
+        self.start_session_with(user, client, amr, None).await
+    }
+
+    /// [`Self::start_session`], recording the outside sign-in it came from.
+    pub async fn start_session_with(
+        &self,
+        user: &User,
+        client: &Client,
+        amr: &[&str],
+        federation: Option<crate::store::FederatedSession>,
+    ) -> AccountResult<Signed> {
+        let id = self.entropy.uuid();
+        let (current, session) = self.open_session(user, client, amr, federation, id).await?;
+        self.sign(&current, &session)
+    }
+
+    /// Store a new session `id` for `user` (the sign-in's audit event
+    /// with it); the user as the store has it now, and the session.
+    pub(super) async fn open_session(
+        &self,
+        user: &User,
+        client: &Client,
+        amr: &[&str],
+        federation: Option<crate::store::FederatedSession>,
+        id: uuid::Uuid,
+    ) -> AccountResult<(User, SessionRecord)> {
         let now = self.clock.now();
         let session = SessionRecord {
-            id: self.entropy.uuid(),
+            id,
             user_id: user.id,
             generation: 0,
             seed: hex(&self.entropy.bytes(16)),
@@ -192,6 +222,7 @@ impl AuthService {
             // A sign-in: what every later access token of this session
             // carries as `auth_time`, refresh after refresh.
             auth_time: Some(now),
+            federation,
             client: None,
         };
         let ev = self
@@ -206,7 +237,7 @@ impl AuthService {
                 self.effects(ev.into()),
             )
             .await?;
-        self.sign(&current, &session)
+        Ok((current, session))
     }
 
     /// The tokens of `session` for `user`.

@@ -20,6 +20,7 @@ pub struct FileConfig {
     pub browser: BrowserFile,
     pub admin_console: AdminConsoleFile,
     pub routes: Option<Vec<RouteFile>>,
+    pub identity_providers: Option<Vec<IdentityProviderFile>>,
     pub oidc_provider: OidcProviderFile,
     pub webhooks: Option<Vec<WebhookFile>>,
 }
@@ -414,6 +415,59 @@ fn default_auth() -> String {
 pub enum UpstreamFile {
     One(String),
     Many(Vec<String>),
+}
+
+/// One `[[identity_providers]]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct IdentityProviderFile {
+    pub id: String,
+    pub kind: String,
+    pub display_name: String,
+    pub issuer: String,
+    pub authorize_url: String,
+    pub token_url: String,
+    pub userinfo_url: String,
+    pub client_id: String,
+    pub client_secret_env: String,
+    pub scopes: Vec<String>,
+    pub subject_claim: String,
+    pub email_claim: String,
+    pub email_verified_claim: String,
+    pub allow_signup: bool,
+    pub link_by_email: bool,
+    pub roles_claim: String,
+    pub role_map: std::collections::BTreeMap<String, String>,
+    pub trust_mfa: bool,
+    pub ca_file: String,
+    pub redirect_uri: String,
+}
+
+impl Default for IdentityProviderFile {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            kind: String::new(),
+            display_name: String::new(),
+            issuer: String::new(),
+            authorize_url: String::new(),
+            token_url: String::new(),
+            userinfo_url: String::new(),
+            client_id: String::new(),
+            client_secret_env: String::new(),
+            scopes: vec!["openid".into(), "email".into(), "profile".into()],
+            subject_claim: "sub".into(),
+            email_claim: "email".into(),
+            email_verified_claim: "email_verified".into(),
+            allow_signup: true,
+            link_by_email: false,
+            roles_claim: String::new(),
+            role_map: std::collections::BTreeMap::new(),
+            trust_mfa: false,
+            ca_file: String::new(),
+            redirect_uri: String::new(),
+        }
+    }
 }
 
 /// `[oidc_provider]` (CONTRACT 8.2): the keys the provider's signing keys

@@ -5,6 +5,7 @@
 
 mod file;
 pub mod oidc_provider;
+mod providers;
 mod routes;
 mod schedule;
 mod validate;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 
 use file::FileConfig;
+pub use providers::{provider_url_ok, valid_provider_id, IdentityProvider, ProviderKind};
 pub use routes::{method_allowed, normalize_host, HostPattern, RouteTable};
 pub use schedule::Schedule;
 pub use warnings::{warn_if_links_are_logged, warnings};
@@ -55,6 +57,8 @@ pub struct Config {
     /// `PORTCULLIS_DATABASE_URL` say otherwise).
     pub storage: Storage,
     pub browser: BrowserConfig,
+    /// `[[identity_providers]]` (CONTRACT 8.1), in file order.
+    pub identity_providers: Vec<IdentityProvider>,
     /// `[oidc_provider]` (CONTRACT 8.2).
     pub oidc_provider: OidcProviderConfig,
     /// `[[webhooks]]` (CONTRACT 8.5).

@@ -25,10 +25,17 @@ pub(super) fn validate(
         &server.data_dir,
         p,
     );
+    let mail = mail(&f, env, p);
+    let identity_providers = super::providers::validate_providers(
+        f.identity_providers.take().unwrap_or_default(),
+        &mail.link_base_url,
+        env,
+        p,
+    );
     Config {
         tokens: tokens(&f, env, p),
         accounts: accounts(&f, p),
-        mail: mail(&f, env, p),
+        mail,
         throttle: throttle(&f, p),
         limits: limits(&f, p),
         passwords: passwords(&f, p),
@@ -39,6 +46,7 @@ pub(super) fn validate(
         routes,
         storage,
         browser: browser(&f.browser, p),
+        identity_providers,
         oidc_provider: oidc_provider(&f, env, p),
         webhooks: super::webhooks::validate(f.webhooks.take(), env, p),
         admin_console: admin_console(&f.admin_console, f.browser.enabled, p),

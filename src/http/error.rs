@@ -36,6 +36,25 @@ impl From<AccountError> for ApiError {
     }
 }
 
+/// A federation outcome's status on the JSON API (CONTRACT 8.1).
+impl From<crate::accounts::federation::FedCode> for ApiError {
+    fn from(code: crate::accounts::federation::FedCode) -> Self {
+        use crate::accounts::federation::FedCode;
+        let status = match code {
+            FedCode::IdentityTaken | FedCode::LastSignInMethod | FedCode::AccountExists => 409,
+            FedCode::UnknownProvider => 404,
+            FedCode::AccountDisabled => 403,
+            FedCode::ProviderError => 502,
+            _ => 400,
+        };
+        ApiError::Coded {
+            status,
+            code: code.code(),
+            message: code.message(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ mod apikeys;
 pub mod body;
 pub mod cors;
 pub mod error;
+pub mod federation;
 mod mfa;
 pub mod pages;
 mod routes;

@@ -52,6 +52,9 @@ impl AuthService {
         if path == "/auth/ui" || path.starts_with("/auth/ui/") {
             return self.portal(&portal_view(req)).await;
         }
+        if let Some(r) = self.federation_route(req).await {
+            return r;
+        }
         if crate::oidc_provider::is_provider_path(path) {
             return self.oidc_provider(&provider_view(req)).await;
         }
@@ -152,7 +155,7 @@ fn event_for_path(path: &str) -> Option<&'static str> {
 }
 
 /// The portal's view of a request to `/auth/ui/*`.
-fn portal_view(req: &ApiRequest) -> crate::portal::PortalRequest<'_> {
+pub(super) fn portal_view(req: &ApiRequest) -> crate::portal::PortalRequest<'_> {
     crate::portal::PortalRequest {
         method: &req.method,
         path: &req.path,

@@ -48,6 +48,8 @@ pub struct AdminUserPage<'a> {
     pub sessions: Vec<AdminSessionRow>,
     pub api_keys: Vec<AdminKeyRow>,
     pub passkeys: Vec<PasskeyRow>,
+    /// Identities at outside providers linked to the account (CONTRACT 8.1).
+    pub identities: Vec<AdminIdentityRow>,
     pub totp: bool,
     /// The user's recent audit events; `None` while the gateway keeps no
     /// audit trail it can read back.
@@ -77,6 +79,16 @@ pub struct AdminKeyRow {
     pub created: Time,
     pub expires: Option<Time>,
     pub last_used: Option<Time>,
+}
+
+/// One identity at an outside provider linked to the user.
+#[derive(Debug, Clone, Default)]
+pub struct AdminIdentityRow {
+    /// The provider's display name (its id once it is no longer configured).
+    pub provider: String,
+    pub subject: String,
+    pub email: String,
+    pub linked: Time,
 }
 
 /// One audit event of the user.

@@ -260,6 +260,8 @@ impl AuthService {
             "/auth/ui/sessions" if get => self.sessions_page(page).await?,
             "/auth/ui/sessions/revoke" if post => self.revoke_submit(page).await?,
             "/auth/ui/passkeys/remove" if post => self.passkey_remove_submit(page).await?,
+            "/auth/ui/identities/link" if post => self.identity_link_submit(page).await?,
+            "/auth/ui/identities/unlink" if post => self.identity_unlink_submit(page).await?,
             "/auth/ui/reauth" if get => self.reauth_page(page).await?,
             "/auth/ui/reauth" if post => self.reauth_submit(page).await?,
             p if p.starts_with("/auth/ui/passkeys/") && post => self.passkey_json(page).await?,
@@ -486,6 +488,33 @@ impl AuthService {
                 created: portal::Time::new(&crate::clock::rfc3339(p.created_at)),
             })
             .collect();
+        let cfg = self.cfg();
+        let linked = self.identities(&id.claims).await?;
+        let name_of = |pid: &str| {
+            cfg.identity_providers
+                .iter()
+                .find(|p| p.id == pid)
+                .map_or_else(|| pid.to_string(), |p| p.display_name.clone())
+        };
+        let identities = linked
+            .iter()
+            .map(|l| portal::IdentityRow {
+                provider: l.provider.clone(),
+                display_name: name_of(&l.provider),
+                email: l.email.clone().unwrap_or_default(),
+                linked: portal::Time::new(&crate::clock::rfc3339(l.linked_at)),
+            })
+            .collect();
+        let linkable = cfg
+            .identity_providers
+            .iter()
+            .filter(|p| !linked.iter().any(|l| l.provider == p.id))
+            .map(|p| portal::ProviderButton {
+                href: String::new(),
+                id: p.id.clone(),
+                display_name: p.display_name.clone(),
+            })
+            .collect();
         let model = portal::SessionsPage {
             email: &user.email,
             amr: id.claims.amr.join(", "),
@@ -498,6 +527,8 @@ impl AuthService {
             // Adding a passkey needs a recent sign-in (CONTRACT 8.6): an
             // older session is sent to confirm it is the user first.
             can_add_passkey: self.require_recent(&id.claims).is_ok(),
+            identities,
+            linkable,
         };
         Ok(page.render(200, None, &model))
     }
@@ -511,6 +542,44 @@ impl AuthService {
             Ok(_) | Err(AccountError::NotFound) => {
                 Ok(page.see_other("/auth/ui/sessions?notice=session-ended"))
             }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Link an outside identity: after a recent sign-in (else the
+    /// re-authentication first), off to the provider with the state cookie.
+    async fn identity_link_submit(&self, mut page: Page<'_>) -> ApiResult {
+        let Some(id) = self.require_identity(&mut page).await else {
+            return Ok(page.see_other(&browser::login_location("/auth/ui/sessions")));
+        };
+        let provider = page.field("provider");
+        match self
+            .start_linking(&id.claims, &provider, "/auth/ui/sessions".into())
+            .await
+        {
+            Ok(Ok(start)) => {
+                page.set_cookies
+                    .push(crate::federation::state::state_cookie(&start.state_cookie));
+                Ok(page.see_other(&start.authorize_url))
+            }
+            Ok(Err(code)) => Err(ApiError::from(code)),
+            Err(AccountError::ReauthRequired) => Ok(page.see_other("/auth/ui/reauth")),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn identity_unlink_submit(&self, mut page: Page<'_>) -> ApiResult {
+        let Some(id) = self.require_identity(&mut page).await else {
+            return Ok(page.see_other(&browser::login_location("/auth/ui/sessions")));
+        };
+        let provider = page.field("provider");
+        match self
+            .unlink_identity(&id.claims, &provider, &page.req.client)
+            .await
+        {
+            Ok(Ok(())) => Ok(page.see_other("/auth/ui/sessions")),
+            Ok(Err(code)) => Err(ApiError::from(code)),
+            Err(AccountError::ReauthRequired) => Ok(page.see_other("/auth/ui/reauth")),
             Err(e) => Err(e.into()),
         }
     }
@@ -640,7 +709,26 @@ fn static_file(body: &'static str, content_type: &str) -> ApiResponse {
 
 fn login_form(page: Page<'_>, alert: Option<(u16, &str)>, email: &str, rd: &str) -> ApiResponse {
     let (status, text) = split(alert);
-    page.render(status, text, &portal::LoginPage { email, rd })
+    let enc: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
+    let providers: Vec<portal::ProviderButton> = page
+        .cfg
+        .identity_providers
+        .iter()
+        .map(|p| portal::ProviderButton {
+            href: format!("/auth/oidc/{}/start?rd={enc}", p.id),
+            id: p.id.clone(),
+            display_name: p.display_name.clone(),
+        })
+        .collect();
+    page.render(
+        status,
+        text,
+        &portal::LoginPage {
+            email,
+            rd,
+            providers: &providers,
+        },
+    )
 }
 
 fn mfa_page(page: Page<'_>, alert: Option<(u16, &str)>, token: &str, rd: &str) -> ApiResponse {
@@ -694,5 +782,37 @@ fn split(alert: Option<(u16, &str)>) -> (u16, Option<&str>) {
     match alert {
         Some((status, text)) => (status, Some(text)),
         None => (200, None),
+    }
+}
+
+// ----- sign-in with an outside provider (CONTRACT 8.1): the pages its
+// callback shows in browser mode (`http::federation`).
+
+impl AuthService {
+    /// The TOTP step of a federated sign-in, with `cookies` set.
+    pub(crate) fn portal_federated_mfa(
+        &self,
+        req: &PortalRequest<'_>,
+        mfa_token: &str,
+        rd: &str,
+        cookies: Vec<String>,
+    ) -> ApiResponse {
+        let mut page = Page::new(req, self.cfg(), &*self.entropy);
+        page.set_cookies.extend(cookies);
+        mfa_page(page, None, mfa_token, rd)
+    }
+
+    /// The sign-in page with a federated sign-in's failure on it.
+    pub(crate) fn portal_federated_error(
+        &self,
+        req: &PortalRequest<'_>,
+        status: u16,
+        message: &str,
+        rd: &str,
+        cookies: Vec<String>,
+    ) -> ApiResponse {
+        let mut page = Page::new(req, self.cfg(), &*self.entropy);
+        page.set_cookies.extend(cookies);
+        login_form(page, Some((status, message)), "", rd)
     }
 }

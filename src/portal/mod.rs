@@ -27,12 +27,13 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
 pub use admin::{
-    AdminDenied, AdminDone, AdminEventRow, AdminKeyRow, AdminSearchPage, AdminSessionRow,
-    AdminUserPage, AdminUserRow,
+    AdminDenied, AdminDone, AdminEventRow, AdminIdentityRow, AdminKeyRow, AdminSearchPage,
+    AdminSessionRow, AdminUserPage, AdminUserRow,
 };
 pub use pages::{
-    ConfirmPage, ForgotPage, LoginPage, LogoutPage, MfaPage, Notice, PasskeyRow, ReauthPage,
-    RegisterPage, ResetPage, SessionRow, SessionsNotice, SessionsPage, Time, VerifyPage,
+    ConfirmPage, ForgotPage, IdentityRow, LoginPage, LogoutPage, MfaPage, Notice, PasskeyRow,
+    ProviderButton, ReauthPage, RegisterPage, ResetPage, SessionRow, SessionsNotice, SessionsPage,
+    Time, VerifyPage,
 };
 pub use request::PortalRequest;
 

@@ -44,6 +44,27 @@ macro_rules! view {
 pub struct LoginPage<'a> {
     pub email: &'a str,
     pub rd: &'a str,
+    /// One "Sign in with …" button per `[[identity_providers]]` entry.
+    pub providers: &'a [ProviderButton],
+}
+
+/// A button that starts a sign-in at an outside provider (CONTRACT 8.1).
+#[derive(Debug, Clone, Default)]
+pub struct ProviderButton {
+    /// Where it goes: `/auth/oidc/{id}/start?rd=…`, or the linking form's
+    /// provider id on the sessions page.
+    pub href: String,
+    pub id: String,
+    pub display_name: String,
+}
+
+/// One identity at an outside provider linked to the account.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityRow {
+    pub provider: String,
+    pub display_name: String,
+    pub email: String,
+    pub linked: Time,
 }
 page_template!(LoginHtml, LoginPage<'a>, "login.html");
 view!(LoginPage<'_>, LoginHtml, |_| "Sign in");
@@ -149,6 +170,10 @@ pub struct SessionsPage<'a> {
     /// The sign-in is recent enough to add a passkey (CONTRACT 8.6); else
     /// the page links to the re-authentication.
     pub can_add_passkey: bool,
+    /// Linked identities at outside providers, and the providers one
+    /// more can be linked at.
+    pub identities: Vec<IdentityRow>,
+    pub linkable: Vec<ProviderButton>,
 }
 page_template!(SessionsHtml, SessionsPage<'a>, "sessions.html");
 view!(SessionsPage<'_>, SessionsHtml, |_| "Your sessions");

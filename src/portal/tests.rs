@@ -45,7 +45,15 @@ fn every_echoed_value_is_escaped_on_every_page() {
     let pages: Vec<(&str, String, usize)> = vec![
         (
             "login",
-            render(&frame(), &LoginPage { email: h, rd: h }).unwrap(),
+            render(
+                &frame(),
+                &LoginPage {
+                    email: h,
+                    rd: h,
+                    providers: &[],
+                },
+            )
+            .unwrap(),
             2 + 1 + 2,
         ),
         (
@@ -119,6 +127,7 @@ fn the_sessions_page_escapes_what_clients_and_users_chose() {
             created: Time::new("2026-01-02T03:04:05Z"),
         }],
         can_add_passkey: true,
+        ..Default::default()
     };
     let page = render(
         &Frame {
@@ -171,7 +180,15 @@ fn the_forms_keep_their_ids_labels_and_autocomplete() {
         csrf: "tok",
         alert: None,
     };
-    let login = render(&f, &LoginPage { email: "", rd: "/" }).unwrap();
+    let login = render(
+        &f,
+        &LoginPage {
+            email: "",
+            rd: "/",
+            providers: &[],
+        },
+    )
+    .unwrap();
     for want in [
         r#"<html lang="en">"#,
         "<main>",

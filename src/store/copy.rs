@@ -89,6 +89,7 @@ impl Record {
             Record::OneTimeSeq { .. } => RecordKind::OneTimeSeqs,
             Record::Counter { .. } => RecordKind::Counters,
             Record::Mail(_) => RecordKind::Mail,
+            Record::Identity(_) => RecordKind::Identities,
             Record::Audit(_) | Record::AuditCheckpoint(_) => RecordKind::Audit,
         }
     }

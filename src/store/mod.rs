@@ -27,6 +27,7 @@ pub mod copy;
 pub mod counters;
 pub mod domain;
 mod effects;
+pub mod identities;
 mod one_time;
 mod outbox;
 pub mod pg;
@@ -45,6 +46,7 @@ pub use crate::audit::chain::{
     AuditEvent, AuditRecord, Checkpoint as AuditCheckpoint, Head as AuditHead,
 };
 pub use domain::LockoutPolicy;
+pub use identities::{LinkOutcome, LinkedIdentity, UnlinkOutcome};
 pub use records::{Page, Record, RecordKind};
 
 // The records and values of each domain, one file each; their public
@@ -54,7 +56,8 @@ pub use effects::{AuditState, Effects};
 pub use one_time::{OneTimeKind, OneTimeToken, Redeem};
 pub use outbox::{Claim, Delivery, HttpPost, OutboxMessage};
 pub use session::{
-    ClientBinding, RefreshPolicy, Revocation, RotateOutcome, SessionRecord, Sessions, Stamp,
+    ClientBinding, FederatedSession, RefreshPolicy, Revocation, RotateOutcome, SessionRecord,
+    Sessions, Stamp,
 };
 pub use throttle::{Counter, Lease};
 pub use upkeep::{Retention, StoreStats, SweepReport};
@@ -124,6 +127,35 @@ pub trait Store: Send + Sync + 'static {
         effects: Effects,
         stamp: Stamp,
     ) -> StoreResult<Changed>;
+
+    // --- linked identities (CONTRACT 8.1)
+    /// Link `link` to its user, judged on the current state
+    /// ([`identities::judge_link`]): `(provider, subject)` belongs to one
+    /// user, a user has one identity per provider, the user exists and is
+    /// enabled. With `new_user`, that user is created in the same atomic
+    /// step (a first federated sign-in; `EmailTaken` when the email is).
+    async fn link_identity(
+        &self,
+        link: LinkedIdentity,
+        new_user: Option<User>,
+        effects: Effects,
+    ) -> StoreResult<LinkOutcome>;
+    async fn find_identity(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> StoreResult<Option<LinkedIdentity>>;
+    /// The user's identities, by provider.
+    async fn list_identities(&self, user_id: Uuid) -> StoreResult<Vec<LinkedIdentity>>;
+    /// Remove the user's identity at `provider`, unless it is the last way
+    /// the account can sign in ([`identities::may_unlink`], judged on the
+    /// current record). `effects` are written only when it is removed.
+    async fn unlink_identity(
+        &self,
+        user_id: Uuid,
+        provider: &str,
+        effects: Effects,
+    ) -> StoreResult<UnlinkOutcome>;
 
     // --- refresh sessions
     /// Create a session, provided the user is still enabled and at

@@ -19,12 +19,14 @@ pub enum RecordKind {
     OneTimeSeqs,
     Counters,
     Mail,
+    /// Linked identities at outside providers (CONTRACT 8.1).
+    Identities,
     /// The audit chain's records and its checkpoint.
     Audit,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 8] = [
+    pub const ALL: [RecordKind; 9] = [
         RecordKind::Users,
         RecordKind::Sessions,
         RecordKind::Revocations,
@@ -32,6 +34,7 @@ impl RecordKind {
         RecordKind::OneTimeSeqs,
         RecordKind::Counters,
         RecordKind::Mail,
+        RecordKind::Identities,
         RecordKind::Audit,
     ];
 
@@ -44,6 +47,7 @@ impl RecordKind {
             RecordKind::OneTimeSeqs => "one_time_sequences",
             RecordKind::Counters => "counters",
             RecordKind::Mail => "mail",
+            RecordKind::Identities => "identities",
             RecordKind::Audit => "audit",
         }
     }
@@ -70,6 +74,7 @@ pub enum Record {
         counter: Counter,
     },
     Mail(OutboxMessage),
+    Identity(LinkedIdentity),
     /// One record of the audit chain, as stored (hashes included).
     Audit(AuditRecord),
     /// Where a chain cut by retention starts.

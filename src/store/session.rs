@@ -35,11 +35,26 @@ pub struct SessionRecord {
     /// as not recent (CONTRACT 8.6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_time: Option<i64>,
+    /// A session started by a sign-in with an outside provider: which,
+    /// for its back-channel logout (CONTRACT 8.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<FederatedSession>,
     /// A client session of the OpenID Provider (CONTRACT 8.2): the client
     /// it was issued to and the scope granted; `None` for the gateway's own
     /// sessions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<ClientBinding>,
+}
+
+/// The outside sign-in a session came from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FederatedSession {
+    pub provider: String,
+    /// The provider's subject.
+    pub subject: String,
+    /// The provider's session id (`sid`), when it sent one.
+    #[serde(default)]
+    pub sid: Option<String>,
 }
 
 /// The OpenID Provider client a session belongs to.

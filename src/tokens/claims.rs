@@ -30,8 +30,17 @@ pub struct AccessClaims {
 }
 
 impl AccessClaims {
-    /// Does the token carry a second factor?
+    /// Does the token carry a second factor? Its own (`otp`, `webauthn`),
+    /// or `mfa` of a federated sign-in: the gateway adds that only when the
+    /// provider has `trust_mfa` and asserted it (CONTRACT 8.1).
     pub fn has_second_factor(&self) -> bool {
+        self.has_local_second_factor()
+            || (self.amr.iter().any(|m| m == "fed") && self.amr.iter().any(|m| m == "mfa"))
+    }
+
+    /// A second factor proven to this gateway (`otp` or `webauthn`): what
+    /// the admin console's `require_mfa` asks for (CONTRACT 8.5).
+    pub fn has_local_second_factor(&self) -> bool {
         self.amr.iter().any(|m| m == "otp" || m == "webauthn")
     }
 

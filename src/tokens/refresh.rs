@@ -74,6 +74,16 @@ impl RefreshKeys {
         data_encoding::HEXLOWER.encode(&random_bytes(16))
     }
 
+    /// A key of its own for another use of this secret (`context` names
+    /// the use): what every gateway sharing the refresh key derives alike.
+    pub fn derive(&self, context: &[u8]) -> [u8; 32] {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        m.update(b"portcullis derive\0");
+        m.update(context);
+        m.finalize().into_bytes().into()
+    }
+
     fn mac(&self, sid: &Uuid, generation: u64, seed: &str) -> [u8; MAC_LEN] {
         // HMAC accepts keys of any length.
         let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
@@ -141,6 +151,7 @@ mod tests {
             user_agent: String::new(),
             amr: vec![],
             auth_time: None,
+            federation: None,
             client: None,
         }
     }

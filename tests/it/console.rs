@@ -780,3 +780,5 @@ async fn chromium_runs_the_console() {
     let s = gw.signin(user, PASSWORD).await;
     assert_eq!(s.user["roles"], json!(["ops"]));
 }
+
+mod identities;

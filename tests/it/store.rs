@@ -33,6 +33,7 @@ pub fn session(user: &User, now: i64) -> SessionRecord {
         user_agent: "test".into(),
         amr: vec!["pwd".into()],
         auth_time: Some(now),
+        federation: None,
         client: None,
     }
 }

@@ -78,7 +78,7 @@ impl AuthService {
             tracing::info!(user_id = %admin.id, "admin console refused: the role is missing");
             return Ok(page.render(403, None, &AdminDenied::NotAdmin));
         }
-        if cfg.admin_console.require_mfa && !id.claims.has_second_factor() {
+        if cfg.admin_console.require_mfa && !id.claims.has_local_second_factor() {
             return Ok(page.render(403, None, &AdminDenied::NeedsSecondFactor));
         }
         match path.as_str() {
@@ -172,6 +172,7 @@ impl AuthService {
             Err(AdminError::NoSuchUser) => return self.console_missing(page, admin).await,
             Err(e) => return Err(admin_fault(e)),
         };
+        let identities = self.console_identities(&user).await?;
         let model = portal::AdminUserPage {
             admin_email: &admin.email,
             done,
@@ -218,6 +219,7 @@ impl AuthService {
                     created: time(p.created_at),
                 })
                 .collect(),
+            identities,
             totp: user.totp.as_ref().is_some_and(|t| t.confirmed),
             events: self.console_events(&user).await,
         };
@@ -226,6 +228,32 @@ impl AuthService {
             None => (200, None),
         };
         Ok(page.render(status, text, &model))
+    }
+
+    /// The user's linked identities for their page (CONTRACT 8.5).
+    async fn console_identities(
+        &self,
+        user: &User,
+    ) -> Result<Vec<portal::AdminIdentityRow>, ApiError> {
+        let cfg = self.cfg();
+        let linked = self
+            .store
+            .list_identities(user.id)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(linked
+            .into_iter()
+            .map(|l| portal::AdminIdentityRow {
+                provider: cfg
+                    .identity_providers
+                    .iter()
+                    .find(|p| p.id == l.provider)
+                    .map_or_else(|| l.provider.clone(), |p| p.display_name.clone()),
+                subject: l.subject,
+                email: l.email.unwrap_or_default(),
+                linked: time(l.linked_at),
+            })
+            .collect())
     }
 
     /// The user's recent audit events for their page; `None` while audit

@@ -22,6 +22,7 @@ fn session(generation: u64) -> SessionRecord {
         user_agent: String::new(),
         amr: vec![],
         auth_time: None,
+        federation: None,
         client: None,
     }
 }

@@ -84,6 +84,29 @@ pub(super) async fn export_page(
                 last = Some(key);
             }
         }
+        RecordKind::Identities => {
+            // The cursor: the last provider and subject, a slash between (provider ids have none).
+            let (provider, subject) = match cursor.as_deref() {
+                Some(s) => {
+                    let (p, sub) = s.split_once('/').ok_or_else(bad)?;
+                    (p.to_string(), sub.to_string())
+                }
+                None => (String::new(), String::new()),
+            };
+            let sql = "SELECT provider, subject, record FROM linked_identities
+                       WHERE (provider, subject) > ($1, $2)
+                       ORDER BY provider, subject LIMIT $3";
+            for row in query(
+                sql,
+                vec![Box::new(provider), Box::new(subject), Box::new(limit)],
+            )
+            .await?
+            {
+                let (p, sub): (String, String) = (row.get(0), row.get(1));
+                records.push(Record::Identity(dec(row.get(2))?));
+                last = Some(format!("{p}/{sub}"));
+            }
+        }
         RecordKind::Audit => {
             // The checkpoint (if any) first, then the records by sequence.
             let after: i64 = match &cursor {
@@ -242,6 +265,17 @@ impl PgStore {
                         .map_err(pg)?;
                     }
                     Record::Mail(m) => put_mail(tx, m).await?,
+                    Record::Identity(l) => {
+                        tx.execute(
+                            "INSERT INTO linked_identities (provider, subject, user_id, record)
+                             VALUES ($1, $2, $3, $4)
+                             ON CONFLICT (provider, subject) DO UPDATE
+                             SET user_id = EXCLUDED.user_id, record = EXCLUDED.record",
+                            &[&l.provider, &l.subject, &l.user_id, &enc(l)],
+                        )
+                        .await
+                        .map_err(pg)?;
+                    }
                     Record::Audit(a) => import_audit(tx, a).await?,
                     Record::AuditCheckpoint(c) => import_checkpoint(tx, c).await?,
                 }
@@ -261,6 +295,7 @@ impl PgStore {
             RecordKind::OneTimeSeqs => "one_time_seq",
             RecordKind::Counters => "counters",
             RecordKind::Mail => "outbox",
+            RecordKind::Identities => "linked_identities",
             RecordKind::Audit => {
                 "(SELECT seq FROM audit_log UNION ALL SELECT 0 FROM audit_checkpoint) AS a"
             }

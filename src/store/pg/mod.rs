@@ -43,6 +43,7 @@ mod audit;
 mod connect;
 mod counters;
 mod export;
+mod identities;
 mod one_time;
 mod outbox;
 mod revocations;

@@ -101,6 +101,20 @@ CREATE TABLE audit_checkpoint (
 );
 "#,
     ),
+    // Linked identities at outside providers (CONTRACT 8.1).
+    (
+        5,
+        r#"
+CREATE TABLE linked_identities (
+    provider text NOT NULL,
+    subject text NOT NULL,
+    user_id uuid NOT NULL,
+    record jsonb NOT NULL,
+    PRIMARY KEY (provider, subject)
+);
+CREATE UNIQUE INDEX linked_identities_by_user ON linked_identities (user_id, provider);
+"#,
+    ),
     // The console's search by email prefix (`search_users_by_email`): the
     // addresses in byte order. Numbered apart from the migrations other
     // work of this round adds, which may come before it.

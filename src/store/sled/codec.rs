@@ -28,9 +28,11 @@ pub(super) enum T {
     AuditByTime,
     AuditHead,
     AuditCheckpoint,
+    Identities,
+    UserIdentities,
 }
 
-pub(super) const TREES: [(T, &str); 18] = [
+pub(super) const TREES: [(T, &str); 20] = [
     (T::Users, "users"),
     (T::Emails, "emails"),
     (T::Sessions, "sessions"),
@@ -53,6 +55,10 @@ pub(super) const TREES: [(T, &str); 18] = [
     (T::AuditByTime, "audit_by_time"),
     (T::AuditHead, "audit_head"),
     (T::AuditCheckpoint, "audit_checkpoint"),
+    // Linked identities (CONTRACT 8.1): provider NUL subject -> the link;
+    // and the index user id ++ provider -> nothing.
+    (T::Identities, "identities"),
+    (T::UserIdentities, "user_identities"),
 ];
 
 /// The one key of the `audit_head` and `audit_checkpoint` trees.
@@ -166,4 +172,11 @@ pub(super) fn parse_revoked(k: &[u8], v: &[u8]) -> StoreResult<Revocation> {
         Some(("keys", s)) => Ok(Revocation::Keys(id(s)?, until)),
         _ => Err(StoreError::Corrupt(format!("revocation key {k}"))),
     }
+}
+
+/// `user_identities`: the user's id, then the provider.
+pub(super) fn user_identity_key(user: &Uuid, provider: &str) -> Vec<u8> {
+    let mut k = user.as_bytes().to_vec();
+    k.extend_from_slice(provider.as_bytes());
+    k
 }

@@ -38,6 +38,7 @@
 
 mod codec;
 mod holders;
+mod identities;
 mod intent;
 mod scan;
 mod snapshot;

@@ -67,6 +67,7 @@ pub(super) fn trees_of(kind: RecordKind) -> &'static [T] {
         RecordKind::OneTimeSeqs => &[T::OneTimeSeq],
         RecordKind::Counters => &[T::Counters],
         RecordKind::Mail => &[T::Outbox],
+        RecordKind::Identities => &[T::Identities],
         RecordKind::Audit => &[T::Audit, T::AuditCheckpoint],
     }
 }
@@ -107,6 +108,7 @@ pub(super) fn record_from(t: T, k: &[u8], v: &[u8]) -> StoreResult<Record> {
             counter: dec(v)?,
         },
         T::Outbox => Record::Mail(dec(v)?),
+        T::Identities => Record::Identity(dec(v)?),
         T::Audit => Record::Audit(dec(v)?),
         T::AuditCheckpoint => Record::AuditCheckpoint(dec(v)?),
         T::Emails
@@ -114,6 +116,7 @@ pub(super) fn record_from(t: T, k: &[u8], v: &[u8]) -> StoreResult<Record> {
         | T::RevLog
         | T::LogState
         | T::KeyHolders
+        | T::UserIdentities
         | T::AuditByUser
         | T::AuditByTime
         | T::AuditHead => return Err(StoreError::Corrupt("an index holds no records".into())),

@@ -103,6 +103,37 @@ impl Store for SledStore {
         .await
     }
 
+    async fn link_identity(
+        &self,
+        link: LinkedIdentity,
+        new_user: Option<User>,
+        effects: Effects,
+    ) -> StoreResult<LinkOutcome> {
+        self.op_link_identity(link, new_user, effects).await
+    }
+
+    async fn find_identity(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> StoreResult<Option<LinkedIdentity>> {
+        self.op_find_identity(provider, subject).await
+    }
+
+    async fn list_identities(&self, user_id: Uuid) -> StoreResult<Vec<LinkedIdentity>> {
+        self.op_list_identities(user_id).await
+    }
+
+    async fn unlink_identity(
+        &self,
+        user_id: Uuid,
+        provider: &str,
+        effects: Effects,
+    ) -> StoreResult<UnlinkOutcome> {
+        self.op_unlink_identity(user_id, provider.to_string(), effects)
+            .await
+    }
+
     async fn create_session_with(
         &self,
         session: SessionRecord,

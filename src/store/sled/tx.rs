@@ -213,6 +213,21 @@ impl<'a> Tx<'a> {
                 self.put_json(T::Counters, key.into_bytes(), &counter)
             }
             Record::Mail(m) => self.put_json(T::Outbox, m.id.as_bytes().to_vec(), &m),
+            Record::Identity(l) => {
+                let key = crate::store::identities::identity_key(&l.provider, &l.subject);
+                if let Some(old) = self.get_json::<LinkedIdentity>(T::Identities, &key)? {
+                    self.remove(
+                        T::UserIdentities,
+                        user_identity_key(&old.user_id, &old.provider),
+                    );
+                }
+                self.put(
+                    T::UserIdentities,
+                    user_identity_key(&l.user_id, &l.provider),
+                    key.clone(),
+                );
+                self.put_json(T::Identities, key, &l);
+            }
             Record::Audit(r) => {
                 let head: AuditHead = self.get_json(T::AuditHead, AUDIT_ONE)?.unwrap_or_default();
                 if r.seq > head.seq {

@@ -11,6 +11,7 @@
 
 pub mod bin;
 pub mod http;
+pub mod idp;
 pub mod pg;
 pub mod ports;
 pub mod smtp;
