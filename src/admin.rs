@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use http::Response;
-use pingora::apps::http_app::ServeHttp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 use subtle::ConstantTimeEq;
 
 use crate::accounts::admin::{AdminCommand, AdminError};
@@ -287,8 +289,74 @@ fn err(status: u16, code: &str, message: &str) -> Response<Vec<u8>> {
     )
 }
 
+/// The response body of a streamed answer, as a backup's sink.
+struct SessionSink<'a>(&'a mut ServerSession);
+
 #[async_trait]
-impl ServeHttp for AdminApp {
+impl crate::store::copy::BackupSink for SessionSink<'_> {
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<(), String> {
+        self.0
+            .write_response_body(chunk.into(), false)
+            .await
+            .map_err(|e| format!("sending the backup: {e}"))
+    }
+}
+
+/// Pingora's `ServeHttp` answers with a body built whole; the admin
+/// listener serves its answers that way ([`AdminApp::response`]) except
+/// the backup, which streams. This is Pingora's own `ServeHttp` loop
+/// (`pingora_core::apps::http_app`) with that one branch.
+#[async_trait]
+impl HttpServerApp for AdminApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut http: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match http.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::debug!(cause = %e, "admin listener: reading a request");
+                return None;
+            }
+        }
+        if *shutdown.borrow() {
+            http.set_keepalive(None);
+        } else {
+            http.set_keepalive(Some(60));
+        }
+        let head = http.req_header();
+        if head.method == http::Method::GET
+            && head.uri.path() == "/admin/backup"
+            && self.authorized(&http)
+        {
+            return self.stream_backup(http).await;
+        }
+        let (parts, body) = self.response(&mut http).await.into_parts();
+        let head: ResponseHeader = parts.into();
+        if let Err(e) = http.write_response_header(Box::new(head)).await {
+            tracing::debug!(cause = %e, "admin listener: writing an answer");
+            return None;
+        }
+        if !body.is_empty() {
+            if let Err(e) = http.write_response_body(body.into(), true).await {
+                tracing::debug!(cause = %e, "admin listener: writing an answer");
+                return None;
+            }
+        }
+        let settings = HttpPersistentSettings::for_session(&http);
+        match http.finish().await {
+            Ok(c) => c.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
+            Err(e) => {
+                tracing::debug!(cause = %e, "admin listener: finishing an answer");
+                None
+            }
+        }
+    }
+}
+
+impl AdminApp {
     async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
         let path = s.req_header().uri.path().to_string();
         let method = s.req_header().method.clone();
@@ -399,28 +467,51 @@ impl AdminApp {
         }
     }
 
-    /// A consistent copy of the whole store (see `store::copy`), for
-    /// `portcullis backup` while the gateway runs.
-    async fn backup(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
-        if !self.authorized(s) {
-            return err(401, "unauthorized", "The admin token is required.");
+    /// `GET /admin/backup` without the admin token (with it, the copy
+    /// streams: [`AdminApp::stream_backup`]).
+    async fn backup(&self, _s: &mut ServerSession) -> Response<Vec<u8>> {
+        err(401, "unauthorized", "The admin token is required.")
+    }
+
+    /// `GET /admin/backup` with the admin token, for `portcullis backup`
+    /// while the gateway runs: the whole store as a backup file (see
+    /// [`crate::store::copy::write_backup_streamed`]), written into a
+    /// chunked body page by page as it is read, so memory holds a page, not
+    /// the copy. A failure mid-way drops the connection before the last
+    /// chunk: the client sees a cut body (and a file without its end line),
+    /// never a complete-looking copy.
+    async fn stream_backup(&self, mut http: ServerSession) -> Option<ReusedHttpStream> {
+        let mut head = ResponseHeader::build(200, Some(5)).ok()?;
+        for (name, value) in [
+            ("content-type", "application/x-ndjson"),
+            ("transfer-encoding", "chunked"),
+            ("cache-control", "no-store"),
+            ("x-content-type-options", "nosniff"),
+        ] {
+            head.insert_header(name, value).ok()?;
         }
-        let records = match self.auth.store.snapshot().await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(cause = %e, "backup snapshot");
-                return err(503, "service_unavailable", "The store could not be read.");
-            }
-        };
-        let mut out = Vec::new();
-        match crate::store::copy::write_backup(&records, self.auth.clock.now(), &mut out) {
-            Ok(()) => {
-                tracing::info!(target: "audit", event = "backup", records = records.len());
-                reply(200, "application/x-ndjson", out)
+        if let Err(e) = http.write_response_header(Box::new(head)).await {
+            tracing::warn!(cause = %e, "backup: the client went away");
+            return None;
+        }
+        let mut sink = SessionSink(&mut http);
+        let now = self.auth.clock.now();
+        match crate::store::copy::write_backup_streamed(&*self.auth.store, now, &mut sink).await {
+            Ok(h) => {
+                let records: u64 = h.counts.values().sum();
+                tracing::info!(target: "audit", event = "backup", records);
             }
             Err(e) => {
                 tracing::error!(cause = %e, "writing a backup");
-                err(500, "internal_error", "The backup could not be written.")
+                return None;
+            }
+        }
+        let settings = HttpPersistentSettings::for_session(&http);
+        match http.finish().await {
+            Ok(c) => c.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
+            Err(e) => {
+                tracing::warn!(cause = %e, "backup: finishing the answer");
+                None
             }
         }
     }

@@ -1,18 +1,20 @@
 //! `backup`, `restore` and `storage migrate`.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::sync::Arc;
 
-use super::admin_call::admin_call;
+use super::admin_call::admin_stream;
 use super::progress::Progress;
 use super::StorageCommand;
 use crate::config::Config;
 
 /// `portcullis backup --out PATH`. Offline (the database is not in use,
 /// so nothing writes meanwhile) the records are written page by page
-/// straight into the file, with progress on stderr; from a running gateway
-/// the copy comes through its admin listener. Either way the file is
-/// checked whole (read again, streaming) before it takes its name.
+/// straight into the file; from a running gateway the copy streams from
+/// its admin listener into the file as it comes (neither holds the copy in
+/// memory), with progress on stderr either way. The file is written under
+/// a temporary name and checked whole (read again, streaming) before it
+/// takes its name: a copy cut short is never kept.
 pub fn backup_command(cfg: Config, out: &std::path::Path) -> Result<(), String> {
     use crate::store::copy;
     use std::os::unix::fs::OpenOptionsExt;
@@ -24,18 +26,6 @@ pub fn backup_command(cfg: Config, out: &std::path::Path) -> Result<(), String> 
         Err(e) if e.contains("in use") => None,
         Err(e) => return Err(e),
     };
-    let body = match &store {
-        Some(_) => None,
-        None => {
-            let (ok, body) = admin_call(&cfg, "GET", "/admin/backup", b"")?;
-            if !ok {
-                let v: serde_json::Value =
-                    serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-                return Err(v["message"].as_str().unwrap_or("backup failed").to_string());
-            }
-            Some(body)
-        }
-    };
     let tmp = out.with_extension("partial");
     let write = || {
         let mut f = std::fs::OpenOptions::new()
@@ -45,10 +35,10 @@ pub fn backup_command(cfg: Config, out: &std::path::Path) -> Result<(), String> 
             .open(&tmp)
             .map_err(|e| format!("creating '{}': {e}", tmp.display()))?;
         let failed = |e: std::io::Error| format!("writing '{}': {e}", tmp.display());
-        match (store, body) {
-            (Some(store), _) => {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut f);
+        match store {
+            Some(store) => {
                 let now = crate::clock::Clock::now(&crate::clock::SystemClock);
-                let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut f);
                 let mut progress = Progress::new("backing up", None);
                 let done = crate::store::block_on(async {
                     copy::write_backup_paged(&*store, now, &mut w, |n, total| {
@@ -59,11 +49,21 @@ pub fn backup_command(cfg: Config, out: &std::path::Path) -> Result<(), String> 
                 })?;
                 progress.finish();
                 done?;
-                w.flush().map_err(failed)?;
             }
-            (None, Some(body)) => f.write_all(&body).map_err(failed)?,
-            (None, None) => return Err("nothing to back up".into()),
+            None => {
+                let mut progress = Progress::new("backing up", None);
+                let mut lines = CountLines {
+                    out: &mut w,
+                    lines: 0,
+                    each: |n: u64| progress.set(n.saturating_sub(1)),
+                };
+                let streamed = admin_stream(&cfg, "/admin/backup", &mut lines);
+                progress.finish();
+                streamed?;
+            }
         }
+        w.flush().map_err(failed)?;
+        drop(w);
         f.sync_all().map_err(failed)?;
         // Checked whole before it is kept: a cut connection is no backup.
         let file = std::fs::File::open(&tmp).map_err(|e| e.to_string())?;
@@ -99,6 +99,30 @@ pub fn backup_command(cfg: Config, out: &std::path::Path) -> Result<(), String> 
     Ok(())
 }
 
+/// A writer that counts the lines going through it (the records of a
+/// backup streamed from the gateway, for the progress).
+struct CountLines<'a, W, F> {
+    out: &'a mut W,
+    lines: u64,
+    each: F,
+}
+
+impl<W: Write, F: FnMut(u64)> Write for CountLines<'_, W, F> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        let seen = buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        if seen > 0 {
+            self.lines += seen;
+            (self.each)(self.lines);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// `portcullis restore --from PATH`: the file is checked whole first (a
 /// truncated or edited one is refused before anything is written), then
 /// read again and imported page by page, with progress on stderr; neither
@@ -122,16 +146,7 @@ pub fn restore_command(cfg: Config, from: &std::path::Path) -> Result<(), String
         }
     })?;
     let total: u64 = header.counts.values().sum();
-    let mut lines = open()?
-        .lines()
-        .skip(1)
-        .filter(|l| !matches!(l, Ok(l) if l.is_empty()));
-    let records = std::iter::from_fn(move || {
-        lines.next().map(|l| {
-            l.map_err(|e| e.to_string())
-                .and_then(|l| serde_json::from_str(&l).map_err(|e| e.to_string()))
-        })
-    });
+    let records = copy::backup_records(open()?);
     let tallies = crate::store::block_on(async move {
         for kind in RecordKind::ALL {
             let n = store.count(kind).await.map_err(|e| e.to_string())?;

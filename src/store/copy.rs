@@ -140,6 +140,83 @@ pub fn write_backup(
     out.flush()
 }
 
+/// Where [`Store::export_all`] hands each page.
+#[async_trait::async_trait]
+pub trait PageSink: Send {
+    async fn page(&mut self, kind: RecordKind, records: Vec<Record>) -> Result<(), String>;
+}
+
+/// Where a backup's bytes go, a page at a time: the CLI's file
+/// ([`WriteSink`]) or the admin listener's streamed response body.
+#[async_trait::async_trait]
+pub trait BackupSink: Send {
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<(), String>;
+}
+
+/// A [`BackupSink`] over a blocking writer (a file).
+pub struct WriteSink<'a, W>(pub &'a mut W);
+
+#[async_trait::async_trait]
+impl<W: Write + Send> BackupSink for WriteSink<'_, W> {
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<(), String> {
+        self.0
+            .write_all(&chunk)
+            .map_err(|e| format!("writing the backup: {e}"))
+    }
+}
+
+/// The record lines of every backup: each page from
+/// [`Store::export_all`] as one line per record, handed to the sink whole;
+/// counts what it wrote.
+struct Lines<'a, P> {
+    out: &'a mut dyn BackupSink,
+    written: BTreeMap<String, u64>,
+    done: u64,
+    progress: P,
+}
+
+#[async_trait::async_trait]
+impl<P: FnMut(u64) + Send> PageSink for Lines<'_, P> {
+    async fn page(&mut self, _kind: RecordKind, records: Vec<Record>) -> Result<(), String> {
+        let mut buf = Vec::with_capacity(records.len() * 512);
+        for r in &records {
+            serde_json::to_writer(&mut buf, r).map_err(|e| format!("writing the backup: {e}"))?;
+            buf.push(b'\n');
+            *self.written.entry(r.kind().name().to_string()).or_default() += 1;
+        }
+        self.done += records.len() as u64;
+        drop(records);
+        if !buf.is_empty() {
+            self.out.write(buf).await?;
+        }
+        (self.progress)(self.done);
+        Ok(())
+    }
+}
+
+/// Every record of `from` as backup lines into `out`; what was written,
+/// per kind (every kind named).
+async fn write_records(
+    from: &dyn Store,
+    out: &mut dyn BackupSink,
+    progress: impl FnMut(u64) + Send,
+) -> Result<BTreeMap<String, u64>, String> {
+    let mut lines = Lines {
+        out,
+        written: counts(&[]),
+        done: 0,
+        progress,
+    };
+    from.export_all(PAGE * 4, &mut lines).await?;
+    Ok(lines.written)
+}
+
+fn line(v: &impl Serialize) -> Result<Vec<u8>, String> {
+    let mut buf = serde_json::to_vec(v).map_err(|e| format!("writing the backup: {e}"))?;
+    buf.push(b'\n');
+    Ok(buf)
+}
+
 /// Write a backup of a store that nothing else writes meanwhile (the CLI's
 /// own, offline) page by page: the counts first (the header line), then
 /// every record, so memory holds one page, not the copy. `progress` hears
@@ -148,8 +225,8 @@ pub fn write_backup(
 pub async fn write_backup_paged(
     from: &dyn Store,
     created_at: i64,
-    out: &mut impl Write,
-    mut progress: impl FnMut(u64, u64),
+    out: &mut (impl Write + Send),
+    mut progress: impl FnMut(u64, u64) + Send,
 ) -> Result<BackupHeader, String> {
     let mut held = BTreeMap::new();
     for kind in RecordKind::ALL {
@@ -165,39 +242,59 @@ pub async fn write_backup_paged(
         created_at,
         counts: held,
     };
-    let failed = |e: std::io::Error| format!("writing the backup: {e}");
-    serde_json::to_writer(&mut *out, &header).map_err(|e| failed(e.into()))?;
-    out.write_all(b"\n").map_err(failed)?;
-    let mut done = 0u64;
-    for kind in RecordKind::ALL {
-        let mut cursor = None;
-        let mut written = 0u64;
-        loop {
-            let page = from
-                .export(kind, cursor, PAGE * 4)
-                .await
-                .map_err(|e| format!("reading the store ({}): {e}", kind.name()))?;
-            for r in &page.records {
-                serde_json::to_writer(&mut *out, r).map_err(|e| failed(e.into()))?;
-                out.write_all(b"\n").map_err(failed)?;
-            }
-            written += page.records.len() as u64;
-            done += page.records.len() as u64;
-            progress(done, total);
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
-        if Some(&written) != header.counts.get(kind.name()) {
+    let mut sink = WriteSink(out);
+    sink.write(line(&header)?).await?;
+    let written = write_records(from, &mut sink, |n| progress(n, total)).await?;
+    for (kind, n) in &written {
+        if Some(n) != header.counts.get(kind) {
             return Err(format!(
-                "the store changed during the backup ({}: counted {:?}, read {written})",
-                kind.name(),
-                header.counts.get(kind.name())
+                "the store changed during the backup ({kind}: counted {:?}, read {n})",
+                header.counts.get(kind)
             ));
         }
     }
-    out.flush().map_err(failed)?;
+    sink.0
+        .flush()
+        .map_err(|e| format!("writing the backup: {e}"))?;
+    Ok(header)
+}
+
+/// The format of a backup streamed from a running gateway: the header
+/// line names no counts (the store changes while it is read), the records
+/// follow, and a last line ([`BackupEnd`]) counts what was written. A file
+/// without that line is cut short.
+pub const BACKUP_FORMAT_STREAMED: u32 = 2;
+
+/// The last line of a streamed backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupEnd {
+    /// Records per kind ([`RecordKind::name`]) in the file.
+    pub portcullis_backup_end: BTreeMap<String, u64>,
+}
+
+/// Write a backup of a store that changes meanwhile (the admin listener's
+/// `GET /admin/backup`), page by page into `out` as they are read (see
+/// [`Store::export_all`] for what moment each page is of): the header, the
+/// records, then the counts of what was written as the last line. Returns
+/// the header with those counts.
+pub async fn write_backup_streamed(
+    from: &dyn Store,
+    created_at: i64,
+    out: &mut dyn BackupSink,
+) -> Result<BackupHeader, String> {
+    let mut header = BackupHeader {
+        portcullis_backup: BACKUP_FORMAT_STREAMED,
+        created_at,
+        counts: BTreeMap::new(),
+    };
+    out.write(line(&header)?).await?;
+    let written = write_records(from, out, |_| {}).await?;
+    let end = BackupEnd {
+        portcullis_backup_end: written,
+    };
+    out.write(line(&end)?).await?;
+    header.counts = end.portcullis_backup_end;
     Ok(header)
 }
 
@@ -223,21 +320,50 @@ pub fn read_backup_with(
         .map_err(|e| format!("reading: {e}"))?;
     let header: BackupHeader =
         serde_json::from_str(&first).map_err(|_| "not a Portcullis backup (bad header line)")?;
-    if header.portcullis_backup != BACKUP_FORMAT {
-        return Err(format!(
-            "backup format {} is not one this version reads ({BACKUP_FORMAT})",
-            header.portcullis_backup
-        ));
-    }
+    let streamed = match header.portcullis_backup {
+        BACKUP_FORMAT => false,
+        BACKUP_FORMAT_STREAMED => true,
+        other => {
+            return Err(format!(
+                "backup format {other} is not one this version reads \
+                 ({BACKUP_FORMAT}, {BACKUP_FORMAT_STREAMED})"
+            ))
+        }
+    };
+    let mut header = header;
+    let mut end: Option<BackupEnd> = None;
     let mut found = counts(&[]);
     for (i, line) in lines.enumerate() {
         let line = line.map_err(|e| format!("reading: {e}"))?;
         if line.is_empty() {
             continue;
         }
-        let r: Record = serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", i + 2))?;
+        if end.is_some() {
+            return Err(format!("line {}: after the end line: edited", i + 2));
+        }
+        let r: Record = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => match serde_json::from_str::<BackupEnd>(&line) {
+                Ok(last) if streamed => {
+                    end = Some(last);
+                    continue;
+                }
+                _ => return Err(format!("line {}: {e}", i + 2)),
+            },
+        };
         *found.entry(r.kind().name().to_string()).or_default() += 1;
         each(r);
+    }
+    if streamed {
+        match end {
+            Some(end) => header.counts = end.portcullis_backup_end,
+            None => {
+                return Err(
+                    "the file has no end line (the counts of a streamed backup): truncated"
+                        .to_string(),
+                )
+            }
+        }
     }
     // A kind the header does not name (a backup from before it existed)
     // holds nothing.
@@ -254,6 +380,21 @@ pub fn read_backup_with(
         ));
     }
     Ok(header)
+}
+
+/// The records of a backup file already checked whole by
+/// [`read_backup_with`], one at a time: the header and a streamed backup's
+/// end line are not records.
+pub fn backup_records(input: impl BufRead) -> impl Iterator<Item = Result<Record, String>> {
+    input
+        .lines()
+        .skip(1)
+        .filter(|l| !matches!(l, Ok(l) if l.is_empty()))
+        .filter(|l| !matches!(l, Ok(l) if l.starts_with("{\"portcullis_backup_end\"")))
+        .map(|l| {
+            l.map_err(|e| e.to_string())
+                .and_then(|l| serde_json::from_str(&l).map_err(|e| e.to_string()))
+        })
 }
 
 /// Put a backup's records into an empty store, page by page; the tallies

@@ -390,6 +390,29 @@ pub trait Store: Send + Sync + 'static {
     /// Every record, as of one moment (`portcullis backup`, while the
     /// gateway runs): no write lands half inside it.
     async fn snapshot(&self) -> StoreResult<Vec<Record>>;
+    /// Every record, kind after kind, `limit` a page, each page handed to
+    /// `sink` as it is read, so memory holds a page, not the copy (`portcullis
+    /// backup`). The default reads each page at its own moment (each record
+    /// whole, the whole not of one moment; see `store::copy`); a backend
+    /// that can read everything as of one moment does (PostgreSQL: one
+    /// REPEATABLE READ transaction).
+    async fn export_all(&self, limit: usize, sink: &mut dyn copy::PageSink) -> Result<(), String> {
+        for kind in RecordKind::ALL {
+            let mut cursor = None;
+            loop {
+                let page = self
+                    .export(kind, cursor, limit)
+                    .await
+                    .map_err(|e| format!("reading the store ({}): {e}", kind.name()))?;
+                sink.page(kind, page.records).await?;
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
 
     // --- upkeep
     /// Remove what has expired (see [`Retention`]). Each removal is

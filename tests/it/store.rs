@@ -2081,3 +2081,53 @@ async fn sled_lists_the_api_key_holders_and_no_one_else() {
         ]
     );
 }
+
+/// A page sink that, on the first page, creates a user with a mail (a
+/// write during the backup), and keeps what it is handed.
+struct WritesMeanwhile {
+    store: Arc<dyn Store>,
+    written: bool,
+    got: Vec<Record>,
+}
+
+#[async_trait::async_trait]
+impl copy::PageSink for WritesMeanwhile {
+    async fn page(&mut self, _kind: RecordKind, records: Vec<Record>) -> Result<(), String> {
+        if !self.written {
+            self.written = true;
+            self.store
+                .create_user(user("late@example.com"), Some(mail("late@example.com")))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.got.extend(records);
+        Ok(())
+    }
+}
+
+/// Issue 26: on PostgreSQL a streamed backup (`Store::export_all`) reads
+/// every page as of one moment (one REPEATABLE READ transaction): a user
+/// and its mail written while it runs are in it neither (the mail's kind
+/// is read after the write); the store holds them after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_streamed_export_is_of_one_moment() {
+    let Some((s, _guard)) = pg().await else {
+        return;
+    };
+    let u = user("early@example.com");
+    s.create_user(u.clone(), Some(mail("early@example.com")))
+        .await
+        .unwrap();
+    let mut sink = WritesMeanwhile {
+        store: s.clone(),
+        written: false,
+        got: Vec::new(),
+    };
+    s.export_all(1, &mut sink).await.unwrap();
+    let of = |k: RecordKind| sink.got.iter().filter(|r| r.kind() == k).count();
+    assert_eq!(of(RecordKind::Users), 1, "{:?}", sink.got);
+    assert_eq!(of(RecordKind::Mail), 1, "{:?}", sink.got);
+    assert!(sink.got.contains(&Record::User(u)));
+    assert_eq!(s.count(RecordKind::Users).await.unwrap(), 2);
+    assert_eq!(s.count(RecordKind::Mail).await.unwrap(), 2);
+}

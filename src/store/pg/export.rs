@@ -204,6 +204,46 @@ impl PgStore {
         Ok(out)
     }
 
+    /// [`Store::export_all`] as of one moment: one REPEATABLE READ
+    /// transaction, a page at a time handed to `sink` (the transaction
+    /// stays open while the sink writes, as long as the backup takes).
+    pub(super) async fn op_export_all(
+        &self,
+        limit: usize,
+        sink: &mut dyn copy::PageSink,
+    ) -> Result<(), String> {
+        let read = |kind: RecordKind| {
+            move |e: StoreError| format!("reading the store ({}): {e}", kind.name())
+        };
+        let mut c = self
+            .client()
+            .await
+            .map_err(|e| format!("reading the store: {e}"))?;
+        let tx = c
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| format!("reading the store: {}", pg(e)))?;
+        for kind in RecordKind::ALL {
+            let mut cursor = None;
+            loop {
+                let page = export_page(&*tx, kind, cursor, limit)
+                    .await
+                    .map_err(read(kind))?;
+                sink.page(kind, page.records).await?;
+                match page.next {
+                    Some(n) => cursor = Some(n),
+                    None => break,
+                }
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(|e| format!("reading the store: {}", pg(e)))
+    }
+
     pub(super) async fn op_import(&self, records: Vec<Record>) -> StoreResult<()> {
         self.write(tx!(|tx| {
             let mut revocations = Vec::new();

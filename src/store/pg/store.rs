@@ -272,6 +272,10 @@ impl Store for PgStore {
         self.op_snapshot().await
     }
 
+    async fn export_all(&self, limit: usize, sink: &mut dyn copy::PageSink) -> Result<(), String> {
+        self.op_export_all(limit, sink).await
+    }
+
     async fn import(&self, records: Vec<Record>) -> StoreResult<()> {
         self.op_import(records).await
     }
