@@ -25,8 +25,10 @@ use serde_json::{json, Value};
 
 use super::{bin, free_port, http};
 
-/// How long the provider may take to listen.
-const START_LIMIT: Duration = Duration::from_secs(30);
+/// How long the provider may take to listen: a wait for an event, so a
+/// generous limit costs nothing when it is up; Node starting
+/// `oidc-provider` while the whole suite runs on two cores took over 30 s.
+const START_LIMIT: Duration = Duration::from_secs(120);
 
 /// What the provider starts with; clients and accounts can be added later
 /// ([`Idp::add_client`], [`Idp::set_account`]).
