@@ -113,10 +113,14 @@ pub fn write(l: &Line<'_>) {
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    // A log line's timestamp is the wall clock, as the main log's
+    // (`tracing`'s own timer); nothing is decided by it.
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::SystemTime::now();
     BUF.with(|b| {
         let mut b = b.borrow_mut();
         b.clear();
-        format_line(&mut b, sink.format, l, std::time::SystemTime::now());
+        format_line(&mut b, sink.format, l, now);
         sink.write_line(&b);
     });
 }
