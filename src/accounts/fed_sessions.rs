@@ -58,27 +58,40 @@ impl AuthService {
         client: &Client,
         id: Uuid,
     ) -> AccountResult<(User, SessionRecord)> {
+        let fed = self.fed_binding(p, identity, &d.user).await?;
+        let amr: Vec<&str> = d.amr.iter().map(String::as_str).collect();
+        self.open_session(&d.user, client, &amr, Some(fed), id)
+            .await
+    }
+
+    /// What a session of this sign-in records about it, with the
+    /// provider's `sid` remembered (when it sent one) so a `logout_token`
+    /// naming only the `sid` finds the account.
+    pub(super) async fn fed_binding(
+        &self,
+        p: &IdentityProvider,
+        identity: &VerifiedIdentity,
+        user: &User,
+    ) -> AccountResult<FederatedSession> {
         if let Some(sid) = &identity.sid {
             let rec = OneTimeToken {
                 kind: OneTimeKind::Consent,
-                user_id: d.user.id,
-                email: d.user.email.clone(),
-                password_version: d.user.password_version,
+                user_id: user.id,
+                email: user.email.clone(),
+                password_version: user.password_version,
                 expires_at: self.clock.now() + self.cfg().tokens.refresh_ttl_secs as i64,
                 issued_seq: 0,
+                federation: None,
             };
             self.store
                 .issue_one_time_with(sid_key(&p.id, sid), rec, Effects::none())
                 .await?;
         }
-        let amr: Vec<&str> = d.amr.iter().map(String::as_str).collect();
-        let fed = FederatedSession {
+        Ok(FederatedSession {
             provider: p.id.clone(),
             subject: identity.subject.clone(),
             sid: identity.sid.clone(),
-        };
-        self.open_session(&d.user, client, &amr, Some(fed), id)
-            .await
+        })
     }
 
     /// Code mode's callback: a fresh `login_code` (and, unless the TOTP
@@ -91,16 +104,19 @@ impl AuthService {
         client: &Client,
     ) -> AccountResult<String> {
         let code = self.entropy.token(32);
-        let rec = OneTimeToken {
+        let mut rec = OneTimeToken {
             kind: OneTimeKind::AuthCode,
             user_id: d.user.id,
             email: d.user.email.clone(),
             password_version: d.user.password_version,
             expires_at: self.clock.now() + LOGIN_CODE_TTL_SECS,
             issued_seq: 0,
+            federation: None,
         };
         let uid = d.user.id.to_string();
         if d.needs_totp {
+            // The exchange hands the TOTP step this sign-in's binding.
+            rec.federation = Some(self.fed_binding(p, identity, &d.user).await?);
             self.metrics.federated_login(&p.id, "mfa_required");
             audit::event(
                 &client.audit(),
@@ -130,6 +146,13 @@ impl AuthService {
         if code.is_empty() || code.len() > 128 {
             return Err(invalid());
         }
+        // What the callback recorded (fixed at issue; the redemption below
+        // is what makes the code single use).
+        let federation = self
+            .store
+            .find_one_time(&login_code_key(code))
+            .await?
+            .and_then(|r| r.federation);
         let user = match self
             .store
             .redeem_with(
@@ -152,7 +175,7 @@ impl AuthService {
             }
             // The TOTP step is still to come.
             None if user.totp.as_ref().is_some_and(|t| t.confirmed) => {
-                let mfa_token = self.mfa_challenge(&user, client).await?;
+                let mfa_token = self.mfa_challenge(&user, client, federation).await?;
                 audit::event(
                     &client.audit(),
                     "federated_exchange",

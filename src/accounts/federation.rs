@@ -560,7 +560,8 @@ impl AuthService {
     ) -> AccountResult<Login> {
         let uid = d.user.id.to_string();
         if d.needs_totp {
-            let mfa_token = self.mfa_challenge(&d.user, client).await?;
+            let fed = self.fed_binding(p, identity, &d.user).await?;
+            let mfa_token = self.mfa_challenge(&d.user, client, Some(fed)).await?;
             self.fed_count(&p.id, "mfa_required");
             audit::event(
                 &client.audit(),

@@ -135,6 +135,7 @@ impl AuthService {
             password_version: user.password_version,
             expires_at: self.clock.now() + ttl as i64,
             issued_seq: 0,
+            federation: None,
         };
         self.store
             .issue_one_time(token_hash(&code), rec, None)
@@ -433,6 +434,7 @@ impl AuthService {
             password_version: user.password_version,
             expires_at: self.clock.now() + CONSENT_SECS,
             issued_seq: 0,
+            federation: None,
         };
         let key = consent_key(user.id, &client.client_id, scope);
         self.store.issue_one_time(key, rec, None).await?;

@@ -125,6 +125,7 @@ impl AuthService {
             password_version: user.password_version,
             expires_at: now + self.cfg().accounts.verify_token_ttl_secs as i64,
             issued_seq: 0,
+            federation: None,
         };
         let m = mail::verification_mail(&self.cfg().mail.link_base_url, &user.email, &token, now);
         let mut effects = Effects::from(m);
@@ -254,6 +255,7 @@ impl AuthService {
             password_version: user.password_version,
             expires_at: now + ttl as i64,
             issued_seq: 0,
+            federation: None,
         };
         let base = &self.cfg().mail.link_base_url;
         let m = mail::reset_mail(base, &user.email, &token, ttl, now);

@@ -109,7 +109,7 @@ impl AuthService {
         }
         if user.totp.as_ref().is_some_and(|t| t.confirmed) {
             // No tokens yet: the second factor completes this login.
-            let mfa_token = self.mfa_challenge(&user, client).await?;
+            let mfa_token = self.mfa_challenge(&user, client, None).await?;
             audit::event(&actx, "login", "mfa_required", Some(&uid));
             return Ok(Login::MfaChallenge { mfa_token });
         }
@@ -132,6 +132,7 @@ impl AuthService {
         &self,
         user: &User,
         client: &Client,
+        federation: Option<crate::store::FederatedSession>,
     ) -> AccountResult<String> {
         let token = self.entropy.token(32);
         let rec = OneTimeToken {
@@ -141,6 +142,7 @@ impl AuthService {
             password_version: user.password_version,
             expires_at: self.clock.now() + mfa::MFA_TOKEN_TTL_SECS,
             issued_seq: 0,
+            federation,
         };
         // The token is a state change of its own: its event goes with it.
         let ev = self.audit_event(
@@ -355,7 +357,16 @@ impl AuthService {
             Err(e) => return Err(e.into()),
         };
         reservation.succeed().await?;
-        let signed = match self.start_session(&user, client, &["pwd", "otp"]).await {
+        // A federated sign-in's step records its provider, as a sign-in
+        // without the step does (back-channel logout ends it).
+        let started = match rec.federation {
+            Some(fed) => {
+                self.start_session_with(&user, client, &["fed", "otp"], Some(fed))
+                    .await
+            }
+            None => self.start_session(&user, client, &["pwd", "otp"]).await,
+        };
+        let signed = match started {
             Err(AccountError::Changed) => return Err(invalid_token(Some(&uid))),
             r => r?,
         };

@@ -31,6 +31,12 @@ pub struct OneTimeToken {
     pub expires_at: i64,
     /// Issue sequence per user and kind: only the newest is honoured.
     pub issued_seq: u64,
+    /// The outside sign-in whose session this token's redemption starts
+    /// (a federated sign-in's TOTP step, or its `login_code` when that
+    /// step is still to come), so the session records its provider and
+    /// back-channel logout ends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<super::FederatedSession>,
 }
 
 /// What redeeming a one-time token does, if it is still good.

@@ -885,8 +885,24 @@ async fn a_totp_account_gets_its_second_step_unless_the_provider_is_trusted() {
         )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
-    let claims = idp::jwt_claims(r.json()["access_token"].as_str().unwrap());
+    let signed = r.json();
+    let claims = idp::jwt_claims(signed["access_token"].as_str().unwrap());
     assert!(amr(&claims).contains(&"otp".to_string()), "{claims}");
+    assert!(amr(&claims).contains(&"fed".to_string()), "{claims}");
+    // The session the second step started is the provider sign-in's: the
+    // provider's sign-out ends it through back-channel logout.
+    let events = fed.idp.end_session("fay").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["event"], "backchannel.success", "{events:?}");
+    let r = fed
+        .gw
+        .post(
+            "/auth/refresh",
+            json!({ "refresh_token": signed["refresh_token"] }),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 401, "ended by the provider's sign-out: {r:?}");
 
     // A trusted provider that asserted mfa: no second step.
     let trusted = Fed::start(

@@ -348,6 +348,7 @@ pub async fn a_one_time_token_is_redeemed_once(s: Arc<dyn Store>) {
         password_version: 0,
         expires_at: 1000,
         issued_seq: 0,
+        federation: None,
     };
     let seq = s
         .issue_one_time("h".into(), token.clone(), Some(mail("ott@example.com")))
@@ -395,6 +396,7 @@ pub async fn issue_sequences_are_distinct(s: Arc<dyn Store>) {
             password_version: 0,
             expires_at: 1000,
             issued_seq: 0,
+            federation: None,
         };
         async move {
             s.issue_one_time(format!("h{i}"), t, Some(mail("seq@example.com")))
@@ -618,6 +620,7 @@ pub async fn the_sweep_reaches_every_expired_record(s: Arc<dyn Store>) {
                 password_version: 0,
                 expires_at: if dead { NOW } else { NOW + 1 },
                 issued_seq: 1,
+                federation: None,
             },
         });
         // Kept while not older than the horizon (NOW - 100).
@@ -815,6 +818,7 @@ pub async fn every_record_survives_a_copy(s: Arc<dyn Store>) {
         password_version: 0,
         expires_at: 5000,
         issued_seq: 0,
+        federation: None,
     };
     s.issue_one_time("h1".into(), token, Some(mail("copy@example.com")))
         .await
@@ -983,6 +987,7 @@ pub async fn a_totp_step_is_used_once(s: Arc<dyn Store>) {
             password_version: 0,
             expires_at: 1000,
             issued_seq: 0,
+            federation: None,
         };
         s.issue_one_time(format!("mfa-step-{i}"), t, None)
             .await
@@ -1070,6 +1075,7 @@ pub async fn a_recovery_code_is_used_once(s: Arc<dyn Store>) {
             password_version: 0,
             expires_at: 1000,
             issued_seq: 0,
+            federation: None,
         };
         s.issue_one_time(format!("mfa-rec-{i}"), t, None)
             .await
@@ -1108,6 +1114,7 @@ pub async fn an_mfa_token_is_redeemed_once_with_a_good_code(s: Arc<dyn Store>) {
         password_version: 0,
         expires_at: 50,
         issued_seq: 0,
+        federation: None,
     };
     s.issue_one_time("tok".into(), t.clone(), None)
         .await

@@ -229,6 +229,7 @@ fn redeem_rules() {
         password_version: 3,
         expires_at: 100,
         issued_seq: 2,
+        federation: None,
     };
     let reset = Redeem::ResetPassword { hash: "n".into() };
     assert!(check_redeem(&t, &reset, &u, 2, 50).is_ok());
