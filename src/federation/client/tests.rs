@@ -281,7 +281,6 @@ fn claims_map_to_an_identity() {
         "never verified without the claim"
     );
     // No subject: refused.
-    let c: Map<String, Value> =
-        serde_json::from_value(serde_json::json!({"email": "x"})).unwrap();
+    let c: Map<String, Value> = serde_json::from_value(serde_json::json!({"email": "x"})).unwrap();
     assert!(identity_from_claims(&p, &c).is_err());
 }
