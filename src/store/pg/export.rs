@@ -143,6 +143,7 @@ pub(super) async fn export_page(
     Ok(Page { records, next })
 }
 
+/// A cursor this store did not hand out.
 fn bad() -> StoreError {
     StoreError::Corrupt("export cursor".into())
 }
