@@ -340,123 +340,20 @@ impl AuthService {
                 None => None,
             };
             if let Some(u) = existing {
-                let uid = u.id.to_string();
-                if !p.link_by_email {
-                    return Err(fail(
-                        FedCode::AccountExists,
-                        "email of a local account",
-                        Some(&uid),
-                    ));
-                }
-                if !identity.email_verified || !u.email_verified {
-                    // Linking an unverified email is the pre-account takeover.
-                    return Err(fail(
-                        FedCode::EmailNotVerified,
-                        "email not verified on both sides",
-                        Some(&uid),
-                    ));
-                }
-                let ev = self
-                    .audit_event(&client.audit(), "identity.linked", "by_email", Some(u.id))
-                    .with("provider", p.id.clone());
-                let notice =
-                    crate::mail::identity_linked_mail(&u.email, &p.display_name, self.clock.now());
-                match self
-                    .store
-                    .link_identity(
-                        self.new_link(identity, u.id),
-                        None,
-                        self.effects(Effects::from(notice).audit(ev)),
-                    )
-                    .await
-                    .map_err(store_err)?
-                {
-                    LinkOutcome::Linked | LinkOutcome::AlreadyLinked => {
-                        self.mail_wake.notify_one();
-                        audit::event(&client.audit(), "identity_linked", "by_email", Some(&uid));
+                match self.link_by_email(p, identity, client, u).await? {
+                    Some(u) => {
                         user = Some(u);
                         break;
                     }
-                    LinkOutcome::Taken => continue,
-                    LinkOutcome::ProviderInUse => {
-                        return Err(fail(
-                            FedCode::AccountExists,
-                            "account has another identity there",
-                            Some(&uid),
-                        ))
-                    }
-                    LinkOutcome::NoUser => {
-                        return Err(fail(
-                            FedCode::AccountDisabled,
-                            "account disabled",
-                            Some(&uid),
-                        ))
-                    }
-                    LinkOutcome::EmailTaken => continue,
+                    None => continue,
                 }
             }
-            if !p.allow_signup {
-                return Err(fail(
-                    FedCode::SignupDisabled,
-                    "no account and sign-up is off",
-                    None,
-                ));
-            }
-            let Some(email) = normalized else {
-                return Err(fail(
-                    FedCode::EmailNotVerified,
-                    "no usable email for a new account",
-                    None,
-                ));
-            };
-            if !identity.email_verified && self.cfg().accounts.require_email_verification {
-                return Err(fail(
-                    FedCode::EmailNotVerified,
-                    "unverified email, verification required",
-                    None,
-                ));
-            }
-            let new = User {
-                email_verified: identity.email_verified,
-                roles: identity.roles.clone(),
-                ..User::new(self.entropy.uuid(), email, "", self.clock.now())
-            };
-            let created = self
-                .audit_event(&client.audit(), "user.created", "success", Some(new.id))
-                .with("provider", p.id.clone());
-            let linked = self
-                .audit_event(&client.audit(), "identity.linked", "signup", Some(new.id))
-                .with("provider", p.id.clone());
-            let effects = Effects::from(created).audit(linked);
-            match self
-                .store
-                .link_identity(
-                    self.new_link(identity, new.id),
-                    Some(new.clone()),
-                    self.effects(effects),
-                )
-                .await
-                .map_err(store_err)?
-            {
-                LinkOutcome::Linked => {
-                    let uid = new.id.to_string();
-                    self.metrics.auth_event("register", "success");
-                    audit::event(&client.audit(), "register", "federated", Some(&uid));
+            match self.sign_up(p, identity, client, normalized).await? {
+                Some(new) => {
                     user = Some(new);
                     break;
                 }
-                // A racing first sign-in of the same identity won: use it.
-                LinkOutcome::Taken | LinkOutcome::AlreadyLinked => continue,
-                LinkOutcome::EmailTaken => {
-                    return Err(fail(FedCode::AccountExists, "email taken meanwhile", None))
-                }
-                LinkOutcome::ProviderInUse | LinkOutcome::NoUser => {
-                    return Err(fail(
-                        FedCode::ProviderError,
-                        "unexpected link outcome",
-                        None,
-                    ))
-                }
+                None => continue,
             }
         }
         let Some(mut user) = user else {
@@ -493,6 +390,146 @@ impl AuthService {
             amr,
             needs_totp: totp && !provider_mfa,
         })
+    }
+
+    /// Link the identity to `u`, the local account with its email, where
+    /// `link_by_email` allows it: `None` when a race means starting over.
+    async fn link_by_email(
+        &self,
+        p: &IdentityProvider,
+        identity: &VerifiedIdentity,
+        client: &Client,
+        u: User,
+    ) -> Result<Option<User>, FedCode> {
+        let provider = p.id.as_str();
+        let fail = |code: FedCode, why: &str, uid: Option<&str>| {
+            self.fed_fail(client, provider, code, why, uid)
+        };
+        let store_err = |_| fail(FedCode::ProviderError, "store unavailable", None);
+        let uid = u.id.to_string();
+        if !p.link_by_email {
+            return Err(fail(
+                FedCode::AccountExists,
+                "email of a local account",
+                Some(&uid),
+            ));
+        }
+        if !identity.email_verified || !u.email_verified {
+            // Linking an unverified email is the pre-account takeover.
+            return Err(fail(
+                FedCode::EmailNotVerified,
+                "email not verified on both sides",
+                Some(&uid),
+            ));
+        }
+        let ev = self
+            .audit_event(&client.audit(), "identity.linked", "by_email", Some(u.id))
+            .with("provider", p.id.clone());
+        let notice = crate::mail::identity_linked_mail(&u.email, &p.display_name, self.clock.now());
+        match self
+            .store
+            .link_identity(
+                self.new_link(identity, u.id),
+                None,
+                self.effects(Effects::from(notice).audit(ev)),
+            )
+            .await
+            .map_err(store_err)?
+        {
+            LinkOutcome::Linked | LinkOutcome::AlreadyLinked => {
+                self.mail_wake.notify_one();
+                audit::event(&client.audit(), "identity_linked", "by_email", Some(&uid));
+                Ok(Some(u))
+            }
+            LinkOutcome::Taken => Ok(None),
+            LinkOutcome::ProviderInUse => Err(fail(
+                FedCode::AccountExists,
+                "account has another identity there",
+                Some(&uid),
+            )),
+            LinkOutcome::NoUser => Err(fail(
+                FedCode::AccountDisabled,
+                "account disabled",
+                Some(&uid),
+            )),
+            LinkOutcome::EmailTaken => Ok(None),
+        }
+    }
+
+    /// A new account for the identity, where `allow_signup` allows it:
+    /// `None` when a race means starting over.
+    async fn sign_up(
+        &self,
+        p: &IdentityProvider,
+        identity: &VerifiedIdentity,
+        client: &Client,
+        normalized: Option<String>,
+    ) -> Result<Option<User>, FedCode> {
+        let provider = p.id.as_str();
+        let fail = |code: FedCode, why: &str, uid: Option<&str>| {
+            self.fed_fail(client, provider, code, why, uid)
+        };
+        let store_err = |_| fail(FedCode::ProviderError, "store unavailable", None);
+        if !p.allow_signup {
+            return Err(fail(
+                FedCode::SignupDisabled,
+                "no account and sign-up is off",
+                None,
+            ));
+        }
+        let Some(email) = normalized else {
+            return Err(fail(
+                FedCode::EmailNotVerified,
+                "no usable email for a new account",
+                None,
+            ));
+        };
+        if !identity.email_verified && self.cfg().accounts.require_email_verification {
+            return Err(fail(
+                FedCode::EmailNotVerified,
+                "unverified email, verification required",
+                None,
+            ));
+        }
+        let new = User {
+            email_verified: identity.email_verified,
+            roles: identity.roles.clone(),
+            ..User::new(self.entropy.uuid(), email, "", self.clock.now())
+        };
+        let created = self
+            .audit_event(&client.audit(), "user.created", "success", Some(new.id))
+            .with("provider", p.id.clone());
+        let linked = self
+            .audit_event(&client.audit(), "identity.linked", "signup", Some(new.id))
+            .with("provider", p.id.clone());
+        let effects = Effects::from(created).audit(linked);
+        match self
+            .store
+            .link_identity(
+                self.new_link(identity, new.id),
+                Some(new.clone()),
+                self.effects(effects),
+            )
+            .await
+            .map_err(store_err)?
+        {
+            LinkOutcome::Linked => {
+                let uid = new.id.to_string();
+                self.metrics.auth_event("register", "success");
+                audit::event(&client.audit(), "register", "federated", Some(&uid));
+                Ok(Some(new))
+            }
+            // A racing first sign-in of the same identity won: use it.
+            LinkOutcome::Taken | LinkOutcome::AlreadyLinked => Ok(None),
+            LinkOutcome::EmailTaken => {
+                Err(fail(FedCode::AccountExists, "email taken meanwhile", None))
+            }
+            LinkOutcome::ProviderInUse | LinkOutcome::NoUser => Err(fail(
+                FedCode::ProviderError,
+                "unexpected link outcome",
+                None,
+            )),
+        }
     }
 
     fn new_link(&self, identity: &VerifiedIdentity, user_id: Uuid) -> LinkedIdentity {

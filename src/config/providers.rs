@@ -121,103 +121,12 @@ pub(super) fn validate_providers(
                 f.id
             ));
         }
-        let kind = match f.kind.as_str() {
-            "oidc" => ProviderKind::Oidc,
-            "oauth2" => ProviderKind::OAuth2,
-            other => {
-                p.push(format!(
-                    "{}: '{}' is not \"oidc\" or \"oauth2\"",
-                    k("kind"),
-                    other.escape_debug()
-                ));
-                ProviderKind::Oidc
-            }
-        };
-        match kind {
-            ProviderKind::Oidc => {
-                check_url(&k("issuer"), &f.issuer, true, p);
-                for (name, v) in [
-                    ("authorize_url", &f.authorize_url),
-                    ("token_url", &f.token_url),
-                ] {
-                    if !v.is_empty() {
-                        p.push(format!(
-                            "{}: oauth2 only (an oidc provider's endpoints come from discovery)",
-                            k(name)
-                        ));
-                    }
-                }
-                check_url(&k("userinfo_url"), &f.userinfo_url, false, p);
-                if !f.scopes.iter().any(|s| s == "openid") {
-                    p.push(format!(
-                        "{}: an oidc provider needs \"openid\"",
-                        k("scopes")
-                    ));
-                }
-            }
-            ProviderKind::OAuth2 => {
-                if !f.issuer.is_empty() {
-                    p.push(format!("{}: oidc only", k("issuer")));
-                }
-                check_url(&k("authorize_url"), &f.authorize_url, true, p);
-                check_url(&k("token_url"), &f.token_url, true, p);
-                check_url(&k("userinfo_url"), &f.userinfo_url, true, p);
-            }
-        }
+        let kind = provider_kind(&f, &k, p);
         if f.client_id.is_empty() || f.client_id.chars().any(|c| c.is_control()) {
             p.push(format!("{}: required", k("client_id")));
         }
-        let client_secret = if f.client_secret_env.is_empty() {
-            p.push(format!(
-                "{}: required (the NAME of the environment variable holding the client secret)",
-                k("client_secret_env")
-            ));
-            Secret(String::new())
-        } else {
-            match env(&f.client_secret_env).filter(|v| !v.is_empty()) {
-                Some(v) => Secret(v),
-                None => {
-                    p.push(format!(
-                        "{}: the environment variable {} is not set",
-                        k("client_secret_env"),
-                        f.client_secret_env
-                    ));
-                    Secret(String::new())
-                }
-            }
-        };
-        for (j, s) in f.scopes.iter().enumerate() {
-            if s.is_empty()
-                || s.bytes()
-                    .any(|b| b <= b' ' || b == b'"' || b == b'\\' || b >= 0x7f)
-            {
-                p.push(format!(
-                    "{}[{j}]: '{}' is not a scope token",
-                    k("scopes"),
-                    s.escape_debug()
-                ));
-            }
-        }
-        for (name, v) in [
-            ("subject_claim", &f.subject_claim),
-            ("email_claim", &f.email_claim),
-        ] {
-            if v.is_empty() {
-                p.push(format!("{}: must not be empty", k(name)));
-            }
-        }
-        for (from, to) in &f.role_map {
-            if !crate::names::valid_role(to) {
-                p.push(format!(
-                    "{}.{from}: '{}' is not a valid role name",
-                    k("role_map"),
-                    to.escape_debug()
-                ));
-            }
-        }
-        if !f.role_map.is_empty() && f.roles_claim.is_empty() {
-            p.push(format!("{}: role_map needs roles_claim", k("roles_claim")));
-        }
+        let client_secret = client_secret(&f, &k, env, p);
+        check_scopes_and_claims(&f, &k, p);
         let ca_file = if f.ca_file.is_empty() {
             None
         } else {
@@ -275,6 +184,128 @@ pub(super) fn validate_providers(
         });
     }
     out
+}
+
+/// The provider's `kind`, and the endpoints that kind needs (and must not
+/// have).
+fn provider_kind(
+    f: &IdentityProviderFile,
+    k: &dyn Fn(&str) -> String,
+    p: &mut Vec<String>,
+) -> ProviderKind {
+    let kind = match f.kind.as_str() {
+        "oidc" => ProviderKind::Oidc,
+        "oauth2" => ProviderKind::OAuth2,
+        other => {
+            p.push(format!(
+                "{}: '{}' is not \"oidc\" or \"oauth2\"",
+                k("kind"),
+                other.escape_debug()
+            ));
+            ProviderKind::Oidc
+        }
+    };
+    match kind {
+        ProviderKind::Oidc => {
+            check_url(&k("issuer"), &f.issuer, true, p);
+            for (name, v) in [
+                ("authorize_url", &f.authorize_url),
+                ("token_url", &f.token_url),
+            ] {
+                if !v.is_empty() {
+                    p.push(format!(
+                        "{}: oauth2 only (an oidc provider's endpoints come from discovery)",
+                        k(name)
+                    ));
+                }
+            }
+            check_url(&k("userinfo_url"), &f.userinfo_url, false, p);
+            if !f.scopes.iter().any(|s| s == "openid") {
+                p.push(format!(
+                    "{}: an oidc provider needs \"openid\"",
+                    k("scopes")
+                ));
+            }
+        }
+        ProviderKind::OAuth2 => {
+            if !f.issuer.is_empty() {
+                p.push(format!("{}: oidc only", k("issuer")));
+            }
+            check_url(&k("authorize_url"), &f.authorize_url, true, p);
+            check_url(&k("token_url"), &f.token_url, true, p);
+            check_url(&k("userinfo_url"), &f.userinfo_url, true, p);
+        }
+    }
+    kind
+}
+
+/// The client secret, read from the environment variable named by
+/// `client_secret_env`.
+fn client_secret(
+    f: &IdentityProviderFile,
+    k: &dyn Fn(&str) -> String,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Vec<String>,
+) -> Secret {
+    if f.client_secret_env.is_empty() {
+        p.push(format!(
+            "{}: required (the NAME of the environment variable holding the client secret)",
+            k("client_secret_env")
+        ));
+        Secret(String::new())
+    } else {
+        match env(&f.client_secret_env).filter(|v| !v.is_empty()) {
+            Some(v) => Secret(v),
+            None => {
+                p.push(format!(
+                    "{}: the environment variable {} is not set",
+                    k("client_secret_env"),
+                    f.client_secret_env
+                ));
+                Secret(String::new())
+            }
+        }
+    }
+}
+
+/// The scopes, the claim names and the role map.
+fn check_scopes_and_claims(
+    f: &IdentityProviderFile,
+    k: &dyn Fn(&str) -> String,
+    p: &mut Vec<String>,
+) {
+    for (j, s) in f.scopes.iter().enumerate() {
+        if s.is_empty()
+            || s.bytes()
+                .any(|b| b <= b' ' || b == b'"' || b == b'\\' || b >= 0x7f)
+        {
+            p.push(format!(
+                "{}[{j}]: '{}' is not a scope token",
+                k("scopes"),
+                s.escape_debug()
+            ));
+        }
+    }
+    for (name, v) in [
+        ("subject_claim", &f.subject_claim),
+        ("email_claim", &f.email_claim),
+    ] {
+        if v.is_empty() {
+            p.push(format!("{}: must not be empty", k(name)));
+        }
+    }
+    for (from, to) in &f.role_map {
+        if !crate::names::valid_role(to) {
+            p.push(format!(
+                "{}.{from}: '{}' is not a valid role name",
+                k("role_map"),
+                to.escape_debug()
+            ));
+        }
+    }
+    if !f.role_map.is_empty() && f.roles_claim.is_empty() {
+        p.push(format!("{}: role_map needs roles_claim", k("roles_claim")));
+    }
 }
 
 #[cfg(test)]

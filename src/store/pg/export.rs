@@ -9,7 +9,6 @@ pub(super) async fn export_page(
     cursor: Option<String>,
     limit: usize,
 ) -> StoreResult<Page> {
-    let bad = || StoreError::Corrupt("export cursor".into());
     let limit = limit.max(1) as i64;
     let after_id = || -> StoreResult<Uuid> {
         cursor
@@ -85,14 +84,7 @@ pub(super) async fn export_page(
             }
         }
         RecordKind::Identities => {
-            // The cursor: the last provider and subject, a slash between (provider ids have none).
-            let (provider, subject) = match cursor.as_deref() {
-                Some(s) => {
-                    let (p, sub) = s.split_once('/').ok_or_else(bad)?;
-                    (p.to_string(), sub.to_string())
-                }
-                None => (String::new(), String::new()),
-            };
+            let (provider, subject) = identity_cursor(cursor.as_deref())?;
             let sql = "SELECT provider, subject, record FROM linked_identities
                        WHERE (provider, subject) > ($1, $2)
                        ORDER BY provider, subject LIMIT $3";
@@ -128,28 +120,12 @@ pub(super) async fn export_page(
             }
         }
         RecordKind::OneTimeSeqs => {
-            let (user, k): (Uuid, i16) = match cursor.as_deref() {
-                Some(s) => {
-                    let (u, k) = s.split_once('/').ok_or_else(bad)?;
-                    (
-                        Uuid::parse_str(u).map_err(|_| bad())?,
-                        k.parse().map_err(|_| bad())?,
-                    )
-                }
-                None => (Uuid::nil(), -1),
-            };
+            let (user, k) = one_time_seq_cursor(cursor.as_deref())?;
             let sql = "SELECT user_id, kind, seq FROM one_time_seq
                        WHERE (user_id, kind) > ($1, $2) ORDER BY user_id, kind LIMIT $3";
             for row in query(sql, vec![Box::new(user), Box::new(k), Box::new(limit)]).await? {
                 let (user_id, code): (Uuid, i16) = (row.get(0), row.get(1));
-                let kind = match code {
-                    0 => OneTimeKind::EmailVerify,
-                    1 => OneTimeKind::PasswordReset,
-                    2 => OneTimeKind::MfaLogin,
-                    3 => OneTimeKind::AuthCode,
-                    4 => OneTimeKind::Consent,
-                    _ => return Err(StoreError::Corrupt(format!("one-time kind {code}"))),
-                };
+                let kind = one_time_kind(code)?;
                 records.push(Record::OneTimeSeq {
                     user_id,
                     kind,
@@ -165,6 +141,49 @@ pub(super) async fn export_page(
         None
     };
     Ok(Page { records, next })
+}
+
+/// A cursor this store did not hand out.
+fn bad() -> StoreError {
+    StoreError::Corrupt("export cursor".into())
+}
+
+/// An identities page's cursor: the last provider and subject, a slash
+/// between (provider ids have none).
+fn identity_cursor(cursor: Option<&str>) -> StoreResult<(String, String)> {
+    Ok(match cursor {
+        Some(s) => {
+            let (p, sub) = s.split_once('/').ok_or_else(bad)?;
+            (p.to_string(), sub.to_string())
+        }
+        None => (String::new(), String::new()),
+    })
+}
+
+/// A one-time sequences page's cursor: the last user id and kind code.
+fn one_time_seq_cursor(cursor: Option<&str>) -> StoreResult<(Uuid, i16)> {
+    Ok(match cursor {
+        Some(s) => {
+            let (u, k) = s.split_once('/').ok_or_else(bad)?;
+            (
+                Uuid::parse_str(u).map_err(|_| bad())?,
+                k.parse().map_err(|_| bad())?,
+            )
+        }
+        None => (Uuid::nil(), -1),
+    })
+}
+
+/// The one-time kind stored as `code` in `one_time_seq`.
+fn one_time_kind(code: i16) -> StoreResult<OneTimeKind> {
+    Ok(match code {
+        0 => OneTimeKind::EmailVerify,
+        1 => OneTimeKind::PasswordReset,
+        2 => OneTimeKind::MfaLogin,
+        3 => OneTimeKind::AuthCode,
+        4 => OneTimeKind::Consent,
+        _ => return Err(StoreError::Corrupt(format!("one-time kind {code}"))),
+    })
 }
 
 impl PgStore {
