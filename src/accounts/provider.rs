@@ -411,7 +411,7 @@ impl AuthService {
         client: &Client,
     ) -> AccountResult<()> {
         if let Some(s) = self.store.find_session(sid).await? {
-            if s.user_id == user_id && s.client.is_some() {
+            if let (true, Some(binding)) = (s.user_id == user_id, &s.client) {
                 let ev = self
                     .audit_event(
                         &client.audit(),
@@ -419,7 +419,8 @@ impl AuthService {
                         "rp_logout",
                         Some(user_id),
                     )
-                    .with("session_id", sid.to_string());
+                    .with("session_id", sid.to_string())
+                    .with("client_id", binding.client_id.clone());
                 self.end_sessions_with(user_id, Sessions::One(sid), false, ev.into())
                     .await?;
             }

@@ -545,9 +545,9 @@ async fn exchange(gw: &TestGateway, code: &str, verifier: &str) -> http::Respons
     as_client(gw, "/auth/oauth/token", &form).await
 }
 
-/// The provider's client sessions: a code spent, the session it starts,
-/// its refresh, a refresh token used twice, a revocation and a code used
-/// twice each store their event.
+/// The provider's client sessions: a code issued and spent, the session it
+/// starts, its refresh, a refresh token used twice, a revocation, a code
+/// used twice and RP-initiated logout each store their event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_providers_client_sessions_store_their_events() {
     let mut b = crate::browser::builder();
@@ -584,6 +584,25 @@ async fn the_providers_client_sessions_store_their_events() {
     assert_eq!(exchange(&gw, &code, &verifier).await.status, 200);
     assert_eq!(exchange(&gw, &code, &verifier).await.status, 400);
 
+    // A fourth, ended by RP-initiated logout with its ID token.
+    let (code, verifier) = provider_code(&gw, &cookie).await;
+    let r = exchange(&gw, &code, &verifier).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let id_token = r.json()["id_token"].as_str().unwrap().to_string();
+    let r = http::request(
+        gw.addr,
+        "GET",
+        &format!(
+            "/auth/oauth/logout?{}",
+            form_query(&[("id_token_hint", &id_token)])
+        ),
+        &[],
+        None,
+    )
+    .await
+    .unwrap();
+    assert!((300..400).contains(&r.status), "{r:?}");
+
     let records = all_records(&gw).await;
     let user = uid(&s);
     let app: Vec<&Value> = records
@@ -599,16 +618,23 @@ async fn the_providers_client_sessions_store_their_events() {
         })
         .collect();
     let want: Vec<(String, String)> = [
+        ("oauth.code_issued", "success"),
         ("oauth.code_redeemed", "success"),
         ("session.created", "success"),
         ("session.refreshed", "success"),
         ("session.revoked", "refresh_reuse_detected"),
+        ("oauth.code_issued", "success"),
         ("oauth.code_redeemed", "success"),
         ("session.created", "success"),
         ("session.revoked", "oauth_revoke"),
+        ("oauth.code_issued", "success"),
         ("oauth.code_redeemed", "success"),
         ("session.created", "success"),
         ("session.revoked", "code_reuse"),
+        ("oauth.code_issued", "success"),
+        ("oauth.code_redeemed", "success"),
+        ("session.created", "success"),
+        ("session.revoked", "rp_logout"),
     ]
     .iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))
