@@ -121,6 +121,7 @@ impl AuthService {
         user: &User,
         grant: &CodeGrant,
         ttl: u64,
+        client: &Client,
     ) -> AccountResult<String> {
         let json = serde_json::to_vec(grant).map_err(AccountError::internal)?;
         let code = format!(
@@ -137,8 +138,16 @@ impl AuthService {
             issued_seq: 0,
             federation: None,
         };
+        let ev = self
+            .audit_event(
+                &client.audit(),
+                "oauth.code_issued",
+                "success",
+                Some(user.id),
+            )
+            .with("client_id", grant.client_id.clone());
         self.store
-            .issue_one_time(token_hash(&code), rec, None)
+            .issue_one_time_with(token_hash(&code), rec, self.effects(ev.into()))
             .await?;
         Ok(code)
     }
@@ -395,10 +404,24 @@ impl AuthService {
     }
 
     /// End one client session (RP-initiated logout), if it is still there.
-    pub async fn end_client_session(&self, user_id: Uuid, sid: Uuid) -> AccountResult<()> {
+    pub async fn end_client_session(
+        &self,
+        user_id: Uuid,
+        sid: Uuid,
+        client: &Client,
+    ) -> AccountResult<()> {
         if let Some(s) = self.store.find_session(sid).await? {
-            if s.user_id == user_id && s.client.is_some() {
-                self.end_sessions(user_id, Sessions::One(sid), false)
+            if let (true, Some(binding)) = (s.user_id == user_id, &s.client) {
+                let ev = self
+                    .audit_event(
+                        &client.audit(),
+                        "session.revoked",
+                        "rp_logout",
+                        Some(user_id),
+                    )
+                    .with("session_id", sid.to_string())
+                    .with("client_id", binding.client_id.clone());
+                self.end_sessions_with(user_id, Sessions::One(sid), false, ev.into())
                     .await?;
             }
         }
@@ -426,6 +449,7 @@ impl AuthService {
         user: &User,
         client: &crate::config::oidc_provider::OidcClient,
         scope: &[String],
+        caller: &Client,
     ) -> AccountResult<()> {
         let rec = OneTimeToken {
             kind: OneTimeKind::Consent,
@@ -437,7 +461,18 @@ impl AuthService {
             federation: None,
         };
         let key = consent_key(user.id, &client.client_id, scope);
-        self.store.issue_one_time(key, rec, None).await?;
+        let ev = self
+            .audit_event(
+                &caller.audit(),
+                "oauth.consent_granted",
+                "success",
+                Some(user.id),
+            )
+            .with("client_id", client.client_id.clone())
+            .with("scope", scope.join(" "));
+        self.store
+            .issue_one_time_with(key, rec, self.effects(ev.into()))
+            .await?;
         Ok(())
     }
 

@@ -410,7 +410,10 @@ impl AuthService {
                         cookies,
                     ))
                 }
-                Some(true) => self.remember_consent(&user, c, &ar.scope).await?,
+                Some(true) => {
+                    self.remember_consent(&user, c, &ar.scope, &req.client)
+                        .await?
+                }
             }
         }
         let grant = CodeGrant {
@@ -424,7 +427,7 @@ impl AuthService {
             amr: id.claims.amr.clone(),
         };
         let code = self
-            .issue_auth_code(&user, &grant, cfg.oidc_provider.code_ttl_secs)
+            .issue_auth_code(&user, &grant, cfg.oidc_provider.code_ttl_secs, &req.client)
             .await?;
         Ok(back_to_client(
             cfg,
@@ -477,7 +480,7 @@ impl AuthService {
         };
         let c = client(&cfg, &hint.aud);
         if let (Ok(uid), Ok(sid)) = (Uuid::parse_str(&hint.sub), Uuid::parse_str(&hint.sid)) {
-            self.end_client_session(uid, sid).await?;
+            self.end_client_session(uid, sid, &req.client).await?;
         }
         // This browser's own session ends too (the user signs out of the
         // provider), when it is the same user's.

@@ -3,7 +3,9 @@
 //! operation. These are the changes that had none before: a profile
 //! update, a passkey removal, the one-time token of a sign-in's second
 //! step, a verification mail sent again, a reset link requested (by the
-//! user or an admin), and the admin's enable, TOTP off and end-sessions.
+//! user or an admin), the admin's enable, TOTP off and end-sessions, and
+//! the OpenID Provider's code redemption and client sessions (start,
+//! refresh, reuse, revocation, a code used twice).
 //! Checked on the running gateway (`GET /admin/audit`, `portcullis audit
 //! verify`), under 16 requests at once, on sled and on PostgreSQL.
 
@@ -454,4 +456,189 @@ async fn on_postgres_the_new_events_are_in_the_one_chain() {
     remove_passkey_on_the_portal(&gws[0], "pk@example.com", &uid(&s), pk).await;
     let records = all_records(&gws[1]).await;
     verify_passes(&gws[0], &env, records.len());
+}
+
+// ------------------------------------------------ the OpenID Provider
+
+const APP_SECRET: &str = "an app secret for the provider";
+const CB: &str = "http://127.0.0.1:9/cb";
+
+fn form_query(pairs: &[(&str, &str)]) -> String {
+    let mut s = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+/// A code for client `app` (PKCE), for the user signed in with `cookie`;
+/// returns (code, verifier).
+async fn provider_code(gw: &TestGateway, cookie: &str) -> (String, String) {
+    use base64::Engine;
+    use sha2::Digest;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let verifier = b64.encode(
+        [
+            Uuid::new_v4().as_bytes().as_slice(),
+            Uuid::new_v4().as_bytes(),
+        ]
+        .concat(),
+    );
+    let challenge = b64.encode(sha2::Sha256::digest(verifier.as_bytes()));
+    let q = form_query(&[
+        ("client_id", "app"),
+        ("redirect_uri", CB),
+        ("response_type", "code"),
+        ("scope", "openid"),
+        ("state", "st"),
+        ("code_challenge", &challenge),
+        ("code_challenge_method", "S256"),
+    ]);
+    let r = http::request(
+        gw.addr,
+        "GET",
+        &format!("/auth/oauth/authorize?{q}"),
+        &[
+            ("accept", "text/html"),
+            ("cookie", &format!("__Host-portcullis={cookie}")),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 302, "{r:?}");
+    let to = url::Url::parse(r.header("location").unwrap()).unwrap();
+    let code = to
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .expect("a code");
+    (code, verifier)
+}
+
+/// `POST` to the provider's `path` with a form, as client `app`.
+async fn as_client(gw: &TestGateway, path: &str, pairs: &[(&str, &str)]) -> http::Response {
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("app:{APP_SECRET}"));
+    let body = form_query(pairs);
+    http::request(
+        gw.addr,
+        "POST",
+        path,
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("authorization", &format!("Basic {basic}")),
+        ],
+        Some(body.as_bytes()),
+    )
+    .await
+    .unwrap()
+}
+
+async fn exchange(gw: &TestGateway, code: &str, verifier: &str) -> http::Response {
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", CB),
+        ("code_verifier", verifier),
+    ];
+    as_client(gw, "/auth/oauth/token", &form).await
+}
+
+/// The provider's client sessions: a code issued and spent, the session it
+/// starts, its refresh, a refresh token used twice, a revocation, a code
+/// used twice and RP-initiated logout each store their event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_providers_client_sessions_store_their_events() {
+    let mut b = crate::browser::builder();
+    b.extra.push_str(&format!(
+        "\n[oidc_provider]\nenabled = true\n\n[[oidc_provider.clients]]\nclient_id = \"app\"\nclient_secret_env = \"APP_SECRET\"\nredirect_uris = [\"{CB}\"]\n"
+    ));
+    b.env.insert("APP_SECRET".into(), APP_SECRET.into());
+    b.link_base_url = "http://127.0.0.1:{PORT}".into();
+    let gw = TestGateway::start_with(b).await;
+    let s = gw.signup("rp@example.com").await;
+    let cookie = portal_login(&gw, "rp@example.com", "/").await;
+
+    // A code, its session, a refresh; the first refresh token again.
+    let (code, verifier) = provider_code(&gw, &cookie).await;
+    let r = exchange(&gw, &code, &verifier).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let first = r.json()["refresh_token"].as_str().unwrap().to_string();
+    let refresh = [("grant_type", "refresh_token"), ("refresh_token", &first)];
+    let r = as_client(&gw, "/auth/oauth/token", &refresh).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = as_client(&gw, "/auth/oauth/token", &refresh).await;
+    assert_eq!(r.status, 400, "{r:?}");
+
+    // A second session, revoked by the client.
+    let (code, verifier) = provider_code(&gw, &cookie).await;
+    let r = exchange(&gw, &code, &verifier).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let t = r.json()["refresh_token"].as_str().unwrap().to_string();
+    let r = as_client(&gw, "/auth/oauth/revoke", &[("token", &t)]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // A third, ended by its code's second use.
+    let (code, verifier) = provider_code(&gw, &cookie).await;
+    assert_eq!(exchange(&gw, &code, &verifier).await.status, 200);
+    assert_eq!(exchange(&gw, &code, &verifier).await.status, 400);
+
+    // A fourth, ended by RP-initiated logout with its ID token.
+    let (code, verifier) = provider_code(&gw, &cookie).await;
+    let r = exchange(&gw, &code, &verifier).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let id_token = r.json()["id_token"].as_str().unwrap().to_string();
+    let r = http::request(
+        gw.addr,
+        "GET",
+        &format!(
+            "/auth/oauth/logout?{}",
+            form_query(&[("id_token_hint", &id_token)])
+        ),
+        &[],
+        None,
+    )
+    .await
+    .unwrap();
+    assert!((300..400).contains(&r.status), "{r:?}");
+
+    let records = all_records(&gw).await;
+    let user = uid(&s);
+    let app: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["data"]["client_id"] == "app")
+        .collect();
+    assert!(app.iter().all(|r| r["user_id"] == user.as_str()), "{app:?}");
+    let kinds: Vec<(String, String)> = app
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap().to_string();
+            (s("type"), s("outcome"))
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("oauth.code_issued", "success"),
+        ("oauth.code_redeemed", "success"),
+        ("session.created", "success"),
+        ("session.refreshed", "success"),
+        ("session.revoked", "refresh_reuse_detected"),
+        ("oauth.code_issued", "success"),
+        ("oauth.code_redeemed", "success"),
+        ("session.created", "success"),
+        ("session.revoked", "oauth_revoke"),
+        ("oauth.code_issued", "success"),
+        ("oauth.code_redeemed", "success"),
+        ("session.created", "success"),
+        ("session.revoked", "code_reuse"),
+        ("oauth.code_issued", "success"),
+        ("oauth.code_redeemed", "success"),
+        ("session.created", "success"),
+        ("session.revoked", "rp_logout"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(kinds, want);
+    verify_passes(&gw, &[("APP_SECRET", APP_SECRET)], records.len());
 }
