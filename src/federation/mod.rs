@@ -8,4 +8,4 @@ pub mod client;
 pub mod state;
 
 pub use client::{CallbackParams, FedError, Federation, VerifiedIdentity};
-pub use state::{FlowState, LoginGrant, Mode, Sealer};
+pub use state::{FlowState, Mode, Sealer};

@@ -57,23 +57,6 @@ pub struct FlowState {
     pub expires_at: i64,
 }
 
-/// What a `login_code` stands for: a decided federated sign-in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LoginGrant {
-    /// Single use: the counter key.
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub provider: String,
-    pub amr: Vec<String>,
-    #[serde(default)]
-    pub provider_sid: Option<String>,
-    #[serde(default)]
-    pub provider_sub: Option<String>,
-    /// The account has TOTP and the provider's MFA is not trusted.
-    pub needs_totp: bool,
-    pub expires_at: i64,
-}
-
 /// Seals and opens the values above.
 #[derive(Clone)]
 pub struct Sealer {
@@ -98,7 +81,7 @@ impl Sealer {
         m.finalize().into_bytes().to_vec()
     }
 
-    /// `kind` separates uses (a state is no login code).
+    /// `kind` separates uses.
     pub fn seal<T: Serialize>(&self, kind: &str, v: &T) -> String {
         let body = serde_json::to_vec(v).unwrap_or_default();
         format!(
