@@ -76,13 +76,14 @@ impl HostLabels {
 
 /// The path of a request target, without its query (and without a
 /// fragment, which clients should not send), bounded to 512 bytes.
-pub fn path_only(raw: &[u8]) -> String {
+pub fn path_only(raw: &[u8]) -> std::borrow::Cow<'_, str> {
     let end = raw
         .iter()
         .position(|&b| b == b'?' || b == b'#')
         .unwrap_or(raw.len());
     let path = &raw[..end.min(512)];
-    String::from_utf8_lossy(path).into_owned()
+    // Borrowed when it is UTF-8 already: no copy per request.
+    String::from_utf8_lossy(path)
 }
 
 /// What one access line says.
