@@ -235,12 +235,14 @@ impl AuthService {
             Err(StoreError::Conflict) => return Err(GrantError::Invalid),
             Err(e) => return Err(e.into()),
         };
-        // A second use that ran meanwhile revoked this session first.
+        // A second use that ran meanwhile revoked this session before it
+        // existed: end it now. The first use still gets its answer (one
+        // redemption, one success), but what it carries is already dead,
+        // as if the second use had come after it (RFC 6749 §4.1.2).
         if self.session_revoked(&user, sid) {
             let ev = event("session.revoked", "code_reuse", user.id);
             self.end_sessions_with(user.id, Sessions::One(sid), false, ev.into())
                 .await?;
-            return Err(GrantError::Invalid);
         }
         audit::event(&actx, "oauth_code", "success", Some(&uid));
         let refresh_token = self.refresh.token(&session);
