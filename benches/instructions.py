@@ -6,6 +6,11 @@ the load of a shared machine does not move (wall-clock ratios from
     python3 benches/instructions.py                # this build
     INSTR_BEFORE=/path/to/old/release python3 benches/instructions.py
     INSTR_REQUESTS=2000 INSTR_LOG=warn,access=info python3 benches/instructions.py
+    INSTR_SIM=1 INSTR_BEFORE=... python3 benches/instructions.py
+        # also simulates the caches and branch predictors (callgrind's
+        # --cache-sim and --branch-sim): instruction-cache misses, data-cache
+        # misses and mispredicted branches per request, which explain a
+        # wall-clock gap between builds that run the same instructions
 
 Builds nothing: run `benches/compare.sh` (or `cargo build --release --bin
 portcullis --example seed`) first. For each build it seeds a gateway like
@@ -35,6 +40,11 @@ N = int(os.environ.get("INSTR_REQUESTS", "2000"))
 LOG = os.environ.get("INSTR_LOG", "warn")
 BEFORE = os.environ.get("INSTR_BEFORE", "")
 SETTLE = float(os.environ.get("INSTR_SETTLE", "20"))
+SIM = os.environ.get("INSTR_SIM") == "1"
+# callgrind's event names → what the table calls them (with INSTR_SIM=1).
+SIM_EVENTS = [("I1mr", "I1 miss"), ("ILmr", "LL i-miss"), ("D1mr", "D1 read miss"),
+              ("D1mw", "D1 write miss"), ("DLmr", "LL d-miss"), ("Bcm", "cond. mispredict"),
+              ("Bim", "ind. mispredict")]
 
 
 def requests(port, path, token, n):
@@ -51,11 +61,16 @@ def requests(port, path, token, n):
         conn.close()
 
 
-def total(out_file):
+def totals(out_file):
+    """Every event's total in a callgrind dump, by event name."""
+    events = None
     with open(out_file) as f:
         for line in f:
+            if line.startswith("events:"):
+                events = line.split()[1:]
             if line.startswith("summary:") or line.startswith("totals:"):
-                return int(line.split()[1])
+                counts = [int(x) for x in line.split()[1:]]
+                return dict(zip(events or ["Ir"], counts))
     sys.exit(f"no totals in {out_file}")
 
 
@@ -79,7 +94,8 @@ def measure(work, name, rel, up_port):
     first.terminate()
     first.wait(timeout=60)
     out = os.path.join(work, f"{name}.callgrind")
-    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+    sim = ["--cache-sim=yes", "--branch-sim=yes"] if SIM else []
+    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *sim,
                           f"{rel}/portcullis", "serve", "--config", conf],
                          stdout=open(os.path.join(work, f"{name}.log"), "wb"), stderr=subprocess.STDOUT,
                          stdin=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG=LOG))
@@ -99,7 +115,7 @@ def measure(work, name, rel, up_port):
                 break
             time.sleep(0.1)
         time.sleep(1)
-        result[path] = total(dumped) / N
+        result[path] = {k: v / N for k, v in totals(dumped).items()}
     p.terminate()
     p.wait(timeout=120)
     return result
@@ -118,11 +134,17 @@ def main():
         rows = {name: measure(work, name, rel, up_port) for name, rel in builds}
         print(f"instructions per request (callgrind, {N} requests, RUST_LOG={LOG})")
         for name, r in rows.items():
-            print(f"  {name:7} public {r['/pub']:9.0f}   required HS256 {r['/api']:9.0f}   "
-                  f"public/required {r['/pub'] / r['/api']:.3f}")
+            print(f"  {name:7} public {r['/pub']['Ir']:9.0f}   required HS256 {r['/api']['Ir']:9.0f}   "
+                  f"public/required {r['/pub']['Ir'] / r['/api']['Ir']:.3f}")
         if BEFORE:
             for path, label in [("/pub", "public"), ("/api", "required")]:
-                print(f"  {label}: this / before = {rows['this'][path] / rows['before'][path]:.3f}")
+                print(f"  {label}: this / before = {rows['this'][path]['Ir'] / rows['before'][path]['Ir']:.3f}")
+        if SIM:
+            print("per request (callgrind's simulated caches and branch predictors)")
+            for path, label in [("/pub", "public"), ("/api", "required")]:
+                for ev, what in SIM_EVENTS:
+                    cells = "   ".join(f"{name} {r[path].get(ev, 0):8.1f}" for name, r in rows.items())
+                    print(f"  {label:8} {what:17} {cells}")
     finally:
         c.stop_all()
         if os.environ.get("INSTR_KEEP") != "1":
