@@ -16,8 +16,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
 COPY tests ./tests
-RUN cargo build --release --locked --bin portcullis \
- && install -D -m 0755 target/release/portcullis /out/portcullis \
+RUN cargo build --profile dist --locked --bin portcullis \
+ && install -D -m 0755 target/dist/portcullis /out/portcullis \
  && install -d -m 0700 /out/data
 
 FROM gcr.io/distroless/cc-debian12:nonroot

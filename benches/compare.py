@@ -46,7 +46,11 @@ import urllib.request
 import json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REL = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
+# The build profile of the binaries under test: `dist`, what an operator
+# runs (Cargo.toml); bare Pingora is built with the same profile, so their
+# ratio compares code with code.
+PROFILE = os.environ.get("COMPARE_PROFILE", "dist")
+REL = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), PROFILE)
 ROUNDS = int(os.environ.get("COMPARE_ROUNDS", "3"))
 SECS = int(os.environ.get("COMPARE_SECS", "5"))
 CONNS = 32
@@ -444,7 +448,9 @@ def run(work):
     lines.append(f"Run of {now}: {os.cpu_count()} cores ({cpu_model}), Linux {platform.release()}; "
                  f"load average before the run {load[0]:.1f}. {ROUNDS} interleaved rounds of {SECS} s, "
                  f"`wrk -t1 -c{CONNS}` and the nginx upstream on core {LOAD_CORE}, each proxy under test "
-                 f"alone on core {PROXY_CORE}; {REVOCATIONS:,} revoked token ids seeded into each gateway.")
+                 f"alone on core {PROXY_CORE}; {REVOCATIONS:,} revoked token ids seeded into each gateway. "
+                 f"This build and bare Pingora built with `--profile {PROFILE}`"
+                 + (f"; the earlier build from `{BEFORE}`." if BEFORE else "."))
     lines.append("")
     lines.append("| variant | req/s per round | median | proxy CPU | upstream CPU | wrk CPU |")
     lines.append("|---|---|---|---|---|---|")

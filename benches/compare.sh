@@ -7,9 +7,12 @@
 #   bash benches/compare.sh            # 3 rounds of 5 s per variant
 #   COMPARE_ROUNDS=5 COMPARE_SECS=10 bash benches/compare.sh
 #   COMPARE_WRITE=0 bash benches/compare.sh   # print only
-#   COMPARE_BEFORE=/path/to/old/target/release bash benches/compare.sh
+#   COMPARE_BEFORE=/path/to/old/target/dist bash benches/compare.sh
 #       # also runs an earlier build's public and required routes in the
 #       # same rounds (needs its portcullis and examples/seed)
+#   COMPARE_PROFILE=release bash benches/compare.sh
+#       # builds and measures the `release` profile instead of `dist`
+#       # (what the README's run command and the Dockerfile build)
 #   COMPARE_LOG=warn bash benches/compare.sh
 #       # the gateways' RUST_LOG (default "warn,access=info": the access
 #       # log on, written to each gateway's log file)
@@ -20,5 +23,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/deps --bench
-cargo build --release --bin portcullis --example bare_proxy --example seed --example openloop
+cargo build --profile "${COMPARE_PROFILE:-dist}" --bin portcullis --example bare_proxy --example seed --example openloop
 exec python3 benches/compare.py

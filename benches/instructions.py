@@ -12,8 +12,8 @@ the load of a shared machine does not move (wall-clock ratios from
         # misses and mispredicted branches per request, which explain a
         # wall-clock gap between builds that run the same instructions
 
-Builds nothing: run `benches/compare.sh` (or `cargo build --release --bin
-portcullis --example seed`) first. For each build it seeds a gateway like
+Builds nothing: run `benches/compare.sh` (or `cargo build --profile dist --bin
+portcullis --example seed`; COMPARE_PROFILE=release for `target/release`) first. For each build it seeds a gateway like
 compare.sh's HS256 one (100k revocations), starts it under
 `valgrind --tool=callgrind`, sends 200 warm-up requests, zeroes the
 counters, sends INSTR_REQUESTS keep-alive requests to the public route and
