@@ -414,13 +414,7 @@ async fn retention_cuts_behind_a_signed_checkpoint_that_verify_checks() {
 /// edit or a removal made directly in SQL is named by verify.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_cluster_keeps_one_chain() {
-    let cluster = match pg::cluster() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("PostgreSQL test skipped: {why}");
-            return;
-        }
-    };
+    let cluster = pg::required();
     let url = cluster.database().await;
     let secret = "a shared refresh-token key, 32 bytes or more";
     let mut gws = Vec::new();

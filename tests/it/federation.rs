@@ -1334,10 +1334,7 @@ async fn backchannel_logout_ends_the_sessions_of_that_sign_in() {
 /// first too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backchannel_logout_on_one_gateway_ends_the_session_on_another_on_postgres() {
-    let cluster = match pg::cluster() {
-        Ok(c) => c,
-        Err(why) => panic!("PostgreSQL is needed here (run .ci/deps --test): {why}"),
-    };
+    let cluster = pg::required();
     let url = cluster.database().await;
     let idp = Idp::start(IdpConfig {
         accounts: users(&[("jo", corp_user("jo@corp.example", true, &[], &["pwd"]))]),

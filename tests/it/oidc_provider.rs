@@ -1400,13 +1400,7 @@ async fn admin_disable(gw: &TestGateway, email: &str) {
 /// gateway send it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backchannel_logout_on_postgres_is_sent_once_across_gateways() {
-    let cluster = match pg::cluster() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("PostgreSQL test skipped: {why}");
-            return;
-        }
-    };
+    let cluster = pg::required();
     let url = cluster.database().await;
     let (port, mut rx) = logout_receiver().await;
     let mut gws = Vec::new();

@@ -7,26 +7,17 @@ use serde_json::json;
 
 use crate::common::{pg, Builder, TestGateway, PASSWORD};
 
-/// A gateway on a fresh database of the test cluster, or `None` (with the
-/// reason printed) where PostgreSQL cannot run.
-async fn pg_gateway(extra: &str) -> Option<TestGateway> {
-    let cluster = match pg::cluster() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("PostgreSQL test skipped: {why}");
-            return None;
-        }
-    };
+/// A gateway on a fresh database of the test cluster.
+async fn pg_gateway(extra: &str) -> TestGateway {
+    let cluster = pg::required();
     let url = cluster.database().await;
-    Some(
-        TestGateway::start_with(Builder {
-            extra: format!(
-                "[throttle]\nauth_per_minute = 0\n[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n{extra}"
-            ),
-            ..Default::default()
-        })
-        .await,
-    )
+    TestGateway::start_with(Builder {
+        extra: format!(
+            "[throttle]\nauth_per_minute = 0\n[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n{extra}"
+        ),
+        ..Default::default()
+    })
+    .await
 }
 
 /// The account lifecycle end to end on PostgreSQL: register, login,
@@ -34,9 +25,7 @@ async fn pg_gateway(extra: &str) -> Option<TestGateway> {
 /// survives a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_account_lifecycle_runs_on_postgres() {
-    let Some(mut gw) = pg_gateway("").await else {
-        return;
-    };
+    let mut gw = pg_gateway("").await;
     let s = gw.signup("pg@example.com").await;
     assert_eq!(gw.get("/", Some(&s.access)).await.status, 200);
     let r = gw
@@ -83,23 +72,17 @@ const REFRESH_SECRET: &str = "a shared refresh-token key, 32 bytes or more";
 
 /// Three gateways on one database, sharing their signing and refresh keys
 /// as a deployment behind a load balancer must.
-async fn three_gateways() -> Option<Vec<TestGateway>> {
+async fn three_gateways() -> Vec<TestGateway> {
     three_gateways_mailing_to(None).await
 }
 
-async fn three_gateways_mailing_to(smtp: Option<u16>) -> Option<Vec<TestGateway>> {
+async fn three_gateways_mailing_to(smtp: Option<u16>) -> Vec<TestGateway> {
     three_gateways_with("auth_per_minute = 0", smtp).await
 }
 
 /// Three gateways with `throttle` as their `[throttle]` table.
-async fn three_gateways_with(throttle: &str, smtp: Option<u16>) -> Option<Vec<TestGateway>> {
-    let cluster = match pg::cluster() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("PostgreSQL test skipped: {why}");
-            return None;
-        }
-    };
+async fn three_gateways_with(throttle: &str, smtp: Option<u16>) -> Vec<TestGateway> {
+    let cluster = pg::required();
     let url = cluster.database().await;
     let mut out = Vec::new();
     for _ in 0..3 {
@@ -122,7 +105,7 @@ async fn three_gateways_with(throttle: &str, smtp: Option<u16>) -> Option<Vec<Te
             .await,
         );
     }
-    Some(out)
+    out
 }
 
 /// Poll `f` until it holds, for at most `limit`; the time it took.
@@ -148,9 +131,7 @@ where
 /// (logout-all) travels the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocations_reach_every_instance() {
-    let Some(gws) = three_gateways().await else {
-        return;
-    };
+    let gws = three_gateways().await;
     let s = gws[0].signup("fan@example.com").await;
     for gw in &gws {
         assert_eq!(gw.get("/", Some(&s.access)).await.status, 200);
@@ -188,13 +169,7 @@ async fn revocations_reach_every_instance() {
 /// TOTP works across gateways that share `PORTCULLIS_MFA_KEY`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_and_their_revocation_reach_every_instance() {
-    let cluster = match pg::cluster() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("PostgreSQL test skipped: {why}");
-            return;
-        }
-    };
+    let cluster = pg::required();
     let url = cluster.database().await;
     let mut gws = Vec::new();
     for _ in 0..3 {
@@ -340,9 +315,7 @@ async fn api_keys_and_their_revocation_reach_every_instance() {
 /// on one instance survives profile updates on the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn races_across_instances_have_one_winner() {
-    let Some(gws) = three_gateways().await else {
-        return;
-    };
+    let gws = three_gateways().await;
     let addrs: Vec<_> = gws.iter().map(|g| g.addr).collect();
     let body =
         json!({ "email": "race@example.com", "password": PASSWORD, "password_confirm": PASSWORD });
@@ -448,9 +421,7 @@ async fn races_across_instances_have_one_winner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_mail_is_sent_once_by_three_senders() {
     let smtp = crate::common::smtp::start().await;
-    let Some(gws) = three_gateways_mailing_to(Some(smtp.addr.port())).await else {
-        return;
-    };
+    let gws = three_gateways_mailing_to(Some(smtp.addr.port())).await;
     const N: usize = 30;
     let mut set = tokio::task::JoinSet::new();
     for i in 0..N {
@@ -493,13 +464,7 @@ async fn each_mail_is_sent_once_by_three_senders() {
 /// acknowledge nothing; when the database is back, so is everything else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_fails_writes_not_token_checks() {
-    let cluster = match pg::cluster() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("PostgreSQL test skipped: {why}");
-            return;
-        }
-    };
+    let cluster = pg::required();
     let direct = cluster.database().await;
     let pipe = pg::Pipe::to(cluster.port).await;
     let url = direct.replace(&format!(":{}/", cluster.port), &format!(":{}/", pipe.port));
@@ -591,10 +556,7 @@ fn count(statuses: &[u16], status: u16) -> usize {
 /// over the three, exactly what is left of it gets through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttle_and_lockout_budgets_are_shared_across_instances() {
-    let Some(gws) = three_gateways_with("auth_per_minute = 30\nmax_failed_logins = 5", None).await
-    else {
-        return;
-    };
+    let gws = three_gateways_with("auth_per_minute = 30\nmax_failed_logins = 5", None).await;
     let addrs: Vec<_> = gws.iter().map(|g| g.addr).collect();
     // Made through the admin API: registering would spend the IP budget.
     gws[0].admin_add_user("victim@example.com", &[]).await;
@@ -634,13 +596,7 @@ async fn throttle_and_lockout_budgets_are_shared_across_instances() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_migrate_moves_a_sled_gateway_to_postgres() {
     use crate::common::bin;
-    let cluster = match pg::cluster() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("PostgreSQL test skipped: {why}");
-            return;
-        }
-    };
+    let cluster = pg::required();
     let url = cluster.database().await;
     let mut gw = TestGateway::start_with(Builder {
         extra: "[throttle]\nauth_per_minute = 0\nmax_failed_logins = 3\n".into(),
@@ -751,13 +707,9 @@ async fn storage_migrate_moves_a_sled_gateway_to_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_the_database_is_verified() {
     use portcullis::store::pg_store::PgStore;
-    let cluster = match pg::tls_cluster() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("PostgreSQL test skipped: {why}");
-            return;
-        }
-    };
+    let cluster = pg::tls_cluster().unwrap_or_else(|why| {
+        panic!("PostgreSQL is needed here (run `bash .ci/deps --test`): {why}")
+    });
     let ca = cluster
         .ca_file
         .clone()
@@ -817,13 +769,7 @@ async fn tls_to_the_database_is_verified() {
 /// ever recorded in the store, not the sweeping gateway's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_with_a_shorter_lifetime_sweeps_no_revocation_early() {
-    let cluster = match pg::cluster() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("PostgreSQL test skipped: {why}");
-            return;
-        }
-    };
+    let cluster = pg::required();
     let url = cluster.database().await;
     let start = |ttl: u64| {
         let url = url.clone();
@@ -924,13 +870,7 @@ async fn a_batch_that_outlasts_its_lease_is_not_sent_twice() {
     const N: usize = 18;
     let smtp = crate::common::smtp::start().await;
     smtp.set_hold(true);
-    let cluster = match pg::cluster() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("PostgreSQL test skipped: {why}");
-            return;
-        }
-    };
+    let cluster = pg::required();
     let url = cluster.database().await;
     let builder = || Builder {
         extra: format!(

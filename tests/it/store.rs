@@ -1644,13 +1644,7 @@ fn sled() -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
 
 /// A PostgreSQL store on a database of its own in the test cluster.
 pub async fn pg() -> Option<(Arc<dyn Store>, ())> {
-    let cluster = match crate::common::pg::cluster() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("PostgreSQL test skipped: {why}");
-            return None;
-        }
-    };
+    let cluster = crate::common::pg::required();
     let url = cluster.database().await;
     let store = portcullis::store::pg_store::PgStore::connect(&url)
         .await
@@ -1761,13 +1755,7 @@ conformance!(pg_backend, pg().await);
 /// applied exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pg_migrations_are_idempotent_and_race_free() {
-    let cluster = match crate::common::pg::cluster() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("PostgreSQL test skipped: {why}");
-            return;
-        }
-    };
+    let cluster = crate::common::pg::required();
     let url = cluster.database().await;
     let mut set = JoinSet::new();
     for _ in 0..8 {

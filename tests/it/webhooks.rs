@@ -462,10 +462,7 @@ async fn a_slow_receiver_holds_up_only_its_own_deliveries() {
 /// claims an entry under a lease, renewed right before the send).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_on_postgres_send_each_event_once() {
-    let cluster = match pg::cluster() {
-        Ok(c) => c,
-        Err(why) => panic!("PostgreSQL cannot run here ({why}): run .ci/deps --test"),
-    };
+    let cluster = pg::required();
     let url = cluster.database().await;
     let mut rx = Receiver::new(&["/pg"]);
     let b = || {

@@ -8,8 +8,8 @@
 //! `Cluster::stop` stops it earlier (the benchmarks use it).
 //!
 //! Without PostgreSQL binaries (`/usr/lib/postgresql/*/bin`, or `PG_BIN`)
-//! the PostgreSQL tests are skipped with a message saying so; `.ci/run`
-//! installs them, so CI never skips.
+//! a PostgreSQL test fails and says how to install them ([`required`]): no
+//! test passes by not running. `.ci/run` installs them.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -33,6 +33,14 @@ pub fn cluster() -> Result<&'static Cluster, &'static str> {
         .get_or_init(|| start(false))
         .as_ref()
         .map_err(String::as_str)
+}
+
+/// The cluster, or the test fails saying why there is none and how to get
+/// one (`bash .ci/deps --test` installs the server).
+pub fn required() -> &'static Cluster {
+    cluster().unwrap_or_else(|why| {
+        panic!("PostgreSQL is needed here (run `bash .ci/deps --test`): {why}")
+    })
 }
 
 /// A second cluster that also offers TLS (`ssl = on`) with a certificate

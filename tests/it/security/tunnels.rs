@@ -358,13 +358,7 @@ async fn api_key_tunnels_close_on_revocation_disable_and_their_lifetime() {
 /// owner's keys there), within the feed's delay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_key_tunnels_close_on_every_gateway_on_postgres() {
-    let cluster = match crate::common::pg::cluster() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("PostgreSQL test skipped: {why}");
-            return;
-        }
-    };
+    let cluster = crate::common::pg::required();
     let url = cluster.database().await;
     let up = tunnel_upstream().await;
     let storage = format!("[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n");
