@@ -18,6 +18,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -27,7 +28,8 @@ use super::{bin, free_port, http};
 
 /// How long the provider may take to listen: a wait for an event, so a
 /// generous limit costs nothing when it is up; Node starting
-/// `oidc-provider` while the whole suite runs on two cores took over 30 s.
+/// `oidc-provider` while the whole suite runs on two cores took over 30 s,
+/// and once printed nothing in 120 s (then [`Idp::start`] tries once more).
 const START_LIMIT: Duration = Duration::from_secs(120);
 
 /// What the provider starts with; clients and accounts can be added later
@@ -144,6 +146,8 @@ pub struct Idp {
     pub addr: SocketAddr,
     child: Child,
     stderr: Option<std::thread::JoinHandle<String>>,
+    /// The first stdout line, until [`Idp::first_line`] takes it.
+    first: Mutex<Option<std::sync::mpsc::Receiver<Option<String>>>>,
     /// Each user's browser at the provider, from their last sign-in.
     jars: Mutex<HashMap<String, Jar>>,
 }
@@ -151,6 +155,32 @@ pub struct Idp {
 impl Idp {
     pub async fn start(config: IdpConfig) -> Idp {
         let modules = tokio::task::spawn_blocking(node_modules).await.unwrap();
+        // A start that hangs (once in a whole-suite run, Node printed
+        // nothing for START_LIMIT) is retried once as a new process on a
+        // new port; a start that fails is not.
+        let mut idp = Idp::spawn(&config, &modules);
+        let mut first = idp.first_line().await;
+        if matches!(first, Err(RecvTimeoutError::Timeout)) {
+            let err = idp.stop_for_stderr();
+            eprintln!("the test provider did not start within {START_LIMIT:?}; once more:\n{err}");
+            idp = Idp::spawn(&config, &modules);
+            first = idp.first_line().await;
+        }
+        match first {
+            Ok(Some(line)) if line.starts_with("READY ") => {
+                assert_eq!(line["READY ".len()..].trim(), idp.issuer);
+            }
+            other => {
+                let err = idp.stop_for_stderr();
+                panic!("the test provider did not start ({other:?}):\n{err}");
+            }
+        }
+        idp
+    }
+
+    /// Start `tests/idp/server.mjs` on a free port; its first stdout line
+    /// arrives through [`Idp::first_line`].
+    fn spawn(config: &IdpConfig, modules: &Path) -> Idp {
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let host = config.issuer_host.as_deref().unwrap_or("127.0.0.1");
@@ -165,7 +195,7 @@ impl Idp {
         let mut child = Command::new("node")
             .arg(&script)
             .arg(cfg.to_string())
-            .env("IDP_NODE_MODULES", &modules)
+            .env("IDP_NODE_MODULES", modules)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -186,28 +216,38 @@ impl Idp {
             // Keep draining so the child never blocks on a full pipe.
             for _ in lines {}
         });
-        let first = tokio::task::spawn_blocking(move || rx.recv_timeout(START_LIMIT))
-            .await
-            .unwrap();
-        let mut idp = Idp {
+        Idp {
             issuer,
             addr,
             child,
             stderr: Some(stderr),
+            first: Mutex::new(Some(rx)),
             jars: Mutex::new(HashMap::new()),
-        };
-        match first {
-            Ok(Some(line)) if line.starts_with("READY ") => {
-                assert_eq!(line["READY ".len()..].trim(), idp.issuer);
-            }
-            other => {
-                let _ = idp.child.kill();
-                let _ = idp.child.wait();
-                let err = idp.stderr.take().unwrap().join().unwrap_or_default();
-                panic!("the test provider did not start ({other:?}):\n{err}");
-            }
         }
-        idp
+    }
+
+    /// The provider's first stdout line (`READY <issuer>` once it
+    /// listens), waited for at most START_LIMIT.
+    async fn first_line(&self) -> Result<Option<String>, RecvTimeoutError> {
+        let rx = self
+            .first
+            .lock()
+            .unwrap()
+            .take()
+            .expect("one wait per start");
+        tokio::task::spawn_blocking(move || rx.recv_timeout(START_LIMIT))
+            .await
+            .unwrap()
+    }
+
+    /// Kill the process and return what it wrote on stderr.
+    fn stop_for_stderr(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// A URL of the provider (`path` starts with `/`).
