@@ -282,8 +282,7 @@ pub async fn identities_survive_a_copy(s: Arc<dyn Store>) {
 macro_rules! federation_conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
-            use super::*;
-            federation_conformance!(@tests $make;
+            crate::store::backend_tests!($make;
                 one_identity_racing_to_two_users_has_one_winner,
                 racing_first_sign_ins_create_one_account,
                 the_last_way_to_sign_in_cannot_be_unlinked,
@@ -291,32 +290,10 @@ macro_rules! federation_conformance {
             );
         }
     };
-    (@tests $make:expr; $($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() {
-                let Some((store, _guard)) = $make else {
-                    return;
-                };
-                super::$name(store).await;
-            }
-        )*
-    };
 }
 
-fn sled() -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
-    let dir = tempfile::tempdir().unwrap();
-    let store = portcullis::store::sled_store::SledStore::open(&dir.path().join("db")).unwrap();
-    Some((Arc::new(store), dir))
-}
-
-federation_conformance!(sled_backend, sled());
-/// A PostgreSQL store on a database of its own in the test cluster.
-async fn pg() -> Option<(Arc<dyn Store>, ())> {
-    crate::store::pg().await
-}
-
-federation_conformance!(pg_backend, pg().await);
+federation_conformance!(sled_backend, crate::store::sled());
+federation_conformance!(pg_backend, crate::store::pg().await);
 
 // ----- the account rules of a federated sign-in (accounts::federation),
 // on the real account service over a sled store, with the provider's

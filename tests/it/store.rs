@@ -1319,10 +1319,6 @@ pub async fn api_key_changes_notify_every_gateway(s: Arc<dyn Store>) {
         .any(|r| matches!(r, Record::Revocation(Revocation::Keys(id, _)) if *id == u.id)));
 }
 
-/// Instantiate the suite for one backend: `$make` is an expression (it may
-/// `.await`) giving `Option<(Arc<dyn Store>, guard)>`, `None` when the
-/// backend cannot run here (it says why); the guard lives as long as the
-/// test.
 /// Sixteen sign-ins with one passkey assertion (one counter value): one
 /// is accepted, the rest are refused; an older counter is refused after a
 /// newer one; a counterless authenticator (always 0) is not refused; and
@@ -1589,11 +1585,14 @@ pub async fn audit_events_are_chained_with_their_change(s: Arc<dyn Store>) {
     }
 }
 
+/// Instantiate the suite for one backend: `$make` is an expression (it may
+/// `.await`) giving `(Arc<dyn Store>, guard)`; the guard lives as long as
+/// the test.
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
             use super::*;
-            conformance!(@tests $make;
+            backend_tests!($make;
                 unique_email_has_one_winner,
                 one_refresh_generation_has_one_winner,
                 rotation_grace_and_reuse,
@@ -1623,33 +1622,39 @@ macro_rules! conformance {
             );
         }
     };
-    (@tests $make:expr; $($name:ident),* $(,)?) => {
+}
+
+/// One test per name on the store `$make` builds (a `(store, guard)`
+/// pair): each calls the conformance function of that name in the parent
+/// module. Shared with `federation_store.rs`'s conformance tests.
+macro_rules! backend_tests {
+    ($make:expr; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
-                let Some((store, _guard)) = $make else {
-                    return;
-                };
+                let (store, _guard) = $make;
                 super::$name(store).await;
             }
         )*
     };
 }
+pub(crate) use backend_tests;
 
-fn sled() -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
+/// A sled store in a temporary directory (the guard removes it).
+pub fn sled() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = portcullis::store::sled_store::SledStore::open(&dir.path().join("db")).unwrap();
-    Some((Arc::new(store), dir))
+    (Arc::new(store), dir)
 }
 
 /// A PostgreSQL store on a database of its own in the test cluster.
-pub async fn pg() -> Option<(Arc<dyn Store>, ())> {
+pub async fn pg() -> (Arc<dyn Store>, ()) {
     let cluster = crate::common::pg::required();
     let url = cluster.database().await;
     let store = portcullis::store::pg_store::PgStore::connect(&url)
         .await
         .unwrap_or_else(|e| panic!("connecting the store: {e}"));
-    Some((Arc::new(store), ()))
+    (Arc::new(store), ())
 }
 
 conformance!(sled_backend, sled());
@@ -1659,7 +1664,7 @@ conformance!(sled_backend, sled());
 /// read the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sled_export_cursors_are_lower_case_hex() {
-    let (s, _dir) = sled().unwrap();
+    let (s, _dir) = sled();
     let mut ids = Vec::new();
     for i in 0..5 {
         let u = user(&format!("cursor{i}@example.com"));
@@ -1720,9 +1725,7 @@ async fn sled_counters_survive_a_reopen_after_a_checkpoint() {
 /// place only until its lease ends; a failure settled late still counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_a_lapsed_reservation_gives_its_place_back() {
-    let Some((s, _guard)) = pg().await else {
-        return;
-    };
+    let (s, _guard) = pg().await;
     let p = lockout(1);
     let l = s
         .reserve_attempt("acct", p, 1000, 120)
@@ -2106,9 +2109,7 @@ impl copy::PageSink for WritesMeanwhile {
 /// is read after the write); the store holds them after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_a_streamed_export_is_of_one_moment() {
-    let Some((s, _guard)) = pg().await else {
-        return;
-    };
+    let (s, _guard) = pg().await;
     let u = user("early@example.com");
     s.create_user(u.clone(), Some(mail("early@example.com")))
         .await
