@@ -931,7 +931,9 @@ async fn portal_pages_answer_with_generic_errors_and_never_a_500() {
 }
 
 /// The Selenium venv, installed into the target dir on first use (pinned;
-/// the browser and driver are Debian's, from `.ci/deps --test`).
+/// the browser and driver are Debian's, from `.ci/deps --test`); one
+/// install at a time across test threads and processes. The browser,
+/// console and federation tests all use it.
 pub fn selenium_python() -> std::path::PathBuf {
     use std::path::Path;
     use std::time::Duration;
@@ -943,6 +945,7 @@ pub fn selenium_python() -> std::path::PathBuf {
     }
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("selenium-venv");
     let py = venv.join("bin/python");
+    let _guard = crate::common::ports::machine_lock("selenium-venv");
     if venv.join("ready").exists() {
         return py;
     }

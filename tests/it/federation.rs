@@ -1568,38 +1568,6 @@ async fn backup_and_restore_keep_the_links() {
     assert_eq!(list["identities"][0]["subject"], "max", "{list}");
 }
 
-/// Selenium in a venv under the target dir (pinned like the browser
-/// test's; a venv of its own so the two never install into one at once).
-fn selenium_python() -> std::path::PathBuf {
-    use std::path::Path;
-    use std::time::Duration;
-    for bin in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
-        assert!(
-            Path::new(bin).exists(),
-            "{bin} is missing: run .ci/deps --test"
-        );
-    }
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("selenium-venv-fed");
-    let py = venv.join("bin/python");
-    let _guard = ports::machine_lock("selenium-venv-fed");
-    if venv.join("ready").exists() {
-        return py;
-    }
-    let mut cmd = std::process::Command::new("python3");
-    cmd.args(["-m", "venv"]).arg(&venv);
-    let out = bin::run(cmd, None, Duration::from_secs(120));
-    assert!(
-        out.ok(),
-        "python3 -m venv failed (run .ci/deps --test): {out:?}"
-    );
-    let mut cmd = std::process::Command::new(venv.join("bin/pip"));
-    cmd.args(["install", "-q", "selenium==4.40.0"]);
-    let out = bin::run(cmd, None, Duration::from_secs(600));
-    assert!(out.ok(), "pip install selenium failed: {out:?}");
-    std::fs::write(venv.join("ready"), b"").unwrap();
-    py
-}
-
 /// The portal's provider button in a real Chromium
 /// (tests/browser/federation_e2e.py): a protected page sends the browser
 /// to the sign-in page, whose "corp SSO" button leads to the provider's
@@ -1610,7 +1578,9 @@ fn selenium_python() -> std::path::PathBuf {
 async fn chromium_signs_in_with_the_portal_button() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
-    let py = tokio::task::spawn_blocking(selenium_python).await.unwrap();
+    let py = tokio::task::spawn_blocking(crate::browser::selenium_python)
+        .await
+        .unwrap();
     let idp = Idp::start(IdpConfig {
         accounts: users(&[("nia", corp_user("nia@corp.example", true, &[], &["pwd"]))]),
         clients: vec![],
