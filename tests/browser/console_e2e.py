@@ -15,20 +15,12 @@ import os
 import signal
 import sys
 import tempfile
-import time
-import urllib.parse
 
-os.environ["SE_OFFLINE"] = "true"
 
-from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import (  # noqa: E402
-    NoSuchElementException,
-    StaleElementReferenceException,
-    WebDriverException,
-)
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+import common  # noqa: E402
+from common import RACY, WAIT, ask, path_of, step  # noqa: E402
 
 CFG = json.loads(sys.argv[1])
 GW = CFG["gateway"]
@@ -36,44 +28,21 @@ ADMIN = CFG["admin"]
 USER = CFG["user"]
 PASSWORD = CFG["password"]
 SHOTS = CFG["screenshots"]
-WAIT = 20
 
 signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("console test took over 200 s")))
 signal.alarm(200)
 
 
-def step(msg):
-    print(f"STEP {msg}", flush=True)
+driver = common.chrome(CFG, "portcullis-console-", browser_log=True)
 
-
-def ask(line):
-    print(line, flush=True)
-    answer = sys.stdin.readline().strip()
-    assert answer.startswith("OK"), f"{line}: {answer}"
-    return answer[2:].strip()
-
-
-profile = tempfile.mkdtemp(prefix="portcullis-console-")
-opts = webdriver.ChromeOptions()
-opts.binary_location = "/usr/bin/chromium"
-for a in [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--ignore-certificate-errors",
-    "--window-size=1000,820",
-    f"--user-data-dir={profile}",
-]:
-    opts.add_argument(a)
-opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=opts)
-RACY = (StaleElementReferenceException, NoSuchElementException)
 wait = WebDriverWait(driver, WAIT, ignored_exceptions=RACY)
+ui = common.Actions(driver)
+act = ui.act
+fill = ui.fill
+submit = ui.submit
+click = ui.click
+text_of = ui.text_of
+page = ui.page
 
 
 def shot(name, height=820):
@@ -84,59 +53,8 @@ def shot(name, height=820):
         driver.set_window_size(1000, 820)
 
 
-def path_of(url):
-    u = urllib.parse.urlsplit(url)
-    return u.path + ("?" + u.query if u.query else "")
-
-
 def at(path):
     wait.until(lambda d: path_of(d.current_url).startswith(path))
-
-
-def settled(d):
-    try:
-        return d.execute_script("return document.readyState") == "complete"
-    except WebDriverException:
-        return False
-
-
-def act(what, fn):
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            WebDriverWait(driver, WAIT).until(settled)
-            return fn()
-        except WebDriverException as e:
-            msg = str(e)
-            swapped = isinstance(e, RACY) or "does not belong to the document" in msg or "stale element" in msg
-            if not swapped or time.monotonic() > deadline:
-                raise AssertionError(f"{what}: {e}") from e
-            time.sleep(0.1)
-
-
-def fill(field, value):
-    def go():
-        el = driver.find_element(By.ID, field)
-        el.clear()
-        el.send_keys(value)
-
-    act(f"fill {field}", go)
-
-
-def submit(text):
-    act(f"submit {text}", lambda: driver.find_element(By.XPATH, f"//button[normalize-space()='{text}']").click())
-
-
-def click(by, sel):
-    act(f"click {sel}", lambda: driver.find_element(by, sel).click())
-
-
-def text_of(by, sel):
-    return act(f"read {sel}", lambda: driver.find_element(by, sel).text)
-
-
-def page():
-    return act("read the page", lambda: driver.find_element(By.TAG_NAME, "body").text)
 
 
 def done(text):

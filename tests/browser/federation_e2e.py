@@ -14,19 +14,12 @@ import json
 import os
 import signal
 import sys
-import tempfile
-import urllib.parse
 
-os.environ["SE_OFFLINE"] = "true"
 
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.common.exceptions import (  # noqa: E402
-    NoSuchElementException,
-    StaleElementReferenceException,
-)
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+import common  # noqa: E402
+from common import RACY, WAIT, path_of, step  # noqa: E402
 
 CFG = json.loads(sys.argv[1])
 GW = CFG["gateway"]  # https://localhost:<tls port>
@@ -35,38 +28,13 @@ USER = CFG["user"]
 EMAIL = CFG["email"]
 BUTTON = CFG["button"]
 SHOTS = CFG["screenshots"]
-WAIT = 20
 
 signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("browser test took over 180 s")))
 signal.alarm(180)
 
 
-def step(msg):
-    print(f"STEP {msg}", flush=True)
+driver = common.chrome(CFG, "portcullis-chromium-fed-")
 
-
-profile = tempfile.mkdtemp(prefix="portcullis-chromium-fed-")
-opts = webdriver.ChromeOptions()
-opts.binary_location = CFG.get("chromium", "/usr/bin/chromium")
-for a in [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--ignore-certificate-errors",
-    "--window-size=1000,820",
-    f"--user-data-dir={profile}",
-]:
-    opts.add_argument(a)
-driver = webdriver.Chrome(
-    service=Service(executable_path=CFG.get("chromedriver", "/usr/bin/chromedriver")),
-    options=opts,
-)
-RACY = (StaleElementReferenceException, NoSuchElementException)
 wait = WebDriverWait(driver, WAIT, ignored_exceptions=RACY)
 
 
@@ -74,11 +42,6 @@ def shot(name):
     if SHOTS:
         os.makedirs(SHOTS, exist_ok=True)
         driver.save_screenshot(os.path.join(SHOTS, f"{name}.png"))
-
-
-def path_of(url):
-    u = urllib.parse.urlsplit(url)
-    return u.path + ("?" + u.query if u.query else "")
 
 
 try:

@@ -16,49 +16,27 @@ import os
 import signal
 import ssl
 import sys
-import tempfile
 import threading
-import time
-import urllib.parse
 
-os.environ["SE_OFFLINE"] = "true"
 
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.virtual_authenticator import (  # noqa: E402
     Protocol,
     Transport,
     VirtualAuthenticatorOptions,
 )
-from selenium.common.exceptions import (  # noqa: E402
-    NoSuchElementException,
-    StaleElementReferenceException,
-    WebDriverException,
-)
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+import common  # noqa: E402
+from common import RACY, WAIT, ask, path_of, step  # noqa: E402
 
 CFG = json.loads(sys.argv[1])
 GW = CFG["gateway"]  # https://localhost:<tls port>
 EMAIL = CFG["email"]
 PASSWORD = CFG["password"]
 SHOTS = CFG["screenshots"]
-WAIT = 20
 
 signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("browser test took over 240 s")))
 signal.alarm(240)
-
-
-def step(msg):
-    print(f"STEP {msg}", flush=True)
-
-
-def ask(line):
-    """One request to the Rust side; returns its answer line."""
-    print(line, flush=True)
-    answer = sys.stdin.readline().strip()
-    assert answer.startswith("OK"), f"{line}: {answer}"
-    return answer[2:].strip()
 
 
 # ----- the two other origins: an attacker's and an allowed app's
@@ -97,31 +75,19 @@ ALLOWED = f"https://localhost:{CFG['allowed_port']}"
 
 # ----- the browser
 
-profile = tempfile.mkdtemp(prefix="portcullis-chromium-")
-opts = webdriver.ChromeOptions()
-opts.binary_location = CFG.get("chromium", "/usr/bin/chromium")
-for a in [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--ignore-certificate-errors",
-    "--window-size=1000,820",
-    f"--user-data-dir={profile}",
-]:
-    opts.add_argument(a)
-driver = webdriver.Chrome(
-    service=Service(executable_path=CFG.get("chromedriver", "/usr/bin/chromedriver")),
-    options=opts,
-)
+driver = common.chrome(CFG, "portcullis-chromium-")
+
 # A page may be replaced while it is read (a form submits, a script
 # navigates): waits read again instead of failing.
-RACY = (StaleElementReferenceException, NoSuchElementException)
 wait = WebDriverWait(driver, WAIT, ignored_exceptions=RACY)
+ui = common.Actions(driver)
+act = ui.act
+fill = ui.fill
+submit = ui.submit
+click = ui.click
+text_of = ui.text_of
+present = ui.present
+page = ui.page
 
 
 def shot(name, height=820):
@@ -132,79 +98,12 @@ def shot(name, height=820):
         driver.set_window_size(1000, 820)
 
 
-def path_of(url):
-    u = urllib.parse.urlsplit(url)
-    return u.path + ("?" + u.query if u.query else "")
-
-
 def at(path):
     wait.until(lambda d: path_of(d.current_url).startswith(path))
 
 
 def session_cookie():
     return next((c for c in driver.get_cookies() if c["name"] == "__Host-portcullis"), None)
-
-
-def swapped(e):
-    """True when an element action failed only because the document it was
-    found in was being replaced by a navigation (a form submitted, a
-    redirect landed): chromedriver then reports a stale node, a missing
-    node, or "Node with given id does not belong to the document"."""
-    if isinstance(e, RACY):
-        return True
-    msg = str(e)
-    return "does not belong to the document" in msg or "stale element" in msg
-
-
-def settled(d):
-    try:
-        return d.execute_script("return document.readyState") == "complete"
-    except WebDriverException:
-        return False  # the document went away while asked: not settled yet
-
-
-def act(what, fn):
-    """Runs an element action on the page now shown, again (up to WAIT s)
-    while the page is being swapped; any other failure is raised."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            WebDriverWait(driver, WAIT).until(settled)
-            return fn()
-        except WebDriverException as e:
-            if not swapped(e) or time.monotonic() > deadline:
-                raise AssertionError(f"{what}: {e}") from e
-            time.sleep(0.1)
-
-
-def fill(field, value):
-    def go():
-        el = driver.find_element(By.ID, field)
-        el.clear()
-        el.send_keys(value)
-
-    act(f"fill {field}", go)
-
-
-def submit(text):
-    act(f"submit {text}", lambda: driver.find_element(By.XPATH, f"//button[normalize-space()='{text}']").click())
-
-
-def click(by, sel):
-    act(f"click {sel}", lambda: driver.find_element(by, sel).click())
-
-
-def text_of(by, sel):
-    return act(f"read {sel}", lambda: driver.find_element(by, sel).text)
-
-
-def present(by, sel):
-    return act(f"look for {sel}", lambda: bool(driver.find_elements(by, sel)))
-
-
-def page():
-    """The text of the page now shown (read again if it was replaced)."""
-    return act("read the page", lambda: driver.find_element(By.TAG_NAME, "body").text)
 
 
 try:

@@ -12,24 +12,18 @@ the Rust test. Nothing is downloaded.
 """
 
 import json
-import os
 import signal
 import sys
-import tempfile
-import time
 import urllib.parse
 
-os.environ["SE_OFFLINE"] = "true"
 
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.common.exceptions import (  # noqa: E402
-    NoSuchElementException,
-    StaleElementReferenceException,
     WebDriverException,
 )
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+import common  # noqa: E402
+from common import RACY, WAIT, step  # noqa: E402
 
 CFG = json.loads(sys.argv[1])
 PORT = CFG["port"]  # the gateway's TLS port
@@ -38,40 +32,19 @@ PASSWORD = CFG["password"]
 APP1 = f"https://app1.portcullis.test:{PORT}"
 APP2 = f"https://app2.portcullis.test:{PORT}"
 AUTH = f"https://auth.portcullis.test:{PORT}"
-WAIT = 20
 
 signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("browser test took over 180 s")))
 signal.alarm(180)
 
 
-def step(msg):
-    print(f"STEP {msg}", flush=True)
+driver = common.chrome(CFG, "portcullis-chromium-hosts-", ["--host-resolver-rules=MAP *.portcullis.test 127.0.0.1, MAP evil.test 127.0.0.1"])
 
-
-profile = tempfile.mkdtemp(prefix="portcullis-chromium-hosts-")
-opts = webdriver.ChromeOptions()
-opts.binary_location = CFG.get("chromium", "/usr/bin/chromium")
-for a in [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--ignore-certificate-errors",
-    "--host-resolver-rules=MAP *.portcullis.test 127.0.0.1, MAP evil.test 127.0.0.1",
-    "--window-size=1000,820",
-    f"--user-data-dir={profile}",
-]:
-    opts.add_argument(a)
-driver = webdriver.Chrome(
-    service=Service(executable_path=CFG.get("chromedriver", "/usr/bin/chromedriver")),
-    options=opts,
-)
-RACY = (StaleElementReferenceException, NoSuchElementException)
 wait = WebDriverWait(driver, WAIT, ignored_exceptions=RACY)
+ui = common.Actions(driver)
+act = ui.act
+fill = ui.fill
+submit = ui.submit
+page = ui.page
 
 
 def where():
@@ -89,49 +62,6 @@ def at(host, path):
         except WebDriverException:
             shown = "?"
         raise AssertionError(f"not at {host}{path} but at {driver.current_url}: {shown}") from e
-
-
-def swapped(e):
-    if isinstance(e, RACY):
-        return True
-    msg = str(e)
-    return "does not belong to the document" in msg or "stale element" in msg
-
-
-def settled(d):
-    try:
-        return d.execute_script("return document.readyState") == "complete"
-    except WebDriverException:
-        return False
-
-
-def act(what, fn):
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            WebDriverWait(driver, WAIT).until(settled)
-            return fn()
-        except WebDriverException as e:
-            if not swapped(e) or time.monotonic() > deadline:
-                raise AssertionError(f"{what}: {e}") from e
-            time.sleep(0.1)
-
-
-def fill(field, value):
-    def go():
-        el = driver.find_element(By.ID, field)
-        el.clear()
-        el.send_keys(value)
-
-    act(f"fill {field}", go)
-
-
-def submit(text):
-    act(f"submit {text}", lambda: driver.find_element(By.XPATH, f"//button[normalize-space()='{text}']").click())
-
-
-def page():
-    return act("read the page", lambda: driver.find_element(By.TAG_NAME, "body").text)
 
 
 def echoed_email():
