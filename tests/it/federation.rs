@@ -471,6 +471,35 @@ pub(crate) async fn code_signin(fed: &Fed, provider: &str, user: &str) -> Result
     Ok(r.json())
 }
 
+/// `POST /auth/identities/corp` with `access`: the start of a link.
+async fn link_request(fed: &Fed, access: &str) -> http::Response {
+    http::request(
+        fed.gw.addr,
+        "POST",
+        "/auth/identities/corp",
+        &[
+            ("authorization", &format!("Bearer {access}")),
+            ("content-type", "application/json"),
+        ],
+        Some(b"{}"),
+    )
+    .await
+    .unwrap()
+}
+
+/// The rest of a link that `started` (a 200 of [`link_request`]) began:
+/// `user` signs in at the provider, and the browser (with the start's
+/// cookies) comes back through the gateway's callback.
+async fn finish_link(fed: &Fed, started: &http::Response, user: &str) -> http::Response {
+    let cookies = cookies_of(started);
+    let authorize = started.json()["authorize_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cb = fed.idp.complete_login(&authorize, user).await;
+    callback(&fed.gw, &cb, &cookies).await
+}
+
 /// [`code_signin`] that must succeed with tokens; the access token's claims.
 async fn signed_in(fed: &Fed, user: &str) -> (Value, Value) {
     let v = code_signin(fed, "corp", user)
@@ -1412,23 +1441,9 @@ async fn identities_link_while_signed_in_and_refuse_to_unlink_the_last_way_in() 
     assert_eq!(r.json()["identities"], json!([]));
     assert_eq!(fed.gw.get("/auth/identities", None).await.status, 401);
 
-    let r = http::request(
-        fed.gw.addr,
-        "POST",
-        "/auth/identities/corp",
-        &[
-            ("authorization", &format!("Bearer {}", kim.access)),
-            ("content-type", "application/json"),
-        ],
-        Some(b"{}"),
-    )
-    .await
-    .unwrap();
+    let r = link_request(&fed, &kim.access).await;
     assert_eq!(r.status, 200, "{r:?}");
-    let cookies = cookies_of(&r);
-    let authorize = r.json()["authorize_url"].as_str().unwrap().to_string();
-    let cb = fed.idp.complete_login(&authorize, "kim").await;
-    let r = callback(&fed.gw, &cb, &cookies).await;
+    let r = finish_link(&fed, &r, "kim").await;
     assert!(matches!(r.status, 200 | 302 | 303), "{r:?}");
     assert!(
         !r.header("location").unwrap_or("").contains("error="),
@@ -1452,23 +1467,9 @@ async fn identities_link_while_signed_in_and_refuse_to_unlink_the_last_way_in() 
     // Another account trying to link kim's identity: identity_taken.
     fed.gw.admin_add_user("other@home.example", &[]).await;
     let other = fed.gw.signin("other@home.example", PASSWORD).await;
-    let r = http::request(
-        fed.gw.addr,
-        "POST",
-        "/auth/identities/corp",
-        &[
-            ("authorization", &format!("Bearer {}", other.access)),
-            ("content-type", "application/json"),
-        ],
-        Some(b"{}"),
-    )
-    .await
-    .unwrap();
+    let r = link_request(&fed, &other.access).await;
     assert_eq!(r.status, 200, "{r:?}");
-    let cookies = cookies_of(&r);
-    let authorize = r.json()["authorize_url"].as_str().unwrap().to_string();
-    let cb = fed.idp.complete_login(&authorize, "kim").await;
-    let r = callback(&fed.gw, &cb, &cookies).await;
+    let r = finish_link(&fed, &r, "kim").await;
     let shown = format!(
         "{} {} {}",
         r.header("location").unwrap_or(""),
@@ -1513,18 +1514,7 @@ async fn identities_link_while_signed_in_and_refuse_to_unlink_the_last_way_in() 
     // Linking needs a recent sign-in (accounts.reauth_secs, 300 s).
     let s = fed.gw.signin("kim@home.example", PASSWORD).await;
     fed.gw.clock.advance(400);
-    let r = http::request(
-        fed.gw.addr,
-        "POST",
-        "/auth/identities/corp",
-        &[
-            ("authorization", &format!("Bearer {}", s.access)),
-            ("content-type", "application/json"),
-        ],
-        Some(b"{}"),
-    )
-    .await
-    .unwrap();
+    let r = link_request(&fed, &s.access).await;
     assert_error(&r, 403, "reauth_required");
 }
 
