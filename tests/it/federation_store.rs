@@ -2,15 +2,12 @@
 //! on sled and on PostgreSQL (each case instantiated for both below).
 //! Races have N = 16 tasks released together on one store.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use portcullis::store::*;
-use tokio::sync::Barrier;
-use tokio::task::JoinSet;
 use uuid::Uuid;
 
-const N: usize = 16;
+use crate::store::race;
 
 fn user(email: &str) -> User {
     User::new(Uuid::new_v4(), email, "hash-0", 1)
@@ -24,29 +21,6 @@ fn link(provider: &str, subject: &str, user_id: Uuid) -> LinkedIdentity {
         email: Some("x@example.com".into()),
         linked_at: 100,
     }
-}
-
-async fn race<T, F, Fut>(f: F) -> Vec<T>
-where
-    T: Send + 'static,
-    F: Fn(usize) -> Fut,
-    Fut: Future<Output = T> + Send + 'static,
-{
-    let barrier = Arc::new(Barrier::new(N));
-    let mut set = JoinSet::new();
-    for i in 0..N {
-        let (b, fut) = (barrier.clone(), f(i));
-        set.spawn(async move {
-            b.wait().await;
-            (i, fut.await)
-        });
-    }
-    let mut out: Vec<Option<T>> = (0..N).map(|_| None).collect();
-    while let Some(r) = set.join_next().await {
-        let (i, v) = r.unwrap();
-        out[i] = Some(v);
-    }
-    out.into_iter().map(Option::unwrap).collect()
 }
 
 fn count(rs: &[LinkOutcome], o: LinkOutcome) -> usize {

@@ -74,7 +74,7 @@ fn mail(to: &str) -> OutboxMessage {
 }
 
 /// Run `f(i)` for i in 0..N, all released at once; results in order.
-async fn race<T, F, Fut>(f: F) -> Vec<T>
+pub async fn race<T, F, Fut>(f: F) -> Vec<T>
 where
     T: Send + 'static,
     F: Fn(usize) -> Fut,
