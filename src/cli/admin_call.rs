@@ -25,14 +25,9 @@ pub(super) fn via_admin_listener(
     }
 }
 
-/// One request to the running gateway's admin listener, with the admin
-/// token; whether it answered 200, and the body.
-pub(super) fn admin_call(
-    cfg: &Config,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> Result<(bool, Vec<u8>), String> {
+/// Connect to the running gateway's admin listener and send one request
+/// with the admin token (`Connection: close`; a JSON `body`, or none).
+fn send(cfg: &Config, method: &str, path: &str, body: Option<&[u8]>) -> Result<TcpStream, String> {
     let addr = cfg
         .server
         .admin_listen
@@ -41,14 +36,31 @@ pub(super) fn admin_call(
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| format!("connecting to the admin listener {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(300))).ok();
+    let content_type = match body {
+        Some(_) => "Content-Type: application/json\r\n",
+        None => "",
+    };
+    let body = body.unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n",
         String::from_utf8_lossy(&token),
         body.len()
     );
     s.write_all(head.as_bytes())
         .and_then(|_| s.write_all(body))
         .map_err(|e| format!("admin listener: {e}"))?;
+    Ok(s)
+}
+
+/// One request to the running gateway's admin listener, with the admin
+/// token; whether it answered 200, and the body.
+pub(super) fn admin_call(
+    cfg: &Config,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<(bool, Vec<u8>), String> {
+    let mut s = send(cfg, method, path, Some(body))?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp)
         .map_err(|e| format!("admin listener: {e}"))?;
@@ -68,20 +80,7 @@ pub(super) fn admin_call(
 /// or the length) is an error.
 pub(super) fn admin_stream(cfg: &Config, path: &str, out: &mut impl Write) -> Result<(), String> {
     use std::io::BufRead;
-    let addr = cfg
-        .server
-        .admin_listen
-        .ok_or("the database is in use and server.admin_listen is disabled")?;
-    let token = crate::server::admin_token(cfg)?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| format!("connecting to the admin listener {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(300))).ok();
-    let head = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        String::from_utf8_lossy(&token),
-    );
-    s.write_all(head.as_bytes())
-        .map_err(|e| format!("admin listener: {e}"))?;
+    let s = send(cfg, "GET", path, None)?;
     let failed = |e: std::io::Error| format!("admin listener: {e}");
     let mut r = std::io::BufReader::with_capacity(1 << 16, s);
     let mut line = String::new();
