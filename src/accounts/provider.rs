@@ -335,22 +335,9 @@ impl AuthService {
             }
             RotateOutcome::Invalid => return Err(GrantError::Invalid),
         };
-        let user = match self.store.find_user(session.user_id).await? {
-            Some(u) if !u.disabled => u,
-            _ => {
-                let ev = self
-                    .audit_event(&actx, "session.revoked", "disabled", Some(session.user_id))
-                    .with("session_id", session.id.to_string())
-                    .with("client_id", client_id);
-                self.end_sessions_with(
-                    session.user_id,
-                    Sessions::One(session.id),
-                    false,
-                    ev.into(),
-                )
-                .await?;
-                return Err(GrantError::Invalid);
-            }
+        let fields = [("client_id", client_id)];
+        let Some(user) = self.enabled_owner(&actx, &session, &fields).await? else {
+            return Err(GrantError::Invalid);
         };
         self.metrics.auth_event("refresh", "success");
         audit::event(

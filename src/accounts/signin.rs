@@ -432,21 +432,8 @@ impl AuthService {
             RotateOutcome::Invalid => return Err(invalid(None, "invalid")),
         };
         let uid = session.user_id.to_string();
-        let user = match self.store.find_user(session.user_id).await? {
-            Some(u) if !u.disabled => u,
-            _ => {
-                let ev = self
-                    .audit_event(&actx, "session.revoked", "disabled", Some(session.user_id))
-                    .with("session_id", session.id.to_string());
-                self.end_sessions_with(
-                    session.user_id,
-                    Sessions::One(session.id),
-                    false,
-                    ev.into(),
-                )
-                .await?;
-                return Err(invalid(Some(&uid), "disabled"));
-            }
+        let Some(user) = self.enabled_owner(&actx, &session, &[]).await? else {
+            return Err(invalid(Some(&uid), "disabled"));
         };
         let signed = self.sign(&user, &session)?;
         self.metrics.auth_event("refresh", "success");

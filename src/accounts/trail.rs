@@ -108,6 +108,32 @@ impl AuthService {
             .filter(|r| matches!(r, store::Revocation::Session(..)))
             .count())
     }
+
+    /// The owner of a session that was just rotated, if the account is
+    /// still there and enabled; otherwise that session is ended (audited as
+    /// `session.revoked`, outcome `disabled`, with `fields`) and `None`.
+    pub async fn enabled_owner(
+        &self,
+        ctx: &AuditCtx<'_>,
+        session: &store::SessionRecord,
+        fields: &[(&str, &str)],
+    ) -> Result<Option<User>, StoreError> {
+        match self.store.find_user(session.user_id).await? {
+            Some(u) if !u.disabled => Ok(Some(u)),
+            _ => {
+                let mut ev = self
+                    .audit_event(ctx, "session.revoked", "disabled", Some(session.user_id))
+                    .with("session_id", session.id.to_string());
+                for (k, v) in fields {
+                    ev = ev.with(k, *v);
+                }
+                let one = Sessions::One(session.id);
+                self.end_sessions_with(session.user_id, one, false, ev.into())
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
 }
 
 impl AuthService {
