@@ -641,6 +641,48 @@ async fn sixteen_parallel_exchanges_of_one_code_give_one_success() {
     assert_eq!(ui.status, 401, "{}", ui.text());
 }
 
+/// A code exchange and an admin disable of its user, fired at once (eight
+/// users, one race each): whichever lands first, the account ends up
+/// disabled and nothing the exchange may have got still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_code_exchange_racing_a_disable_leaves_nothing_usable() {
+    let gw = provider().await;
+    for round in 0..8 {
+        let email = format!("racedisable{round}@example.com");
+        let cookie = signed_in(&gw, &email).await;
+        let (code, verifier) = code_for(&gw, &cookie, "app", "openid").await;
+        let barrier = Arc::new(Barrier::new(2));
+        let (b, addr) = (barrier.clone(), gw.addr);
+        let exchange = tokio::spawn(async move {
+            b.wait().await;
+            token_at(
+                addr,
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", &code),
+                    ("redirect_uri", CB),
+                    ("code_verifier", &verifier),
+                ],
+                Some(&basic("app", SECRET)),
+            )
+            .await
+        });
+        barrier.wait().await;
+        admin_disable(&gw, &email).await;
+        let r = exchange.await.unwrap();
+        assert!(matches!(r.status, 200 | 400), "{}", r.text());
+        if r.status == 200 {
+            let t = r.json();
+            let ui = userinfo(&gw, t["access_token"].as_str().unwrap()).await;
+            assert_eq!(ui.status, 401, "round {round}: {}", ui.text());
+            let r = refresh(&gw, t["refresh_token"].as_str().unwrap()).await;
+            assert_oauth_error(&r, 400, "invalid_grant");
+        } else {
+            assert_oauth_error(&r, 400, "invalid_grant");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_parallel_refreshes_have_one_winner_and_end_the_session() {
     let gw = provider().await;
