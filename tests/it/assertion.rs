@@ -15,7 +15,7 @@ use std::time::Duration;
 use portcullis::clock::Clock;
 use serde_json::{json, Value};
 
-use crate::common::{bin, echoed, http, Builder, TestGateway};
+use crate::common::{bin, echoed, http, venv, Builder, TestGateway};
 
 const ROUTES: &str = r#"
 [[routes]]
@@ -58,27 +58,7 @@ async fn gateway(alg: &str) -> TestGateway {
 /// The PyJWT venv, installed into the target dir on first use (pinned, as
 /// the browser test's Selenium; python3 with venv from `.ci/deps --test`).
 fn pyjwt_python() -> PathBuf {
-    // One install, whichever test asks first; the others wait for it.
-    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pyjwt-venv");
-    let py = venv.join("bin/python");
-    if venv.join("ready").exists() {
-        return py;
-    }
-    let mut cmd = std::process::Command::new("python3");
-    cmd.args(["-m", "venv"]).arg(&venv);
-    let out = bin::run(cmd, None, Duration::from_secs(120));
-    assert!(
-        out.ok(),
-        "python3 -m venv failed (run .ci/deps --test): {out:?}"
-    );
-    let mut cmd = std::process::Command::new(venv.join("bin/pip"));
-    cmd.args(["install", "-q", "pyjwt==2.10.1", "cryptography==44.0.0"]);
-    let out = bin::run(cmd, None, Duration::from_secs(600));
-    assert!(out.ok(), "pip install pyjwt failed: {out:?}");
-    std::fs::write(venv.join("ready"), b"").unwrap();
-    py
+    venv::python("pyjwt-venv", &["pyjwt==2.10.1", "cryptography==44.0.0"])
 }
 
 /// PyJWT's verification of each token: the key from the JWKS at `jwks_url`

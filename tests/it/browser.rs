@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 
 use serde_json::json;
 
-use crate::common::bin;
 use crate::common::http::{self, Response};
 use crate::common::*;
 
@@ -936,32 +935,13 @@ async fn portal_pages_answer_with_generic_errors_and_never_a_500() {
 /// console and federation tests all use it.
 pub fn selenium_python() -> std::path::PathBuf {
     use std::path::Path;
-    use std::time::Duration;
     for bin in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
         assert!(
             Path::new(bin).exists(),
             "{bin} is missing: run .ci/deps --test"
         );
     }
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("selenium-venv");
-    let py = venv.join("bin/python");
-    let _guard = crate::common::ports::machine_lock("selenium-venv");
-    if venv.join("ready").exists() {
-        return py;
-    }
-    let mut cmd = std::process::Command::new("python3");
-    cmd.args(["-m", "venv"]).arg(&venv);
-    let out = bin::run(cmd, None, Duration::from_secs(120));
-    assert!(
-        out.ok(),
-        "python3 -m venv failed (run .ci/deps --test): {out:?}"
-    );
-    let mut cmd = std::process::Command::new(venv.join("bin/pip"));
-    cmd.args(["install", "-q", "selenium==4.40.0"]);
-    let out = bin::run(cmd, None, Duration::from_secs(600));
-    assert!(out.ok(), "pip install selenium failed: {out:?}");
-    std::fs::write(venv.join("ready"), b"").unwrap();
-    py
+    venv::python("selenium-venv", &["selenium==4.40.0"])
 }
 
 /// The whole browser journey in a real Chromium (tests/browser/portal_e2e.py):

@@ -936,43 +936,36 @@ async fn rp_logout_redirects_only_to_a_registered_uri() {
 /// `openid-client` pinned, under target/tmp (installed on first use, as
 /// `.ci/deps --test` does).
 fn node_rp() -> std::path::PathBuf {
+    const PIN: &str = "openid-client@6.8.1";
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("rp-node");
-    if !dir.join("node_modules/openid-client/package.json").exists() {
+    // Several tests (and test processes) ask at once: one install, under a
+    // machine-wide lock, counted done only by its marker.
+    let _guard = crate::common::ports::machine_lock("rp-node-install");
+    let ready = dir.join("ready");
+    if std::fs::read(&ready).ok().as_deref() != Some(PIN.as_bytes()) {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
         std::fs::create_dir_all(&dir).unwrap();
         let mut cmd = std::process::Command::new("npm");
         cmd.current_dir(&dir)
-            .args(["install", "--no-audit", "--no-fund", "openid-client@6.8.1"]);
+            .args(["install", "--no-audit", "--no-fund", PIN]);
         let out = bin::run(cmd, None, Duration::from_secs(300));
         assert!(out.ok(), "npm install openid-client failed: {out:?}");
+        std::fs::write(&ready, PIN).unwrap();
     }
+    // Rewritten only when it changed: another test may be running it.
     let script = dir.join("rp.mjs");
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/rp/rp.mjs"),
-        &script,
-    )
-    .unwrap();
+    let src = include_bytes!("../rp/rp.mjs");
+    if std::fs::read(&script).ok().as_deref() != Some(src.as_slice()) {
+        std::fs::write(&script, src).unwrap();
+    }
     script
 }
 
 /// Python with `authlib` pinned, in a venv under target/tmp.
 fn authlib_python() -> std::path::PathBuf {
-    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("rp-venv");
-    let py = venv.join("bin/python");
-    if venv.join("ready").exists() {
-        return py;
-    }
-    let mut cmd = std::process::Command::new("python3");
-    cmd.args(["-m", "venv"]).arg(&venv);
-    assert!(
-        bin::run(cmd, None, Duration::from_secs(120)).ok(),
-        "python3 -m venv"
-    );
-    let mut cmd = std::process::Command::new(venv.join("bin/pip"));
-    cmd.args(["install", "-q", "authlib==1.6.5", "requests==2.32.5"]);
-    let out = bin::run(cmd, None, Duration::from_secs(600));
-    assert!(out.ok(), "pip install authlib failed: {out:?}");
-    std::fs::write(venv.join("ready"), b"").unwrap();
-    py
+    venv::python("rp-venv", &["authlib==1.6.5", "requests==2.32.5"])
 }
 
 fn run_json(cmd: std::process::Command) -> Value {

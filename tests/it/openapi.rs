@@ -25,7 +25,7 @@ use federation::{FED_CLIENT, FED_SECRET, FED_SECRET_ENV};
 
 mod federation;
 use crate::common::totp::{base32_decode, code_at};
-use crate::common::{Builder, TestGateway, PASSWORD};
+use crate::common::{venv, Builder, TestGateway, PASSWORD};
 use portcullis::clock::Clock;
 
 /// The document, and the operations the walk has answered.
@@ -823,23 +823,7 @@ consent = true
 
 /// The schemathesis CLI, installed into `target/tmp` on first use (pinned).
 fn schemathesis() -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("schemathesis-venv");
-    let st = venv.join("bin/st");
-    if st.exists() {
-        return st;
-    }
-    let mut cmd = std::process::Command::new("python3");
-    cmd.args(["-m", "venv"]).arg(&venv);
-    let out = bin::run(cmd, None, Duration::from_secs(120));
-    assert!(
-        out.ok(),
-        "python3 -m venv failed (run .ci/deps --test): {out:?}"
-    );
-    let mut cmd = std::process::Command::new(venv.join("bin/pip"));
-    cmd.args(["install", "-q", "schemathesis==4.32.5"]);
-    let out = bin::run(cmd, None, Duration::from_secs(600));
-    assert!(out.ok(), "pip install schemathesis failed: {out:?}");
-    st
+    venv::venv("schemathesis-venv", &["schemathesis==4.32.5"]).join("bin/st")
 }
 
 /// Runs schemathesis on the document the gateway served (`doc`, a file:

@@ -7,41 +7,19 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use portcullis::clock::Clock;
 use serde_json::{json, Value};
 
-use crate::common::{bin, free_port, http, pg, Builder, TestGateway};
+use crate::common::{bin, free_port, http, pg, venv, Builder, TestGateway};
 
-/// The `standardwebhooks` venv under `target/`, installed once per run.
+/// The `standardwebhooks` venv under `target/`, installed on first use.
 fn hooks_python() -> PathBuf {
-    static PY: OnceLock<PathBuf> = OnceLock::new();
-    PY.get_or_init(|| {
-        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("standardwebhooks-venv");
-        let py = venv.join("bin/python");
-        if venv.join("ready").exists() {
-            return py;
-        }
-        let mut cmd = Command::new("python3");
-        cmd.args(["-m", "venv"]).arg(&venv);
-        let out = bin::run(cmd, None, Duration::from_secs(120));
-        assert!(
-            out.ok(),
-            "python3 -m venv failed (run .ci/deps --test): {out:?}"
-        );
-        let mut cmd = Command::new(venv.join("bin/pip"));
-        cmd.args(["install", "-q", "standardwebhooks==1.1.0"]);
-        let out = bin::run(cmd, None, Duration::from_secs(600));
-        assert!(out.ok(), "pip install standardwebhooks failed: {out:?}");
-        std::fs::write(venv.join("ready"), b"").unwrap();
-        py
-    })
-    .clone()
+    venv::python("standardwebhooks-venv", &["standardwebhooks==1.1.0"])
 }
 
 /// A fresh `whsec_` secret.

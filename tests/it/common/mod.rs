@@ -17,6 +17,7 @@ pub mod ports;
 pub mod smtp;
 pub mod totp;
 pub mod upstream;
+pub mod venv;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
