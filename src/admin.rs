@@ -481,6 +481,11 @@ impl AdminApp {
     /// chunk: the client sees a cut body (and a file without its end line),
     /// never a complete-looking copy.
     async fn stream_backup(&self, mut http: ServerSession) -> Option<ReusedHttpStream> {
+        // A client that stops reading ends the copy instead of holding the
+        // store's read open for ever.
+        http.set_write_timeout(Some(std::time::Duration::from_secs(
+            self.auth.cfg().limits.downstream_write_timeout_secs,
+        )));
         let mut head = ResponseHeader::build(200, Some(5)).ok()?;
         for (name, value) in [
             ("content-type", "application/x-ndjson"),

@@ -186,6 +186,9 @@ pub struct LimitsFile {
     pub upstream_connect_timeout_secs: u64,
     pub upstream_read_timeout_secs: u64,
     pub downstream_read_timeout_secs: u64,
+    /// A write to a client that makes no progress for this long ends the
+    /// connection (a client that stops reading: slow-read).
+    pub downstream_write_timeout_secs: u64,
     /// An HTTP/2 connection with no stream for this long is closed.
     pub h2_idle_timeout_secs: u64,
     pub max_header_count: usize,
@@ -204,6 +207,7 @@ impl Default for LimitsFile {
             upstream_connect_timeout_secs: 5,
             upstream_read_timeout_secs: 30,
             downstream_read_timeout_secs: 15,
+            downstream_write_timeout_secs: 30,
             h2_idle_timeout_secs: 60,
             max_header_count: 100,
             max_header_bytes: 16 * 1024,

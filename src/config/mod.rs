@@ -260,6 +260,9 @@ pub struct LimitsConfig {
     pub upstream_connect_timeout_secs: u64,
     pub upstream_read_timeout_secs: u64,
     pub downstream_read_timeout_secs: u64,
+    /// Per write to a client: no progress for this long ends the
+    /// connection (slow-read).
+    pub downstream_write_timeout_secs: u64,
     pub h2_idle_timeout_secs: u64,
     pub max_header_count: usize,
     pub max_header_bytes: usize,

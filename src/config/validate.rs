@@ -398,6 +398,11 @@ fn limits(f: &FileConfig, p: &mut Vec<String>) -> LimitsConfig {
         l.downstream_read_timeout_secs,
         p,
     );
+    positive(
+        "limits.downstream_write_timeout_secs",
+        l.downstream_write_timeout_secs,
+        p,
+    );
     positive("limits.h2_idle_timeout_secs", l.h2_idle_timeout_secs, p);
     if l.max_header_count < 10 {
         p.push("limits.max_header_count: must be at least 10".into());
@@ -416,6 +421,7 @@ fn limits(f: &FileConfig, p: &mut Vec<String>) -> LimitsConfig {
         upstream_connect_timeout_secs: l.upstream_connect_timeout_secs,
         upstream_read_timeout_secs: l.upstream_read_timeout_secs,
         downstream_read_timeout_secs: l.downstream_read_timeout_secs,
+        downstream_write_timeout_secs: l.downstream_write_timeout_secs,
         h2_idle_timeout_secs: l.h2_idle_timeout_secs,
         max_header_count: l.max_header_count,
         max_header_bytes: l.max_header_bytes,

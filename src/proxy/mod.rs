@@ -287,6 +287,9 @@ impl ProxyHttp for Gateway {
         session.set_read_timeout(Some(Duration::from_secs(
             cfg.limits.downstream_read_timeout_secs,
         )));
+        session.set_write_timeout(Some(Duration::from_secs(
+            cfg.limits.downstream_write_timeout_secs,
+        )));
         if let Err(e) = Self::precheck(&cfg.limits, session.req_header()) {
             session.set_keepalive(None);
             return self.respond_error(session, ctx, e).await;

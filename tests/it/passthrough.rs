@@ -101,6 +101,53 @@ async fn a_10_mb_response_streams_through_intact() {
     assert!(r.body.iter().all(|&b| b == b'a'));
 }
 
+/// A client that asks for a large answer and then reads nothing (slow-read)
+/// loses the connection once one write to it has made no progress for
+/// `limits.downstream_write_timeout_secs`; before, the gateway held it (and
+/// its upstream connection) for as long as the client liked. A client that
+/// reads gets the whole answer under the same setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_at_the_write_timeout() {
+    let gw = gateway("[limits]\ndownstream_write_timeout_secs = 1\n").await;
+    // Far more than the kernel buffers on both sides can hold.
+    const N: usize = 64 * 1024 * 1024;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(gw.addr).await.unwrap();
+    s.write_all(format!("GET /__bytes/{N} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Read nothing for well past the timeout.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Then drain what was buffered: the connection ends short of the body.
+    // (Had the gateway kept it, the whole body would arrive and the
+    // keep-alive connection would stay open.)
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    let drained = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "still open 20 s after the client read again"
+    );
+    assert!(
+        got > 0 && got < N,
+        "{got} bytes arrived of a {N}-byte body: the write timeout did not cut the connection"
+    );
+
+    const M: usize = 10 * 1024 * 1024;
+    let r = gw.get(&format!("/__bytes/{M}"), None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), M);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_reach_the_upstream_intact() {
     let gw = gateway("").await;
