@@ -290,6 +290,70 @@ async fn an_online_backup_of_many_pages_streams_and_restores_whole() {
     assert_eq!(gw.login("many6999@example.com", PASSWORD).await.status, 200);
 }
 
+/// A client that asks for a streamed backup and then reads nothing loses
+/// the connection once a write has made no progress for
+/// `limits.downstream_write_timeout_secs`, instead of holding the store's
+/// read open for as long as it likes; the copy never looks complete (no
+/// end line). A client that reads gets the whole copy under the same
+/// setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_client_that_stops_reading_is_cut_at_the_write_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Far more than the socket buffers on both sides hold (about 600 bytes
+    // a user).
+    let n = 20_000;
+    let (gw, _cfg) = gateway_with_users(n, "[limits]\ndownstream_write_timeout_secs = 1\n").await;
+    let token = std::fs::read_to_string(gw.data_dir().join("admin.token")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(gw.admin_addr).await.unwrap();
+    let head = format!("GET /admin/backup HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    // Read nothing for well past the timeout, then drain what was buffered.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got.extend_from_slice(&buf[..k]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "still open 20 s after the client read again"
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    assert!(
+        !text.contains("portcullis_backup_end"),
+        "the whole copy arrived ({} bytes): the write timeout did not cut it",
+        got.len()
+    );
+
+    let r = crate::common::http::request(
+        gw.admin_addr,
+        "GET",
+        "/admin/backup",
+        &[("authorization", &auth)],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    let end: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(end["portcullis_backup_end"]["users"], n as u64 + 1, "{end}");
+}
+
 /// A backup taken while 16 registrations run in parallel completes (the
 /// store changing under it is no error) and restores into a store that
 /// verifies: equal counts, an unbroken audit chain, and every account
