@@ -302,7 +302,7 @@ async fn a_backup_client_that_stops_reading_is_cut_at_the_write_timeout() {
     // Far more than the socket buffers on both sides hold (about 600 bytes
     // a user).
     let n = 20_000;
-    let (gw, _cfg) = gateway_with_users(n, "[limits]\ndownstream_write_timeout_secs = 1\n").await;
+    let (gw, _cfg) = gateway_with_users(n, "[limits]\ndownstream_write_timeout_secs = 2\n").await;
     let token = std::fs::read_to_string(gw.data_dir().join("admin.token")).unwrap();
     let auth = format!("Bearer {}", token.trim());
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
@@ -311,7 +311,7 @@ async fn a_backup_client_that_stops_reading_is_cut_at_the_write_timeout() {
     let head = format!("GET /admin/backup HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n");
     s.write_all(head.as_bytes()).await.unwrap();
     // Read nothing for well past the timeout, then drain what was buffered.
-    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     let mut got = Vec::new();
     let mut buf = vec![0u8; 256 * 1024];
     let drained = tokio::time::timeout(std::time::Duration::from_secs(20), async {

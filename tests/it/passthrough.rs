@@ -108,7 +108,7 @@ async fn a_10_mb_response_streams_through_intact() {
 /// reads gets the whole answer under the same setting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_at_the_write_timeout() {
-    let gw = gateway("[limits]\ndownstream_write_timeout_secs = 1\n").await;
+    let gw = gateway("[limits]\ndownstream_write_timeout_secs = 2\n").await;
     // Far more than the kernel buffers on both sides can hold.
     const N: usize = 64 * 1024 * 1024;
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
@@ -118,7 +118,7 @@ async fn a_client_that_stops_reading_is_cut_at_the_write_timeout() {
         .await
         .unwrap();
     // Read nothing for well past the timeout.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     // Then drain what was buffered: the connection ends short of the body.
     // (Had the gateway kept it, the whole body would arrive and the
     // keep-alive connection would stay open.)
@@ -146,6 +146,51 @@ async fn a_client_that_stops_reading_is_cut_at_the_write_timeout() {
     let r = gw.get(&format!("/__bytes/{M}"), None).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), M);
+}
+
+/// The same over HTTP/2: a client that grants no flow-control window for
+/// the write timeout loses the stream short of the body; before, the
+/// gateway waited for the window for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_stops_reading_is_cut_at_the_write_timeout() {
+    use tokio_rustls::rustls::pki_types::ServerName;
+    let gw = gateway("[limits]\ndownstream_write_timeout_secs = 2\n").await;
+    const N: usize = 64 * 1024 * 1024;
+    let config = http::tls_client_config(&gw.cert_path(), &["h2"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(gw.tls_addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = ::http::Request::get(format!(
+        "https://localhost:{}/__bytes/{N}",
+        gw.tls_addr.port()
+    ))
+    .body(())
+    .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    // No window released for well past the timeout.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut got = 0usize;
+    let drained = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = body.data().await {
+            let Ok(chunk) = chunk else { break };
+            let _ = body.flow_control().release_capacity(chunk.len());
+            got += chunk.len();
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the stream was still open 20 s later");
+    assert!(
+        got < N,
+        "all {got} bytes arrived: the write timeout did not cut the stream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
