@@ -298,35 +298,18 @@ async fn an_online_backup_of_many_pages_streams_and_restores_whole() {
 /// setting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_client_that_stops_reading_is_cut_at_the_write_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Far more than the socket buffers on both sides hold (about 600 bytes
     // a user).
     let n = 20_000;
     let (gw, _cfg) = gateway_with_users(n, "[limits]\ndownstream_write_timeout_secs = 2\n").await;
     let token = std::fs::read_to_string(gw.data_dir().join("admin.token")).unwrap();
     let auth = format!("Bearer {}", token.trim());
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let mut s = sock.connect(gw.admin_addr).await.unwrap();
+    // Nothing read for well past the timeout, then what was buffered.
     let head = format!("GET /admin/backup HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n");
-    s.write_all(head.as_bytes()).await.unwrap();
-    // Read nothing for well past the timeout, then drain what was buffered.
-    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let drained = tokio::time::timeout(std::time::Duration::from_secs(20), async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(k) => got.extend_from_slice(&buf[..k]),
-            }
-        }
-    })
-    .await;
-    assert!(
-        drained.is_ok(),
-        "still open 20 s after the client read again"
-    );
+    let got =
+        crate::common::http::stalled_read(gw.admin_addr, &head, std::time::Duration::from_secs(5))
+            .await
+            .expect("still open 20 s after the client read again");
     let text = String::from_utf8_lossy(&got);
     assert!(
         text.starts_with("HTTP/1.1 200"),

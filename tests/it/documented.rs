@@ -434,22 +434,13 @@ async fn shutdown_cuts_off_what_outlives_the_grace_period_and_lets_the_rest_fini
 /// for real: the setting is 1 s here), while one in use is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http2_connections_are_closed() {
-    use tokio_rustls::rustls::pki_types::ServerName;
     let gw = TestGateway::start_with(Builder {
         extra: "[limits]\nh2_idle_timeout_secs = 1\n".into(),
         ..Default::default()
     })
     .await;
-    let config = crate::common::http::tls_client_config(&gw.cert_path(), &["h2"]).unwrap();
-    let tcp = tokio::net::TcpStream::connect(gw.tls_addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
-    let (client, conn) = h2::client::handshake(tls).await.unwrap();
-    let conn = tokio::spawn(conn);
     // In use: a request gets its answer.
-    let mut client = client.ready().await.unwrap();
+    let (mut client, conn) = crate::common::h2_connect(&gw).await;
     let req = ::http::Request::builder()
         .uri(format!("https://localhost:{}/public/x", gw.tls_addr.port()))
         .body(())

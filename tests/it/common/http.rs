@@ -600,3 +600,27 @@ async fn read_chunked<S: AsyncRead + Unpin>(
         buf.drain(..2);
     }
 }
+
+/// A slow reader: sends `head` on a new connection to `addr` whose receive
+/// buffer is as small as the kernel allows, reads nothing for `stall`,
+/// then reads until the server ends the connection. Returns what arrived,
+/// or `None` if the connection was still open 20 s after reading resumed.
+pub async fn stalled_read(addr: SocketAddr, head: &str, stall: Duration) -> Option<Vec<u8>> {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(stall).await;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let drained = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got.extend_from_slice(&buf[..k]),
+            }
+        }
+    })
+    .await;
+    drained.ok().map(|()| got)
+}

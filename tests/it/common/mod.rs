@@ -511,11 +511,14 @@ pub async fn h2_request(
         .unwrap_or_else(|_| panic!("HTTP/2 GET {path} took over {:?}", self::http::TIMEOUT))
 }
 
-async fn h2_request_unbounded(
+/// An HTTP/2 connection to the gateway's TLS listener (ALPN h2), ready
+/// for a request; the task driving it ends when the connection does.
+pub async fn h2_connect(
     gw: &TestGateway,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, ::http::HeaderMap, Vec<u8>) {
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
     use tokio_rustls::rustls::pki_types::ServerName;
     let config = self::http::tls_client_config(&gw.cert_path(), &["h2"]).unwrap();
     let tcp = tokio::net::TcpStream::connect(gw.tls_addr).await.unwrap();
@@ -524,8 +527,16 @@ async fn h2_request_unbounded(
         .await
         .unwrap();
     let (client, conn) = h2::client::handshake(tls).await.unwrap();
-    tokio::spawn(conn);
-    let mut client = client.ready().await.unwrap();
+    let conn = tokio::spawn(conn);
+    (client.ready().await.unwrap(), conn)
+}
+
+async fn h2_request_unbounded(
+    gw: &TestGateway,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, ::http::HeaderMap, Vec<u8>) {
+    let (mut client, _conn) = h2_connect(gw).await;
     let mut req = ::http::Request::builder()
         .method("GET")
         .uri(format!("https://localhost:{}{path}", gw.tls_addr.port()));
