@@ -130,6 +130,38 @@ async fn a_client_that_stops_reading_is_cut_at_the_write_timeout() {
     assert_eq!(r.body.len(), M);
 }
 
+/// The write timeout is taken up by a reload (it is read per request):
+/// a gateway started with 600 s, reloaded to 2 s, cuts a stalled reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_timeout_is_reloadable() {
+    let mut gw = gateway("[limits]\ndownstream_write_timeout_secs = 600\n").await;
+    let new = gw.toml.replacen(
+        "downstream_write_timeout_secs = 600",
+        "downstream_write_timeout_secs = 2",
+        1,
+    );
+    assert_ne!(new, gw.toml);
+    gw.write_toml(&new);
+    let r = gw.admin_reload().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.json()["changed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "limits"),
+        "{}",
+        r.text()
+    );
+    const N: usize = 64 * 1024 * 1024;
+    let head = format!("GET /__bytes/{N} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let got = http::stalled_read(gw.addr, &head, Duration::from_secs(5))
+        .await
+        .expect("still open 20 s after the client read again: the reload was not taken up")
+        .len();
+    assert!(got > 0 && got < N, "{got} of {N} bytes");
+}
+
 /// The same over HTTP/2: a client that grants no flow-control window for
 /// the write timeout loses the stream short of the body; before, the
 /// gateway waited for the window for ever.
