@@ -193,8 +193,13 @@ async fn token_at(
 }
 
 async fn exchange(gw: &TestGateway, code: &str, verifier: &str) -> Response {
+    exchange_at(gw.addr, code, verifier).await
+}
+
+/// [`exchange`] by address, for tasks that do not hold the gateway.
+async fn exchange_at(addr: std::net::SocketAddr, code: &str, verifier: &str) -> Response {
     token_at(
-        gw.addr,
+        addr,
         &[
             ("grant_type", "authorization_code"),
             ("code", code),
@@ -604,17 +609,7 @@ async fn sixteen_parallel_exchanges_of_one_code_give_one_success() {
         let (b, code, verifier, addr) = (barrier.clone(), code.clone(), verifier.clone(), gw.addr);
         set.spawn(async move {
             b.wait().await;
-            token_at(
-                addr,
-                &[
-                    ("grant_type", "authorization_code"),
-                    ("code", &code),
-                    ("redirect_uri", CB),
-                    ("code_verifier", &verifier),
-                ],
-                Some(&basic("app", SECRET)),
-            )
-            .await
+            exchange_at(addr, &code, &verifier).await
         });
     }
     let mut rs = vec![];
@@ -655,17 +650,7 @@ async fn a_code_exchange_racing_a_disable_leaves_nothing_usable() {
         let (b, addr) = (barrier.clone(), gw.addr);
         let exchange = tokio::spawn(async move {
             b.wait().await;
-            token_at(
-                addr,
-                &[
-                    ("grant_type", "authorization_code"),
-                    ("code", &code),
-                    ("redirect_uri", CB),
-                    ("code_verifier", &verifier),
-                ],
-                Some(&basic("app", SECRET)),
-            )
-            .await
+            exchange_at(addr, &code, &verifier).await
         });
         barrier.wait().await;
         admin_disable(&gw, &email).await;
