@@ -97,10 +97,26 @@ def settled(d):
 
 
 class Actions:
-    """Element actions on the page a driver shows now."""
+    """Element actions on the page a driver shows now; `wait`, a wait that
+    reads again while a page is swapped; `shot`, screenshots into `shots`
+    (none when it is empty)."""
 
-    def __init__(self, driver):
+    def __init__(self, driver, shots=""):
         self.driver = driver
+        self.shots = shots
+        self.wait = WebDriverWait(driver, WAIT, ignored_exceptions=RACY)
+
+    def shot(self, name, height=820):
+        """A screenshot `height` pixels tall (the window is 1000 x 820)."""
+        if self.shots:
+            os.makedirs(self.shots, exist_ok=True)
+            self.driver.set_window_size(1000, height)
+            self.driver.save_screenshot(os.path.join(self.shots, f"{name}.png"))
+            self.driver.set_window_size(1000, 820)
+
+    def at(self, path):
+        """Waits until the browser is on a page whose path starts with `path`."""
+        self.wait.until(lambda d: path_of(d.current_url).startswith(path))
 
     def act(self, what, fn):
         """Runs an element action on the page now shown, again (up to WAIT

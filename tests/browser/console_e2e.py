@@ -18,9 +18,8 @@ import tempfile
 
 
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 import common  # noqa: E402
-from common import RACY, WAIT, ask, path_of, step  # noqa: E402
+from common import ask, step  # noqa: E402
 
 CFG = json.loads(sys.argv[1])
 GW = CFG["gateway"]
@@ -35,8 +34,10 @@ signal.alarm(200)
 
 driver = common.chrome(CFG, "portcullis-console-", browser_log=True)
 
-wait = WebDriverWait(driver, WAIT, ignored_exceptions=RACY)
-ui = common.Actions(driver)
+ui = common.Actions(driver, SHOTS)
+wait = ui.wait
+shot = ui.shot
+at = ui.at
 act = ui.act
 fill = ui.fill
 submit = ui.submit
@@ -45,16 +46,6 @@ text_of = ui.text_of
 page = ui.page
 
 
-def shot(name, height=820):
-    if SHOTS:
-        os.makedirs(SHOTS, exist_ok=True)
-        driver.set_window_size(1000, height)
-        driver.save_screenshot(os.path.join(SHOTS, f"{name}.png"))
-        driver.set_window_size(1000, 820)
-
-
-def at(path):
-    wait.until(lambda d: path_of(d.current_url).startswith(path))
 
 
 def done(text):

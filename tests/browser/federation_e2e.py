@@ -11,15 +11,13 @@ Nothing is downloaded: the browser and driver are the system's.
 """
 
 import json
-import os
 import signal
 import sys
 
 
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 import common  # noqa: E402
-from common import RACY, WAIT, path_of, step  # noqa: E402
+from common import path_of, step  # noqa: E402
 
 CFG = json.loads(sys.argv[1])
 GW = CFG["gateway"]  # https://localhost:<tls port>
@@ -35,13 +33,9 @@ signal.alarm(180)
 
 driver = common.chrome(CFG, "portcullis-chromium-fed-")
 
-wait = WebDriverWait(driver, WAIT, ignored_exceptions=RACY)
-
-
-def shot(name):
-    if SHOTS:
-        os.makedirs(SHOTS, exist_ok=True)
-        driver.save_screenshot(os.path.join(SHOTS, f"{name}.png"))
+ui = common.Actions(driver, SHOTS)
+wait = ui.wait
+shot = ui.shot
 
 
 try:

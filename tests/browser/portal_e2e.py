@@ -12,7 +12,6 @@ asked for one.
 
 import http.server
 import json
-import os
 import signal
 import ssl
 import sys
@@ -25,9 +24,8 @@ from selenium.webdriver.common.virtual_authenticator import (  # noqa: E402
     Transport,
     VirtualAuthenticatorOptions,
 )
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 import common  # noqa: E402
-from common import RACY, WAIT, ask, path_of, step  # noqa: E402
+from common import ask, step  # noqa: E402
 
 CFG = json.loads(sys.argv[1])
 GW = CFG["gateway"]  # https://localhost:<tls port>
@@ -79,8 +77,10 @@ driver = common.chrome(CFG, "portcullis-chromium-")
 
 # A page may be replaced while it is read (a form submits, a script
 # navigates): waits read again instead of failing.
-wait = WebDriverWait(driver, WAIT, ignored_exceptions=RACY)
-ui = common.Actions(driver)
+ui = common.Actions(driver, SHOTS)
+wait = ui.wait
+shot = ui.shot
+at = ui.at
 act = ui.act
 fill = ui.fill
 submit = ui.submit
@@ -90,16 +90,6 @@ present = ui.present
 page = ui.page
 
 
-def shot(name, height=820):
-    if SHOTS:
-        os.makedirs(SHOTS, exist_ok=True)
-        driver.set_window_size(1000, height)
-        driver.save_screenshot(os.path.join(SHOTS, f"{name}.png"))
-        driver.set_window_size(1000, 820)
-
-
-def at(path):
-    wait.until(lambda d: path_of(d.current_url).startswith(path))
 
 
 def session_cookie():

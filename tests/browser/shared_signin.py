@@ -21,9 +21,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.common.exceptions import (  # noqa: E402
     WebDriverException,
 )
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 import common  # noqa: E402
-from common import RACY, WAIT, step  # noqa: E402
+from common import step  # noqa: E402
 
 CFG = json.loads(sys.argv[1])
 PORT = CFG["port"]  # the gateway's TLS port
@@ -39,8 +38,8 @@ signal.alarm(180)
 
 driver = common.chrome(CFG, "portcullis-chromium-hosts-", ["--host-resolver-rules=MAP *.portcullis.test 127.0.0.1, MAP evil.test 127.0.0.1"])
 
-wait = WebDriverWait(driver, WAIT, ignored_exceptions=RACY)
 ui = common.Actions(driver)
+wait = ui.wait
 act = ui.act
 fill = ui.fill
 submit = ui.submit
