@@ -161,7 +161,7 @@ impl Idp {
         let mut idp = Idp::spawn(&config, &modules);
         let mut first = idp.first_line().await;
         if matches!(first, Err(RecvTimeoutError::Timeout)) {
-            let err = idp.stop_for_stderr();
+            let err = idp.stop();
             eprintln!("the test provider did not start within {START_LIMIT:?}; once more:\n{err}");
             idp = Idp::spawn(&config, &modules);
             first = idp.first_line().await;
@@ -171,7 +171,7 @@ impl Idp {
                 assert_eq!(line["READY ".len()..].trim(), idp.issuer);
             }
             other => {
-                let err = idp.stop_for_stderr();
+                let err = idp.stop();
                 panic!("the test provider did not start ({other:?}):\n{err}");
             }
         }
@@ -238,16 +238,6 @@ impl Idp {
         tokio::task::spawn_blocking(move || rx.recv_timeout(START_LIMIT))
             .await
             .unwrap()
-    }
-
-    /// Kill the process and return what it wrote on stderr.
-    fn stop_for_stderr(&mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.stderr
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default()
     }
 
     /// A URL of the provider (`path` starts with `/`).
