@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::common::http::{self, post_with, Response};
@@ -457,16 +457,8 @@ async fn too_many_or_too_large_headers_get_431_locally_and_on_proxied_routes() {
 /// Seconds until the server closes `stream` (EOF or error), at most `max`.
 async fn closed_after(stream: &mut TcpStream, max: Duration) -> Option<(Duration, Vec<u8>)> {
     let start = Instant::now();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = max.checked_sub(start.elapsed())?;
-        match tokio::time::timeout(left, stream.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some((start.elapsed(), got)),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
+    let got = http::read_until_closed(stream, max).await?;
+    Some((start.elapsed(), got))
 }
 
 /// Writes `bytes` one at a time every `every`, until done or the peer
@@ -526,21 +518,13 @@ async fn slowloris_headers_are_cut_while_normal_requests_are_served() {
         "A closed after {total_a:?} ({t_a:?})"
     );
 
-    let mut buf = [0u8; 1024];
-    let b_closed = tokio::time::timeout(
+    let b_closed = http::read_until_closed(
+        &mut b_read,
         Duration::from_secs(4).saturating_sub(started.elapsed()) + Duration::from_millis(500),
-        async {
-            loop {
-                match b_read.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        },
     )
     .await;
     assert!(
-        b_closed.is_ok(),
+        b_closed.is_some(),
         "the trickling header was not cut within ~4 s"
     );
     let written = writer.await.unwrap();
@@ -619,18 +603,9 @@ async fn slow_login_body_is_cut() {
     let r = gw.login("nobody@example.com", "whatever password").await;
     assert_eq!(r.status, 401);
 
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "the trickled body was not cut");
+    let got = http::read_until_closed(&mut rd, Duration::from_secs(5)).await;
+    assert!(got.is_some(), "the trickled body was not cut");
+    let got = got.unwrap_or_default();
     let elapsed = started.elapsed();
     assert!(
         elapsed <= Duration::from_secs(4) + Duration::from_millis(500),
@@ -1324,17 +1299,8 @@ async fn slowloris_over_tls_is_cut_too() {
         .await
         .unwrap();
     assert_eq!(r.status, 200);
-    let mut buf = [0u8; 256];
-    let closed = tokio::time::timeout(Duration::from_secs(4), async {
-        loop {
-            match tls.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "an unfinished header over TLS stays open");
+    let closed = http::read_until_closed(&mut tls, Duration::from_secs(4)).await;
+    assert!(closed.is_some(), "an unfinished header over TLS stays open");
     assert!(started.elapsed() >= Duration::from_millis(1500));
     assert_eq!(gw.upstream.hits(), 1);
 }

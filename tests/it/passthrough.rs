@@ -101,6 +101,19 @@ async fn a_10_mb_response_streams_through_intact() {
     assert!(r.body.iter().all(|&b| b == b'a'));
 }
 
+/// Far more than the kernel buffers on both sides of a connection hold.
+const BIG: usize = 64 * 1024 * 1024;
+
+/// A GET of [`BIG`] bytes whose client reads nothing for 5 s (well past
+/// the tests' 2 s write timeout), then drains: how many bytes arrived
+/// before the gateway ended the connection, or `None` if it was still
+/// open 20 s after the client read again.
+async fn stalled_big_download(gw: &TestGateway) -> Option<usize> {
+    let head = format!("GET /__bytes/{BIG} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let got = http::stalled_read(gw.addr, &head, Duration::from_secs(5)).await?;
+    Some(got.len())
+}
+
 /// A client that asks for a large answer and then reads nothing (slow-read)
 /// loses the connection once one write to it has made no progress for
 /// `limits.downstream_write_timeout_secs`; before, the gateway held it (and
@@ -109,16 +122,12 @@ async fn a_10_mb_response_streams_through_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_at_the_write_timeout() {
     let gw = gateway("[limits]\ndownstream_write_timeout_secs = 2\n").await;
-    // Far more than the kernel buffers on both sides can hold.
-    const N: usize = 64 * 1024 * 1024;
-    // Nothing read for well past the timeout, then what was buffered: the
-    // connection ends short of the body. (Had the gateway kept it, the
-    // whole body would arrive and the keep-alive connection stay open.)
-    let head = format!("GET /__bytes/{N} HTTP/1.1\r\nHost: x\r\n\r\n");
-    let got = http::stalled_read(gw.addr, &head, Duration::from_secs(5))
+    const N: usize = BIG;
+    // Had the gateway kept the connection, the whole body would arrive and
+    // the keep-alive connection stay open.
+    let got = stalled_big_download(&gw)
         .await
-        .expect("still open 20 s after the client read again")
-        .len();
+        .expect("still open 20 s after the client read again");
     assert!(
         got > 0 && got < N,
         "{got} bytes arrived of a {N}-byte body: the write timeout did not cut the connection"
@@ -153,12 +162,10 @@ async fn the_write_timeout_is_reloadable() {
         "{}",
         r.text()
     );
-    const N: usize = 64 * 1024 * 1024;
-    let head = format!("GET /__bytes/{N} HTTP/1.1\r\nHost: x\r\n\r\n");
-    let got = http::stalled_read(gw.addr, &head, Duration::from_secs(5))
+    const N: usize = BIG;
+    let got = stalled_big_download(&gw)
         .await
-        .expect("still open 20 s after the client read again: the reload was not taken up")
-        .len();
+        .expect("still open 20 s after the client read again: the reload was not taken up");
     assert!(got > 0 && got < N, "{got} of {N} bytes");
 }
 
@@ -168,7 +175,7 @@ async fn the_write_timeout_is_reloadable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_client_that_stops_reading_is_cut_at_the_write_timeout() {
     let gw = gateway("[limits]\ndownstream_write_timeout_secs = 2\n").await;
-    const N: usize = 64 * 1024 * 1024;
+    const N: usize = BIG;
     let (mut client, _conn) = h2_connect(&gw).await;
     let req = ::http::Request::get(format!(
         "https://localhost:{}/__bytes/{N}",

@@ -611,16 +611,23 @@ pub async fn stalled_read(addr: SocketAddr, head: &str, stall: Duration) -> Opti
     let mut s = sock.connect(addr).await.unwrap();
     s.write_all(head.as_bytes()).await.unwrap();
     tokio::time::sleep(stall).await;
+    read_until_closed(&mut s, Duration::from_secs(20)).await
+}
+
+/// Reads `r` until the peer ends the connection (EOF or an error): what
+/// arrived, or `None` if it was still open after `max`.
+pub async fn read_until_closed<R: AsyncRead + Unpin>(r: &mut R, max: Duration) -> Option<Vec<u8>> {
     let mut got = Vec::new();
     let mut buf = vec![0u8; 256 * 1024];
-    let drained = tokio::time::timeout(Duration::from_secs(20), async {
+    tokio::time::timeout(max, async {
         loop {
-            match s.read(&mut buf).await {
+            match r.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(k) => got.extend_from_slice(&buf[..k]),
             }
         }
     })
-    .await;
-    drained.ok().map(|()| got)
+    .await
+    .ok()?;
+    Some(got)
 }
